@@ -1,0 +1,102 @@
+"""The ``metafit`` command line.
+
+Each verb is a small function taking the parsed arguments; the work itself lives in the
+library. Errors the user can fix (bad recipe keys, missing data, impossible episodes) are
+printed as one line ``metafit: error: ...`` with exit status 2, never as a traceback
+(``METAFIT_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from metafit import __version__
+from metafit.config import RecipeError, list_recipes, load_recipe, recipe_to_yaml
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("metafit")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        if not args.name:
+            raise RecipeError("`metafit recipes show` needs a recipe name")
+        recipe = load_recipe(args.name, args.overrides)
+        sys.stdout.write(recipe_to_yaml(recipe))
+        return 0
+    if args.action not in (None, "list"):
+        raise RecipeError(f"unknown action '{args.action}': use `recipes` or `recipes show NAME`")
+    width = max(len(n) for n in list_recipes())
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        sys.stdout.write(f"{name:<{width}}  {recipe.description}\n")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from metafit.datasets import describe_dataset
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    for line in describe_dataset(recipe):
+        sys.stdout.write(line + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb (also used to generate the docs)."""
+    parser = argparse.ArgumentParser(
+        prog="metafit",
+        description="Meta-learning-based fine-tuning: meta-train across tasks, adapt to a new "
+        "task from a few labelled examples, evaluate with confidence intervals.",
+    )
+    parser.add_argument("--version", action="version", version=f"metafit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("recipes", help="list the shipped recipes, or show one resolved")
+    p.add_argument("action", nargs="?", choices=["list", "show"], help="list (default) | show")
+    p.add_argument("name", nargs="?", help="recipe name (with show)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (with show)")
+    p.set_defaults(func=_cmd_recipes)
+
+    p = sub.add_parser("data", help="load a recipe's dataset and describe its splits")
+    p.add_argument("recipe", help="recipe name or YAML path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data_root=DIR")
+    p.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metafit`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 0
+    func: Command = args.func
+    try:
+        return func(args)
+    except (RecipeError, ValueError, FileNotFoundError, KeyError) as e:
+        if os.environ.get("METAFIT_DEBUG"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        sys.stderr.write(f"metafit: error: {message}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("metafit: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""Typed recipes: one flat pydantic model, YAML files shipped in ``metafit/recipes``, and
+``key=value`` overrides from the command line.
+
+A recipe is flat on purpose: every key can be overridden as ``key=value``
+(``metafit train omniglot_5w1s_maml inner_steps=5``) and searched by name in a tuning
+study, with no dotted paths to remember. A YAML recipe may start with ``base: OTHER`` to
+inherit every key of another recipe (a shipped name or a path relative to the file) and
+override some.
+
+Unknown keys are errors naming the key and the nearest valid ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "Recipe",
+    "RecipeError",
+    "load_recipe",
+    "list_recipes",
+    "parse_overrides",
+    "recipe_to_yaml",
+]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be found, parsed or validated; the message says why."""
+
+
+DatasetName = Literal["omniglot", "glyphs", "image_folder", "idx", "text_csv", "sinusoid"]
+ModelName = Literal["conv4", "mlp", "resnet12", "resnet18"]
+
+
+class Recipe(BaseModel):
+    """Everything a run needs, with defaults for 5-way 1-shot MAML on 28x28 images."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = "custom"
+    description: str = ""
+
+    # -- data ------------------------------------------------------------------------
+    dataset: DatasetName = "glyphs"
+    data_root: str | None = Field(None, description="directory or file of the dataset")
+    image_size: int = Field(28, gt=0)
+    channels: Literal[1, 3] = 1
+    rotations: bool = Field(True, description="Omniglot: rotations by 90/180/270 as classes")
+    split_scheme: str = Field("alphabet", description="Omniglot: 'alphabet' or 'standard'")
+
+    # -- episodes --------------------------------------------------------------------
+    ways: int = Field(5, gt=0)
+    shots: int = Field(1, gt=0)
+    queries: int = Field(15, gt=0)
+    test_ways: int | None = Field(None, gt=0, description="default: ways")
+    test_shots: int | None = Field(None, gt=0, description="default: shots")
+    test_queries: int | None = Field(None, gt=0, description="default: queries")
+
+    # -- model -----------------------------------------------------------------------
+    model: ModelName = "conv4"
+    hidden: int = Field(64, gt=0, description="filters (conv4) or units (mlp)")
+    depth: int = Field(4, gt=0, description="blocks (conv4) or hidden layers (mlp)")
+    strided: bool = Field(False, description="conv4: stride-2 convolutions, no pooling")
+
+    # -- algorithm -------------------------------------------------------------------
+    algorithm: str = "maml"
+    inner_lr: float = Field(0.4, gt=0)
+    inner_steps: int = Field(1, ge=0)
+    eval_inner_steps: int | None = Field(None, ge=0, description="default: inner_steps")
+    first_order: bool = False
+    lslr: bool = Field(False, description="MAML++ per-step per-layer inner rates")
+    finetune_layers: int = Field(0, ge=0, description="FineTune: body blocks refit at test")
+
+    # -- outer loop ------------------------------------------------------------------
+    meta_batch: int = Field(32, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    outer_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    iterations: int = Field(1000, gt=0)
+    warmup: int = Field(0, ge=0, description="linear warm-up iterations")
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    grad_clip: float | None = Field(None, gt=0, description="max global grad norm")
+
+    # -- validation / evaluation -----------------------------------------------------
+    val_every: int = Field(100, gt=0)
+    val_episodes: int = Field(100, gt=0)
+    patience: int | None = Field(None, gt=0, description="validations without improvement")
+    test_episodes: int = Field(600, gt=0)
+
+    # -- run -------------------------------------------------------------------------
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = Field(None, gt=0, description="torch threads (default: torch's)")
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(100, gt=0)
+    tensorboard: bool = False
+    init_from: str | None = Field(None, description="warm start from a run directory")
+    search: dict[str, Any] = Field(default_factory=dict, description="tuning search space")
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        if self.dataset == "sinusoid" and self.model != "mlp":
+            raise ValueError("dataset 'sinusoid' needs model 'mlp'")
+        return self
+
+    # -- derived values --------------------------------------------------------------
+    @property
+    def eval_ways(self) -> int:
+        return self.test_ways or self.ways
+
+    @property
+    def eval_shots(self) -> int:
+        return self.test_shots or self.shots
+
+    @property
+    def eval_queries(self) -> int:
+        return self.test_queries or self.queries
+
+    @property
+    def is_regression(self) -> bool:
+        return self.dataset == "sinusoid"
+
+
+FIELDS: tuple[str, ...] = tuple(Recipe.model_fields)
+
+
+def _nearest(key: str) -> str:
+    close = difflib.get_close_matches(key, FIELDS, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def check_keys(values: dict[str, Any], where: str) -> None:
+    """Raise :class:`RecipeError` naming any key that is not a recipe field."""
+    for key in values:
+        if key not in FIELDS:
+            raise RecipeError(f"unknown recipe key '{key}' in {where}{_nearest(key)}")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["inner_steps=5", "data_root=/d"]`` -> ``{"inner_steps": 5, "data_root": "/d"}``.
+
+    Values are parsed as YAML scalars (``true``, ``null``, ``5``, ``0.1``; ``1e-3`` is
+    read as a string and converted by the field's type).
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RecipeError(f"override '{pair}' is not of the form key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        out[key] = value
+    check_keys(out, "the command-line overrides")
+    return out
+
+
+def _recipe_dir() -> Path:
+    return Path(str(resources.files("metafit") / "recipes"))
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with metafit, sorted."""
+    return sorted(p.stem for p in _recipe_dir().glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _resolve(name_or_path: str, relative_to: Path | None = None) -> Path:
+    candidates = [Path(name_or_path)]
+    if relative_to is not None:
+        candidates.insert(0, relative_to / name_or_path)
+    candidates.append(_recipe_dir() / f"{name_or_path}.yaml")
+    for path in candidates:
+        if path.is_file():
+            return path
+    names = list_recipes() + [p.stem for p in _recipe_dir().glob("_*.yaml")]
+    close = difflib.get_close_matches(name_or_path, names, n=3, cutoff=0.4)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `metafit recipes`"
+    raise RecipeError(f"no recipe named or at '{name_or_path}'{hint}")
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise RecipeError(f"recipe {path} inherits from itself through 'base'")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of key: value")
+    base = raw.pop("base", None)
+    raw.pop("metafit_version", None)  # written into a run's resolved config
+    check_keys(raw, str(path))
+    if base is None:
+        return raw
+    parent = _read(_resolve(str(base), path.parent), (*seen, path))
+    return {**parent, **raw}
+
+
+def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | list[str] | None = None
+                ) -> Recipe:
+    """Load a shipped recipe by name, or a YAML file by path, and apply overrides.
+
+    Raises:
+        RecipeError: unknown recipe, unknown key (with the nearest valid keys), bad YAML,
+            or a value that fails validation (naming the key).
+    """
+    path = _resolve(str(name_or_path))
+    values = _read(path)
+    if "name" not in values:
+        values["name"] = path.stem
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    if overrides:
+        check_keys(overrides, "the overrides")
+        values.update(overrides)
+    return make_recipe(values, str(path))
+
+
+def make_recipe(values: dict[str, Any], where: str = "the recipe") -> Recipe:
+    """Validate a dict into a :class:`Recipe`, with one readable message per bad key."""
+    check_keys(values, where)
+    try:
+        return Recipe(**values)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'recipe'}: {err['msg']}"
+            f" (got {err.get('input')!r})"
+            for err in e.errors()
+        )
+        raise RecipeError(f"invalid values in {where}: {problems}") from None
+
+
+def recipe_to_yaml(recipe: Recipe, **extra: Any) -> str:
+    """The recipe as YAML (every key, resolved), with ``extra`` keys first."""
+    data = {**extra, **recipe.model_dump()}
+    return yaml.safe_dump(data, sort_keys=False)

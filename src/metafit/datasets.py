@@ -1,0 +1,108 @@
+"""Build the train / val / test datasets a recipe names.
+
+Splits are always by class (test classes are never seen in meta-training):
+
+- ``omniglot``: by alphabet (see :mod:`metafit.data.omniglot`).
+- ``glyphs``: the dataset's own deterministic class split.
+- ``image_folder`` / ``text_csv``: classes sorted by name, permuted with ``Random(0)``,
+  then 60% / 20% / 20% (at least one class each) for train / val / test.
+- ``idx``: the MNIST family serves as *test* tasks for models meta-trained elsewhere:
+  every split is the whole label set.
+- ``sinusoid``: one task family; each split is a differently seeded sampler over it.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Literal
+
+from metafit.config import Recipe
+from metafit.data.base import ClassDataset, TaskFamily, TensorClassDataset
+
+__all__ = ["Split", "load_split", "class_split", "describe_dataset"]
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+FRACTIONS = (0.6, 0.2, 0.2)
+
+
+def class_split(num_classes: int, split: Split, seed: int = 0) -> list[int]:
+    """Class ids of ``split`` under the 60/20/20 rule described in the module docstring."""
+    if num_classes < 3:
+        raise ValueError(f"a train/val/test class split needs >= 3 classes, got {num_classes}")
+    order = list(range(num_classes))
+    random.Random(seed).shuffle(order)
+    n_test = max(1, round(FRACTIONS[2] * num_classes))
+    n_val = max(1, round(FRACTIONS[1] * num_classes))
+    n_train = num_classes - n_val - n_test
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val),
+              "test": (n_train + n_val, num_classes)}
+    lo, hi = bounds[split]
+    return sorted(order[lo:hi])
+
+
+def _need_root(recipe: Recipe) -> Path:
+    if not recipe.data_root:
+        raise ValueError(
+            f"dataset '{recipe.dataset}' needs data_root=PATH (a directory or file holding it)"
+        )
+    root = Path(recipe.data_root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"data_root '{root}' does not exist")
+    return root
+
+
+def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
+    """The dataset of one split of ``recipe``'s data."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
+    kind = recipe.dataset
+    if kind == "sinusoid":
+        from metafit.data.sinusoid import Sinusoid
+
+        return Sinusoid()
+    if kind == "glyphs":
+        from metafit.data.glyphs import Glyphs
+
+        return Glyphs(image_size=recipe.image_size, split=split)
+    if kind == "omniglot":
+        from metafit.data.omniglot import Omniglot
+
+        return Omniglot(_need_root(recipe), image_size=recipe.image_size,
+                        rotations=recipe.rotations, split=split,
+                        split_scheme=recipe.split_scheme)
+    if kind == "idx":
+        from metafit.data.idx import IDX
+
+        root = _need_root(recipe)
+        return IDX(root if root.is_dir() else root.parent)
+    full: TensorClassDataset
+    if kind == "image_folder":
+        from metafit.data.image_folder import ImageFolder
+
+        full = ImageFolder(_need_root(recipe), image_size=recipe.image_size,
+                           channels=recipe.channels)
+        return full.subset(class_split(full.num_classes, split))
+    if kind == "text_csv":
+        from metafit.data.text_csv import TextCSV
+
+        text = TextCSV(_need_root(recipe))
+        return text.subset(class_split(len(text.classes), split))
+    raise ValueError(f"unknown dataset '{kind}'")
+
+
+def describe_dataset(recipe: Recipe) -> list[str]:
+    """Human-readable lines: classes and examples of each split."""
+    lines = [f"dataset: {recipe.dataset}" + (f" ({recipe.data_root})" if recipe.data_root else "")]
+    for split in SPLITS:
+        ds = load_split(recipe, split)
+        if isinstance(ds, TaskFamily) and not isinstance(ds, ClassDataset):
+            lines.append(f"{split:>5}: task family {type(ds).__name__} (tasks generated)")
+            continue
+        counts = ds.counts
+        lines.append(
+            f"{split:>5}: {len(ds.classes)} classes, {len(ds)} examples "
+            f"({int(counts.min())}-{int(counts.max())} per class)"
+        )
+    return lines

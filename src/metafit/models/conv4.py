@@ -1,0 +1,62 @@
+"""The 4-block convolutional backbone of the few-shot literature.
+
+Each block: 3x3 convolution (``hidden`` filters) -> BatchNorm (batch statistics) -> ReLU ->
+2x2 max-pool (Vinyals et al. 2016; Finn et al. 2017 use 64 filters on Omniglot and 32 on
+MiniImageNet). ``strided=True`` replaces the pooling by stride-2 convolutions, the variant
+the MAML paper used for Omniglot.
+
+Shapes: ``x [B, C, H, W]`` -> features ``[B, F]`` -> logits ``[B, out_features]``;
+on 28x28 inputs F = ``hidden`` (pooled) or 4*``hidden`` (strided); on 84x84, 25*``hidden``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from metafit.models.base import FewShotModel, feature_dim, make_head
+
+__all__ = ["conv4"]
+
+
+def _block(c_in: int, c_out: int, strided: bool) -> nn.Sequential:
+    if strided:
+        return nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+            nn.BatchNorm2d(c_out, track_running_stats=False),
+            nn.ReLU(),
+        )
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1),
+        nn.BatchNorm2d(c_out, track_running_stats=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+def conv4(
+    out_features: int | None = 5,
+    in_channels: int = 1,
+    hidden: int = 64,
+    image_size: int = 28,
+    depth: int = 4,
+    strided: bool = False,
+) -> FewShotModel:
+    """Conv-4 (or conv-``depth``) backbone with a linear head.
+
+    Args:
+        out_features: classes of the head; ``None`` for an embedding network (ProtoNet).
+        in_channels: 1 for Omniglot, 3 for colour images.
+        hidden: filters per block (64 for Omniglot, 32 for 84x84 images).
+        image_size: input height = width, used to size the head.
+        depth: number of blocks (4 in the papers).
+        strided: stride-2 convolutions instead of max-pooling.
+    """
+    if depth < 1 or hidden < 1 or in_channels < 1:
+        raise ValueError(f"conv4 needs depth, hidden, in_channels >= 1, got {depth}, {hidden}, "
+                         f"{in_channels}")
+    if image_size < 2**depth and not strided:
+        raise ValueError(f"image_size={image_size} is too small for {depth} pooling blocks")
+    blocks = [_block(in_channels if i == 0 else hidden, hidden, strided) for i in range(depth)]
+    body = nn.Sequential(*blocks, nn.Flatten())
+    width = feature_dim(body, (in_channels, image_size, image_size))
+    return FewShotModel(body, make_head(width, out_features), width)
