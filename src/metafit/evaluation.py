@@ -1,0 +1,111 @@
+"""The evaluation protocol: many fixed test episodes, mean +- 95% confidence interval.
+
+``evaluate(algo, sampler, episodes=600)`` adapts the algorithm on the support set of each
+of the sampler's ``fixed(episodes)`` tasks and scores it on the query set: accuracy for
+classification, mean squared error for regression. The 95% interval is
+``1.96 * std / sqrt(n)`` over episodes (the convention of Finn et al. 2017 and Snell et al.
+2017). The adaptation curve gives the metric after 0, 1, ..., S inner steps.
+
+BatchNorm: models normalise with batch statistics (no running statistics). The query set
+of a task is scored as one batch, so evaluation is *transductive* (query statistics are
+shared across the query set of one task, as in the MAML paper's protocol); results say so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metafit.sampler import EpisodeSampler
+
+__all__ = ["EvalResult", "evaluate", "ci95"]
+
+
+def ci95(values: Tensor) -> float:
+    """Half-width of the 95% normal confidence interval of the mean: 1.96 s / sqrt(n)."""
+    n = values.numel()
+    if n < 2:
+        return float("nan")
+    return float(1.96 * values.double().std(unbiased=True) / math.sqrt(n))
+
+
+@dataclass
+class EvalResult:
+    """Mean and 95% CI of ``metric`` over ``episodes`` fixed test tasks.
+
+    ``per_episode [episodes]``: the metric of each task after ``steps`` inner steps.
+    ``curve [steps+1]`` / ``curve_ci95 [steps+1]``: mean (and CI) after 0..steps steps.
+    """
+
+    metric: str
+    mean: float
+    ci95: float
+    episodes: int
+    steps: int
+    per_episode: list[float]
+    curve: list[float]
+    curve_ci95: list[float]
+    ways: int
+    shots: int
+    queries: int
+    transductive: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """``"accuracy 97.12% +- 0.45 (600 episodes, 5-way 1-shot, 3 steps)"``."""
+        scale, unit = (100.0, "%") if self.metric == "accuracy" else (1.0, "")
+        task = (f"{self.ways}-way {self.shots}-shot" if self.metric == "accuracy"
+                else f"{self.shots}-shot")
+        return (f"{self.metric} {self.mean * scale:.2f}{unit} +- {self.ci95 * scale:.2f} "
+                f"({self.episodes} episodes, {task}, {self.steps} steps)")
+
+
+def evaluate(
+    algo: Any,
+    sampler: EpisodeSampler,
+    episodes: int = 600,
+    steps: int | None = None,
+    batch: int = 50,
+) -> EvalResult:
+    """Evaluate ``algo`` on ``sampler.fixed(episodes)``.
+
+    Args:
+        algo: a registered algorithm (``adaptation_curve(episodes, steps) -> [T, steps+1]``).
+        sampler: gives the fixed test episodes (same tasks for every algorithm).
+        episodes: number of test tasks (600 in the papers).
+        steps: inner steps at test time (default: the algorithm's evaluation default).
+        batch: tasks adapted per call, to bound memory.
+    """
+    if steps is None:
+        steps = int(getattr(algo, "eval_inner_steps", None) or getattr(algo, "inner_steps", 0))
+    tasks = sampler.fixed(episodes)
+    was_training = algo.training
+    algo.eval()
+    curves = []
+    for start in range(0, episodes, batch):
+        chunk = tasks[start : start + batch]
+        curves.append(algo.adaptation_curve(chunk, steps).detach().double())  # [t, S+1]
+    algo.train(was_training)
+    curve = torch.cat(curves)  # [episodes, S+1]
+    final = curve[:, -1]  # [episodes]
+    metric = "mse" if tasks.is_regression else "accuracy"
+    return EvalResult(
+        metric=metric,
+        mean=float(final.mean()),
+        ci95=ci95(final),
+        episodes=episodes,
+        steps=steps,
+        per_episode=final.tolist(),
+        curve=curve.mean(0).tolist(),
+        curve_ci95=[ci95(curve[:, s]) for s in range(curve.shape[1])],
+        ways=sampler.ways,
+        shots=sampler.shots,
+        queries=sampler.queries,
+    )

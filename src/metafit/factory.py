@@ -1,0 +1,65 @@
+"""Build the model and the algorithm a recipe describes."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from metafit.config import Recipe
+from metafit.models import conv4, mlp, resnet12, resnet18
+
+__all__ = ["build_model", "build_algorithm", "FIXED_HEAD_FREE"]
+
+# Algorithms whose test-time number of ways may differ from the training one: ProtoNet
+# needs no head and FineTune fits a new head at test time.
+FIXED_HEAD_FREE = frozenset({"protonet", "finetune"})
+
+
+def build_model(recipe: Recipe) -> nn.Module:
+    """The recipe's backbone with a ``ways``-output head (1 output for regression)."""
+    out = 1 if recipe.is_regression else recipe.ways
+    if recipe.model == "mlp":
+        in_features = 1 if recipe.is_regression else recipe.channels * recipe.image_size**2
+        return mlp(in_features=in_features, out_features=out, hidden=recipe.hidden,
+                   depth=recipe.depth)
+    if recipe.model == "conv4":
+        return conv4(out_features=out, in_channels=recipe.channels, hidden=recipe.hidden,
+                     image_size=recipe.image_size, depth=recipe.depth, strided=recipe.strided)
+    if recipe.model == "resnet12":
+        return resnet12(out_features=out, in_channels=recipe.channels,
+                        image_size=recipe.image_size)
+    if recipe.model == "resnet18":
+        return resnet18(out_features=out, in_channels=recipe.channels,
+                        image_size=recipe.image_size, width=recipe.hidden)
+    raise ValueError(f"unknown model '{recipe.model}'")
+
+
+def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.Module:
+    """The recipe's algorithm around a freshly initialised model (seeded by ``recipe.seed``).
+
+    Raises:
+        ValueError: a test-time ``test_ways`` different from ``ways`` for an algorithm
+            whose head is fixed by meta-training.
+    """
+    import torch
+
+    from metafit.algorithms import build_algorithm as build_registered
+
+    if recipe.eval_ways != recipe.ways and recipe.algorithm not in FIXED_HEAD_FREE:
+        raise ValueError(
+            f"algorithm '{recipe.algorithm}' meta-trains a {recipe.ways}-way head, so test_ways "
+            f"must equal ways (got test_ways={recipe.eval_ways}); only "
+            f"{', '.join(sorted(FIXED_HEAD_FREE))} can change the number of ways"
+        )
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe)
+    return build_registered(
+        recipe.algorithm,
+        model,
+        inner_lr=recipe.inner_lr,
+        inner_steps=recipe.inner_steps,
+        eval_inner_steps=recipe.eval_inner_steps,
+        first_order=recipe.first_order,
+        lslr=recipe.lslr,
+        finetune_layers=recipe.finetune_layers,
+        num_classes=num_train_classes,
+    )

@@ -1,0 +1,64 @@
+"""Read a trained run back: its recipe, its algorithm at a checkpoint, its evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from metafit.config import Recipe
+from metafit.datasets import Split, load_split
+from metafit.evaluation import EvalResult, evaluate
+from metafit.factory import build_algorithm
+from metafit.io import atomic_write_text
+from metafit.rundir import CheckpointError, RunDir, check_architecture, load_checkpoint
+from metafit.sampler import EpisodeSampler
+
+__all__ = ["load_trained", "evaluate_run", "SPLIT_SEED_OFFSET"]
+
+# Sampler seeds per split, offset from the recipe's seed: the trainer samples training
+# tasks with seed, validates on fixed episodes with seed + 1; tests use seed + 2.
+SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "test": 2}
+
+
+def load_trained(run: str | Path, which: str = "best") -> tuple[Recipe, nn.Module]:
+    """The recipe and the algorithm restored from ``run/checkpoints/{which}.pt``.
+
+    Raises:
+        FileNotFoundError: ``run`` is not a run directory.
+        CheckpointError: the checkpoint is missing, corrupt or of another architecture.
+    """
+    rd = RunDir(run)
+    recipe = rd.read_recipe()
+    path = rd.checkpoint(which)
+    if not path.is_file() and which == "best" and rd.checkpoint("last").is_file():
+        path = rd.checkpoint("last")
+    if not path.is_file():
+        raise CheckpointError(f"{rd.path} has no checkpoint '{which}' (train it first)")
+    ckpt = load_checkpoint(path)
+    algo = build_algorithm(recipe, ckpt.get("num_train_classes"))
+    check_architecture(algo, ckpt["algorithm"], str(path))
+    algo.load_state_dict(ckpt["algorithm"])
+    algo.eval()
+    return recipe, algo
+
+
+def evaluate_run(
+    run: str | Path,
+    split: Split = "test",
+    episodes: int | None = None,
+    which: str = "best",
+    steps: int | None = None,
+) -> EvalResult:
+    """Evaluate a run on fixed episodes of ``split`` and save the result under report/."""
+    recipe, algo = load_trained(run, which)
+    sampler = EpisodeSampler(load_split(recipe, split), recipe.eval_ways, recipe.eval_shots,
+                             recipe.eval_queries, seed=recipe.seed + SPLIT_SEED_OFFSET[split])
+    result = evaluate(algo, sampler, episodes=episodes or recipe.test_episodes, steps=steps)
+    result.extra.update(run=str(run), split=split, checkpoint=which,
+                        algorithm=recipe.algorithm)
+    rd = RunDir(run)
+    atomic_write_text(rd.report / f"eval_{split}_{which}_{result.steps}steps.json",
+                      json.dumps(result.to_dict(), indent=1))
+    return result
