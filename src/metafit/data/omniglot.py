@@ -1,0 +1,274 @@
+"""Omniglot (Lake, Salakhutdinov & Tenenbaum 2015, "Human-level concept learning through
+probabilistic program induction", Science 350(6266)): 1623 handwritten characters of 50
+alphabets, 20 drawers each, 105x105 black-on-white PNGs.
+
+Sources: every one of the official ``images_background.zip`` (30 alphabets),
+``images_evaluation.zip`` (20), ``images_background_small1.zip`` / ``_small2.zip`` (5 each)
+found in ``root``, or its extracted folder (same name without ``.zip``; the zip wins when
+both exist), read in place with :mod:`zipfile`. Layout ``<set>/<Alphabet>/characterNN/
+<drawer>.png``. Images are keyed by (alphabet, character, file name), so an image in two
+sources (Greek and Latin are in both small sets) is counted once.
+
+Each PNG is decoded once (grayscale, PIL Lanczos resize to ``image_size``) into a uint8
+``[num_images, 1, s, s]`` tensor cached by :func:`metafit.io.cached` (keyed on the sources'
+size and mtime and on ``image_size``); strokes are inverted to bright on 0. With
+``rotations=True`` the 90/180/270-degree rotations of each character (``torch.rot90``
+counter-clockwise over H, W; Santoro et al. 2016, "Meta-Learning with Memory-Augmented
+Neural Networks") are extra classes, made at construction from the cached decode.
+Class names: ``"Alphabet/characterNN"``, ``"Alphabet/characterNN/rot90"`` (``rot180``, ...).
+
+Splits are by alphabet (a character and its rotations go where its alphabet goes):
+
+- ``split_scheme="alphabet"`` (default): sort the alphabet names, shuffle them with
+  ``random.Random(seed)``, then take alphabets in that order into ``test`` until it holds
+  >= 20% of all characters, then into ``val`` until it holds >= 10%; the rest is
+  ``train``. A split that would be empty (fewer than 3 alphabets) raises ``ValueError``.
+- ``split_scheme="standard"``: the ``images_evaluation`` alphabets are ``test``; the
+  ``images_background`` alphabets are shuffled the same way and taken into ``val`` until
+  it holds >= 10% of the background characters, the rest is ``train``. Needs both zips.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import zipfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metafit.data.base import TensorClassDataset
+from metafit.data.errors import DatasetError
+from metafit.data.image_folder import decode_image, fingerprint_files
+from metafit.io import cached, file_fingerprint
+
+__all__ = ["OMNIGLOT_SETS", "Omniglot", "split_alphabets"]
+
+log = logging.getLogger(__name__)
+
+OMNIGLOT_SETS: tuple[str, ...] = tuple(
+    f"images_{s}" for s in ("background", "evaluation", "background_small1", "background_small2")
+)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+SCHEMES: tuple[str, ...] = ("alphabet", "standard")
+_ROTATIONS: tuple[str, ...] = ("", "/rot90", "/rot180", "/rot270")
+
+Key = tuple[str, str, str]  # (alphabet, character, file name)
+
+
+def split_alphabets(
+    counts: dict[str, int], seed: int, quotas: list[tuple[str, float]]
+) -> dict[str, list[str]]:
+    """Assign alphabets to splits: sort, shuffle with ``random.Random(seed)``, then fill
+    each ``(split, fraction)`` of ``quotas`` in turn until it holds ``>= fraction`` of all
+    characters (``counts``: characters per alphabet); the remaining alphabets are ``train``.
+    """
+    order = sorted(counts)
+    random.Random(seed).shuffle(order)
+    total = sum(counts.values())
+    out: dict[str, list[str]] = {}
+    i = 0
+    for name, fraction in quotas:
+        out[name], held = [], 0
+        while i < len(order) and held < fraction * total:
+            out[name].append(order[i])
+            held += counts[order[i]]
+            i += 1
+    out["train"] = order[i:]
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _scheme_splits(
+    characters: list[str], origins: list[str], scheme: str, seed: int
+) -> dict[str, list[str]]:
+    counts: dict[str, int] = {}
+    evaluation: set[str] = set()
+    for c, o in zip(characters, origins, strict=True):
+        alphabet = c.split("/")[0]
+        counts[alphabet] = counts.get(alphabet, 0) + 1
+        if "images_evaluation" in o.split("|"):
+            evaluation.add(alphabet)
+    if scheme == "alphabet":
+        return split_alphabets(counts, seed, [("test", 0.2), ("val", 0.1)])
+    background = {a: n for a, n in counts.items() if a not in evaluation}
+    return {**split_alphabets(background, seed, [("val", 0.1)]), "test": sorted(evaluation)}
+
+
+def _find_sources(root: Path) -> list[tuple[str, Path]]:
+    found = []
+    for name in OMNIGLOT_SETS:
+        zip_path, folder = root / f"{name}.zip", root / name
+        if zip_path.is_file():
+            found.append((name, zip_path))
+            if folder.is_dir():
+                log.info("reading %s and skipping the folder %s", zip_path, folder)
+        elif folder.is_dir():
+            nested = folder / name  # a zip extracted into a folder of its own name
+            found.append((name, nested if nested.is_dir() else folder))
+    if not found:
+        looked = ", ".join(f"{n}.zip or {n}/" for n in OMNIGLOT_SETS)
+        raise FileNotFoundError(f"no Omniglot data in {root}: looked for {looked}")
+    return found
+
+
+def _parse(parts: list[str]) -> Key | None:
+    """(alphabet, character, file) of a path ``[set?,] alphabet/character/file.png``."""
+    if len(parts) < 3 or any(p.startswith((".", "__MACOSX")) for p in parts):
+        return None
+    alphabet, character, file = parts[-3:]
+    return (alphabet, character, file) if file.lower().endswith(".png") else None
+
+
+def _list_zip(path: Path) -> dict[Key, str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DatasetError(f"cannot open Omniglot zip {path}: {e}") from e
+    keys = {n: _parse(n.split("/")[1:]) if n.count("/") == 3 else None for n in names}
+    return {key: name for name, key in keys.items() if key is not None}
+
+
+def _list_folder(path: Path) -> dict[Key, str]:
+    members = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = Path(dirpath).relative_to(path).parts
+        if len(rel) != 2:
+            continue
+        for f in filenames:
+            key = _parse([*rel, f])
+            if key is not None:
+                members[key] = str(Path(dirpath) / f)
+    return members
+
+
+def _source_key(path: Path) -> str:
+    if path.is_file():
+        return file_fingerprint(path)
+    return fingerprint_files(sorted(Path(p) for p in _list_folder(path).values()))
+
+
+def _decode(sources: list[tuple[str, Path]], image_size: int) -> dict[str, Any]:
+    """Decode every (deduplicated) image of ``sources``: ``data uint8 [N, 1, s, s]``,
+    ``targets [N]`` (character index), ``characters`` names, ``origins`` (the sets each
+    character appears in, ``|``-joined)."""
+    where: dict[Key, tuple[Path, str]] = {}
+    origins: dict[tuple[str, str], set[str]] = {}
+    for set_name, path in sources:
+        members = _list_zip(path) if path.is_file() else _list_folder(path)
+        log.info("%s: %d images", path, len(members))
+        for key, member in members.items():
+            where.setdefault(key, (path, member))
+            origins.setdefault(key[:2], set()).add(set_name)
+    if not where:
+        raise DatasetError(
+            "no Omniglot images (<set>/<Alphabet>/<character>/<file>.png) in "
+            + ", ".join(str(p) for _, p in sources)
+        )
+    keys = sorted(where)
+    characters = sorted(origins)
+    char_index = {c: i for i, c in enumerate(characters)}
+    data = np.empty((len(keys), image_size, image_size), dtype=np.uint8)
+    with ExitStack() as stack:
+        zips = {p: stack.enter_context(zipfile.ZipFile(p)) for _, p in sources if p.is_file()}
+        for i, key in enumerate(keys):
+            path, member = where[key]
+            try:
+                raw = zips[path].read(member) if path in zips else Path(member).read_bytes()
+                data[i] = decode_image(raw, image_size, "L")  # [s, s]
+            except Exception as e:  # any read/decode failure is a dataset error
+                name = f"{member} in {path}" if path in zips else member
+                raise DatasetError(f"cannot decode Omniglot image {name}: {e}") from e
+    targets = [char_index[k[:2]] for k in keys]
+    return {
+        "data": torch.from_numpy(data).unsqueeze(1),  # [N, 1, s, s]
+        "targets": torch.tensor(targets, dtype=torch.long),  # [N]
+        "characters": [f"{a}/{c}" for a, c in characters],
+        "origins": ["|".join(sorted(origins[c])) for c in characters],
+    }
+
+
+class Omniglot(TensorClassDataset):
+    """Omniglot characters as classes (see the module docstring for sources and splits).
+
+    Args:
+        root: directory holding the official zips or their extracted folders.
+        image_size: side of the square images (28 in the few-shot literature).
+        rotations: add the 90/180/270-degree rotations of each character as classes.
+        split: ``None`` (all classes), ``"train"``, ``"val"`` or ``"test"``.
+        split_scheme: ``"alphabet"`` or ``"standard"``.
+        seed: seeds the alphabet shuffle of the split.
+        cache: read/write the decoded images from/to the on-disk cache.
+
+    Attributes:
+        data: ``uint8 [num_examples, 1, image_size, image_size]``, strokes bright.
+        alphabets: the alphabets of this split (sorted); ``alphabet_splits``: the
+            ``{"train"|"val"|"test": [alphabet, ...]}`` assignment of the scheme.
+        num_characters, num_images: characters and images of this split, unrotated.
+        sources: the zips/folders read.
+
+    Raises:
+        FileNotFoundError: no Omniglot zip or folder in ``root``.
+        DatasetError: a corrupt zip, or an image that cannot be decoded (names the file).
+        ValueError: an unknown split or scheme; ``"standard"`` without both official zips.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        image_size: int = 28,
+        rotations: bool = True,
+        split: str | None = None,
+        split_scheme: str = "alphabet",
+        seed: int = 0,
+        cache: bool = True,
+    ) -> None:
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: None, {', '.join(SPLITS)}")
+        if split_scheme not in SCHEMES:
+            raise ValueError(f"unknown split_scheme {split_scheme!r}; valid: {SCHEMES}")
+        if not isinstance(image_size, int) or image_size <= 0:
+            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        root = Path(root)
+        sources = _find_sources(root)
+        missing = [f"{n}.zip" for n in OMNIGLOT_SETS[:2] if n not in {s for s, _ in sources}]
+        if split is not None and split_scheme == "standard" and missing:
+            raise ValueError(f"split_scheme='standard' needs {' and '.join(missing)} in {root}")
+        key = [f"size={image_size}"] + [f"{n}={_source_key(p)}" for n, p in sources]
+        decoded = cached("omniglot", key, lambda: _decode(sources, image_size), enabled=cache)
+        data, targets = decoded["data"], decoded["targets"]  # [N, 1, s, s], [N]
+        characters: list[str] = decoded["characters"]
+        alphabet_of = [c.split("/")[0] for c in characters]
+        self.alphabet_splits = _scheme_splits(characters, decoded["origins"], split_scheme, seed)
+        if split is None:
+            keep = list(range(len(characters)))
+        else:
+            empty = [s for s in SPLITS if not self.alphabet_splits[s]]
+            if empty:
+                raise ValueError(
+                    f"Omniglot {split_scheme!r} split leaves {', '.join(empty)} without "
+                    f"alphabets ({len(set(alphabet_of))} alphabets in {root}); use split=None"
+                )
+            chosen = set(self.alphabet_splits[split])
+            keep = [i for i, a in enumerate(alphabet_of) if a in chosen]
+        remap = torch.full((len(characters),), -1, dtype=torch.long)
+        remap[keep] = torch.arange(len(keep))
+        new_targets = remap[targets]  # [N]
+        mask = new_targets >= 0
+        data, new_targets = data[mask], new_targets[mask]  # [n, 1, s, s], [n]
+        names = [characters[i] for i in keep]
+        self.root, self.split, self.split_scheme, self.seed = root, split, split_scheme, seed
+        self.sources = [str(p) for _, p in sources]
+        self.alphabets = sorted({alphabet_of[i] for i in keep})
+        self.num_characters, self.num_images = len(keep), int(data.shape[0])
+        self.rotations = rotations
+        if rotations:
+            data = torch.cat([torch.rot90(data, k, dims=(2, 3)) for k in range(4)])
+            new_targets = torch.cat([new_targets * 4 + k for k in range(4)])  # [4n]
+            names = [n + r for n in names for r in _ROTATIONS]
+        super().__init__(data, new_targets, names, invert=True)
