@@ -52,14 +52,17 @@ def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.
         )
     torch.manual_seed(recipe.seed)
     model = build_model(recipe)
-    return build_registered(
-        recipe.algorithm,
-        model,
+    # Options every algorithm may ignore, then those only some accept (passed when set,
+    # so that the registry names an algorithm that does not support them).
+    options: dict[str, object] = dict(
         inner_lr=recipe.inner_lr,
         inner_steps=recipe.inner_steps,
         eval_inner_steps=recipe.eval_inner_steps,
         first_order=recipe.first_order,
-        lslr=recipe.lslr,
-        finetune_layers=recipe.finetune_layers,
         num_classes=num_train_classes,
     )
+    if recipe.lslr:
+        options["lslr"] = True
+    if recipe.finetune_layers:
+        options["finetune_layers"] = recipe.finetune_layers
+    return build_registered(recipe.algorithm, model, **options)

@@ -1,0 +1,213 @@
+"""Labelled text from a CSV file, grouped by class: BANKING77's ``text,category`` format
+(Casanueva et al. 2020, "Efficient Intent Detection with Dual Sentence Encoders") or any
+CSV, by column names.
+
+The file is read once with the :mod:`csv` module (quoted fields may hold commas, quotes
+and newlines), as UTF-8 (a leading byte-order mark is ignored). Texts and labels are
+stripped of surrounding whitespace. Examples are then grouped by class, so global index
+``i`` is ``texts[i]`` and the examples of class ``c`` are ``offsets[c] ..
+offsets[c] + counts[c] - 1``, as :class:`~metafit.data.base.ClassDataset` requires.
+
+Until tokenisation lives in the dataset, :meth:`TextCSV.gather` returns the example
+indices themselves: an episode of a ``TextCSV`` holds indices into :attr:`TextCSV.texts`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from metafit.data.errors import DatasetError
+
+__all__ = ["TextCSV"]
+
+log = logging.getLogger(__name__)
+
+_SHOW = 10  # line numbers shown in an error message before "... (N in all)"
+
+
+def _lines(numbers: Sequence[int]) -> str:
+    """``"3, 7, 9"`` or ``"3, 7, ... (25 lines in all)"``."""
+    shown = ", ".join(str(n) for n in numbers[:_SHOW])
+    if len(numbers) > _SHOW:
+        shown += f", ... ({len(numbers)} lines in all)"
+    return shown
+
+
+def _read_rows(
+    path: Path, text_column: str, label_column: str
+) -> tuple[list[str], list[str], list[int]]:
+    """Parse the CSV: ``(texts, labels, line numbers)`` of each data row, in file order.
+
+    Raises :class:`DatasetError` naming ``path`` and the offending line numbers.
+    """
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    raw = path.read_bytes()
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}, line {line}: not valid UTF-8 (byte {raw[e.start]:#04x} at offset "
+            f"{e.start}); re-encode the file as UTF-8"
+        ) from e
+    reader = csv.reader(io.StringIO(content, newline=""))
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise DatasetError(f"{path}, line {reader.line_num}: malformed CSV header: {e}") from e
+    if not header:
+        raise DatasetError(f"{path}: the file is empty (no header row)")
+    names = [h.strip() for h in header]
+    missing = [c for c in (text_column, label_column) if c not in names]
+    if missing:
+        raise DatasetError(
+            f"{path}, line 1: column(s) {missing} not found; the header has columns {names}"
+        )
+    ti, li = names.index(text_column), names.index(label_column)
+    texts: list[str] = []
+    labels: list[str] = []
+    lines: list[int] = []
+    no_text: list[int] = []
+    no_label: list[int] = []
+    start = reader.line_num + 1
+    try:
+        for row in reader:
+            line, start = start, reader.line_num + 1  # first line of this record
+            if not row:  # a blank line
+                continue
+            text = row[ti].strip() if ti < len(row) else ""
+            label = row[li].strip() if li < len(row) else ""
+            if not text:
+                no_text.append(line)
+            if not label:
+                no_label.append(line)
+            texts.append(text)
+            labels.append(label)
+            lines.append(line)
+    except csv.Error as e:
+        raise DatasetError(f"{path}, line {reader.line_num}: malformed CSV: {e}") from e
+    problems = []
+    if no_text:
+        problems.append(f"empty {text_column!r} on line(s) {_lines(no_text)}")
+    if no_label:
+        problems.append(f"missing or empty {label_column!r} on line(s) {_lines(no_label)}")
+    if problems:
+        raise DatasetError(f"{path}: " + "; ".join(problems))
+    if not texts:
+        raise DatasetError(f"{path}: no data rows after the header")
+    return texts, labels, lines
+
+
+class TextCSV:
+    """Text examples from a CSV file, grouped by class (a ``ClassDataset``).
+
+    Args:
+        path: the CSV file (UTF-8, with a header row).
+        text_column: the column holding the text.
+        label_column: the column holding the class name.
+        classes: the class names, in the order that fixes their ids; every label in the
+            file must be one of them (a class absent from the file gets 0 examples). By
+            default, the sorted distinct labels.
+
+    Attributes:
+        classes: ``C`` class names; ``counts [C]``, ``offsets [C]`` (long).
+        texts: ``N`` texts, grouped by class (``texts[i]`` is global index ``i``).
+        targets: ``[N]`` class id of each text (long); ``labels``: its class name.
+        lines: the CSV line on which each text's record starts.
+
+    Raises:
+        DatasetError: (a ``ValueError``) a missing file, bytes that are not UTF-8, a missing
+            column, empty texts or labels, a label not in ``classes``: the message names the
+            file and the line numbers.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        text_column: str = "text",
+        label_column: str = "category",
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        texts, labels, lines = _read_rows(self.path, text_column, label_column)
+        if classes is None:
+            names = sorted(set(labels))
+        else:
+            names = [str(c) for c in classes]
+            dup = sorted({c for c in names if names.count(c) > 1})
+            if dup:
+                raise ValueError(f"TextCSV: classes lists {dup} more than once")
+        ids = {name: i for i, name in enumerate(names)}
+        unknown = [(ln, lab) for ln, lab in zip(lines, labels, strict=True) if lab not in ids]
+        if unknown:
+            bad = sorted({lab for _, lab in unknown})
+            raise DatasetError(
+                f"{self.path}: label(s) {bad[:_SHOW]} not in the given classes, on line(s) "
+                f"{_lines([ln for ln, _ in unknown])}"
+            )
+        targets = torch.tensor([ids[lab] for lab in labels], dtype=torch.long)  # [N]
+        self._set(texts, targets, names, lines)
+        log.debug("%s: %d texts in %d classes", self.path, len(self), len(self.classes))
+
+    def _set(self, texts: list[str], targets: Tensor, classes: list[str], lines: list[int]) -> None:
+        """Group by class (stable) and fill the attributes."""
+        order = torch.argsort(targets, stable=True).tolist()
+        self.texts: list[str] = [texts[i] for i in order]
+        self.lines: list[int] = [lines[i] for i in order]
+        self.targets: Tensor = targets[order]  # [N]
+        self.classes: list[str] = list(classes)
+        self.labels: list[str] = [self.classes[t] for t in self.targets.tolist()]
+        self.counts: Tensor = torch.bincount(self.targets, minlength=len(self.classes))  # [C]
+        self.offsets: Tensor = torch.cumsum(self.counts, 0) - self.counts  # [C]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def gather(self, index: Tensor) -> Tensor:
+        """The examples at global indices: for now the indices themselves,
+        ``index [*s]`` -> ``[*s]`` long (look the texts up in :attr:`texts`)."""
+        index = torch.as_tensor(index).long()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
+            raise IndexError(
+                f"TextCSV.gather: indices {int(index.min())}..{int(index.max())} out of "
+                f"range for {len(self)} examples"
+            )
+        return index.clone()
+
+    def examples(self, c: int) -> list[str]:
+        """The texts of class ``c``."""
+        start = int(self.offsets[c])
+        return self.texts[start : start + int(self.counts[c])]
+
+    def subset(self, class_ids: Sequence[int]) -> TextCSV:
+        """A dataset over the given classes only (renumbered 0.. in the order given)."""
+        ids = [int(c) for c in class_ids]
+        new = object.__new__(TextCSV)
+        new.path = self.path
+        texts: list[str] = []
+        lines: list[int] = []
+        targets: list[int] = []
+        for j, c in enumerate(ids):
+            start, end = int(self.offsets[c]), int(self.offsets[c] + self.counts[c])
+            texts += self.texts[start:end]
+            lines += self.lines[start:end]
+            targets += [j] * (end - start)
+        names = [self.classes[c] for c in ids]
+        new._set(texts, torch.tensor(targets, dtype=torch.long), names, lines)
+        return new
+
+    def __repr__(self) -> str:
+        return f"TextCSV({str(self.path)!r}, classes={self.num_classes}, examples={len(self)})"
