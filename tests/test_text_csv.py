@@ -139,3 +139,13 @@ def test_episode_sampler_gives_valid_index_episodes(tmp_path: Path) -> None:
         assert torch.equal(ds.targets[s], eps.classes[t][eps.support_y[t]])
         assert torch.equal(ds.targets[q], eps.classes[t][eps.query_y[t]])
         assert sorted(eps.support_y[t].tolist()) == [0, 1, 2]
+
+
+BANKING77 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77"
+
+
+@pytest.mark.skipif(not (BANKING77 / "train.csv").is_file(), reason="../shared/data not present")
+def test_real_banking77_counts() -> None:
+    train = TextCSV(BANKING77 / "train.csv")
+    assert len(train.classes) == 77 and len(train) == 10003
+    assert len(TextCSV(BANKING77 / "test.csv")) == 3080

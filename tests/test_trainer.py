@@ -1,0 +1,165 @@
+"""The trainer: resume equals an uninterrupted run, run-directory status, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from metafit.algorithms import list_algorithms
+from metafit.config import make_recipe
+from metafit.rundir import CheckpointError, RunDir
+from metafit.runs import evaluate_run, load_trained
+from metafit.trainer import Trainer
+
+
+def image_folder(root: Path, classes: int = 8, per_class: int = 6, size: int = 8) -> Path:
+    """Class c: a bright square at a class-specific place plus noise (learnable)."""
+    g = torch.Generator().manual_seed(0)
+    for c in range(classes):
+        d = root / f"class{c:02d}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            img = torch.rand(size, size, generator=g) * 60
+            r, col = divmod(c, 4)
+            img[r * 4 : r * 4 + 3, col * 2 : col * 2 + 2] += 180
+            Image.fromarray(img.clamp(0, 255).to(torch.uint8).numpy(), "L").save(d / f"{i}.png")
+    return root
+
+
+def classification_recipe(root: Path, algorithm: str, **extra):
+    values = dict(
+        name=f"tiny_{algorithm}", dataset="image_folder", data_root=str(root), image_size=8,
+        model="conv4", hidden=4, depth=2, ways=2, shots=1, queries=2, algorithm=algorithm,
+        inner_lr=0.1, inner_steps=1, eval_inner_steps=2, meta_batch=2, iterations=6,
+        val_every=3, val_episodes=4, test_episodes=6, log_every=1, checkpoint_every=2,
+        seed=3,
+    )
+    if algorithm == "fomaml":
+        values["first_order"] = True
+    values.update(extra)
+    return make_recipe(values)
+
+
+def regression_recipe(algorithm: str, **extra):
+    values = dict(
+        name=f"sin_{algorithm}", dataset="sinusoid", model="mlp", hidden=8, depth=2, ways=1,
+        shots=5, queries=5, algorithm=algorithm, inner_lr=0.01, inner_steps=1,
+        eval_inner_steps=2, meta_batch=3, iterations=6, val_every=3, val_episodes=4,
+        test_episodes=6, log_every=1, checkpoint_every=2, seed=1,
+    )
+    values.update(extra)
+    return make_recipe(values)
+
+
+def interrupt_at(trainer: Trainer, iteration: int) -> None:
+    original = trainer._step
+
+    def step() -> dict[str, float]:
+        if trainer.state.iteration + 1 == iteration:
+            raise KeyboardInterrupt
+        return original()
+
+    trainer._step = step  # type: ignore[method-assign]
+
+
+CASES = [("classification", a) for a in list_algorithms()] + [
+    ("regression", a) for a in list_algorithms() if a != "protonet"
+]
+
+
+@pytest.mark.parametrize("task,algorithm", CASES)
+def test_resume_equals_uninterrupted_run(tmp_path: Path, task: str, algorithm: str) -> None:
+    if task == "classification":
+        root = image_folder(tmp_path / "data")
+        recipe = classification_recipe(root, algorithm)
+    else:
+        recipe = regression_recipe(algorithm)
+    full = tmp_path / "full"
+    Trainer(recipe, full, progress=False).fit()
+    broken = tmp_path / "broken"
+    trainer = Trainer(recipe, broken, progress=False)
+    interrupt_at(trainer, 6)  # dies at iteration 6; last checkpoint is at 4
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert RunDir(broken).status()["status"] == "interrupted"
+    assert not RunDir(broken).is_finished()
+    Trainer(recipe, broken, progress=False).fit()
+    assert RunDir(broken).status()["status"] == "complete"
+    expected, resumed = RunDir(full).read_metrics(), RunDir(broken).read_metrics()
+    assert [r["iteration"] for r in resumed] == [r["iteration"] for r in expected]
+    for a, b in zip(expected, resumed, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a, b)
+    _, algo_a = load_trained(full, "last")
+    _, algo_b = load_trained(broken, "last")
+    for (name, p), (_, q) in zip(algo_a.state_dict().items(), algo_b.state_dict().items(),
+                                 strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_run_directory_contents_and_evaluation(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    Trainer(classification_recipe(root, "maml"), run, progress=False).fit()
+    rd = RunDir(run)
+    assert rd.config.is_file() and rd.checkpoint("best").is_file() and rd.checkpoint("last").is_file()
+    assert "metafit_version" in rd.config.read_text()
+    assert rd.status()["status"] == "complete"
+    splits = {r["split"] for r in rd.read_metrics()}
+    assert splits == {"train", "val"}
+    result = evaluate_run(run, "test", episodes=6)
+    assert result.episodes == 6 and len(result.per_episode) == 6
+    assert len(result.curve) == 3  # 0, 1, 2 inner steps
+    assert 0.0 <= result.mean <= 1.0 and result.ci95 >= 0
+    saved = json.loads((rd.report / "eval_test_best_2steps.json").read_text())
+    assert saved["mean"] == pytest.approx(result.mean)
+
+
+def test_early_stopping_marks_the_run(tmp_path: Path) -> None:
+    recipe = regression_recipe("maml", iterations=60, val_every=1, patience=1, inner_lr=5.0,
+                               outer_lr=0.5)
+    state = Trainer(recipe, tmp_path / "run", progress=False).fit()
+    assert state.iteration < 60
+    assert RunDir(tmp_path / "run").status()["status"] == "stopped_early"
+
+
+def test_ways_above_classes_fails_before_any_directory(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="ways=9 exceeds"):
+        Trainer(classification_recipe(root, "protonet", ways=9), out, progress=False)
+    assert not out.exists()
+
+
+def test_checkpoint_of_another_architecture_and_corrupt_file(tmp_path: Path) -> None:
+    recipe = regression_recipe("maml")
+    Trainer(recipe, tmp_path / "a", progress=False).fit()
+    wider = regression_recipe("maml", hidden=16, init_from=str(tmp_path / "a"))
+    with pytest.raises(CheckpointError, match="different architecture"):
+        Trainer(wider, tmp_path / "b", progress=False).fit()
+    best = RunDir(tmp_path / "a").checkpoint("best")
+    best.write_bytes(best.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_trained(tmp_path / "a", "best")
+
+
+def test_warm_start_from_an_earlier_run(tmp_path: Path) -> None:
+    Trainer(regression_recipe("maml"), tmp_path / "a", progress=False).fit()
+    _, first = load_trained(tmp_path / "a", "best")
+    warm = Trainer(regression_recipe("maml", init_from=str(tmp_path / "a"), iterations=1),
+                   tmp_path / "b", progress=False)
+    warm._prepare_dir()
+    for (name, p), (_, q) in zip(first.state_dict().items(), warm.algo.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_a_different_recipe_into_an_existing_run_is_refused(tmp_path: Path) -> None:
+    Trainer(regression_recipe("maml"), tmp_path / "a", progress=False).fit()
+    with pytest.raises(ValueError, match="differs in inner_lr"):
+        Trainer(regression_recipe("maml", inner_lr=0.5), tmp_path / "a", progress=False).fit()
