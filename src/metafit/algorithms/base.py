@@ -1,0 +1,200 @@
+"""The algorithm contract shared by every meta-learner, and the adapted-model `Learner`.
+
+An :class:`Algorithm` is an ``nn.Module`` that holds all meta-parameters (the model, plus
+e.g. Meta-SGD's learned rates), so ``named_parameters()`` / ``state_dict()`` describe it
+completely. It never writes ``.grad`` and never steps: :meth:`Algorithm.meta_gradients`
+returns gradients keyed like ``named_parameters()`` and the trainer applies any torch
+optimizer to them.
+
+Subclasses implement, per task,
+
+* ``task_loss(support_x, support_y, query_x, query_y) -> (loss, query_out)``: the outer
+  loss with its graph back to the meta-parameters (or override ``meta_loss`` /
+  ``meta_gradients`` for a whole batch at once), and
+* ``trajectory(support_x, support_y, steps, query_x) -> iterator of (params, query_out)``:
+  graph-free adaptation yielding after 0..steps steps, from which ``adapt`` (the last item)
+  and ``adaptation_curve`` (every item) are derived, so both share one code path.
+
+The default ``meta_loss`` loops over the tasks of the batch (the learn2learn-style speed
+baseline, DESIGN.md sec. 7) and averages; a batched (``vmap``) path can override it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from typing import ClassVar, cast
+
+import torch
+from torch import Tensor, nn
+
+from metafit import functional as mf
+from metafit.episodes import Episodes
+from metafit.functional import Params
+from metafit.models.base import FewShotModel
+
+__all__ = ["Algorithm", "Learner"]
+
+
+class Learner:
+    """A model adapted to one task: a plain callable ``x [B, *x] -> [B, out]``.
+
+    Holds ``module`` (used functionally, never modified) and ``params``: its own detached
+    copies of the adapted tensors, keyed like ``module.named_parameters()`` (and buffers).
+    """
+
+    def __init__(self, module: nn.Module, params: Mapping[str, Tensor]) -> None:
+        self.module = module
+        self.params: Params = {n: p.detach().clone() for n, p in params.items()}
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Outputs ``[B, out]`` (logits or regression values) for inputs ``x [B, *x]``."""
+        return mf.forward(self.module, self.params, x)  # [B, out]
+
+    def state_dict(self) -> Params:
+        """A copy of the adapted tensors (save with ``torch.save``)."""
+        return {n: p.clone() for n, p in self.params.items()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Replace the adapted tensors by ``state`` (same keys and shapes)."""
+        if set(state) != set(self.params):
+            raise KeyError(
+                f"Learner.load_state_dict: keys differ: missing "
+                f"{sorted(set(self.params) - set(state))}, unexpected "
+                f"{sorted(set(state) - set(self.params))}"
+            )
+        for n, p in state.items():
+            if p.shape != self.params[n].shape:
+                raise ValueError(
+                    f"Learner.load_state_dict: {n} has shape {tuple(p.shape)}, "
+                    f"expected {tuple(self.params[n].shape)}"
+                )
+        self.params = {n: p.detach().clone() for n, p in state.items()}
+
+    def __repr__(self) -> str:
+        return f"Learner({type(self.module).__name__}, {len(self.params)} tensors)"
+
+
+class Algorithm(nn.Module, ABC):
+    """Base class of meta-learning algorithms (see the module docstring).
+
+    Args:
+        model: a :class:`~metafit.models.FewShotModel` (``body`` + ``head``), registered as
+            the submodule ``model`` (so parameter names start with ``"model."``).
+        inner_steps: inner steps during meta-training (0 where there is no inner loop).
+        eval_inner_steps: default steps of :meth:`adapt`; ``None`` means ``inner_steps``.
+    """
+
+    name: ClassVar[str] = "algorithm"
+    supports_regression: ClassVar[bool] = True
+
+    def __init__(
+        self, model: nn.Module, inner_steps: int = 0, eval_inner_steps: int | None = None
+    ) -> None:
+        super().__init__()
+        for label, value in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{label} must be a non-negative integer, got {value!r}")
+        self.model = cast(FewShotModel, model)  # any module with .body / .head
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = eval_inner_steps
+
+    @property
+    def default_eval_steps(self) -> int:
+        """Steps :meth:`adapt` takes when not told: ``eval_inner_steps`` or ``inner_steps``."""
+        return self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """``named_parameters()`` restricted to those with ``requires_grad``."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    # -- meta-training -------------------------------------------------------------------
+    def task_loss(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Outer loss of one task (scalar, with graph) and the query outputs ``[N*Q, out]``.
+
+        ``support_x [N*K, *x]``, ``support_y [N*K]``, ``query_x [N*Q, *x]``,
+        ``query_y [N*Q]``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} defines meta_gradients directly")
+
+    def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:
+        """Mean outer loss over the T tasks of ``episodes`` (scalar, with graph) and metrics.
+
+        Loops over tasks, then averages: one graph, one backward in :meth:`meta_gradients`.
+        """
+        self.check_episodes(episodes)
+        losses: list[Tensor] = []
+        scores: list[Tensor] = []
+        for task in episodes:
+            loss, out = self.task_loss(task.support_x, task.support_y, task.query_x, task.query_y)
+            losses.append(loss)
+            scores.append(mf.score(out.detach(), task.query_y))
+        loss = torch.stack(losses).mean()  # []
+        return loss, self.metrics(loss, torch.stack(scores), episodes.is_regression)
+
+    def meta_gradients(self, episodes: Episodes) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Gradients of the mean outer loss, keyed like :meth:`trainable_parameters`
+        (zeros where the loss does not depend on a parameter), and metrics
+        (``{"loss", "accuracy"}`` or ``{"loss", "mse"}``). Writes no ``.grad``."""
+        loss, metrics = self.meta_loss(episodes)
+        return self.gradients_of(loss), metrics
+
+    def gradients_of(self, loss: Tensor) -> dict[str, Tensor]:
+        """``d loss / d p`` for every trainable parameter (zeros where unused)."""
+        params = self.trainable_parameters()
+        grads = torch.autograd.grad(
+            loss, list(params.values()), allow_unused=True, materialize_grads=True
+        )
+        return {n: g.detach() for n, g in zip(params, grads, strict=True)}
+
+    @staticmethod
+    def metrics(loss: Tensor, scores: Tensor, is_regression: bool) -> dict[str, float]:
+        """``{"loss": mean loss, "accuracy" | "mse": mean of the per-task scores [T]}``."""
+        key = "mse" if is_regression else "accuracy"
+        return {"loss": float(loss.detach()), key: float(scores.mean())}
+
+    def check_episodes(self, episodes: Episodes) -> None:
+        """Raise ``ValueError`` for a batch this algorithm cannot handle."""
+        if episodes.is_regression and not self.supports_regression:
+            raise ValueError(f"{type(self).__name__} does not support regression tasks")
+
+    # -- adaptation ----------------------------------------------------------------------
+    @abstractmethod
+    def trajectory(
+        self, support_x: Tensor, support_y: Tensor, steps: int, query_x: Tensor | None = None
+    ) -> Iterator[tuple[Params, Tensor | None]]:
+        """Graph-free adaptation to one task: yields ``(params_s, query_out_s)`` for
+        s = 0..steps (``query_out_s [N*Q, out]`` or ``None`` without ``query_x``)."""
+
+    def make_learner(self, params: Params, support_y: Tensor) -> Learner:
+        """The callable for adapted ``params`` (default: the model with those params)."""
+        return Learner(self.model, params)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Learner:
+        """Adapt to one task (``support_x [N*K, *x]``, ``support_y [N*K]``) for ``steps``
+        steps (default :attr:`default_eval_steps`) and return the adapted :class:`Learner`."""
+        n_steps = self.default_eval_steps if steps is None else int(steps)
+        if support_y.is_floating_point() and not self.supports_regression:
+            raise ValueError(f"{type(self).__name__} does not support regression tasks")
+        params, _ = mf.final(self.trajectory(support_x, support_y, n_steps))
+        return self.make_learner(params, support_y)
+
+    def adaptation_curve(self, episodes: Episodes, steps: int) -> Tensor:
+        """Query metric of each task after 0..``steps`` inner steps: ``[T, steps+1]``
+        (accuracy for classification, MSE for regression). One adaptation per task, no
+        outer graph."""
+        self.check_episodes(episodes)
+        rows: list[Tensor] = []
+        with torch.no_grad():
+            for task in episodes:
+                curve = [
+                    mf.score(out, task.query_y)  # []
+                    for _, out in self.trajectory(
+                        task.support_x, task.support_y, steps, task.query_x
+                    )
+                    if out is not None
+                ]
+                rows.append(torch.stack(curve))  # [steps+1]
+        return torch.stack(rows)  # [T, steps+1]

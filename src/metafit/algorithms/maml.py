@@ -1,0 +1,123 @@
+"""MAML (Finn et al. 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks"), its first-order variant FOMAML (same paper, sec. 5.2), and MAML++'s per-layer
+per-step learned inner rates (LSLR; Antoniou et al. 2019, "How to train your MAML").
+
+Per task: ``theta' = inner_loop(theta, support)``; outer loss = loss(theta', query);
+meta-gradient = d(mean over tasks of the outer loss)/d theta, through the inner loop
+(second order) or through its identity path only (first order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metafit import functional as mf
+from metafit.algorithms.base import Algorithm
+from metafit.algorithms.registry import register_algorithm
+from metafit.functional import Params
+
+__all__ = ["FOMAML", "MAML", "param_key"]
+
+
+def param_key(name: str) -> str:
+    """A parameter name usable as a ``ParameterDict`` key (no dots):
+    ``"body.0.0.weight"`` -> ``"body__0__0__weight"``."""
+    return name.replace(".", "__")
+
+
+@register_algorithm("maml")
+class MAML(Algorithm):
+    """Model-Agnostic Meta-Learning.
+
+    Args:
+        model: a ``FewShotModel``; every trainable parameter is adapted in the inner loop.
+        inner_lr: inner-loop step size alpha (0.4 for Omniglot, Finn et al. 2017).
+        inner_steps: inner steps during meta-training.
+        first_order: FOMAML: drop second derivatives.
+        eval_inner_steps: default steps of :meth:`adapt` (``None``: ``inner_steps``).
+        lslr: MAML++ learned per-layer per-step rates: a ``ParameterDict`` ``lslr`` of
+            ``[inner_steps]`` vectors initialised to ``inner_lr``, meta-learned with the
+            model (steps past ``inner_steps`` at evaluation reuse the last rate).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        first_order: bool = False,
+        eval_inner_steps: int | None = None,
+        lslr: bool = False,
+    ) -> None:
+        super().__init__(model, inner_steps, eval_inner_steps)
+        self.inner_lr = float(inner_lr)
+        self.first_order = bool(first_order)
+        self.lslr: nn.ParameterDict | None = None
+        if lslr:
+            if inner_steps < 1:
+                raise ValueError("lslr=True needs inner_steps >= 1")
+            params = dict(self.model.named_parameters())
+            self.lslr = nn.ParameterDict(
+                {
+                    param_key(n): nn.Parameter(
+                        torch.full((inner_steps,), self.inner_lr, dtype=params[n].dtype)
+                    )
+                    for n in self.adapted_names()
+                }
+            )
+
+    # -- what the inner loop touches (overridden by ANIL / Meta-SGD) ----------------------
+    def adapted_names(self) -> list[str]:
+        """Names (relative to ``self.model``) of the parameters the inner loop adapts."""
+        return [n for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def inner_rates(self) -> dict[str, Any]:
+        """Keyword arguments ``lr``, ``lr_per_param``, ``lslr`` of
+        :func:`metafit.functional.inner_loop`, keyed like ``self.model``'s parameters."""
+        lslr = None
+        if self.lslr is not None:
+            lslr = {n: self.lslr[param_key(n)] for n in self.adapted_names()}
+        return {"lr": self.inner_lr, "lr_per_param": None, "lslr": lslr}
+
+    # -- meta-training -------------------------------------------------------------------
+    def task_loss(
+        self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Adapt on ``support_x [N*K, *x]`` (graph kept), score on ``query_x [N*Q, *x]``."""
+        theta = dict(self.model.named_parameters())
+        adapted = mf.inner_loop(
+            self.model, theta, support_x, support_y, self.inner_steps,
+            first_order=self.first_order, adapt_names=self.adapted_names(),
+            **self.inner_rates(),
+        )
+        out = mf.forward(self.model, adapted, query_x)  # [N*Q, out]
+        return mf.loss_fn(out, query_y), out
+
+    # -- adaptation ----------------------------------------------------------------------
+    def trajectory(
+        self, support_x: Tensor, support_y: Tensor, steps: int, query_x: Tensor | None = None
+    ) -> Iterator[tuple[Params, Tensor | None]]:
+        """Full-batch gradient descent on the support set with the (learned) inner rates."""
+        yield from mf.adaptation_trajectory(
+            self.model, dict(self.model.named_parameters()), support_x, support_y, steps,
+            adapt_names=self.adapted_names(), query_x=query_x, **self.inner_rates(),
+        )
+
+
+@register_algorithm("fomaml")
+class FOMAML(MAML):
+    """First-order MAML: :class:`MAML` with ``first_order=True`` (Finn et al. 2017)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        eval_inner_steps: int | None = None,
+        lslr: bool = False,
+    ) -> None:
+        super().__init__(model, inner_lr, inner_steps, True, eval_inner_steps, lslr)
