@@ -80,6 +80,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from metafit.quickstart import quickstart
+
+    results = quickstart(args.out, size=args.size, progress=not args.no_progress)
+    sys.stdout.write("\n" + results["table"] + "\n\n")
+    sys.stdout.write(f"finished in {results['total_seconds']} s; report: "
+                     f"{args.out}/report/results.md\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (also used to generate the docs)."""
     parser = argparse.ArgumentParser(
@@ -90,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"metafit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("quickstart", help="meta-train and compare MAML, ProtoNet and "
+                       "baselines on the built-in Glyphs data (a few minutes, no download)")
+    p.add_argument("--out", default="runs/quickstart", help="output directory")
+    p.add_argument("--size", default="default", choices=["default", "tiny"],
+                   help="tiny: a seconds-long smoke run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_quickstart)
 
     p = sub.add_parser("recipes", help="list the shipped recipes, or show one resolved")
     p.add_argument("action", nargs="?", choices=["list", "show"], help="list (default) | show")
