@@ -49,8 +49,10 @@ class ANIL(MAML):
         first_order: bool = False,
         eval_inner_steps: int | None = None,
         lslr: bool = False,
+        batching: str = "auto",
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, lslr)
+        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, lslr,
+                         batching)
         if not self.adapted_names():
             raise ValueError("ANIL needs a model whose head has trainable parameters")
 

@@ -42,8 +42,10 @@ class MetaSGD(MAML):
         inner_steps: int = 1,
         first_order: bool = False,
         eval_inner_steps: int | None = None,
+        batching: str = "auto",
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps)
+        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps,
+                         batching=batching)
         params = dict(self.model.named_parameters())
         self.lr = nn.ParameterDict(
             {
