@@ -41,5 +41,6 @@ def test_mismatched_shapes_are_rejected() -> None:
 
 
 def test_regression_episodes_have_one_way() -> None:
-    eps = Episodes(torch.rand(2, 5, 1), torch.rand(2, 5, 1), torch.rand(2, 7, 1), torch.rand(2, 7, 1))
+    x_s, x_q = torch.rand(2, 5, 1), torch.rand(2, 7, 1)
+    eps = Episodes(x_s, torch.rand(2, 5, 1), x_q, torch.rand(2, 7, 1))
     assert eps.is_regression and eps.ways == 1

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from metafit import EpisodeSampler, Episodes
+from metafit import Episodes, EpisodeSampler
 from metafit.data import TensorClassDataset
 
 
@@ -64,7 +64,8 @@ def test_labels_are_not_tied_to_classes() -> None:
 
 
 def test_sample_is_reproducible_and_advances() -> None:
-    a, b = EpisodeSampler(index_dataset(), 5, 1, 5, seed=7), EpisodeSampler(index_dataset(), 5, 1, 5, seed=7)
+    a = EpisodeSampler(index_dataset(), 5, 1, 5, seed=7)
+    b = EpisodeSampler(index_dataset(), 5, 1, 5, seed=7)
     first_a, first_b = a.sample(10), b.sample(10)
     assert torch.equal(first_a.support_x, first_b.support_x)
     assert torch.equal(first_a.query_y, first_b.query_y)
@@ -90,7 +91,8 @@ def test_fixed_is_independent_of_sample_calls() -> None:
     t = EpisodeSampler(index_dataset(), 5, 1, 5, seed=4)
     t.sample(11)
     assert torch.equal(f1.query_x, t.fixed(8).query_x)
-    assert not torch.equal(f1.query_x, EpisodeSampler(index_dataset(), 5, 1, 5, seed=5).fixed(8).query_x)
+    other_seed = EpisodeSampler(index_dataset(), 5, 1, 5, seed=5)
+    assert not torch.equal(f1.query_x, other_seed.fixed(8).query_x)
 
 
 def _digest(eps: Episodes) -> str:

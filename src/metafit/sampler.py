@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from metafit.data.base import ClassDataset, TaskFamily
 from metafit.episodes import Episodes
