@@ -164,3 +164,28 @@ def test_a_different_recipe_into_an_existing_run_is_refused(tmp_path: Path) -> N
     Trainer(regression_recipe("maml"), tmp_path / "a", progress=False).fit()
     with pytest.raises(ValueError, match="differs in inner_lr"):
         Trainer(regression_recipe("maml", inner_lr=0.5), tmp_path / "a", progress=False).fit()
+
+
+def test_lr_schedule_warmup_then_decay() -> None:
+    from metafit.trainer import lr_factor
+
+    cosine = lr_factor(regression_recipe("maml", iterations=110, warmup=10, lr_schedule="cosine"))
+    assert [cosine(i) for i in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert cosine(10) == pytest.approx(1.0) and cosine(60) == pytest.approx(0.5)
+    assert cosine(110) == pytest.approx(0.0, abs=1e-12)
+    linear = lr_factor(regression_recipe("maml", iterations=100, lr_schedule="linear"))
+    assert linear(50) == pytest.approx(0.5) and linear(100) == pytest.approx(0.0)
+    assert lr_factor(regression_recipe("maml"))(3) == 1.0
+
+
+def test_gradient_clipping_bounds_the_step(tmp_path: Path) -> None:
+    recipe = regression_recipe("maml", iterations=2, grad_clip=1e-3, optimizer="sgd",
+                               outer_lr=1.0, log_every=1)
+    trainer = Trainer(recipe, tmp_path / "run", progress=False)
+    before = {n: p.detach().clone() for n, p in trainer.algo.named_parameters()}
+    trainer.fit()
+    moved = torch.sqrt(sum(((p.detach() - before[n]) ** 2).sum()
+                           for n, p in trainer.algo.named_parameters()))
+    assert 0 < float(moved) <= 2 * 1e-3 + 1e-6  # two SGD steps of norm <= clip * lr
+    norms = [r["grad_norm"] for r in RunDir(tmp_path / "run").read_metrics() if "grad_norm" in r]
+    assert len(norms) == 2 and all(n > 1e-3 for n in norms)  # clipping was active
