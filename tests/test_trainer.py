@@ -189,3 +189,17 @@ def test_gradient_clipping_bounds_the_step(tmp_path: Path) -> None:
     assert 0 < float(moved) <= 2 * 1e-3 + 1e-6  # two SGD steps of norm <= clip * lr
     norms = [r["grad_norm"] for r in RunDir(tmp_path / "run").read_metrics() if "grad_norm" in r]
     assert len(norms) == 2 and all(n > 1e-3 for n in norms)  # clipping was active
+
+
+def test_non_finite_validation_never_becomes_the_best(tmp_path: Path) -> None:
+    trainer = Trainer(regression_recipe("maml", iterations=4, val_every=1), tmp_path / "run",
+                      progress=False)
+    scores = iter([float("nan"), 2.0, float("inf"), 1.5])
+    trainer.validate = lambda: {"mse": next(scores), "ci95": 0.0}  # type: ignore[method-assign]
+    state = trainer.fit()
+    assert state.best_score == 1.5 and state.best_iteration == 4
+    trainer2 = Trainer(regression_recipe("maml", iterations=2, val_every=1), tmp_path / "r2",
+                       progress=False)
+    scores2 = iter([float("nan"), float("nan")])
+    trainer2.validate = lambda: {"mse": next(scores2), "ci95": 0.0}  # type: ignore[method-assign]
+    assert trainer2.fit().best_iteration == 0

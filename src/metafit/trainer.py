@@ -185,8 +185,11 @@ class Trainer:
     def _after_validation(self, score: float) -> bool:
         """Update the best checkpoint; True when patience is exhausted."""
         st = self.state
-        better = st.best_score is None or (
-            score > st.best_score if self.higher_is_better else score < st.best_score)
+        # A non-finite score (a diverged adaptation) never counts as an improvement, and
+        # any finite score beats a non-finite best.
+        best_ok = st.best_score is not None and math.isfinite(st.best_score)
+        better = math.isfinite(score) and (not best_ok or (
+            score > st.best_score if self.higher_is_better else score < st.best_score))
         if better:
             st.best_score, st.best_iteration, st.since_best = score, st.iteration, 0
             self.run.save_checkpoint("best", self._payload())
