@@ -1,15 +1,18 @@
-"""metafit: meta-learning-based fine-tuning."""
+"""metafit: meta-learning-based fine-tuning.
 
-from metafit import data
-from metafit.episodes import Episode, Episodes
-from metafit.sampler import EpisodeSampler
+Public API (see README.md)::
+
+    import metafit as mf
+    ds = mf.data.Omniglot(root, image_size=28)
+    sampler = mf.EpisodeSampler(ds, ways=5, shots=1, queries=15, seed=0)
+    algo = mf.MAML(mf.models.conv4(out_features=5), inner_lr=0.4)
+    grads, metrics = algo.meta_gradients(sampler.sample(32))
+    result = mf.evaluate(algo, test_sampler, episodes=600)
+"""
 
 __version__ = "0.1.0"
 
-__all__ = ["Episode", "Episodes", "EpisodeSampler", "data", "__version__"]
-
-# -- algorithms and the functional inner loop ----------------------------------------------
-from metafit import functional  # noqa: E402
+from metafit import data, functional, models  # noqa: E402
 from metafit.algorithms import (  # noqa: E402
     ANIL,
     FOMAML,
@@ -25,20 +28,34 @@ from metafit.algorithms import (  # noqa: E402
     list_algorithms,
     register_algorithm,
 )
+from metafit.config import Recipe, load_recipe  # noqa: E402
+from metafit.episodes import Episode, Episodes  # noqa: E402
+from metafit.evaluation import EvalResult, evaluate  # noqa: E402
+from metafit.sampler import EpisodeSampler  # noqa: E402
 
-__all__ += [
+__all__ = [
     "ANIL",
     "FOMAML",
     "MAML",
     "Algorithm",
+    "Episode",
+    "EpisodeSampler",
+    "Episodes",
+    "EvalResult",
     "FineTune",
     "Learner",
     "MetaSGD",
     "ProtoNet",
+    "Recipe",
     "Reptile",
+    "__version__",
     "build_algorithm",
+    "data",
+    "evaluate",
     "functional",
     "get_algorithm",
     "list_algorithms",
+    "load_recipe",
+    "models",
     "register_algorithm",
 ]
