@@ -51,7 +51,7 @@ class QuickstartSize:
 
 
 SIZES = {
-    "default": QuickstartSize(28, 32, 300, 300, 300, 300, 100, 50),
+    "default": QuickstartSize(28, 32, 300, 300, 300, 200, 60, 50),
     "tiny": QuickstartSize(16, 8, 4, 4, 4, 10, 4, 4),
 }
 
