@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metafit.functional import loss_fn, score
 from metafit.sampler import EpisodeSampler
 
 __all__ = ["EvalResult", "evaluate", "ci95", "scratch_baseline"]
@@ -84,7 +85,7 @@ def evaluate(
         batch: tasks adapted per call, to bound memory.
     """
     if steps is None:
-        steps = int(getattr(algo, "eval_inner_steps", None) or getattr(algo, "inner_steps", 0))
+        steps = int(algo.default_eval_steps)
     tasks = sampler.fixed(episodes)
     was_training = algo.training
     algo.eval()
@@ -93,14 +94,18 @@ def evaluate(
         chunk = tasks[start : start + batch]
         curves.append(algo.adaptation_curve(chunk, steps).detach().double())  # [t, S+1]
     algo.train(was_training)
-    curve = torch.cat(curves)  # [episodes, S+1]
+    return _result(torch.cat(curves), sampler, tasks.is_regression, steps)
+
+
+def _result(curve: Tensor, sampler: EpisodeSampler, is_regression: bool, steps: int
+            ) -> EvalResult:
+    """An :class:`EvalResult` from per-episode metrics ``curve [episodes, S+1]``."""
     final = curve[:, -1]  # [episodes]
-    metric = "mse" if tasks.is_regression else "accuracy"
     return EvalResult(
-        metric=metric,
+        metric="mse" if is_regression else "accuracy",
         mean=float(final.mean()),
         ci95=ci95(final),
-        episodes=episodes,
+        episodes=int(curve.shape[0]),
         steps=steps,
         per_episode=final.tolist(),
         curve=curve.mean(0).tolist(),
@@ -134,20 +139,11 @@ def scratch_baseline(
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         for _ in range(steps):
-            out = model(task.support_x)  # [N*K, N] or [K, 1]
-            loss = (torch.nn.functional.mse_loss(out, task.support_y) if tasks.is_regression
-                    else torch.nn.functional.cross_entropy(out, task.support_y))
+            loss = loss_fn(model(task.support_x), task.support_y)  # []
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            out = model(task.query_x)  # [N*Q, N]
-            score = (torch.nn.functional.mse_loss(out, task.query_y) if tasks.is_regression
-                     else (out.argmax(-1) == task.query_y).float().mean())
-        scores.append(float(score))
-    values = torch.tensor(scores, dtype=torch.float64)  # [episodes]
-    metric = "mse" if tasks.is_regression else "accuracy"
-    return EvalResult(metric=metric, mean=float(values.mean()), ci95=ci95(values),
-                      episodes=episodes, steps=steps, per_episode=scores,
-                      curve=[float(values.mean())], curve_ci95=[ci95(values)],
-                      ways=sampler.ways, shots=sampler.shots, queries=sampler.queries)
+            scores.append(float(score(model(task.query_x), task.query_y)))
+    values = torch.tensor(scores, dtype=torch.float64).unsqueeze(1)  # [episodes, 1]
+    return _result(values, sampler, tasks.is_regression, steps)

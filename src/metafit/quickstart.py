@@ -105,12 +105,12 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "default",
         t = time.perf_counter()
         Trainer(recipe, out / "runs" / name, progress=progress).fit()
         seconds[name] = round(time.perf_counter() - t, 1)
+    trained = {name: load_trained(out / "runs" / name)[1] for name in recipes}
     for shots in (1, 5):
         task = f"5-way {shots}-shot"
         sampler = EpisodeSampler(test_ds, 5, shots, 15,
                                  seed=recipes["maml"].seed + SPLIT_SEED_OFFSET["test"])
-        for name in recipes:
-            _, algo = load_trained(out / "runs" / name)
+        for name, algo in trained.items():
             rows.append((name, task, evaluate(algo, sampler, episodes=sz.test_episodes)))
         scratch = scratch_baseline(lambda: build_model(recipes["maml"]), sampler,
                                    episodes=sz.scratch_episodes, steps=50, lr=0.01)

@@ -28,7 +28,8 @@ from metafit import __version__
 from metafit.config import Recipe, make_recipe, recipe_to_yaml
 from metafit.io import atomic_save, atomic_write_text
 
-__all__ = ["RunDir", "CheckpointError", "load_checkpoint", "check_architecture"]
+__all__ = ["RunDir", "CheckpointError", "load_checkpoint", "check_architecture",
+           "restore_state"]
 
 FINISHED = ("complete", "stopped_early")
 
@@ -51,6 +52,20 @@ class RunDir:
 
     def checkpoint(self, which: str = "best") -> Path:
         return self.checkpoints / f"{which}.pt"
+
+    def trained_checkpoint(self, which: str = "best") -> Path:
+        """``checkpoints/{which}.pt``; for ``best``, ``last.pt`` when no best exists (no
+        validation ever scored a finite value).
+
+        Raises:
+            CheckpointError: neither exists.
+        """
+        path = self.checkpoint(which)
+        if not path.is_file() and which == "best" and self.checkpoint("last").is_file():
+            path = self.checkpoint("last")
+        if not path.is_file():
+            raise CheckpointError(f"{self.path} has no checkpoint '{which}' (train it first)")
+        return path
 
     def exists(self) -> bool:
         return self.config.is_file()
@@ -107,6 +122,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or "algorithm" not in data:
         raise CheckpointError(f"{path} is not a metafit checkpoint (no 'algorithm' state)")
     return data
+
+
+def restore_state(module: nn.Module, ckpt: dict[str, Any], source: str) -> None:
+    """Load ``ckpt["algorithm"]`` into ``module`` after :func:`check_architecture`."""
+    check_architecture(module, ckpt["algorithm"], source)
+    module.load_state_dict(ckpt["algorithm"])
 
 
 def check_architecture(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

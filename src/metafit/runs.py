@@ -12,7 +12,7 @@ from metafit.datasets import Split, load_split
 from metafit.evaluation import EvalResult, evaluate
 from metafit.factory import build_algorithm
 from metafit.io import atomic_write_text
-from metafit.rundir import CheckpointError, RunDir, check_architecture, load_checkpoint
+from metafit.rundir import RunDir, load_checkpoint, restore_state
 from metafit.sampler import EpisodeSampler
 
 __all__ = ["load_trained", "evaluate_run", "SPLIT_SEED_OFFSET"]
@@ -31,15 +31,10 @@ def load_trained(run: str | Path, which: str = "best") -> tuple[Recipe, nn.Modul
     """
     rd = RunDir(run)
     recipe = rd.read_recipe()
-    path = rd.checkpoint(which)
-    if not path.is_file() and which == "best" and rd.checkpoint("last").is_file():
-        path = rd.checkpoint("last")
-    if not path.is_file():
-        raise CheckpointError(f"{rd.path} has no checkpoint '{which}' (train it first)")
+    path = rd.trained_checkpoint(which)
     ckpt = load_checkpoint(path)
     algo = build_algorithm(recipe, ckpt.get("num_train_classes"))
-    check_architecture(algo, ckpt["algorithm"], str(path))
-    algo.load_state_dict(ckpt["algorithm"])
+    restore_state(algo, ckpt, str(path))
     algo.eval()
     return recipe, algo
 

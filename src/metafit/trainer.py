@@ -30,7 +30,7 @@ from metafit.data.base import ClassDataset
 from metafit.datasets import load_split
 from metafit.evaluation import evaluate
 from metafit.factory import build_algorithm
-from metafit.rundir import RunDir, check_architecture, load_checkpoint
+from metafit.rundir import RunDir, load_checkpoint, restore_state
 from metafit.sampler import EpisodeSampler
 
 __all__ = ["Trainer", "TrainState", "train", "lr_factor"]
@@ -115,8 +115,7 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
-        check_architecture(self.algo, ckpt["algorithm"], str(path))
-        self.algo.load_state_dict(ckpt["algorithm"])
+        restore_state(self.algo, ckpt, str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.train_sampler.load_state_dict(ckpt["sampler"])
@@ -126,13 +125,8 @@ class Trainer:
         log.info("resumed %s at iteration %d", self.run.path, self.state.iteration)
 
     def _warm_start(self, source: str) -> None:
-        src = RunDir(source)
-        path = src.checkpoint("best")
-        if not path.is_file():
-            path = src.checkpoint("last")
-        ckpt = load_checkpoint(path)
-        check_architecture(self.algo, ckpt["algorithm"], str(path))
-        self.algo.load_state_dict(ckpt["algorithm"])
+        path = RunDir(source).trained_checkpoint("best")
+        restore_state(self.algo, load_checkpoint(path), str(path))
         log.info("warm start from %s", path)
 
     def _prepare_dir(self) -> None:

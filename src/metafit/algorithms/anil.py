@@ -71,8 +71,8 @@ class ANIL(MAML):
 
     def head_params(self) -> Params:
         """The head's live parameters, keyed relative to the head (``"weight"``...)."""
-        return {n[len(_HEAD):]: p for n, p in self.model.named_parameters() if n in
-                set(self.adapted_names())}
+        adapted = set(self.adapted_names())
+        return {n[len(_HEAD):]: p for n, p in self.model.named_parameters() if n in adapted}
 
     def task_loss(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
