@@ -94,7 +94,9 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, task: str, algorithm: s
     for a, b in zip(expected, resumed, strict=True):
         assert a.keys() == b.keys()
         for key in a:
-            if isinstance(a[key], str):
+            if key == "seconds":  # wall-clock time spent training: differs run to run
+                assert b[key] > 0
+            elif isinstance(a[key], str):
                 assert a[key] == b[key], (key, a, b)
             else:
                 assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a, b)
@@ -103,6 +105,24 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, task: str, algorithm: s
     for (name, p), (_, q) in zip(algo_a.state_dict().items(), algo_b.state_dict().items(),
                                  strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_time_budget_stops_and_records_seconds(tmp_path: Path) -> None:
+    recipe = regression_recipe("maml").model_copy(update={"time_budget": 1e-6})
+    run = tmp_path / "run"
+    state = Trainer(recipe, run, progress=False).fit()
+    assert state.iteration == 1  # the first step already exceeds a microsecond
+    status = RunDir(run).status()
+    assert status["status"] == "stopped_early" and status["reason"] == "time_budget"
+    records = RunDir(run).read_metrics()
+    assert [r["split"] for r in records] == ["train", "val"]  # logged and validated at stop
+    assert all(r["seconds"] > 0 for r in records)
+    assert RunDir(run).checkpoint("last").is_file()
+    # Training again with the same budget does no further step; a larger one continues.
+    assert Trainer(recipe, run, progress=False).fit().iteration == 1
+    more = recipe.model_copy(update={"time_budget": None})
+    assert Trainer(more, run, progress=False).fit().iteration == recipe.iterations
+    assert RunDir(run).status()["status"] == "complete"
 
 
 def test_run_directory_contents_and_evaluation(tmp_path: Path) -> None:
@@ -206,3 +226,13 @@ def test_non_finite_validation_never_becomes_the_best(tmp_path: Path) -> None:
     scores2 = iter([float("nan"), float("nan")])
     trainer2.validate = lambda: {"mse": next(scores2), "ci95": 0.0}  # type: ignore[method-assign]
     assert trainer2.fit().best_iteration == 0
+
+
+def test_curve_points_are_dense_then_sparse() -> None:
+    from metafit.evaluation import curve_points
+
+    assert curve_points(3) == [0, 1, 2, 3]
+    assert curve_points(10) == list(range(11))
+    points = curve_points(50)
+    assert points[:6] == [0, 1, 2, 3, 4, 5] and points[-1] == 50 and len(points) == 15
+    assert points == sorted(set(points))

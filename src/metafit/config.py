@@ -52,7 +52,8 @@ class Recipe(BaseModel):
     image_size: int = Field(28, gt=0)
     channels: Literal[1, 3] = 1
     rotations: bool = Field(True, description="Omniglot: rotations by 90/180/270 as classes")
-    split_scheme: str = Field("alphabet", description="Omniglot: 'alphabet' or 'standard'")
+    split_scheme: str = Field("alphabet", description="Omniglot: 'alphabet', 'standard' or "
+                              "'vinyals' (1200 training characters, the papers' protocol)")
 
     # -- episodes --------------------------------------------------------------------
     ways: int = Field(5, gt=0)
@@ -86,6 +87,9 @@ class Recipe(BaseModel):
     warmup: int = Field(0, ge=0, description="linear warm-up iterations")
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     grad_clip: float | None = Field(None, gt=0, description="max global grad norm")
+    time_budget: float | None = Field(
+        None, gt=0, description="stop after this many seconds of meta-training steps "
+        "(validation excluded); the schedule still runs over `iterations`")
 
     # -- validation / evaluation -----------------------------------------------------
     val_every: int = Field(100, gt=0)

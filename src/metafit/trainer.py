@@ -72,6 +72,7 @@ class TrainState:
     since_best: int = 0
     window: dict[str, float] = field(default_factory=dict)  # metric sums since last log
     window_count: int = 0
+    train_seconds: float = 0.0  # wall-clock time inside meta-training steps, all sessions
 
 
 class Trainer:
@@ -134,7 +135,7 @@ class Trainer:
         if run.exists():
             saved = run.read_recipe()
             differ = [k for k, v in self.recipe.model_dump().items()
-                      if getattr(saved, k) != v and k not in ("iterations", "patience")]
+                      if getattr(saved, k) != v and k not in ("iterations", "patience", "time_budget")]
             if differ:
                 raise ValueError(
                     f"{run.path} holds a run of another recipe (differs in "
@@ -214,35 +215,49 @@ class Trainer:
         writer = self._tensorboard() if r.tensorboard else None
         bar = tqdm(total=r.iterations, initial=st.iteration, disable=not self.progress,
                    desc=r.name, unit="it", dynamic_ncols=True)
-        stopped, t0 = False, time.perf_counter()
+        stopped, reason, t0 = False, "", time.perf_counter()
+        if r.time_budget is not None and st.train_seconds >= r.time_budget:
+            stopped, reason = True, "time_budget"  # resumed with no time left
         self.algo.train()
         while st.iteration < r.iterations and not stopped:
+            t_step = time.perf_counter()
             metrics = self._step()
+            st.train_seconds += time.perf_counter() - t_step
             st.iteration += 1
+            out_of_time = r.time_budget is not None and st.train_seconds >= r.time_budget
             for k, v in metrics.items():
                 st.window[k] = st.window.get(k, 0.0) + v
             st.window_count += 1
-            if st.iteration % r.log_every == 0 or st.iteration == r.iterations:
+            last = st.iteration == r.iterations or out_of_time
+            if st.iteration % r.log_every == 0 or last:
                 record = {k: v / st.window_count for k, v in st.window.items()}
                 record.update(iteration=st.iteration, split="train",
-                              lr=self.optimizer.param_groups[0]["lr"])
+                              lr=self.optimizer.param_groups[0]["lr"],
+                              seconds=round(st.train_seconds, 3))
                 self._log(record, writer)
                 st.window, st.window_count = {}, 0
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
                                  if k in ("loss", "accuracy", "mse")})
-            if st.iteration % r.val_every == 0 or st.iteration == r.iterations:
+            if st.iteration % r.val_every == 0 or last:
                 val = self.validate()
-                self._log({"iteration": st.iteration, "split": "val", **val}, writer)
+                self._log({"iteration": st.iteration, "split": "val",
+                           "seconds": round(st.train_seconds, 3), **val}, writer)
                 stopped = self._after_validation(next(iter(val.values())))
+                reason = "patience" if stopped else reason
                 bar.write(f"iteration {st.iteration}: validation "
                           + ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
-            if st.iteration % r.checkpoint_every == 0 or stopped or st.iteration == r.iterations:
+            if st.iteration % r.checkpoint_every == 0 or stopped or last:
                 self.run.save_checkpoint("last", self._payload())
             bar.update(1)
+            if out_of_time and not stopped:
+                log.info("%s: time budget of %g s reached at iteration %d", r.name,
+                         r.time_budget, st.iteration)
+                stopped, reason = True, "time_budget"
         bar.close()
         status = "stopped_early" if stopped else "complete"
         self.run.set_status(status, iteration=st.iteration, best_iteration=st.best_iteration,
-                            best_score=st.best_score,
+                            best_score=st.best_score, reason=reason or None,
+                            train_seconds=round(st.train_seconds, 2),
                             seconds_this_session=round(time.perf_counter() - t0, 2))
         if writer is not None:
             writer.close()
