@@ -139,6 +139,11 @@ def test_adaptation_curve_shape_and_consistency(name: str, kind: str) -> None:
     assert float(curve[1, -1]) == pytest.approx(float(mf.score(out, task.query_y)), abs=1e-6)
     if name == "protonet":
         assert bool((curve == curve[:, :1]).all())
+    # Scoring only at some steps (through make_learner) gives the same points.
+    sparse = algo.adaptation_curve(episodes, steps=3, at=[0, 2, 3])
+    assert torch.allclose(sparse, curve[:, [0, 2, 3]], atol=1e-6)
+    with pytest.raises(ValueError, match="increasing steps"):
+        algo.adaptation_curve(episodes, steps=3, at=[2, 1])
 
 
 @pytest.mark.parametrize(("name", "kind"), CASES)

@@ -74,7 +74,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     sys.stdout.write(f"{args.run} [{args.split}, {args.checkpoint}]: {result.summary()}\n")
     scale = 100.0 if result.metric == "accuracy" else 1.0
-    curve = ", ".join(f"{s}: {v * scale:.2f}" for s, v in enumerate(result.curve))
+    curve = ", ".join(f"{s}: {v * scale:.2f}"
+                      for s, v in zip(result.curve_steps, result.curve, strict=True))
     sys.stdout.write(f"after 0..{result.steps} inner steps: {curve}\n"
                      f"BatchNorm: batch statistics, transductive over each query set\n")
     return 0

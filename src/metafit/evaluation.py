@@ -23,7 +23,17 @@ from torch import Tensor
 from metafit.functional import loss_fn, score
 from metafit.sampler import EpisodeSampler
 
-__all__ = ["EvalResult", "evaluate", "ci95", "scratch_baseline"]
+__all__ = ["EvalResult", "evaluate", "ci95", "scratch_baseline", "curve_points"]
+
+
+def curve_points(steps: int, dense: int = 10) -> list[int]:
+    """Inner steps at which the adaptation curve is scored: every step up to ``dense``
+    steps; beyond that 0..5, then ten evenly spaced steps up to ``steps`` (scoring the
+    query set after each of 50 or 100 steps would cost more than the adaptation)."""
+    if steps <= dense:
+        return list(range(steps + 1))
+    grid = {round(steps * i / 10) for i in range(1, 11)}
+    return sorted(set(range(6)) | grid)
 
 
 def ci95(values: Tensor) -> float:
@@ -39,7 +49,8 @@ class EvalResult:
     """Mean and 95% CI of ``metric`` over ``episodes`` fixed test tasks.
 
     ``per_episode [episodes]``: the metric of each task after ``steps`` inner steps.
-    ``curve [steps+1]`` / ``curve_ci95 [steps+1]``: mean (and CI) after 0..steps steps.
+    ``curve [P]`` / ``curve_ci95 [P]``: mean (and CI) after ``curve_steps [P]`` inner
+    steps (0..steps, all of them for short adaptations; see :func:`curve_points`).
     """
 
     metric: str
@@ -54,6 +65,7 @@ class EvalResult:
     shots: int
     queries: int
     transductive: bool = True
+    curve_steps: list[int] = field(default_factory=list)  # the step of each curve point
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,19 +99,22 @@ def evaluate(
     if steps is None:
         steps = int(algo.default_eval_steps)
     tasks = sampler.fixed(episodes)
+    points = curve_points(steps)
+    at = None if len(points) == steps + 1 else points
     was_training = algo.training
     algo.eval()
     curves = []
     for start in range(0, episodes, batch):
         chunk = tasks[start : start + batch]
-        curves.append(algo.adaptation_curve(chunk, steps).detach().double())  # [t, S+1]
+        curves.append(algo.adaptation_curve(chunk, steps, at=at).detach().double())  # [t, P]
     algo.train(was_training)
-    return _result(torch.cat(curves), sampler, tasks.is_regression, steps)
+    return _result(torch.cat(curves), sampler, tasks.is_regression, steps, points)
 
 
-def _result(curve: Tensor, sampler: EpisodeSampler, is_regression: bool, steps: int
-            ) -> EvalResult:
-    """An :class:`EvalResult` from per-episode metrics ``curve [episodes, S+1]``."""
+def _result(curve: Tensor, sampler: EpisodeSampler, is_regression: bool, steps: int,
+            points: list[int] | None = None) -> EvalResult:
+    """An :class:`EvalResult` from per-episode metrics ``curve [episodes, P]`` scored after
+    ``points`` inner steps (default 0..steps)."""
     final = curve[:, -1]  # [episodes]
     return EvalResult(
         metric="mse" if is_regression else "accuracy",
@@ -113,6 +128,7 @@ def _result(curve: Tensor, sampler: EpisodeSampler, is_regression: bool, steps: 
         ways=sampler.ways,
         shots=sampler.shots,
         queries=sampler.queries,
+        curve_steps=list(range(steps + 1)) if points is None else list(points),
     )
 
 
@@ -146,4 +162,4 @@ def scratch_baseline(
         with torch.no_grad():
             scores.append(float(score(model(task.query_x), task.query_y)))
     values = torch.tensor(scores, dtype=torch.float64).unsqueeze(1)  # [episodes, 1]
-    return _result(values, sampler, tasks.is_regression, steps)
+    return _result(values, sampler, tasks.is_regression, steps, [steps])

@@ -41,6 +41,8 @@ class ANIL(MAML):
             (the ``lslr`` rates exist for the head's parameters only).
     """
 
+    cheap_query_scores = True  # query features are computed once per task
+
     def __init__(
         self,
         model: nn.Module,

@@ -22,7 +22,7 @@ baseline, DESIGN.md sec. 7) and averages; a batched (``vmap``) path can override
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar, cast
 
 import torch
@@ -87,6 +87,9 @@ class Algorithm(nn.Module, ABC):
 
     name: ClassVar[str] = "algorithm"
     supports_regression: ClassVar[bool] = True
+    #: The trajectory scores the query set on features computed once (a head-only inner
+    #: loop), so scoring every step costs next to nothing: sparse curves just subsample.
+    cheap_query_scores: ClassVar[bool] = False
 
     def __init__(
         self, model: nn.Module, inner_steps: int = 0, eval_inner_steps: int | None = None
@@ -181,20 +184,40 @@ class Algorithm(nn.Module, ABC):
         params, _ = mf.final(self.trajectory(support_x, support_y, n_steps))
         return self.make_learner(params, support_y)
 
-    def adaptation_curve(self, episodes: Episodes, steps: int) -> Tensor:
+    def adaptation_curve(
+        self, episodes: Episodes, steps: int, at: Sequence[int] | None = None
+    ) -> Tensor:
         """Query metric of each task after 0..``steps`` inner steps: ``[T, steps+1]``
-        (accuracy for classification, MSE for regression). One adaptation per task, no
-        outer graph."""
+        (accuracy for classification, MSE for regression), or only after the steps listed
+        in ``at`` (increasing, each in 0..steps): ``[T, len(at)]``. One adaptation per
+        task, no outer graph; with ``at``, the query set is scored only at those steps
+        (through :meth:`make_learner`), which is what makes long adaptations affordable.
+        """
         self.check_episodes(episodes)
+        if at is not None and (list(at) != sorted(set(at)) or not at
+                               or at[0] < 0 or at[-1] > steps):
+            raise ValueError(f"at={list(at)} must be increasing steps within 0..{steps}")
         rows: list[Tensor] = []
         with torch.no_grad():
             for task in episodes:
-                curve = [
-                    mf.score(out, task.query_y)  # []
-                    for _, out in self.trajectory(
-                        task.support_x, task.support_y, steps, task.query_x
-                    )
-                    if out is not None
-                ]
-                rows.append(torch.stack(curve))  # [steps+1]
-        return torch.stack(rows)  # [T, steps+1]
+                if at is None or self.cheap_query_scores:
+                    curve = [
+                        mf.score(out, task.query_y)  # []
+                        for _, out in self.trajectory(
+                            task.support_x, task.support_y, steps, task.query_x
+                        )
+                        if out is not None
+                    ]
+                else:
+                    wanted = set(at)
+                    curve = [
+                        mf.score(self.make_learner(params, task.support_y)(task.query_x),
+                                 task.query_y)
+                        for s, (params, _) in enumerate(
+                            self.trajectory(task.support_x, task.support_y, steps))
+                        if s in wanted
+                    ]
+                if at is not None and self.cheap_query_scores:
+                    curve = [curve[s] for s in at]
+                rows.append(torch.stack(curve))  # [steps+1] or [len(at)]
+        return torch.stack(rows)  # [T, steps+1] or [T, len(at)]

@@ -50,6 +50,8 @@ class FineTune(Algorithm):
         eval_inner_steps: overrides ``inner_steps`` for ``adapt``.
     """
 
+    cheap_query_scores = True  # query features are computed once per task
+
     def __init__(
         self,
         model: nn.Module,

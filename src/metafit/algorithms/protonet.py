@@ -62,6 +62,8 @@ class ProtoNet(Algorithm):
 
     supports_regression = False
 
+    cheap_query_scores = True  # query features are computed once per task
+
     def __init__(self, model: nn.Module, distance: str = "sqeuclidean") -> None:
         super().__init__(model)
         if distance != "sqeuclidean":
