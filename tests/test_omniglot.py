@@ -259,3 +259,19 @@ def test_shared_small_sets_counts() -> None:
     ds = Omniglot(SHARED, rotations=False)
     assert (len(ds.alphabets), ds.num_characters, ds.num_images) == (8, 242, 4840)
     assert all(len(ds.alphabet_splits[s]) >= 1 for s in ("train", "val", "test"))
+
+
+def test_vinyals_split_is_by_character_1100_100_423() -> None:
+    from metafit.data.omniglot import _scheme_splits
+
+    characters = [f"Alpha{a:02d}/character{c:02d}" for a in range(50) for c in range(33)][:1623]
+    origins = ["images_background" if i < 964 else "images_evaluation"
+               for i in range(len(characters))]
+    splits = _scheme_splits(characters, origins, "vinyals", seed=0)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [1100, 100, 423]
+    assert set().union(*map(set, splits.values())) == set(characters)
+    assert not set(splits["train"]) & set(splits["test"])
+    assert splits == _scheme_splits(characters, origins, "vinyals", seed=0)
+    assert splits["test"] != _scheme_splits(characters, origins, "vinyals", seed=1)["test"]
+    with pytest.raises(ValueError, match="needs the full Omniglot zips"):
+        _scheme_splits(characters[:300], origins[:300], "vinyals", seed=0)

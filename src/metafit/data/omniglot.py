@@ -26,6 +26,11 @@ Splits are by alphabet (a character and its rotations go where its alphabet goes
 - ``split_scheme="standard"``: the ``images_evaluation`` alphabets are ``test``; the
   ``images_background`` alphabets are shuffled the same way and taken into ``val`` until
   it holds >= 10% of the background characters, the rest is ``train``. Needs both zips.
+- ``split_scheme="vinyals"``: the protocol of the papers' tables (Vinyals et al. 2016,
+  Santoro et al. 2016, Finn et al. 2017, Snell et al. 2017): all 1623 characters of both
+  official zips, sorted and shuffled with ``random.Random(seed)``; the first 1200 are for
+  meta-training (1100 ``train`` and 100 ``val`` here), the remaining 423 are ``test``.
+  Splits are by character, so one alphabet spans splits. Needs both full zips.
 """
 
 from __future__ import annotations
@@ -54,7 +59,9 @@ OMNIGLOT_SETS: tuple[str, ...] = tuple(
     f"images_{s}" for s in ("background", "evaluation", "background_small1", "background_small2")
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-SCHEMES: tuple[str, ...] = ("alphabet", "standard")
+SCHEMES: tuple[str, ...] = ("alphabet", "standard", "vinyals")
+#: Characters of the ``vinyals`` protocol's train (+ val) split; the rest are test.
+VINYALS_TRAIN, VINYALS_VAL = 1100, 100
 _ROTATIONS: tuple[str, ...] = ("", "/rot90", "/rot180", "/rot270")
 
 Key = tuple[str, str, str]  # (alphabet, character, file name)
@@ -85,6 +92,7 @@ def split_alphabets(
 def _scheme_splits(
     characters: list[str], origins: list[str], scheme: str, seed: int
 ) -> dict[str, list[str]]:
+    """The characters (``"Alphabet/characterNN"``) of each split under ``scheme``."""
     counts: dict[str, int] = {}
     evaluation: set[str] = set()
     for c, o in zip(characters, origins, strict=True):
@@ -92,10 +100,26 @@ def _scheme_splits(
         counts[alphabet] = counts.get(alphabet, 0) + 1
         if "images_evaluation" in o.split("|"):
             evaluation.add(alphabet)
+    if scheme == "vinyals":
+        if len(characters) < VINYALS_TRAIN + VINYALS_VAL + 1:
+            raise ValueError(f"split_scheme='vinyals' needs the full Omniglot zips (1623 "
+                             f"characters); found {len(characters)}")
+        order = sorted(characters)
+        random.Random(seed).shuffle(order)
+        cut = VINYALS_TRAIN + VINYALS_VAL
+        return {"train": sorted(order[:VINYALS_TRAIN]),
+                "val": sorted(order[VINYALS_TRAIN:cut]), "test": sorted(order[cut:])}
     if scheme == "alphabet":
-        return split_alphabets(counts, seed, [("test", 0.2), ("val", 0.1)])
-    background = {a: n for a, n in counts.items() if a not in evaluation}
-    return {**split_alphabets(background, seed, [("val", 0.1)]), "test": sorted(evaluation)}
+        alphabets = split_alphabets(counts, seed, [("test", 0.2), ("val", 0.1)])
+    else:
+        background = {a: n for a, n in counts.items() if a not in evaluation}
+        alphabets = {**split_alphabets(background, seed, [("val", 0.1)]),
+                     "test": sorted(evaluation)}
+    split_of = {a: split for split, names in alphabets.items() for a in names}
+    out: dict[str, list[str]] = {split: [] for split in alphabets}
+    for c in sorted(characters):
+        out[split_of[c.split("/")[0]]].append(c)
+    return out
 
 
 def _find_sources(root: Path) -> list[tuple[str, Path]]:
@@ -237,14 +261,17 @@ class Omniglot(TensorClassDataset):
         root = Path(root)
         sources = _find_sources(root)
         missing = [f"{n}.zip" for n in OMNIGLOT_SETS[:2] if n not in {s for s, _ in sources}]
-        if split is not None and split_scheme == "standard" and missing:
+        if split is not None and split_scheme in ("standard", "vinyals") and missing:
             raise ValueError(f"split_scheme='standard' needs {' and '.join(missing)} in {root}")
         key = [f"size={image_size}"] + [f"{n}={_source_key(p)}" for n, p in sources]
         decoded = cached("omniglot", key, lambda: _decode(sources, image_size), enabled=cache)
         data, targets = decoded["data"], decoded["targets"]  # [N, 1, s, s], [N]
         characters: list[str] = decoded["characters"]
         alphabet_of = [c.split("/")[0] for c in characters]
-        self.alphabet_splits = _scheme_splits(characters, decoded["origins"], split_scheme, seed)
+        self.character_splits = _scheme_splits(characters, decoded["origins"], split_scheme,
+                                               seed)
+        self.alphabet_splits = {k: sorted({c.split("/")[0] for c in v})
+                                for k, v in self.character_splits.items()}
         if split is None:
             keep = list(range(len(characters)))
         else:
@@ -254,8 +281,8 @@ class Omniglot(TensorClassDataset):
                     f"Omniglot {split_scheme!r} split leaves {', '.join(empty)} without "
                     f"alphabets ({len(set(alphabet_of))} alphabets in {root}); use split=None"
                 )
-            chosen = set(self.alphabet_splits[split])
-            keep = [i for i, a in enumerate(alphabet_of) if a in chosen]
+            chosen = set(self.character_splits[split])
+            keep = [i for i, c in enumerate(characters) if c in chosen]
         remap = torch.full((len(characters),), -1, dtype=torch.long)
         remap[keep] = torch.arange(len(keep))
         new_targets = remap[targets]  # [N]
