@@ -233,6 +233,7 @@ def test_curve_points_are_dense_then_sparse() -> None:
 
     assert curve_points(3) == [0, 1, 2, 3]
     assert curve_points(10) == list(range(11))
-    points = curve_points(50)
-    assert points[:6] == [0, 1, 2, 3, 4, 5] and points[-1] == 50 and len(points) == 15
+    assert curve_points(50) == [0, 1, 2, 3, 5, 10, 20, 30, 40, 50]
+    points = curve_points(101)
+    assert points[:5] == [0, 1, 2, 3, 5] and points[-1] == 101
     assert points == sorted(set(points))

@@ -77,6 +77,8 @@ class Recipe(BaseModel):
     first_order: bool = False
     lslr: bool = Field(False, description="MAML++ per-step per-layer inner rates")
     finetune_layers: int = Field(0, ge=0, description="FineTune: body blocks refit at test")
+    inner_batch: int | None = Field(None, gt=0, description="Reptile: examples per inner "
+                                    "step, cycling through the support set (default: all)")
 
     # -- outer loop ------------------------------------------------------------------
     meta_batch: int = Field(32, gt=0)

@@ -28,12 +28,12 @@ __all__ = ["EvalResult", "evaluate", "ci95", "scratch_baseline", "curve_points"]
 
 def curve_points(steps: int, dense: int = 10) -> list[int]:
     """Inner steps at which the adaptation curve is scored: every step up to ``dense``
-    steps; beyond that 0..5, then ten evenly spaced steps up to ``steps`` (scoring the
-    query set after each of 50 or 100 steps would cost more than the adaptation)."""
+    steps; beyond that 0, 1, 2, 3, 5, then five evenly spaced steps up to ``steps`` (scoring
+    the query set after each of 50 or 100 steps would cost more than the adaptation)."""
     if steps <= dense:
         return list(range(steps + 1))
-    grid = {round(steps * i / 10) for i in range(1, 11)}
-    return sorted(set(range(6)) | grid)
+    grid = {round(steps * i / 5) for i in range(1, 6)}
+    return sorted({0, 1, 2, 3, 5} | grid)
 
 
 def ci95(values: Tensor) -> float:
@@ -86,6 +86,8 @@ def evaluate(
     episodes: int = 600,
     steps: int | None = None,
     batch: int = 50,
+    progress: bool = False,
+    desc: str = "evaluating",
 ) -> EvalResult:
     """Evaluate ``algo`` on ``sampler.fixed(episodes)``.
 
@@ -95,7 +97,10 @@ def evaluate(
         episodes: number of test tasks (600 in the papers).
         steps: inner steps at test time (default: the algorithm's evaluation default).
         batch: tasks adapted per call, to bound memory.
+        progress: a progress bar (tasks) on stderr.
     """
+    from tqdm.auto import tqdm
+
     if steps is None:
         steps = int(algo.default_eval_steps)
     tasks = sampler.fixed(episodes)
@@ -104,9 +109,12 @@ def evaluate(
     was_training = algo.training
     algo.eval()
     curves = []
-    for start in range(0, episodes, batch):
-        chunk = tasks[start : start + batch]
-        curves.append(algo.adaptation_curve(chunk, steps, at=at).detach().double())  # [t, P]
+    with tqdm(total=episodes, desc=desc, unit="task", disable=not progress,
+              leave=False) as bar:
+        for start in range(0, episodes, batch):
+            chunk = tasks[start : start + batch]
+            curves.append(algo.adaptation_curve(chunk, steps, at=at).detach().double())
+            bar.update(len(chunk))  # curves[-1]: [t, P]
     algo.train(was_training)
     return _result(torch.cat(curves), sampler, tasks.is_regression, steps, points)
 
@@ -139,6 +147,7 @@ def scratch_baseline(
     steps: int = 50,
     lr: float = 0.01,
     seed: int = 0,
+    progress: bool = False,
 ) -> EvalResult:
     """A network trained from scratch on each support set alone (no meta-training).
 
@@ -146,9 +155,12 @@ def scratch_baseline(
     full-batch Adam steps on the support set, scored on the query set. This is the floor
     every meta-learner must clear.
     """
+    from tqdm.auto import tqdm
+
     tasks = sampler.fixed(episodes)
     scores = []
-    for t in range(episodes):
+    for t in tqdm(range(episodes), desc="scratch", unit="task", disable=not progress,
+                  leave=False):
         task = tasks[t]
         torch.manual_seed(seed + t)
         model = make_model()

@@ -65,4 +65,6 @@ def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.
         options["lslr"] = True
     if recipe.finetune_layers:
         options["finetune_layers"] = recipe.finetune_layers
+    if recipe.inner_batch is not None:
+        options["inner_batch"] = recipe.inner_batch
     return build_registered(recipe.algorithm, model, **options)
