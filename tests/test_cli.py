@@ -24,7 +24,7 @@ def test_help_lists_exactly_the_implemented_verbs() -> None:
     choices = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     for verb in choices:
         assert verb in out.stdout
-    assert {"recipes", "train", "evaluate", "data"} <= choices
+    assert {"recipes", "train", "evaluate", "data", "report"} <= choices
 
 
 def test_recipes_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:

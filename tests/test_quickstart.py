@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from PIL import Image
+
 from metafit.cli import main
+from metafit.quickstart import SIZES, data_keys
 from metafit.rundir import RunDir
+from test_omniglot import write_zip
 
 
 def test_quickstart_tiny_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -25,4 +29,30 @@ def test_quickstart_tiny_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureF
         assert 0.0 <= row["mean"] <= 1.0 and row["ci95"] >= 0.0
     for name in ("maml", "protonet", "finetune"):
         assert RunDir(out / "runs" / name).status()["status"] == "complete"
-    assert "| method | task | accuracy (%)" in (out / "report" / "results.md").read_text()
+    report = (out / "report" / "results.md").read_text()
+    assert "| method | task | accuracy (%)" in report
+    plots = ["results.png", "training.png", "adaptation_5w1s.png", "adaptation_5w5s.png",
+             "episode.png"]
+    assert results["plots"] == plots
+    for name in plots:
+        assert f"]({name})" in report
+        with Image.open(out / "report" / name) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+
+
+def test_quickstart_data_selection(tmp_path: Path) -> None:
+    size = SIZES["tiny"]
+    assert data_keys(size) == {"dataset": "glyphs", "image_size": size.image_size}
+    write_zip(tmp_path, "images_background_small1", {"Aa": 2, "Bb": 2, "Cc": 2})
+    keys = data_keys(size, data_root=str(tmp_path))
+    assert keys["dataset"] == "omniglot" and keys["data_root"] == str(tmp_path)
+    assert keys["rotations"] is True and keys["image_size"] == 28
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no Omniglot zips; for other images give a"):
+        data_keys(size, data_root=str(empty))
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        data_keys(size, data_root=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="compares image classifiers.*'sinusoid'"):
+        data_keys(size, recipe="sinusoid_maml")
+    assert main(["quickstart", "sinusoid_maml", "--size", "tiny"]) == 2

@@ -84,10 +84,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from metafit.quickstart import quickstart
 
-    results = quickstart(args.out, size=args.size, progress=not args.no_progress)
+    results = quickstart(args.out, size=args.size, progress=not args.no_progress,
+                         recipe=args.recipe, data_root=args.data_root)
     sys.stdout.write("\n" + results["table"] + "\n\n")
     sys.stdout.write(f"finished in {results['total_seconds']} s; report: "
-                     f"{args.out}/report/results.md\n")
+                     f"{args.out}/report/results.md (plots: {', '.join(results['plots'])})\n")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from metafit.report import report_runs
+
+    files = report_runs(args.runs, out=args.out, episodes=args.episodes, split=args.split)
+    for f in files:
+        sys.stdout.write(f"wrote {f}\n")
     return 0
 
 
@@ -104,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="meta-train and compare MAML, ProtoNet and "
                        "baselines on the built-in Glyphs data (a few minutes, no download)")
+    p.add_argument("recipe", nargs="?", help="optional: take the dataset from this recipe "
+                   "(name or YAML) instead of the built-in Glyphs")
+    p.add_argument("--data-root", help="data directory (Omniglot zips, or the recipe's data)")
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--size", default="default", choices=["default", "tiny"],
                    help="tiny: a seconds-long smoke run")
@@ -132,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="inner steps at test time (default: recipe's)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("report", help="plot runs: training and validation curves, "
+                       "adaptation curves, an example test episode (or sinusoid fits)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: "
+                   "curves overlaid)")
+    p.add_argument("--out", help="report directory (default RUN/report for one run)")
+    p.add_argument("--episodes", type=int, default=100,
+                   help="test episodes for the adaptation curve (default 100)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("data", help="load a recipe's dataset and describe its splits")
     p.add_argument("recipe", help="recipe name or YAML path")

@@ -9,8 +9,15 @@ then compares on *unseen* test classes, on the same fixed 5-way episodes:
 - Scratch: a network trained on the support set alone.
 
 Results (mean accuracy +- 95% CI) are printed as a table and written to
-``OUT/report/results.md`` and ``results.json``; each method's run directory is kept under
-``OUT/runs`` so ``metafit evaluate`` works on it.
+``OUT/report/results.md`` and ``results.json`` with PNG plots (``results.png``: the table
+as bars; ``training.png``: meta-training and validation curves; ``adaptation_5w1s.png`` /
+``adaptation_5w5s.png``: accuracy after 0..S inner steps; ``episode.png``: one test
+episode with MAML's predictions). Each method's run directory is kept under ``OUT/runs``
+so ``metafit evaluate`` and ``metafit report`` work on it.
+
+The same comparison runs on real images: ``quickstart(data_root=DIR)`` on a directory of
+Omniglot zips, or ``quickstart(recipe=NAME_OR_YAML, data_root=DIR)`` to take the dataset
+keys (dataset, image size, channels, rotations, split) from a recipe.
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metafit.config import Recipe, make_recipe
+from metafit.config import Recipe, load_recipe, make_recipe
 from metafit.datasets import load_split
 from metafit.evaluation import EvalResult, evaluate, scratch_baseline
+from metafit.rundir import RunDir
 from metafit.factory import build_model
 from metafit.io import atomic_write_text
 from metafit.runs import SPLIT_SEED_OFFSET, load_trained
@@ -56,13 +64,45 @@ SIZES = {
 }
 
 
-def _recipes(size: QuickstartSize) -> dict[str, Recipe]:
+#: Recipe keys that say which data the quickstart runs on (taken from a user's recipe).
+DATA_KEYS = ("dataset", "data_root", "image_size", "channels", "rotations", "split_scheme")
+IMAGE_DATASETS = ("glyphs", "omniglot", "image_folder", "idx")
+
+
+def data_keys(size: QuickstartSize, recipe: str | None = None,
+              data_root: str | None = None) -> dict[str, Any]:
+    """The data part of the quickstart recipes: built-in Glyphs by default; a recipe's
+    data keys; or Omniglot when ``data_root`` alone holds Omniglot zips or folders."""
+    if recipe is None and data_root is None:
+        return {"dataset": "glyphs", "image_size": size.image_size}
+    if recipe is None:
+        from metafit.data.omniglot import OMNIGLOT_SETS
+
+        assert data_root is not None
+        root = Path(data_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--data-root {root} is not a directory")
+        if not any((root / f"{n}.zip").is_file() or (root / n).is_dir()
+                   for n in OMNIGLOT_SETS):
+            raise ValueError(f"{root} holds no Omniglot zips; for other images give a "
+                             "recipe too (e.g. a YAML with dataset: image_folder)")
+        recipe = "omniglot_5w1s_protonet"
+    base = load_recipe(recipe, [f"data_root={data_root}"] if data_root else [])
+    if base.dataset not in IMAGE_DATASETS:
+        raise ValueError(f"quickstart compares image classifiers; recipe {recipe!r} uses "
+                         f"dataset {base.dataset!r} (use one of {', '.join(IMAGE_DATASETS)})")
+    dumped = base.model_dump()
+    return {k: dumped[k] for k in DATA_KEYS if k in dumped}
+
+
+def _recipes(size: QuickstartSize, data: dict[str, Any] | None = None) -> dict[str, Recipe]:
     common: dict[str, Any] = dict(
         dataset="glyphs", image_size=size.image_size, model="conv4", hidden=size.hidden,
         ways=5, shots=1, queries=5, test_ways=5, test_shots=1, test_queries=15,
         val_episodes=size.val_episodes, test_episodes=size.test_episodes, log_every=10,
         checkpoint_every=100, seed=0,
     )
+    common.update(data or {})
     every = lambda n: max(1, n // 3)  # noqa: E731 - validate three times per run
     return {
         "maml": make_recipe(dict(common, name="quickstart_maml", algorithm="maml",
@@ -91,41 +131,80 @@ def _table(rows: list[tuple[str, str, EvalResult]]) -> str:
 
 
 def quickstart(out: str | Path = "runs/quickstart", size: str = "default",
-               progress: bool = True) -> dict[str, Any]:
-    """Run the quickstart into ``out``; returns the results as a dict (also saved)."""
+               progress: bool = True, recipe: str | None = None,
+               data_root: str | None = None) -> dict[str, Any]:
+    """Run the quickstart into ``out``; returns the results as a dict (also saved).
+
+    Args:
+        out: output directory (``runs/`` and ``report/`` inside).
+        size: ``"default"`` (about 3 minutes on 2 CPU cores) or ``"tiny"`` (seconds).
+        progress: progress bars (training, evaluation) on stderr.
+        recipe, data_root: run on real data instead of Glyphs (see the module docstring).
+    """
     if size not in SIZES:
         raise ValueError(f"unknown quickstart size '{size}'; choose {', '.join(SIZES)}")
     sz, out = SIZES[size], Path(out)
     t0 = time.perf_counter()
-    recipes = _recipes(sz)
+    recipes = _recipes(sz, data_keys(sz, recipe, data_root))
+    test_ds = load_split(recipes["maml"], "test")  # fail on bad data before any training
+    stages = len(recipes) + 2
     rows: list[tuple[str, str, EvalResult]] = []
-    test_ds = load_split(recipes["maml"], "test")
     seconds: dict[str, float] = {}
-    for name, recipe in recipes.items():
+    for i, (name, r) in enumerate(recipes.items(), 1):
+        log.info("[%d/%d] meta-training %s on %s (%d iterations)", i, stages, name,
+                 r.dataset, r.iterations)
         t = time.perf_counter()
-        Trainer(recipe, out / "runs" / name, progress=progress).fit()
+        Trainer(r, out / "runs" / name, progress=progress).fit()
         seconds[name] = round(time.perf_counter() - t, 1)
     trained = {name: load_trained(out / "runs" / name)[1] for name in recipes}
-    for shots in (1, 5):
+    samplers: dict[int, EpisodeSampler] = {}
+    for j, shots in enumerate((1, 5)):
         task = f"5-way {shots}-shot"
-        sampler = EpisodeSampler(test_ds, 5, shots, 15,
-                                 seed=recipes["maml"].seed + SPLIT_SEED_OFFSET["test"])
+        log.info("[%d/%d] testing on %s episodes of unseen classes (%s)", len(recipes) + 1 + j,
+                 stages, sz.test_episodes, task)
+        samplers[shots] = sampler = EpisodeSampler(
+            test_ds, 5, shots, 15, seed=recipes["maml"].seed + SPLIT_SEED_OFFSET["test"])
         for name, algo in trained.items():
-            rows.append((name, task, evaluate(algo, sampler, episodes=sz.test_episodes)))
+            rows.append((name, task, evaluate(algo, sampler, episodes=sz.test_episodes,
+                                              progress=progress, desc=f"{name} {task}")))
         scratch = scratch_baseline(lambda: build_model(recipes["maml"]), sampler,
-                                   episodes=sz.scratch_episodes, steps=50, lr=0.01)
+                                   episodes=sz.scratch_episodes, steps=50, lr=0.01,
+                                   progress=progress)
         rows.append(("scratch", task, scratch))
     total = round(time.perf_counter() - t0, 1)
     table = _table(rows)
+    report = out / "report"
+    plots = _plots(report, rows, {n: RunDir(out / "runs" / n) for n in recipes},
+                   trained["maml"], samplers[1], test_ds.classes)
     results = {
         "rows": [{"method": m, "task": t, **r.to_dict()} for m, t, r in rows],
         "train_seconds": seconds, "total_seconds": total, "size": size,
+        "dataset": recipes["maml"].dataset, "plots": [p.name for p in plots],
     }
-    report = out / "report"
     atomic_write_text(report / "results.json", json.dumps(results, indent=1))
+    where = ("built-in Glyphs characters" if recipes["maml"].dataset == "glyphs"
+             else f"{recipes['maml'].dataset} data in {recipes['maml'].data_root}")
+    images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
     atomic_write_text(report / "results.md", (
-        "# metafit quickstart\n\nBuilt-in Glyphs characters; test classes unseen in "
-        f"training; fixed test episodes, 15 queries per class.\nTraining seconds: {seconds}; "
-        f"total {total} s.\n\n{table}\n"))
+        f"# metafit quickstart\n\n{where}; test classes unseen in training; the same "
+        f"fixed test episodes for every method, 15 queries per class.\nTraining seconds: "
+        f"{seconds}; total {total} s.\n\n{table}\n\n{images}\n"))
     results["table"] = table
     return results
+
+
+def _plots(report: Path, rows: list[tuple[str, str, EvalResult]], runs: dict[str, RunDir],
+           maml: Any, sampler: EpisodeSampler, class_names: list[str]) -> list[Path]:
+    from metafit.report import plot_adaptation, plot_episode, plot_results, plot_training
+
+    plots = [plot_results(rows, report / "results.png",
+                          title="Unseen test classes: accuracy (95% CI)"),
+             plot_training(runs, report / "training.png")]
+    for task in dict.fromkeys(t for _, t, _ in rows):
+        tag = task.replace("5-way ", "5w").replace("-shot", "s")
+        plots.append(plot_adaptation({m: r for m, t, r in rows if t == task},
+                                     report / f"adaptation_{tag}.png",
+                                     title=f"Adaptation on unseen classes, {task}"))
+    plots.append(plot_episode(maml, sampler.fixed(1)[0], class_names, report / "episode.png",
+                              title="MAML, 5-way 1-shot"))
+    return plots

@@ -110,9 +110,13 @@ class EpisodeSampler:
         """The same ``n`` evaluation tasks for this seed, in every process and call."""
         _check_positive(n=n)
         if n not in self._fixed_cache:
-            gen = torch.Generator().manual_seed(self.seed ^ _FIXED_STREAM)
-            self._fixed_cache[n] = self._draw(n, gen)
+            self._fixed_cache[n] = self._draw(n, self.fixed_generator())
         return self._fixed_cache[n]
+
+    def fixed_generator(self) -> torch.Generator:
+        """A fresh generator of the stream :meth:`fixed` draws from (a task family's task
+        parameters, e.g. sinusoid amplitudes and phases, are its first draws)."""
+        return torch.Generator().manual_seed(self.seed ^ _FIXED_STREAM)
 
     def _draw(self, n: int, gen: torch.Generator) -> Episodes:
         if self.is_task_family:
