@@ -119,7 +119,8 @@ def plot_adaptation(results: Mapping[str, EvalResult], path: str | Path,
         ys = (torch.tensor(r.curve) * scale).numpy()
         ci = (torch.tensor(r.curve_ci95).nan_to_num(0.0) * scale).numpy()
         style = {"marker": "o"} if len(steps) > 1 else {"marker": "s", "markersize": 8}
-        ax.plot(steps, ys, color=f"C{i}", label=f"{label}: {ys[-1]:.1f}", **style)
+        final = f"{ys[-1]:.1f}%" if r.metric == "accuracy" else f"{ys[-1]:.3f}"
+        ax.plot(steps, ys, color=f"C{i}", label=f"{label}: {final}", **style)
         ax.fill_between(steps, ys - ci, ys + ci, color=f"C{i}", alpha=0.15)
     ax.set(xlabel="inner (adaptation) steps on the support set",
            ylabel=f"test {ylabel}", title=title)
