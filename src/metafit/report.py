@@ -179,12 +179,16 @@ def plot_episode(algo: Any, episode: Any, class_names: Sequence[str], path: str 
     ways = int(sy.max()) + 1
     names = [class_names[int(c)] if episode.classes is not None else str(c)
              for c in (episode.classes if episode.classes is not None else range(ways))]
-    short = [n if len(n) <= 18 else "..." + n[-15:] for n in names]
+    short = [n.replace("character", "ch").replace("/rot", " r") for n in names]
+    short = [n if len(n) <= 20 else "..." + n[-17:] for n in short]
     order = torch.argsort(sy, stable=True)[: max(ways, min(len(sy), 10))]
-    # Queries: spread over classes, the wrong ones first so errors are visible.
+    # Queries: up to half of them wrong ones (so errors are visible), the rest right ones
+    # spread over the query set, topped up with more wrong ones if too few are right.
     wrong = (pred != qy).nonzero().flatten().tolist()
     right = [i for i in range(len(qy)) if i not in set(wrong)]
-    picked = (wrong + right[:: max(1, len(right) // max_queries)])[:max_queries]
+    half = max_queries // 2
+    spread = right[:: max(1, len(right) // max(1, max_queries - half))]
+    picked = (wrong[:half] + spread + wrong[half:])[:max_queries]
     cols = max(len(order), len(picked))
     fig, axes = plt.subplots(2, cols, figsize=(1.45 * cols, 3.6), squeeze=False)
     for ax in axes.flat:
