@@ -34,6 +34,8 @@ def test_quickstart_tiny_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureF
     plots = ["results.png", "training.png", "adaptation_5w1s.png", "adaptation_5w5s.png",
              "episode.png"]
     assert results["plots"] == plots
+    assert set(results["maml_test_steps"]) == {"1-shot", "5-shot"}
+    assert "chosen on validation" in report
     for name in plots:
         assert f"]({name})" in report
         with Image.open(out / "report" / name) as im:

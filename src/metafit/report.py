@@ -91,7 +91,8 @@ def plot_training(runs: Mapping[str, RunDir], path: str | Path) -> Path:
             ax_val.fill_between(xs, [y - c for y, c in zip(ys, ci, strict=True)],
                                 [y + c for y, c in zip(ys, ci, strict=True)], color=color,
                                 alpha=0.15)
-            if metric == "accuracy" and train and "accuracy" in train[0]:
+            episodic = run.read_recipe().algorithm != "finetune"  # its training is not
+            if metric == "accuracy" and train and "accuracy" in train[0] and episodic:
                 ax_val.plot([r["iteration"] for r in train],
                             [100 * r["accuracy"] for r in train], color=color,
                             linestyle=":", alpha=0.7, label=f"{label} (meta-train query)")
