@@ -114,7 +114,7 @@ def evaluate(
         for start in range(0, episodes, batch):
             chunk = tasks[start : start + batch]
             curves.append(algo.adaptation_curve(chunk, steps, at=at).detach().double())
-            bar.update(len(chunk))  # curves[-1]: [t, P]
+            bar.update(curves[-1].shape[0])  # curves[-1]: [t, P]
     algo.train(was_training)
     return _result(torch.cat(curves), sampler, tasks.is_regression, steps, points)
 

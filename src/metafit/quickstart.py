@@ -32,9 +32,9 @@ from typing import Any
 from metafit.config import Recipe, load_recipe, make_recipe
 from metafit.datasets import load_split
 from metafit.evaluation import EvalResult, evaluate, scratch_baseline
-from metafit.rundir import RunDir
 from metafit.factory import build_model
 from metafit.io import atomic_write_text
+from metafit.rundir import RunDir
 from metafit.runs import SPLIT_SEED_OFFSET, load_trained
 from metafit.sampler import EpisodeSampler
 from metafit.trainer import Trainer
@@ -178,7 +178,7 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "default",
     table = _table(rows)
     report = out / "report"
     plots = _plots(report, rows, {n: RunDir(out / "runs" / n) for n in recipes},
-                   trained["maml"], samplers[1], test_ds.classes)
+                   trained["maml"], samplers[1], list(getattr(test_ds, "classes", [])))
     results = {
         "rows": [{"method": m, "task": t, **r.to_dict()} for m, t, r in rows],
         "train_seconds": seconds, "total_seconds": total, "size": size,

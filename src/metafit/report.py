@@ -275,7 +275,7 @@ def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
     written = [plot_training({k: RunDir(p) for k, (p, _, _) in loaded.items()},
                              out / "training.png")]
     results: dict[str, EvalResult] = {}
-    for label, (p, recipe, _) in loaded.items():
+    for label, (p, _, _) in loaded.items():
         results[label] = evaluate_run(p, split=split, episodes=episodes)  # type: ignore[arg-type]
     first_label, (p0, recipe0, algo0) = next(iter(loaded.items()))
     task = (f"{recipe0.eval_ways}-way {recipe0.eval_shots}-shot" if not recipe0.is_regression

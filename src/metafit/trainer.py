@@ -37,6 +37,9 @@ __all__ = ["Trainer", "TrainState", "train", "lr_factor"]
 
 log = logging.getLogger(__name__)
 
+#: Recipe keys that may differ when training again into an existing run directory.
+RESUMABLE_CHANGES = ("iterations", "patience", "time_budget")
+
 
 def lr_factor(recipe: Recipe) -> Callable[[int], float]:
     """Multiplier of ``outer_lr`` at step i: linear warm-up, then constant/cosine/linear."""
@@ -135,7 +138,7 @@ class Trainer:
         if run.exists():
             saved = run.read_recipe()
             differ = [k for k, v in self.recipe.model_dump().items()
-                      if getattr(saved, k) != v and k not in ("iterations", "patience", "time_budget")]
+                      if getattr(saved, k) != v and k not in RESUMABLE_CHANGES]
             if differ:
                 raise ValueError(
                     f"{run.path} holds a run of another recipe (differs in "
@@ -230,7 +233,8 @@ class Trainer:
             st.window_count += 1
             last = st.iteration == r.iterations or out_of_time
             if st.iteration % r.log_every == 0 or last:
-                record = {k: v / st.window_count for k, v in st.window.items()}
+                record: dict[str, Any] = {k: v / st.window_count
+                                          for k, v in st.window.items()}
                 record.update(iteration=st.iteration, split="train",
                               lr=self.optimizer.param_groups[0]["lr"],
                               seconds=round(st.train_seconds, 3))
