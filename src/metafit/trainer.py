@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from metafit.algorithms.base import Algorithm
 from metafit.config import Recipe
 from metafit.data.base import ClassDataset
 from metafit.datasets import load_split
@@ -97,7 +98,7 @@ class Trainer:
                                           recipe.eval_queries, seed=recipe.seed + 1)
         num_classes = len(train_ds.classes) if isinstance(train_ds, ClassDataset) else None
         self.num_train_classes = num_classes
-        self.algo = build_algorithm(recipe, num_classes).to(recipe.device)
+        self.algo = cast(Algorithm, build_algorithm(recipe, num_classes).to(recipe.device))
         self.params = [p for p in self.algo.parameters() if p.requires_grad]
         self.optimizer = _optimizer(recipe, self.params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(recipe))
@@ -185,9 +186,11 @@ class Trainer:
         st = self.state
         # A non-finite score (a diverged adaptation) never counts as an improvement, and
         # any finite score beats a non-finite best.
-        best_ok = st.best_score is not None and math.isfinite(st.best_score)
-        better = math.isfinite(score) and (not best_ok or (
-            score > st.best_score if self.higher_is_better else score < st.best_score))
+        best = st.best_score
+        if best is None or not math.isfinite(best):
+            better = math.isfinite(score)
+        else:
+            better = score > best if self.higher_is_better else score < best
         if better:
             st.best_score, st.best_iteration, st.since_best = score, st.iteration, 0
             self.run.save_checkpoint("best", self._payload())
