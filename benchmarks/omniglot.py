@@ -62,8 +62,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _probe(recipe: Any, steps: int = 3) -> float:
     """Median seconds of one meta-gradient + optimizer-free step on training episodes."""
-    import torch
-
     from metafit.datasets import load_split
     from metafit.factory import build_algorithm
     from metafit.sampler import EpisodeSampler
@@ -77,7 +75,6 @@ def _probe(recipe: Any, steps: int = 3) -> float:
         t = time.perf_counter()
         algo.meta_gradients(episodes)
         times.append(time.perf_counter() - t)
-    torch.manual_seed(recipe.seed)
     return sorted(times[1:])[len(times[1:]) // 2]
 
 

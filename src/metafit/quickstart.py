@@ -35,7 +35,7 @@ from metafit.evaluation import EvalResult, evaluate, scratch_baseline
 from metafit.factory import build_model
 from metafit.io import atomic_write_text
 from metafit.rundir import RunDir
-from metafit.runs import SPLIT_SEED_OFFSET, load_trained
+from metafit.runs import load_trained, split_sampler
 from metafit.sampler import EpisodeSampler
 from metafit.trainer import Trainer
 
@@ -163,8 +163,7 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "default",
         task = f"5-way {shots}-shot"
         log.info("[%d/%d] testing on %s episodes of unseen classes (%s)", len(recipes) + 1 + j,
                  stages, sz.test_episodes, task)
-        samplers[shots] = sampler = EpisodeSampler(
-            test_ds, 5, shots, 15, seed=recipes["maml"].seed + SPLIT_SEED_OFFSET["test"])
+        samplers[shots] = sampler = split_sampler(recipes["maml"], "test", test_ds, shots)
         for name, algo in trained.items():
             steps = maml_steps[shots] if name == "maml" else None
             rows.append((name, task, evaluate(algo, sampler, episodes=sz.test_episodes,
@@ -206,9 +205,8 @@ def _steps_on_validation(algo: Any, recipe: Recipe, size: QuickstartSize) -> dic
     val_ds = load_split(recipe, "val")
     chosen = {}
     for shots in (1, 5):
-        sampler = EpisodeSampler(val_ds, 5, shots, 15,
-                                 seed=recipe.seed + SPLIT_SEED_OFFSET["val"])
-        result = evaluate(algo, sampler, episodes=size.val_episodes,
+        result = evaluate(algo, split_sampler(recipe, "val", val_ds, shots),
+                          episodes=size.val_episodes,
                           steps=recipe.eval_inner_steps)
         curve = result.curve[1:]  # after 1..S steps
         chosen[shots] = 1 + max(range(len(curve)), key=lambda i: curve[i])

@@ -24,11 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metafit.datasets import load_split
-from metafit.evaluation import EvalResult
+from metafit.evaluation import EvalResult, evaluate
 from metafit.io import atomic_write_text
 from metafit.rundir import RunDir
-from metafit.runs import SPLIT_SEED_OFFSET, evaluate_run, load_trained
+from metafit.runs import load_trained, record_evaluation, split_sampler
 from metafit.sampler import EpisodeSampler
 
 __all__ = ["plot_training", "plot_adaptation", "plot_episode", "plot_sinusoid",
@@ -178,8 +177,10 @@ def plot_episode(algo: Any, episode: Any, class_names: Sequence[str], path: str 
     with torch.no_grad():
         pred = algo.adapt(episode.support_x, sy, steps=steps)(episode.query_x).argmax(-1)
     ways = int(sy.max()) + 1
-    names = [class_names[int(c)] if episode.classes is not None else str(c)
-             for c in (episode.classes if episode.classes is not None else range(ways))]
+    if episode.classes is None:
+        names = [str(c) for c in range(ways)]
+    else:
+        names = [class_names[int(c)] for c in episode.classes]
     short = [n.replace("character", "ch").replace("/rot", " r") for n in names]
     short = [n if len(n) <= 20 else "..." + n[-17:] for n in short]
     order = torch.argsort(sy, stable=True)[: max(ways, min(len(sy), 10))]
@@ -275,16 +276,17 @@ def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
     written = [plot_training({k: RunDir(p) for k, (p, _, _) in loaded.items()},
                              out / "training.png")]
     results: dict[str, EvalResult] = {}
-    for label, (p, _, _) in loaded.items():
-        results[label] = evaluate_run(p, split=split, episodes=episodes)  # type: ignore[arg-type]
+    samplers: dict[str, EpisodeSampler] = {}
+    for label, (p, recipe, algo) in loaded.items():
+        samplers[label] = split_sampler(recipe, split)  # type: ignore[arg-type]
+        results[label] = record_evaluation(
+            p, evaluate(algo, samplers[label], episodes=episodes), recipe, split, "best")
     first_label, (p0, recipe0, algo0) = next(iter(loaded.items()))
+    sampler = samplers[first_label]
     task = (f"{recipe0.eval_ways}-way {recipe0.eval_shots}-shot" if not recipe0.is_regression
             else f"{recipe0.eval_shots}-shot regression")
     written.append(plot_adaptation(results, out / "adaptation.png",
                                    title=f"Adaptation on {split} tasks ({task})"))
-    sampler = EpisodeSampler(load_split(recipe0, split), recipe0.eval_ways,  # type: ignore[arg-type]
-                             recipe0.eval_shots, recipe0.eval_queries,
-                             seed=recipe0.seed + SPLIT_SEED_OFFSET[split])
     if recipe0.is_regression:
         if recipe0.dataset == "sinusoid":
             written.append(plot_sinusoid(algo0, sampler, out / "sinusoid.png"))

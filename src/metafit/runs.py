@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -15,7 +16,8 @@ from metafit.io import atomic_write_text
 from metafit.rundir import RunDir, load_checkpoint, restore_state
 from metafit.sampler import EpisodeSampler
 
-__all__ = ["load_trained", "evaluate_run", "SPLIT_SEED_OFFSET"]
+__all__ = ["load_trained", "evaluate_run", "split_sampler", "record_evaluation",
+           "SPLIT_SEED_OFFSET"]
 
 # Sampler seeds per split, offset from the recipe's seed: the trainer samples training
 # tasks with seed, validates on fixed episodes with seed + 1; tests use seed + 2.
@@ -39,6 +41,27 @@ def load_trained(run: str | Path, which: str = "best") -> tuple[Recipe, nn.Modul
     return recipe, algo
 
 
+def split_sampler(recipe: Recipe, split: Split, dataset: Any = None,
+                  shots: int | None = None) -> EpisodeSampler:
+    """The fixed-episode sampler of ``split`` for ``recipe``: its evaluation ways, shots and
+    queries (``shots`` overrides), seeded ``recipe.seed + SPLIT_SEED_OFFSET[split]``.
+    ``dataset``: the split's data when already loaded (default: :func:`load_split`)."""
+    data = load_split(recipe, split) if dataset is None else dataset
+    return EpisodeSampler(data, recipe.eval_ways, shots or recipe.eval_shots,
+                          recipe.eval_queries, seed=recipe.seed + SPLIT_SEED_OFFSET[split])
+
+
+def record_evaluation(run: str | Path, result: EvalResult, recipe: Recipe, split: str,
+                      which: str) -> EvalResult:
+    """Tag ``result`` with where it comes from and save it as
+    ``run/report/eval_{split}_{which}_{steps}steps.json``; returns it."""
+    result.extra.update(run=str(run), split=split, checkpoint=which,
+                        algorithm=recipe.algorithm)
+    atomic_write_text(RunDir(run).report / f"eval_{split}_{which}_{result.steps}steps.json",
+                      json.dumps(result.to_dict(), indent=1))
+    return result
+
+
 def evaluate_run(
     run: str | Path,
     split: Split = "test",
@@ -48,12 +71,6 @@ def evaluate_run(
 ) -> EvalResult:
     """Evaluate a run on fixed episodes of ``split`` and save the result under report/."""
     recipe, algo = load_trained(run, which)
-    sampler = EpisodeSampler(load_split(recipe, split), recipe.eval_ways, recipe.eval_shots,
-                             recipe.eval_queries, seed=recipe.seed + SPLIT_SEED_OFFSET[split])
-    result = evaluate(algo, sampler, episodes=episodes or recipe.test_episodes, steps=steps)
-    result.extra.update(run=str(run), split=split, checkpoint=which,
-                        algorithm=recipe.algorithm)
-    rd = RunDir(run)
-    atomic_write_text(rd.report / f"eval_{split}_{which}_{result.steps}steps.json",
-                      json.dumps(result.to_dict(), indent=1))
-    return result
+    result = evaluate(algo, split_sampler(recipe, split),
+                      episodes=episodes or recipe.test_episodes, steps=steps)
+    return record_evaluation(run, result, recipe, split, which)

@@ -32,6 +32,7 @@ from metafit.datasets import load_split
 from metafit.evaluation import evaluate
 from metafit.factory import build_algorithm
 from metafit.rundir import RunDir, load_checkpoint, restore_state
+from metafit.runs import split_sampler
 from metafit.sampler import EpisodeSampler
 
 __all__ = ["Trainer", "TrainState", "train", "lr_factor"]
@@ -94,8 +95,7 @@ class Trainer:
         val_ds = load_split(recipe, "val")
         self.train_sampler = EpisodeSampler(train_ds, recipe.ways, recipe.shots, recipe.queries,
                                             seed=recipe.seed)
-        self.val_sampler = EpisodeSampler(val_ds, recipe.eval_ways, recipe.eval_shots,
-                                          recipe.eval_queries, seed=recipe.seed + 1)
+        self.val_sampler = split_sampler(recipe, "val", val_ds)
         num_classes = len(train_ds.classes) if isinstance(train_ds, ClassDataset) else None
         self.num_train_classes = num_classes
         self.algo = cast(Algorithm, build_algorithm(recipe, num_classes).to(recipe.device))
@@ -181,6 +181,10 @@ class Trainer:
         self.scheduler.step()
         return {k: float(v) for k, v in metrics.items()}
 
+    def _out_of_time(self) -> bool:
+        budget = self.recipe.time_budget
+        return budget is not None and self.state.train_seconds >= budget
+
     def _after_validation(self, score: float) -> bool:
         """Update the best checkpoint; True when patience is exhausted."""
         st = self.state
@@ -222,7 +226,7 @@ class Trainer:
         bar = tqdm(total=r.iterations, initial=st.iteration, disable=not self.progress,
                    desc=r.name, unit="it", dynamic_ncols=True)
         stopped, reason, t0 = False, "", time.perf_counter()
-        if r.time_budget is not None and st.train_seconds >= r.time_budget:
+        if self._out_of_time():
             stopped, reason = True, "time_budget"  # resumed with no time left
         self.algo.train()
         while st.iteration < r.iterations and not stopped:
@@ -230,7 +234,7 @@ class Trainer:
             metrics = self._step()
             st.train_seconds += time.perf_counter() - t_step
             st.iteration += 1
-            out_of_time = r.time_budget is not None and st.train_seconds >= r.time_budget
+            out_of_time = self._out_of_time()
             for k, v in metrics.items():
                 st.window[k] = st.window.get(k, 0.0) + v
             st.window_count += 1

@@ -197,6 +197,7 @@ class Algorithm(nn.Module, ABC):
         if at is not None and (list(at) != sorted(set(at)) or not at
                                or at[0] < 0 or at[-1] > steps):
             raise ValueError(f"at={list(at)} must be increasing steps within 0..{steps}")
+        wanted = set(at or ())
         rows: list[Tensor] = []
         with torch.no_grad():
             for task in episodes:
@@ -209,7 +210,6 @@ class Algorithm(nn.Module, ABC):
                         if out is not None
                     ]
                 else:
-                    wanted = set(at)
                     curve = [
                         mf.score(self.make_learner(params, task.support_y)(task.query_x),
                                  task.query_y)

@@ -93,13 +93,6 @@ def _scheme_splits(
     characters: list[str], origins: list[str], scheme: str, seed: int
 ) -> dict[str, list[str]]:
     """The characters (``"Alphabet/characterNN"``) of each split under ``scheme``."""
-    counts: dict[str, int] = {}
-    evaluation: set[str] = set()
-    for c, o in zip(characters, origins, strict=True):
-        alphabet = c.split("/")[0]
-        counts[alphabet] = counts.get(alphabet, 0) + 1
-        if "images_evaluation" in o.split("|"):
-            evaluation.add(alphabet)
     if scheme == "vinyals":
         if len(characters) < VINYALS_TRAIN + VINYALS_VAL + 1:
             raise ValueError(f"split_scheme='vinyals' needs the full Omniglot zips (1623 "
@@ -109,6 +102,13 @@ def _scheme_splits(
         cut = VINYALS_TRAIN + VINYALS_VAL
         return {"train": sorted(order[:VINYALS_TRAIN]),
                 "val": sorted(order[VINYALS_TRAIN:cut]), "test": sorted(order[cut:])}
+    counts: dict[str, int] = {}
+    evaluation: set[str] = set()
+    for c, o in zip(characters, origins, strict=True):
+        alphabet = c.split("/")[0]
+        counts[alphabet] = counts.get(alphabet, 0) + 1
+        if "images_evaluation" in o.split("|"):
+            evaluation.add(alphabet)
     if scheme == "alphabet":
         alphabets = split_alphabets(counts, seed, [("test", 0.2), ("val", 0.1)])
     else:
@@ -262,7 +262,8 @@ class Omniglot(TensorClassDataset):
         sources = _find_sources(root)
         missing = [f"{n}.zip" for n in OMNIGLOT_SETS[:2] if n not in {s for s, _ in sources}]
         if split is not None and split_scheme in ("standard", "vinyals") and missing:
-            raise ValueError(f"split_scheme='standard' needs {' and '.join(missing)} in {root}")
+            raise ValueError(f"split_scheme={split_scheme!r} needs {' and '.join(missing)} "
+                             f"in {root}")
         key = [f"size={image_size}"] + [f"{n}={_source_key(p)}" for n, p in sources]
         decoded = cached("omniglot", key, lambda: _decode(sources, image_size), enabled=cache)
         data, targets = decoded["data"], decoded["targets"]  # [N, 1, s, s], [N]
