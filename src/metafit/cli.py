@@ -92,6 +92,18 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_options(parser: argparse.ArgumentParser) -> None:
+    from metafit.bench import build_parser as bench_parser
+
+    bench_parser(parser)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from metafit.bench import run
+
+    return run(args)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from metafit.report import report_runs
 
@@ -155,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test episodes for the adaptation curve (default 100)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("bench", help="meta-training speed vs higher, TorchOpt and a plain "
+                       "loop on identical weights and data (tasks/s, memory, agreement)")
+    _bench_options(p)
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("data", help="load a recipe's dataset and describe its splits")
     p.add_argument("recipe", help="recipe name or YAML path")

@@ -24,6 +24,7 @@ Shapes: one task, no task axis: ``x [B, *x]``, ``y [B]`` (long) or ``[B, *y]`` (
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -31,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from metafit.kernels import once_differentiable_region
 
 __all__ = [
     "Params",
@@ -143,7 +146,9 @@ def inner_step(
             n: (p if p.requires_grad or n not in names else p.detach().requires_grad_())
             for n, p in params.items()
         }
-        loss = task_loss(model, current, x, y)
+        region = once_differentiable_region() if first_order else contextlib.nullcontext()
+        with region:  # a first-order step differentiates its forward once
+            loss = task_loss(model, current, x, y)
         grads = torch.autograd.grad(
             loss,
             [current[n] for n in names],
@@ -229,7 +234,7 @@ def adaptation_trajectory(
     for s in range(steps + 1):
         out = None
         if query_x is not None:
-            with torch.no_grad():
+            with torch.no_grad(), once_differentiable_region():
                 out = forward(model, current, query_x)  # [Bq, out]
         yield current, out
         if s == steps:

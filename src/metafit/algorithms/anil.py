@@ -20,6 +20,7 @@ from metafit import functional as mf
 from metafit.algorithms.maml import MAML
 from metafit.algorithms.registry import register_algorithm
 from metafit.functional import Params
+from metafit.kernels import once_differentiable_region
 
 __all__ = ["ANIL"]
 
@@ -81,8 +82,9 @@ class ANIL(MAML):
     ) -> tuple[Tensor, Tensor]:
         """Body features once per set, inner loop on the head, query loss (graph kept)."""
         body, head = self.model.body, self.model.head
-        f_support = body(support_x)  # [N*K, F]
-        f_query = body(query_x)  # [N*Q, F]
+        with once_differentiable_region():  # the body is differentiated once, even 2nd order
+            f_support = body(support_x)  # [N*K, F]
+            f_query = body(query_x)  # [N*Q, F]
         adapted = mf.inner_loop(
             head, self.head_params(), f_support, support_y, self.inner_steps,
             first_order=self.first_order, **self.head_rates(),

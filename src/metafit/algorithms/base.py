@@ -15,8 +15,12 @@ Subclasses implement, per task,
   graph-free adaptation yielding after 0..steps steps, from which ``adapt`` (the last item)
   and ``adaptation_curve`` (every item) are derived, so both share one code path.
 
-The default ``meta_loss`` loops over the tasks of the batch (the learn2learn-style speed
-baseline, DESIGN.md sec. 7) and averages; a batched (``vmap``) path can override it.
+The default ``meta_gradients`` takes each task's gradient on its own
+(:meth:`Algorithm.task_gradients`) and averages them, on several threads on a CPU
+(:mod:`metafit.parallel`); an algorithm that computes a whole batch at once (``vmap``,
+one forward over all tasks) says so with :meth:`Algorithm.batched_meta_loss` and overrides
+``meta_loss``. ``meta_loss`` of the base class, one graph over the looped tasks, is the
+independent formulation the tests compare against.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from metafit import functional as mf
-from metafit.episodes import Episodes
+from metafit import parallel
+from metafit.episodes import Episode, Episodes
 from metafit.functional import Params
 from metafit.models.base import FewShotModel
 
@@ -101,6 +106,9 @@ class Algorithm(nn.Module, ABC):
         self.model = cast(FewShotModel, model)  # any module with .body / .head
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps
+        #: Worker threads for the tasks of a meta-batch: ``None`` (auto) or a count, see
+        #: :func:`metafit.parallel.resolve_workers`.
+        self.task_workers: int | None = None
 
     @property
     def default_eval_steps(self) -> int:
@@ -137,12 +145,27 @@ class Algorithm(nn.Module, ABC):
         loss = torch.stack(losses).mean()  # []
         return loss, self.metrics(loss, torch.stack(scores), episodes.is_regression)
 
+    def batched_meta_loss(self) -> bool:
+        """Whether :meth:`meta_gradients` differentiates :meth:`meta_loss` of the whole
+        batch (overridden where that is the fast path) instead of task by task."""
+        return False
+
     def meta_gradients(self, episodes: Episodes) -> tuple[dict[str, Tensor], dict[str, float]]:
         """Gradients of the mean outer loss, keyed like :meth:`trainable_parameters`
         (zeros where the loss does not depend on a parameter), and metrics
         (``{"loss", "accuracy"}`` or ``{"loss", "mse"}``). Writes no ``.grad``."""
-        loss, metrics = self.meta_loss(episodes)
-        return self.gradients_of(loss), metrics
+        self.check_episodes(episodes)
+        if self.batched_meta_loss():
+            loss, metrics = self.meta_loss(episodes)
+            return self.gradients_of(loss), metrics
+        return parallel.per_task_gradients(self, episodes)
+
+    def task_gradients(self, task: Episode) -> parallel.TaskResult:
+        """One task's share of :meth:`meta_gradients`: the gradients of its outer loss
+        (keyed like :meth:`trainable_parameters`), the loss and the query score (scalars,
+        detached). Its graph is freed before the next task starts."""
+        loss, out = self.task_loss(task.support_x, task.support_y, task.query_x, task.query_y)
+        return self.gradients_of(loss), loss.detach(), mf.score(out.detach(), task.query_y)
 
     def gradients_of(self, loss: Tensor) -> dict[str, Tensor]:
         """``d loss / d p`` for every trainable parameter (zeros where unused)."""

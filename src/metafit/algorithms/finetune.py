@@ -26,6 +26,7 @@ from metafit.algorithms.base import Algorithm, Learner
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episodes
 from metafit.functional import Params
+from metafit.kernels import once_differentiable_region
 from metafit.models.base import FewShotModel
 
 __all__ = ["FineTune"]
@@ -72,18 +73,25 @@ class FineTune(Algorithm):
                                                                          num_classes)
 
     # -- meta-training = supervised pretraining ------------------------------------------
+    def batched_meta_loss(self) -> bool:
+        """Pretraining pools every example of the batch into one forward."""
+        return True
+
     def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:
         """Loss of every example of the batch, pooled (support and query of all tasks)."""
         x = torch.cat([episodes.support_x.flatten(0, 1), episodes.query_x.flatten(0, 1)])
         # x: [T*N*(K+Q), *x]
         if episodes.is_regression:
             y = torch.cat([episodes.support_y.flatten(0, 1), episodes.query_y.flatten(0, 1)])
-            out = self.model(x)  # [T*(K+Q), 1]
+            with once_differentiable_region():
+                out = self.model(x)  # [T*(K+Q), 1]
             loss = mf.loss_fn(out, y)
             return loss, {"loss": float(loss.detach()), "mse": float(loss.detach())}
         y = self.global_labels(episodes)  # [T*N*(K+Q)]
         assert self.pretrain_head is not None
-        logits = self.pretrain_head(self.model.body(x))  # [T*N*(K+Q), num_classes]
+        with once_differentiable_region():
+            features = self.model.body(x)  # [T*N*(K+Q), F]
+        logits = self.pretrain_head(features)  # [T*N*(K+Q), num_classes]
         loss = mf.loss_fn(logits, y)
         return loss, {"loss": float(loss.detach()), "accuracy": float(mf.accuracy(logits, y))}
 

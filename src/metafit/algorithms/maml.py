@@ -20,6 +20,7 @@ from metafit.algorithms.base import Algorithm
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episodes
 from metafit.functional import Params
+from metafit.kernels import once_differentiable_region
 
 __all__ = ["FOMAML", "MAML", "param_key"]
 
@@ -100,6 +101,10 @@ class MAML(Algorithm):
             return not mf.has_convolutions(self.model)
         return self.batching == "vmap"
 
+    def batched_meta_loss(self) -> bool:
+        """The vmap path differentiates the whole batch; the loop goes task by task."""
+        return self.uses_vmap()
+
     def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:
         """Mean query loss after adaptation over the T tasks, batched or looped."""
         if not self.uses_vmap():
@@ -119,14 +124,19 @@ class MAML(Algorithm):
     def task_loss(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Adapt on ``support_x [N*K, *x]`` (graph kept), score on ``query_x [N*Q, *x]``."""
+        """Adapt on ``support_x [N*K, *x]`` (graph kept), score on ``query_x [N*Q, *x]``.
+
+        The query pass is differentiated once (the second derivatives come from the support
+        pass), so it runs in a :func:`~metafit.kernels.once_differentiable_region`.
+        """
         theta = dict(self.model.named_parameters())
         adapted = mf.inner_loop(
             self.model, theta, support_x, support_y, self.inner_steps,
             first_order=self.first_order, adapt_names=self.adapted_names(),
             **self.inner_rates(),
         )
-        out = mf.forward(self.model, adapted, query_x)  # [N*Q, out]
+        with once_differentiable_region():
+            out = mf.forward(self.model, adapted, query_x)  # [N*Q, out]
         return mf.loss_fn(out, query_y), out
 
     # -- adaptation ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ from metafit import functional as mf
 from metafit.algorithms.base import Algorithm, Learner
 from metafit.algorithms.registry import register_algorithm
 from metafit.functional import Params
+from metafit.kernels import once_differentiable_region
 from metafit.models.base import FewShotModel
 
 __all__ = ["PrototypeHead", "ProtoNet", "class_prototypes", "squared_distances"]
@@ -73,9 +74,10 @@ class ProtoNet(Algorithm):
     def _logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> tuple[Tensor,
                                                                                        Tensor]:
         body = self.model.body
-        f_support = body(support_x).flatten(1)  # [N*K, F]
+        with once_differentiable_region():
+            f_support = body(support_x).flatten(1)  # [N*K, F]
+            f_query = body(query_x).flatten(1)  # [N*Q, F]
         prototypes = class_prototypes(f_support, support_y, int(support_y.max()) + 1)  # [N, F]
-        f_query = body(query_x).flatten(1)  # [N*Q, F]
         return -squared_distances(f_query, prototypes), prototypes  # [N*Q, N], [N, F]
 
     def task_loss(

@@ -17,8 +17,10 @@ from torch import Tensor, nn
 from metafit import functional as mf
 from metafit.algorithms.base import Algorithm
 from metafit.algorithms.registry import register_algorithm
-from metafit.episodes import Episodes
+from metafit.episodes import Episode
 from metafit.functional import Params
+from metafit.kernels import once_differentiable_region
+from metafit.parallel import TaskResult
 
 __all__ = ["Reptile"]
 
@@ -41,6 +43,10 @@ class Reptile(Algorithm):
             its inner minibatches from all of a task's training examples); default
             ``False``: support only, so the query metrics measure generalisation.
 
+        query_metrics: score the adapted parameters on the query set (one graph-free
+            forward per task) for the training metrics; ``False`` skips that forward (the
+            Reptile update never needs it) and reports the metrics as NaN.
+
     Metrics of :meth:`meta_gradients` are the query loss / accuracy (MSE) of the adapted
     parameters.
     """
@@ -53,6 +59,7 @@ class Reptile(Algorithm):
         inner_batch: int | None = None,
         eval_inner_steps: int | None = None,
         use_query: bool = False,
+        query_metrics: bool = True,
     ) -> None:
         super().__init__(model, inner_steps, eval_inner_steps)
         if inner_batch is not None and inner_batch < 1:
@@ -60,6 +67,7 @@ class Reptile(Algorithm):
         self.inner_lr = float(inner_lr)
         self.inner_batch = inner_batch
         self.use_query = bool(use_query)
+        self.query_metrics = bool(query_metrics)
 
     def adapted_names(self) -> list[str]:
         """Trainable parameters of ``self.model`` (names relative to it)."""
@@ -75,30 +83,23 @@ class Reptile(Algorithm):
             batch_size=self.inner_batch,
         )
 
-    def meta_gradients(self, episodes: Episodes) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """``theta - theta_adapted`` averaged over the T tasks, keyed like
-        ``trainable_parameters()``, and the query metrics after adaptation."""
-        self.check_episodes(episodes)
-        trainable = self.trainable_parameters()
-        theta = {n[len(_MODEL):]: p.detach() for n, p in trainable.items() if n.startswith(_MODEL)}
-        deltas = {n: torch.zeros_like(p) for n, p in theta.items()}
-        losses: list[Tensor] = []
-        scores: list[Tensor] = []
-        for task in episodes:
-            x, y = task.support_x, task.support_y  # [N*K, *x], [N*K]
-            if self.use_query:
-                x = torch.cat([x, task.query_x])  # [N*(K+Q), *x]
-                y = torch.cat([y, task.query_y])  # [N*(K+Q)]
-            adapted, out = mf.final(self.trajectory(x, y, self.inner_steps, task.query_x))
-            assert out is not None  # [N*Q, out]
-            for n in deltas:
-                deltas[n] += theta[n] - adapted[n]  # [*param]
-            losses.append(mf.loss_fn(out, task.query_y))
-            scores.append(mf.score(out, task.query_y))
-        t = float(len(episodes))
+    def task_gradients(self, task: Episode) -> TaskResult:
+        """One task's share of the Reptile direction: ``theta - theta_adapted`` for the
+        model's parameters (zeros for any others), and the adapted query loss and score.
+        No outer graph: the adaptation is graph-free (``adaptation_trajectory``)."""
+        x, y = task.support_x, task.support_y  # [N*K, *x], [N*K]
+        if self.use_query:
+            x = torch.cat([x, task.query_x])  # [N*(K+Q), *x]
+            y = torch.cat([y, task.query_y])  # [N*(K+Q)]
+        adapted, _ = mf.final(self.trajectory(x, y, self.inner_steps))
         grads = {
-            n: (deltas[n[len(_MODEL):]] / t if n.startswith(_MODEL) else torch.zeros_like(p))
-            for n, p in trainable.items()
+            n: (p.detach() - adapted[n[len(_MODEL):]] if n.startswith(_MODEL)
+                else torch.zeros_like(p))  # [*param]
+            for n, p in self.trainable_parameters().items()
         }
-        loss = torch.stack(losses).mean()  # []
-        return grads, self.metrics(loss, torch.stack(scores), episodes.is_regression)
+        if not self.query_metrics:
+            nan = torch.tensor(float("nan"))
+            return grads, nan, nan
+        with torch.no_grad(), once_differentiable_region():
+            out = mf.forward(self.model, adapted, task.query_x)  # [N*Q, out]
+        return grads, mf.loss_fn(out, task.query_y), mf.score(out, task.query_y)

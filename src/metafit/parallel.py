@@ -1,0 +1,170 @@
+"""Task-parallel meta-gradients: the tasks of a meta-batch on several CPU threads.
+
+On a CPU the tasks of a meta-batch are small (5 support and 75 query 28x28 images), so the
+intra-op parallelism of one PyTorch op uses the cores poorly: on 2 cores, 2 intra-op threads
+run the per-task loop of second-order MAML only ~1.7x faster than one. Running *tasks* in
+parallel instead, W worker threads with one intra-op thread each, is ~1.4x faster again
+(benchmarks/RESULTS.md). Kernels release the GIL, autograd runs a backward on the calling
+thread, and every worker holds its own replica of the algorithm (``functional_call``
+swaps a module's parameters while it runs, so a module cannot be shared between threads);
+the replicas' parameters share storage with the original, so they never go stale.
+
+Each task's gradient is taken on its own (``autograd.grad`` per task, graph freed at once),
+so the peak memory is that of W tasks, not of the meta-batch. Worker ``w`` takes tasks
+``w, w+W, ...`` in order and the partial sums are added in worker order, so results are
+deterministic for a given W and equal the serial loop up to float reassociation (tested).
+
+``workers``: :func:`resolve_workers` reads ``METAFIT_TASK_WORKERS`` (an integer, or
+``auto``), else the algorithm's ``task_workers`` (``None``: auto). Auto picks
+``min(torch.get_num_threads(), T)`` workers on CPU and 1 (the serial loop) on a GPU, for
+models with random layers (dropout: per-thread random streams would not be reproducible)
+and when only one intra-op thread is available.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, cast
+
+import torch
+from torch import Tensor, nn
+
+from metafit.episodes import Episode, Episodes
+
+if TYPE_CHECKING:
+    from metafit.algorithms.base import Algorithm
+
+__all__ = ["ENV_WORKERS", "TaskResult", "per_task_gradients", "resolve_workers"]
+
+ENV_WORKERS = "METAFIT_TASK_WORKERS"
+
+TaskResult = tuple[dict[str, Tensor], Tensor, Tensor]
+"""``(gradients keyed like trainable_parameters(), loss [], score [])`` of one task."""
+
+_RANDOM_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+_replicas: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
+_pool_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _parse(value: str | int | None, source: str) -> int | None:
+    if value is None or value == "auto":
+        return None
+    try:
+        workers = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source} must be a positive integer or 'auto', got {value!r}") from None
+    if workers < 1:
+        raise ValueError(f"{source} must be a positive integer or 'auto', got {value!r}")
+    return workers
+
+
+def resolve_workers(algorithm: nn.Module, tasks: int) -> int:
+    """Worker threads for a meta-batch of ``tasks`` tasks (see the module docstring)."""
+    requested = _parse(os.environ.get(ENV_WORKERS), ENV_WORKERS)
+    if requested is None:
+        requested = _parse(getattr(algorithm, "task_workers", None), "task_workers")
+    if requested is not None:
+        return max(1, min(requested, tasks))
+    first = next(algorithm.parameters(), None)
+    if first is not None and first.device.type != "cpu":
+        return 1
+    if algorithm.training and any(isinstance(m, _RANDOM_LAYERS) and m.p > 0
+                                  for m in algorithm.modules()):
+        return 1
+    return max(1, min(torch.get_num_threads(), tasks))
+
+
+def _replicas_of(algorithm: Algorithm, count: int) -> list[Algorithm]:
+    """``count`` replicas of ``algorithm`` whose parameters share its storage."""
+    replicas = cast(list["Algorithm"], _replicas.get(algorithm, []))
+    names = [(n, p.shape) for n, p in algorithm.named_parameters()]
+    if len(replicas) < count or any(
+            [(n, p.shape) for n, p in r.named_parameters()] != names for r in replicas):
+        replicas = [copy.deepcopy(algorithm) for _ in range(count)]
+        _replicas[algorithm] = list(replicas)
+    for replica in replicas[:count]:
+        for (_, mine), (_, theirs) in zip(replica.named_parameters(),
+                                          algorithm.named_parameters(), strict=True):
+            mine.data = theirs.data
+            mine.requires_grad_(theirs.requires_grad)
+        replica.train(algorithm.training)
+    return replicas[:count]
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _pool_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="metafit-task")
+        return _pools[workers]
+
+
+def _run_share(
+    step: Callable[[Algorithm, Episode], TaskResult], replica: Algorithm, tasks: Sequence[Episode],
+    intra_threads: int | None,
+) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]]:
+    if intra_threads is not None:
+        torch.set_num_threads(intra_threads)
+    total: dict[str, Tensor] = {}
+    losses: list[Tensor] = []
+    scores: list[Tensor] = []
+    for task in tasks:
+        grads, loss, score = step(replica, task)
+        for n, g in grads.items():
+            if n in total:
+                total[n] += g
+            else:
+                total[n] = g.clone()
+        losses.append(loss)
+        scores.append(score)
+    return total, losses, scores
+
+
+def per_task_gradients(
+    algorithm: Algorithm, episodes: Episodes,
+    step: Callable[[Algorithm, Episode], TaskResult] | None = None,
+) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Mean over the tasks of ``step(algorithm_or_replica, task)``'s gradients, and the
+    mean loss and score as metrics (``{"loss", "accuracy" | "mse"}``).
+
+    ``step`` defaults to ``type(algorithm).task_gradients``. Runs serially in this thread
+    when :func:`resolve_workers` says 1, else on that many threads (module docstring).
+    """
+    fn = step if step is not None else type(algorithm).task_gradients
+    tasks = list(episodes)
+    workers = resolve_workers(algorithm, len(tasks))
+    if workers == 1:
+        shares = [_run_share(fn, algorithm, tasks, None)]
+    else:
+        replicas = _replicas_of(algorithm, workers)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            futures = [
+                _pool(workers).submit(_run_share, fn, replica, tasks[w::workers], 1)
+                for w, replica in enumerate(replicas)
+            ]
+            shares = [f.result() for f in futures]
+        finally:
+            torch.set_num_threads(previous)
+    total = shares[0][0]
+    for other, _, _ in shares[1:]:
+        for n, g in other.items():
+            total[n] += g
+    count = float(len(tasks))
+    grads = {n: g / count for n, g in total.items()}
+    # Restore task order: worker w held tasks w, w+W, ...
+    order = [i for w in range(len(shares)) for i in range(w, len(tasks), len(shares))]
+    losses: list[Tensor] = [torch.empty(())] * len(tasks)
+    scores: list[Tensor] = [torch.empty(())] * len(tasks)
+    flat_losses = [x for share in shares for x in share[1]]
+    flat_scores = [x for share in shares for x in share[2]]
+    for i, loss, score in zip(order, flat_losses, flat_scores, strict=True):
+        losses[i], scores[i] = loss, score
+    return grads, algorithm.metrics(torch.stack(losses).mean(), torch.stack(scores),
+                                    episodes.is_regression)

@@ -1,0 +1,229 @@
+"""The fast paths compute what the plain formulations compute.
+
+* the fused conv block and the pool-before-ReLU order against the textbook block;
+* task-parallel meta-gradients (2 workers) and the serial per-task path against an
+  independent plain-PyTorch loop over a model in the textbook layer order, for every
+  algorithm; the vmap path of MAML on an MLP against the same loop;
+* the peers of ``metafit bench`` agree with metafit (so the speed table compares equal work).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metafit import bench, kernels, parallel
+from metafit.algorithms import build_algorithm
+from metafit.episodes import Episodes
+from metafit.kernels import ConvBlock, once_differentiable_region
+from metafit.models import conv4, mlp
+
+ALGORITHMS = ["maml", "fomaml", "anil", "reptile", "protonet"]
+
+
+def textbook(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose ConvBlocks are plain ``nn.Sequential`` (conv, BN, ReLU,
+    pool in the textbook order), sharing no storage with ``model``."""
+    twin = copy.deepcopy(model)
+    for i, block in enumerate(twin.body):
+        if isinstance(block, ConvBlock):
+            twin.body[i] = nn.Sequential(*block)
+    return twin
+
+
+def small_problem(algorithm: str, tasks: int = 4, hidden: int = 8, seed: int = 0
+                  ) -> tuple[bench.BenchConfig, nn.Module, Episodes]:
+    cfg = bench.BenchConfig(algorithm, "omniglot", 2 if algorithm != "protonet" else 0,
+                            tasks, ways=3, shots=2, queries=3)
+    _, episodes = bench.make_problem(cfg, seed)
+    torch.manual_seed(seed)
+    model = conv4(None if algorithm == "protonet" else 3, 1, hidden, 28)
+    return cfg, model, episodes
+
+
+def assert_grads_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                       tol: float = 2e-4) -> None:
+    assert set(a) == set(b)
+    assert bench.max_relative_difference(a, b) < tol
+
+
+# -- the block ----------------------------------------------------------------------------
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fused_block_matches_textbook_block(channels: int) -> None:
+    torch.manual_seed(0)
+    block = ConvBlock(channels, 16)
+    with torch.no_grad():  # negative BN scales exercise the min-pool branch
+        block[1].weight.copy_(torch.randn(16))
+        block[1].bias.copy_(torch.randn(16))
+    plain = nn.Sequential(*block)
+    x = (torch.rand(6, channels, 12, 10) > 0.7).float()  # binary: max-pool ties
+    upstream = torch.randn(6, 16, 6, 5)
+    expected = plain(x)
+    ref = torch.autograd.grad(expected, list(plain.parameters()), upstream)
+    with once_differentiable_region():
+        assert kernels.fused_block_applies(block, x)
+        got = block(x)
+    fused = torch.autograd.grad(got, list(block.parameters()), upstream)
+    assert torch.allclose(got, expected, atol=1e-5)
+    scale = max(float(r.abs().max()) for r in ref)  # the conv bias' is rounding noise
+    for r, f, name in zip(ref, fused, ["conv.w", "conv.b", "bn.w", "bn.b"], strict=True):
+        assert torch.allclose(f, r, atol=2e-5 * scale, rtol=1e-4), name
+    assert torch.count_nonzero(fused[1]) == 0  # the conv bias has no effect before BN
+
+
+def test_block_outside_region_is_textbook_exactly_and_loads_plain_checkpoints() -> None:
+    torch.manual_seed(1)
+    block = ConvBlock(1, 8)
+    plain = nn.Sequential(*copy.deepcopy(list(block)))
+    plain.load_state_dict(block.state_dict())  # same names
+    x = torch.randn(4, 1, 9, 9)  # odd size: floor pooling, never fused
+    assert not kernels.fused_block_applies(block, x)
+    out = block(x)
+    assert torch.equal(out, plain(x))
+    g1 = torch.autograd.grad(out.square().sum(), list(block.parameters()))
+    g2 = torch.autograd.grad(plain(x).square().sum(), list(plain.parameters()))
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_fused_block_refuses_second_derivatives() -> None:
+    block = ConvBlock(1, 4)
+    x = torch.rand(2, 1, 8, 8)
+    with once_differentiable_region():
+        out = block(x)
+    (g,) = torch.autograd.grad(out.sum(), [block[0].weight], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(g.sum(), [block[0].weight])
+
+
+def test_region_is_thread_local_and_nests() -> None:
+    assert not kernels.is_once_differentiable()
+    with once_differentiable_region():
+        with once_differentiable_region():
+            assert kernels.is_once_differentiable()
+        assert kernels.is_once_differentiable()
+    assert not kernels.is_once_differentiable()
+
+
+# -- meta-gradients ---------------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_parallel_and_serial_meta_gradients_match_a_plain_loop(
+        algorithm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, model, episodes = small_problem(algorithm)
+    reference = bench.loop_fn(cfg, textbook(model), episodes)()
+    fn = bench.metafit_fn(cfg, model, episodes)
+    for workers in (1, 2):
+        monkeypatch.setenv(parallel.ENV_WORKERS, str(workers))
+        assert_grads_close(fn(), reference)
+
+
+def test_parallel_meta_gradients_are_deterministic_and_metrics_keep_task_order() -> None:
+    _, model, episodes = small_problem("maml", tasks=5)
+    algo = build_algorithm("maml", model, inner_lr=0.4, inner_steps=1)
+    algo.task_workers = 2
+    g1, m1 = algo.meta_gradients(episodes)
+    g2, m2 = algo.meta_gradients(episodes)
+    assert all(torch.equal(g1[n], g2[n]) for n in g1)
+    assert m1 == m2
+    algo.task_workers = 1
+    g3, m3 = algo.meta_gradients(episodes)
+    assert_grads_close(g1, g3, 1e-5)
+    assert m3["loss"] == pytest.approx(m1["loss"], rel=1e-5)
+    assert m3["accuracy"] == pytest.approx(m1["accuracy"])
+
+
+def test_maml_vmap_path_on_an_mlp_matches_the_plain_loop() -> None:
+    cfg = bench.BenchConfig("maml", "sinusoid", 2, 6, 1, 5, 5)
+    model, episodes = bench.make_problem(cfg)
+    algo = build_algorithm("maml", model, inner_lr=cfg.inner_lr, inner_steps=2)
+    assert algo.batched_meta_loss()  # vmap: all tasks at once
+    grads, _ = algo.meta_gradients(episodes)
+    got = {n[len("model."):]: g for n, g in grads.items()}
+    assert_grads_close(got, bench.loop_fn(cfg, copy.deepcopy(model), episodes)(), 1e-5)
+
+
+def test_parallel_replicas_follow_parameter_updates() -> None:
+    _, model, episodes = small_problem("fomaml")
+    algo = build_algorithm("fomaml", model, inner_lr=0.4, inner_steps=1)
+    algo.task_workers = 2
+    before, _ = algo.meta_gradients(episodes)
+    with torch.no_grad():
+        for n, p in algo.named_parameters():
+            p -= 0.5 * before[n]
+    after, _ = algo.meta_gradients(episodes)
+    algo.task_workers = 1
+    serial, _ = algo.meta_gradients(episodes)
+    assert_grads_close(after, serial, 1e-5)
+    assert bench.max_relative_difference(after, before) > 1e-3
+
+
+def test_worker_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = mlp(1, 1, 8, 1)
+    algo = build_algorithm("maml", model)
+    monkeypatch.setenv(parallel.ENV_WORKERS, "3")
+    assert parallel.resolve_workers(algo, 10) == 3
+    assert parallel.resolve_workers(algo, 2) == 2  # never more workers than tasks
+    monkeypatch.setenv(parallel.ENV_WORKERS, "zero")
+    with pytest.raises(ValueError, match="METAFIT_TASK_WORKERS"):
+        parallel.resolve_workers(algo, 4)
+    monkeypatch.delenv(parallel.ENV_WORKERS)
+    algo.task_workers = 0
+    with pytest.raises(ValueError, match="task_workers"):
+        parallel.resolve_workers(algo, 4)
+    algo.task_workers = None
+    dropped = build_algorithm("maml", nn.Sequential())
+    dropped.model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))  # random layers
+    assert parallel.resolve_workers(dropped, 8) == 1
+
+
+# -- the peers of `metafit bench` ----------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_bench_peers_compute_metafits_meta_gradient(algorithm: str) -> None:
+    cfg = bench.BenchConfig(algorithm, "omniglot", 1 if algorithm != "protonet" else 0, 3,
+                            ways=3, shots=1, queries=2)
+    row = bench.run_config(cfg, list(bench.PEERS), repeats=1)
+    expected = ["loop"] if algorithm == "protonet" else ["higher", "torchopt", "loop"]
+    assert sorted(row.agreement) == sorted(expected)
+    assert max(row.agreement.values()) < bench.AGREEMENT_TOLERANCE
+    assert set(row.seconds) == {"metafit", *expected}
+    table = bench.format_table([row], list(bench.PEERS))
+    assert cfg.label in table and "x** (" in table
+
+
+def test_bench_rejects_a_peer_that_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = bench.BenchConfig("fomaml", "sinusoid", 1, 3, 1, 4, 4)
+
+    def wrong(cfg: bench.BenchConfig, model: nn.Module, episodes: Episodes) -> bench.GradFn:
+        good = bench.loop_fn(cfg, model, episodes)
+        return lambda: {n: 2 * g for n, g in good().items()}
+
+    monkeypatch.setitem(bench.IMPLEMENTATIONS, "loop", wrong)
+    with pytest.raises(RuntimeError, match="differs from metafit"):
+        bench.run_config(cfg, ["loop"], repeats=1)
+
+
+def test_cli_bench_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from metafit.cli import main
+
+    out = tmp_path / "rows.json"
+    code = main(["bench", "--quick", "--algorithms", "fomaml", "--problems", "sinusoid",
+                 "--peers", "loop", "--repeats", "1", "--meta-batch", "4", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "fomaml sinusoid 10-shot T=4 K=1" in text and "| loop |" in text
+    assert out.exists() and "seconds" in out.read_text()
+
+
+def test_loss_helpers_agree_with_metafit() -> None:
+    # the peers' ProtoNet loss is the squared euclidean distance of metafit's ProtoNet
+    torch.manual_seed(0)
+    f = nn.Flatten()
+    sx, qx = torch.randn(6, 4), torch.randn(9, 4)
+    sy, qy = torch.tensor([0, 0, 1, 1, 2, 2]), torch.arange(3).repeat(3)
+    protos = torch.stack([sx[sy == c].mean(0) for c in range(3)])
+    expected = F.cross_entropy(-((qx[:, None] - protos[None]) ** 2).sum(-1), qy)
+    assert torch.allclose(bench._protonet_loss(f, sx, sy, qx, qy, 3), expected, atol=1e-6)
