@@ -25,16 +25,6 @@ from metafit.models import conv4, mlp
 ALGORITHMS = ["maml", "fomaml", "anil", "reptile", "protonet"]
 
 
-def textbook(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose ConvBlocks are plain ``nn.Sequential`` (conv, BN, ReLU,
-    pool in the textbook order), sharing no storage with ``model``."""
-    twin = copy.deepcopy(model)
-    for i, block in enumerate(twin.body):
-        if isinstance(block, ConvBlock):
-            twin.body[i] = nn.Sequential(*block)
-    return twin
-
-
 def small_problem(algorithm: str, tasks: int = 4, hidden: int = 8, seed: int = 0
                   ) -> tuple[bench.BenchConfig, nn.Module, Episodes]:
     cfg = bench.BenchConfig(algorithm, "omniglot", 2 if algorithm != "protonet" else 0,
@@ -114,7 +104,7 @@ def test_region_is_thread_local_and_nests() -> None:
 def test_parallel_and_serial_meta_gradients_match_a_plain_loop(
         algorithm: str, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg, model, episodes = small_problem(algorithm)
-    reference = bench.loop_fn(cfg, textbook(model), episodes)()
+    reference = bench.loop_fn(cfg, bench.textbook(model), episodes)()
     fn = bench.metafit_fn(cfg, model, episodes)
     for workers in (1, 2):
         monkeypatch.setenv(parallel.ENV_WORKERS, str(workers))
@@ -227,3 +217,19 @@ def test_loss_helpers_agree_with_metafit() -> None:
     protos = torch.stack([sx[sy == c].mean(0) for c in range(3)])
     expected = F.cross_entropy(-((qx[:, None] - protos[None]) ** 2).sum(-1), qy)
     assert torch.allclose(bench._protonet_loss(f, sx, sy, qx, qy, 3), expected, atol=1e-6)
+
+
+def test_float_table_gathers_what_on_the_fly_normalisation_gives() -> None:
+    from metafit.data.base import TensorClassDataset
+
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 256, (12, 1, 4, 4), dtype=torch.uint8, generator=gen)
+    ds = TensorClassDataset(data, torch.arange(12) % 3, ["a", "b", "c"])
+    index = torch.tensor([[0, 5], [11, 2]])
+    expected = ds.data.view(12, -1)[index.reshape(-1)].float().mul_(1 / 255).view(2, 2, 1, 4, 4)
+    assert torch.equal(ds.gather(index), expected)  # built on first use
+    ds.data[0] = 255 - ds.data[0]  # in-place change: the table follows
+    assert torch.equal(ds.gather(torch.tensor([0])), ds.data[:1].float().mul_(1 / 255))
+    ds.FLOAT_TABLE_BYTES = 0  # too big for a table: gathered and normalised on the fly
+    assert torch.equal(ds.gather(index), ds.data.view(12, -1)[index.reshape(-1)].float()
+                       .mul_(1 / 255).view(2, 2, 1, 4, 4))

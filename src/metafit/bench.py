@@ -11,9 +11,11 @@ computed by metafit (``Algorithm.meta_gradients``) and by each peer:
   (``functional_call``, one graph over the meta-batch, one backward), and the only peer for
   ProtoNet, which has no inner loop for ``higher`` or TorchOpt to differentiate.
 
-All of them start from one ``state_dict`` and one batch of episodes; before timing, every
-peer's meta-gradient is compared with metafit's (``max |a - b| / max |b|`` over all
-parameters, must be below ``1e-3``), so the speed comparison is between equal computations.
+All of them start from the same initial weights and one batch of episodes (the peers on
+the textbook conv4 layer order, :func:`textbook`, which is what their examples define);
+before timing, every peer's meta-gradient is compared with metafit's (``max |a - b| /
+max |b|`` over all parameters, must be below ``1e-3``), so the speed comparison is between
+equal computations.
 Timings alternate between implementations within one process (metafit, peer 1, peer 2,
 ..., repeat) and report the median; tasks/s = meta-batch / median seconds. Peak memory is
 measured per implementation in a fresh subprocess: the rise of the process's peak resident
@@ -24,6 +26,7 @@ after a warm-up one.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -42,6 +45,7 @@ from torch.func import functional_call
 
 from metafit.algorithms import build_algorithm
 from metafit.episodes import Episodes
+from metafit.kernels import ConvBlock
 from metafit.models import conv4, mlp
 from metafit.models.base import FewShotModel
 
@@ -369,8 +373,22 @@ class BenchRow:
                 "peak_mib": self.peak_mib}
 
 
+def textbook(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose :class:`~metafit.kernels.ConvBlock` s are plain
+    ``nn.Sequential(Conv2d, BatchNorm2d, ReLU, MaxPool2d)``: the conv4 the peers' own
+    examples define (e.g. higher's MAML Omniglot example). Same function, same weights."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        for name, child in list(module.named_children()):
+            if isinstance(child, ConvBlock):
+                setattr(module, name, nn.Sequential(*child))
+    return twin
+
+
 def _fresh(cfg: BenchConfig, impl: str, seed: int) -> tuple[GradFn, nn.Module, Episodes]:
     model, episodes = make_problem(cfg, seed)
+    if impl != "metafit":
+        model = textbook(model)
     return IMPLEMENTATIONS[impl](cfg, model, episodes), model, episodes
 
 

@@ -100,10 +100,11 @@ class _FusedBlock(torch.autograd.Function):
         var = ((w64 @ second) * w64).sum(1) - mu64 * mu64  # [C]
         inv = torch.rsqrt(var.clamp_min(0) + eps).to(weight.dtype)  # [C]
         mu = mu64.to(weight.dtype)
-        z = (w2 @ flat).view(c, 4, pooled).amax(dim=1)  # [C, P]
+        y = (w2 @ flat).view(c, 4, pooled)  # [C, 4, P]: sign * conv output, by window
+        z = y.amax(dim=1)  # [C, P]
         scale = gamma.abs() * inv  # [C]
         out = torch.addcmul((beta - scale * mu)[:, None], scale[:, None], z).clamp_min_(0)
-        ctx.save_for_backward(cols, w2, sign, z, mu, inv, gamma, out)
+        ctx.save_for_backward(cols, w2, sign, y, z, mu, inv, gamma, out)
         ctx.has_bias = bias is not None  # type: ignore[attr-defined]
         ctx.stats = (mean_patch.to(weight.dtype), second.to(weight.dtype))  # type: ignore[attr-defined]
         b, h, w = shape
@@ -112,22 +113,21 @@ class _FusedBlock(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        cols, w2, sign, z, mu, inv, gamma, out = ctx.saved_tensors
+        cols, w2, sign, y, z, mu, inv, gamma, out = ctx.saved_tensors
         mean_patch, second = ctx.stats
         c = w2.shape[0]
         k, _, pooled = cols.shape
         g = grad.transpose(0, 1).reshape(c, pooled) * (out > 0)  # [C, P]: d/d BN output
-        xhat = (z - mu[:, None]) * inv[:, None]  # [C, P]
         d_beta = g.sum(1)  # [C]
-        d_abs_gamma = (g * xhat).sum(1)  # [C]
-        # Which of the 4 window positions held the max (first one on ties, as max_pool2d).
-        y = (w2 @ cols.view(k, -1)).view(c, 4, pooled)  # [C, 4, P]
-        taken = torch.zeros_like(z, dtype=torch.bool)
+        d_abs_gamma = ((g * z).sum(1) - mu * d_beta) * inv  # [C]: sum of g * xhat
+        # Route g to the window position that held the max, the first one on ties (as
+        # max_pool2d): what is routed at position j is taken out of the remainder.
         routed = torch.empty(c, 4, pooled, dtype=g.dtype)
-        for j in range(4):
-            hit = (y[:, j] == z) & ~taken
-            taken |= hit
-            torch.mul(g, hit, out=routed[:, j])
+        remainder = g
+        for j in range(3):
+            torch.mul(remainder, y[:, j] == z, out=routed[:, j])
+            remainder = remainder - routed[:, j]
+        routed[:, 3] = remainder
         sparse = routed.view(c, -1) @ cols.view(k, -1).T  # [C, K]: sum of g * patch at maxima
         cov = w2 @ second - mu[:, None] * mean_patch[None, :]  # [C, K]: E[(y - mu) * patch]
         d_w2 = (gamma.abs() * inv)[:, None] * (
