@@ -126,14 +126,23 @@ def test_parallel_meta_gradients_are_deterministic_and_metrics_keep_task_order()
     assert m3["accuracy"] == pytest.approx(m1["accuracy"])
 
 
-def test_maml_vmap_path_on_an_mlp_matches_the_plain_loop() -> None:
-    cfg = bench.BenchConfig("maml", "sinusoid", 2, 6, 1, 5, 5)
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil", "reptile"])
+def test_batched_paths_on_an_mlp_match_the_plain_loop(algorithm: str) -> None:
+    cfg = bench.BenchConfig(algorithm, "sinusoid", 2, 6, 1, 5, 5)
     model, episodes = bench.make_problem(cfg)
-    algo = build_algorithm("maml", model, inner_lr=cfg.inner_lr, inner_steps=2)
-    assert algo.batched_meta_loss()  # vmap: all tasks at once
-    grads, _ = algo.meta_gradients(episodes)
-    got = {n[len("model."):]: g for n, g in grads.items()}
-    assert_grads_close(got, bench.loop_fn(cfg, copy.deepcopy(model), episodes)(), 1e-5)
+    reference = bench.loop_fn(cfg, copy.deepcopy(model), episodes)()
+    got = bench.metafit_fn(cfg, model, episodes)()  # vmap over the tasks
+    assert_grads_close(got, reference, 1e-5)
+
+
+def test_reptile_batched_and_per_task_paths_agree_with_minibatches() -> None:
+    cfg = bench.BenchConfig("reptile", "sinusoid", 3, 5, 1, 6, 4)
+    model, episodes = bench.make_problem(cfg)
+    algo = build_algorithm("reptile", model, inner_lr=0.02, inner_steps=3, inner_batch=4)
+    batched, m1 = algo.meta_gradients(episodes)  # vmap (no convolutions)
+    looped, m2 = parallel.per_task_gradients(algo, episodes)  # task by task
+    assert_grads_close(batched, looped, 1e-5)
+    assert m1["mse"] == pytest.approx(m2["mse"], rel=1e-5)
 
 
 def test_parallel_replicas_follow_parameter_updates() -> None:
@@ -233,3 +242,12 @@ def test_float_table_gathers_what_on_the_fly_normalisation_gives() -> None:
     ds.FLOAT_TABLE_BYTES = 0  # too big for a table: gathered and normalised on the fly
     assert torch.equal(ds.gather(index), ds.data.view(12, -1)[index.reshape(-1)].float()
                        .mul_(1 / 255).view(2, 2, 1, 4, 4))
+
+
+def test_recipe_task_workers_reach_the_algorithm() -> None:
+    from metafit.config import load_recipe
+    from metafit.factory import build_algorithm as from_recipe
+
+    recipe = load_recipe("sinusoid_maml", ["task_workers=3"])
+    assert from_recipe(recipe).task_workers == 3
+    assert from_recipe(load_recipe("sinusoid_maml")).task_workers is None  # auto

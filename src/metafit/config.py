@@ -89,6 +89,9 @@ class Recipe(BaseModel):
     warmup: int = Field(0, ge=0, description="linear warm-up iterations")
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     grad_clip: float | None = Field(None, gt=0, description="max global grad norm")
+    task_workers: int | None = Field(
+        None, gt=0, description="threads running the tasks of a meta-batch (default: auto, "
+        "one per intra-op thread on CPU, 1 on GPU; METAFIT_TASK_WORKERS overrides)")
     time_budget: float | None = Field(
         None, gt=0, description="stop after this many seconds of meta-training steps "
         "(validation excluded); the schedule still runs over `iterations`")

@@ -67,4 +67,6 @@ def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.
         options["finetune_layers"] = recipe.finetune_layers
     if recipe.inner_batch is not None:
         options["inner_batch"] = recipe.inner_batch
-    return build_registered(recipe.algorithm, model, **options)
+    algo = build_registered(recipe.algorithm, model, **options)
+    algo.task_workers = recipe.task_workers
+    return algo

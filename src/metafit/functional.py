@@ -39,6 +39,7 @@ __all__ = [
     "Params",
     "accuracy",
     "adaptation_trajectory",
+    "batched_sgd",
     "batched_query_losses",
     "final",
     "forward",
@@ -302,6 +303,49 @@ def batched_query_losses(
     losses, outs = torch.func.vmap(one_task, in_dims=(None, 0, 0, 0, 0))(
         adapted0, support_x, support_y, query_x, query_y)
     return losses, outs  # [T], [T, N*Q, out]
+
+
+def batched_sgd(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    steps: int,
+    lr: float,
+    *,
+    adapt_names: Iterable[str] | None = None,
+    batch_size: int | None = None,
+) -> Params:
+    """Graph-free gradient descent on T tasks at once (``vmap`` over the task axis): the
+    last item of :func:`adaptation_trajectory` for every task.
+
+    ``x [T, B, *x]``, ``y [T, B]`` (or float targets ``[T, B, *y]``); ``params`` shared by
+    the tasks (detached first). Returns the adapted tensors stacked on a task axis,
+    ``[T, *param]``, for the adapted names, and the others unchanged (no task axis).
+    ``batch_size``: rows ``s*b .. s*b+b-1`` (cyclic) at step s, as in the trajectory.
+    """
+    names = list(params) if adapt_names is None else [n for n in adapt_names if n in params]
+    fixed = {n: p.detach() for n, p in params.items() if n not in names}
+    start = {n: params[n].detach() for n in names}
+    n_examples = x.shape[1]
+
+    def one_task(sx: Tensor, sy: Tensor) -> Params:
+        def loss(q: Params, xb: Tensor, yb: Tensor) -> Tensor:
+            return task_loss(model, {**fixed, **q}, xb, yb)
+
+        p = start
+        for s in range(steps):
+            xb, yb = sx, sy
+            if batch_size is not None and batch_size < n_examples:
+                rows = (torch.arange(batch_size, device=sx.device) + s * batch_size) % n_examples
+                xb, yb = sx[rows], sy[rows]
+            g = torch.func.grad(loss)(p, xb, yb)
+            p = {n: p[n] - lr * g[n] for n in p}
+        return p
+
+    with torch.no_grad():
+        adapted = torch.func.vmap(one_task)(x, y)  # {name: [T, *param]}
+    return {**fixed, **adapted}
 
 
 def has_convolutions(model: nn.Module) -> bool:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from metafit import functional as mf
 from metafit.algorithms.base import Algorithm
 from metafit.algorithms.registry import register_algorithm
-from metafit.episodes import Episode
+from metafit.episodes import Episode, Episodes
 from metafit.functional import Params
 from metafit.kernels import once_differentiable_region
 from metafit.parallel import TaskResult
@@ -82,6 +82,44 @@ class Reptile(Algorithm):
             lr=self.inner_lr, adapt_names=self.adapted_names(), query_x=query_x,
             batch_size=self.inner_batch,
         )
+
+    def meta_gradients(self, episodes: Episodes) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """``theta - theta_adapted`` averaged over the tasks, and the query metrics.
+
+        Models without convolutions adapt all tasks at once under ``vmap``
+        (:func:`metafit.functional.batched_sgd`); the others task by task
+        (:meth:`task_gradients`, on worker threads on a CPU). Both give the same result
+        (tested).
+        """
+        self.check_episodes(episodes)
+        if mf.has_convolutions(self.model):
+            return super().meta_gradients(episodes)
+        x, y = episodes.support_x, episodes.support_y  # [T, N*K, *x], [T, N*K]
+        if self.use_query:
+            x = torch.cat([x, episodes.query_x], dim=1)  # [T, N*(K+Q), *x]
+            y = torch.cat([y, episodes.query_y], dim=1)  # [T, N*(K+Q)]
+        adapted = mf.batched_sgd(
+            self.model, dict(self.model.named_parameters()), x, y, self.inner_steps,
+            self.inner_lr, adapt_names=self.adapted_names(), batch_size=self.inner_batch,
+        )  # adapted names: [T, *param]
+        names = set(self.adapted_names())
+        grads = {
+            n: ((p.detach() - adapted[n[len(_MODEL):]].mean(0)) if n[len(_MODEL):] in names
+                else torch.zeros_like(p))  # [*param]
+            for n, p in self.trainable_parameters().items()
+        }
+        if not self.query_metrics:
+            nan = torch.tensor(float("nan"))
+            return grads, self.metrics(nan, nan.expand(len(episodes)), episodes.is_regression)
+        with torch.no_grad():
+            outs = torch.func.vmap(
+                lambda p, qx: mf.forward(self.model, {**adapted, **p}, qx)
+            )({n: adapted[n] for n in names}, episodes.query_x)  # [T, N*Q, out]
+        losses = torch.stack([mf.loss_fn(o, q) for o, q in zip(outs, episodes.query_y,
+                                                               strict=True)])  # [T]
+        scores = torch.stack([mf.score(o, q) for o, q in zip(outs, episodes.query_y,
+                                                             strict=True)])  # [T]
+        return grads, self.metrics(losses.mean(), scores, episodes.is_regression)
 
     def task_gradients(self, task: Episode) -> TaskResult:
         """One task's share of the Reptile direction: ``theta - theta_adapted`` for the
