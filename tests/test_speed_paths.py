@@ -135,6 +135,18 @@ def test_batched_paths_on_an_mlp_match_the_plain_loop(algorithm: str) -> None:
     assert_grads_close(got, reference, 1e-5)
 
 
+@pytest.mark.parametrize("algorithm", ["maml", "reptile"])
+def test_vmap_chunks_give_the_same_meta_gradients(algorithm: str) -> None:
+    cfg = bench.BenchConfig(algorithm, "sinusoid", 2, 7, 1, 5, 5)
+    model, episodes = bench.make_problem(cfg)
+    algo = build_algorithm(algorithm, model, inner_lr=0.01, inner_steps=2)
+    whole, m1 = algo.meta_gradients(episodes)
+    algo.vmap_chunk = 3  # 3 + 3 + 1 tasks
+    chunked, m2 = algo.meta_gradients(episodes)
+    assert_grads_close(chunked, whole, 1e-6)
+    assert m1["mse"] == pytest.approx(m2["mse"], rel=1e-6)
+
+
 def test_reptile_batched_and_per_task_paths_agree_with_minibatches() -> None:
     cfg = bench.BenchConfig("reptile", "sinusoid", 3, 5, 1, 6, 4)
     model, episodes = bench.make_problem(cfg)
@@ -248,6 +260,7 @@ def test_recipe_task_workers_reach_the_algorithm() -> None:
     from metafit.config import load_recipe
     from metafit.factory import build_algorithm as from_recipe
 
-    recipe = load_recipe("sinusoid_maml", ["task_workers=3"])
+    recipe = load_recipe("sinusoid_maml", ["task_workers=3", "vmap_chunk=5"])
     assert from_recipe(recipe).task_workers == 3
+    assert from_recipe(recipe).vmap_chunk == 5
     assert from_recipe(load_recipe("sinusoid_maml")).task_workers is None  # auto

@@ -478,9 +478,9 @@ def format_table(rows: Sequence[BenchRow], peers: Sequence[str]) -> str:
                 continue
             cell = f"{r.tasks_per_second(impl):.1f}"
             if memory and impl in r.peak_mib:
-                cell += f" / {r.peak_mib[impl]:.0f} MiB"
+                cell += f" / {max(0.0, r.peak_mib[impl]):.0f} MiB"
             if memory and impl == "metafit" and "metafit W=1" in r.peak_mib:
-                cell += f" ({r.peak_mib['metafit W=1']:.0f} MiB with 1 worker)"
+                cell += f" ({max(0.0, r.peak_mib['metafit W=1']):.0f} MiB with 1 worker)"
             cells.append(cell)
         best, ratio = r.speedup()
         cells.append(f"**{ratio:.2f}x** ({best})")

@@ -92,6 +92,9 @@ class Recipe(BaseModel):
     task_workers: int | None = Field(
         None, gt=0, description="threads running the tasks of a meta-batch (default: auto, "
         "one per intra-op thread on CPU, 1 on GPU; METAFIT_TASK_WORKERS overrides)")
+    vmap_chunk: int | None = Field(
+        None, gt=0, description="tasks per vmap call on the batched paths (models without "
+        "convolutions); default: the whole meta-batch")
     time_budget: float | None = Field(
         None, gt=0, description="stop after this many seconds of meta-training steps "
         "(validation excluded); the schedule still runs over `iterations`")

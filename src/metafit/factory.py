@@ -69,4 +69,5 @@ def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.
         options["inner_batch"] = recipe.inner_batch
     algo = build_registered(recipe.algorithm, model, **options)
     algo.task_workers = recipe.task_workers
+    algo.vmap_chunk = recipe.vmap_chunk
     return algo

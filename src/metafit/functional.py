@@ -273,6 +273,7 @@ def batched_query_losses(
     lr_per_param: Mapping[str, Tensor] | None = None,
     lslr: Mapping[str, Tensor] | None = None,
     adapt_names: Iterable[str] | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The inner loop of T tasks at once: ``vmap`` over the task axis, with
     ``torch.func.grad`` for the inner gradient (so the outer ``torch.autograd.grad``
@@ -282,6 +283,7 @@ def batched_query_losses(
     ``query_y [T, N*Q]`` -> query losses ``[T]`` and query outputs ``[T, N*Q, out]``.
     Computes the same values as :func:`inner_loop` per task (tested); faster for models
     without convolutions, whose vmapped per-task weights become grouped convolutions.
+    ``chunk_size``: tasks per vectorised call (``vmap(chunk_size=...)``), bounding memory.
     """
     names = list(params) if adapt_names is None else [n for n in adapt_names if n in params]
     fixed = {n: p for n, p in params.items() if n not in names}
@@ -300,7 +302,7 @@ def batched_query_losses(
         out = forward(model, {**fixed, **p}, qx)  # [N*Q, out]
         return loss_fn(out, qy), out
 
-    losses, outs = torch.func.vmap(one_task, in_dims=(None, 0, 0, 0, 0))(
+    losses, outs = torch.func.vmap(one_task, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk_size)(
         adapted0, support_x, support_y, query_x, query_y)
     return losses, outs  # [T], [T, N*Q, out]
 
@@ -315,6 +317,7 @@ def batched_sgd(
     *,
     adapt_names: Iterable[str] | None = None,
     batch_size: int | None = None,
+    chunk_size: int | None = None,
 ) -> Params:
     """Graph-free gradient descent on T tasks at once (``vmap`` over the task axis): the
     last item of :func:`adaptation_trajectory` for every task.
@@ -323,6 +326,7 @@ def batched_sgd(
     the tasks (detached first). Returns the adapted tensors stacked on a task axis,
     ``[T, *param]``, for the adapted names, and the others unchanged (no task axis).
     ``batch_size``: rows ``s*b .. s*b+b-1`` (cyclic) at step s, as in the trajectory.
+    ``chunk_size``: tasks per vectorised call, bounding memory.
     """
     names = list(params) if adapt_names is None else [n for n in adapt_names if n in params]
     fixed = {n: p.detach() for n, p in params.items() if n not in names}
@@ -344,7 +348,7 @@ def batched_sgd(
         return p
 
     with torch.no_grad():
-        adapted = torch.func.vmap(one_task)(x, y)  # {name: [T, *param]}
+        adapted = torch.func.vmap(one_task, chunk_size=chunk_size)(x, y)  # {name: [T, *p]}
     return {**fixed, **adapted}
 
 

@@ -40,7 +40,8 @@ __all__ = ["Trainer", "TrainState", "train", "lr_factor"]
 log = logging.getLogger(__name__)
 
 #: Recipe keys that may differ when training again into an existing run directory.
-RESUMABLE_CHANGES = ("iterations", "patience", "time_budget", "task_workers")
+RESUMABLE_CHANGES = ("iterations", "patience", "time_budget", "task_workers",
+                     "vmap_chunk")
 
 
 def lr_factor(recipe: Recipe) -> Callable[[int], float]:

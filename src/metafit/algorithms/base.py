@@ -109,6 +109,9 @@ class Algorithm(nn.Module, ABC):
         #: Worker threads for the tasks of a meta-batch: ``None`` (auto) or a count, see
         #: :func:`metafit.parallel.resolve_workers`.
         self.task_workers: int | None = None
+        #: Tasks per ``vmap`` call on the batched paths (``None``: the whole meta-batch);
+        #: smaller chunks bound the memory of models without convolutions.
+        self.vmap_chunk: int | None = None
 
     @property
     def default_eval_steps(self) -> int:

@@ -114,7 +114,7 @@ class MAML(Algorithm):
             self.model, dict(self.model.named_parameters()), episodes.support_x,
             episodes.support_y, episodes.query_x, episodes.query_y, self.inner_steps,
             first_order=self.first_order, adapt_names=self.adapted_names(),
-            **self.inner_rates(),
+            chunk_size=self.vmap_chunk, **self.inner_rates(),
         )  # [T], [T, N*Q, out]
         scores = torch.stack([mf.score(o.detach(), y) for o, y in zip(outs, episodes.query_y,
                                                                        strict=True)])  # [T]

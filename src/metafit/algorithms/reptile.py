@@ -101,6 +101,7 @@ class Reptile(Algorithm):
         adapted = mf.batched_sgd(
             self.model, dict(self.model.named_parameters()), x, y, self.inner_steps,
             self.inner_lr, adapt_names=self.adapted_names(), batch_size=self.inner_batch,
+            chunk_size=self.vmap_chunk,
         )  # adapted names: [T, *param]
         names = set(self.adapted_names())
         grads = {
@@ -113,7 +114,8 @@ class Reptile(Algorithm):
             return grads, self.metrics(nan, nan.expand(len(episodes)), episodes.is_regression)
         with torch.no_grad():
             outs = torch.func.vmap(
-                lambda p, qx: mf.forward(self.model, {**adapted, **p}, qx)
+                lambda p, qx: mf.forward(self.model, {**adapted, **p}, qx),
+                chunk_size=self.vmap_chunk,
             )({n: adapted[n] for n in names}, episodes.query_x)  # [T, N*Q, out]
         losses = torch.stack([mf.loss_fn(o, q) for o, q in zip(outs, episodes.query_y,
                                                                strict=True)])  # [T]
