@@ -117,15 +117,18 @@ class _FusedBlock(torch.autograd.Function):
         mean_patch, second = ctx.stats
         c = w2.shape[0]
         k, _, pooled = cols.shape
-        g = grad.transpose(0, 1).reshape(c, pooled) * (out > 0)  # [C, P]: d/d BN output
+        # d/d BN output: the ReLU's backward (float x bool products are slow on CPU).
+        g = torch.ops.aten.threshold_backward(grad.transpose(0, 1).reshape(c, pooled), out, 0)
         d_beta = g.sum(1)  # [C]
         d_abs_gamma = ((g * z).sum(1) - mu * d_beta) * inv  # [C]: sum of g * xhat
         # Route g to the window position that held the max, the first one on ties (as
         # max_pool2d): what is routed at position j is taken out of the remainder.
         routed = torch.empty(c, 4, pooled, dtype=g.dtype)
+        hit = torch.empty_like(g)
         remainder = g
         for j in range(3):
-            torch.mul(remainder, y[:, j] == z, out=routed[:, j])
+            torch.eq(y[:, j], z, out=hit)  # [C, P] as 0.0 / 1.0
+            torch.mul(remainder, hit, out=routed[:, j])
             remainder = remainder - routed[:, j]
         routed[:, 3] = remainder
         sparse = routed.view(c, -1) @ cols.view(k, -1).T  # [C, K]: sum of g * patch at maxima
