@@ -78,7 +78,15 @@ def _patches(x: Tensor) -> Tensor:
 
 
 class _FusedBlock(torch.autograd.Function):
-    """relu(maxpool2(BN(conv3x3(x)))) from the window-grouped patches of ``x``."""
+    """relu(maxpool2(BN(conv3x3(x)))) from the window-grouped patches of ``x``.
+
+    BN with batch statistics (Ioffe & Szegedy 2015): with ``y = w . patch`` (bias-free),
+    ``mu = w . E[patch]`` and ``var = w^T E[patch patch^T] w - mu^2``, both from the
+    ``[K, K]`` moment matrix (K = 9 * C_in). Backward: with ``g`` the gradient at the pooled
+    maxima, ``d beta = sum g``, ``d|gamma| = sum g * xhat`` and
+    ``d w = |gamma| / sigma * (sum_max g * patch - d beta * E[patch]
+    - d|gamma| / sigma * E[(y - mu) patch])``, the last two terms in closed form.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
