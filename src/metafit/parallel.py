@@ -14,6 +14,10 @@ so the peak memory is that of W tasks, not of the meta-batch. Worker ``w`` takes
 ``w, w+W, ...`` in order and the partial sums are added in worker order, so results are
 deterministic for a given W and equal the serial loop up to float reassociation (tested).
 
+While a meta-batch runs on workers, the process's intra-op thread count is 1 (restored
+afterwards, also on errors), so other threads doing torch work at that moment run on one
+thread too.
+
 ``workers``: :func:`resolve_workers` reads ``METAFIT_TASK_WORKERS`` (an integer, or
 ``auto``), else the algorithm's ``task_workers`` (``None``: auto). Auto picks
 ``min(torch.get_num_threads(), T)`` workers on CPU and 1 (the serial loop) on a GPU, for
