@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from results_file import write_block  # benchmarks/ (the script's directory)
+
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "finetune")
 # Published full-data figures (Omniglot, Vinyals split): MAML (Finn et al. 2017, Table 1),
@@ -49,7 +51,6 @@ PAPERS = {
     "protonet": (98.8, 99.7, 96.0, 98.9),
 }
 TARGETS = {"5w1s": 97.0, "5w5s": 99.0, "20w1s": 92.0}
-START, END = "<!-- omniglot:start -->", "<!-- omniglot:end -->"
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -247,17 +248,6 @@ def time_curves(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_results(section: str, path: Path) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    block = f"{START}\n{section}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n## Omniglot accuracy (`benchmarks/omniglot.py`)\n\n" \
-            + block + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default="../shared/data/omniglot")
@@ -290,7 +280,8 @@ def main() -> None:
     section = table(results, args) + "\n\n" + time_curves(args) + \
         f"\n\n![accuracy against time](omniglot_time.png)\n\nWall-clock of the whole " \
         f"benchmark: {(time.perf_counter() - t0) / 60:.0f} min."
-    write_results(section, Path(args.results))
+    write_block(Path(args.results), "omniglot", "Omniglot accuracy (`benchmarks/omniglot.py`)",
+                section)
     print(section)
 
 

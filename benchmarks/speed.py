@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from results_file import write_block  # benchmarks/ (the script's directory)
 
 from metafit import bench
 
-START, END = "<!-- speed:start -->", "<!-- speed:end -->"
 HERE = Path(__file__).parent
 
 
@@ -39,8 +40,6 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import os
-
     return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} intra-op threads, Python {platform.python_version()}")
 
@@ -56,18 +55,6 @@ def section(rows: list[bench.BenchRow], peers: list[str], command: str, seconds:
         "",
         bench.format_table(rows, peers),
     ])
-
-
-def write_results(block: str, path: Path) -> None:
-    """Replace the marked block of ``path`` (or append a section)."""
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    marked = f"{START}\n{block}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + marked + text[text.index(END) + len(END):]
-    else:
-        text = (text.rstrip() + "\n\n## Meta-training speed against the peers "
-                "(`benchmarks/speed.py`)\n\n" + marked + "\n")
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = "python benchmarks/speed.py" + ("" if args.repeats == 5 else
                                               f" --repeats {args.repeats}")
-    write_results(section(rows, peers, command, elapsed), Path(args.results))
+    write_block(Path(args.results), "speed",
+                "Meta-training speed against the peers (`benchmarks/speed.py`)",
+                section(rows, peers, command, elapsed))
     (HERE / "speed.json").write_text(json.dumps([r.to_json() for r in rows], indent=1))
     return 0
 

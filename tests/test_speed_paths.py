@@ -147,10 +147,12 @@ def test_vmap_chunks_give_the_same_meta_gradients(algorithm: str) -> None:
     assert m1["mse"] == pytest.approx(m2["mse"], rel=1e-6)
 
 
-def test_reptile_batched_and_per_task_paths_agree_with_minibatches() -> None:
+@pytest.mark.parametrize("use_query", [False, True])
+def test_reptile_batched_and_per_task_paths_agree_with_minibatches(use_query: bool) -> None:
     cfg = bench.BenchConfig("reptile", "sinusoid", 3, 5, 1, 6, 4)
     model, episodes = bench.make_problem(cfg)
-    algo = build_algorithm("reptile", model, inner_lr=0.02, inner_steps=3, inner_batch=4)
+    algo = build_algorithm("reptile", model, inner_lr=0.02, inner_steps=3, inner_batch=4,
+                           use_query=use_query)
     batched, m1 = algo.meta_gradients(episodes)  # vmap (no convolutions)
     looped, m2 = parallel.per_task_gradients(algo, episodes)  # task by task
     assert_grads_close(batched, looped, 1e-5)

@@ -161,11 +161,10 @@ def _protonet_loss(body: Callable[[Tensor], Tensor], sx: Tensor, sy: Tensor, qx:
 def metafit_fn(cfg: BenchConfig, model: nn.Module, episodes: Episodes) -> GradFn:
     """metafit's ``meta_gradients``, re-keyed like ``model.named_parameters()``."""
     options: dict[str, object] = {}
-    if cfg.algorithm in ("maml", "fomaml", "anil"):
+    if cfg.algorithm != "protonet":
         options = {"inner_lr": cfg.inner_lr, "inner_steps": cfg.inner_steps}
-    elif cfg.algorithm == "reptile":  # the peers compute no query metrics: neither do we
-        options = {"inner_lr": cfg.inner_lr, "inner_steps": cfg.inner_steps,
-                   "query_metrics": False}
+    if cfg.algorithm == "reptile":  # the peers compute no query metrics: neither do we
+        options["query_metrics"] = False
     algo = build_algorithm(cfg.algorithm, model, **options)
 
     def run() -> Grads:

@@ -47,6 +47,7 @@ __all__ = [
     "inner_loop",
     "inner_step",
     "loss_fn",
+    "minibatch",
     "score",
     "step_rate",
     "task_loss",
@@ -231,7 +232,6 @@ def adaptation_trajectory(
     current: Params = {n: p.detach() for n, p in params.items()}
     per_param, per_step = _detached(lr_per_param), _detached(lslr)
     rate = lr.detach() if isinstance(lr, Tensor) else lr
-    n_examples = x.shape[0]
     for s in range(steps + 1):
         out = None
         if query_x is not None:
@@ -240,15 +240,24 @@ def adaptation_trajectory(
         yield current, out
         if s == steps:
             return
-        xb, yb = x, y  # [B, *x], [B]
-        if batch_size is not None and batch_size < n_examples:
-            rows = (torch.arange(batch_size, device=x.device) + s * batch_size) % n_examples  # [b]
-            xb, yb = x[rows], y[rows]  # [b, *x], [b]
+        xb, yb = minibatch(x, y, s, batch_size)  # [b, *x], [b]
         stepped = inner_step(
             model, current, xb, yb, rate, step=s, first_order=True,
             lr_per_param=per_param, lslr=per_step, adapt_names=names,
         )
         current = {n: p.detach() for n, p in stepped.items()}
+
+
+def minibatch(x: Tensor, y: Tensor, step: int, batch_size: int | None
+              ) -> tuple[Tensor, Tensor]:
+    """The examples of inner step ``step``: rows ``step*b .. step*b+b-1`` of ``x [B, *x]``,
+    ``y [B]`` taken cyclically (deterministic, no hidden random state); the full batch
+    when ``batch_size`` is ``None`` or not smaller than B."""
+    n_examples = x.shape[0]
+    if batch_size is None or batch_size >= n_examples:
+        return x, y
+    rows = (torch.arange(batch_size, device=x.device) + step * batch_size) % n_examples  # [b]
+    return x[rows], y[rows]  # [b, *x], [b]
 
 
 def final(trajectory: Iterator[tuple[Params, Tensor | None]]) -> tuple[Params, Tensor | None]:
@@ -331,7 +340,6 @@ def batched_sgd(
     names = list(params) if adapt_names is None else [n for n in adapt_names if n in params]
     fixed = {n: p.detach() for n, p in params.items() if n not in names}
     start = {n: params[n].detach() for n in names}
-    n_examples = x.shape[1]
 
     def one_task(sx: Tensor, sy: Tensor) -> Params:
         def loss(q: Params, xb: Tensor, yb: Tensor) -> Tensor:
@@ -339,10 +347,7 @@ def batched_sgd(
 
         p = start
         for s in range(steps):
-            xb, yb = sx, sy
-            if batch_size is not None and batch_size < n_examples:
-                rows = (torch.arange(batch_size, device=sx.device) + s * batch_size) % n_examples
-                xb, yb = sx[rows], sy[rows]
+            xb, yb = minibatch(sx, sy, s, batch_size)
             g = torch.func.grad(loss)(p, xb, yb)
             p = {n: p[n] - lr * g[n] for n in p}
         return p

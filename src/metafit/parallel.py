@@ -31,7 +31,7 @@ import copy
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, cast
 
@@ -109,8 +109,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _run_share(
-    step: Callable[[Algorithm, Episode], TaskResult], replica: Algorithm, tasks: Sequence[Episode],
-    intra_threads: int | None,
+    replica: Algorithm, tasks: Sequence[Episode], intra_threads: int | None,
 ) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]]:
     if intra_threads is not None:
         torch.set_num_threads(intra_threads)
@@ -118,7 +117,7 @@ def _run_share(
     losses: list[Tensor] = []
     scores: list[Tensor] = []
     for task in tasks:
-        grads, loss, score = step(replica, task)
+        grads, loss, score = replica.task_gradients(task)
         for n, g in grads.items():
             if n in total:
                 total[n] += g
@@ -131,26 +130,24 @@ def _run_share(
 
 def per_task_gradients(
     algorithm: Algorithm, episodes: Episodes,
-    step: Callable[[Algorithm, Episode], TaskResult] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """Mean over the tasks of ``step(algorithm_or_replica, task)``'s gradients, and the
-    mean loss and score as metrics (``{"loss", "accuracy" | "mse"}``).
+    """Mean over the tasks of ``task_gradients(task)`` (of the algorithm or a replica),
+    and the mean loss and score as metrics (``{"loss", "accuracy" | "mse"}``).
 
-    ``step`` defaults to ``type(algorithm).task_gradients``. Runs serially in this thread
-    when :func:`resolve_workers` says 1, else on that many threads (module docstring).
+    Runs serially in this thread when :func:`resolve_workers` says 1, else on that many
+    threads (module docstring).
     """
-    fn = step if step is not None else type(algorithm).task_gradients
     tasks = list(episodes)
     workers = resolve_workers(algorithm, len(tasks))
     if workers == 1:
-        shares = [_run_share(fn, algorithm, tasks, None)]
+        shares = [_run_share(algorithm, tasks, None)]
     else:
         replicas = _replicas_of(algorithm, workers)
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             futures = [
-                _pool(workers).submit(_run_share, fn, replica, tasks[w::workers], 1)
+                _pool(workers).submit(_run_share, replica, tasks[w::workers], 1)
                 for w, replica in enumerate(replicas)
             ]
             shares = [f.result() for f in futures]
@@ -162,13 +159,10 @@ def per_task_gradients(
             total[n] += g
     count = float(len(tasks))
     grads = {n: g / count for n, g in total.items()}
-    # Restore task order: worker w held tasks w, w+W, ...
-    order = [i for w in range(len(shares)) for i in range(w, len(tasks), len(shares))]
     losses: list[Tensor] = [torch.empty(())] * len(tasks)
     scores: list[Tensor] = [torch.empty(())] * len(tasks)
-    flat_losses = [x for share in shares for x in share[1]]
-    flat_scores = [x for share in shares for x in share[2]]
-    for i, loss, score in zip(order, flat_losses, flat_scores, strict=True):
-        losses[i], scores[i] = loss, score
+    for w, (_, share_losses, share_scores) in enumerate(shares):  # worker w: w, w+W, ...
+        losses[w::len(shares)] = share_losses
+        scores[w::len(shares)] = share_scores
     return grads, algorithm.metrics(torch.stack(losses).mean(), torch.stack(scores),
                                     episodes.is_regression)

@@ -83,6 +83,15 @@ class Reptile(Algorithm):
             batch_size=self.inner_batch,
         )
 
+    def _inner_examples(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                        query_y: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+        """What the inner loop trains on: the support set, plus the query set with
+        ``use_query``, joined along the examples ``axis`` (0 for one task, 1 for a batch)."""
+        if not self.use_query:
+            return support_x, support_y
+        return (torch.cat([support_x, query_x], dim=axis),
+                torch.cat([support_y, query_y], dim=axis))
+
     def meta_gradients(self, episodes: Episodes) -> tuple[dict[str, Tensor], dict[str, float]]:
         """``theta - theta_adapted`` averaged over the tasks, and the query metrics.
 
@@ -94,10 +103,8 @@ class Reptile(Algorithm):
         self.check_episodes(episodes)
         if mf.has_convolutions(self.model):
             return super().meta_gradients(episodes)
-        x, y = episodes.support_x, episodes.support_y  # [T, N*K, *x], [T, N*K]
-        if self.use_query:
-            x = torch.cat([x, episodes.query_x], dim=1)  # [T, N*(K+Q), *x]
-            y = torch.cat([y, episodes.query_y], dim=1)  # [T, N*(K+Q)]
+        x, y = self._inner_examples(episodes.support_x, episodes.support_y, episodes.query_x,
+                                    episodes.query_y, axis=1)  # [T, N*K(+N*Q), *x], [T, N*K(+N*Q)]
         adapted = mf.batched_sgd(
             self.model, dict(self.model.named_parameters()), x, y, self.inner_steps,
             self.inner_lr, adapt_names=self.adapted_names(), batch_size=self.inner_batch,
@@ -127,10 +134,8 @@ class Reptile(Algorithm):
         """One task's share of the Reptile direction: ``theta - theta_adapted`` for the
         model's parameters (zeros for any others), and the adapted query loss and score.
         No outer graph: the adaptation is graph-free (``adaptation_trajectory``)."""
-        x, y = task.support_x, task.support_y  # [N*K, *x], [N*K]
-        if self.use_query:
-            x = torch.cat([x, task.query_x])  # [N*(K+Q), *x]
-            y = torch.cat([y, task.query_y])  # [N*(K+Q)]
+        x, y = self._inner_examples(task.support_x, task.support_y, task.query_x,
+                                    task.query_y, axis=0)  # [N*K(+N*Q), *x], [N*K(+N*Q)]
         adapted, _ = mf.final(self.trajectory(x, y, self.inner_steps))
         grads = {
             n: (p.detach() - adapted[n[len(_MODEL):]] if n.startswith(_MODEL)
