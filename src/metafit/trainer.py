@@ -35,9 +35,13 @@ from metafit.rundir import RunDir, load_checkpoint, restore_state
 from metafit.runs import split_sampler
 from metafit.sampler import EpisodeSampler
 
-__all__ = ["Trainer", "TrainState", "train", "lr_factor"]
+__all__ = ["Trainer", "TrainState", "ValidationHook", "train", "lr_factor"]
 
 log = logging.getLogger(__name__)
+
+#: Called after each validation with (iteration, score); returning True stops the run
+#: (status ``stopped_early``, reason ``stopped_by_hook``), e.g. a tuning pruner.
+ValidationHook = Callable[[int, float], bool]
 
 #: Recipe keys that may differ when training again into an existing run directory.
 RESUMABLE_CHANGES = ("iterations", "patience", "time_budget", "task_workers",
@@ -88,8 +92,10 @@ class Trainer:
     in ``__init__``, before the run directory is created.
     """
 
-    def __init__(self, recipe: Recipe, out: str | Path, progress: bool = True) -> None:
+    def __init__(self, recipe: Recipe, out: str | Path, progress: bool = True,
+                 on_validation: ValidationHook | None = None) -> None:
         self.recipe, self.run, self.progress = recipe, RunDir(out), progress
+        self.on_validation = on_validation
         if recipe.threads:
             torch.set_num_threads(recipe.threads)
         train_ds = load_split(recipe, "train")
@@ -254,10 +260,18 @@ class Trainer:
                 val = self.validate()
                 self._log({"iteration": st.iteration, "split": "val",
                            "seconds": round(st.train_seconds, 3), **val}, writer)
-                stopped = self._after_validation(next(iter(val.values())))
+                score = next(iter(val.values()))
+                stopped = self._after_validation(score)
                 reason = "patience" if stopped else reason
-                bar.write(f"iteration {st.iteration}: validation "
-                          + ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
+                if not stopped and self.on_validation is not None \
+                        and self.on_validation(st.iteration, score):
+                    stopped, reason = True, "stopped_by_hook"
+                line = f"iteration {st.iteration}: validation " + ", ".join(
+                    f"{k} {v:.4g}" for k, v in val.items())
+                if self.progress:
+                    bar.write(line)
+                else:
+                    log.info("%s: %s", r.name, line)
             if st.iteration % r.checkpoint_every == 0 or stopped or last:
                 self.run.save_checkpoint("last", self._payload())
             bar.update(1)
@@ -284,6 +298,8 @@ class Trainer:
         return SummaryWriter(str(self.run.path / "tensorboard"))
 
 
-def train(recipe: Recipe, out: str | Path, progress: bool = True) -> TrainState:
-    """Meta-train ``recipe`` into ``out`` (resuming if ``out`` holds an unfinished run)."""
-    return Trainer(recipe, out, progress=progress).fit()
+def train(recipe: Recipe, out: str | Path, progress: bool = True,
+          on_validation: ValidationHook | None = None) -> TrainState:
+    """Meta-train ``recipe`` into ``out`` (resuming if ``out`` holds an unfinished run).
+    ``on_validation(iteration, score)`` returning True stops the run early."""
+    return Trainer(recipe, out, progress=progress, on_validation=on_validation).fit()

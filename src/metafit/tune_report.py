@@ -1,0 +1,146 @@
+"""What a study leaves for people: ``best.yaml``, the trials as CSV, and PNG plots.
+
+- ``best.yaml``: the study's recipe with the best complete trial's values, every key
+  resolved and no ``search:`` section, trained for the recipe's full ``iterations`` (the
+  trials ran the shorter ``trial_iterations``): ``metafit train OUT/best.yaml``.
+- ``report/trials.csv``: one row per trial (number, state, value, values, seconds).
+- ``report/optimization_history.png``: every trial's value and the best so far.
+- ``report/param_importances.png``: fANOVA importances (Hutter et al. 2014) of the
+  searched keys for the objective.
+- ``report/intermediate_values.png``: validation score against iteration for every
+  trial, pruned ones included: what the pruner saw.
+- ``report/slice.png``: the value against each searched key.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from metafit import __version__
+from metafit.config import Recipe, recipe_to_yaml
+from metafit.io import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from metafit.tune import TuneOptions
+
+__all__ = ["write_best_recipe", "write_report", "best_recipe"]
+
+log = logging.getLogger(__name__)
+
+
+def best_recipe(study: optuna.Study, recipe: Recipe) -> Recipe | None:
+    """The recipe of the best complete trial at the full budget (None: no complete trial)."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    values = recipe.model_dump(exclude={"search"})
+    values.update(best.params)
+    values["name"] = f"{recipe.name}_best"
+    values["description"] = (f"{recipe.name} tuned by study '{study.study_name}': trial "
+                             f"{best.number}, validation {_metric(study)} {best.value:.6g}")
+    return Recipe(**values)
+
+
+def write_best_recipe(study: optuna.Study, recipe: Recipe, opts: TuneOptions) -> Path | None:
+    """Write ``OUT/best.yaml`` atomically; None (and nothing written) without a complete
+    trial."""
+    best = best_recipe(study, recipe)
+    if best is None:
+        log.warning("study '%s' has no complete trial yet: no best.yaml", study.study_name)
+        return None
+    trial = study.best_trial
+    header = (f"# Best trial of study '{study.study_name}' (metafit {__version__}): trial "
+              f"{trial.number} of {len(study.trials)}, validation {_metric(study)} "
+              f"{trial.value:.6g}\n# after {trial.user_attrs.get('best_iteration', '?')} of "
+              f"{opts.trial_iterations or recipe.iterations} trial iterations. Tuned: "
+              f"{', '.join(f'{k}={v}' for k, v in trial.params.items())}.\n"
+              f"# Train it in full: metafit train {Path(opts.out) / 'best.yaml'}\n")
+    path = Path(opts.out) / "best.yaml"
+    atomic_write_text(path, header + recipe_to_yaml(best).replace("search: {}\n", ""))
+    return path
+
+
+def _metric(study: optuna.Study) -> str:
+    return str(study.user_attrs.get("metric", "value"))
+
+
+def _write_trials_csv(study: optuna.Study, path: Path) -> Path:
+    names = sorted({k for t in study.trials for k in t.params})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["number", "state", "value", *names, "last_iteration", "seconds"])
+    for t in study.trials:
+        seconds = (t.duration.total_seconds() if t.duration is not None else "")
+        last = max(t.intermediate_values) if t.intermediate_values else ""
+        writer.writerow([t.number, t.state.name, "" if t.value is None else t.value,
+                         *(t.params.get(k, "") for k in names), last, seconds])
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def _plot(draw: Any, study: optuna.Study, path: Path, **kwargs: Any) -> Path | None:
+    from metafit.report import _pyplot
+
+    plt = _pyplot()
+    try:
+        ax = draw(study, **kwargs)
+    except (ValueError, RuntimeError, ZeroDivisionError) as e:
+        log.warning("skipped %s: %s", path.name, e)
+        plt.close("all")
+        return None
+    axes = ax if not hasattr(ax, "figure") else [ax]
+    fig = _first(axes).figure
+    fig.set_size_inches(max(6.4, fig.get_size_inches()[0]), 4.8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close("all")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _first(axes: Any) -> Any:
+    try:
+        return axes.flat[0]
+    except AttributeError:
+        return axes[0]
+
+
+def write_report(study: optuna.Study, out: str | Path) -> list[Path]:
+    """Write the trials CSV and the plots into ``out``; returns the files written.
+
+    Plots that need more than the study has (importances need two complete trials with
+    different values) are skipped with a warning.
+    """
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as vis
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [_write_trials_csv(study, out / "trials.csv")]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    finite = [t for t in complete if t.value is not None and math.isfinite(t.value)]
+    plots: list[tuple[Any, str, dict[str, Any]]] = [
+        (vis.plot_optimization_history, "optimization_history.png",
+         {"target_name": _metric(study)}),
+        (vis.plot_intermediate_values, "intermediate_values.png", {}),
+        (vis.plot_slice, "slice.png", {"target_name": _metric(study)}),
+    ]
+    if len(finite) >= 2:
+        plots.insert(1, (vis.plot_param_importances, "param_importances.png",
+                         {"target_name": _metric(study)}))
+    else:
+        log.warning("skipped param_importances.png: it needs two complete trials")
+    for draw, name, kwargs in plots:
+        written = _plot(draw, study, out / name, **kwargs)
+        if written is not None:
+            files.append(written)
+    return files

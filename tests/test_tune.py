@@ -1,0 +1,287 @@
+"""`metafit tune`: search spaces, resumable Optuna studies in SQLite, best.yaml, reports."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from metafit.cli import main
+from metafit.config import RecipeError, load_recipe, make_recipe
+from metafit.rundir import RunDir
+from metafit.search import grid_size, parse_search_space, suggest
+from metafit.trainer import Trainer
+from metafit.tune import TuneOptions, open_study, storage_url, trial_recipe, tune
+
+SPACE = {
+    "inner_lr": {"type": "loguniform", "low": 0.003, "high": 0.1},
+    "inner_steps": {"type": "int", "low": 1, "high": 2},
+    "hidden": [8, 16],
+}
+# A seconds-long sinusoid set-up: tiny MLP, few tasks, few validation episodes.
+TINY = {"hidden": 8, "meta_batch": 4, "val_episodes": 5, "test_episodes": 5,
+        "iterations": 50, "log_every": 2, "val_every": 2, "eval_inner_steps": 2}
+
+
+def write_recipe(tmp_path: Path, search: dict[str, Any] | None = None, **extra: Any) -> Path:
+    path = tmp_path / "sin_tune.yaml"
+    data = {"base": "sinusoid_maml", **TINY, **extra,
+            "search": SPACE if search is None else search}
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def tune_cli(recipe: Path, db: Path, out: Path, *args: str) -> int:
+    return main(["tune", str(recipe), "--storage", f"sqlite:///{db}", "--out", str(out),
+                 "--trial-iterations", "4", *args])
+
+
+def load(db: Path, name: str = "sin_tune") -> Any:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+
+
+def states(study: Any) -> list[str]:
+    return [t.state.name for t in study.trials]
+
+
+def test_study_resumes_to_five_distinct_trials_and_best_yaml_trains(tmp_path: Path,
+                                                                    capsys) -> None:
+    recipe, db, out = write_recipe(tmp_path), tmp_path / "study.db", tmp_path / "tune"
+    assert tune_cli(recipe, db, out, "--trials", "3", "--pruner", "none") == 0
+    assert states(load(db)) == ["COMPLETE"] * 3
+    first = [t.params for t in load(db).trials]
+    assert tune_cli(recipe, db, out, "--trials", "5", "--pruner", "none") == 0
+    study = load(db)
+    assert states(study) == ["COMPLETE"] * 5
+    assert [t.params for t in study.trials[:3]] == first  # the first three were kept
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 5  # distinct
+    assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{i:04d}" for i in range(5)]
+    # Every trial trained its 4 iterations with validations along the way.
+    for t in study.trials:
+        run = RunDir(t.user_attrs["run_dir"])
+        assert run.status()["iteration"] == 4
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+        assert math.isfinite(t.value) and t.value == min(t.intermediate_values.values())
+    # best.yaml: the best trial's values at the recipe's full budget, no search section.
+    best = load_recipe(out / "best.yaml")
+    assert best.search == {} and best.iterations == 50
+    for key, value in study.best_trial.params.items():
+        assert getattr(best, key) == value
+    assert "best trial" in capsys.readouterr().out
+    assert main(["train", str(out / "best.yaml"), "iterations=2", "--out",
+                 str(tmp_path / "full"), "--no-progress"]) == 0
+    assert RunDir(tmp_path / "full").status()["status"] == "complete"
+    # A rerun that asks for no more trials runs none.
+    assert tune_cli(recipe, db, out, "--trials", "4", "--pruner", "none") == 0
+    assert len(load(db).trials) == 5
+
+
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        ({"inner_lrr": {"type": "uniform", "low": 0.1, "high": 1}}, "not a recipe key; did "
+         "you mean inner_lr"),
+        ({"inner_lr": {"type": "uniform", "low": 0.5, "high": 0.1}}, "low (0.5) > high (0.1)"),
+        ({"hidden": {"type": "categorical", "choices": []}}, "non-empty list of choices"),
+        ({"hidden": []}, "non-empty list of choices"),
+        ({"inner_lr": {"type": "normal", "low": 0.1, "high": 1}}, "unknown type 'normal'"),
+        ({"inner_lr": {"type": "loguniform", "low": 0, "high": 1}}, "needs low > 0"),
+        ({"inner_lr": {"type": "uniform", "low": 0.0, "high": 1}}, "value 0.0 is not a "
+         "valid recipe value"),
+        ({"inner_steps": {"type": "int", "low": 1.5, "high": 3}}, "must be an integer"),
+        ({"inner_steps": {"type": "int", "low": 1}}, "'int' needs 'high'"),
+        ({"inner_lr": {"type": "uniform", "low": 0.1, "high": 1, "stepp": 0.1}},
+         "unknown option(s) ['stepp']"),
+        ({"algorithm": ["maml", "mamll"]}, "unknown algorithm 'mamll'"),
+        ({"model": ["mlp", "conv4"]}, "dataset 'sinusoid' needs model 'mlp'"),
+        ({"data_root": ["a", "b"]}, "cannot be searched"),
+        ({"hidden": [8, 8]}, "repeat a value"),
+        ({}, "has no search: section"),
+    ],
+)
+def test_search_space_errors_before_any_trial(tmp_path: Path, capsys, search: dict[str, Any],
+                                              message: str) -> None:
+    recipe, db = write_recipe(tmp_path, search=search), tmp_path / "study.db"
+    assert tune_cli(recipe, db, tmp_path / "tune", "--trials", "2") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metafit: error: ") and message in err, err
+    assert not db.exists() and not (tmp_path / "tune").exists()
+
+
+def test_suggest_draws_within_the_declared_space() -> None:
+    recipe = make_recipe({**load_recipe("sinusoid_maml").model_dump(), "search": {
+        **SPACE, "outer_lr": {"type": "uniform", "low": 0.001, "high": 0.003, "step": 0.001},
+        "depth": {"type": "int", "low": 1, "high": 8, "log": True}}})
+    space = parse_search_space(recipe)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        values = suggest(space, study.ask())
+        assert 0.003 <= values["inner_lr"] <= 0.1 and values["inner_steps"] in (1, 2)
+        assert values["hidden"] in (8, 16) and 1 <= values["depth"] <= 8
+        assert min(abs(values["outer_lr"] - v) for v in (0.001, 0.002, 0.003)) < 1e-12
+        trial_recipe(recipe, values, TuneOptions(trial_iterations=10))  # valid recipes
+
+
+def test_grid_search_visits_every_point_once(tmp_path: Path) -> None:
+    search = {"inner_steps": {"type": "int", "low": 1, "high": 2}, "hidden": [8, 16]}
+    recipe = load_recipe(write_recipe(tmp_path, search=search))
+    assert grid_size(parse_search_space(recipe)) == 4
+    opts = TuneOptions(out=str(tmp_path / "grid"), sampler="grid", pruner="none",
+                       trial_iterations=2)
+    result = tune(recipe, opts)  # trials default to the grid's size
+    assert result.complete == 4
+    study = open_study(recipe, opts)
+    assert sorted((t.params["inner_steps"], t.params["hidden"]) for t in study.trials) == [
+        (1, 8), (1, 16), (2, 8), (2, 16)]
+    continuous = load_recipe(write_recipe(tmp_path, search={"inner_lr": {
+        "type": "uniform", "low": 0.01, "high": 0.1}}))
+    with pytest.raises(RecipeError, match="a grid search needs a finite grid"):
+        tune(continuous, TuneOptions(out=str(tmp_path / "g2"), sampler="grid"))
+
+
+def test_interrupted_trial_is_failed_not_counted_and_requeued(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    recipe = load_recipe(write_recipe(tmp_path))
+    opts = TuneOptions(out=str(tmp_path / "tune"), trials=3, pruner="none",
+                       trial_iterations=3)
+    fit = Trainer.fit
+    calls = []
+
+    def fit_interrupted_second(self: Trainer) -> Any:
+        calls.append(self.run.path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fit(self)
+
+    monkeypatch.setattr(Trainer, "fit", fit_interrupted_second)
+    with pytest.raises(KeyboardInterrupt):
+        tune(recipe, opts)
+    study = open_study(recipe, opts)
+    assert states(study) == ["COMPLETE", "FAIL"]
+    interrupted = study.trials[1].params
+    monkeypatch.setattr(Trainer, "fit", fit)
+    result = tune(recipe, opts)
+    study = open_study(recipe, opts)
+    assert states(study) == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert result.finished == 3 and result.failed == 1
+    assert study.trials[2].params == interrupted  # queued again, first
+    assert study.trials[2].user_attrs["retry_of"] == 1
+    tune(recipe, opts)  # queued once only: nothing more runs
+    assert len(open_study(recipe, opts).trials) == 4
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_killed_processes_trial_is_failed_by_its_heartbeat(tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path))
+    opts = TuneOptions(out=str(tmp_path / "tune"), trials=2, pruner="none",
+                       trial_iterations=2, heartbeat_interval=1, grace_period=1)
+    study = open_study(recipe, opts)
+    trial = study.ask()  # a trial left RUNNING by a process that died
+    suggest(parse_search_space(recipe), trial)
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    result = tune(recipe, opts)
+    study = open_study(recipe, opts)
+    assert states(study)[0] == "FAIL"
+    assert result.finished == 2 and states(study).count("COMPLETE") == 2
+    assert study.trials[1].params == study.trials[0].params  # retried with its values
+
+
+def test_pruned_trial_stops_its_run_early(tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path))
+    opts = TuneOptions(out=str(tmp_path / "tune"), trials=1, trial_iterations=6)
+    from metafit.tune import _objective
+
+    class PruneAtOnce(optuna.pruners.BasePruner):
+        def prune(self, study: Any, trial: Any) -> bool:
+            return True
+
+    study = optuna.create_study(direction="minimize", pruner=PruneAtOnce())
+    study.optimize(_objective(recipe, parse_search_space(recipe), opts), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state.name == "PRUNED" and list(trial.intermediate_values) == [1]
+    status = RunDir(trial.user_attrs["run_dir"]).status()
+    assert status["status"] == "stopped_early" and status["reason"] == "stopped_by_hook"
+    assert status["iteration"] == 1  # of 6: validations every 6 // MIN_REPORTS iterations
+
+
+def test_median_pruner_prunes_a_hopeless_trial(tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path, search={"inner_lr": [0.01, 1e-9]}))
+    opts = TuneOptions(out=str(tmp_path / "tune"), trials=7, trial_iterations=4)
+    study = open_study(recipe, opts)
+    for _ in range(5):  # five sensible startup trials, then a rate that learns nothing
+        study.enqueue_trial({"inner_lr": 0.01})
+    study.enqueue_trial({"inner_lr": 1e-9})
+    tune(recipe, opts)
+    study = open_study(recipe, opts)
+    assert states(study)[:5] == ["COMPLETE"] * 5
+    assert study.trials[5].state.name == "PRUNED"
+
+
+def test_parallel_jobs_share_the_study(tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path))
+    opts = TuneOptions(out=str(tmp_path / "tune"), trials=4, pruner="none",
+                       trial_iterations=2, jobs=2)
+    result = tune(recipe, opts)
+    study = open_study(recipe, opts)
+    assert result.finished >= 4 and states(study).count("COMPLETE") == len(study.trials)
+    numbers = [t.number for t in study.trials]
+    assert len(set(numbers)) == len(numbers)
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == len(numbers)
+    assert {p.name for p in (tmp_path / "tune" / "trials").iterdir()} == {
+        f"{n:04d}" for n in numbers}
+
+
+def test_continuing_with_another_recipe_is_refused(tmp_path: Path, capsys) -> None:
+    recipe, db, out = write_recipe(tmp_path), tmp_path / "study.db", tmp_path / "tune"
+    assert tune_cli(recipe, db, out, "--trials", "1") == 0
+    assert tune_cli(recipe, db, out, "--trials", "2", "--sampler", "random") == 2
+    assert "differs in sampler" in capsys.readouterr().err
+    assert main(["tune", str(recipe), "shots=5", "--storage", f"sqlite:///{db}", "--out",
+                 str(out), "--trial-iterations", "4", "--trials", "2"]) == 2
+    assert "differs in shots" in capsys.readouterr().err
+    assert len(load(db).trials) == 1
+
+
+def test_report_writes_plots_and_csv(tmp_path: Path, capsys) -> None:
+    recipe, db, out = write_recipe(tmp_path), tmp_path / "study.db", tmp_path / "tune"
+    assert tune_cli(recipe, db, out, "--trials", "4", "--pruner", "none", "--report") == 0
+    names = {"trials.csv", "optimization_history.png", "param_importances.png",
+             "intermediate_values.png", "slice.png"}
+    assert {p.name for p in (out / "report").iterdir()} == names
+    for name in names - {"trials.csv"}:
+        assert (out / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (out / "report" / "trials.csv").read_text().splitlines()
+    assert rows[0].startswith("number,state,value,hidden,inner_lr,inner_steps")
+    assert len(rows) == 5 and all(",COMPLETE," in r for r in rows[1:])
+    # --report alone reports without running trials; a missing study is a clear error.
+    assert tune_cli(recipe, db, out, "--report") == 0
+    assert len(load(db).trials) == 4
+    assert tune_cli(recipe, tmp_path / "other.db", out, "--report") == 2
+    assert "no study 'sin_tune'" in capsys.readouterr().err
+
+
+def test_storage_urls(tmp_path: Path) -> None:
+    assert storage_url(None, tmp_path / "o") == f"sqlite:///{tmp_path / 'o' / 'study.db'}"
+    assert storage_url(str(tmp_path / "x.db"), "o") == f"sqlite:///{tmp_path / 'x.db'}"
+    assert storage_url("postgresql://u@h/db", "o") == "postgresql://u@h/db"
+
+
+def test_trials_without_a_count_need_one(tmp_path: Path, capsys) -> None:
+    recipe = write_recipe(tmp_path)
+    assert tune_cli(recipe, tmp_path / "s.db", tmp_path / "tune") == 2
+    assert "give --trials N" in capsys.readouterr().err
+
+
+def test_validation_hook_stops_training(tmp_path: Path) -> None:
+    recipe = load_recipe("sinusoid_maml", {**TINY, "iterations": 10})
+    seen: list[tuple[int, float]] = []
+    state = Trainer(recipe, tmp_path / "run", progress=False,
+                    on_validation=lambda i, s: seen.append((i, s)) or i >= 4).fit()
+    assert [i for i, _ in seen] == [2, 4] and state.iteration == 4
+    assert RunDir(tmp_path / "run").status()["reason"] == "stopped_by_hook"
