@@ -13,10 +13,11 @@ import yaml
 
 from metafit.cli import main
 from metafit.config import RecipeError, load_recipe, make_recipe
+from metafit.factory import build_algorithm
 from metafit.rundir import RunDir
 from metafit.search import grid_size, parse_search_space, suggest
 from metafit.trainer import Trainer
-from metafit.tune import TuneOptions, open_study, storage_url, trial_recipe, tune
+from metafit.tuning import TuneOptions, open_study, storage_url, trial_recipe, tune
 
 SPACE = {
     "inner_lr": {"type": "loguniform", "low": 0.003, "high": 0.1},
@@ -116,7 +117,8 @@ def test_search_space_errors_before_any_trial(tmp_path: Path, capsys, search: di
 def test_suggest_draws_within_the_declared_space() -> None:
     recipe = make_recipe({**load_recipe("sinusoid_maml").model_dump(), "search": {
         **SPACE, "outer_lr": {"type": "uniform", "low": 0.001, "high": 0.003, "step": 0.001},
-        "depth": {"type": "int", "low": 1, "high": 8, "log": True}}})
+        "depth": {"type": "int", "low": 1, "high": 8, "log": True},
+        "algorithm": ["maml", "fomaml", "metasgd"]}})
     space = parse_search_space(recipe)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
@@ -124,7 +126,10 @@ def test_suggest_draws_within_the_declared_space() -> None:
         assert 0.003 <= values["inner_lr"] <= 0.1 and values["inner_steps"] in (1, 2)
         assert values["hidden"] in (8, 16) and 1 <= values["depth"] <= 8
         assert min(abs(values["outer_lr"] - v) for v in (0.001, 0.002, 0.003)) < 1e-12
-        trial_recipe(recipe, values, TuneOptions(trial_iterations=10))  # valid recipes
+        trial = trial_recipe(recipe, values, TuneOptions(trial_iterations=10))
+        algo = build_algorithm(trial)
+        assert type(algo).__name__.lower() == values["algorithm"]
+        assert trial.iterations == 10 and trial.depth == values["depth"]
 
 
 def test_grid_search_visits_every_point_once(tmp_path: Path) -> None:
@@ -195,7 +200,7 @@ def test_a_killed_processes_trial_is_failed_by_its_heartbeat(tmp_path: Path) -> 
 def test_pruned_trial_stops_its_run_early(tmp_path: Path) -> None:
     recipe = load_recipe(write_recipe(tmp_path))
     opts = TuneOptions(out=str(tmp_path / "tune"), trials=1, trial_iterations=6)
-    from metafit.tune import _objective
+    from metafit.tuning import _objective
 
     class PruneAtOnce(optuna.pruners.BasePruner):
         def prune(self, study: Any, trial: Any) -> bool:
@@ -246,6 +251,10 @@ def test_continuing_with_another_recipe_is_refused(tmp_path: Path, capsys) -> No
                  str(out), "--trial-iterations", "4", "--trials", "2"]) == 2
     assert "differs in shots" in capsys.readouterr().err
     assert len(load(db).trials) == 1
+    # Another storage with the same output directory would overwrite trial runs.
+    assert tune_cli(recipe, tmp_path / "other.db", out, "--trials", "1") == 2
+    assert "holds trial runs that study 'sin_tune' does not know (0000" in \
+        capsys.readouterr().err
 
 
 def test_report_writes_plots_and_csv(tmp_path: Path, capsys) -> None:

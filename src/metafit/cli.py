@@ -106,8 +106,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from metafit.search import parse_search_space
-    from metafit.tune import TuneOptions, load_existing_study, tune
-    from metafit.tune_report import write_report
+    from metafit.tuning import TuneOptions, load_existing_study, tune
+    from metafit.tuning_report import write_report
 
     recipe = load_recipe(args.recipe, args.overrides)
     parse_search_space(recipe)  # a bad space fails here, before any storage or trial

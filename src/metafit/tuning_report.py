@@ -28,7 +28,7 @@ from metafit.io import atomic_write_bytes, atomic_write_text
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from metafit.tune import TuneOptions
+    from metafit.tuning import TuneOptions
 
 __all__ = ["write_best_recipe", "write_report", "best_recipe"]
 

@@ -21,7 +21,7 @@ SQLAlchemy URL works, e.g. PostgreSQL on a cluster), which makes it:
 
 Samplers: TPE (Bergstra et al. 2011, the default), random search (Bergstra & Bengio 2012)
 and grid search. The best complete trial is written as a ready recipe, ``OUT/best.yaml``
-(:func:`metafit.tune_report.write_best_recipe`), to be trained in full with
+(:func:`metafit.tuning_report.write_best_recipe`), to be trained in full with
 ``metafit train OUT/best.yaml``.
 """
 
@@ -258,7 +258,9 @@ def _objective(recipe: Recipe, space: SearchSpace, opts: TuneOptions) -> Any:
         pruned: list[int] = []
 
         def on_validation(iteration: int, score: float) -> bool:
-            trial.report(score if math.isfinite(score) else worst, iteration)
+            if not math.isfinite(score):  # a diverged validation: nothing to compare
+                return False
+            trial.report(score, iteration)
             if trial.should_prune():
                 pruned.append(iteration)
                 return True
@@ -278,6 +280,19 @@ def _objective(recipe: Recipe, space: SearchSpace, opts: TuneOptions) -> Any:
         return worst if state.best_score is None else float(state.best_score)
 
     return objective
+
+
+def _check_trial_dirs(study: optuna.Study, opts: TuneOptions) -> None:
+    """Refuse an ``OUT/trials`` holding runs this study does not know (another study's):
+    new trials would find their directories taken."""
+    root = Path(opts.out) / "trials"
+    known = {f"{t.number:04d}" for t in study.get_trials(deepcopy=False)}
+    strangers = sorted(p.name for p in root.glob("*") if p.name not in known) \
+        if root.is_dir() else []
+    if strangers:
+        raise ValueError(f"{root} holds trial runs that study '{study.study_name}' does "
+                         f"not know ({', '.join(strangers[:3])}...): they belong to another "
+                         "study or storage; choose another --out")
 
 
 @contextlib.contextmanager
@@ -342,8 +357,6 @@ def run_study(recipe: Recipe, opts: TuneOptions, job: int = 0) -> None:
     space = parse_search_space(recipe)
     target = _target(space, opts)
     study = open_study(recipe, opts, job)
-    if job == 0:
-        _requeue_interrupted(study)
     remaining = target - len(finished_trials(study))
     if remaining <= 0:
         return
@@ -369,7 +382,7 @@ def tune(recipe: Recipe, opts: TuneOptions) -> TuneResult:
     The search space is checked first: a bad space raises :class:`RecipeError` before the
     storage is touched.
     """
-    from metafit.tune_report import write_best_recipe
+    from metafit.tuning_report import write_best_recipe
 
     space = parse_search_space(recipe)
     _target(space, opts)
@@ -377,6 +390,9 @@ def tune(recipe: Recipe, opts: TuneOptions) -> TuneResult:
         raise ValueError(f"jobs must be >= 1 (got {opts.jobs})")
     log.info("study '%s' in %s: %s", opts.study or recipe.name,
              storage_url(opts.storage, opts.out), "; ".join(space.describe()))
+    study = open_study(recipe, opts)
+    _check_trial_dirs(study, opts)
+    _requeue_interrupted(study)
     if opts.jobs == 1:
         run_study(recipe, opts)
     else:
@@ -391,7 +407,6 @@ def _run_parallel(recipe: Recipe, opts: TuneOptions) -> None:
 
     import torch
 
-    open_study(recipe, opts)  # create it once, before the workers race to
     threads = max(1, (os.cpu_count() or 1) // opts.jobs)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_job, args=(recipe.model_dump(), asdict(opts), j, threads))
