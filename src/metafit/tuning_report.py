@@ -8,7 +8,7 @@
 - ``report/param_importances.png``: fANOVA importances (Hutter et al. 2014) of the
   searched keys for the objective.
 - ``report/intermediate_values.png``: validation score against iteration for every
-  trial, pruned ones included: what the pruner saw.
+  trial, pruned ones in grey, the best in red: what the pruner saw.
 - ``report/slice.png``: the value against each searched key.
 """
 
@@ -18,6 +18,7 @@ import csv
 import io
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +115,50 @@ def _first(axes: Any) -> Any:
         return axes[0]
 
 
+def plot_validation_curves(study: optuna.Study) -> Any:
+    """Every trial's validation score against iteration (what the pruner compared):
+    complete trials in blue, pruned ones in grey, the best in red; a log scale clipped
+    to the range that matters, so one diverged trial does not flatten the others."""
+    from metafit.report import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    best = _best_number(study)
+    values = [v for t in study.trials for v in t.intermediate_values.values()
+              if math.isfinite(v)]
+    if not values:
+        raise ValueError("no trial reported a validation score")
+    for t in study.trials:
+        if not t.intermediate_values:
+            continue
+        steps = sorted(t.intermediate_values)
+        ys = [t.intermediate_values[s] for s in steps]
+        style = ({"color": "tab:red", "lw": 2.0, "zorder": 3, "label": f"best (trial {best})"}
+                 if t.number == best else
+                 {"color": "tab:blue", "lw": 1.0, "alpha": 0.6} if t.state.name == "COMPLETE"
+                 else {"color": "0.6", "lw": 0.8, "alpha": 0.7})
+        ax.plot(steps, ys, marker=".", **style)
+    ordered = sorted(values)
+    low, high = ordered[0], ordered[int(0.9 * (len(ordered) - 1))]
+    if low > 0:
+        ax.set_yscale("log")
+        ax.set_ylim(low / 1.2, max(high, low) * 1.5)
+    ax.plot([], [], color="tab:blue", label="complete")
+    ax.plot([], [], color="0.6", label="pruned")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"validation {_metric(study)}")
+    ax.set_title(f"Validation curves of the {len(study.trials)} trials")
+    ax.legend(loc="best", fontsize=8)
+    return ax
+
+
+def _best_number(study: optuna.Study) -> int | None:
+    try:
+        return int(study.best_trial.number)
+    except ValueError:
+        return None
+
+
 def write_report(study: optuna.Study, out: str | Path) -> list[Path]:
     """Write the trials CSV and the plots into ``out``; returns the files written.
 
@@ -131,7 +176,7 @@ def write_report(study: optuna.Study, out: str | Path) -> list[Path]:
     plots: list[tuple[Any, str, dict[str, Any]]] = [
         (vis.plot_optimization_history, "optimization_history.png",
          {"target_name": _metric(study)}),
-        (vis.plot_intermediate_values, "intermediate_values.png", {}),
+        (plot_validation_curves, "intermediate_values.png", {}),
         (vis.plot_slice, "slice.png", {"target_name": _metric(study)}),
     ]
     if len(finite) >= 2:
@@ -139,8 +184,18 @@ def write_report(study: optuna.Study, out: str | Path) -> list[Path]:
                          {"target_name": _metric(study)}))
     else:
         log.warning("skipped param_importances.png: it needs two complete trials")
-    for draw, name, kwargs in plots:
-        written = _plot(draw, study, out / name, **kwargs)
-        if written is not None:
-            files.append(written)
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "trial N omitted: value inf"
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            for draw, name, kwargs in plots:
+                written = _plot(draw, study, out / name, **kwargs)
+                if written is not None:
+                    files.append(written)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     return files
