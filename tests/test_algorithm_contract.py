@@ -1,11 +1,14 @@
 """One table over every registered algorithm (optax `alias_test.py` style): the contract of
-`metafit.algorithms.base.Algorithm`, on a tiny conv4 5-way classification batch and, for the
+`metafit.algorithms.base.Algorithm`, on a tiny conv4 5-way classification batch, on a tiny
+random BERT adapted through LoRA (5-way text classification, token ids in), and, for the
 algorithms that support it, a sinusoid-like regression batch on an MLP."""
 
 from __future__ import annotations
 
 import io
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +36,7 @@ WAYS = 5
 COMMON: dict[str, dict[str, Any]] = {
     "classification": {"inner_lr": 0.4, "inner_steps": 1, "num_classes": NUM_CLASSES},
     "regression": {"inner_lr": 0.01, "inner_steps": 1},
+    "text": {"inner_lr": 0.5, "inner_steps": 1, "num_classes": NUM_CLASSES},
 }
 OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "reptile": {"classification": {"inner_lr": 0.1, "inner_steps": 3},
@@ -67,30 +71,64 @@ def regression_batch(tasks: int = 3, shots: int = 5, queries: int = 5) -> Episod
     return Episodes(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
 
 
+def text_batch(tasks: int = 3) -> Episodes:
+    from text_fixtures import sentences, shared_model_dir, write_csv
+
+    from metafit.data.text_csv import TextCSV
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_csv(Path(tmp) / "intents.csv", sentences(NUM_CLASSES, 6))
+        dataset = TextCSV(path).tokenize(shared_model_dir(), max_length=16)
+    return EpisodeSampler(dataset, ways=WAYS, shots=2, queries=3, seed=0).sample(tasks)
+
+
+def text_lora_model(seed: int) -> nn.Module:
+    """The tiny BERT with LoRA (rank 2) on query/value and a 5-way head; LoRA's B starts
+    random instead of zero so that every adapter matrix gets a gradient at once."""
+    from text_fixtures import shared_model_dir
+
+    from metafit.models.text import text_model
+
+    model = text_model(WAYS, shared_model_dir(), adapt="lora", lora_r=2)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    return model
+
+
 def make(name: str, kind: str, seed: int = 0) -> Algorithm:
     torch.manual_seed(seed)
-    if kind == "classification":
+    if kind == "text":
+        model = text_lora_model(seed)
+    elif kind == "classification":
         model = conv4(out_features=WAYS, in_channels=1, hidden=4, image_size=8, depth=2)
     else:
         model = mlp(in_features=1, out_features=1, hidden=16, depth=2)
     return build_algorithm(name, model, **options(name, kind))
 
 
-CASES = [(name, "classification") for name in list_algorithms()] + [
+CASES = [(name, kind) for kind in ("classification", "text") for name in list_algorithms()] + [
     (name, "regression") for name in list_algorithms() if get_algorithm(name).supports_regression
 ]
 
+# Algorithms with something to meta-train (the linear probe has not).
+META_CASES = [(name, kind) for name, kind in CASES if get_algorithm(name).meta_trained]
+
 
 def batch(kind: str) -> Episodes:
+    if kind == "text":
+        return text_batch()
     return classification_batch() if kind == "classification" else regression_batch()
 
 
-@pytest.mark.parametrize(("name", "kind"), CASES)
+@pytest.mark.parametrize(("name", "kind"), META_CASES)
 def test_meta_gradients_keyed_like_named_parameters_finite_and_nonzero(name: str,
                                                                        kind: str) -> None:
     algo = make(name, kind)
     grads, metrics = algo.meta_gradients(batch(kind))
-    named = dict(algo.named_parameters())
+    named = algo.trainable_parameters()  # frozen encoder weights have no meta-gradient
     assert list(grads) == list(named)
     for n, g in grads.items():
         assert g.shape == named[n].shape and g.dtype == named[n].dtype, n
@@ -100,10 +138,12 @@ def test_meta_gradients_keyed_like_named_parameters_finite_and_nonzero(name: str
             assert float(g.abs().sum()) > 0, f"{name}: zero meta-gradient for {n}"
     assert all(p.grad is None for p in algo.parameters())
     assert set(metrics) == ({"loss", "mse"} if kind == "regression" else {"loss", "accuracy"})
+    if kind == "text":  # only the adapters and the heads train
+        assert all("lora_" in n or "head" in n for n in grads), list(grads)
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
 
 
-@pytest.mark.parametrize(("name", "kind"), CASES)
+@pytest.mark.parametrize(("name", "kind"), META_CASES)
 def test_same_seed_gives_identical_numbers(name: str, kind: str) -> None:
     episodes = batch(kind)
     runs = [make(name, kind, seed=3).meta_gradients(episodes) for _ in range(2)]
@@ -150,10 +190,11 @@ def test_adaptation_curve_shape_and_consistency(name: str, kind: str) -> None:
 def test_state_dict_round_trip_gives_identical_learners(name: str, kind: str) -> None:
     algo = make(name, kind, seed=0)
     episodes = batch(kind)
-    grads, _ = algo.meta_gradients(episodes)  # move away from the initialisation
-    with torch.no_grad():
-        for n, p in algo.named_parameters():
-            p -= 0.01 * grads[n]
+    if algo.meta_trained:
+        grads, _ = algo.meta_gradients(episodes)  # move away from the initialisation
+        with torch.no_grad():
+            for n, p in algo.trainable_parameters().items():
+                p -= 0.01 * grads[n]
     buffer = io.BytesIO()
     torch.save(algo.state_dict(), buffer)
     buffer.seek(0)
@@ -172,11 +213,11 @@ def test_state_dict_round_trip_gives_identical_learners(name: str, kind: str) ->
     assert torch.equal(learner(task.query_x), got)
 
 
-@pytest.mark.parametrize(("name", "kind"), CASES)
+@pytest.mark.parametrize(("name", "kind"), META_CASES)
 def test_optimizer_on_meta_gradients_lowers_meta_loss(name: str, kind: str) -> None:
     algo = make(name, kind)
     episodes = batch(kind)
-    params = dict(algo.named_parameters())
+    params = algo.trainable_parameters()
     if name in OUTER_LR:
         optimizer: torch.optim.Optimizer = torch.optim.SGD(params.values(), lr=OUTER_LR[name])
     else:
@@ -190,6 +231,13 @@ def test_optimizer_on_meta_gradients_lowers_meta_loss(name: str, kind: str) -> N
         optimizer.step()
     _, metrics = algo.meta_gradients(episodes)
     assert metrics["loss"] < first
+
+
+def test_algorithms_without_meta_training_say_so() -> None:
+    probe = make("linear_probe", "classification")
+    assert not probe.meta_trained and not any(p.requires_grad for p in probe.parameters())
+    with pytest.raises(ValueError, match="linear_probe is not meta-trained"):
+        probe.meta_gradients(classification_batch())
 
 
 def test_registry_lookup_errors_and_option_filtering() -> None:

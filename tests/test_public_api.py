@@ -26,4 +26,4 @@ def test_design_section_4_example_runs() -> None:
     assert len(result.per_episode) == 6 and result.ci95 >= 0 and 0 <= result.mean <= 1
     assert mf.load_recipe("omniglot_5w1s_maml").algorithm == "maml"
     assert set(mf.list_algorithms()) == {"maml", "fomaml", "metasgd", "anil", "reptile",
-                                         "protonet", "finetune"}
+                                         "protonet", "finetune", "linear_probe"}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from metafit.algorithms import list_algorithms
+from metafit.algorithms import get_algorithm, list_algorithms
 from metafit.config import make_recipe
 from metafit.rundir import CheckpointError, RunDir
 from metafit.runs import evaluate_run, load_trained
@@ -66,8 +66,9 @@ def interrupt_at(trainer: Trainer, iteration: int) -> None:
     trainer._step = step  # type: ignore[method-assign]
 
 
-CASES = [("classification", a) for a in list_algorithms()] + [
-    ("regression", a) for a in list_algorithms() if a != "protonet"
+TRAINED = [a for a in list_algorithms() if get_algorithm(a).meta_trained]
+CASES = [("classification", a) for a in TRAINED] + [
+    ("regression", a) for a in TRAINED if get_algorithm(a).supports_regression
 ]
 
 

@@ -35,7 +35,7 @@ class RecipeError(ValueError):
 
 
 DatasetName = Literal["omniglot", "glyphs", "image_folder", "idx", "text_csv", "sinusoid"]
-ModelName = Literal["conv4", "mlp", "resnet12", "resnet18"]
+ModelName = Literal["conv4", "mlp", "resnet12", "resnet18", "text"]
 
 
 class Recipe(BaseModel):
@@ -51,6 +51,11 @@ class Recipe(BaseModel):
     data_root: str | None = Field(None, description="directory or file of the dataset")
     image_size: int = Field(28, gt=0)
     channels: Literal[1, 3] = 1
+    class_split: tuple[int, int, int] | None = Field(
+        None, description="image_folder / text_csv: train, val, test class counts "
+        "(default 60/20/20%)")
+    split_seed: int = Field(0, description="image_folder / text_csv: seed of the class "
+                            "shuffle before the split")
     rotations: bool = Field(True, description="Omniglot: rotations by 90/180/270 as classes")
     split_scheme: str = Field("alphabet", description="Omniglot: 'alphabet', 'standard' or "
                               "'vinyals' (1200 training characters, the papers' protocol)")
@@ -68,6 +73,23 @@ class Recipe(BaseModel):
     hidden: int = Field(64, gt=0, description="filters (conv4) or units (mlp)")
     depth: int = Field(4, gt=0, description="blocks (conv4) or hidden layers (mlp)")
     strided: bool = Field(False, description="conv4: stride-2 convolutions, no pooling")
+
+    # -- text (model: text, dataset: text_csv) --------------------------------------
+    text_model: str | None = Field(None, description="local Hugging Face model directory "
+                                   "(default: the packaged all-MiniLM-L6-v2)")
+    text_column: str = Field("text", description="CSV column holding the text")
+    label_column: str = Field("category", description="CSV column holding the label")
+    max_length: int = Field(64, gt=2, description="tokens per text (longer ones are "
+                            "truncated, with a warning)")
+    pooling: Literal["mean", "cls"] = "mean"
+    adapt: Literal["full", "top", "head", "lora"] = Field(
+        "full", description="what the inner loop adapts and the outer loop meta-learns: "
+        "the whole encoder, its top adapt_layers layers, the head only, or LoRA adapters "
+        "(each with the head)")
+    adapt_layers: int = Field(2, gt=0, description="adapt: top: transformer layers adapted")
+    lora_r: int = Field(8, gt=0, description="adapt: lora: rank")
+    lora_alpha: float = Field(16.0, gt=0, description="adapt: lora: scale alpha (/ r)")
+    text_dropout: float = Field(0.0, ge=0, lt=1, description="encoder dropout")
 
     # -- algorithm -------------------------------------------------------------------
     algorithm: str = "maml"
@@ -119,6 +141,12 @@ class Recipe(BaseModel):
     def _check(self) -> Recipe:
         if self.dataset == "sinusoid" and self.model != "mlp":
             raise ValueError("dataset 'sinusoid' needs model 'mlp'")
+        if (self.dataset == "text_csv") != (self.model == "text"):
+            raise ValueError("dataset 'text_csv' and model 'text' go together (got dataset "
+                             f"'{self.dataset}', model '{self.model}')")
+        if self.adapt != "full" and self.model != "text":
+            raise ValueError(f"adapt '{self.adapt}' is for text models; other models adapt "
+                             "all their parameters (ANIL adapts the head)")
         return self
 
     # -- derived values --------------------------------------------------------------

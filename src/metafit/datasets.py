@@ -27,19 +27,40 @@ SPLITS: tuple[Split, ...] = ("train", "val", "test")
 FRACTIONS = (0.6, 0.2, 0.2)
 
 
-def class_split(num_classes: int, split: Split, seed: int = 0) -> list[int]:
-    """Class ids of ``split`` under the 60/20/20 rule described in the module docstring."""
+def class_split(num_classes: int, split: Split, seed: int = 0,
+                counts: tuple[int, int, int] | list[int] | None = None) -> list[int]:
+    """Class ids of ``split``: the classes shuffled with ``Random(seed)``, then the first
+    ``counts[0]`` for train, the next ``counts[1]`` for val, the last ``counts[2]`` for
+    test (default: the 60/20/20 rule of the module docstring)."""
     if num_classes < 3:
         raise ValueError(f"a train/val/test class split needs >= 3 classes, got {num_classes}")
     order = list(range(num_classes))
     random.Random(seed).shuffle(order)
-    n_test = max(1, round(FRACTIONS[2] * num_classes))
-    n_val = max(1, round(FRACTIONS[1] * num_classes))
-    n_train = num_classes - n_val - n_test
+    if counts is None:
+        n_test = max(1, round(FRACTIONS[2] * num_classes))
+        n_val = max(1, round(FRACTIONS[1] * num_classes))
+        n_train = num_classes - n_val - n_test
+    else:
+        n_train, n_val, n_test = (int(c) for c in counts)
+        if sum(counts) != num_classes or min(counts) < 1:
+            raise ValueError(f"class_split {list(counts)} must be three positive counts "
+                             f"summing to the {num_classes} classes")
     bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val),
               "test": (n_train + n_val, num_classes)}
     lo, hi = bounds[split]
     return sorted(order[lo:hi])
+
+
+def _csv_path(recipe: Recipe) -> Path:
+    """A text recipe's CSV: ``data_root`` itself, or ``data_root/train.csv``."""
+    root = _need_root(recipe)
+    if root.is_file():
+        return root
+    path = root / "train.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"data_root '{root}' is a directory without train.csv; "
+                                "give the CSV file itself")
+    return path
 
 
 def _need_root(recipe: Recipe) -> Path:
@@ -83,12 +104,16 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
 
         full = ImageFolder(_need_root(recipe), image_size=recipe.image_size,
                            channels=recipe.channels)
-        return full.subset(class_split(full.num_classes, split))
+        return full.subset(class_split(full.num_classes, split, recipe.split_seed,
+                                       recipe.class_split))
     if kind == "text_csv":
         from metafit.data.text_csv import TextCSV
 
-        text = TextCSV(_need_root(recipe))
-        return text.subset(class_split(len(text.classes), split))
+        text = TextCSV(_csv_path(recipe), text_column=recipe.text_column,
+                       label_column=recipe.label_column)
+        part = text.subset(class_split(len(text.classes), split, recipe.split_seed,
+                                       recipe.class_split))
+        return part.tokenize(recipe.text_model, recipe.max_length)
     raise ValueError(f"unknown dataset '{kind}'")
 
 

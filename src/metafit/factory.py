@@ -10,8 +10,8 @@ from metafit.models import conv4, mlp, resnet12, resnet18
 __all__ = ["build_model", "build_algorithm", "FIXED_HEAD_FREE"]
 
 # Algorithms whose test-time number of ways may differ from the training one: ProtoNet
-# needs no head and FineTune fits a new head at test time.
-FIXED_HEAD_FREE = frozenset({"protonet", "finetune"})
+# needs no head and FineTune and the linear probe fit a new head at test time.
+FIXED_HEAD_FREE = frozenset({"protonet", "finetune", "linear_probe"})
 
 
 def build_model(recipe: Recipe) -> nn.Module:
@@ -27,6 +27,12 @@ def build_model(recipe: Recipe) -> nn.Module:
     if recipe.model == "resnet12":
         return resnet12(out_features=out, in_channels=recipe.channels,
                         image_size=recipe.image_size)
+    if recipe.model == "text":
+        from metafit.models.text import text_model
+
+        return text_model(out, recipe.text_model, pooling=recipe.pooling, adapt=recipe.adapt,
+                          adapt_layers=recipe.adapt_layers, lora_r=recipe.lora_r,
+                          lora_alpha=recipe.lora_alpha, dropout=recipe.text_dropout)
     if recipe.model == "resnet18":
         return resnet18(out_features=out, in_channels=recipe.channels,
                         image_size=recipe.image_size, width=recipe.hidden)

@@ -44,6 +44,7 @@ __all__ = [
     "final",
     "forward",
     "has_convolutions",
+    "loops_over_tasks",
     "inner_loop",
     "inner_step",
     "loss_fn",
@@ -360,3 +361,12 @@ def batched_sgd(
 def has_convolutions(model: nn.Module) -> bool:
     """True if ``model`` holds a convolution (where per-task vmap is slower on CPU)."""
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
+def loops_over_tasks(model: nn.Module) -> bool:
+    """True where the tasks of a batch must run one by one rather than under ``vmap``:
+    models with convolutions (slower under vmap on a CPU) and models with a module marked
+    ``per_task_only = True`` (a text encoder cuts each batch to its longest text: control
+    flow on data, which vmap cannot trace)."""
+    return has_convolutions(model) or any(getattr(m, "per_task_only", False)
+                                          for m in model.modules())

@@ -18,6 +18,8 @@ every process and for every algorithm.
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any
 
 import torch
@@ -81,14 +83,21 @@ class EpisodeSampler:
             )
         need = self.shots + self.queries
         self._eligible = torch.nonzero(ds.counts >= need).flatten()  # [C_ok]
+        short = torch.nonzero(ds.counts < need).flatten().tolist()
+        named = ", ".join(f"'{ds.classes[c]}' ({int(ds.counts[c])})" for c in short[:5])
+        named += f", ... ({len(short)} in all)" if len(short) > 5 else ""
         if len(self._eligible) < self.ways:
             smallest = int(ds.counts.min()) if num_classes else 0
             raise ValueError(
                 f"shots + queries = {self.shots} + {self.queries} = {need} examples per class "
                 f"are needed, but only {len(self._eligible)} of {num_classes} classes have "
-                f"that many (smallest class: {smallest} examples); ways={self.ways} needs "
-                f"{self.ways} such classes"
+                f"that many (smallest class: {smallest} examples; short: {named}); "
+                f"ways={self.ways} needs {self.ways} such classes"
             )
+        if short:
+            warnings.warn(f"{len(short)} of {num_classes} classes have fewer than shots + "
+                          f"queries = {need} examples and are never sampled: {named}",
+                          stacklevel=3)
         self._max_count = int(ds.counts.max())
 
     # -- state (explicit, for checkpoint/resume) -------------------------------------

@@ -107,7 +107,10 @@ class Trainer:
         self.num_train_classes = num_classes
         self.algo = cast(Algorithm, build_algorithm(recipe, num_classes).to(recipe.device))
         self.params = [p for p in self.algo.parameters() if p.requires_grad]
-        self.optimizer = _optimizer(recipe, self.params)
+        if not self.params and self.algo.meta_trained:
+            raise ValueError(f"algorithm '{recipe.algorithm}' has no trainable parameters "
+                             "with this recipe (adapt scope, frozen layers)")
+        self.optimizer = _optimizer(recipe, self.params or [nn.Parameter(torch.zeros(0))])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(recipe))
         self.state = TrainState()
         self.higher_is_better = not recipe.is_regression
@@ -225,8 +228,26 @@ class Trainer:
             self.run.set_status("failed", iteration=self.state.iteration, error=repr(e))
             raise
 
+    def _no_training(self) -> TrainState:
+        """An algorithm with nothing to meta-train: validate once, save, mark complete."""
+        st = self.state
+        val = self.validate()
+        self._log({"iteration": 0, "split": "val", "seconds": 0.0, **val}, None)
+        st.best_score, st.best_iteration = next(iter(val.values())), 0
+        self.run.save_checkpoint("best", self._payload())
+        self.run.save_checkpoint("last", self._payload())
+        self.run.set_status("complete", iteration=0, best_iteration=0,
+                            best_score=st.best_score, reason="not meta-trained",
+                            train_seconds=0.0)
+        log.info("%s: %s is not meta-trained; validation %s", self.recipe.name,
+                 self.recipe.algorithm, ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
+        return st
+
     def _fit(self) -> TrainState:
         from tqdm.auto import tqdm
+
+        if not self.algo.meta_trained:
+            return self._no_training()
 
         r, st = self.recipe, self.state
         writer = self._tensorboard() if r.tensorboard else None

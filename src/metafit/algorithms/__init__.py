@@ -6,7 +6,7 @@
 
 from metafit.algorithms.anil import ANIL
 from metafit.algorithms.base import Algorithm, Learner
-from metafit.algorithms.finetune import FineTune
+from metafit.algorithms.finetune import FineTune, LinearProbe
 from metafit.algorithms.maml import FOMAML, MAML
 from metafit.algorithms.metasgd import MetaSGD
 from metafit.algorithms.protonet import ProtoNet
@@ -25,6 +25,7 @@ __all__ = [
     "Algorithm",
     "FineTune",
     "Learner",
+    "LinearProbe",
     "MetaSGD",
     "ProtoNet",
     "Reptile",

@@ -92,6 +92,9 @@ class Algorithm(nn.Module, ABC):
 
     name: ClassVar[str] = "algorithm"
     supports_regression: ClassVar[bool] = True
+    #: False for baselines with nothing to meta-train (the trainer then writes the run
+    #: directory with the initial model and no steps).
+    meta_trained: ClassVar[bool] = True
     #: The trajectory scores the query set on features computed once (a head-only inner
     #: loop), so scoring every step costs next to nothing: sparse curves just subsample.
     cheap_query_scores: ClassVar[bool] = False

@@ -180,3 +180,27 @@ class FineTune(Algorithm):
         ways = params["head.weight"].shape[0]
         head = nn.Linear(self.feature_dim, ways, device="meta")  # weights come from params
         return Learner(FewShotModel(self.model.body, head, self.feature_dim), params)
+
+
+@register_algorithm("linear_probe")
+class LinearProbe(FineTune):
+    """The frozen-encoder baseline: no meta-training at all; each task fits a linear
+    (multinomial logistic regression) head on the support set's features from the
+    pretrained body, by full-batch Adam at ``inner_lr`` for ``steps`` steps from zero.
+
+    This is what a user tries first with a pretrained encoder (the "linear probe" of
+    Radford et al. 2021 and of sentence-embedding evaluations such as SentEval, Conneau &
+    Kiela 2018). ``metafit train`` writes its run directory without meta-training steps.
+    """
+
+    meta_trained = False
+    supports_regression = False
+
+    def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 100,
+                 eval_inner_steps: int | None = None) -> None:
+        super().__init__(model, None, inner_lr, inner_steps, 0, eval_inner_steps)
+        self.model.requires_grad_(False)
+
+    def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:
+        raise ValueError("linear_probe is not meta-trained: evaluate it directly "
+                         "(metafit train writes its run without steps)")

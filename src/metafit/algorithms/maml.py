@@ -98,7 +98,7 @@ class MAML(Algorithm):
     def uses_vmap(self) -> bool:
         """Whether :meth:`meta_loss` runs the tasks batched (see ``batching``)."""
         if self.batching == "auto":
-            return not mf.has_convolutions(self.model)
+            return not mf.loops_over_tasks(self.model)
         return self.batching == "vmap"
 
     def batched_meta_loss(self) -> bool:

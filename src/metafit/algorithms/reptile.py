@@ -101,7 +101,7 @@ class Reptile(Algorithm):
         (tested).
         """
         self.check_episodes(episodes)
-        if mf.has_convolutions(self.model):
+        if mf.loops_over_tasks(self.model):
             return super().meta_gradients(episodes)
         x, y = self._inner_examples(episodes.support_x, episodes.support_y, episodes.query_x,
                                     episodes.query_y, axis=1)  # [T, N*K(+N*Q), *x], [T, N*K(+N*Q)]

@@ -8,8 +8,9 @@ stripped of surrounding whitespace. Examples are then grouped by class, so globa
 ``i`` is ``texts[i]`` and the examples of class ``c`` are ``offsets[c] ..
 offsets[c] + counts[c] - 1``, as :class:`~metafit.data.base.ClassDataset` requires.
 
-Until tokenisation lives in the dataset, :meth:`TextCSV.gather` returns the example
-indices themselves: an episode of a ``TextCSV`` holds indices into :attr:`TextCSV.texts`.
+After :meth:`TextCSV.tokenize` (what the recipes do), :meth:`TextCSV.gather` returns token
+ids ``[*, L]`` (long, padded), tokenised once for the whole file and cached on disk; before
+it, it returns the example indices themselves (indices into :attr:`TextCSV.texts`).
 """
 
 from __future__ import annotations
@@ -168,6 +169,18 @@ class TextCSV:
         self.labels: list[str] = [self.classes[t] for t in self.targets.tolist()]
         self.counts: Tensor = torch.bincount(self.targets, minlength=len(self.classes))  # [C]
         self.offsets: Tensor = torch.cumsum(self.counts, 0) - self.counts  # [C]
+        self.tokens: Tensor | None = None  # [N, L] after tokenize()
+        self._order = order
+
+    def tokenize(self, model_dir: str | os.PathLike[str] | None, max_length: int) -> TextCSV:
+        """Tokenise every text once with the tokenizer of ``model_dir`` (None: the
+        packaged all-MiniLM-L6-v2) into :attr:`tokens` ``[N, max_length]``; from then on
+        :meth:`gather` returns token ids. Cached on disk; texts longer than
+        ``max_length`` tokens are truncated with a warning. Returns ``self``."""
+        from metafit.text import tokenize
+
+        self.tokens = tokenize(self.texts, model_dir, max_length)  # [N, L]
+        return self
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -177,14 +190,16 @@ class TextCSV:
         return len(self.classes)
 
     def gather(self, index: Tensor) -> Tensor:
-        """The examples at global indices: for now the indices themselves,
-        ``index [*s]`` -> ``[*s]`` long (look the texts up in :attr:`texts`)."""
+        """The examples at global indices: token ids ``index [*s]`` -> ``[*s, L]`` long
+        after :meth:`tokenize`, else the indices themselves ``[*s]``."""
         index = torch.as_tensor(index).long()
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= len(self)):
             raise IndexError(
                 f"TextCSV.gather: indices {int(index.min())}..{int(index.max())} out of "
                 f"range for {len(self)} examples"
             )
+        if self.tokens is not None:
+            return self.tokens[index.reshape(-1)].reshape(*index.shape, -1)  # [*s, L]
         return index.clone()
 
     def examples(self, c: int) -> list[str]:
@@ -207,6 +222,11 @@ class TextCSV:
             targets += [j] * (end - start)
         names = [self.classes[c] for c in ids]
         new._set(texts, torch.tensor(targets, dtype=torch.long), names, lines)
+        if self.tokens is not None:
+            rows = torch.cat([torch.arange(int(self.offsets[c]),
+                                           int(self.offsets[c] + self.counts[c]))
+                              for c in ids]) if ids else torch.zeros(0, dtype=torch.long)
+            new.tokens = self.tokens[rows][new._order]  # [N', L], in the new order
         return new
 
     def __repr__(self) -> str:

@@ -1,0 +1,180 @@
+"""A pretrained transformer encoder as a few-shot model (``text`` extra).
+
+``text_model(...)`` returns a :class:`~metafit.models.base.FewShotModel` whose ``body``
+maps token ids ``[B, L]`` (long, padded with the pad id) to a pooled sentence embedding
+``[B, H]`` (mean over the non-padding tokens, as all-MiniLM-L6-v2 was trained, or the
+``[CLS]`` vector) and whose ``head`` is a linear layer ``[B, H] -> [B, ways]``.
+
+The encoder is loaded offline with the *eager* attention implementation: the fused CPU
+attention kernel has no double backward, and second-order MAML differentiates through
+attention twice. Dropout is off by default (``dropout=0``): an inner loop on five
+examples is noisy enough, and random layers make the task-parallel path fall back to one
+thread.
+
+What adapts (``adapt``), for every algorithm alike (the inner loop adapts, and the outer
+loop meta-learns, exactly the trainable parameters):
+
+- ``full``: the whole encoder (embeddings included) and the head;
+- ``top``: the top ``adapt_layers`` transformer layers and the head; the rest is frozen;
+- ``head``: the head only (the encoder is a frozen feature extractor);
+- ``lora``: LoRA adapters (Hu et al. 2021, rank ``lora_r``, scale ``lora_alpha / r``) on
+  the attention query and value projections of every layer, via ``peft``, and the head;
+  the encoder's own weights are frozen. The outer loop meta-learns the adapters'
+  initialisation, as in meta-learned LoRA initialisations for few-shot text classification.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from metafit.models.base import FewShotModel, make_head
+
+__all__ = ["TextBody", "text_model", "apply_adapt_scope", "count_parameters", "AdaptScope",
+           "load_encoder", "transformer_layers"]
+
+log = logging.getLogger(__name__)
+
+AdaptScope = Literal["full", "top", "head", "lora"]
+Pooling = Literal["mean", "cls"]
+
+
+class TextBody(nn.Module):
+    """Token ids ``[B, L]`` -> pooled embedding ``[B, H]``.
+
+    Padding (``ids == pad_id``) is masked out of attention and of the mean; the batch is
+    first cut to its longest text, which changes no output (masked positions contribute
+    nothing) and saves the work on padding.
+    """
+
+    #: The batch is cut to its longest text (control flow on data): no vmap over tasks.
+    per_task_only = True
+
+    def __init__(self, encoder: nn.Module, pooling: Pooling = "mean", pad_id: int = 0) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        self.encoder = encoder
+        self.pooling = pooling
+        self.pad_id = pad_id
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """``ids [B, L]`` long -> ``[B, H]``."""
+        from metafit.text import trim
+
+        if ids.is_floating_point():
+            raise TypeError(f"a text model takes token ids (long), got {ids.dtype}")
+        ids = trim(ids, self.pad_id)  # [B, L']
+        mask = (ids != self.pad_id).long()  # [B, L']
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        # hidden: [B, L', H]
+        if self.pooling == "cls":
+            return hidden[:, 0]  # [B, H]
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # [B, L', 1]
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)  # [B, H]
+
+
+def load_encoder(path: str | Path | None, dropout: float = 0.0) -> tuple[nn.Module, int]:
+    """The encoder of a local Hugging Face model directory (None: the packaged
+    all-MiniLM-L6-v2), with eager attention and the given dropout; and its pad id.
+
+    Raises:
+        ModelDirError: a missing directory or missing files (named).
+    """
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    from metafit.text import check_model_dir, pad_id
+
+    root = check_model_dir(path)
+    config = AutoConfig.from_pretrained(str(root), local_files_only=True)
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
+                "attention_dropout"):
+        if hasattr(config, key):
+            setattr(config, key, dropout)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "pooler weights not used" and the like
+    transformers.logging.disable_progress_bar()
+    try:
+        kwargs: dict[str, Any] = {"config": config, "local_files_only": True,
+                                  "attn_implementation": "eager"}
+        try:
+            encoder = AutoModel.from_pretrained(str(root), add_pooling_layer=False, **kwargs)
+        except TypeError:  # encoders without a pooler
+            encoder = AutoModel.from_pretrained(str(root), **kwargs)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.logging.enable_progress_bar()
+    return encoder, pad_id(root)
+
+
+def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of transformer layers (the longest ``nn.ModuleList``)."""
+    lists = [m for m in encoder.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(encoder).__name__} has no list of transformer layers")
+    return max(lists, key=len)
+
+
+def apply_adapt_scope(model: FewShotModel, scope: AdaptScope, layers: int = 2,
+                      lora_r: int = 8, lora_alpha: float = 16.0) -> None:
+    """Set which parameters train (``requires_grad``); add LoRA adapters for ``lora``."""
+    body = model.body
+    if not isinstance(body, TextBody):
+        raise ValueError("adapt scopes other than 'full' are for text models")
+    encoder = body.encoder
+    if scope == "full":
+        encoder.requires_grad_(True)
+    elif scope in ("top", "head"):
+        encoder.requires_grad_(False)
+        if scope == "top":
+            stack = transformer_layers(encoder)
+            if not 1 <= layers <= len(stack):
+                raise ValueError(f"adapt_layers={layers}, but the encoder has {len(stack)} "
+                                 "layers")
+            for layer in stack[len(stack) - layers:]:
+                layer.requires_grad_(True)
+    elif scope == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        encoder.requires_grad_(False)
+        targets = sorted({name.rsplit(".", 1)[-1] for name, m in encoder.named_modules()
+                          if isinstance(m, nn.Linear)} & {"query", "value", "q_proj",
+                                                          "v_proj", "q_lin", "v_lin"})
+        if not targets:
+            raise ValueError("found no attention query/value projections for LoRA in "
+                             f"{type(encoder).__name__}")
+        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0,
+                            target_modules=targets, bias="none")
+        body.encoder = inject_adapter_in_model(config, encoder)
+        for name, p in body.encoder.named_parameters():
+            p.requires_grad_("lora_" in name)
+    else:
+        raise ValueError(f"unknown adapt scope {scope!r}; use full, top, head or lora")
+    model.head.requires_grad_(True)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def text_model(out_features: int | None, path: str | Path | None = None,
+               pooling: Pooling = "mean", adapt: AdaptScope = "full", adapt_layers: int = 2,
+               lora_r: int = 8, lora_alpha: float = 16.0, dropout: float = 0.0
+               ) -> FewShotModel:
+    """A pretrained encoder + a linear ``out_features``-way head (None: no head, for
+    ProtoNet), with the ``adapt`` scope applied. Logs the trainable parameter count."""
+    encoder, pad = load_encoder(path, dropout)
+    body = TextBody(encoder, pooling, pad)
+    width = int(getattr(encoder.config, "hidden_size"))
+    model = FewShotModel(body, make_head(width, out_features), width)
+    apply_adapt_scope(model, adapt, adapt_layers, lora_r, lora_alpha)
+    trainable, total = count_parameters(model)
+    log.info("text model (%s, adapt=%s): %s of %s parameters trainable", pooling, adapt,
+             f"{trainable:,}", f"{total:,}")
+    return model
