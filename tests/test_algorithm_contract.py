@@ -72,9 +72,8 @@ def regression_batch(tasks: int = 3, shots: int = 5, queries: int = 5) -> Episod
 
 
 def text_batch(tasks: int = 3) -> Episodes:
-    from text_fixtures import sentences, shared_model_dir, write_csv
-
     from metafit.data.text_csv import TextCSV
+    from text_fixtures import sentences, shared_model_dir, write_csv
 
     with tempfile.TemporaryDirectory() as tmp:
         path = write_csv(Path(tmp) / "intents.csv", sentences(NUM_CLASSES, 6))
@@ -85,9 +84,8 @@ def text_batch(tasks: int = 3) -> Episodes:
 def text_lora_model(seed: int) -> nn.Module:
     """The tiny BERT with LoRA (rank 2) on query/value and a 5-way head; LoRA's B starts
     random instead of zero so that every adapter matrix gets a gradient at once."""
-    from text_fixtures import shared_model_dir
-
     from metafit.models.text import text_model
+    from text_fixtures import shared_model_dir
 
     model = text_model(WAYS, shared_model_dir(), adapt="lora", lora_r=2)
     torch.manual_seed(seed)

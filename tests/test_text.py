@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_gradients import rel_error
-from text_fixtures import make_model_dir, sentences, shared_model_dir, write_csv
 from torch import nn
 
 from metafit.algorithms import MAML, Reptile
@@ -24,6 +22,8 @@ from metafit.models.text import TextBody, count_parameters, text_model, transfor
 from metafit.rundir import RunDir
 from metafit.sampler import EpisodeSampler
 from metafit.text import ModelDirError, check_model_dir, tokenize
+from test_gradients import rel_error
+from text_fixtures import make_model_dir, sentences, shared_model_dir, write_csv
 
 CLASSES = 10
 

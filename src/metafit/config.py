@@ -88,7 +88,7 @@ class Recipe(BaseModel):
         "(each with the head)")
     adapt_layers: int = Field(2, gt=0, description="adapt: top: transformer layers adapted")
     lora_r: int = Field(8, gt=0, description="adapt: lora: rank")
-    lora_alpha: float = Field(16.0, gt=0, description="adapt: lora: scale alpha (/ r)")
+    lora_alpha: int = Field(16, gt=0, description="adapt: lora: scale alpha (/ r)")
     text_dropout: float = Field(0.0, ge=0, lt=1, description="encoder dropout")
 
     # -- algorithm -------------------------------------------------------------------

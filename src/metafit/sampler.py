@@ -19,7 +19,6 @@ every process and for every algorithm.
 from __future__ import annotations
 
 import warnings
-
 from typing import Any
 
 import torch

@@ -172,7 +172,7 @@ class TextCSV:
         self.tokens: Tensor | None = None  # [N, L] after tokenize()
         self._order = order
 
-    def tokenize(self, model_dir: str | os.PathLike[str] | None, max_length: int) -> TextCSV:
+    def tokenize(self, model_dir: str | Path | None, max_length: int) -> TextCSV:
         """Tokenise every text once with the tokenizer of ``model_dir`` (None: the
         packaged all-MiniLM-L6-v2) into :attr:`tokens` ``[N, max_length]``; from then on
         :meth:`gather` returns token ids. Cached on disk; texts longer than

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from torch import Tensor, nn
 
@@ -120,7 +120,7 @@ def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
 
 
 def apply_adapt_scope(model: FewShotModel, scope: AdaptScope, layers: int = 2,
-                      lora_r: int = 8, lora_alpha: float = 16.0) -> None:
+                      lora_r: int = 8, lora_alpha: int = 16) -> None:
     """Set which parameters train (``requires_grad``); add LoRA adapters for ``lora``."""
     body = model.body
     if not isinstance(body, TextBody):
@@ -165,13 +165,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def text_model(out_features: int | None, path: str | Path | None = None,
                pooling: Pooling = "mean", adapt: AdaptScope = "full", adapt_layers: int = 2,
-               lora_r: int = 8, lora_alpha: float = 16.0, dropout: float = 0.0
+               lora_r: int = 8, lora_alpha: int = 16, dropout: float = 0.0
                ) -> FewShotModel:
     """A pretrained encoder + a linear ``out_features``-way head (None: no head, for
     ProtoNet), with the ``adapt`` scope applied. Logs the trainable parameter count."""
     encoder, pad = load_encoder(path, dropout)
     body = TextBody(encoder, pooling, pad)
-    width = int(getattr(encoder.config, "hidden_size"))
+    width = int(cast(Any, encoder).config.hidden_size)
     model = FewShotModel(body, make_head(width, out_features), width)
     apply_adapt_scope(model, adapt, adapt_layers, lora_r, lora_alpha)
     trainable, total = count_parameters(model)
