@@ -270,3 +270,28 @@ def test_build_algorithm_logs_trainable_counts(caplog) -> None:
     trainable = sum(p.numel() for p in algo.parameters() if p.requires_grad)
     assert f"{trainable:,} of" in caplog.text and "parameters trainable" in caplog.text
     assert isinstance(algo.model.body, TextBody)
+
+
+def test_adapt_and_score_on_a_fixed_label_set(tmp_path: Path) -> None:
+    from metafit.adaptation import adapt_and_score
+    from metafit.datasets import load_split
+
+    path = write_data(tmp_path, per_class=6)
+    recipe = load_recipe("_banking77", {"data_root": str(path), "split_classes": False,
+                                        "class_split": None, "text_model": str(shared_model_dir()),
+                                        "max_length": 16, "algorithm": "linear_probe"})
+    train, test = load_split(recipe, "train"), load_split(recipe, "test")
+    assert train.classes == test.classes and len(train.classes) == CLASSES  # all classes
+    algo = build_algorithm(recipe)
+    ids, labels = train.tokens, train.targets
+    support = torch.cat([torch.nonzero(labels == c).flatten()[:3] for c in range(CLASSES)])
+    rest = torch.tensor([i for i in range(len(labels)) if i not in set(support.tolist())])
+    score = adapt_and_score(algo, ids[support], labels[support], ids[rest], labels[rest],
+                            steps=50)
+    assert score.test == len(rest) and score.predictions.shape == (len(rest),)
+    assert score.accuracy == float((score.predictions == labels[rest]).float().mean())
+    assert score.accuracy > 1.5 / CLASSES  # the class words are learnable from 3 shots
+    with pytest.raises(ValueError, match="have no support example"):
+        adapt_and_score(algo, ids[support[3:]], labels[support[3:]], ids[rest], labels[rest])
+    with pytest.raises(ValueError, match="test labels must be in 0..9"):
+        adapt_and_score(algo, ids[support], labels[support], ids[rest], labels[rest] + 5)

@@ -56,6 +56,10 @@ class Recipe(BaseModel):
         "(default 60/20/20%)")
     split_seed: int = Field(0, description="image_folder / text_csv: seed of the class "
                             "shuffle before the split")
+    split_classes: bool = Field(True, description="image_folder / text_csv: false: every "
+                                "split is the whole dataset (a fixed label set, e.g. "
+                                "BANKING77's K-shot protocol; validation is then not "
+                                "held out)")
     rotations: bool = Field(True, description="Omniglot: rotations by 90/180/270 as classes")
     split_scheme: str = Field("alphabet", description="Omniglot: 'alphabet', 'standard' or "
                               "'vinyals' (1200 training characters, the papers' protocol)")

@@ -4,8 +4,10 @@ Splits are always by class (test classes are never seen in meta-training):
 
 - ``omniglot``: by alphabet (see :mod:`metafit.data.omniglot`).
 - ``glyphs``: the dataset's own deterministic class split.
-- ``image_folder`` / ``text_csv``: classes sorted by name, permuted with ``Random(0)``,
-  then 60% / 20% / 20% (at least one class each) for train / val / test.
+- ``image_folder`` / ``text_csv``: classes sorted by name, permuted with
+  ``Random(split_seed)``, then 60% / 20% / 20% (at least one class each; ``class_split``
+  gives the counts) for train / val / test; ``split_classes=false`` makes every split the
+  whole dataset (a fixed label set).
 - ``idx``: the MNIST family serves as *test* tasks for models meta-trained elsewhere:
   every split is the whole label set.
 - ``sinusoid``: one task family; each split is a differently seeded sampler over it.
@@ -49,6 +51,12 @@ def class_split(num_classes: int, split: Split, seed: int = 0,
               "test": (n_train + n_val, num_classes)}
     lo, hi = bounds[split]
     return sorted(order[lo:hi])
+
+
+def _split_ids(recipe: Recipe, num_classes: int, split: Split) -> list[int]:
+    if not recipe.split_classes:
+        return list(range(num_classes))
+    return class_split(num_classes, split, recipe.split_seed, recipe.class_split)
 
 
 def _csv_path(recipe: Recipe) -> Path:
@@ -104,15 +112,13 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
 
         full = ImageFolder(_need_root(recipe), image_size=recipe.image_size,
                            channels=recipe.channels)
-        return full.subset(class_split(full.num_classes, split, recipe.split_seed,
-                                       recipe.class_split))
+        return full.subset(_split_ids(recipe, full.num_classes, split))
     if kind == "text_csv":
         from metafit.data.text_csv import TextCSV
 
         text = TextCSV(_csv_path(recipe), text_column=recipe.text_column,
                        label_column=recipe.label_column)
-        part = text.subset(class_split(len(text.classes), split, recipe.split_seed,
-                                       recipe.class_split))
+        part = text.subset(_split_ids(recipe, len(text.classes), split))
         return part.tokenize(recipe.text_model, recipe.max_length)
     raise ValueError(f"unknown dataset '{kind}'")
 
