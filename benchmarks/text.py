@@ -184,8 +184,13 @@ def _machine() -> str:
             f"{platform.python_version()}, CPU only")
 
 
+def _header(protocol: str) -> str:
+    command = " ".join(sys.argv[2:])
+    return f"Machine: {_machine()}. Command: `python benchmarks/text.py {protocol} {command}`."
+
+
 def table_a(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    lines = [f"Machine: {_machine()}. Command: `python benchmarks/text.py A {' '.join(sys.argv[2:])}`.",
+    lines = [_header("A"),
              "", "| algorithm | adapt | trainable / total params | shots | accuracy (600 "
              "episodes, 95% CI) | iterations | train s | test s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -198,7 +203,7 @@ def table_a(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def table_b(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    lines = [f"Machine: {_machine()}. Command: `python benchmarks/text.py B {' '.join(sys.argv[2:])}`.",
+    lines = [_header("B"),
              "", "| algorithm | adapt | K | 77-way accuracy, mean ± std over seeds | seeds | "
              "train s (mean) |", "|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
