@@ -40,6 +40,7 @@ from metafit.distributed import (
 from metafit.episodes import Episodes
 from metafit.evaluation import evaluate
 from metafit.rundir import CheckpointError, RunDir, load_checkpoint
+from metafit.runs import evaluate_run
 from metafit.sampler import EpisodeSampler
 from metafit.trainer import ENV_CRASH_AT, Trainer
 from test_trainer import classification_recipe, image_folder, regression_recipe
@@ -234,8 +235,8 @@ TRAIN_ARGS = ["sinusoid_maml", "iterations=12", "val_every=4", "val_episodes=10"
 CRASH_AT = 10  # after the checkpoint of iteration 8: iterations 9-10 are redone
 
 
-def torchrun(out: Path, crash_at: int | None = None) -> subprocess.CompletedProcess[str]:
-    """``metafit train`` on 2 processes under the real torchrun launcher."""
+def torchrun(args: list[str], crash_at: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``metafit ARGS`` on 2 processes under the real torchrun launcher."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "METAFIT_DIST_TIMEOUT": "60",
            "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
     env.pop(ENV_CRASH_AT, None)
@@ -243,7 +244,7 @@ def torchrun(out: Path, crash_at: int | None = None) -> subprocess.CompletedProc
         env[ENV_CRASH_AT] = str(crash_at)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "metafit.cli", "train", *TRAIN_ARGS, "--out", str(out), "--no-progress"]
+           "-m", "metafit.cli", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150,
                           start_new_session=True)
 
@@ -252,16 +253,23 @@ def torchrun(out: Path, crash_at: int | None = None) -> subprocess.CompletedProc
 def torchrun_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An uninterrupted run, and one killed at iteration 10 then resumed."""
     tmp = tmp_path_factory.mktemp("torchrun")
-    full = torchrun(tmp / "full")
+    full = torchrun(train_args(tmp / "full"))
     assert full.returncode == 0, full.stderr[-3000:]
-    crashed = torchrun(tmp / "broken", crash_at=CRASH_AT)
+    evaluated = torchrun(["evaluate", str(tmp / "full"), "--split", "val", "--episodes", "9",
+                          "--json"])
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    crashed = torchrun(train_args(tmp / "broken"), crash_at=CRASH_AT)
     broken = RunDir(tmp / "broken")
     after_crash = {"status": broken.status(), "metrics": broken.read_metrics(),
                    "iteration": load_checkpoint(broken.checkpoint("last"))["state"]["iteration"]}
-    resumed = torchrun(tmp / "broken")
+    resumed = torchrun(train_args(tmp / "broken"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return {"full": tmp / "full", "broken": tmp / "broken", "crashed": crashed,
-            "after_crash": after_crash, "resumed": resumed}
+            "after_crash": after_crash, "resumed": resumed, "evaluated": evaluated}
+
+
+def train_args(out: Path) -> list[str]:
+    return ["train", *TRAIN_ARGS, "--out", str(out), "--no-progress"]
 
 
 @pytest.mark.timeout(600)
@@ -305,3 +313,16 @@ def test_resuming_with_another_number_of_processes_is_refused(
         Trainer(recipe, run.path, progress=False).fit()
     assert run.read_metrics() == before  # nothing touched
     assert json.loads(run.status_file.read_text())["status"] == "complete"
+
+
+@pytest.mark.timeout(600)
+def test_metafit_evaluate_under_torchrun_equals_one_process(
+        torchrun_runs: dict[str, Any]) -> None:
+    lines = torchrun_runs["evaluated"].stdout.splitlines()
+    assert len(lines) == 1  # rank 0 alone prints
+    got = json.loads(lines[0])
+    expected = evaluate_run(torchrun_runs["full"], "val", episodes=9)
+    assert got["episodes"] == 9
+    assert got["per_episode"] == pytest.approx(expected.per_episode, rel=1e-6, abs=1e-9)
+    assert got["mean"] == pytest.approx(expected.mean, rel=1e-6)
+    assert got["ci95"] == pytest.approx(expected.ci95, rel=1e-5)

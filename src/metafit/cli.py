@@ -74,10 +74,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from metafit.distributed import init_distributed, shutdown
     from metafit.runs import evaluate_run
 
-    result = evaluate_run(args.run, split=args.split, episodes=args.episodes,
-                          which=args.checkpoint, steps=args.steps)
+    ctx = init_distributed("cpu")  # under torchrun: episodes split across the processes
+    try:
+        result = evaluate_run(args.run, split=args.split, episodes=args.episodes,
+                              which=args.checkpoint, steps=args.steps, dist=ctx)
+    finally:
+        shutdown(ctx)
+    if not ctx.is_main:
+        return 0
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return 0
