@@ -11,10 +11,10 @@ The scheme (data parallelism over the tasks of a meta-batch, no DistributedDataP
 * every rank holds the same meta-parameters (rank 0's, broadcast at the start);
 * rank r draws its share of the meta-batch (:func:`shard_sizes`) from its own sampler,
   seeded ``seed + r * RANK_SEED_STRIDE`` (rank 0 keeps ``seed``);
-* each rank's meta-gradients, a mean over its own tasks, are weighted by its task count,
-  summed across ranks in one flat ``all_reduce`` and divided by the meta-batch size
-  (:func:`all_reduce_mean_grads`): exactly the mean over the whole meta-batch, also for
-  uneven shares;
+* each rank's meta-gradients and metrics, means over its own tasks, are weighted by its
+  task count, summed across ranks in one flat ``all_reduce`` and divided by the
+  meta-batch size (:func:`all_reduce_mean`): exactly the mean over the whole meta-batch,
+  also for uneven shares;
 * every rank then takes the same optimizer step, so the parameters stay identical.
 
 A failure on one rank does not hang the others for ever: torchrun stops the whole group
@@ -24,6 +24,7 @@ when a worker exits, and collectives time out after ``METAFIT_DIST_TIMEOUT`` sec
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -47,6 +48,7 @@ __all__ = [
     "shard_sizes",
     "shard",
     "rank_seed",
+    "all_reduce_mean",
     "all_reduce_mean_grads",
     "all_reduce_mean_metrics",
     "all_gather_object",
@@ -169,45 +171,51 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 # -- collectives -----------------------------------------------------------------------
-def _weighted_sum(values: list[Tensor], weight: float, total: float) -> list[Tensor]:
-    """``sum over ranks (weight_r * v_r) / total``, for every tensor of ``values``, in one
-    flat ``all_reduce``."""
-    flat = torch.cat([v.detach().reshape(-1) for v in values]) * weight  # [sum numel]
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= total
-    out, start = [], 0
-    for v in values:
-        out.append(flat[start : start + v.numel()].view_as(v).to(v.dtype))
-        start += v.numel()
-    return out
-
-
-def all_reduce_mean_grads(grads: dict[str, Tensor], weight: float, total: float,
-                          ctx: DistContext) -> dict[str, Tensor]:
-    """The mean over all ranks' tasks of per-rank mean gradients.
+def all_reduce_mean(grads: dict[str, Tensor], metrics: dict[str, float], weight: float,
+                    total: float, ctx: DistContext
+                    ) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Per-rank means of gradients and metrics turned into means over all ranks' tasks,
+    in ONE flat ``all_reduce``: ``sum over ranks (weight_r * v_r) / total``.
 
     Args:
         grads: this rank's gradients, each the mean over its ``weight`` tasks (same keys
             and shapes on every rank).
+        metrics: this rank's metrics, each a mean over its tasks (same keys on every rank).
         weight: this rank's task count.
         total: the task count of all ranks together (the meta-batch).
-        ctx: the distributed context; with one process ``grads`` is returned unchanged.
+        ctx: the distributed context; with one process the inputs are returned unchanged.
+
+    The buffer has the gradients' dtype, at least float32 (so metrics are averaged in
+    float32 next to float32 gradients).
     """
     if not ctx.enabled:
-        return grads
-    return dict(zip(grads, _weighted_sum(list(grads.values()), weight, total), strict=True))
+        return grads, metrics
+    tensors, keys = list(grads.values()), sorted(metrics)
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors], torch.float32)
+    device = tensors[0].device if tensors else _device(ctx)
+    flat = torch.cat([*(t.detach().reshape(-1).to(dtype) for t in tensors),
+                      torch.tensor([float(metrics[k]) for k in keys], dtype=dtype,
+                                   device=device)])
+    flat *= weight  # [sum numel + M]
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= total
+    out, start = {}, 0
+    for name, t in grads.items():
+        out[name] = flat[start : start + t.numel()].view_as(t).to(t.dtype)
+        start += t.numel()
+    return out, {k: float(v) for k, v in zip(keys, flat[start:].tolist(), strict=True)}
+
+
+def all_reduce_mean_grads(grads: dict[str, Tensor], weight: float, total: float,
+                          ctx: DistContext) -> dict[str, Tensor]:
+    """:func:`all_reduce_mean` of gradients alone."""
+    return all_reduce_mean(grads, {}, weight, total, ctx)[0]
 
 
 def all_reduce_mean_metrics(metrics: dict[str, float], weight: float, total: float,
                             ctx: DistContext) -> dict[str, float]:
-    """Metrics (each a mean over this rank's ``weight`` tasks) averaged over all tasks of
-    all ranks, weighted by task counts. Every rank must report the same keys."""
-    if not ctx.enabled or not metrics:
-        return metrics
-    keys = sorted(metrics)
-    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)  # [M]
-    (mean,) = _weighted_sum([values.to(_device(ctx))], weight, total)
-    return {k: float(v) for k, v in zip(keys, mean.cpu().tolist(), strict=True)}
+    """:func:`all_reduce_mean` of metrics alone."""
+    return all_reduce_mean({}, metrics, weight, total, ctx)[1]
 
 
 def _device(ctx: DistContext) -> torch.device:

@@ -42,8 +42,7 @@ from metafit.datasets import load_split
 from metafit.distributed import (
     DistContext,
     all_gather_object,
-    all_reduce_mean_grads,
-    all_reduce_mean_metrics,
+    all_reduce_mean,
     broadcast_module,
     broadcast_object,
     current_context,
@@ -266,8 +265,7 @@ class Trainer:
         (weighted by their task counts); returns the averaged metrics."""
         grads, metrics = self.algo.meta_gradients(episodes)
         count, total = float(len(episodes)), float(sum(self.shares))
-        grads = all_reduce_mean_grads(grads, count, total, self.dist)
-        metrics = all_reduce_mean_metrics(metrics, count, total, self.dist)
+        grads, metrics = all_reduce_mean(grads, metrics, count, total, self.dist)
         named = dict(self.algo.named_parameters())
         for name, g in grads.items():
             named[name].grad = g
