@@ -93,6 +93,18 @@ def test_single_process_context_changes_nothing(monkeypatch: pytest.MonkeyPatch,
     shutdown(ctx)  # nothing to destroy
 
 
+def test_errors_that_cannot_be_pickled_are_sent_as_their_text() -> None:
+    from metafit.distributed import _picklable
+
+    class Local(Exception):  # a local class: pickle cannot find it by name
+        pass
+
+    error = ValueError("kept as it is")
+    assert _picklable(error) is error
+    sent = _picklable(Local("details"))
+    assert isinstance(sent, RuntimeError) and str(sent) == "Local: details"
+
+
 def test_meta_batch_smaller_than_the_world_is_refused(tmp_path: Path) -> None:
     from metafit.trainer import _meta_batch_shares
 

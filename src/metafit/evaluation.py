@@ -112,13 +112,14 @@ def evaluate(
     points = curve_points(steps)
     at = None if len(points) == steps + 1 else points
     mine = shard(episodes, dist.rank, dist.world_size)
+    device = next(algo.parameters(), torch.empty(0)).device  # the episodes go where algo is
     was_training = algo.training
     algo.eval()
     curves = [torch.empty(0, len(points), dtype=torch.float64)]  # [0, P]: a rank may get none
     with tqdm(total=len(mine), desc=desc, unit="task", disable=not (progress and dist.is_main),
               leave=False) as bar:
         for start in range(mine.start, mine.stop, batch):
-            chunk = tasks[start : min(start + batch, mine.stop)]
+            chunk = tasks[start : min(start + batch, mine.stop)].to(device)
             curves.append(algo.adaptation_curve(chunk, steps, at=at).detach().double().cpu())
             bar.update(curves[-1].shape[0])  # curves[-1]: [t, P]
     algo.train(was_training)
