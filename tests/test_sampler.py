@@ -50,7 +50,10 @@ def test_support_and_query_are_disjoint_and_no_duplicates() -> None:
 
 def test_uneven_classes_only_draw_eligible_classes() -> None:
     ds = index_dataset(uneven=True)  # class sizes 20, 19, 18, 17, ...
-    eps = EpisodeSampler(ds, 3, 1, 18, seed=0).sample(200)
+    with pytest.warns(UserWarning, match=r"6 of 12 classes have fewer than shots \+ queries "
+                      r"= 19 examples and are never sampled: 'c2' \(18\)"):
+        sampler = EpisodeSampler(ds, 3, 1, 18, seed=0)
+    eps = sampler.sample(200)
     assert set(ds.counts[eps.classes.flatten()].tolist()) <= {20, 19}
 
 

@@ -50,25 +50,41 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from metafit.distributed import init_distributed, shutdown
     from metafit.trainer import Trainer
 
     recipe = load_recipe(args.recipe, args.overrides)
     out = args.out or f"runs/{recipe.name}"
-    state = Trainer(recipe, out, progress=not args.no_progress).fit()
-    best = "" if state.best_score is None else f", best validation {state.best_score:.4g} " \
-        f"at iteration {state.best_iteration}"
-    sys.stdout.write(f"trained {recipe.name} to iteration {state.iteration}{best}\n"
-                     f"run directory: {out}\n")
+    ctx = init_distributed(recipe.device)  # under torchrun: join the process group
+    if not ctx.is_main:
+        log.setLevel(logging.WARNING)  # rank 0 reports progress for every rank
+    try:
+        state = Trainer(recipe, out, progress=not args.no_progress, dist=ctx).fit()
+    finally:
+        shutdown(ctx)
+    if ctx.is_main:
+        best = "" if state.best_score is None else \
+            f", best validation {state.best_score:.4g} at iteration {state.best_iteration}"
+        processes = f" on {ctx.world_size} processes" if ctx.enabled else ""
+        sys.stdout.write(f"trained {recipe.name} to iteration {state.iteration}{best}"
+                         f"{processes}\nrun directory: {out}\n")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    from metafit.distributed import init_distributed, shutdown
     from metafit.runs import evaluate_run
 
-    result = evaluate_run(args.run, split=args.split, episodes=args.episodes,
-                          which=args.checkpoint, steps=args.steps)
+    ctx = init_distributed("cpu")  # under torchrun: episodes split across the processes
+    try:
+        result = evaluate_run(args.run, split=args.split, episodes=args.episodes,
+                              which=args.checkpoint, steps=args.steps, dist=ctx)
+    finally:
+        shutdown(ctx)
+    if not ctx.is_main:
+        return 0
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return 0

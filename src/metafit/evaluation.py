@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metafit.distributed import SINGLE, DistContext, all_gather_object, shard
 from metafit.functional import loss_fn, score
 from metafit.sampler import EpisodeSampler
 
@@ -88,6 +89,7 @@ def evaluate(
     batch: int = 50,
     progress: bool = False,
     desc: str = "evaluating",
+    dist: DistContext = SINGLE,
 ) -> EvalResult:
     """Evaluate ``algo`` on ``sampler.fixed(episodes)``.
 
@@ -98,6 +100,9 @@ def evaluate(
         steps: inner steps at test time (default: the algorithm's evaluation default).
         batch: tasks adapted per call, to bound memory.
         progress: a progress bar (tasks) on stderr.
+        dist: in a distributed run, every rank scores its contiguous block of the same
+            fixed episodes and the per-episode scores are gathered to every rank, so each
+            gets the result of the whole set (equal to one process's up to float noise).
     """
     from tqdm.auto import tqdm
 
@@ -106,17 +111,20 @@ def evaluate(
     tasks = sampler.fixed(episodes)
     points = curve_points(steps)
     at = None if len(points) == steps + 1 else points
+    mine = shard(episodes, dist.rank, dist.world_size)
+    device = next(algo.parameters(), torch.empty(0)).device  # the episodes go where algo is
     was_training = algo.training
     algo.eval()
-    curves = []
-    with tqdm(total=episodes, desc=desc, unit="task", disable=not progress,
+    curves = [torch.empty(0, len(points), dtype=torch.float64)]  # [0, P]: a rank may get none
+    with tqdm(total=len(mine), desc=desc, unit="task", disable=not (progress and dist.is_main),
               leave=False) as bar:
-        for start in range(0, episodes, batch):
-            chunk = tasks[start : start + batch]
-            curves.append(algo.adaptation_curve(chunk, steps, at=at).detach().double())
+        for start in range(mine.start, mine.stop, batch):
+            chunk = tasks[start : min(start + batch, mine.stop)].to(device)
+            curves.append(algo.adaptation_curve(chunk, steps, at=at).detach().double().cpu())
             bar.update(curves[-1].shape[0])  # curves[-1]: [t, P]
     algo.train(was_training)
-    return _result(torch.cat(curves), sampler, tasks.is_regression, steps, points)
+    curve = torch.cat(all_gather_object(torch.cat(curves), dist))  # [episodes, P], in order
+    return _result(curve, sampler, tasks.is_regression, steps, points)
 
 
 def _result(curve: Tensor, sampler: EpisodeSampler, is_regression: bool, steps: int,

@@ -10,6 +10,7 @@ from torch import nn
 
 from metafit.config import Recipe
 from metafit.datasets import Split, load_split
+from metafit.distributed import SINGLE, DistContext
 from metafit.evaluation import EvalResult, evaluate
 from metafit.factory import build_algorithm
 from metafit.io import atomic_write_text
@@ -68,9 +69,16 @@ def evaluate_run(
     episodes: int | None = None,
     which: str = "best",
     steps: int | None = None,
+    dist: DistContext = SINGLE,
 ) -> EvalResult:
-    """Evaluate a run on fixed episodes of ``split`` and save the result under report/."""
+    """Evaluate a run on fixed episodes of ``split`` and save the result under report/.
+
+    ``dist``: in a distributed run the episodes are split across the ranks and gathered
+    (:func:`~metafit.evaluation.evaluate`); every rank returns the result, rank 0 saves it.
+    """
     recipe, algo = load_trained(run, which)
     result = evaluate(algo, split_sampler(recipe, split),
-                      episodes=episodes or recipe.test_episodes, steps=steps)
+                      episodes=episodes or recipe.test_episodes, steps=steps, dist=dist)
+    if not dist.is_main:
+        return result
     return record_evaluation(run, result, recipe, split, which)

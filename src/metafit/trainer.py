@@ -9,13 +9,23 @@ without improvement stop the run early. ``checkpoints/last.pt`` holds everything
 resume exactly: algorithm, optimizer, schedule, the sampler's and torch's random state and
 the running metric window, so a resumed deterministic run logs the same metrics as an
 uninterrupted one.
+
+Under ``torchrun`` (:mod:`metafit.distributed`, ``docs/distributed.md``) each rank samples
+its share of the meta-batch from its own seeded stream, the meta-gradients are averaged
+across ranks before the one outer step every rank takes, validation episodes are split
+across ranks and their scores gathered, and only rank 0 writes files or prints. A
+checkpoint then holds every rank's sampler and torch random state, and may only be
+resumed with the same number of processes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,9 +39,21 @@ from metafit.algorithms.base import Algorithm
 from metafit.config import Recipe
 from metafit.data.base import ClassDataset
 from metafit.datasets import load_split
+from metafit.distributed import (
+    DistContext,
+    all_gather_object,
+    all_reduce_mean,
+    broadcast_module,
+    broadcast_object,
+    current_context,
+    rank_seed,
+    run_on_main,
+    shard_sizes,
+)
+from metafit.episodes import Episodes
 from metafit.evaluation import evaluate
 from metafit.factory import build_algorithm
-from metafit.rundir import RunDir, load_checkpoint, restore_state
+from metafit.rundir import CheckpointError, RunDir, load_checkpoint, restore_state
 from metafit.runs import split_sampler
 from metafit.sampler import EpisodeSampler
 
@@ -40,8 +62,13 @@ __all__ = ["Trainer", "TrainState", "ValidationHook", "train", "lr_factor"]
 log = logging.getLogger(__name__)
 
 #: Called after each validation with (iteration, score); returning True stops the run
-#: (status ``stopped_early``, reason ``stopped_by_hook``), e.g. a tuning pruner.
+#: (status ``stopped_early``, reason ``stopped_by_hook``), e.g. a tuning pruner. In a
+#: distributed run rank 0's answer is the one every rank follows.
 ValidationHook = Callable[[int, float], bool]
+
+#: Test-only hook: rank 0 kills its own process (SIGKILL) right after finishing this
+#: iteration, to test resuming a distributed run that died mid-way. Never set it otherwise.
+ENV_CRASH_AT = "METAFIT_TEST_CRASH_AT"
 
 #: Recipe keys that may differ when training again into an existing run directory.
 RESUMABLE_CHANGES = ("iterations", "patience", "time_budget", "task_workers",
@@ -89,23 +116,32 @@ class Trainer:
     """Meta-trains ``recipe`` into the run directory ``out``.
 
     Everything that can fail on bad input (data, episode sizes, algorithm options) is built
-    in ``__init__``, before the run directory is created.
+    in ``__init__``, before the run directory is created. ``dist``: this process's place in
+    a distributed run (default: the initialised process group's, else a single process);
+    every rank of the group constructs a ``Trainer`` and calls :meth:`fit`.
     """
 
     def __init__(self, recipe: Recipe, out: str | Path, progress: bool = True,
+                 dist: DistContext | None = None,
                  on_validation: ValidationHook | None = None) -> None:
-        self.recipe, self.run, self.progress = recipe, RunDir(out), progress
+        self.dist = current_context() if dist is None else dist
+        self.recipe, self.run = recipe, RunDir(out)
+        self.progress = progress and self.dist.is_main
         self.on_validation = on_validation
         if recipe.threads:
             torch.set_num_threads(recipe.threads)
+        self.shares = _meta_batch_shares(recipe, self.dist)
         train_ds = load_split(recipe, "train")
         val_ds = load_split(recipe, "val")
         self.train_sampler = EpisodeSampler(train_ds, recipe.ways, recipe.shots, recipe.queries,
-                                            seed=recipe.seed)
+                                            seed=rank_seed(recipe.seed, self.dist.rank))
         self.val_sampler = split_sampler(recipe, "val", val_ds)
         num_classes = len(train_ds.classes) if isinstance(train_ds, ClassDataset) else None
         self.num_train_classes = num_classes
         self.algo = cast(Algorithm, build_algorithm(recipe, num_classes).to(recipe.device))
+        broadcast_module(self.algo, self.dist)  # identical meta-parameters by construction
+        if self.dist.rank > 0:  # rank 0 keeps the single-process stream
+            torch.manual_seed(rank_seed(recipe.seed, self.dist.rank))
         self.params = [p for p in self.algo.parameters() if p.requires_grad]
         if not self.params and self.algo.meta_trained:
             raise ValueError(f"algorithm '{recipe.algorithm}' has no trainable parameters "
@@ -117,7 +153,9 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
-        return {
+        """Everything to resume from. Collective in a distributed run (every rank calls
+        it): it gathers each rank's sampler and torch random state."""
+        payload = {
             "algorithm": self.algo.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -127,24 +165,48 @@ class Trainer:
             "recipe": self.recipe.model_dump(),
             "num_train_classes": self.num_train_classes,
         }
+        if self.dist.enabled:
+            payload.update(self._rank_states())
+        return payload
 
-    def _restore(self, path: Path) -> None:
-        ckpt = load_checkpoint(path)
-        restore_state(self.algo, ckpt, str(path))
+    def _rank_states(self) -> dict[str, Any]:
+        """``world_size`` and every rank's random state (checking on the way that the
+        ranks still hold identical meta-parameters)."""
+        mine = {"sampler": self.train_sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+                "parameters": _digest(self.params)}
+        states = all_gather_object(mine, self.dist)
+        if len({s.pop("parameters") for s in states}) > 1:
+            raise RuntimeError("the ranks' meta-parameters have diverged (a rank stepped on "
+                               "other gradients); this is a bug in the distributed setup")
+        return {"world_size": self.dist.world_size, "rank_states": states}
+
+    def _save(self, which: str) -> None:
+        """Write ``checkpoints/{which}.pt`` (rank 0; every rank must call this)."""
+        payload = self._payload()
+        if self.dist.is_main:
+            self.run.save_checkpoint(which, payload)
+
+    def _restore(self, ckpt: dict[str, Any], source: str) -> None:
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise CheckpointError(
+                f"{source} was written by a run of {saved_world} process(es), but this run "
+                f"has {self.dist.world_size}: resume it with the same number of processes "
+                f"(torchrun --nproc_per_node/--nnodes), or train into a new --out")
+        restore_state(self.algo, ckpt, source)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.train_sampler.load_state_dict(ckpt["sampler"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        own = ckpt["rank_states"][self.dist.rank] if self.dist.enabled else ckpt
+        self.train_sampler.load_state_dict(own["sampler"])
+        torch.set_rng_state(own["torch_rng"])
         self.state = TrainState(**ckpt["state"])
-        self.run.truncate_metrics(self.state.iteration)
-        log.info("resumed %s at iteration %d", self.run.path, self.state.iteration)
+        if self.dist.is_main:
+            self.run.truncate_metrics(self.state.iteration)
+            log.info("resumed %s at iteration %d", self.run.path, self.state.iteration)
 
-    def _warm_start(self, source: str) -> None:
-        path = RunDir(source).trained_checkpoint("best")
-        restore_state(self.algo, load_checkpoint(path), str(path))
-        log.info("warm start from %s", path)
-
-    def _prepare_dir(self) -> None:
+    def _read_dir(self) -> tuple[str | None, dict[str, Any] | None, str]:
+        """Rank 0: check the run directory against the recipe and read the checkpoint to
+        start from: ``("resume", last.pt)``, ``("warm", init_from's best)`` or nothing."""
         run = self.run
         if run.exists():
             saved = run.read_recipe()
@@ -155,16 +217,40 @@ class Trainer:
                     f"{run.path} holds a run of another recipe (differs in "
                     f"{', '.join(differ)}); choose a new --out"
                 )
-            if run.checkpoint("last").is_file():
-                self._restore(run.checkpoint("last"))
+            last = run.checkpoint("last")
+            if last.is_file():
+                return "resume", load_checkpoint(last), str(last)
         elif self.recipe.init_from:
-            self._warm_start(self.recipe.init_from)
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.write_config(self.recipe)
-        run.set_status("running", iteration=self.state.iteration)
+            path = RunDir(self.recipe.init_from).trained_checkpoint("best")
+            return "warm", load_checkpoint(path), str(path)
+        return None, None, ""
+
+    def _prepare_dir(self) -> None:
+        """Create or resume the run directory. Rank 0 alone reads and writes it; the other
+        ranks receive the checkpoint from rank 0 (no shared file system needed)."""
+        kind, ckpt, source = run_on_main(self._read_dir, self.dist)
+        if kind == "resume" and ckpt is not None:
+            self._restore(ckpt, source)
+        elif kind == "warm" and ckpt is not None:
+            restore_state(self.algo, ckpt, source)
+            if self.dist.is_main:
+                log.info("warm start from %s", source)
+        if self.dist.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            self.run.write_config(self.recipe)
+            self._set_status("running", iteration=self.state.iteration)
+
+    def _set_status(self, status: str, **info: Any) -> None:
+        """``status.json`` (rank 0; with ``world_size`` in a distributed run)."""
+        if self.dist.enabled:
+            info["world_size"] = self.dist.world_size
+        if self.dist.is_main:
+            self.run.set_status(status, **info)
 
     # -- the loop ------------------------------------------------------------------------
     def _log(self, record: dict[str, Any], writer: Any) -> None:
+        if not self.dist.is_main:
+            return
         with self.run.metrics.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if writer is not None:
@@ -173,13 +259,23 @@ class Trainer:
                     writer.add_scalar(f"{record['split']}/{key}", value, record["iteration"])
 
     def validate(self) -> dict[str, Any]:
-        """Score on the fixed validation episodes: accuracy or MSE, with 95% CI."""
-        result = evaluate(self.algo, self.val_sampler, episodes=self.recipe.val_episodes)
+        """Score on the fixed validation episodes: accuracy or MSE, with 95% CI (split
+        across the ranks of a distributed run; every rank gets the full result)."""
+        result = evaluate(self.algo, self.val_sampler, episodes=self.recipe.val_episodes,
+                          dist=self.dist)
         return {result.metric: result.mean, "ci95": result.ci95}
 
-    def _step(self) -> dict[str, float]:
-        episodes = self.train_sampler.sample(self.recipe.meta_batch).to(self.recipe.device)
+    def _sample(self) -> Episodes:
+        """This rank's share of the meta-batch (all of it with one process)."""
+        count = self.shares[self.dist.rank]
+        return self.train_sampler.sample(count).to(self.recipe.device)
+
+    def _update(self, episodes: Episodes) -> dict[str, float]:
+        """One outer step on the meta-gradients of ``episodes``, averaged over the ranks
+        (weighted by their task counts); returns the averaged metrics."""
         grads, metrics = self.algo.meta_gradients(episodes)
+        count, total = float(len(episodes)), float(sum(self.shares))
+        grads, metrics = all_reduce_mean(grads, metrics, count, total, self.dist)
         named = dict(self.algo.named_parameters())
         for name, g in grads.items():
             named[name].grad = g
@@ -190,6 +286,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return {k: float(v) for k, v in metrics.items()}
+
+    def _step(self) -> dict[str, float]:
+        return self._update(self._sample())
 
     def _out_of_time(self) -> bool:
         budget = self.recipe.time_budget
@@ -207,7 +306,7 @@ class Trainer:
             better = score > best if self.higher_is_better else score < best
         if better:
             st.best_score, st.best_iteration, st.since_best = score, st.iteration, 0
-            self.run.save_checkpoint("best", self._payload())
+            self._save("best")
             return False
         st.since_best += 1
         return bool(self.recipe.patience and st.since_best >= self.recipe.patience)
@@ -222,10 +321,10 @@ class Trainer:
         try:
             return self._fit()
         except KeyboardInterrupt:
-            self.run.set_status("interrupted", iteration=self.state.iteration)
+            self._set_status("interrupted", iteration=self.state.iteration)
             raise
         except Exception as e:
-            self.run.set_status("failed", iteration=self.state.iteration, error=repr(e))
+            self._set_status("failed", iteration=self.state.iteration, error=repr(e))
             raise
 
     def _no_training(self) -> TrainState:
@@ -234,14 +333,25 @@ class Trainer:
         val = self.validate()
         self._log({"iteration": 0, "split": "val", "seconds": 0.0, **val}, None)
         st.best_score, st.best_iteration = next(iter(val.values())), 0
-        self.run.save_checkpoint("best", self._payload())
-        self.run.save_checkpoint("last", self._payload())
-        self.run.set_status("complete", iteration=0, best_iteration=0,
-                            best_score=st.best_score, reason="not meta-trained",
-                            train_seconds=0.0)
-        log.info("%s: %s is not meta-trained; validation %s", self.recipe.name,
-                 self.recipe.algorithm, ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
+        self._save("best")
+        self._save("last")
+        self._set_status("complete", iteration=0, best_iteration=0,
+                         best_score=st.best_score, reason="not meta-trained",
+                         train_seconds=0.0)
+        if self.dist.is_main:
+            log.info("%s: %s is not meta-trained; validation %s", self.recipe.name,
+                     self.recipe.algorithm, ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
         return st
+
+    def _timed_step(self) -> dict[str, float]:
+        """:meth:`_step`, adding its wall-clock time to ``train_seconds`` (rank 0's time on
+        every rank when a time budget must stop all ranks at the same iteration)."""
+        t_step = time.perf_counter()
+        metrics = self._step()
+        self.state.train_seconds += time.perf_counter() - t_step
+        if self.dist.enabled and self.recipe.time_budget is not None:
+            self.state.train_seconds = broadcast_object(self.state.train_seconds, self.dist)
+        return metrics
 
     def _fit(self) -> TrainState:
         from tqdm.auto import tqdm
@@ -250,7 +360,7 @@ class Trainer:
             return self._no_training()
 
         r, st = self.recipe, self.state
-        writer = self._tensorboard() if r.tensorboard else None
+        writer = self._tensorboard() if r.tensorboard and self.dist.is_main else None
         bar = tqdm(total=r.iterations, initial=st.iteration, disable=not self.progress,
                    desc=r.name, unit="it", dynamic_ncols=True)
         stopped, reason, t0 = False, "", time.perf_counter()
@@ -258,9 +368,7 @@ class Trainer:
             stopped, reason = True, "time_budget"  # resumed with no time left
         self.algo.train()
         while st.iteration < r.iterations and not stopped:
-            t_step = time.perf_counter()
-            metrics = self._step()
-            st.train_seconds += time.perf_counter() - t_step
+            metrics = self._timed_step()
             st.iteration += 1
             out_of_time = self._out_of_time()
             for k, v in metrics.items():
@@ -284,31 +392,49 @@ class Trainer:
                 score = next(iter(val.values()))
                 stopped = self._after_validation(score)
                 reason = "patience" if stopped else reason
-                if not stopped and self.on_validation is not None \
-                        and self.on_validation(st.iteration, score):
+                if not stopped and self._hook_stops(st.iteration, score):
                     stopped, reason = True, "stopped_by_hook"
                 line = f"iteration {st.iteration}: validation " + ", ".join(
                     f"{k} {v:.4g}" for k, v in val.items())
                 if self.progress:
                     bar.write(line)
-                else:
+                elif self.dist.is_main:
                     log.info("%s: %s", r.name, line)
             if st.iteration % r.checkpoint_every == 0 or stopped or last:
-                self.run.save_checkpoint("last", self._payload())
+                self._save("last")
+            self._crash_if_asked(st.iteration)
             bar.update(1)
             if out_of_time and not stopped:
-                log.info("%s: time budget of %g s reached at iteration %d", r.name,
-                         r.time_budget, st.iteration)
+                if self.dist.is_main:
+                    log.info("%s: time budget of %g s reached at iteration %d", r.name,
+                             r.time_budget, st.iteration)
                 stopped, reason = True, "time_budget"
         bar.close()
         status = "stopped_early" if stopped else "complete"
-        self.run.set_status(status, iteration=st.iteration, best_iteration=st.best_iteration,
-                            best_score=st.best_score, reason=reason or None,
-                            train_seconds=round(st.train_seconds, 2),
-                            seconds_this_session=round(time.perf_counter() - t0, 2))
+        self._set_status(status, iteration=st.iteration, best_iteration=st.best_iteration,
+                         best_score=st.best_score, reason=reason or None,
+                         train_seconds=round(st.train_seconds, 2),
+                         seconds_this_session=round(time.perf_counter() - t0, 2))
         if writer is not None:
             writer.close()
         return st
+
+    def _hook_stops(self, iteration: int, score: float) -> bool:
+        """The :data:`ValidationHook`'s answer (rank 0's, shared with every rank)."""
+        if self.on_validation is None:
+            return False
+        stop = bool(self.on_validation(iteration, score)) if self.dist.is_main else False
+        if self.dist.enabled:
+            stop = bool(broadcast_object(stop, self.dist))
+        return stop
+
+    def _crash_if_asked(self, iteration: int) -> None:
+        """The test-only :data:`ENV_CRASH_AT` hook: rank 0 dies by SIGKILL (no clean-up, as
+        in a machine failure) after finishing the given iteration."""
+        at = os.environ.get(ENV_CRASH_AT)
+        if at and self.dist.is_main and iteration == int(at):
+            log.warning("%s=%s: killing rank 0 (test hook)", ENV_CRASH_AT, at)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _tensorboard(self) -> Any:
         try:
@@ -320,7 +446,26 @@ class Trainer:
 
 
 def train(recipe: Recipe, out: str | Path, progress: bool = True,
+          dist: DistContext | None = None,
           on_validation: ValidationHook | None = None) -> TrainState:
-    """Meta-train ``recipe`` into ``out`` (resuming if ``out`` holds an unfinished run).
-    ``on_validation(iteration, score)`` returning True stops the run early."""
-    return Trainer(recipe, out, progress=progress, on_validation=on_validation).fit()
+    """Meta-train ``recipe`` into ``out`` (resuming if ``out`` holds an unfinished run);
+    ``dist`` as for :class:`Trainer`; ``on_validation(iteration, score)`` returning True
+    stops the run early."""
+    return Trainer(recipe, out, progress=progress, dist=dist, on_validation=on_validation).fit()
+
+
+def _meta_batch_shares(recipe: Recipe, ctx: DistContext) -> list[int]:
+    """Tasks of the meta-batch each rank samples (every rank needs at least one)."""
+    if recipe.meta_batch < ctx.world_size:
+        raise ValueError(f"meta_batch={recipe.meta_batch} is smaller than the "
+                         f"{ctx.world_size} processes of this run: every process needs at "
+                         "least one task; raise meta_batch or use fewer processes")
+    return shard_sizes(recipe.meta_batch, ctx.world_size)
+
+
+def _digest(params: list[nn.Parameter]) -> str:
+    """A hash of the exact bytes of ``params`` (to compare ranks cheaply)."""
+    h = hashlib.sha1(usedforsecurity=False)
+    for p in params:
+        h.update(p.detach().reshape(-1).cpu().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
