@@ -80,6 +80,14 @@ def _trainable(run: Path) -> tuple[int, int]:
     return count_parameters(algo.model)
 
 
+def _finished(done: Path, results: list[dict[str, Any]]) -> bool:
+    """A finished row (its result file exists) is read back, not redone."""
+    if done.is_file():
+        results.append(json.loads(done.read_text()))
+        return True
+    return False
+
+
 def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Train and test every row at every shot count (resumable)."""
     from metafit.config import load_recipe
@@ -91,8 +99,7 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
         for shots in args.shots:
             run = Path(args.out) / "A" / f"{algorithm}_{scope}_{shots}shot"
             done = run / "benchmark.json"
-            if done.is_file():
-                results.append(json.loads(done.read_text()))
+            if _finished(done, results):
                 continue
             recipe = load_recipe("_banking77", {"data_root": args.data_root, "shots": shots,
                                                 **_overrides(algorithm, scope, args)})
@@ -146,8 +153,7 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
             for seed in args.seeds:
                 run = Path(args.out) / "B" / f"{algorithm}_{scope}_k{k}_seed{seed}"
                 done = run / "benchmark.json"
-                if done.is_file():
-                    results.append(json.loads(done.read_text()))
+                if _finished(done, results):
                     continue
                 pool = k_shot_pool(root / "train.csv", k, seed, run.parent / f"pool_k{k}_"
                                    f"seed{seed}.csv")

@@ -81,25 +81,12 @@ def text_batch(tasks: int = 3) -> Episodes:
     return EpisodeSampler(dataset, ways=WAYS, shots=2, queries=3, seed=0).sample(tasks)
 
 
-def text_lora_model(seed: int) -> nn.Module:
-    """The tiny BERT with LoRA (rank 2) on query/value and a 5-way head; LoRA's B starts
-    random instead of zero so that every adapter matrix gets a gradient at once."""
-    from metafit.models.text import text_model
-    from text_fixtures import shared_model_dir
-
-    model = text_model(WAYS, shared_model_dir(), adapt="lora", lora_r=2)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    return model
-
-
 def make(name: str, kind: str, seed: int = 0) -> Algorithm:
     torch.manual_seed(seed)
     if kind == "text":
-        model = text_lora_model(seed)
+        from text_fixtures import lora_model
+
+        model = lora_model(WAYS, seed)
     elif kind == "classification":
         model = conv4(out_features=WAYS, in_channels=1, hidden=4, image_size=8, depth=2)
     else:

@@ -23,7 +23,7 @@ from metafit.rundir import RunDir
 from metafit.sampler import EpisodeSampler
 from metafit.text import ModelDirError, check_model_dir, tokenize
 from test_gradients import rel_error
-from text_fixtures import make_model_dir, sentences, shared_model_dir, write_csv
+from text_fixtures import lora_model, make_model_dir, sentences, shared_model_dir, write_csv
 
 CLASSES = 10
 
@@ -37,13 +37,7 @@ def episodes(tasks: int = 2, ways: int = 3, shots: int = 2, queries: int = 2, se
 
 
 def lora(seed: int = 0, ways: int = 3) -> nn.Module:
-    model = text_model(ways, shared_model_dir(), adapt="lora", lora_r=2)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    return model
+    return lora_model(ways, seed)
 
 
 # -- tokenisation --------------------------------------------------------------------------

@@ -61,3 +61,18 @@ def make_model_dir(root: Path, classes: int = 12, layers: int = 2, hidden: int =
 def shared_model_dir() -> Path:
     """One tiny model directory for the whole test session (read-only use)."""
     return make_model_dir(Path(tempfile.mkdtemp(prefix="metafit-tiny-bert-")))
+
+
+def lora_model(ways: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    """The shared tiny BERT with LoRA (rank 2) on query/value and a ``ways``-way head;
+    LoRA's B starts random instead of zero so that every adapter matrix gets a gradient
+    at once (with B = 0, A's gradient is zero)."""
+    from metafit.models.text import text_model
+
+    model = text_model(ways, shared_model_dir(), adapt="lora", lora_r=2)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    return model
