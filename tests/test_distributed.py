@@ -304,7 +304,10 @@ def test_killed_torchrun_run_resumes_to_the_uninterrupted_result(
     for a, b in zip(expected, resumed, strict=True):
         assert a.keys() == b.keys()
         for key in a.keys() - {"seconds"}:  # wall-clock time differs run to run
-            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (key, a, b)
+            if isinstance(a[key], str):
+                assert b[key] == a[key], (key, a, b)
+            else:
+                assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (key, a, b)
     last_a = load_checkpoint(full.checkpoint("last"))
     last_b = load_checkpoint(broken.checkpoint("last"))
     assert last_a["world_size"] == WORLD and len(last_a["rank_states"]) == WORLD
