@@ -294,3 +294,15 @@ def test_validation_hook_stops_training(tmp_path: Path) -> None:
                     on_validation=lambda i, s: seen.append((i, s)) or i >= 4).fit()
     assert [i for i, _ in seen] == [2, 4] and state.iteration == 4
     assert RunDir(tmp_path / "run").status()["reason"] == "stopped_by_hook"
+
+
+def test_hyperband_and_random_search_run_a_study(tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path))
+    for sampler, pruner in (("random", "hyperband"), ("tpe", "hyperband")):
+        opts = TuneOptions(out=str(tmp_path / f"{sampler}_{pruner}"), trials=4,
+                           sampler=sampler, pruner=pruner, trial_iterations=10)
+        result = tune(recipe, opts)
+        study = open_study(recipe, opts)
+        assert type(study.pruner).__name__ == "HyperbandPruner"
+        assert result.finished == 4 and result.failed == 0
+        assert all(sorted(t.intermediate_values)[0] == 2 for t in study.trials)
