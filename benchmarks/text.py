@@ -72,14 +72,6 @@ def _rows(spec: list[str]) -> list[tuple[str, str]]:
     return rows
 
 
-def _trainable(run: Path) -> tuple[int, int]:
-    from metafit.models.text import count_parameters
-    from metafit.runs import load_trained
-
-    _, algo = load_trained(run)
-    return count_parameters(algo.model)
-
-
 def _finished(done: Path, results: list[dict[str, Any]]) -> bool:
     """A finished row (its result file exists) is read back, not redone."""
     if done.is_file():
@@ -91,6 +83,7 @@ def _finished(done: Path, results: list[dict[str, Any]]) -> bool:
 def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Train and test every row at every shot count (resumable)."""
     from metafit.config import load_recipe
+    from metafit.models.text import count_parameters
     from metafit.runs import evaluate_run
     from metafit.trainer import Trainer
 
@@ -104,11 +97,12 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
             recipe = load_recipe("_banking77", {"data_root": args.data_root, "shots": shots,
                                                 **_overrides(algorithm, scope, args)})
             t0 = time.perf_counter()
-            state = Trainer(recipe, run, progress=not args.quiet).fit()
+            trainer = Trainer(recipe, run, progress=not args.quiet)
+            state = trainer.fit()
             train_s = time.perf_counter() - t0
+            trainable, total = count_parameters(trainer.algo.model)
             t0 = time.perf_counter()
             result = evaluate_run(run, "test", episodes=args.episodes)
-            trainable, total = _trainable(run)
             row = {"algorithm": algorithm, "scope": scope, "shots": shots,
                    "accuracy": result.mean, "ci95": result.ci95, "episodes": args.episodes,
                    "iterations": state.iteration, "train_seconds": round(train_s, 1),
@@ -197,8 +191,8 @@ def _header(protocol: str) -> str:
 
 def table_a(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [_header("A"),
-             "", "| algorithm | adapt | trainable / total params | shots | accuracy (600 "
-             "episodes, 95% CI) | iterations | train s | test s |",
+             "", "| algorithm | adapt | trainable / total params | shots | accuracy "
+             f"({args.episodes} episodes, 95% CI) | iterations | train s | test s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (r["algorithm"], r["scope"], r["shots"])):
         lines.append(f"| {r['algorithm']} | {r['scope']} | {r['trainable']:,} / "

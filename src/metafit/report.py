@@ -45,14 +45,15 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
-    """Write the figure atomically (a crash never leaves half a PNG)."""
+def _save(fig: Any, path: Path, **savefig: Any) -> Path:
+    """Write the figure atomically (a crash never leaves half a PNG); ``savefig``: extra
+    options of ``Figure.savefig`` (e.g. ``bbox_inches="tight"``)."""
     import io
 
     from metafit.io import atomic_write_bytes
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, **savefig)
     _pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path

@@ -23,7 +23,6 @@ This module does not import Optuna: :func:`parse_search_space` works without the
 from __future__ import annotations
 
 import difflib
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -242,8 +241,3 @@ def grid_size(space: SearchSpace) -> int:
     """Number of points of :func:`grid_values`' grid."""
     return math.prod(len(v) for v in grid_values(space).values())
 
-
-def grid_points(space: SearchSpace) -> list[dict[str, Any]]:
-    """Every point of the grid, in a fixed order."""
-    grid = grid_values(space)
-    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from metafit import __version__
 from metafit.config import Recipe, recipe_to_yaml
-from metafit.io import atomic_write_bytes, atomic_write_text
+from metafit.io import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -89,23 +89,18 @@ def _write_trials_csv(study: optuna.Study, path: Path) -> Path:
 
 
 def _plot(draw: Any, study: optuna.Study, path: Path, **kwargs: Any) -> Path | None:
-    from metafit.report import _pyplot
+    from metafit.report import _pyplot, _save
 
-    plt = _pyplot()
     try:
         ax = draw(study, **kwargs)
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         log.warning("skipped %s: %s", path.name, e)
-        plt.close("all")
+        _pyplot().close("all")
         return None
     axes = ax if not hasattr(ax, "figure") else [ax]
     fig = _first(axes).figure
     fig.set_size_inches(max(6.4, fig.get_size_inches()[0]), 4.8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close("all")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return _save(fig, path, bbox_inches="tight")
 
 
 def _first(axes: Any) -> Any:
