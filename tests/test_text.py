@@ -249,6 +249,9 @@ def test_text_input_errors(tmp_path: Path, capsys) -> None:
             for a in text_args(tmp_path, "maml")]
     assert main([*base, *args, *opts]) == 2
     assert "is missing config.json" in capsys.readouterr().err
+    # ProtoNet has no head, so a head-only scope leaves it nothing to train.
+    assert main([*base, *text_args(tmp_path, "protonet", "adapt=head"), *opts]) == 2
+    assert "protonet uses no head, so adapt='head'" in capsys.readouterr().err
     # A text model on image data, and adapt scopes on image models.
     assert main(["recipes", "show", "omniglot_5w1s_maml", "model=text"]) == 2
     assert "go together" in capsys.readouterr().err

@@ -56,6 +56,10 @@ def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.
             f"must equal ways (got test_ways={recipe.eval_ways}); only "
             f"{', '.join(sorted(FIXED_HEAD_FREE))} can change the number of ways"
         )
+    if recipe.algorithm == "protonet" and recipe.adapt == "head":
+        raise ValueError("protonet uses no head, so adapt='head' leaves it nothing to "
+                         "meta-train; use adapt lora, top or full (or algorithm "
+                         "linear_probe for a frozen encoder)")
     torch.manual_seed(recipe.seed)
     model = build_model(recipe)
     # Options every algorithm may ignore, then those only some accept (passed when set,
