@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_options(p)
     p.set_defaults(func=_cmd_bench)
 
+    from metafit.deploy.commands import add_parsers as add_deploy_parsers
+
+    add_deploy_parsers(sub)  # adapt, predict, compress, export
+
     p = sub.add_parser("data", help="load a recipe's dataset and describe its splits")
     p.add_argument("recipe", help="recipe name or YAML path")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data_root=DIR")

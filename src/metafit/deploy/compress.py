@@ -35,8 +35,8 @@ from torch.nn.utils import prune as torch_prune
 
 from metafit.deploy.adapted import AdaptedModel
 
-__all__ = ["quantize", "prune", "prepare_structure", "sparsity", "prunable_weights",
-           "state_size", "median_latency"]
+__all__ = ["quantize", "prune", "is_quantized", "prepare_structure", "sparsity", "prunable_weights",
+           "state_size", "median_latency", "measure", "compare", "batch_of"]
 
 
 @contextmanager
@@ -102,6 +102,11 @@ def quantize(model: AdaptedModel, embeddings: bool = False) -> AdaptedModel:
     return _derived(model, module, quantize="int8", quantize_embeddings=embeddings)
 
 
+def is_quantized(module: nn.Module) -> bool:
+    """Whether ``module`` holds a quantized layer (``torch.ao.nn.quantized``)."""
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in module.modules())
+
+
 def prunable_weights(module: nn.Module) -> list[tuple[nn.Module, str]]:
     """``(layer, "weight")`` of every convolution and linear layer."""
     return [(m, "weight") for m in module.modules()
@@ -128,7 +133,7 @@ def prune(model: AdaptedModel, amount: float, scope: str = "global") -> AdaptedM
         raise ValueError(f"the pruning amount (sparsity) must be in [0, 1), got {amount}")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    if model.compression.get("quantize"):
+    if is_quantized(model.module):
         raise ValueError("cannot prune a quantized model: prune first, then quantize")
     module = copy.deepcopy(model.module)
     targets = prunable_weights(module)
@@ -167,3 +172,38 @@ def median_latency(fn: Callable[[Tensor], Any], x: Tensor, repeats: int = 20,
             fn(x)
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def batch_of(x: Tensor, size: int) -> Tensor:
+    """``size`` rows of ``x [B, *x]``, repeated cyclically: ``[size, *x]``."""
+    return x[torch.arange(size) % len(x)]
+
+
+def measure(model: AdaptedModel, x: Tensor, repeats: int = 20) -> dict[str, float]:
+    """Size and one-thread latency of ``model``: file and gzip bytes of its weights, and
+    the median milliseconds of a forward pass at batch 1 and batch 32 (rows of ``x``)."""
+    size, packed = state_size(model.module)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        b1 = median_latency(model.logits, batch_of(x, 1), repeats)
+        b32 = median_latency(model.logits, batch_of(x, 32), repeats)
+    finally:
+        torch.set_num_threads(previous)
+    return {"bytes": size, "gzip_bytes": packed, "ms_batch1": round(1e3 * b1, 3),
+            "ms_batch32": round(1e3 * b32, 3)}
+
+
+def compare(model: AdaptedModel, compressed: AdaptedModel, repeats: int = 20
+            ) -> dict[str, Any]:
+    """Figures of ``compressed`` against ``model``: size and latency of each
+    (:func:`measure`), the sparsity reached, and on the stored support set the fraction of
+    identical predictions and the largest probability change."""
+    if model.support is None:
+        raise ValueError("the model directory has no support set to measure on")
+    x = model.support[0]
+    before, after = model.logits(x).softmax(-1), compressed.logits(x).softmax(-1)  # [S, N]
+    return {"before": measure(model, x, repeats), "after": measure(compressed, x, repeats),
+            "sparsity": round(sparsity(compressed.module), 4),
+            "support_agreement": float((before.argmax(-1) == after.argmax(-1)).float().mean()),
+            "support_max_prob_change": float((before - after).abs().max())}
