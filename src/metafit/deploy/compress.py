@@ -3,8 +3,9 @@ the size and latency figures to judge them by.
 
 * **int8 dynamic quantization** (``torch.ao.quantization.quantize_dynamic``; Jacob et al.
   2018): the weights of every ``nn.Linear`` are stored as int8 with a per-tensor scale,
-  activations are quantized on the fly; with ``embeddings=True`` the ``nn.Embedding``
-  tables too (8-bit rows with a float scale and offset each). Convolutions and BatchNorm
+  activations are quantized on the fly; with ``embeddings=True`` the token embedding
+  table too (the largest ``nn.Embedding``: 8-bit rows with a float scale and offset
+  each). Convolutions and BatchNorm
   stay float: on conv4 only the linear head (MAML) changes, and ProtoNet's conv4 has no
   linear layer at all, so quantizing it changes nothing (a warning says so). PyTorch
   deprecates ``torch.ao.quantization`` in favour of ``torchao``; it still works in torch
@@ -35,35 +36,49 @@ from torch.nn.utils import prune as torch_prune
 
 from metafit.deploy.adapted import AdaptedModel
 
-__all__ = ["quantize", "prune", "is_quantized", "prepare_structure", "sparsity", "prunable_weights",
-           "state_size", "median_latency", "measure", "compare", "batch_of"]
+__all__ = ["quantize", "prune", "is_quantized", "quiet_quantization", "prepare_structure",
+           "sparsity", "prunable_weights", "state_size", "median_latency", "measure",
+           "compare", "batch_of"]
 
 
 @contextmanager
-def _quiet_quantization() -> Iterator[None]:
-    """Silence torch.ao.quantization's deprecation warnings (it still works in 2.13)."""
+def quiet_quantization() -> Iterator[None]:
+    """Silence torch.ao.quantization's deprecation warnings (it still works in 2.13) and
+    those of loading quantized tensors."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
-        warnings.filterwarnings("ignore", message=r".*(deprecated|quantize_per_tensor).*",
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*(quantize_per_tensor|TypedStorage).*",
                                 category=UserWarning)
         yield
 
 
-def _qconfig(embeddings: bool) -> dict[type[nn.Module], Any]:
+def _vocabulary_table(module: nn.Module) -> str | None:
+    """Name of the largest ``nn.Embedding`` (a text encoder's token table), if any."""
+    tables = [(m.num_embeddings * m.embedding_dim, n) for n, m in module.named_modules()
+              if isinstance(m, nn.Embedding)]
+    return max(tables)[1] if tables else None
+
+
+def _qconfig(module: nn.Module, embeddings: bool) -> dict[Any, Any]:
+    """``quantize_dynamic``'s spec: every linear layer, and with ``embeddings`` the token
+    table (position and token-type tables are tiny, and read through strided views that
+    the quantized embedding kernel refuses)."""
     from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
 
-    spec: dict[type[nn.Module], Any] = {nn.Linear: default_dynamic_qconfig}
-    if embeddings:
-        spec[nn.Embedding] = float_qparams_weight_only_qconfig
+    spec: dict[Any, Any] = {nn.Linear: default_dynamic_qconfig}
+    table = _vocabulary_table(module) if embeddings else None
+    if table is not None:
+        spec[table] = float_qparams_weight_only_qconfig
     return spec
 
 
 def _quantize_module(module: nn.Module, embeddings: bool) -> None:
-    """Quantize ``module``'s linear (and embedding) layers to int8 in place."""
+    """Quantize ``module``'s linear layers (and token table) to int8 in place."""
     from torch.ao.quantization import quantize_dynamic
 
-    with _quiet_quantization():
-        quantize_dynamic(module, _qconfig(embeddings), dtype=torch.qint8, inplace=True)
+    with quiet_quantization():
+        quantize_dynamic(module, _qconfig(module, embeddings), dtype=torch.qint8, inplace=True)
 
 
 def prepare_structure(module: nn.Module, compression: dict[str, Any]) -> None:
@@ -71,10 +86,6 @@ def prepare_structure(module: nn.Module, compression: dict[str, Any]) -> None:
     layers), so that the compressed model's state dict loads into it."""
     if compression.get("quantize") == "int8":
         _quantize_module(module, bool(compression.get("quantize_embeddings")))
-
-
-def _count(module: nn.Module, kinds: tuple[type[nn.Module], ...]) -> int:
-    return sum(isinstance(m, kinds) for m in module.modules())
 
 
 def _derived(model: AdaptedModel, module: nn.Module, **compression: Any) -> AdaptedModel:
@@ -93,11 +104,10 @@ def quantize(model: AdaptedModel, embeddings: bool = False) -> AdaptedModel:
     if model.compression.get("quantize"):
         raise ValueError("the model is quantized already")
     module = copy.deepcopy(model.module)
-    kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
-    if _count(module, kinds) == 0:
-        warnings.warn(f"the model has no {' or '.join(k.__name__ for k in kinds)} layer: int8 "
-                      "dynamic quantization changes nothing (its convolutions stay float)",
-                      stacklevel=2)
+    if not any(isinstance(m, nn.Linear) for m in module.modules()) and not (
+            embeddings and _vocabulary_table(module)):
+        warnings.warn("the model has no Linear layer: int8 dynamic quantization changes "
+                      "nothing (its convolutions stay float)", stacklevel=2)
     _quantize_module(module, embeddings)
     return _derived(model, module, quantize="int8", quantize_embeddings=embeddings)
 
