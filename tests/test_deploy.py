@@ -204,29 +204,31 @@ def test_fixed_head_and_text_errors() -> None:
         load_support(csv, "text")
 
 
-def test_corrupt_and_incomplete_model_directories_do_not_load(image_model, tmp_path) -> None:
-    def fresh(name: str) -> Path:
-        return image_model.save(tmp_path / name)
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
 
+
+def _bump_version(path: Path) -> None:
+    path.write_text(path.read_text().replace('"format_version": 1', '"format_version": 99'))
+
+
+DAMAGE = [  # (file, what is done to it, the error)
+    ("manifest.json", Path.unlink, "no manifest.json: .* incomplete"),
+    ("weights.pt", _flip_a_byte, "weights.pt does not match its checksum"),
+    ("model.json", Path.unlink, "model.json is missing"),
+    ("manifest.json", _bump_version, "format version 99 is not supported"),
+]
+
+
+def test_corrupt_and_incomplete_model_directories_do_not_load(image_model, tmp_path) -> None:
     with pytest.raises(ModelDirError, match="does not exist"):
         AdaptedModel.load(tmp_path / "nothing")
-    (fresh("a") / "manifest.json").unlink()
-    with pytest.raises(ModelDirError, match="no manifest.json: .* incomplete"):
-        AdaptedModel.load(tmp_path / "a")
-    weights = fresh("b") / "weights.pt"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    with pytest.raises(ModelDirError, match="weights.pt does not match its checksum"):
-        AdaptedModel.load(tmp_path / "b")
-    (fresh("c") / "model.json").unlink()
-    with pytest.raises(ModelDirError, match="model.json is missing"):
-        AdaptedModel.load(tmp_path / "c")
-    manifest = fresh("d") / "manifest.json"
-    manifest.write_text(manifest.read_text().replace('"format_version": 1',
-                                                     '"format_version": 99'))
-    with pytest.raises(ModelDirError, match="format version 99 is not supported"):
-        AdaptedModel.load(tmp_path / "d")
+    for i, (name, damage, message) in enumerate(DAMAGE):
+        damage(image_model.save(tmp_path / str(i)) / name)
+        with pytest.raises(ModelDirError, match=message):
+            AdaptedModel.load(tmp_path / str(i))
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
