@@ -189,7 +189,7 @@ def test_bad_support_sets_are_named(image_model) -> None:
         image_model.predict([np.zeros((3, 3), np.uint8)])
 
 
-def test_fixed_head_and_text_errors() -> None:
+def test_fixed_head_and_text_errors(tmp_path: Path) -> None:
     maml = Adapter.from_run(image_run("maml"))  # meta-trained with a 2-way head
     with pytest.raises(SupportError, match="2-way head, so the support set needs exactly 2"):
         maml.adapt([pattern(c, 0) for c in range(3)], ["a", "b", "c"])
@@ -199,7 +199,7 @@ def test_fixed_head_and_text_errors() -> None:
     with pytest.raises(SupportError, match="a text must be a string"):
         text.adapt(["card alpha0", 7], ["x", "y"])  # type: ignore[list-item]
     with pytest.raises(SupportError, match=r"missing or empty 'category' on line\(s\) 3"):
-        csv = Path(text_run()).parent / "bad.csv"
+        csv = tmp_path / "bad.csv"
         csv.write_text("text,category\nhello alpha0,x\nworld beta1,\n", encoding="utf-8")
         load_support(csv, "text")
 
