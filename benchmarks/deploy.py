@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,31 +41,21 @@ from metafit.config import Recipe
 from metafit.deploy import Adapter
 from metafit.deploy.adapted import AdaptedModel
 from metafit.deploy.compress import batch_of, measure, median_latency, prune, quantize
+from metafit.deploy.episodes import Variant, episode_accuracies, summarise
 from metafit.deploy.onnx_export import export_onnx, onnx_feeds, onnx_session
 from metafit.episodes import Episode
 from metafit.rundir import RunDir
 from metafit.runs import split_sampler
 
 
-def ci95(values: list[float]) -> float:
-    return 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-
-
-def variants(model: AdaptedModel, sparsities: list[float]) -> dict[str, AdaptedModel]:
-    """The compressed variants of one adapted model, by name."""
-    out = {"float": model}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no Linear layer" on ProtoNet's conv4
-        out["int8"] = quantize(model)
-        if model.kind == "text":
-            out["int8+emb"] = quantize(model, embeddings=True)
+def variants(model_kind: str, sparsities: list[float]) -> dict[str, Variant]:
+    """The compressions compared, by name."""
+    out: dict[str, Variant] = {"int8": quantize}
+    if model_kind == "text":
+        out["int8+emb"] = partial(quantize, embeddings=True)
     for s in sparsities:
-        out[f"pruned {s:.0%}"] = prune(model, s)
+        out[f"pruned {s:.0%}"] = partial(prune, amount=s)
     return out
-
-
-def accuracy(model: AdaptedModel, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((model.logits(x).argmax(-1) == y).float().mean())
 
 
 def onnx_figures(model: AdaptedModel, x: torch.Tensor, repeats: int) -> dict[str, Any]:
@@ -98,48 +87,41 @@ def timings(adapter: Adapter, task: Episode, sparsities: list[float], repeats: i
             ) -> dict[str, Any]:
     """Size and latency of each variant adapted to ``task``, and its ONNX export."""
     names = [str(i) for i in range(int(task.support_y.max()) + 1)]
-    models = variants(adapter.adapt_tensors(task.support_x, task.support_y, names), sparsities)
+    model = adapter.adapt_tensors(task.support_x, task.support_y, names)
+    models = {"float": model, **{n: make(model)
+                                 for n, make in variants(model.kind, sparsities).items()}}
     return {"variants": {n: measure(m, task.query_x, repeats) for n, m in models.items()},
-            "onnx": onnx_figures(models["float"], task.query_x, repeats)}
+            "onnx": onnx_figures(model, task.query_x, repeats)}
 
 
 def bench_run(run: str, episodes: int, sparsities: list[float], repeats: int,
               data_root: str | None = None) -> dict[str, Any]:
     adapter = Adapter.from_run(run)
     recipe = with_data_root(adapter.recipe, data_root)
-    scores: dict[str, list[float]] = {}
     start = time.perf_counter()
-    batches = split_sampler(recipe, "test").sample(episodes)
-    for task in batches:
-        names = [str(i) for i in range(int(task.support_y.max()) + 1)]
-        model = adapter.adapt_tensors(task.support_x, task.support_y, names)
-        models = variants(model, sparsities)
-        if model.arch["batch_norm"] != "none":
-            models["algorithm (batch BN)"] = adapter.adapt_tensors(
-                task.support_x, task.support_y, names, batch_norm="batch")
-        for name, m in models.items():
-            scores.setdefault(name, []).append(accuracy(m, task.query_x, task.query_y))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no Linear layer" on ProtoNet's conv4
+        scores = episode_accuracies(adapter, variants(adapter.kind, sparsities), episodes,
+                                    recipe)
     seconds = time.perf_counter() - start
     status = RunDir(run).status()
-    rows = {}
-    for name, acc in scores.items():
-        diffs = [a - b for a, b in zip(acc, scores["float"], strict=True)]
-        rows[name] = {"accuracy": statistics.mean(acc), "ci95": ci95(acc),
-                      "delta": statistics.mean(diffs), "delta_ci95": ci95(diffs)}
     result = {"run": run, "algorithm": recipe.algorithm, "model": recipe.model,
               "adapt": recipe.adapt, "ways": recipe.eval_ways, "shots": recipe.eval_shots,
               "queries": recipe.eval_queries, "episodes": episodes,
               "iterations": status.get("iteration"), "best_val": status.get("best_score"),
               "train_seconds": status.get("train_seconds"), "seconds": round(seconds, 1),
-              "variants": rows}
-    return retime(result, adapter, batches[-1], sparsities, repeats)
+              "variants": summarise(scores)}
+    task = split_sampler(recipe, "test").sample(episodes)[-1]
+    return retime(result, adapter, task, sparsities, repeats)
 
 
 def retime(result: dict[str, Any], adapter: Adapter, task: Episode, sparsities: list[float],
            repeats: int) -> dict[str, Any]:
     """``result`` with the sizes and latencies of :func:`timings` (measured apart from the
     accuracy loop, so that they can be redone alone on a quiet machine)."""
-    figures = timings(adapter, task, sparsities, repeats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        figures = timings(adapter, task, sparsities, repeats)
     for name, row in result["variants"].items():
         row.update(figures["variants"].get(name, {}))
     result["onnx"] = figures["onnx"]

@@ -379,3 +379,22 @@ def test_quantizing_a_model_without_linear_layers_warns(image_model) -> None:
         same = quantize(image_model)  # ProtoNet's conv4: convolutions only
     x = image_model.support[0] if image_model.support else None
     assert x is not None and torch.equal(same.logits(x), image_model.logits(x))
+
+
+def test_compress_cli_reports_size_latency_and_test_episode_accuracy(image_model, tmp_path,
+                                                                      capsys) -> None:
+    source = image_model.save(tmp_path / "model")
+    out = tmp_path / "pruned"
+    assert main(["compress", str(source), "--prune", "0.5", "--out", str(out), "--episodes",
+                 "4", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert figures["before"]["bytes"] > 0 and figures["after"]["ms_batch1"] > 0
+    test = figures["test_episodes"]
+    assert test["episodes"] == 4 and test["run"] == str(image_run())
+    for row in (test["float"], test["compressed"]):
+        assert 0.0 <= row["accuracy"] <= 1.0 and np.isfinite(row["delta"])
+    assert test["float"]["delta"] == 0.0
+    assert AdaptedModel.load(out).compression["prune"]["sparsity"] == figures["sparsity"]
+    assert main(["compress", str(source), "--out", str(tmp_path / "x")]) == 2
+    assert "nothing to do" in capsys.readouterr().err

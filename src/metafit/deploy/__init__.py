@@ -4,7 +4,8 @@ export them to ONNX with a parity check. See docs/deploy.md.
 
 Submodules: :mod:`.adapter` (:class:`Adapter`), :mod:`.adapted` (:class:`AdaptedModel`),
 :mod:`.preprocess`, :mod:`.materialise`, :mod:`.modeldir`, :mod:`.compress`,
-:mod:`.onnx_export`.
+:mod:`.onnx_export`, :mod:`.episodes` (accuracy of compressed models on a run's test
+episodes), :mod:`.commands` (the CLI verbs).
 """
 
 from metafit.deploy.adapted import AdaptedModel, Prediction

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,26 +88,69 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compression(args: argparse.Namespace) -> Callable[[Any], Any]:
+    """The compression the flags ask for: prune (if asked), then quantize (if asked)."""
+    from metafit.deploy.compress import prune, quantize
+
+    def apply(model: Any) -> Any:
+        if args.prune is not None:
+            model = prune(model, args.prune, args.prune_scope)
+        if args.quantize:
+            model = quantize(model, embeddings=args.quantize_embeddings)
+        return model
+
+    return apply
+
+
+def _episode_figures(args: argparse.Namespace, model: Any, compress: Callable[[Any], Any]
+                     ) -> dict[str, Any]:
+    """Accuracy before and after on ``args.episodes`` test episodes of the source run."""
+    import warnings
+
+    from metafit.deploy.adapter import Adapter
+    from metafit.deploy.episodes import episode_accuracies, summarise
+
+    run = args.run or model.info.get("source", {}).get("run")
+    if not run:
+        raise ValueError("--episodes needs the run the model was adapted from: give --run")
+    adapter = Adapter.from_run(run, model.info.get("source", {}).get("checkpoint", "best"))
+    recipe = adapter.recipe
+    if args.data_root:
+        recipe = recipe.model_copy(update={"data_root": args.data_root})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the no-linear-layer warning, once per episode
+        scores = episode_accuracies(adapter, {"compressed": compress}, args.episodes, recipe,
+                                    transductive=False)
+    rows = summarise(scores)
+    return {"run": str(run), "episodes": args.episodes, **rows}
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from metafit.deploy.adapted import AdaptedModel
-    from metafit.deploy.compress import compare, prune, quantize
+    from metafit.deploy.compress import compare
+    from metafit.deploy.episodes import describe
 
     if not args.quantize and args.prune is None:
         raise ValueError("nothing to do: give --quantize int8 and/or --prune SPARSITY")
     model = AdaptedModel.load(args.model)
-    compressed = model
-    if args.prune is not None:
-        compressed = prune(compressed, args.prune, args.prune_scope)
-    if args.quantize:
-        compressed = quantize(compressed, embeddings=args.quantize_embeddings)
+    compress = _compression(args)
+    compressed = compress(model)
     compressed.save(args.out)
     figures = compare(model, compressed)
+    if args.episodes:
+        figures["test_episodes"] = _episode_figures(args, model, compress)
     if args.json:
         _write(json.dumps({"out": str(args.out), **figures}))
         return 0
     _write(f"wrote {args.out} ({compressed.compression})")
     for key, value in figures.items():
-        _write(f"  {key}: {value}")
+        if key != "test_episodes":
+            _write(f"  {key}: {value}")
+    if args.episodes:
+        test = figures["test_episodes"]
+        _write(f"  accuracy on {test['episodes']} test episodes of {test['run']} (each adapted, "
+               f"then compressed the same way): float {describe(test['float'])}; "
+               f"compressed {describe(test['compressed'])}")
     return 0
 
 
@@ -185,6 +229,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--prune", type=_fraction, metavar="SPARSITY", help="zero this fraction "
                    "of the conv/linear weights of smallest magnitude (before quantizing)")
     p.add_argument("--prune-scope", default="global", choices=["global", "layer"])
+    p.add_argument("--episodes", type=int, help="also measure the accuracy change on this "
+                   "many test episodes of the source run (each adapted, then compressed)")
+    p.add_argument("--run", help="with --episodes: the run (default: the one the model was "
+                   "adapted from)")
+    p.add_argument("--data-root", help="with --episodes: the run's data, where it moved")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_cmd_compress)
 
