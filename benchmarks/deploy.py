@@ -16,9 +16,11 @@ own transductive scoring (batch statistics of the query set) is reported too.
 Size (bytes of the saved state dict, and gzipped) and latency (median of ``--repeats``
 forward passes of the query set's first 1 or 32 rows, cycled, one thread) are measured on
 the last episode's models, after the accuracy loop (``--retime`` measures them again for
-finished runs, e.g. on a quiet machine). Its float model is exported to ONNX: the parity
-check's largest logit difference and onnxruntime's latency (one intra-op thread) are
-reported. Results: ``--out``/NAME.json and the ``deploy`` block of ``--results``.
+finished runs, e.g. on a quiet machine). Its float model is exported to ONNX, as is and
+quantized to int8 by onnxruntime: the largest logit difference from PyTorch's float model,
+the file size and onnxruntime's latency (one intra-op thread) are reported (no accuracy
+over episodes for ONNX: one export per episode would cost more than the whole run).
+Results: ``--out``/NAME.json and the ``deploy`` block of ``--results``.
 """
 
 from __future__ import annotations
@@ -58,9 +60,12 @@ def variants(model_kind: str, sparsities: list[float]) -> dict[str, Variant]:
     return out
 
 
-def onnx_figures(model: AdaptedModel, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+def onnx_figures(model: AdaptedModel, x: torch.Tensor, repeats: int,
+                 quantize: str | None = None) -> dict[str, Any]:
+    """Parity, size and onnxruntime latency (one thread) of ``model``'s ONNX export (with
+    ``quantize="int8"``: onnxruntime's int8 quantization of it)."""
     with tempfile.TemporaryDirectory() as tmp:
-        report = export_onnx(model, Path(tmp) / "onnx")
+        report = export_onnx(model, Path(tmp) / "onnx", quantize=quantize)
         path = Path(tmp) / "onnx" / "model.onnx"
         session = onnx_session(path, threads=1)
         pad = int(model.preprocessor.spec().get("pad_id", 0))
@@ -68,7 +73,9 @@ def onnx_figures(model: AdaptedModel, x: torch.Tensor, repeats: int) -> dict[str
         def run(batch: torch.Tensor) -> Any:
             return session.run(["logits"], onnx_feeds(model.kind, batch, pad))
 
-        return {"max_abs_diff": report.max_abs_diff, "max_prob_diff": report.max_prob_diff,
+        diff = report.quantized_max_abs_diff if quantize else report.max_abs_diff
+        prob = report.quantized_max_prob_diff if quantize else report.max_prob_diff
+        return {"max_abs_diff": diff, "max_prob_diff": prob,
                 "export_seconds": report.export_seconds, "bytes": path.stat().st_size,
                 "ms_batch1": round(1e3 * median_latency(run, batch_of(x, 1), repeats), 3),
                 "ms_batch32": round(1e3 * median_latency(run, batch_of(x, 32), repeats), 3)}
@@ -91,7 +98,8 @@ def timings(adapter: Adapter, task: Episode, sparsities: list[float], repeats: i
     models = {"float": model, **{n: make(model)
                                  for n, make in variants(model.kind, sparsities).items()}}
     return {"variants": {n: measure(m, task.query_x, repeats) for n, m in models.items()},
-            "onnx": onnx_figures(model, task.query_x, repeats)}
+            "onnx": onnx_figures(model, task.query_x, repeats),
+            "onnx_int8": onnx_figures(model, task.query_x, repeats, quantize="int8")}
 
 
 def bench_run(run: str, episodes: int, sparsities: list[float], repeats: int,
@@ -124,7 +132,7 @@ def retime(result: dict[str, Any], adapter: Adapter, task: Episode, sparsities: 
         figures = timings(adapter, task, sparsities, repeats)
     for name, row in result["variants"].items():
         row.update(figures["variants"].get(name, {}))
-    result["onnx"] = figures["onnx"]
+    result["onnx"], result["onnx_int8"] = figures["onnx"], figures["onnx_int8"]
     return result
 
 
@@ -142,11 +150,12 @@ def table(results: list[dict[str, Any]], command: str) -> str:
             lines.append(f"| {label} | {r['episodes']} | {name} | {100 * v['accuracy']:.2f} ± "
                          f"{100 * v['ci95']:.2f} | {100 * v['delta']:+.2f} ± "
                          f"{100 * v['delta_ci95']:.2f} | {size} |")
-        o = r["onnx"]
-        lines.append(f"| {label} | - | ONNX float (onnxruntime) | parity: max abs logit diff "
-                     f"{o['max_abs_diff']:.2g} (probabilities {o['max_prob_diff']:.2g}) | - | "
-                     f"{o['bytes'] / 1e6:.2f} MB | - | {o['ms_batch1']:.2f} | "
-                     f"{o['ms_batch32']:.1f} |")
+        for key, name in (("onnx", "ONNX float"), ("onnx_int8", "ONNX int8")):
+            o = r[key]
+            lines.append(f"| {label} | - | {name} (onnxruntime) | max abs logit diff from "
+                         f"PyTorch float {o['max_abs_diff']:.2g} (probabilities "
+                         f"{o['max_prob_diff']:.2g}) | - | {o['bytes'] / 1e6:.2f} MB | - | "
+                         f"{o['ms_batch1']:.2f} | {o['ms_batch32']:.1f} |")
     lines += ["", "Runs (trained with `metafit train`, best-validation checkpoint):"]
     for r in results:
         lines.append(f"- `{r['run']}`: {r['algorithm']}, {r['iterations']} iterations, best "

@@ -93,3 +93,19 @@ def test_quantized_models_are_refused_and_pruned_ones_export(image_model, tmp_pa
     assert report.max_abs_diff <= 1e-4
     with pytest.raises(ModelDirError, match="holds a 'onnx' model, not 'adapted'"):
         AdaptedModel.load(tmp_path / "p")
+
+
+def test_onnxruntime_int8_export_is_smaller_and_reported(tmp_path: Path, capsys) -> None:
+    rows = sentences(3, 2, seed=6)
+    model = Adapter.from_run(text_run()).adapt([t for t, _ in rows], [lab for _, lab in rows])
+    model.save(tmp_path / "m")
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "float")]) == 0
+    assert main(["export", str(tmp_path / "m"), "--quantize", "int8", "--out",
+                 str(tmp_path / "int8"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert report["quantized"] == "int8" and report["max_abs_diff"] <= 1e-4
+    assert 0 < report["quantized_max_abs_diff"] < 1.0
+    sizes = [(tmp_path / d / "model.onnx").stat().st_size for d in ("float", "int8")]
+    assert sizes[1] < sizes[0]
+    spec = json.loads((tmp_path / "int8" / "model.json").read_text())
+    assert spec["onnx_quantization"] == "int8"

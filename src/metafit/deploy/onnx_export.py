@@ -15,7 +15,10 @@ for the dynamic axes) and its logits are compared with PyTorch's: the largest ab
 difference is reported, and an export whose difference exceeds ``tolerance`` (1e-4) fails
 with :class:`ExportError`, leaving no output directory. int8-quantized PyTorch modules
 cannot be exported (torch.onnx has no translation of PyTorch's dynamic quantized linear
-kernels): export the float model instead.
+kernels): export the float model instead, optionally with ``quantize="int8"``, which
+writes onnxruntime's dynamic int8 quantization of the checked float export
+(``onnxruntime.quantization.quantize_dynamic``: int8 weights of the matrix products) and
+reports, without gating, how far its logits are from PyTorch's float ones.
 
 The output is a model directory (atomic, with a manifest): ``model.onnx`` (one file, the
 weights inside: protobuf's 2 GB limit is far above these models), ``model.json``
@@ -69,6 +72,11 @@ class ExportReport:
     batches: list[list[int]] = field(default_factory=list)
     opset: int = OPSET
     export_seconds: float = 0.0
+    #: ``"int8"`` when the written model is onnxruntime's int8 quantization of the checked
+    #: float export; its differences from PyTorch's float logits are reported, not gated.
+    quantized: str | None = None
+    quantized_max_abs_diff: float | None = None
+    quantized_max_prob_diff: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,13 +165,31 @@ def _parity(model: AdaptedModel, session: Any, x: Tensor) -> tuple[float, float,
     return logit_diff, prob_diff, shapes
 
 
+def _quantize_onnx(source: Path, target: Path) -> None:
+    """onnxruntime's dynamic int8 quantization of ``source`` (weights of MatMul/Gemm and
+    the like int8, activations quantized at run time) into ``target``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # "consider pre-processing", on the root logger
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
 def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
-                tolerance: float = TOLERANCE, samples: Tensor | None = None) -> ExportReport:
+                tolerance: float = TOLERANCE, samples: Tensor | None = None,
+                quantize: str | None = None) -> ExportReport:
     """Export ``model`` to the ONNX model directory ``out`` after a parity check.
 
     Args:
         samples: preprocessed inputs ``[B, *x]`` for the check (default: the model's
             stored support set, at most 32 examples).
+        quantize: ``"int8"``: after the float export passes its check, write onnxruntime's
+            dynamic int8 quantization of it instead, with its differences from PyTorch
+            reported (not gated: rounding is the point).
 
     Raises:
         ExportError: a quantized model; no sample inputs; an exporter failure; logits that
@@ -173,7 +199,9 @@ def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
     if is_quantized(model.module):
         raise ExportError("int8-quantized PyTorch models cannot be exported to ONNX (torch.onnx "
                           "has no translation of PyTorch's dynamic quantized linear layers); "
-                          "export the float model, before `metafit compress --quantize`")
+                          "export the float model, before `metafit compress --quantize` "
+                          "(`metafit export --quantize int8` quantizes the ONNX model with "
+                          "onnxruntime instead)")
     if samples is None:
         if model.support is None:
             raise ExportError("no sample inputs for the parity check: the model directory has "
@@ -195,11 +223,19 @@ def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
             raise ExportError(f"ONNX parity check failed: logits differ from PyTorch's by up to "
                               f"{logit_diff:.3g} > {tolerance:g} (probabilities by "
                               f"{prob_diff:.3g}); nothing was written")
+        if quantize is not None:
+            if quantize != "int8":
+                raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
+            path, float_path = Path(work) / "model.int8.onnx", path
+            _quantize_onnx(float_path, path)
+            q_logit, q_prob, _ = _parity(model, onnx_session(path), samples)
+            report.quantized = quantize
+            report.quantized_max_abs_diff, report.quantized_max_prob_diff = q_logit, q_prob
         onnx_bytes = path.read_bytes()
     log.debug("ONNX parity: max abs logit diff %.3g, probability diff %.3g", logit_diff,
              prob_diff)
     spec = {**model.spec(), "runtime": "onnx", "inputs": names, "outputs": ["logits"],
-            "probabilities": "softmax(logits, axis=-1)"}
+            "probabilities": "softmax(logits, axis=-1)", "onnx_quantization": quantize}
     files = {"model.onnx": onnx_bytes,
              "model.json": (json.dumps(spec, indent=1) + "\n").encode(),
              "export.json": (json.dumps(report.to_dict(), indent=1) + "\n").encode(),
