@@ -300,3 +300,8 @@ def test_recipe_task_workers_reach_the_algorithm() -> None:
     assert from_recipe(recipe).task_workers == 3
     assert from_recipe(recipe).vmap_chunk == 5
     assert from_recipe(load_recipe("sinusoid_maml")).task_workers is None  # auto
+    assert from_recipe(load_recipe("sinusoid_maml")).uses_vmap()  # auto: an MLP
+    assert not from_recipe(load_recipe("sinusoid_maml", ["batching=loop"])).uses_vmap()
+    assert from_recipe(load_recipe("omniglot_5w1s_fomaml", ["batching=vmap"])).uses_vmap()
+    with pytest.raises(ValueError, match="batching"):  # Reptile has no such option
+        from_recipe(load_recipe("sinusoid_reptile", ["batching=vmap"]))

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (see benchmarks/RESULTS.md, "GPU"): the speed benchmark on
 # CUDA (issue 5), then BANKING77 rows on the GPU (issue 6). Run from the repository root
-# with the carried folder .gpu/ (wheels for the packages the machine lacks, the MiniLM
-# directory, BANKING77) and OUT set to a folder for the results.
+# with the carried folder .gpu/ (built by benchmarks/gpu/prepare.py: wheels for the
+# packages the machine lacks, the MiniLM directory, BANKING77) and OUT set to a folder for
+# the results.
 #   bash benchmarks/gpu/run.sh [SECONDS]   # SECONDS: the whole script's wall-clock limit
 set -u
 LIMIT=${1:-560}
