@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import itertools
 import os
 import re
 import shlex
@@ -45,6 +46,8 @@ import httpx
 from results_file import write_block  # benchmarks/ (the script's directory)
 from speed import machine
 
+from metafit.server.runner import torch_threads
+
 HERE = Path(__file__).parent
 OMNIGLOT = HERE.resolve().parents[1] / "shared" / "data" / "omniglot"
 KEY = "serve-load-benchmark-key"
@@ -57,6 +60,7 @@ class Phase:
 
     name: str
     workers: int
+    threads: int
     predict: list[float]
     adapt: list[float]
     wall: float
@@ -92,11 +96,14 @@ def train_run(out: Path, data_root: Path, iterations: int) -> Path:
 class Server:
     """``metafit serve`` in a subprocess on 127.0.0.1 (a free port, read from its log)."""
 
-    def __init__(self, run: Path, state: Path, workers: int, queue: int) -> None:
+    def __init__(self, run: Path, state: Path, workers: int, queue: int,
+                 threads: int | None) -> None:
         env = {**os.environ, "METAFIT_API_KEYS": KEY}
         self.cmd = [sys.executable, "-m", "metafit.cli", "serve", str(run), "--host",
                     "127.0.0.1", "--port", "0", "--state-dir", str(state), "--workers",
                     str(workers), "--queue", str(queue)]
+        if threads:
+            self.cmd += ["--threads", str(threads)]
         self.proc = subprocess.Popen(self.cmd, env=env, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         deadline = time.monotonic() + 120
@@ -133,28 +140,36 @@ async def timed(client: httpx.AsyncClient, path: str, body: dict[str, Any]
     return time.perf_counter() - start, r.status_code
 
 
-async def phase(url: str, name: str, workers: int, adaptation_id: str,
+async def phase(url: str, name: str, workers: int, threads: int, adaptation_id: str,
                 queries: list[dict[str, Any]], support: dict[str, Any], predicts: int,
-                adaptations: int) -> Phase:
+                adaptations: int, repeats: int) -> Phase:
+    """``repeats`` rounds of ``predicts`` predictions and ``adaptations`` adaptations, all
+    of a round sent at once; latencies pooled over the rounds, walls summed."""
     limits = httpx.Limits(max_connections=predicts + adaptations + 10,
                           max_keepalive_connections=0)
+    path = f"/v1/adaptations/{adaptation_id}/predict"
+    result = Phase(name, workers, threads, [], [], 0.0, 0)
+    statuses: set[int] = set()
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        path = f"/v1/adaptations/{adaptation_id}/predict"
-        jobs = [timed(client, path, queries[i % len(queries)]) for i in range(predicts)]
-        jobs += [timed(client, "/v1/adaptations", support) for _ in range(adaptations)]
         before = await adaptation_seconds(client)
-        start = time.perf_counter()
-        results = await asyncio.gather(*jobs)
-        wall = time.perf_counter() - start
+        for _ in range(repeats):
+            jobs = [timed(client, path, queries[i % len(queries)]) for i in range(predicts)]
+            jobs += [timed(client, "/v1/adaptations", support) for _ in range(adaptations)]
+            start = time.perf_counter()
+            results = await asyncio.gather(*jobs)
+            result.wall += time.perf_counter() - start
+            result.predict += [t for t, _ in results[:predicts]]
+            result.adapt += [t for t, _ in results[predicts:]]
+            bad = [status for _, status in results if not 200 <= status < 300]
+            result.errors += len(bad)
+            statuses |= set(bad)
         after = await adaptation_seconds(client)
-    errors = sum(1 for _, status in results if not 200 <= status < 300)
-    statuses = sorted({s for _, s in results if not 200 <= s < 300})
-    if errors:
-        print(f"{name}: {errors} error responses, statuses {statuses}", file=sys.stderr)
+    if result.errors:
+        print(f"{name}: {result.errors} error responses, statuses {sorted(statuses)}",
+              file=sys.stderr)
     done = after[1] - before[1]
-    mean = (after[0] - before[0]) / done if done else None
-    return Phase(name, workers, [t for t, _ in results[:predicts]],
-                 [t for t, _ in results[predicts:]], wall, errors, mean)
+    result.adapt_mean_server = (after[0] - before[0]) / done if done else None
+    return result
 
 
 def pct(values: list[float], q: float) -> float:
@@ -169,12 +184,12 @@ def ms(values: list[float]) -> str:
 
 
 def table(phases: list[Phase]) -> str:
-    rows = ["| workers | phase | predict p50 / p99 (ms) | predictions/s | adaptation p50 / "
-            "p99 (ms) | server adaptation mean (ms) | wall (s) | errors |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| workers | torch threads | phase | predict p50 / p99 (ms) | predictions/s | "
+            "adaptation p50 / p99 (ms) | server adaptation mean (ms) | wall (s) | errors |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for p in phases:
         server = f"{p.adapt_mean_server * 1e3:.0f}" if p.adapt_mean_server else "-"
-        rows.append(f"| {p.workers} | {p.name} | {ms(p.predict)} | "
+        rows.append(f"| {p.workers} | {p.threads} | {p.name} | {ms(p.predict)} | "
                     f"{len(p.predict) / p.wall:.0f} | {ms(p.adapt)} | {server} | "
                     f"{p.wall:.2f} | {p.errors} |")
     return "\n".join(rows)
@@ -186,9 +201,11 @@ async def bench(run: Path, state_root: Path, args: argparse.Namespace) -> list[P
                             for c, imgs in enumerate(pngs) for img in imgs[:5]]}
     queries = [{"inputs": [{"image": img}]} for imgs in pngs for img in imgs[5:]]
     phases = []
-    for workers in args.workers:
+    for workers, threads in itertools.product(args.workers, args.threads):
         queue = max(0, args.adaptations - workers)  # all adaptations admitted, none 503
-        server = Server(run, state_root / f"w{workers}", workers, queue)
+        server = Server(run, state_root / f"w{workers}t{threads}", workers, queue,
+                        threads or None)
+        threads = threads or torch_threads(workers)  # the server's default
         try:
             async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
                 r = await client.post("/v1/adaptations", json=support, headers=AUTH)
@@ -197,10 +214,11 @@ async def bench(run: Path, state_root: Path, args: argparse.Namespace) -> list[P
                 for q in queries[:5]:  # warm-up
                     (await client.post(f"/v1/adaptations/{adaptation_id}/predict", json=q,
                                        headers=AUTH)).raise_for_status()
-            phases.append(await phase(server.url, "predict only", workers, adaptation_id,
-                                      queries, support, args.predicts, 0))
-            phases.append(await phase(server.url, "predict + adapt", workers, adaptation_id,
-                                      queries, support, args.predicts, args.adaptations))
+            for name, adaptations in [("predict only", 0), ("predict + adapt",
+                                                            args.adaptations)]:
+                phases.append(await phase(server.url, name, workers, threads, adaptation_id,
+                                          queries, support, args.predicts, adaptations,
+                                          args.repeats))
         finally:
             server.stop()
     return phases
@@ -211,16 +229,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", help="an image run to serve (default: train a throwaway "
                         "Omniglot MAML run)")
     parser.add_argument("--data-root", default=str(OMNIGLOT), help="Omniglot zips")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="adaptation worker counts to compare")
+    parser.add_argument("--threads", type=int, nargs="+", default=[0],
+                        help="torch threads of the server to compare (0: its default, "
+                        "cores / (workers + 1))")
     parser.add_argument("--predicts", type=int, default=200)
     parser.add_argument("--adaptations", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per phase (latencies "
+                        "pooled)")
     parser.add_argument("--iterations", type=int, default=20,
                         help="meta-training iterations of the throwaway run")
     parser.add_argument("--quick", action="store_true", help="fewer requests, no results")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args(argv)
     if args.quick:
-        args.predicts, args.adaptations, args.iterations = 20, 2, 2
+        args.predicts, args.adaptations, args.iterations, args.repeats = 20, 2, 2, 1
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else train_run(Path(tmp) / "run",
@@ -229,15 +254,18 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/serve_load.py",
                                                              *(argv or sys.argv[1:])])
+    source = (f"`{args.run}`" if args.run else "the shipped omniglot_5w1s_maml recipe "
+              f"(conv4-64, 28x28) after {args.iterations} iterations")
     block = "\n".join([
-        f"Machine: {machine().rsplit(', torch', 1)[0]}, torch default threads in the server "
-        f"(`metafit serve`: cores / workers). Command: `{command}` ({seconds / 60:.1f} min). "
-        f"Run: {'`' + args.run + '`' if args.run else 'shipped omniglot_5w1s_maml (conv4-64, 28x28), ' + str(args.iterations) + ' iterations'}. "  # noqa: E501
-        f"Each phase sends all requests at once over loopback: {args.predicts} predictions "
-        f"(one 105x105 Omniglot PNG each) alone, then with {args.adaptations} adaptations "
-        "(5-way 5-shot, 25 PNGs, the run's evaluation inner steps); client-side latency; "
-        "the adaptation queue is sized so that none is refused. Client and server share "
-        "the cores.",
+        f"Machine: {machine().rsplit(', torch', 1)[0]}; load average before: {load}. "
+        f"Command: `{command}` ({seconds / 60:.1f} min). Run: {source}. Each phase is "
+        f"{args.repeats} rounds, each sending all its requests at once over loopback (a new "
+        f"connection each): {args.predicts} predictions (one 105x105 Omniglot PNG each) "
+        f"alone, then together with {args.adaptations} adaptations (5-way 5-shot: 25 PNGs, "
+        "the run's evaluation inner steps). Latencies are the client's, pooled over the "
+        "rounds; predictions/s = predictions / wall time; the server adaptation mean is "
+        "its own timing (`/metrics`), without queueing. The adaptation queue is sized so "
+        "that none is refused. Client and server share the cores.",
         "",
         table(phases),
     ])

@@ -76,6 +76,15 @@ def run(data: Path) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def protonet_run(data: Path) -> Path:
+    """A head-free run: it adapts to any number of classes."""
+    out = data.parent / "protonet"
+    Trainer(classification_recipe(data, "protonet", iterations=2, val_every=2), out,
+            progress=False).fit()
+    return out
+
+
 @pytest.fixture
 def settings(run: Path, tmp_path: Path) -> ServerSettings:
     return ServerSettings(target=run, state_dir=tmp_path / "state", api_keys=frozenset({KEY}),
@@ -111,7 +120,7 @@ def test_adapt_predict_and_restart(settings: ServerSettings, data: Path) -> None
         made = r.json()
         assert re.fullmatch(r"[0-9a-f]{32}", made["id"])
         assert made["kind"] == "image" and sorted(made["labels"]) == ["c0", "c5"]
-        assert made["examples"] == 4 and made["steps"] == 2
+        assert made["examples"] == 4 and made["steps"] == 2 and made["algorithm"] == "maml"
         assert r.headers["location"] == f"/v1/adaptations/{made['id']}"
         assert (settings.adaptations_dir / made["id"]).is_dir()
         r = server.client.post(f"/v1/adaptations/{made['id']}/predict", json=queries(data),
@@ -133,7 +142,8 @@ def test_adapt_predict_and_restart(settings: ServerSettings, data: Path) -> None
         assert r.status_code == 200, r.text
         assert r.json()["predictions"] == before
         r = server.client.get(f"/v1/adaptations/{made['id']}", headers=AUTH)
-        assert r.status_code == 200 and sorted(r.json()["labels"]) == ["c0", "c5"]
+        assert r.status_code == 200
+        assert r.json() == {**made, "seconds": None}
         assert server.client.delete(f"/v1/adaptations/{made['id']}", headers=AUTH) \
             .status_code == 204
         assert not (settings.adaptations_dir / made["id"]).exists()
@@ -144,15 +154,25 @@ def test_adapt_predict_and_restart(settings: ServerSettings, data: Path) -> None
         server.stop()
 
 
-def test_candidate_labels_restrict_the_prediction(live: LiveServer, data: Path) -> None:
-    made = live.client.post("/v1/adaptations", json=support(data, (0, 5, 7)),
-                            headers=AUTH).json()
-    r = live.client.post(f"/v1/adaptations/{made['id']}/predict",
-                         json={**queries(data), "labels": ["c5", "c7"]}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    for p in r.json()["predictions"]:
-        assert set(p["probabilities"]) == {"c5", "c7"} and p["label"] in ("c5", "c7")
-        assert sum(p["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+def test_candidate_labels_restrict_the_prediction(settings: ServerSettings, data: Path,
+                                                  protonet_run: Path) -> None:
+    server = LiveServer(replace(settings, target=protonet_run))
+    try:
+        made = server.client.post("/v1/adaptations", json=support(data, (0, 5, 7)),
+                                  headers=AUTH).json()
+        assert made["labels"] == ["c0", "c5", "c7"]
+        path = f"/v1/adaptations/{made['id']}/predict"
+        full = server.client.post(path, json=queries(data), headers=AUTH).json()
+        r = server.client.post(path, json={**queries(data), "labels": ["c5", "c7"]},
+                               headers=AUTH)
+        assert r.status_code == 200, r.text
+        for p, f in zip(r.json()["predictions"], full["predictions"], strict=True):
+            probs, whole = p["probabilities"], f["probabilities"]
+            assert set(probs) == {"c5", "c7"}
+            assert p["label"] == ("c5" if whole["c5"] >= whole["c7"] else "c7")
+            assert probs["c5"] == pytest.approx(whole["c5"] / (whole["c5"] + whole["c7"]))
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
@@ -184,7 +204,8 @@ def _bodies(data: Path) -> list[tuple[str, Any, str]]:
         ("/v1/adaptations", {"examples": [{**one, "lable": "c0"}]}, "extra"),
         ("/v1/adaptations", {**support(data), "steps": "many"}, "integer"),
         ("/v1/adaptations", {**support(data), "steps": 6}, "at most 5"),
-        ("/v1/adaptations", support(data, (0,), 3), "support set"),
+        ("/v1/adaptations", support(data, (0,), 3), "single class"),
+        ("/v1/adaptations", support(data, (0, 1, 2), 1), "2-way head"),
         ("/v1/adaptations", support(data, (0, 1, 2, 3, 4, 5, 6), 3), "at most 20"),
         ("/v1/adaptations", {"examples": [{"text": "hi", "label": "a"},
                                           {"text": "yo", "label": "b"}]}, "images"),
@@ -395,3 +416,38 @@ def test_cli_serves_logs_the_url_never_the_key(run: Path, data: Path, tmp_path: 
     assert proc.returncode == 0, log
     assert "POST /v1/adaptations" in log and "1 API key(s)" in log and "server stopped" in log
     assert KEY not in log and "wrong" not in log
+
+
+def test_a_text_run_adapts_to_sentences(tmp_path: Path, settings: ServerSettings) -> None:
+    pytest.importorskip("transformers")
+    from test_text import text_args
+    from text_fixtures import sentences
+
+    run = tmp_path / "text"
+    args = text_args(tmp_path, "protonet", "adapt=top", "adapt_layers=1")
+    assert main(["train", "_banking77", *args, "--out", str(run), "--no-progress"]) == 0
+    server = LiveServer(replace(settings, target=run, state_dir=tmp_path / "state"))
+    try:
+        assert server.client.get("/healthz").json()["kind"] == "text"
+        rows = sentences(3, 4, seed=5)
+        body = {"examples": [{"text": t, "label": y} for t, y in rows[0::4] + rows[1::4]]}
+        r = server.client.post("/v1/adaptations", json=body, headers=AUTH)
+        assert r.status_code == 201, r.text
+        made = r.json()
+        assert made["kind"] == "text" and made["labels"] == ["intent_0", "intent_1",
+                                                             "intent_2"]
+        path = f"/v1/adaptations/{made['id']}/predict"
+        r = server.client.post(path, json={"inputs": [t for t, _ in rows[2::4]]},
+                               headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert [set(p["probabilities"]) for p in r.json()["predictions"]] == \
+            [set(made["labels"])] * 3
+        for bad, word in [({"inputs": [""]}, "at least 1"), ({"inputs": [3]}, "string"),
+                          ({"inputs": [{"image": "aGk="}]}, "text")]:
+            r = server.client.post(path, json=bad, headers=AUTH)
+            assert r.status_code == 422 and word in str(r.json()["detail"]), r.text
+        r = server.client.post("/v1/adaptations", json={"examples": [
+            {"image": "aGk=", "label": "a"}, {"image": "aGk=", "label": "b"}]}, headers=AUTH)
+        assert r.status_code == 422 and "classifies text" in r.json()["detail"]
+    finally:
+        server.stop()

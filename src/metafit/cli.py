@@ -207,9 +207,10 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    "per adaptation; more: 422 (default 1000)")
     p.add_argument("--max-inputs", type=int, default=256, help="most inputs per prediction "
                    "request; more: 422 (default 256)")
-    p.add_argument("--cache-size", type=int, default=32, help="adapted models held in "
-                   "memory (default 32)")
-    p.add_argument("--threads", type=int, help="torch threads (default: cores / workers)")
+    p.add_argument("--cache-size", type=int, default=16, help="adapted models held in "
+                   "memory (default 16; a text model holds a copy of its encoder)")
+    p.add_argument("--threads", type=int, help="torch threads per call (default: cores / "
+                   "(workers + 1))")
 
 
 def build_parser() -> argparse.ArgumentParser:

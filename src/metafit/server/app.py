@@ -25,7 +25,7 @@ from metafit.server.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from metafit.server.service import ApiError, Service
+from metafit.server.service import ApiError, Service, describe
 from metafit.server.settings import ServerSettings
 
 __all__ = ["create_app"]
@@ -99,10 +99,8 @@ def _api_routes(app: FastAPI, service: Service, security: list[Any]) -> None:
     @app.get("/v1/adaptations/{adaptation_id}", response_model=AdaptationResponse,
              dependencies=security, tags=["adaptations"], responses=ID_ERRORS)
     async def get_adaptation(adaptation_id: str) -> AdaptationResponse:
-        """The labels and kind of a kept adaptation."""
-        model = await service.adaptation(adaptation_id)
-        return AdaptationResponse(id=adaptation_id, kind=model.kind,
-                                  labels=list(model.label_names))
+        """What a kept adaptation predicts: its labels, kind, algorithm, steps."""
+        return describe(adaptation_id, await service.adaptation(adaptation_id))
 
     @app.delete("/v1/adaptations/{adaptation_id}", status_code=204, dependencies=security,
                 tags=["adaptations"], responses=ID_ERRORS)

@@ -23,16 +23,20 @@ GRACEFUL_SHUTDOWN_S = 30
 
 
 def torch_threads(workers: int) -> int:
-    """Intra-op threads per torch call: the cores shared by the adaptation workers, at
-    least one (each worker and each prediction thread runs its own team; more
-    oversubscribes the CPU)."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    """Intra-op threads per torch call: the cores shared by the adaptation workers plus
+    one share for predictions, at least one. Each worker and each prediction thread runs
+    its own team, so more oversubscribes the CPU (on 2 cores, 1 thread served more
+    predictions per second than 2 in ``benchmarks/serve_load.py``)."""
+    return max(1, (os.cpu_count() or 1) // (max(1, workers) + 1))
 
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``port=0``: a free one)."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when
+    # the listening socket says so; without it every keep-alive response waits ~40 ms on
+    # Nagle + delayed ACK (measured).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host.strip("[]"), port))
     sock.listen(2048)

@@ -60,9 +60,11 @@ class AdaptationResponse(BaseModel):
     id: str = Field(description="the adaptation id (32 hex digits)")
     kind: str = Field(description="'text' or 'image'")
     labels: list[str] = Field(description="the class names the model predicts")
+    algorithm: str | None = Field(default=None, description="the run's algorithm")
     examples: int | None = Field(default=None, description="support examples it was adapted on")
-    steps: int | None = Field(default=None, description="inner steps asked for (null: default)")
-    seconds: float | None = Field(default=None, description="time the adaptation took")
+    steps: int | None = Field(default=None, description="inner steps it took")
+    seconds: float | None = Field(default=None, description="time the adaptation took (in "
+                                  "the response to POST only)")
 
 
 class PredictRequest(_Body):

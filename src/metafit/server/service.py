@@ -34,7 +34,7 @@ from metafit.server.schemas import (
 from metafit.server.settings import ServerSettings
 from metafit.server.store import AdaptationStore, UnknownAdaptation
 
-__all__ = ["Service", "ApiError"]
+__all__ = ["Service", "ApiError", "describe"]
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +142,9 @@ class Service:
             self.metrics.in_flight.dec()
         self.metrics.adaptations.labels("ok").inc()
         self.metrics.adaptation_seconds.observe(seconds)
-        log.info("adaptation %s: %d examples, %d labels, steps=%s, %.2f s", adaptation_id,
-                 len(labels), len(model.label_names), steps, seconds)
-        return AdaptationResponse(id=adaptation_id, kind=model.kind,
-                                  labels=list(model.label_names), examples=len(labels),
-                                  steps=steps, seconds=round(seconds, 4))
+        log.info("adaptation %s: %d examples, %d labels, %s steps, %.2f s", adaptation_id,
+                 len(labels), len(model.label_names), model.info.get("steps"), seconds)
+        return describe(adaptation_id, model, seconds)
 
     def _support_inputs(self, req: AdaptationRequest) -> list[Any]:
         if self.kind == "image":
@@ -232,6 +230,16 @@ class Service:
             return decode_image(data, where)
         except ValueError as e:
             raise ApiError(422, str(e)) from None
+
+
+def describe(adaptation_id: str, model: AdaptedModel, seconds: float | None = None
+             ) -> AdaptationResponse:
+    """The public description of an adaptation (not its source paths)."""
+    info = model.info
+    return AdaptationResponse(
+        id=adaptation_id, kind=model.kind, labels=list(model.label_names),
+        algorithm=info.get("algorithm"), examples=info.get("support_size"),
+        steps=info.get("steps"), seconds=None if seconds is None else round(seconds, 4))
 
 
 def _restrict(raw: dict[str, Any], candidates: list[str] | None) -> Prediction:

@@ -51,7 +51,7 @@ class ServerSettings:
     steps: int | None = None
     workers: int = 1
     queue: int = 8
-    cache_size: int = 32
+    cache_size: int = 16
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_examples", "max_inputs", "workers", "cache_size"):
