@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -256,11 +257,53 @@ def test_oversized_bodies_get_413_before_parsing(live: LiveServer, data: Path) -
     assert r.status_code == 201  # the server is fine afterwards
 
 
-def test_unknown_ids_get_404(live: LiveServer, data: Path) -> None:
+def test_unknown_ids_get_404_and_a_corrupt_one_500(live: LiveServer, data: Path) -> None:
     for bad in ("0" * 32, "..%2F..%2Fetc", "ABCDEF" + "0" * 26):
         r = live.client.post(f"/v1/adaptations/{bad}/predict", json=queries(data),
                              headers=AUTH)
         assert r.status_code == 404, (bad, r.text)
+    broken = live.app.state.service.store.root / ("1" * 32)
+    broken.mkdir(parents=True)
+    (broken / "manifest.json").write_text("{not json")
+    r = live.client.post(f"/v1/adaptations/{'1' * 32}/predict", json=queries(data),
+                         headers=AUTH)
+    assert r.status_code == 500 and "cannot be loaded" in r.json()["detail"]
+    assert str(broken) not in r.text  # no server paths in responses
+
+
+def test_keep_alive_requests_are_not_delayed(live: LiveServer) -> None:
+    """TCP_NODELAY on accepted connections: without it each response on a reused
+    connection waited ~40 ms (Nagle's algorithm + the client's delayed ACK)."""
+    times = []
+    for _ in range(15):
+        start = time.perf_counter()
+        assert live.client.get("/healthz").status_code == 200
+        times.append(time.perf_counter() - start)
+    assert sorted(times)[len(times) // 2] < 0.02, times
+
+
+def test_concurrent_adaptations_keep_their_own_labels(settings: ServerSettings,
+                                                      data: Path) -> None:
+    server = LiveServer(replace(settings, workers=2, queue=4))
+    try:
+        def adapt(i: int) -> httpx.Response:
+            body = support(data)
+            for e in body["examples"]:
+                e["label"] = f"{e['label']}-{i}"
+            return httpx.post(f"{server.url}/v1/adaptations", json=body, headers=AUTH,
+                              timeout=60)
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(adapt, range(6)))
+        assert [r.status_code for r in answers] == [201] * 6
+        for i, r in enumerate(answers):
+            assert r.json()["labels"] == [f"c0-{i}", f"c5-{i}"]
+            p = server.client.post(f"/v1/adaptations/{r.json()['id']}/predict",
+                                   json=queries(data), headers=AUTH).json()
+            assert p["predictions"][0]["label"] in (f"c0-{i}", f"c5-{i}")
+        assert len({r.json()["id"] for r in answers}) == 6
+    finally:
+        server.stop()
 
 
 def test_a_run_without_a_model_refuses_v1_predict(live: LiveServer, data: Path) -> None:
@@ -355,6 +398,15 @@ def test_openapi_schema_documents_bodies_and_keys(live: LiveServer) -> None:
     assert "security" not in paths["/healthz"]["get"]
 
 
+def test_settings_are_checked(run: Path) -> None:
+    with pytest.raises(ValueError, match="workers"):
+        ServerSettings(target=run, workers=0)
+    with pytest.raises(ValueError, match="checkpoint"):
+        ServerSettings(target=run, checkpoint="first")
+    assert ServerSettings(target=run).adaptations_dir == run / "adaptations"
+    assert KEY not in repr(ServerSettings(target=run, api_keys=frozenset({KEY})))
+
+
 def test_api_keys_from_file_and_environment(tmp_path: Path) -> None:
     f = tmp_path / "keys"
     f.write_text("# ops keys\nalpha\n\n  beta  \n")
@@ -381,7 +433,7 @@ def test_cli_serves_logs_the_url_never_the_key(run: Path, data: Path, tmp_path: 
     keys.write_text(KEY + "\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "METAFIT_API_KEYS": ""}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metafit.cli", "serve", str(run), "--port", "0",
+        [sys.executable, "-m", "metafit.cli", "-v", "serve", str(run), "--port", "0",
          "--api-key-file", str(keys), "--state-dir", str(tmp_path / "state"), "--threads", "1"],
         stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
