@@ -69,21 +69,23 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return image_folder(tmp_path_factory.mktemp("serve") / "data")
 
 
-@pytest.fixture(scope="module")
-def run(data: Path) -> Path:
-    out = data.parent / "run"
-    Trainer(classification_recipe(data, "maml", iterations=2, val_every=2), out,
+def trained(data: Path, algorithm: str) -> Path:
+    out = data.parent / algorithm
+    Trainer(classification_recipe(data, algorithm, iterations=2, val_every=2), out,
             progress=False).fit()
     return out
+
+
+@pytest.fixture(scope="module")
+def run(data: Path) -> Path:
+    """A 2-way MAML run (a fixed head: adapts to exactly 2 classes)."""
+    return trained(data, "maml")
 
 
 @pytest.fixture(scope="module")
 def protonet_run(data: Path) -> Path:
     """A head-free run: it adapts to any number of classes."""
-    out = data.parent / "protonet"
-    Trainer(classification_recipe(data, "protonet", iterations=2, val_every=2), out,
-            progress=False).fit()
-    return out
+    return trained(data, "protonet")
 
 
 @pytest.fixture
@@ -501,5 +503,7 @@ def test_a_text_run_adapts_to_sentences(tmp_path: Path, settings: ServerSettings
         r = server.client.post("/v1/adaptations", json={"examples": [
             {"image": "aGk=", "label": "a"}, {"image": "aGk=", "label": "b"}]}, headers=AUTH)
         assert r.status_code == 422 and "classifies text" in r.json()["detail"]
+        assert "this server classifies text" in server.client.post(
+            path, json={"inputs": [{"image": "aGk="}]}, headers=AUTH).json()["detail"]
     finally:
         server.stop()

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,7 +109,7 @@ class Service:
         steps = s.steps if req.steps is None else req.steps
         if steps is not None and steps > s.max_steps:
             raise ApiError(422, f"steps={steps}: the server allows at most {s.max_steps}")
-        inputs = self._support_inputs(req)
+        inputs = self._decode(req.examples, "examples")
         labels = [e.label for e in req.examples]
         adaptation_id = self.store.new_id()
 
@@ -146,19 +147,6 @@ class Service:
                  len(labels), len(model.label_names), model.info.get("steps"), seconds)
         return describe(adaptation_id, model, seconds)
 
-    def _support_inputs(self, req: AdaptationRequest) -> list[Any]:
-        if self.kind == "image":
-            images = [e.image for e in req.examples if isinstance(e, ImageExample)]
-            if len(images) != len(req.examples):
-                raise ApiError(422, "this run classifies images: each example needs "
-                               "'image' (base64 PNG/JPEG) and 'label'")
-            return [self._image(x, f"examples[{i}].image") for i, x in enumerate(images)]
-        texts = [e.text for e in req.examples if isinstance(e, TextExample)]
-        if len(texts) != len(req.examples):
-            raise ApiError(422, "this run classifies text: each example needs 'text' and "
-                           "'label'")
-        return texts
-
     # prediction ------------------------------------------------------------------------
 
     async def adaptation(self, adaptation_id: str) -> AdaptedModel:
@@ -194,7 +182,7 @@ class Service:
             raise ApiError(422, f"{len(req.inputs)} inputs: the server accepts at most "
                            f"{self.settings.max_inputs} per request")
         candidates = self._candidates(model, req.labels)
-        inputs = self._predict_inputs(model, req)
+        inputs = self._decode(req.inputs, "inputs")
         try:
             raw = await anyio.to_thread.run_sync(model.predict, inputs,
                                                  limiter=self.predict_limiter)
@@ -212,16 +200,20 @@ class Service:
             raise ApiError(422, f"unknown labels {unknown}: the model predicts {known}")
         return labels
 
-    def _predict_inputs(self, model: AdaptedModel, req: PredictRequest) -> list[Any]:
-        if model.kind == "image":
-            images = [x.image for x in req.inputs if isinstance(x, ImageInput)]
-            if len(images) != len(req.inputs):
-                raise ApiError(422, "this model classifies images: send inputs as "
-                               "[{'image': base64 PNG/JPEG}, ...]")
-            return [self._image(x, f"inputs[{i}].image") for i, x in enumerate(images)]
-        texts = [x for x in req.inputs if isinstance(x, str)]
-        if len(texts) != len(req.inputs):
-            raise ApiError(422, "this model classifies text: send inputs as a list of strings")
+    def _decode(self, items: Sequence[object], where: str) -> list[Any]:
+        """The texts, or the decoded image bytes, of request ``items`` (``where``: their
+        field, for messages): all of the served kind, or a 422."""
+        if self.kind == "image":
+            images = [x.image for x in items if isinstance(x, ImageExample | ImageInput)]
+            if len(images) != len(items):
+                raise ApiError(422, f"this server classifies images: each of {where} needs "
+                               "'image' (a base64 PNG or JPEG)")
+            return [self._image(x, f"{where}[{i}].image") for i, x in enumerate(images)]
+        texts = [x.text if isinstance(x, TextExample) else x for x in items
+                 if isinstance(x, TextExample | str)]
+        if len(texts) != len(items):
+            raise ApiError(422, f"this server classifies text: {where} must be texts "
+                           "(examples: {'text', 'label'}; inputs: strings)")
         return texts
 
     @staticmethod
