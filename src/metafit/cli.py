@@ -297,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_options(p)
     p.set_defaults(func=_cmd_bench)
 
+    from metafit.deploy.commands import add_parsers as add_deploy_parsers
+
+    add_deploy_parsers(sub)  # adapt, predict, compress, export
+
     p = sub.add_parser("serve", help="serve a run over HTTP: adapt to posted support sets, "
                        "predict, with API keys and limits (serve extra)")
     _serve_options(p)

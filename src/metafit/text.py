@@ -153,5 +153,5 @@ def trim(ids: Tensor, pad: int) -> Tensor:
     """``ids [*, L]`` cut to the longest non-padded length in the batch ``[*, L']``."""
     used = (ids != pad).any(dim=tuple(range(ids.dim() - 1)))  # [L]
     length = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
-    return ids[..., :length]
+    return ids[..., :length].contiguous()  # quantized embedding kernels need it
 

@@ -164,7 +164,7 @@ class AdaptedModel:
                 missing or failing its checksum, an unknown format version, weights that do
                 not fit the stored architecture).
         """
-        from metafit.deploy.compress import prepare_structure
+        from metafit.deploy.compress import prepare_structure, quiet_quantization
 
         root = resolve(path)
         _, files = read_model_dir(root, CONTENT)
@@ -173,7 +173,8 @@ class AdaptedModel:
             values = yaml.safe_load(files["recipe.yaml"]) or {}
             values.pop("metafit_version", None)
             recipe = make_recipe(values, str(root / "recipe.yaml"))
-            state = torch.load(io.BytesIO(files["weights.pt"]), weights_only=True)
+            with quiet_quantization():  # quantized tensors load through TypedStorage
+                state = torch.load(io.BytesIO(files["weights.pt"]), weights_only=True)
             support = None
             if "support.pt" in files:
                 saved = torch.load(io.BytesIO(files["support.pt"]), weights_only=True)

@@ -3,8 +3,9 @@ the size and latency figures to judge them by.
 
 * **int8 dynamic quantization** (``torch.ao.quantization.quantize_dynamic``; Jacob et al.
   2018): the weights of every ``nn.Linear`` are stored as int8 with a per-tensor scale,
-  activations are quantized on the fly; with ``embeddings=True`` the ``nn.Embedding``
-  tables too (8-bit rows with a float scale and offset each). Convolutions and BatchNorm
+  activations are quantized on the fly; with ``embeddings=True`` the token embedding
+  table too (the largest ``nn.Embedding``: 8-bit rows with a float scale and offset
+  each). Convolutions and BatchNorm
   stay float: on conv4 only the linear head (MAML) changes, and ProtoNet's conv4 has no
   linear layer at all, so quantizing it changes nothing (a warning says so). PyTorch
   deprecates ``torch.ao.quantization`` in favour of ``torchao``; it still works in torch
@@ -35,35 +36,49 @@ from torch.nn.utils import prune as torch_prune
 
 from metafit.deploy.adapted import AdaptedModel
 
-__all__ = ["quantize", "prune", "prepare_structure", "sparsity", "prunable_weights",
-           "state_size", "median_latency"]
+__all__ = ["quantize", "prune", "is_quantized", "quiet_quantization", "prepare_structure",
+           "sparsity", "prunable_weights", "state_size", "median_latency", "measure",
+           "compare", "batch_of"]
 
 
 @contextmanager
-def _quiet_quantization() -> Iterator[None]:
-    """Silence torch.ao.quantization's deprecation warnings (it still works in 2.13)."""
+def quiet_quantization() -> Iterator[None]:
+    """Silence torch.ao.quantization's deprecation warnings (it still works in 2.13) and
+    those of loading quantized tensors."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
-        warnings.filterwarnings("ignore", message=r".*(deprecated|quantize_per_tensor).*",
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*(quantize_per_tensor|TypedStorage).*",
                                 category=UserWarning)
         yield
 
 
-def _qconfig(embeddings: bool) -> dict[type[nn.Module], Any]:
+def _vocabulary_table(module: nn.Module) -> str | None:
+    """Name of the largest ``nn.Embedding`` (a text encoder's token table), if any."""
+    tables = [(m.num_embeddings * m.embedding_dim, n) for n, m in module.named_modules()
+              if isinstance(m, nn.Embedding)]
+    return max(tables)[1] if tables else None
+
+
+def _qconfig(module: nn.Module, embeddings: bool) -> dict[Any, Any]:
+    """``quantize_dynamic``'s spec: every linear layer, and with ``embeddings`` the token
+    table (position and token-type tables are tiny, and read through strided views that
+    the quantized embedding kernel refuses)."""
     from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
 
-    spec: dict[type[nn.Module], Any] = {nn.Linear: default_dynamic_qconfig}
-    if embeddings:
-        spec[nn.Embedding] = float_qparams_weight_only_qconfig
+    spec: dict[Any, Any] = {nn.Linear: default_dynamic_qconfig}
+    table = _vocabulary_table(module) if embeddings else None
+    if table is not None:
+        spec[table] = float_qparams_weight_only_qconfig
     return spec
 
 
 def _quantize_module(module: nn.Module, embeddings: bool) -> None:
-    """Quantize ``module``'s linear (and embedding) layers to int8 in place."""
+    """Quantize ``module``'s linear layers (and token table) to int8 in place."""
     from torch.ao.quantization import quantize_dynamic
 
-    with _quiet_quantization():
-        quantize_dynamic(module, _qconfig(embeddings), dtype=torch.qint8, inplace=True)
+    with quiet_quantization():
+        quantize_dynamic(module, _qconfig(module, embeddings), dtype=torch.qint8, inplace=True)
 
 
 def prepare_structure(module: nn.Module, compression: dict[str, Any]) -> None:
@@ -71,10 +86,6 @@ def prepare_structure(module: nn.Module, compression: dict[str, Any]) -> None:
     layers), so that the compressed model's state dict loads into it."""
     if compression.get("quantize") == "int8":
         _quantize_module(module, bool(compression.get("quantize_embeddings")))
-
-
-def _count(module: nn.Module, kinds: tuple[type[nn.Module], ...]) -> int:
-    return sum(isinstance(m, kinds) for m in module.modules())
 
 
 def _derived(model: AdaptedModel, module: nn.Module, **compression: Any) -> AdaptedModel:
@@ -93,13 +104,17 @@ def quantize(model: AdaptedModel, embeddings: bool = False) -> AdaptedModel:
     if model.compression.get("quantize"):
         raise ValueError("the model is quantized already")
     module = copy.deepcopy(model.module)
-    kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Embedding) if embeddings else (nn.Linear,)
-    if _count(module, kinds) == 0:
-        warnings.warn(f"the model has no {' or '.join(k.__name__ for k in kinds)} layer: int8 "
-                      "dynamic quantization changes nothing (its convolutions stay float)",
-                      stacklevel=2)
+    if not any(isinstance(m, nn.Linear) for m in module.modules()) and not (
+            embeddings and _vocabulary_table(module)):
+        warnings.warn("the model has no Linear layer: int8 dynamic quantization changes "
+                      "nothing (its convolutions stay float)", stacklevel=2)
     _quantize_module(module, embeddings)
     return _derived(model, module, quantize="int8", quantize_embeddings=embeddings)
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """Whether ``module`` holds a quantized layer (``torch.ao.nn.quantized``)."""
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in module.modules())
 
 
 def prunable_weights(module: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -128,7 +143,7 @@ def prune(model: AdaptedModel, amount: float, scope: str = "global") -> AdaptedM
         raise ValueError(f"the pruning amount (sparsity) must be in [0, 1), got {amount}")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    if model.compression.get("quantize"):
+    if is_quantized(model.module):
         raise ValueError("cannot prune a quantized model: prune first, then quantize")
     module = copy.deepcopy(model.module)
     targets = prunable_weights(module)
@@ -167,3 +182,38 @@ def median_latency(fn: Callable[[Tensor], Any], x: Tensor, repeats: int = 20,
             fn(x)
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def batch_of(x: Tensor, size: int) -> Tensor:
+    """``size`` rows of ``x [B, *x]``, repeated cyclically: ``[size, *x]``."""
+    return x[torch.arange(size) % len(x)]
+
+
+def measure(model: AdaptedModel, x: Tensor, repeats: int = 20) -> dict[str, float]:
+    """Size and one-thread latency of ``model``: file and gzip bytes of its weights, and
+    the median milliseconds of a forward pass at batch 1 and batch 32 (rows of ``x``)."""
+    size, packed = state_size(model.module)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        b1 = median_latency(model.logits, batch_of(x, 1), repeats)
+        b32 = median_latency(model.logits, batch_of(x, 32), repeats)
+    finally:
+        torch.set_num_threads(previous)
+    return {"bytes": size, "gzip_bytes": packed, "ms_batch1": round(1e3 * b1, 3),
+            "ms_batch32": round(1e3 * b32, 3)}
+
+
+def compare(model: AdaptedModel, compressed: AdaptedModel, repeats: int = 20
+            ) -> dict[str, Any]:
+    """Figures of ``compressed`` against ``model``: size and latency of each
+    (:func:`measure`), the sparsity reached, and on the stored support set the fraction of
+    identical predictions and the largest probability change."""
+    if model.support is None:
+        raise ValueError("the model directory has no support set to measure on")
+    x = model.support[0]
+    before, after = model.logits(x).softmax(-1), compressed.logits(x).softmax(-1)  # [S, N]
+    return {"before": measure(model, x, repeats), "after": measure(compressed, x, repeats),
+            "sparsity": round(sparsity(compressed.module), 4),
+            "support_agreement": float((before.argmax(-1) == after.argmax(-1)).float().mean()),
+            "support_max_prob_change": float((before - after).abs().max())}

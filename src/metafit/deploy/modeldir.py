@@ -159,7 +159,7 @@ def write_model_dir(path: str | os.PathLike[str], files: Mapping[str, bytes],
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote %s (%d files)", path, len(files) + 1)
+    log.debug("wrote %s (%d files)", path, len(files) + 1)
     return path
 
 
