@@ -31,6 +31,7 @@ import uvicorn  # noqa: E402
 
 from metafit.cli import main  # noqa: E402
 from metafit.server import ServerSettings, create_app, is_loopback, load_api_keys  # noqa: E402
+from metafit.server.pool import AdaptationPool, PoolFull  # noqa: E402
 from metafit.server.runner import bind  # noqa: E402
 from metafit.trainer import Trainer  # noqa: E402
 from test_trainer import classification_recipe, image_folder  # noqa: E402
@@ -507,3 +508,19 @@ def test_a_text_run_adapts_to_sentences(tmp_path: Path, settings: ServerSettings
             path, json={"inputs": [{"image": "aGk="}]}, headers=AUTH).json()["detail"]
     finally:
         server.stop()
+
+
+def test_the_pool_frees_the_slot_of_a_cancelled_job() -> None:
+    pool = AdaptationPool(workers=1, queue=1)
+    release = threading.Event()
+    running = pool.submit(lambda: release.wait(20))
+    waiting = pool.submit(lambda: "never")
+    with pytest.raises(PoolFull):
+        pool.submit(lambda: "refused")
+    assert pool.pending == 2 and pool.retry_after() >= 1
+    assert waiting.cancel()  # its client went away before a worker took it
+    assert pool.pending == 1
+    release.set()
+    assert running.result(20) is True
+    pool.shutdown()
+    assert pool.pending == 0

@@ -40,7 +40,8 @@ class AdaptationPool:
         return self._pending
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
-        """Run ``fn()`` on a worker.
+        """Run ``fn()`` on a worker. Its slot is freed when the future is done, cancelled
+        while waiting included (a client that went away).
 
         Raises:
             PoolFull: ``workers + queue`` jobs are already running or waiting.
@@ -50,10 +51,12 @@ class AdaptationPool:
                 raise PoolFull(f"{self._pending} adaptations running or queued")
             self._pending += 1
         try:
-            return self._executor.submit(self._timed, fn)
+            future = self._executor.submit(self._timed, fn)
         except BaseException:
-            self._done(None)
+            self._release()
             raise
+        future.add_done_callback(lambda _: self._release())
+        return future
 
     def retry_after(self) -> int:
         """Seconds after which a refused job would likely find room (at least 1)."""
@@ -69,10 +72,10 @@ class AdaptationPool:
         try:
             return fn()
         finally:
-            self._done(time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            with self._lock:
+                self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds
 
-    def _done(self, seconds: float | None) -> None:
+    def _release(self) -> None:
         with self._lock:
             self._pending -= 1
-            if seconds is not None:
-                self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * seconds
