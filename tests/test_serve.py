@@ -329,6 +329,16 @@ def test_serving_an_adapted_model(live: LiveServer, data: Path, tmp_path: Path,
         assert r.status_code == 409 and "run directory" in r.json()["detail"]
     finally:
         model.stop()
+    both = LiveServer(replace(settings, model_dir=settings.adaptations_dir / made["id"],
+                              state_dir=tmp_path / "both"))  # a run with --model
+    try:
+        assert both.client.get("/healthz").json()["mode"] == "run"
+        r = both.client.post("/v1/predict", json=queries(data), headers=AUTH)
+        assert r.status_code == 200 and r.json() == expected
+        assert both.client.post("/v1/adaptations", json=support(data),
+                                headers=AUTH).status_code == 201
+    finally:
+        both.stop()
 
 
 def test_a_full_adaptation_queue_gets_503(settings: ServerSettings, data: Path) -> None:
