@@ -220,6 +220,8 @@ def _bodies(data: Path) -> list[tuple[str, Any, str]]:
          "support set"),
         ("/v1/adaptations/{id}/predict", {"inputs": []}, "at least 1"),
         ("/v1/adaptations/{id}/predict", {"inputs": ["some text"]}, "images"),
+        ("/v1/adaptations/{id}/predict", {"inputs": [
+            {"image": base64.b64encode(b"no png").decode()}]}, "cannot decode the image"),
         ("/v1/adaptations/{id}/predict", {**queries(data), "labels": ["c0", "dog"]},
          "unknown labels ['dog']"),
         ("/v1/adaptations/{id}/predict", {"inputs": [{"image": png(data, 0, 0)}] * 9},

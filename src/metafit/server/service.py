@@ -18,7 +18,7 @@ from typing import Any
 import anyio.to_thread
 from anyio import CapacityLimiter
 
-from metafit.deploy import AdaptedModel, Adapter, ModelDirError, SupportError
+from metafit.deploy import AdaptedModel, Adapter, InputError, ModelDirError, SupportError
 from metafit.server.metrics import Metrics
 from metafit.server.pool import AdaptationPool, PoolFull
 from metafit.server.schemas import (
@@ -133,7 +133,7 @@ class Service:
             model, seconds = await asyncio.wrap_future(future)
         except SupportError as e:
             self.metrics.adaptations.labels("failed").inc()
-            raise ApiError(422, f"bad support set: {e}") from None
+            raise ApiError(422, f"support set: {e}") from None
         except Exception:
             self.metrics.adaptations.labels("failed").inc()
             log.exception("adaptation %s failed", adaptation_id)
@@ -186,8 +186,8 @@ class Service:
         try:
             raw = await anyio.to_thread.run_sync(model.predict, inputs,
                                                  limiter=self.predict_limiter)
-        except ValueError as e:
-            raise ApiError(422, f"bad input: {e}") from None
+        except InputError as e:
+            raise ApiError(422, f"inputs: {e}") from None
         self.metrics.predictions.inc(len(inputs))
         return PredictResponse(predictions=[_restrict(p, candidates) for p in raw])
 
