@@ -441,6 +441,13 @@ def test_no_keys_on_a_public_address_is_refused(run: Path, monkeypatch: pytest.M
     assert "--insecure-no-auth" in capsys.readouterr().err
     assert main(["serve", str(run.parent / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    taken = bind("127.0.0.1", 0)
+    try:
+        port = str(taken.getsockname()[1])
+        assert main(["serve", str(run), "--port", port, "--state-dir", str(run / "s")]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    finally:
+        taken.close()
 
 
 def test_cli_serves_logs_the_url_never_the_key(run: Path, data: Path, tmp_path: Path) -> None:

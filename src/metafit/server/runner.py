@@ -50,34 +50,44 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000,
 
     Raises:
         ValueError: no API key is configured and ``host`` is not a loopback address
-            (unless ``insecure_no_auth``).
+            (unless ``insecure_no_auth``); the address is taken or cannot be bound.
     """
     if not settings.api_keys and not is_loopback(host) and not insecure_no_auth:
         raise ValueError(f"refusing to serve on {host} without API keys: give --api-key-file "
                          "or METAFIT_API_KEYS, or --insecure-no-auth to serve openly")
-    torch.set_num_threads(threads or torch_threads(settings.workers))
-    app = create_app(settings)
-    sock = bind(host, port)
-    name = f"[{host}]" if ":" in host else host
-    url = f"http://{name}:{sock.getsockname()[1]}"
-    service = app.state.service
-    log.info("serving %s (%s %s) at %s: docs %s/docs, adaptations in %s, %s", settings.target,
-             service.kind, service.mode, url, url, settings.adaptations_dir,
-             f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "NO API KEY")
-    config = uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
-    # uvicorn shuts down gracefully on SIGINT / SIGTERM, then re-raises the signal with
-    # the handler it found; SIGTERM's default would kill the process before we log.
+    try:
+        sock = bind(host, port)  # first: a taken port fails before the model loads
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e})") from e
+    with sock:
+        torch.set_num_threads(threads or torch_threads(settings.workers))
+        app = create_app(settings)
+        name = f"[{host}]" if ":" in host else host
+        url = f"http://{name}:{sock.getsockname()[1]}"
+        service = app.state.service
+        log.info("serving %s (%s %s) at %s: docs %s/docs, adaptations in %s, %s",
+                 settings.target, service.kind, service.mode, url, url,
+                 settings.adaptations_dir if service.mode == "run" else "-",
+                 f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "NO API KEY")
+        _run(uvicorn.Server(uvicorn.Config(app, log_config=None,
+                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)),
+             sock)
+    log.info("server stopped")
+
+
+def _run(server: uvicorn.Server, sock: socket.socket) -> None:
+    """``server.run`` on ``sock`` until SIGINT or SIGTERM. uvicorn shuts down gracefully
+    on either, then re-raises the signal with the handler it found: SIGTERM's default
+    would kill the process before the caller logs, so it becomes a KeyboardInterrupt."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
-        sock.close()
-    log.info("server stopped")
 
 
 def _interrupt(signum: int, frame: object) -> None:
