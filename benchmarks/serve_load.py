@@ -8,7 +8,8 @@ Without ``--run`` it first meta-trains a throwaway Omniglot 5-way 1-shot MAML ru
 shipped ``omniglot_5w1s_maml`` recipe, conv4-64, 28x28; a few iterations: the weights do
 not matter for speed). For each ``--workers`` setting it starts the real command line,
 ``metafit serve RUN --host 127.0.0.1 --port 0`` with an API key, on loopback only, makes
-one adaptation to predict with, then runs two phases with every request sent at once
+one adaptation to predict with, measures 50 predictions one at a time (the latency of
+a request that waits for nothing), then runs two phases with every request sent at once
 (httpx, one connection each):
 
 1. **predict only**: ``--predicts`` (200) concurrent ``POST /v1/adaptations/{id}/predict``
@@ -172,6 +173,22 @@ async def phase(url: str, name: str, workers: int, threads: int, adaptation_id: 
     return result
 
 
+async def sequential(url: str, workers: int, threads: int, adaptation_id: str,
+                     queries: list[dict[str, Any]], count: int) -> Phase:
+    """``count`` predictions one after another on one keep-alive connection: the latency
+    of a request that waits for nothing."""
+    result = Phase("one at a time", workers, threads, [], [], 0.0, 0)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        path = f"/v1/adaptations/{adaptation_id}/predict"
+        start = time.perf_counter()
+        for i in range(count):
+            seconds, status = await timed(client, path, queries[i % len(queries)])
+            result.predict.append(seconds)
+            result.errors += not 200 <= status < 300
+        result.wall = time.perf_counter() - start
+    return result
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -214,6 +231,8 @@ async def bench(run: Path, state_root: Path, args: argparse.Namespace) -> list[P
                 for q in queries[:5]:  # warm-up
                     (await client.post(f"/v1/adaptations/{adaptation_id}/predict", json=q,
                                        headers=AUTH)).raise_for_status()
+            phases.append(await sequential(server.url, workers, threads, adaptation_id,
+                                           queries, args.predicts // 4))
             for name, adaptations in [("predict only", 0), ("predict + adapt",
                                                             args.adaptations)]:
                 phases.append(await phase(server.url, name, workers, threads, adaptation_id,
@@ -262,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} rounds, each sending all its requests at once over loopback (a new "
         f"connection each): {args.predicts} predictions (one 105x105 Omniglot PNG each) "
         f"alone, then together with {args.adaptations} adaptations (5-way 5-shot: 25 PNGs, "
-        "the run's evaluation inner steps). Latencies are the client's, pooled over the "
+        f"the run's evaluation inner steps); first, {args.predicts // 4} predictions one at "
+        "a time on one keep-alive connection. Latencies are the client's, pooled over the "
         "rounds; predictions/s = predictions / wall time; the server adaptation mean is "
         "its own timing (`/metrics`), without queueing. The adaptation queue is sized so "
         "that none is refused. Client and server share the cores.",
