@@ -25,8 +25,9 @@ GRACEFUL_SHUTDOWN_S = 30
 def torch_threads(workers: int) -> int:
     """Intra-op threads per torch call: the cores shared by the adaptation workers plus
     one share for predictions, at least one. Each worker and each prediction thread runs
-    its own team, so more oversubscribes the CPU (on 2 cores, 1 thread served more
-    predictions per second than 2 in ``benchmarks/serve_load.py``)."""
+    its own team, so a larger count oversubscribes the cores once calls overlap (on a
+    shared 2-core machine, 1 and 2 threads did not differ consistently:
+    ``benchmarks/RESULTS.md``, "HTTP serving under load")."""
     return max(1, (os.cpu_count() or 1) // (max(1, workers) + 1))
 
 
