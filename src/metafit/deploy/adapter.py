@@ -95,11 +95,12 @@ def check_labels(labels: Sequence[Any], classes: Sequence[str] | None = None,
 class _Replicas:
     """Copies of an algorithm sharing its parameters, one per concurrent ``adapt`` call
     (``functional_call`` swaps a module's parameters while it runs, so one module cannot
-    serve two threads at once)."""
+    serve two threads at once). The source itself is never lent out: a copy made while
+    another thread had swapped its parameters would copy that task's tensors."""
 
     def __init__(self, algo: Algorithm) -> None:
         self._source = algo
-        self._free: list[Algorithm] = [algo]
+        self._free: list[Algorithm] = []
         self._lock = threading.Lock()
 
     @contextmanager
@@ -173,22 +174,32 @@ class Adapter:
         """``"text"`` or ``"image"``: what :meth:`adapt` takes."""
         return self.preprocessor.kind
 
-    def learner(self, x: Tensor, y: Tensor, steps: int | None = None) -> Learner:
-        """The algorithm's own adapted learner on preprocessed ``x [S, *x]``, ``y [S]``
-        (labels ``0..N-1``): what the run's evaluation scores."""
+    @contextmanager
+    def _adapted(self, x: Tensor, y: Tensor, steps: int | None) -> Iterator[Learner]:
+        """The adapted learner, valid while its replica is held (inside the block)."""
         if steps is not None and (not isinstance(steps, int) or steps < 0):
             raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-        with self._replicas.take() as algo, torch.no_grad():
-            return algo.adapt(x, y, steps=steps)
+        with self._replicas.take() as algo:
+            with torch.no_grad():
+                learner = algo.adapt(x, y, steps=steps)
+            yield learner
+
+    def learner(self, x: Tensor, y: Tensor, steps: int | None = None) -> Learner:
+        """The algorithm's own adapted learner on preprocessed ``x [S, *x]``, ``y [S]``
+        (labels ``0..N-1``): what the run's evaluation scores. It holds its own copy of
+        the module, so it can be used while other threads adapt."""
+        with self._adapted(x, y, steps) as learner:
+            return Learner(copy.deepcopy(learner.module), learner.params)
 
     def adapt_tensors(self, x: Tensor, y: Tensor, label_names: Sequence[str],
                       steps: int | None = None, batch_norm: BatchNormMode = "support"
                       ) -> AdaptedModel:
         """:meth:`adapt` on preprocessed inputs ``x [S, *x]`` and labels ``y [S]``
         (``0..N-1``, ``label_names[i]`` naming class ``i``)."""
-        learner = self.learner(x, y, steps)
         pad = self.preprocessor.pad_id if isinstance(self.preprocessor, TextPreprocessor) else 0
-        module, arch = materialise(learner, self.recipe, x, batch_norm, self._text_config, pad)
+        with self._adapted(x, y, steps) as learner:
+            module, arch = materialise(learner, self.recipe, x, batch_norm, self._text_config,
+                                       pad)
         n_steps = self.algo.default_eval_steps if steps is None else steps
         counts = Counter(y.tolist())
         info = {"algorithm": self.recipe.algorithm,

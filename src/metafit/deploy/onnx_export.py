@@ -17,7 +17,8 @@ with :class:`ExportError`, leaving no output directory. int8-quantized PyTorch m
 cannot be exported (torch.onnx has no translation of PyTorch's dynamic quantized linear
 kernels): export the float model instead.
 
-The output is a model directory (atomic, with a manifest): ``model.onnx``, ``model.json``
+The output is a model directory (atomic, with a manifest): ``model.onnx`` (one file, the
+weights inside: protobuf's 2 GB limit is far above these models), ``model.json``
 (labels, preprocessing, input and output names), ``export.json`` (the parity report) and,
 for text, ``encoder/`` (the tokenizer files).
 """
@@ -132,7 +133,7 @@ def _export(graph: nn.Module, args: tuple[Tensor, ...], names: list[str], path: 
         try:
             torch.onnx.export(graph, args, str(path), input_names=names,
                               output_names=["logits"], opset_version=OPSET, dynamo=True,
-                              dynamic_shapes=dims, verbose=False)
+                              dynamic_shapes=dims, verbose=False, external_data=False)
         finally:
             for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
