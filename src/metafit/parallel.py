@@ -43,7 +43,8 @@ from metafit.episodes import Episode, Episodes
 if TYPE_CHECKING:
     from metafit.algorithms.base import Algorithm
 
-__all__ = ["ENV_WORKERS", "TaskResult", "per_task_gradients", "resolve_workers"]
+__all__ = ["ENV_WORKERS", "TaskResult", "per_task_gradients", "resolve_workers",
+           "share_parameters"]
 
 ENV_WORKERS = "METAFIT_TASK_WORKERS"
 
@@ -84,6 +85,17 @@ def resolve_workers(algorithm: nn.Module, tasks: int) -> int:
     return max(1, min(torch.get_num_threads(), tasks))
 
 
+def share_parameters(replica: nn.Module, module: nn.Module) -> nn.Module:
+    """Point ``replica``'s parameters (a deep copy of ``module``) at ``module``'s storage,
+    with its ``requires_grad`` flags and training mode; returns ``replica``. A replica can
+    be used by ``functional_call`` in another thread while ``module`` is in use."""
+    for (_, mine), (_, theirs) in zip(replica.named_parameters(), module.named_parameters(),
+                                      strict=True):
+        mine.data = theirs.data
+        mine.requires_grad_(theirs.requires_grad)
+    return replica.train(module.training)
+
+
 def _replicas_of(algorithm: Algorithm, count: int) -> list[Algorithm]:
     """``count`` replicas of ``algorithm`` whose parameters share its storage."""
     replicas = cast(list["Algorithm"], _replicas.get(algorithm, []))
@@ -93,11 +105,7 @@ def _replicas_of(algorithm: Algorithm, count: int) -> list[Algorithm]:
         replicas = [copy.deepcopy(algorithm) for _ in range(count)]
         _replicas[algorithm] = list(replicas)
     for replica in replicas[:count]:
-        for (_, mine), (_, theirs) in zip(replica.named_parameters(),
-                                          algorithm.named_parameters(), strict=True):
-            mine.data = theirs.data
-            mine.requires_grad_(theirs.requires_grad)
-        replica.train(algorithm.training)
+        share_parameters(replica, algorithm)
     return replicas[:count]
 
 

@@ -26,8 +26,8 @@ from torch import Tensor
 
 from metafit.io import cached
 
-__all__ = ["default_model_dir", "check_model_dir", "load_tokenizer", "tokenize", "pad_id",
-           "trim", "ModelDirError", "TOKENIZER_FILES"]
+__all__ = ["default_model_dir", "check_model_dir", "load_tokenizer", "tokenize", "encode",
+           "pad_id", "trim", "ModelDirError", "TOKENIZER_FILES"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class ModelDirError(ValueError):
-    """A text model directory that is missing or lacks files; the message says which."""
+    """A model directory (a text encoder's, or an adapted model's written by
+    :mod:`metafit.deploy`) that is missing, incomplete or corrupt; the message says why."""
 
 
 def default_model_dir() -> Path:
@@ -105,21 +106,39 @@ def tokenize(texts: Sequence[str], model_dir: str | Path | None, max_length: int
     text_digest = hashlib.sha1("\x00".join(texts).encode("utf-8")).hexdigest()
 
     def build() -> dict[str, Any]:
-        tok = load_tokenizer(root)
-        full = tok(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-        long = sum(len(ids) > max_length for ids in full)
-        enc = tok(list(texts), padding="max_length", truncation=True, max_length=max_length,
-                  return_tensors="pt")
-        return {"ids": enc["input_ids"].long(), "truncated": long,
-                "longest": max((len(ids) for ids in full), default=0)}
+        return _encode(load_tokenizer(root), texts, max_length)
 
     out = cached("tokens", [text_digest, str(max_length), _tokenizer_fingerprint(root),
                             str(len(texts))], build, enabled=cache)
+    _warn_truncated(out, len(texts), max_length)
+    ids: Tensor = out["ids"]
+    return ids
+
+
+def _encode(tok: Any, texts: Sequence[str], max_length: int) -> dict[str, Any]:
+    """``{"ids": [N, max_length] long, "truncated": count, "longest": tokens}``."""
+    full = tok(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    long = sum(len(ids) > max_length for ids in full)
+    enc = tok(list(texts), padding="max_length", truncation=True, max_length=max_length,
+              return_tensors="pt")
+    return {"ids": enc["input_ids"].long(), "truncated": long,
+            "longest": max((len(ids) for ids in full), default=0)}
+
+
+def _warn_truncated(out: dict[str, Any], count: int, max_length: int) -> None:
     if out["truncated"]:
-        warnings.warn(f"{out['truncated']} of {len(texts)} texts are longer than "
+        warnings.warn(f"{out['truncated']} of {count} texts are longer than "
                       f"max_length={max_length} tokens (the longest has {out['longest']}) "
                       "and were truncated; raise max_length to keep them whole",
-                      stacklevel=2)
+                      stacklevel=3)
+
+
+def encode(tok: Any, texts: Sequence[str], max_length: int) -> Tensor:
+    """Token ids ``[N, max_length]`` (long, padded) of ``texts`` with a loaded tokenizer,
+    exactly as :func:`tokenize` makes them but without the disk cache (for a few texts at
+    prediction time). Warns like :func:`tokenize` about truncated texts."""
+    out = _encode(tok, texts, max_length)
+    _warn_truncated(out, len(texts), max_length)
     ids: Tensor = out["ids"]
     return ids
 
@@ -134,5 +153,5 @@ def trim(ids: Tensor, pad: int) -> Tensor:
     """``ids [*, L]`` cut to the longest non-padded length in the batch ``[*, L']``."""
     used = (ids != pad).any(dim=tuple(range(ids.dim() - 1)))  # [L]
     length = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
-    return ids[..., :length]
+    return ids[..., :length].contiguous()  # quantized embedding kernels need it
 

@@ -27,7 +27,8 @@ from metafit.data.base import TensorClassDataset
 from metafit.data.errors import DatasetError
 from metafit.io import cached, file_fingerprint
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "decode_image", "fingerprint_files"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "decode_image", "fingerprint_files",
+           "list_class_folders"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 _RESAMPLE = Image.Resampling.LANCZOS
 
 
-def decode_image(source: bytes | Path, image_size: int, mode: str = "L") -> np.ndarray:
-    """Decode one image file (raw bytes or a path), convert it to ``mode`` and resize it.
+def decode_image(source: bytes | Path | Image.Image, image_size: int, mode: str = "L"
+                 ) -> np.ndarray:
+    """Decode one image file (raw bytes or a path; or take an opened PIL image), convert it
+    to ``mode`` and resize it.
 
     Returns:
         ``uint8 [image_size, image_size]`` for ``mode="L"``, ``[image_size, image_size, 3]``
@@ -59,10 +62,13 @@ def decode_image(source: bytes | Path, image_size: int, mode: str = "L") -> np.n
         Whatever PIL raises on an unreadable image (``PIL.UnidentifiedImageError``,
         ``OSError`` for truncated data, ...); callers wrap it in :class:`DatasetError`.
     """
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    with Image.open(stream) as file:
-        file.load()  # decode now, so truncated data fails here and not later
-        img = file.convert(mode)
+    if isinstance(source, Image.Image):
+        img = source.convert(mode)
+    else:
+        stream = io.BytesIO(source) if isinstance(source, bytes) else source
+        with Image.open(stream) as file:
+            file.load()  # decode now, so truncated data fails here and not later
+            img = file.convert(mode)
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), _RESAMPLE)
     return np.asarray(img, dtype=np.uint8)
@@ -79,6 +85,38 @@ def fingerprint_files(paths: Sequence[Path]) -> str:
 
 def _visible(name: str) -> bool:
     return not name.startswith(".")
+
+
+def list_class_folders(
+    root: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> tuple[list[Path], list[str]]:
+    """The image files of ``root/<class>/<image>`` and the class (folder name) of each,
+    classes in sorted order and files sorted within a class.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory.
+        DatasetError: no class folders, or a class folder without images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder root {root} is not a directory")
+    exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    class_dirs = sorted(
+        (d for d in root.iterdir() if d.is_dir() and _visible(d.name)), key=lambda d: d.name
+    )
+    if not class_dirs:
+        raise DatasetError(f"no class folders in {root} (expected root/<class>/<image>)")
+    files: list[Path] = []
+    labels: list[str] = []
+    for d in class_dirs:
+        images = sorted(
+            f for f in d.iterdir() if f.is_file() and _visible(f.name) and f.suffix.lower() in exts
+        )
+        if not images:
+            raise DatasetError(f"class folder {d} holds no images (extensions {', '.join(exts)})")
+        files += images
+        labels += [d.name] * len(images)
+    return files, labels
 
 
 class ImageFolder(TensorClassDataset):
@@ -118,28 +156,9 @@ class ImageFolder(TensorClassDataset):
             raise DatasetError(f"channels must be 1 or 3, got {channels!r} (for {root})")
         if not isinstance(image_size, int) or image_size <= 0:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-        if not root.is_dir():
-            raise FileNotFoundError(f"ImageFolder root {root} is not a directory")
-        exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-        class_dirs = sorted(
-            (d for d in root.iterdir() if d.is_dir() and _visible(d.name)), key=lambda d: d.name
-        )
-        if not class_dirs:
-            raise DatasetError(f"no class folders in {root} (expected root/<class>/<image>)")
-        files: list[Path] = []
-        targets: list[int] = []
-        for c, d in enumerate(class_dirs):
-            images = sorted(
-                f
-                for f in d.iterdir()
-                if f.is_file() and _visible(f.name) and f.suffix.lower() in exts
-            )
-            if not images:
-                raise DatasetError(
-                    f"class folder {d} holds no images (extensions {', '.join(exts)})"
-                )
-            files += images
-            targets += [c] * len(images)
+        files, class_of = list_class_folders(root, extensions)
+        names = sorted(set(class_of))
+        targets = [names.index(c) for c in class_of]
         mode = "L" if channels == 1 else "RGB"
 
         def build() -> dict[str, torch.Tensor]:
@@ -160,6 +179,6 @@ class ImageFolder(TensorClassDataset):
         super().__init__(
             data,
             torch.tensor(targets, dtype=torch.long),
-            [d.name for d in class_dirs],
+            names,
             invert=invert,
         )

@@ -68,12 +68,17 @@ class TextBody(nn.Module):
         if ids.is_floating_point():
             raise TypeError(f"a text model takes token ids (long), got {ids.dtype}")
         ids = trim(ids, self.pad_id)  # [B, L']
-        mask = (ids != self.pad_id).long()  # [B, L']
+        return self.encode(ids, (ids != self.pad_id).long())  # [B, H]
+
+    def encode(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """``ids [B, L]``, ``mask [B, L]`` (1 = token, 0 = padding; long) -> ``[B, H]``:
+        the pooled embedding, with no data-dependent control flow (what an ONNX export
+        traces, with dynamic batch and sequence axes)."""
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        # hidden: [B, L', H]
+        # hidden: [B, L, H]
         if self.pooling == "cls":
             return hidden[:, 0]  # [B, H]
-        m = mask.unsqueeze(-1).to(hidden.dtype)  # [B, L', 1]
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)  # [B, H]
 
 

@@ -1,0 +1,196 @@
+"""An adapted model: a plain module, its label names and its preprocessing; predicts,
+saves itself as a model directory and loads back from one.
+
+A model directory (written atomically, :mod:`metafit.deploy.modeldir`)::
+
+    MODEL_DIR/
+      manifest.json   format, version, library version, size + sha256 of every file (last)
+      model.json      kind, label names, architecture, preprocessing, how it was adapted,
+                      compression
+      weights.pt      the module's state_dict (torch.save; loaded with weights_only=True)
+      recipe.yaml     the run's recipe and the library version
+      support.pt      the preprocessed support set {"x": [S, *x], "y": [S]} (export parity
+                      checks and compression use it)
+      encoder/        text models: the encoder's config.json and tokenizer files
+
+The module is rebuilt from ``recipe.yaml`` + ``model.json`` (+ ``encoder/config.json``)
+and the weights alone: neither the run directory nor the pretrained encoder is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from metafit import __version__
+from metafit.config import Recipe, make_recipe, recipe_to_yaml
+from metafit.deploy.errors import InputError, ModelDirError
+from metafit.deploy.materialise import build_module, encoder_config
+from metafit.deploy.modeldir import read_model_dir, resolve, write_model_dir
+from metafit.deploy.preprocess import Preprocessor, TextPreprocessor, preprocessor_from_spec
+from metafit.models.base import FewShotModel
+
+__all__ = ["AdaptedModel", "Prediction"]
+
+Prediction = dict[str, Any]
+"""``{"label": str, "probabilities": {label name: float}}``."""
+
+CONTENT = "adapted"
+ENCODER = "encoder/"
+
+
+class AdaptedModel:
+    """A model adapted to one labelled support set.
+
+    Args:
+        module: the plain adapted module (:func:`metafit.deploy.materialise.materialise`),
+            ``x [B, *x] -> logits [B, N]``.
+        label_names: the N class names; logit ``i`` is ``label_names[i]``.
+        recipe: the run's recipe (architecture and preprocessing).
+        arch: the architecture (head, ways, features, batch_norm).
+        preprocessor: inputs -> model tensors.
+        info: how it was adapted (algorithm, steps, support counts, source run, ...).
+        assets: extra files of the directory (text: ``encoder/...``), path -> bytes.
+        support: the preprocessed support set ``(x [S, *x], y [S])``, or None.
+        compression: ``{"quantize": "int8" | None, "prune": {...} | None}``.
+    """
+
+    def __init__(self, module: FewShotModel, label_names: list[str], recipe: Recipe,
+                 arch: dict[str, Any], preprocessor: Preprocessor, info: dict[str, Any],
+                 assets: dict[str, bytes] | None = None,
+                 support: tuple[Tensor, Tensor] | None = None,
+                 compression: dict[str, Any] | None = None) -> None:
+        if len(label_names) != int(arch["ways"]):
+            raise ValueError(f"{len(label_names)} label names for a {arch['ways']}-way model")
+        self.module = module.eval()
+        self.label_names = list(label_names)
+        self.recipe = recipe
+        self.arch = dict(arch)
+        self.preprocessor = preprocessor
+        self.info = dict(info)
+        self.assets = dict(assets or {})
+        self.support = support
+        self.compression = dict(compression or {"quantize": None, "prune": None})
+
+    @property
+    def kind(self) -> str:
+        """``"text"`` or ``"image"``."""
+        return self.preprocessor.kind
+
+    def __repr__(self) -> str:
+        return (f"AdaptedModel({self.kind}, {self.info.get('algorithm')}, "
+                f"{len(self.label_names)} classes)")
+
+    # -- prediction -------------------------------------------------------------------
+    def preprocess(self, inputs: Any) -> Tensor:
+        """Texts or images -> model inputs ``[M, *x]`` (:mod:`metafit.deploy.preprocess`).
+
+        Raises:
+            InputError: bad inputs (message names the input).
+        """
+        if isinstance(inputs, str | bytes):
+            raise InputError("inputs must be a sequence of texts or images, not a single "
+                             f"{type(inputs).__name__}")
+        return self.preprocessor(list(inputs))
+
+    @torch.no_grad()
+    def logits(self, x: Tensor, batch: int = 256) -> Tensor:
+        """Logits ``[M, N]`` of model inputs ``x [M, *x]``, in batches of ``batch`` (one
+        batch with ``batch_norm="batch"``, whose outputs depend on the batch)."""
+        if self.arch.get("batch_norm") == "batch":
+            batch = max(len(x), 1)
+        return torch.cat([self.module(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+    def predict_proba(self, inputs: Any) -> Tensor:
+        """Class probabilities ``[M, N]`` (softmax of the logits) of M texts or images."""
+        return torch.softmax(self.logits(self.preprocess(inputs)), dim=-1)  # [M, N]
+
+    def predict(self, inputs: Any) -> list[Prediction]:
+        """One ``{"label", "probabilities"}`` per input (the most probable label)."""
+        probs = self.predict_proba(inputs)  # [M, N]
+        out = []
+        for row in probs.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append({"label": self.label_names[best],
+                        "probabilities": dict(zip(self.label_names, row, strict=True))})
+        return out
+
+    # -- persistence ------------------------------------------------------------------
+    def spec(self) -> dict[str, Any]:
+        """The content of ``model.json``."""
+        return {"kind": self.kind, "labels": self.label_names, "architecture": self.arch,
+                "preprocessing": self.preprocessor.spec(), "adaptation": self.info,
+                "compression": self.compression, "metafit_version": __version__}
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of the model directory but the manifest: path -> bytes."""
+        weights = io.BytesIO()
+        torch.save(self.module.state_dict(), weights)
+        files = {
+            "model.json": (json.dumps(self.spec(), indent=1) + "\n").encode(),
+            "recipe.yaml": recipe_to_yaml(self.recipe, metafit_version=__version__).encode(),
+            "weights.pt": weights.getvalue(),
+            **self.assets,
+        }
+        if self.support is not None:
+            buf = io.BytesIO()
+            torch.save({"x": self.support[0], "y": self.support[1]}, buf)
+            files["support.pt"] = buf.getvalue()
+        return files
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model directory ``path`` atomically (a temporary directory beside it,
+        fsynced, then renamed; an existing model directory there is replaced in one step).
+
+        Raises:
+            ModelDirError: ``path`` is a file or a non-empty directory that is no model
+                directory (never replaced).
+        """
+        return write_model_dir(path, self.files(), CONTENT)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AdaptedModel:
+        """Read a model directory written by :meth:`save`.
+
+        Raises:
+            ModelDirError: a missing, incomplete or corrupt directory (no manifest, a file
+                missing or failing its checksum, an unknown format version, weights that do
+                not fit the stored architecture).
+        """
+        from metafit.deploy.compress import prepare_structure, quiet_quantization
+
+        root = resolve(path)
+        _, files = read_model_dir(root, CONTENT)
+        try:
+            spec = json.loads(files["model.json"])
+            values = yaml.safe_load(files["recipe.yaml"]) or {}
+            values.pop("metafit_version", None)
+            recipe = make_recipe(values, str(root / "recipe.yaml"))
+            with quiet_quantization():  # quantized tensors load through TypedStorage
+                state = torch.load(io.BytesIO(files["weights.pt"]), weights_only=True)
+            support = None
+            if "support.pt" in files:
+                saved = torch.load(io.BytesIO(files["support.pt"]), weights_only=True)
+                support = (saved["x"], saved["y"])
+            prep = preprocessor_from_spec(spec["preprocessing"], root)
+            if isinstance(prep, TextPreprocessor):
+                prep.load()  # now: the directory may be replaced later
+            pad = prep.pad_id if isinstance(prep, TextPreprocessor) else 0
+            config = encoder_config(root / ENCODER) if recipe.model == "text" else None
+            module = build_module(spec["architecture"], recipe, config, pad)
+            prepare_structure(module, spec["compression"])
+            module.load_state_dict(state, strict=True)
+        except ModelDirError:
+            raise
+        except (KeyError, ValueError, RuntimeError, TypeError, OSError) as e:
+            raise ModelDirError(f"{root}: cannot rebuild the model: {e}") from e
+        assets = {rel: data for rel, data in files.items() if rel.startswith(ENCODER)}
+        return cls(module, spec["labels"], recipe, spec["architecture"], prep,
+                   spec["adaptation"], assets, support, spec["compression"])

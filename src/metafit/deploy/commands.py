@@ -1,0 +1,199 @@
+"""The deployment verbs of the ``metafit`` command: ``adapt``, ``predict``, ``compress``
+and ``export`` (parsers and thin functions; the work is in :mod:`metafit.deploy`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parsers"]
+
+_TABLE_CLASSES = 3  # most probable classes shown per row of the table
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from metafit.deploy.adapter import adapt_run
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    model = adapt_run(args.run, args.support, args.out, steps=args.steps,
+                      which=args.checkpoint, classes=classes, batch_norm=args.batch_norm)
+    assert model.support is not None
+    fit = (model.logits(model.support[0]).argmax(-1) == model.support[1]).float().mean()
+    summary = {"out": str(args.out), "kind": model.kind, "labels": model.label_names,
+               **{k: model.info[k] for k in ("algorithm", "steps", "support_size")},
+               "support_accuracy": round(float(fit), 4)}
+    if args.json:
+        _write(json.dumps(summary))
+        return 0
+    _write(f"adapted {args.run} ({summary['algorithm']}, {summary['steps']} steps) to "
+           f"{len(model.label_names)} classes from {summary['support_size']} examples; "
+           f"support-set accuracy {100 * float(fit):.1f}%\nmodel directory: {args.out}")
+    return 0
+
+
+def _inputs(model_kind: str, items: list[str], from_file: str | None) -> list[Any]:
+    """Texts as given (and one per line of ``from_file``); image paths, a folder giving
+    its image files."""
+    from metafit.data.image_folder import IMAGE_EXTENSIONS
+
+    out: list[Any] = list(items)
+    if from_file:
+        lines = Path(from_file).read_text(encoding="utf-8").splitlines()
+        out += [line for line in lines if line.strip()]
+    if model_kind == "image":
+        expanded: list[Any] = []
+        for item in out:
+            p = Path(item)
+            if p.is_dir():
+                expanded += sorted(f for f in p.iterdir()
+                                   if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            else:
+                expanded.append(p)
+        out = expanded
+    if not out:
+        raise ValueError("no inputs: give texts or image files (or --from-file)")
+    return out
+
+
+def _table(names: list[str], rows: list[dict[str, Any]]) -> str:
+    width = min(max(len(n) for n in names), 60)
+    lines = [f"{'input':<{width}}  label  (probability; next classes)"]
+    for name, row in zip(names, rows, strict=True):
+        ranked = sorted(row["probabilities"].items(), key=lambda kv: -kv[1])
+        others = ", ".join(f"{k} {v:.3f}" for k, v in ranked[1:_TABLE_CLASSES])
+        shown = name if len(name) <= width else name[:width - 3] + "..."
+        lines.append(f"{shown:<{width}}  {row['label']}  ({ranked[0][1]:.3f}; {others})")
+    return "\n".join(lines)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from metafit.deploy.adapted import AdaptedModel
+
+    model = AdaptedModel.load(args.model)
+    inputs = _inputs(model.kind, args.inputs, args.from_file)
+    rows = model.predict(inputs)
+    names = [str(i) for i in inputs]
+    if args.json:
+        _write(json.dumps([{"input": n, **r} for n, r in zip(names, rows, strict=True)]))
+    else:
+        _write(_table(names, rows))
+    return 0
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from metafit.deploy.adapted import AdaptedModel
+    from metafit.deploy.compress import compare, prune, quantize
+
+    if not args.quantize and args.prune is None:
+        raise ValueError("nothing to do: give --quantize int8 and/or --prune SPARSITY")
+    model = AdaptedModel.load(args.model)
+    compressed = model
+    if args.prune is not None:
+        compressed = prune(compressed, args.prune, args.prune_scope)
+    if args.quantize:
+        compressed = quantize(compressed, embeddings=args.quantize_embeddings)
+    compressed.save(args.out)
+    figures = compare(model, compressed)
+    if args.json:
+        _write(json.dumps({"out": str(args.out), **figures}))
+        return 0
+    _write(f"wrote {args.out} ({compressed.compression})")
+    for key, value in figures.items():
+        _write(f"  {key}: {value}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from metafit.deploy.adapted import AdaptedModel
+
+    try:
+        from metafit.deploy.onnx_export import export_onnx
+    except ImportError as e:
+        raise ValueError(f"ONNX export needs the export extra: pip install 'metafit[export]' "
+                         f"({e})") from e
+    model = AdaptedModel.load(args.model)
+    out = args.out or str(Path(args.model).with_name(Path(args.model).name + "-onnx"))
+    try:
+        report = export_onnx(model, out, tolerance=args.tolerance)
+    except ImportError as e:
+        raise ValueError(f"ONNX export needs the export extra: pip install 'metafit[export]' "
+                         f"({e})") from e
+    if args.json:
+        _write(json.dumps(report.to_dict()))
+        return 0
+    _write(f"exported {args.model} to {out}/model.onnx; onnxruntime parity on "
+           f"{len(report.batches)} batches {report.batches}: max abs logit difference "
+           f"{report.max_abs_diff:.3g} (tolerance {report.tolerance:g}), probabilities "
+           f"{report.max_prob_diff:.3g}")
+    return 0
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a sparsity in [0, 1), got {text}")
+    return value
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``adapt``, ``predict``, ``compress`` and ``export`` to the subparsers ``sub``."""
+    p = sub.add_parser("adapt", help="fine-tune a trained run on your own labelled examples "
+                       "and write an adapted model directory")
+    p.add_argument("run", help="run directory written by `metafit train`")
+    p.add_argument("--support", required=True, help="labelled examples: a CSV (text runs; "
+                   "the recipe's text and label columns) or a folder of class folders "
+                   "(image runs: SUPPORT/<label>/<image>)")
+    p.add_argument("--out", required=True, help="model directory to write (atomically; an "
+                   "existing model directory there is replaced)")
+    p.add_argument("--steps", type=int, help="inner steps (default: the recipe's evaluation "
+                   "steps; more steps fit the support set more closely)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--classes", help="comma-separated class names, in order (default: the "
+                   "sorted labels); a label outside them is an error")
+    p.add_argument("--batch-norm", default="support", choices=["support", "batch"],
+                   help="support: freeze the support set's BatchNorm statistics (a "
+                   "prediction depends on its input only; default); batch: the algorithm's "
+                   "per-batch statistics, as in evaluation")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=_cmd_adapt)
+
+    p = sub.add_parser("predict", help="labels and probabilities of texts or images from an "
+                       "adapted model directory")
+    p.add_argument("model", help="model directory written by `metafit adapt`")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="texts (text models) or image "
+                   "files / folders of images (image models)")
+    p.add_argument("--from-file", help="also read inputs from this file, one per line")
+    p.add_argument("--json", action="store_true", help="print JSON: a list of {input, "
+                   "label, probabilities}")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("compress", help="int8 quantization and/or magnitude pruning of an "
+                       "adapted model (size, latency and agreement reported)")
+    p.add_argument("model", help="model directory written by `metafit adapt`")
+    p.add_argument("--out", required=True, help="the compressed model directory")
+    p.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantization of the "
+                   "linear layers")
+    p.add_argument("--quantize-embeddings", action="store_true", help="with --quantize: the "
+                   "embedding tables too (8-bit rows)")
+    p.add_argument("--prune", type=_fraction, metavar="SPARSITY", help="zero this fraction "
+                   "of the conv/linear weights of smallest magnitude (before quantizing)")
+    p.add_argument("--prune-scope", default="global", choices=["global", "layer"])
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=_cmd_compress)
+
+    p = sub.add_parser("export", help="export an adapted model to ONNX, verified against "
+                       "PyTorch in onnxruntime")
+    p.add_argument("model", help="model directory written by `metafit adapt`")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", help="output directory (default MODEL-onnx)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed absolute "
+                   "logit difference in the parity check (default 1e-4)")
+    p.add_argument("--json", action="store_true", help="print the parity report as JSON")
+    p.set_defaults(func=_cmd_export)

@@ -1,0 +1,217 @@
+"""Model directories written atomically and verified when read.
+
+A model directory holds its files and ``manifest.json``: the format name and version, the
+library version, and the size and sha256 of every file. It is written into a temporary
+directory beside the target (``.NAME.tmp-XXXX``), every file fsynced, the manifest last,
+and then renamed into place, so a crash at any point leaves either no directory at the
+target or the complete one. A directory without a manifest, with a file missing, changed
+or truncated, or of an unknown format version does not load (:class:`ModelDirError`).
+
+Replacing an existing model directory swaps the two directories in one atomic step on
+Linux (``renameat2(RENAME_EXCHANGE)``) and then deletes the old one. Where that call is
+missing, the old directory is first renamed to ``.NAME.previous`` and the new one renamed
+into place; a crash between the two renames leaves no directory at the target, and
+:func:`resolve` then reads ``.NAME.previous`` (the old model), so some complete model
+always loads. A directory at the target that is not a model directory (no manifest) and
+is not empty is never replaced.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from metafit import __version__
+from metafit.deploy.errors import ModelDirError
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_model_dir", "read_model_dir",
+           "resolve", "sha256"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "metafit-model"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _backup(path: Path) -> Path:
+    return path.with_name(f".{path.name}.previous")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap directories ``a`` and ``b`` atomically (Linux ``renameat2``); False where the
+    system or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, f"cannot swap {a} and {b}: {os.strerror(code)}")
+
+
+def _new_temp_dir(path: Path) -> Path:
+    """A new empty directory ``.NAME.tmp-XXXXXXXX`` beside ``path`` (mode per umask)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _replaceable(path: Path) -> None:
+    """Raise unless ``path`` is absent, an empty directory or a model directory."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise ModelDirError(f"{path} exists and is not a directory; refusing to replace it")
+    if (path / MANIFEST).is_file() or not any(path.iterdir()):
+        return
+    raise ModelDirError(f"{path} exists and is not a metafit model directory (no {MANIFEST}); "
+                        "refusing to replace it: choose another output path")
+
+
+def _install(tmp: Path, path: Path) -> None:
+    """Move the complete directory ``tmp`` to ``path`` (see the module docstring)."""
+    if not path.exists():
+        os.rename(tmp, path)
+    elif _exchange(tmp, path):
+        shutil.rmtree(tmp)  # now the old directory
+    else:
+        backup = _backup(path)
+        if backup.exists():
+            shutil.rmtree(backup)
+        os.rename(path, backup)
+        os.rename(tmp, path)
+        shutil.rmtree(backup)
+    _fsync_dir(path.parent)
+
+
+def write_model_dir(path: str | os.PathLike[str], files: Mapping[str, bytes],
+                    content: str) -> Path:
+    """Write ``files`` (relative path -> bytes) and a manifest as the directory ``path``,
+    atomically (module docstring). ``content``: what the directory holds (``"adapted"``,
+    ``"onnx"``), recorded in the manifest. Returns ``path``.
+
+    Raises:
+        ModelDirError: ``path`` exists and is a file, or a non-empty directory that is not
+            a model directory.
+    """
+    path = Path(path)
+    if MANIFEST in files:
+        raise ValueError(f"{MANIFEST} is written by write_model_dir itself")
+    _replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_temp_dir(path)
+    try:
+        for rel, data in files.items():
+            _write_synced(tmp / rel, data)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "content": content,
+            "metafit_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": {rel: {"bytes": len(data), "sha256": sha256(data)}
+                      for rel, data in sorted(files.items())},
+        }
+        _write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+        for d in sorted({(tmp / rel).parent for rel in files}, reverse=True):
+            _fsync_dir(d)
+        _install(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.debug("wrote %s (%d files)", path, len(files) + 1)
+    return path
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """``path``, or its ``.NAME.previous`` backup when a replacement was interrupted
+    between its two renames (only where atomic exchange is unavailable)."""
+    path = Path(path)
+    backup = _backup(path)
+    if not path.exists() and (backup / MANIFEST).is_file():
+        log.warning("%s is missing; reading the previous model %s (a replacement was "
+                    "interrupted)", path, backup)
+        return backup
+    return path
+
+
+def read_model_dir(path: Path, content: str | None = None
+                   ) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest of the model directory ``path`` and the bytes of every file it lists,
+    verified (present, with its size and sha256).
+
+    Raises:
+        ModelDirError: no such directory, no or unreadable manifest (an incomplete
+            directory), another format or an unknown version, ``content`` differs, or a
+            file missing or changed.
+    """
+    if not path.is_dir():
+        raise ModelDirError(f"model directory {path} does not exist")
+    file = path / MANIFEST
+    if not file.is_file():
+        raise ModelDirError(f"{path} has no {MANIFEST}: not a metafit model directory, or an "
+                            "incomplete one (a write that did not finish)")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelDirError(f"{file} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelDirError(f"{file}: not a metafit model manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelDirError(f"{path}: model format version {version!r} is not supported by "
+                            f"metafit {__version__} (reads version {FORMAT_VERSION})")
+    if content is not None and manifest.get("content") != content:
+        raise ModelDirError(f"{path} holds a {manifest.get('content')!r} model, not "
+                            f"{content!r}")
+    files: dict[str, bytes] = {}
+    for rel, entry in manifest.get("files", {}).items():
+        f = path / rel
+        if not f.is_file():
+            raise ModelDirError(f"{path}: {rel} is missing")
+        data = f.read_bytes()
+        if len(data) != entry["bytes"] or sha256(data) != entry["sha256"]:
+            raise ModelDirError(f"{path}: {rel} does not match its checksum in {MANIFEST} "
+                                "(changed or corrupt)")
+        files[rel] = data
+    return manifest, files

@@ -1,0 +1,208 @@
+"""ONNX export of an adapted model, verified by running it in onnxruntime (``export``
+extra: onnx, onnxruntime, onnxscript).
+
+The module is exported with ``torch.onnx.export(dynamo=True)`` (the ``torch.export``
+based exporter, the default since torch 2.9), opset 18, with a dynamic batch axis:
+
+* images: input ``images`` float32 ``[batch, C, S, S]`` (preprocessed as in
+  ``model.json``) -> ``logits [batch, N]``;
+* text: inputs ``input_ids`` and ``attention_mask`` int64 ``[batch, sequence]`` (dynamic
+  sequence length too) -> ``logits [batch, N]``.
+
+Probabilities are ``softmax(logits)``. Before anything is written, the ONNX model runs in
+onnxruntime on sample inputs (the stored support set: one batch, and a single example
+for the dynamic axes) and its logits are compared with PyTorch's: the largest absolute
+difference is reported, and an export whose difference exceeds ``tolerance`` (1e-4) fails
+with :class:`ExportError`, leaving no output directory. int8-quantized PyTorch modules
+cannot be exported (torch.onnx has no translation of PyTorch's dynamic quantized linear
+kernels): export the float model instead.
+
+The output is a model directory (atomic, with a manifest): ``model.onnx`` (one file, the
+weights inside: protobuf's 2 GB limit is far above these models), ``model.json``
+(labels, preprocessing, input and output names), ``export.json`` (the parity report) and,
+for text, ``encoder/`` (the tokenizer files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from metafit.deploy.adapted import ENCODER, AdaptedModel
+from metafit.deploy.compress import is_quantized
+from metafit.deploy.errors import ExportError
+from metafit.deploy.modeldir import write_model_dir
+from metafit.models.text import TextBody
+from metafit.text import trim
+
+__all__ = ["ExportReport", "export_onnx", "onnx_session", "onnx_feeds", "TOLERANCE", "OPSET"]
+
+log = logging.getLogger(__name__)
+
+TOLERANCE = 1e-4
+OPSET = 18
+SAMPLES = 32
+
+
+@dataclass
+class ExportReport:
+    """The parity check of an export: largest absolute differences between onnxruntime's
+    and PyTorch's logits and probabilities over the sample batches."""
+
+    path: str
+    max_abs_diff: float
+    max_prob_diff: float
+    tolerance: float
+    batches: list[list[int]] = field(default_factory=list)
+    opset: int = OPSET
+    export_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _TextGraph(nn.Module):
+    """``(input_ids [B, L], attention_mask [B, L]) -> logits [B, N]`` of a text model:
+    the body's pure encode path (no trim), then the head."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.body = cast(TextBody, model.body)
+        self.head = cast(nn.Module, model.head)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.head(self.body.encode(input_ids, attention_mask))  # [B, N]
+
+
+def _graph_and_inputs(model: AdaptedModel, x: Tensor) -> tuple[nn.Module, tuple[Tensor, ...],
+                                                               list[str]]:
+    """The module to export, example inputs from ``x [B, *x]`` and the input names."""
+    if model.kind == "text":
+        pad = int(model.preprocessor.spec()["pad_id"])
+        ids = trim(x, pad)  # [B, L']
+        return _TextGraph(model.module), (ids, (ids != pad).long()), ["input_ids",
+                                                                       "attention_mask"]
+    return model.module, (x,), ["images"]
+
+
+def onnx_feeds(model_kind: str, x: Tensor, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """onnxruntime inputs of preprocessed ``x [B, *x]`` (text: trimmed ids and mask)."""
+    if model_kind == "text":
+        ids = trim(x, pad_id)  # [B, L']
+        return {"input_ids": ids.numpy(), "attention_mask": (ids != pad_id).long().numpy()}
+    return {"images": x.numpy()}
+
+
+def onnx_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of the ONNX file ``path`` (``threads``: intra-op)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _export(graph: nn.Module, args: tuple[Tensor, ...], names: list[str], path: Path) -> None:
+    batch = torch.export.Dim("batch")
+    axes: dict[int, Any] = {0: batch}
+    if len(args) == 2:  # text: a dynamic sequence axis, shared by ids and mask
+        axes[1] = torch.export.Dim("sequence", min=1, max=4096)
+    dims = tuple(dict(axes) for _ in args)
+    # The exporter logs every optimisation pass (and "torchvision is not installed").
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            torch.onnx.export(graph, args, str(path), input_names=names,
+                              output_names=["logits"], opset_version=OPSET, dynamo=True,
+                              dynamic_shapes=dims, verbose=False, external_data=False)
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def _parity(model: AdaptedModel, session: Any, x: Tensor) -> tuple[float, float, list[list[int]]]:
+    """Max abs logit and probability differences over the sample batches of ``x``."""
+    pad = int(model.preprocessor.spec().get("pad_id", 0))
+    logit_diff = prob_diff = 0.0
+    shapes = []
+    for batch in (x, x[:1]):  # a batch, and one example (other batch and sequence sizes)
+        feeds = onnx_feeds(model.kind, batch, pad)
+        ours = model.logits(batch)  # [B, N]
+        theirs = torch.from_numpy(session.run(["logits"], feeds)[0])  # [B, N]
+        if theirs.shape != ours.shape:
+            raise ExportError(f"the ONNX model returned logits of shape {tuple(theirs.shape)}, "
+                              f"PyTorch {tuple(ours.shape)}")
+        logit_diff = max(logit_diff, float((theirs - ours).abs().max()))
+        prob_diff = max(prob_diff, float((theirs.softmax(-1) - ours.softmax(-1)).abs().max()))
+        shapes.append(list(next(iter(feeds.values())).shape))
+    return logit_diff, prob_diff, shapes
+
+
+def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
+                tolerance: float = TOLERANCE, samples: Tensor | None = None) -> ExportReport:
+    """Export ``model`` to the ONNX model directory ``out`` after a parity check.
+
+    Args:
+        samples: preprocessed inputs ``[B, *x]`` for the check (default: the model's
+            stored support set, at most 32 examples).
+
+    Raises:
+        ExportError: a quantized model; no sample inputs; an exporter failure; logits that
+            differ from PyTorch's by more than ``tolerance`` (nothing is written).
+        ImportError: the ``export`` extra is not installed.
+    """
+    if is_quantized(model.module):
+        raise ExportError("int8-quantized PyTorch models cannot be exported to ONNX (torch.onnx "
+                          "has no translation of PyTorch's dynamic quantized linear layers); "
+                          "export the float model, before `metafit compress --quantize`")
+    if samples is None:
+        if model.support is None:
+            raise ExportError("no sample inputs for the parity check: the model directory has "
+                              "no support.pt; pass samples")
+        samples = model.support[0][:SAMPLES]
+    graph, args, names = _graph_and_inputs(model, samples)
+    with tempfile.TemporaryDirectory(prefix="metafit-onnx-") as work:
+        path = Path(work) / "model.onnx"
+        start = time.perf_counter()
+        try:
+            _export(graph, args, names, path)
+        except Exception as e:  # any exporter failure, with its reason
+            raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from e
+        seconds = time.perf_counter() - start
+        logit_diff, prob_diff, shapes = _parity(model, onnx_session(path), samples)
+        report = ExportReport(str(out), logit_diff, prob_diff, tolerance, shapes,
+                              export_seconds=round(seconds, 2))
+        if not logit_diff <= tolerance:
+            raise ExportError(f"ONNX parity check failed: logits differ from PyTorch's by up to "
+                              f"{logit_diff:.3g} > {tolerance:g} (probabilities by "
+                              f"{prob_diff:.3g}); nothing was written")
+        onnx_bytes = path.read_bytes()
+    log.debug("ONNX parity: max abs logit diff %.3g, probability diff %.3g", logit_diff,
+             prob_diff)
+    spec = {**model.spec(), "runtime": "onnx", "inputs": names, "outputs": ["logits"],
+            "probabilities": "softmax(logits, axis=-1)"}
+    files = {"model.onnx": onnx_bytes,
+             "model.json": (json.dumps(spec, indent=1) + "\n").encode(),
+             "export.json": (json.dumps(report.to_dict(), indent=1) + "\n").encode(),
+             **{rel: data for rel, data in model.assets.items() if rel.startswith(ENCODER)}}
+    write_model_dir(out, files, "onnx")
+    return report
