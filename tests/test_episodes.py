@@ -44,3 +44,16 @@ def test_regression_episodes_have_one_way() -> None:
     x_s, x_q = torch.rand(2, 5, 1), torch.rand(2, 7, 1)
     eps = Episodes(x_s, torch.rand(2, 5, 1), x_q, torch.rand(2, 7, 1))
     assert eps.is_regression and eps.ways == 1
+
+
+def test_to_moves_the_class_indices_too() -> None:
+    # FineTune gathers global labels from `classes` on the episodes' device (a CUDA run
+    # crashed when `to` left them on the CPU)
+    eps = Episodes(torch.zeros(2, 3, 1), torch.zeros(2, 3, dtype=torch.long),
+                   torch.zeros(2, 3, 1), torch.zeros(2, 3, dtype=torch.long),
+                   torch.arange(6).view(2, 3))
+    moved = eps.to("meta")
+    assert moved.classes is not None and moved.classes.device.type == "meta"
+    assert moved[0].to("meta").classes.device.type == "meta"  # type: ignore[union-attr]
+    assert Episodes(eps.support_x, eps.support_y, eps.query_x, eps.query_y).to(
+        "meta").classes is None

@@ -135,6 +135,40 @@ def test_batched_paths_on_an_mlp_match_the_plain_loop(algorithm: str) -> None:
     assert_grads_close(got, reference, 1e-5)
 
 
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil"])
+def test_vmap_on_conv4_with_batchnorm_matches_the_loop_in_float64(algorithm: str) -> None:
+    # vmap is the GPU's batched path; conv4's BatchNorm must differentiate twice under
+    # torch.func (PyTorch's fused batch_norm did not: 3e-3 relative error, even in float64)
+    base = bench.BenchConfig(algorithm, "omniglot", 2, 3, ways=3, shots=1, queries=2)
+    loop = bench._fresh(bench.BenchConfig(**{**base.__dict__, "batching": "loop"}),
+                        "metafit", 0, torch.float64)[0]()
+    vmap = bench._fresh(bench.BenchConfig(**{**base.__dict__, "batching": "vmap"}),
+                        "metafit", 0, torch.float64)[0]()
+    assert next(iter(vmap.values())).dtype == torch.float64
+    assert_grads_close(vmap, loop, 1e-10)
+    # the conv biases precede BatchNorm, which cancels them: their meta-gradient is zero
+    assert float(vmap["body.3.0.bias"].abs().max()) < 1e-10
+
+
+def test_second_order_vmap_refuses_native_batchnorm() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="'1'.*fused batch_norm"):
+        build_algorithm("maml", model, batching="vmap")
+    build_algorithm("maml", model, batching="vmap", first_order=True)  # first order is fine
+    assert kernels.native_batch_norms(conv4(5, 1, 8, 28)) == []
+
+
+def test_peer_agreement_in_float64_is_exact() -> None:
+    # on a GPU the bench compares the implementations in float64 (float32 cuDNN rounding,
+    # amplified by K = 5 steps at rate 0.4, exceeds the tolerance); the peers then agree
+    # to rounding
+    cfg = bench.BenchConfig("maml", "omniglot", 2, 2, ways=3, shots=1, queries=2)
+    ours = bench._fresh(cfg, "metafit", 0, torch.float64)[0]()
+    for peer in ("loop", "higher", "torchopt"):
+        theirs = bench._fresh(cfg, peer, 0, torch.float64)[0]()
+        assert bench.max_relative_difference(theirs, ours) < 1e-10, peer
+
+
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
 def test_vmap_chunks_give_the_same_meta_gradients(algorithm: str) -> None:
     cfg = bench.BenchConfig(algorithm, "sinusoid", 2, 7, 1, 5, 5)
@@ -266,3 +300,8 @@ def test_recipe_task_workers_reach_the_algorithm() -> None:
     assert from_recipe(recipe).task_workers == 3
     assert from_recipe(recipe).vmap_chunk == 5
     assert from_recipe(load_recipe("sinusoid_maml")).task_workers is None  # auto
+    assert from_recipe(load_recipe("sinusoid_maml")).uses_vmap()  # auto: an MLP
+    assert not from_recipe(load_recipe("sinusoid_maml", ["batching=loop"])).uses_vmap()
+    assert from_recipe(load_recipe("omniglot_5w1s_fomaml", ["batching=vmap"])).uses_vmap()
+    with pytest.raises(ValueError, match="batching"):  # Reptile has no such option
+        from_recipe(load_recipe("sinusoid_reptile", ["batching=vmap"]))

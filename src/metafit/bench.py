@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 Grads = dict[str, Tensor]
 GradFn = Callable[[], Grads]
 AGREEMENT_TOLERANCE = 1e-3
+#: Algorithms whose batching (``loop`` / ``vmap`` / ``auto``) is a constructor option.
+BATCHING_ALGORITHMS = ("maml", "fomaml", "anil")
 
 
 @dataclass(frozen=True)
@@ -84,16 +86,22 @@ class BenchConfig:
     ways: int = 5
     shots: int = 1
     queries: int = 15
+    device: str = "cpu"
+    batching: str = "auto"
 
     @property
     def label(self) -> str:
-        """E.g. ``maml omniglot 5w1s T=32 K=1``."""
+        """E.g. ``maml omniglot 5w1s T=32 K=1`` (plus the device and batching when they
+        are not the defaults)."""
         if self.problem == "sinusoid":
             shape = f"{self.shots}-shot"
         else:
             shape = f"{self.ways}w{self.shots}s"
         steps = "" if self.algorithm == "protonet" else f" K={self.inner_steps}"
-        return f"{self.algorithm} {self.problem} {shape} T={self.meta_batch}{steps}"
+        extra = "" if self.device == "cpu" else f" [{self.device}]"
+        if self.batching != "auto" and self.algorithm in BATCHING_ALGORITHMS:
+            extra += f" [{self.batching}]"
+        return f"{self.algorithm} {self.problem} {shape} T={self.meta_batch}{steps}{extra}"
 
     @property
     def inner_lr(self) -> float:
@@ -116,7 +124,8 @@ def default_configs(quick: bool = False) -> list[BenchConfig]:
 
 
 def make_problem(cfg: BenchConfig, seed: int = 0) -> tuple[nn.Module, Episodes]:
-    """The model (seeded initial weights) and one batch of episodes for ``cfg``.
+    """The model (seeded initial weights) and one batch of episodes for ``cfg``, on
+    ``cfg.device`` (drawn on the CPU, so every device gets the same numbers).
 
     Omniglot-shaped images are sparse binary strokes (so max-pooling sees the ties that
     real characters give); sinusoid tasks follow Finn et al. 2017 (amplitude 0.1-5.0,
@@ -132,7 +141,8 @@ def make_problem(cfg: BenchConfig, seed: int = 0) -> tuple[nn.Module, Episodes]:
         xs = torch.rand(t, cfg.shots + cfg.queries, 1, generator=gen) * 10 - 5
         ys = amp * torch.sin(xs - phase)
         k = cfg.shots
-        return model, Episodes(xs[:, :k], ys[:, :k], xs[:, k:], ys[:, k:])
+        return model.to(cfg.device), Episodes(xs[:, :k], ys[:, :k], xs[:, k:], ys[:, k:]).to(
+            cfg.device)
     if cfg.problem != "omniglot":
         raise ValueError(f"unknown benchmark problem {cfg.problem!r}")
     out = None if cfg.algorithm == "protonet" else n
@@ -143,7 +153,7 @@ def make_problem(cfg: BenchConfig, seed: int = 0) -> tuple[nn.Module, Episodes]:
     sy = torch.arange(n).repeat_interleave(cfg.shots).expand(t, ks).contiguous()
     qy = torch.arange(n).repeat_interleave(cfg.queries).expand(t, qs).contiguous()
     classes = torch.arange(n).expand(t, n).contiguous()
-    return model, Episodes(x[:, :ks], sy, x[:, ks:], qy, classes)
+    return model.to(cfg.device), Episodes(x[:, :ks], sy, x[:, ks:], qy, classes).to(cfg.device)
 
 
 def _loss(out: Tensor, y: Tensor) -> Tensor:
@@ -165,6 +175,8 @@ def metafit_fn(cfg: BenchConfig, model: nn.Module, episodes: Episodes) -> GradFn
         options = {"inner_lr": cfg.inner_lr, "inner_steps": cfg.inner_steps}
     if cfg.algorithm == "reptile":  # the peers compute no query metrics: neither do we
         options["query_metrics"] = False
+    if cfg.algorithm in BATCHING_ALGORITHMS:
+        options["batching"] = cfg.batching
     algo = build_algorithm(cfg.algorithm, model, **options)
 
     def run() -> Grads:
@@ -356,7 +368,7 @@ class BenchRow:
     peer with metafit."""
 
     config: BenchConfig
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # float32
     agreement: dict[str, float] = field(default_factory=dict)
     peak_mib: dict[str, float] = field(default_factory=dict)
 
@@ -387,8 +399,16 @@ def textbook(model: nn.Module) -> nn.Module:
     return twin
 
 
-def _fresh(cfg: BenchConfig, impl: str, seed: int) -> tuple[GradFn, nn.Module, Episodes]:
+def _fresh(cfg: BenchConfig, impl: str, seed: int, dtype: torch.dtype | None = None
+           ) -> tuple[GradFn, nn.Module, Episodes]:
     model, episodes = make_problem(cfg, seed)
+    if dtype is not None:  # the same weights and inputs in another precision
+        model = model.to(dtype)
+        episodes = Episodes(episodes.support_x.to(dtype), episodes.support_y,
+                            episodes.query_x.to(dtype), episodes.query_y, episodes.classes)
+        if episodes.support_y.is_floating_point():
+            episodes = Episodes(episodes.support_x, episodes.support_y.to(dtype),
+                                episodes.query_x, episodes.query_y.to(dtype), episodes.classes)
     if impl != "metafit":
         model = textbook(model)
     return IMPLEMENTATIONS[impl](cfg, model, episodes), model, episodes
@@ -401,9 +421,15 @@ def run_config(cfg: BenchConfig, peers: Sequence[str], repeats: int = 5, seed: i
     impls = ["metafit", *peers_for(cfg, peers)]
     fns = {impl: _fresh(cfg, impl, seed)[0] for impl in impls}
     row = BenchRow(cfg)
-    reference = fns["metafit"]()
+    # On a GPU, float32 convolutions sum in an order of cuDNN's choosing, and K = 5 inner
+    # steps at rate 0.4 amplify that rounding past the tolerance; there the computations
+    # are compared in float64 (same weights, same data), and timed in float32.
+    exact = cfg.device != "cpu"
+    check = ({impl: _fresh(cfg, impl, seed, torch.float64)[0] for impl in impls} if exact
+             else fns)
+    reference = check["metafit"]()
     for impl in impls[1:]:
-        row.agreement[impl] = max_relative_difference(fns[impl](), reference)
+        row.agreement[impl] = max_relative_difference(check[impl](), reference)
         if row.agreement[impl] > AGREEMENT_TOLERANCE:
             raise RuntimeError(
                 f"{cfg.label}: {impl}'s meta-gradient differs from metafit's by "
@@ -412,17 +438,40 @@ def run_config(cfg: BenchConfig, peers: Sequence[str], repeats: int = 5, seed: i
     times: dict[str, list[float]] = {impl: [] for impl in impls}
     for _ in range(repeats):
         for impl in impls:
+            _synchronize(cfg.device)
             start = time.perf_counter()
             fns[impl]()
+            _synchronize(cfg.device)
             times[impl].append(time.perf_counter() - start)
     row.seconds = {impl: statistics.median(v) for impl, v in times.items()}
     if memory:
         row.peak_mib = {impl: peak_memory_mib(cfg, impl, seed) for impl in impls}
-        row.peak_mib["metafit W=1"] = peak_memory_mib(cfg, "metafit", seed, workers=1)
+        if cfg.device == "cpu":  # on a GPU metafit runs one task stream already
+            row.peak_mib["metafit W=1"] = peak_memory_mib(cfg, "metafit", seed, workers=1)
     return row
 
 
-# -- memory (a subprocess per measurement) ------------------------------------------------
+def _synchronize(device: str) -> None:
+    """Wait for queued GPU work, so that a timer measures it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+# -- memory (a subprocess per measurement on the CPU, the allocator's peak on CUDA) -----
+def _cuda_peak_mib(cfg: BenchConfig, impl: str, seed: int) -> float:
+    """Peak CUDA memory (MiB) one meta-gradient of ``impl`` allocates above what is live
+    before it (the caching allocator's ``max_memory_allocated``, after a warm-up call)."""
+    fn, _, _ = _fresh(cfg, impl, seed)
+    fn()
+    _synchronize(cfg.device)
+    torch.cuda.empty_cache()
+    baseline = torch.cuda.memory_allocated(cfg.device)
+    torch.cuda.reset_peak_memory_stats(cfg.device)
+    fn()
+    _synchronize(cfg.device)
+    return (torch.cuda.max_memory_allocated(cfg.device) - baseline) / 2**20
+
+
 def _status_kib(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -447,6 +496,8 @@ def peak_memory_mib(cfg: BenchConfig, impl: str, seed: int = 0, workers: int | N
     fresh interpreter with this process's thread setting (``workers``: metafit's task
     workers, default auto). glibc's mmap threshold is fixed at 64 KiB there, so freed
     tensors leave the resident set at once and its peak tracks the live tensors."""
+    if cfg.device.startswith("cuda"):
+        return _cuda_peak_mib(cfg, impl, seed)
     if not os.path.exists("/proc/self/clear_refs"):
         return float("nan")
     code = ("import json,sys,torch;from metafit import bench;"
@@ -509,6 +560,12 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--memory", action="store_true",
                         help="also measure peak memory (a subprocess per implementation)")
     parser.add_argument("--quick", action="store_true", help="K=1, meta-batch 8: a smoke run")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda[:N]; GPU timings synchronise before reading the "
+                             "clock and peak memory is the CUDA allocator's")
+    parser.add_argument("--batching", default="auto", choices=["auto", "loop", "vmap"],
+                        help="metafit's task batching for MAML, FOMAML and ANIL (default: "
+                             "auto, vmap for models without convolutions)")
     parser.add_argument("--json", dest="json_out", default=None,
                         help="write the rows as JSON to this file")
     return parser
@@ -525,6 +582,8 @@ def select_configs(args: argparse.Namespace) -> list[BenchConfig]:
         configs = [c for c in configs if c.algorithm == "protonet" or c.inner_steps in args.steps]
     if args.meta_batch:
         configs = [BenchConfig(**{**asdict(c), "meta_batch": args.meta_batch}) for c in configs]
+    configs = [BenchConfig(**{**asdict(c), "device": args.device, "batching": args.batching})
+               for c in configs]
     if not configs:
         raise SystemExit("metafit bench: no configuration matches the options")
     return configs
@@ -548,6 +607,14 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit(f"metafit bench: the peer {peer!r} is not installed; "
                                  "pip install 'metafit[bench]', or leave it out with "
                                  "--peers") from None
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"metafit bench: --device {args.device}, but torch sees no CUDA device")
+    if args.device.startswith("cuda"):
+        # Full float32 everywhere: with TF32 convolutions (cuDNN's default) the peers'
+        # second-order meta-gradients differ from each other by up to 7% at K = 5, and the
+        # comparison must be between equal computations.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     rows: list[BenchRow] = []
     configs = select_configs(args)
     _say(f"# {len(configs)} configurations, torch {torch.__version__}, "
@@ -558,10 +625,10 @@ def run(args: argparse.Namespace) -> int:
         best, ratio = row.speedup()
         _say(f"[{i}/{len(configs)}] {cfg.label}: metafit {row.tasks_per_second('metafit'):.1f} "
              f"tasks/s, {ratio:.2f}x {best}")
+        if args.json_out:  # after every row, so an interrupted run keeps what it measured
+            with open(args.json_out, "w") as f:
+                json.dump([r.to_json() for r in rows], f, indent=1)
     _say("\n" + format_table(rows, args.peers))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump([r.to_json() for r in rows], f, indent=1)
     return 0
 
 

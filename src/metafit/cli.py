@@ -159,6 +159,60 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from metafit.server import ServerSettings, load_api_keys, serve
+    except ImportError as e:
+        raise ValueError(f"`metafit serve` needs the serve extra: pip install "
+                         f"'metafit[serve]' ({e})") from e
+
+    settings = ServerSettings(
+        target=Path(args.target), state_dir=args.state_dir and Path(args.state_dir),
+        model_dir=args.model and Path(args.model), checkpoint=args.checkpoint,
+        api_keys=load_api_keys(args.api_key_file), max_body_bytes=args.max_body_bytes,
+        max_examples=args.max_examples, max_inputs=args.max_inputs, max_steps=args.max_steps,
+        steps=args.steps, workers=args.workers, queue=args.queue, cache_size=args.cache_size)
+    serve(settings, host=args.host, port=args.port, insecure_no_auth=args.insecure_no_auth,
+          threads=args.threads)
+    return 0
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="RUN_OR_MODEL", help="a run directory (adapts to posted "
+                   "support sets) or an adapted model directory (predicts only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                   "127.0.0.1; another needs API keys or --insecure-no-auth)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    p.add_argument("--api-key-file", help="file of API keys, one per line (also: "
+                   "METAFIT_API_KEYS=k1,k2); requests need 'Authorization: Bearer KEY' or "
+                   "'X-API-Key: KEY'")
+    p.add_argument("--insecure-no-auth", action="store_true", help="allow serving without "
+                   "API keys on a non-loopback address")
+    p.add_argument("--state-dir", help="where adaptations are kept (default RUN/adaptations)")
+    p.add_argument("--model", help="an adapted model for POST /v1/predict next to a run")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--steps", type=int, help="inner steps when a request names none "
+                   "(default: the run's evaluation steps)")
+    p.add_argument("--max-steps", type=int, default=500, help="most inner steps a request "
+                   "may ask for (default 500)")
+    p.add_argument("--workers", type=int, default=1, help="adaptations running at once "
+                   "(default 1)")
+    p.add_argument("--queue", type=int, default=8, help="adaptations waiting for a worker; "
+                   "beyond: 503 + Retry-After (default 8)")
+    p.add_argument("--max-body-bytes", type=int, default=10 * 2**20, help="larger request "
+                   "bodies get 413 (default 10 MiB)")
+    p.add_argument("--max-examples", type=int, default=1000, help="most support examples "
+                   "per adaptation; more: 422 (default 1000)")
+    p.add_argument("--max-inputs", type=int, default=256, help="most inputs per prediction "
+                   "request; more: 422 (default 256)")
+    p.add_argument("--cache-size", type=int, default=16, help="adapted models held in "
+                   "memory (default 16; a text model holds a copy of its encoder)")
+    p.add_argument("--threads", type=int, help="torch threads per call (default: cores / "
+                   "(workers + 1))")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (also used to generate the docs)."""
     parser = argparse.ArgumentParser(
@@ -246,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     from metafit.deploy.commands import add_parsers as add_deploy_parsers
 
     add_deploy_parsers(sub)  # adapt, predict, compress, export
+
+    p = sub.add_parser("serve", help="serve a run over HTTP: adapt to posted support sets, "
+                       "predict, with API keys and limits (serve extra)")
+    _serve_options(p)
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("data", help="load a recipe's dataset and describe its splits")
     p.add_argument("recipe", help="recipe name or YAML path")

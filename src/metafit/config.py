@@ -118,6 +118,10 @@ class Recipe(BaseModel):
     task_workers: int | None = Field(
         None, gt=0, description="threads running the tasks of a meta-batch (default: auto, "
         "one per intra-op thread on CPU, 1 on GPU; METAFIT_TASK_WORKERS overrides)")
+    batching: Literal["auto", "loop", "vmap"] = Field(
+        "auto", description="MAML, FOMAML, Meta-SGD, ANIL: tasks one by one (loop) or all "
+        "at once (vmap); auto: vmap for models without convolutions. On a GPU vmap is the "
+        "fast path for conv4 (docs/design.md)")
     vmap_chunk: int | None = Field(
         None, gt=0, description="tasks per vmap call on the batched paths (models without "
         "convolutions); default: the whole meta-batch")

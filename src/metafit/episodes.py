@@ -47,7 +47,7 @@ class Episode:
             self.support_y.to(device),
             self.query_x.to(device),
             self.query_y.to(device),
-            self.classes,
+            None if self.classes is None else self.classes.to(device),
         )
 
 
@@ -134,7 +134,7 @@ class Episodes:
             self.support_y.to(device),
             self.query_x.to(device),
             self.query_y.to(device),
-            self.classes,
+            None if self.classes is None else self.classes.to(device),
         )
 
     @staticmethod

@@ -39,6 +39,10 @@ def build_model(recipe: Recipe) -> nn.Module:
     raise ValueError(f"unknown model '{recipe.model}'")
 
 
+#: Algorithms that take ``batching`` (the MAML family).
+BATCHING_ALGORITHMS = ("maml", "fomaml", "metasgd", "anil")
+
+
 def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.Module:
     """The recipe's algorithm around a freshly initialised model (seeded by ``recipe.seed``).
 
@@ -77,6 +81,12 @@ def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.
         options["finetune_layers"] = recipe.finetune_layers
     if recipe.inner_batch is not None:
         options["inner_batch"] = recipe.inner_batch
+    if recipe.batching != "auto":
+        if recipe.algorithm not in BATCHING_ALGORITHMS:
+            raise ValueError(f"batching={recipe.batching!r} applies to "
+                             f"{', '.join(BATCHING_ALGORITHMS)}; algorithm "
+                             f"'{recipe.algorithm}' chooses its own path (leave batching auto)")
+        options["batching"] = recipe.batching
     algo = build_registered(recipe.algorithm, model, **options)
     algo.task_workers = recipe.task_workers
     algo.vmap_chunk = recipe.vmap_chunk

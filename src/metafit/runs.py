@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from metafit.config import Recipe
@@ -25,8 +27,11 @@ __all__ = ["load_trained", "evaluate_run", "split_sampler", "record_evaluation",
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
-def load_trained(run: str | Path, which: str = "best") -> tuple[Recipe, nn.Module]:
-    """The recipe and the algorithm restored from ``run/checkpoints/{which}.pt``.
+def load_trained(run: str | Path, which: str = "best", device: str | None = None
+                 ) -> tuple[Recipe, nn.Module]:
+    """The recipe and the algorithm restored from ``run/checkpoints/{which}.pt``, on
+    ``device`` (default: the recipe's; a CUDA run read on a machine without CUDA is loaded
+    on the CPU, with a warning).
 
     Raises:
         FileNotFoundError: ``run`` is not a run directory.
@@ -38,6 +43,15 @@ def load_trained(run: str | Path, which: str = "best") -> tuple[Recipe, nn.Modul
     ckpt = load_checkpoint(path)
     algo = build_algorithm(recipe, ckpt.get("num_train_classes"))
     restore_state(algo, ckpt, str(path))
+    target = device or recipe.device
+    if target.startswith("cuda") and not torch.cuda.is_available():
+        if device is None:
+            warnings.warn(f"{run} was trained on {target}, but torch sees no CUDA device: "
+                          "loading it on the CPU", stacklevel=2)
+            target = "cpu"
+        else:
+            raise ValueError(f"device {target!r} asked for, but torch sees no CUDA device")
+    algo.to(target)
     algo.eval()
     return recipe, algo
 

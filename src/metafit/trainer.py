@@ -72,7 +72,7 @@ ENV_CRASH_AT = "METAFIT_TEST_CRASH_AT"
 
 #: Recipe keys that may differ when training again into an existing run directory.
 RESUMABLE_CHANGES = ("iterations", "patience", "time_budget", "task_workers",
-                     "vmap_chunk")
+                     "vmap_chunk", "batching")
 
 
 def lr_factor(recipe: Recipe) -> Callable[[int], float]:

@@ -20,7 +20,7 @@ from metafit.algorithms.base import Algorithm
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episodes
 from metafit.functional import Params
-from metafit.kernels import once_differentiable_region
+from metafit.kernels import native_batch_norms, once_differentiable_region
 
 __all__ = ["FOMAML", "MAML", "param_key"]
 
@@ -67,6 +67,14 @@ class MAML(Algorithm):
         self.batching = batching
         self.inner_lr = float(inner_lr)
         self.first_order = bool(first_order)
+        native = native_batch_norms(model)
+        if batching == "vmap" and not first_order and native:
+            raise ValueError(
+                f"batching='vmap' with second-order meta-gradients needs BatchNorm layers "
+                f"that differentiate twice under torch.func; {native[0]!r} (and "
+                f"{len(native) - 1} more) use PyTorch's fused batch_norm, whose second "
+                "derivatives are wrong there. Use batching='loop' (or 'auto'), or "
+                "first_order=True")
         self.lslr: nn.ParameterDict | None = None
         if lslr:
             if inner_steps < 1:

@@ -1,0 +1,301 @@
+"""Load test of ``metafit serve`` on loopback: concurrent predictions while adaptations run.
+
+    python benchmarks/serve_load.py                      # ~2 min on 2 cores
+    python benchmarks/serve_load.py --run runs/maml      # an existing image run
+    python benchmarks/serve_load.py --quick              # a smoke run, results not written
+
+Without ``--run`` it first meta-trains a throwaway Omniglot 5-way 1-shot MAML run (the
+shipped ``omniglot_5w1s_maml`` recipe, conv4-64, 28x28; a few iterations: the weights do
+not matter for speed). For each ``--workers`` setting it starts the real command line,
+``metafit serve RUN --host 127.0.0.1 --port 0`` with an API key, on loopback only, makes
+one adaptation to predict with, measures 50 predictions one at a time (the latency of
+a request that waits for nothing), then runs two phases with every request sent at once
+(httpx, one connection each):
+
+1. **predict only**: ``--predicts`` (200) concurrent ``POST /v1/adaptations/{id}/predict``
+   of one Omniglot image each;
+2. **predict + adapt**: the same 200 predictions and ``--adaptations`` (10) concurrent
+   ``POST /v1/adaptations`` of a 5-way 5-shot support set (25 Omniglot PNGs, the run's
+   evaluation inner steps) together.
+
+Every response must be a 2xx (the script exits 1 otherwise). Reported: client-side p50 /
+p99 latency, predictions/s over the phase, and the server's own mean adaptation time
+(``/metrics``). The block goes to ``--results`` between ``<!-- serve_load:start -->`` and
+``<!-- serve_load:end -->``. Client and server share the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import itertools
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from results_file import write_block  # benchmarks/ (the script's directory)
+from speed import machine
+
+from metafit.server.runner import torch_threads
+
+HERE = Path(__file__).parent
+OMNIGLOT = HERE.resolve().parents[1] / "shared" / "data" / "omniglot"
+KEY = "serve-load-benchmark-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@dataclass
+class Phase:
+    """Latencies (s) of one phase's requests by kind, and its wall time."""
+
+    name: str
+    workers: int
+    threads: int
+    predict: list[float]
+    adapt: list[float]
+    wall: float
+    errors: int
+    adapt_mean_server: float | None = None
+
+
+def omniglot_pngs(root: Path, characters: int, drawers: int) -> list[list[str]]:
+    """``characters`` x ``drawers`` base64 PNGs from the first Omniglot zip in ``root``."""
+    zips = sorted(root.glob("images_background*.zip"))
+    if not zips:
+        raise SystemExit(f"no Omniglot zip in {root} (--data-root)")
+    by_char: dict[str, list[str]] = {}
+    with zipfile.ZipFile(zips[0]) as z:
+        for name in sorted(n for n in z.namelist() if n.endswith(".png")):
+            char = name.rsplit("/", 1)[0]
+            if len(by_char.get(char, [])) < drawers:
+                by_char.setdefault(char, []).append(base64.b64encode(z.read(name)).decode())
+    full = [v for v in by_char.values() if len(v) == drawers]
+    return full[:characters]
+
+
+def train_run(out: Path, data_root: Path, iterations: int) -> Path:
+    """A few meta-training iterations of the shipped Omniglot 5w1s MAML recipe."""
+    cmd = [sys.executable, "-m", "metafit.cli", "train", "omniglot_5w1s_maml",
+           f"data_root={data_root}", f"iterations={iterations}", f"val_every={iterations}",
+           "val_episodes=4", f"checkpoint_every={iterations}", "meta_batch=8",
+           "--out", str(out), "--no-progress"]
+    subprocess.run(cmd, check=True, timeout=900, stdout=subprocess.DEVNULL)
+    return out
+
+
+class Server:
+    """``metafit serve`` in a subprocess on 127.0.0.1 (a free port, read from its log)."""
+
+    def __init__(self, run: Path, state: Path, workers: int, queue: int,
+                 threads: int | None) -> None:
+        env = {**os.environ, "METAFIT_API_KEYS": KEY}
+        self.cmd = [sys.executable, "-m", "metafit.cli", "serve", str(run), "--host",
+                    "127.0.0.1", "--port", "0", "--state-dir", str(state), "--workers",
+                    str(workers), "--queue", str(queue)]
+        if threads:
+            self.cmd += ["--threads", str(threads)]
+        self.proc = subprocess.Popen(self.cmd, env=env, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + 120
+        self.url = ""
+        while not self.url:
+            line = self.proc.stderr.readline()
+            if not line or time.monotonic() > deadline:
+                raise SystemExit(f"the server did not start: {line}")
+            found = re.search(r" at (http://127\.0\.0\.1:\d+)", line)
+            self.url = found.group(1) if found else ""
+        # keep draining its log so that the pipe never fills up
+        self.drain = threading.Thread(target=self.proc.stderr.read, daemon=True)
+        self.drain.start()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+async def adaptation_seconds(client: httpx.AsyncClient) -> tuple[float, float]:
+    """The server's total adaptation seconds and count so far (from ``/metrics``)."""
+    text = (await client.get("/metrics", headers=AUTH)).text
+    values = []
+    for name in ("sum", "count"):
+        found = re.search(rf"^metafit_adaptation_duration_seconds_{name} (\S+)$", text, re.M)
+        values.append(float(found.group(1)) if found else 0.0)
+    return values[0], values[1]
+
+
+async def timed(client: httpx.AsyncClient, path: str, body: dict[str, Any]
+                ) -> tuple[float, int]:
+    start = time.perf_counter()
+    r = await client.post(path, json=body, headers=AUTH)
+    return time.perf_counter() - start, r.status_code
+
+
+async def phase(url: str, name: str, workers: int, threads: int, adaptation_id: str,
+                queries: list[dict[str, Any]], support: dict[str, Any], predicts: int,
+                adaptations: int, repeats: int) -> Phase:
+    """``repeats`` rounds of ``predicts`` predictions and ``adaptations`` adaptations, all
+    of a round sent at once; latencies pooled over the rounds, walls summed."""
+    limits = httpx.Limits(max_connections=predicts + adaptations + 10,
+                          max_keepalive_connections=0)
+    path = f"/v1/adaptations/{adaptation_id}/predict"
+    result = Phase(name, workers, threads, [], [], 0.0, 0)
+    statuses: set[int] = set()
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        before = await adaptation_seconds(client)
+        for _ in range(repeats):
+            jobs = [timed(client, path, queries[i % len(queries)]) for i in range(predicts)]
+            jobs += [timed(client, "/v1/adaptations", support) for _ in range(adaptations)]
+            start = time.perf_counter()
+            results = await asyncio.gather(*jobs)
+            result.wall += time.perf_counter() - start
+            result.predict += [t for t, _ in results[:predicts]]
+            result.adapt += [t for t, _ in results[predicts:]]
+            bad = [status for _, status in results if not 200 <= status < 300]
+            result.errors += len(bad)
+            statuses |= set(bad)
+        after = await adaptation_seconds(client)
+    if result.errors:
+        print(f"{name}: {result.errors} error responses, statuses {sorted(statuses)}",
+              file=sys.stderr)
+    done = after[1] - before[1]
+    result.adapt_mean_server = (after[0] - before[0]) / done if done else None
+    return result
+
+
+async def sequential(url: str, workers: int, threads: int, adaptation_id: str,
+                     queries: list[dict[str, Any]], count: int) -> Phase:
+    """``count`` predictions one after another on one keep-alive connection: the latency
+    of a request that waits for nothing."""
+    result = Phase("one at a time", workers, threads, [], [], 0.0, 0)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        path = f"/v1/adaptations/{adaptation_id}/predict"
+        start = time.perf_counter()
+        for i in range(count):
+            seconds, status = await timed(client, path, queries[i % len(queries)])
+            result.predict.append(seconds)
+            result.errors += not 200 <= status < 300
+        result.wall = time.perf_counter() - start
+    return result
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{pct(values, 0.5) * 1e3:.0f} / {pct(values, 0.99) * 1e3:.0f}"
+
+
+def table(phases: list[Phase]) -> str:
+    rows = ["| workers | torch threads | phase | predict p50 / p99 (ms) | predictions/s | "
+            "adaptation p50 / p99 (ms) | server adaptation mean (ms) | wall (s) | errors |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for p in phases:
+        server = f"{p.adapt_mean_server * 1e3:.0f}" if p.adapt_mean_server else "-"
+        rows.append(f"| {p.workers} | {p.threads} | {p.name} | {ms(p.predict)} | "
+                    f"{len(p.predict) / p.wall:.0f} | {ms(p.adapt)} | {server} | "
+                    f"{p.wall:.2f} | {p.errors} |")
+    return "\n".join(rows)
+
+
+async def bench(run: Path, state_root: Path, args: argparse.Namespace) -> list[Phase]:
+    pngs = omniglot_pngs(Path(args.data_root), 5, 10)
+    support = {"examples": [{"image": img, "label": f"char{c}"}
+                            for c, imgs in enumerate(pngs) for img in imgs[:5]]}
+    queries = [{"inputs": [{"image": img}]} for imgs in pngs for img in imgs[5:]]
+    phases = []
+    for workers, threads in itertools.product(args.workers, args.threads):
+        queue = max(0, args.adaptations - workers)  # all adaptations admitted, none 503
+        server = Server(run, state_root / f"w{workers}t{threads}", workers, queue,
+                        threads or None)
+        threads = threads or torch_threads(workers)  # the server's default
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                r = await client.post("/v1/adaptations", json=support, headers=AUTH)
+                r.raise_for_status()
+                adaptation_id = r.json()["id"]
+                for q in queries[:5]:  # warm-up
+                    (await client.post(f"/v1/adaptations/{adaptation_id}/predict", json=q,
+                                       headers=AUTH)).raise_for_status()
+            phases.append(await sequential(server.url, workers, threads, adaptation_id,
+                                           queries, args.predicts // 4))
+            for name, adaptations in [("predict only", 0), ("predict + adapt",
+                                                            args.adaptations)]:
+                phases.append(await phase(server.url, name, workers, threads, adaptation_id,
+                                          queries, support, args.predicts, adaptations,
+                                          args.repeats))
+        finally:
+            server.stop()
+    return phases
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", help="an image run to serve (default: train a throwaway "
+                        "Omniglot MAML run)")
+    parser.add_argument("--data-root", default=str(OMNIGLOT), help="Omniglot zips")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="adaptation worker counts to compare")
+    parser.add_argument("--threads", type=int, nargs="+", default=[0],
+                        help="torch threads of the server to compare (0: its default, "
+                        "cores / (workers + 1))")
+    parser.add_argument("--predicts", type=int, default=200)
+    parser.add_argument("--adaptations", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per phase (latencies "
+                        "pooled)")
+    parser.add_argument("--iterations", type=int, default=20,
+                        help="meta-training iterations of the throwaway run")
+    parser.add_argument("--quick", action="store_true", help="fewer requests, no results")
+    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.predicts, args.adaptations, args.iterations, args.repeats = 20, 2, 2, 1
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(args.run) if args.run else train_run(Path(tmp) / "run",
+                                                        Path(args.data_root), args.iterations)
+        phases = asyncio.run(bench(run, Path(tmp), args))
+    seconds = time.perf_counter() - started
+    command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/serve_load.py",
+                                                             *(argv or sys.argv[1:])])
+    source = (f"`{args.run}`" if args.run else "the shipped omniglot_5w1s_maml recipe "
+              f"(conv4-64, 28x28) after {args.iterations} iterations")
+    block = "\n".join([
+        f"Machine: {machine().rsplit(', torch', 1)[0]}; load average before: {load}. "
+        f"Command: `{command}` ({seconds / 60:.1f} min). Run: {source}. Each phase is "
+        f"{args.repeats} rounds, each sending all its requests at once over loopback (a new "
+        f"connection each): {args.predicts} predictions (one 105x105 Omniglot PNG each) "
+        f"alone, then together with {args.adaptations} adaptations (5-way 5-shot: 25 PNGs, "
+        f"the run's evaluation inner steps); first, {args.predicts // 4} predictions one at "
+        "a time on one keep-alive connection. Latencies are the client's, pooled over the "
+        "rounds; predictions/s = predictions / wall time; the server adaptation mean is "
+        "its own timing (`/metrics`), without queueing. The adaptation queue is sized so "
+        "that none is refused. Client and server share the cores.",
+        "",
+        table(phases),
+    ])
+    print(block)
+    errors = sum(p.errors for p in phases)
+    if not args.quick and not errors:
+        write_block(Path(args.results), "serve_load", "HTTP serving under load "
+                    "(`benchmarks/serve_load.py`)", block)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

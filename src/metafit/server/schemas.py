@@ -1,0 +1,112 @@
+"""Request and response bodies of the HTTP API (pydantic: they are the OpenAPI schema).
+
+Text runs take sentences, image runs take base64-encoded PNG or JPEG files. Unknown
+fields are refused (422), so a misspelt ``lable`` is an error, not an ignored key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = ["TextExample", "ImageExample", "ImageInput", "AdaptationRequest",
+           "AdaptationResponse", "PredictRequest", "Prediction", "PredictResponse",
+           "Health", "decode_image", "Label"]
+
+Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Text = Annotated[str, StringConstraints(min_length=1)]
+Base64 = Annotated[str, StringConstraints(min_length=1)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextExample(_Body):
+    """One labelled sentence of a support set."""
+
+    text: Text = Field(description="the example sentence (not empty)")
+    label: Label = Field(description="its class name (a non-empty string)")
+
+
+class ImageExample(_Body):
+    """One labelled image of a support set."""
+
+    image: Base64 = Field(description="a PNG or JPEG file, base64-encoded")
+    label: Label = Field(description="its class name (a non-empty string)")
+
+
+class ImageInput(_Body):
+    """One image to classify."""
+
+    image: Base64 = Field(description="a PNG or JPEG file, base64-encoded")
+
+
+class AdaptationRequest(_Body):
+    """A support set: at least one example of each of two or more classes."""
+
+    examples: list[TextExample] | list[ImageExample] = Field(
+        min_length=1, description="labelled examples, all text or all images")
+    steps: int | None = Field(default=None, ge=0,
+                              description="inner steps (default: the server's)")
+
+
+class AdaptationResponse(BaseModel):
+    """An adaptation kept on the server: predict with ``POST /v1/adaptations/{id}/predict``."""
+
+    id: str = Field(description="the adaptation id (32 hex digits)")
+    kind: str = Field(description="'text' or 'image'")
+    labels: list[str] = Field(description="the class names the model predicts")
+    algorithm: str | None = Field(default=None, description="the run's algorithm")
+    examples: int | None = Field(default=None, description="support examples it was adapted on")
+    steps: int | None = Field(default=None, description="inner steps it took")
+    seconds: float | None = Field(default=None, description="time the adaptation took (in "
+                                  "the response to POST only)")
+
+
+class PredictRequest(_Body):
+    """Inputs to classify, optionally restricted to some of the model's labels."""
+
+    inputs: list[Text] | list[ImageInput] = Field(
+        min_length=1, description="sentences, or images as {'image': base64}")
+    labels: list[Label] | None = Field(
+        default=None, min_length=1,
+        description="candidate labels: predict only among these (probabilities renormalised "
+        "over them); a label the model does not know is a 422")
+
+
+class Prediction(BaseModel):
+    """The predicted label of one input and the probability of every label."""
+
+    label: str
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    """One prediction per input, in order."""
+
+    predictions: list[Prediction]
+
+
+class Health(BaseModel):
+    """What the server serves."""
+
+    status: str
+    kind: str = Field(description="'text' or 'image'")
+    mode: str = Field(description="'run' (adapts and predicts) or 'model' (predicts only)")
+    version: str
+
+
+def decode_image(data: str, where: str) -> bytes:
+    """The bytes of base64 ``data``.
+
+    Raises:
+        ValueError: not valid base64 (the message names ``where``).
+    """
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ValueError(f"{where}: not valid base64 ({e})") from e

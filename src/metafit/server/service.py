@@ -1,0 +1,247 @@
+"""What the endpoints do, apart from HTTP: adapt a run to a support set in the worker
+pool and keep the result, and predict with an adapted model.
+
+Every failure a client can cause is an :class:`ApiError` carrying its HTTP status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+from anyio import CapacityLimiter
+
+from metafit.deploy import AdaptedModel, Adapter, InputError, ModelDirError, SupportError
+from metafit.server.metrics import Metrics
+from metafit.server.pool import AdaptationPool, PoolFull
+from metafit.server.schemas import (
+    AdaptationRequest,
+    AdaptationResponse,
+    ImageExample,
+    ImageInput,
+    Prediction,
+    PredictRequest,
+    PredictResponse,
+    TextExample,
+    decode_image,
+)
+from metafit.server.settings import ServerSettings
+from metafit.server.store import AdaptationStore, UnknownAdaptation
+
+__all__ = ["Service", "ApiError", "describe"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ApiError(Exception):
+    """A request the server refuses: HTTP ``status`` and a message for the client."""
+
+    status: int
+    detail: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Service:
+    """The served run (adapter) or adapted model, the adaptations, the worker pool."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        """Load what ``settings.target`` holds.
+
+        Raises:
+            FileNotFoundError: the target does not exist.
+            ModelDirError: the target is neither a run nor an adapted model.
+            CheckpointError: the run has no usable checkpoint.
+        """
+        self.settings = settings
+        self.metrics = Metrics()
+        self.adapter: Adapter | None = None
+        self.model: AdaptedModel | None = None
+        if not settings.target.is_dir():
+            raise FileNotFoundError(f"{settings.target} does not exist or is not a directory")
+        if settings.is_run:
+            self.adapter = Adapter.from_run(settings.target, which=settings.checkpoint)
+        else:
+            try:
+                self.model = AdaptedModel.load(settings.target)
+            except ModelDirError as e:
+                raise ModelDirError(f"{settings.target} is neither a metafit run (no "
+                                    f"config.yaml) nor an adapted model ({e})") from e
+        if settings.model_dir is not None:
+            self.model = AdaptedModel.load(settings.model_dir)
+        if self.adapter is not None:
+            self.kind = self.adapter.kind
+        else:
+            assert self.model is not None
+            self.kind = self.model.kind
+        if self.model is not None and self.model.kind != self.kind:
+            raise ModelDirError(f"{settings.model_dir} classifies {self.model.kind}, "
+                                f"the run {self.kind}")
+        self.mode = "run" if self.adapter is not None else "model"
+        self.store = AdaptationStore(settings.adaptations_dir, settings.cache_size,
+                                     on_size=self.metrics.models_loaded.set)
+        self.pool = AdaptationPool(settings.workers, settings.queue)
+        self.predict_limiter = CapacityLimiter(os.cpu_count() or 1)
+
+    def close(self) -> None:
+        """Cancel queued adaptations, wait for the running ones."""
+        self.pool.shutdown()
+
+    # adaptation ------------------------------------------------------------------------
+
+    async def adapt(self, req: AdaptationRequest) -> AdaptationResponse:
+        """Adapt the run to ``req``'s support set in a worker; save and return it."""
+        adapter = self.adapter
+        if adapter is None:
+            raise ApiError(409, "this server serves an adapted model and cannot adapt: start "
+                           "`metafit serve` on a run directory to post support sets")
+        s = self.settings
+        if len(req.examples) > s.max_examples:
+            raise ApiError(422, f"{len(req.examples)} support examples: the server accepts "
+                           f"at most {s.max_examples}")
+        steps = s.steps if req.steps is None else req.steps
+        if steps is not None and steps > s.max_steps:
+            raise ApiError(422, f"steps={steps}: the server allows at most {s.max_steps}")
+        inputs = self._decode(req.examples, "examples")
+        labels = [e.label for e in req.examples]
+        adaptation_id = self.store.new_id()
+
+        def job() -> tuple[AdaptedModel, float]:
+            start = time.perf_counter()
+            model = adapter.adapt(inputs, labels, steps=steps)
+            seconds = time.perf_counter() - start
+            self.store.put(adaptation_id, model)
+            return model, seconds
+
+        try:
+            future = self.pool.submit(job)
+        except PoolFull:
+            self.metrics.adaptations.labels("rejected").inc()
+            retry = self.pool.retry_after()
+            raise ApiError(503, f"all {s.workers} adaptation workers are busy and "
+                           f"{s.queue} adaptations are queued: retry in {retry} s",
+                           {"Retry-After": str(retry)}) from None
+        self.metrics.in_flight.inc()
+        try:
+            model, seconds = await asyncio.wrap_future(future)
+        except SupportError as e:
+            self.metrics.adaptations.labels("failed").inc()
+            raise ApiError(422, f"support set: {e}") from None
+        except Exception:
+            self.metrics.adaptations.labels("failed").inc()
+            log.exception("adaptation %s failed", adaptation_id)
+            raise ApiError(500, "the adaptation failed (the server log has the cause)") \
+                from None
+        finally:
+            self.metrics.in_flight.dec()
+        self.metrics.adaptations.labels("ok").inc()
+        self.metrics.adaptation_seconds.observe(seconds)
+        log.info("adaptation %s: %d examples, %d labels, %s steps, %.2f s", adaptation_id,
+                 len(labels), len(model.label_names), model.info.get("steps"), seconds)
+        return describe(adaptation_id, model, seconds)
+
+    # prediction ------------------------------------------------------------------------
+
+    async def adaptation(self, adaptation_id: str) -> AdaptedModel:
+        """The adapted model of ``adaptation_id`` (loaded in a thread when not cached)."""
+        try:
+            return await anyio.to_thread.run_sync(self.store.get, adaptation_id)
+        except UnknownAdaptation:
+            raise ApiError(404, f"no adaptation with id {adaptation_id!r}") from None
+        except ModelDirError:
+            log.exception("adaptation %s cannot be loaded", adaptation_id)
+            raise ApiError(500, f"adaptation {adaptation_id} is stored but cannot be loaded "
+                           "(the server log has the cause)") from None
+
+    def served_model(self) -> AdaptedModel:
+        """The pre-adapted model of ``POST /v1/predict``."""
+        if self.model is None:
+            raise ApiError(409, "this server serves a run without a pre-adapted model: adapt "
+                           "with POST /v1/adaptations and predict with POST "
+                           "/v1/adaptations/{id}/predict, or start the server with --model")
+        return self.model
+
+    def delete(self, adaptation_id: str) -> None:
+        """Forget an adaptation and remove it from disk."""
+        try:
+            self.store.delete(adaptation_id)
+        except UnknownAdaptation:
+            raise ApiError(404, f"no adaptation with id {adaptation_id!r}") from None
+        log.info("adaptation %s deleted", adaptation_id)
+
+    async def predict(self, model: AdaptedModel, req: PredictRequest) -> PredictResponse:
+        """Classify ``req.inputs`` with ``model`` (in a thread: the event loop stays free)."""
+        if len(req.inputs) > self.settings.max_inputs:
+            raise ApiError(422, f"{len(req.inputs)} inputs: the server accepts at most "
+                           f"{self.settings.max_inputs} per request")
+        candidates = self._candidates(model, req.labels)
+        inputs = self._decode(req.inputs, "inputs")
+        try:
+            raw = await anyio.to_thread.run_sync(model.predict, inputs,
+                                                 limiter=self.predict_limiter)
+        except InputError as e:
+            raise ApiError(422, f"inputs: {e}") from None
+        self.metrics.predictions.inc(len(inputs))
+        return PredictResponse(predictions=[_restrict(p, candidates) for p in raw])
+
+    def _candidates(self, model: AdaptedModel, labels: list[str] | None) -> list[str] | None:
+        if labels is None:
+            return None
+        known = list(model.label_names)
+        unknown = [label for label in labels if label not in known]
+        if unknown:
+            raise ApiError(422, f"unknown labels {unknown}: the model predicts {known}")
+        return labels
+
+    def _decode(self, items: Sequence[object], where: str) -> list[Any]:
+        """The texts, or the decoded image bytes, of request ``items`` (``where``: their
+        field, for messages): all of the served kind, or a 422."""
+        if self.kind == "image":
+            images = [x.image for x in items if isinstance(x, ImageExample | ImageInput)]
+            if len(images) != len(items):
+                raise ApiError(422, f"this server classifies images: each of {where} needs "
+                               "'image' (a base64 PNG or JPEG)")
+            return [self._image(x, f"{where}[{i}].image") for i, x in enumerate(images)]
+        texts = [x.text if isinstance(x, TextExample) else x for x in items
+                 if isinstance(x, TextExample | str)]
+        if len(texts) != len(items):
+            raise ApiError(422, f"this server classifies text: {where} must be texts "
+                           "(examples: {'text', 'label'}; inputs: strings)")
+        return texts
+
+    @staticmethod
+    def _image(data: str, where: str) -> bytes:
+        try:
+            return decode_image(data, where)
+        except ValueError as e:
+            raise ApiError(422, str(e)) from None
+
+
+def describe(adaptation_id: str, model: AdaptedModel, seconds: float | None = None
+             ) -> AdaptationResponse:
+    """The public description of an adaptation (not its source paths)."""
+    info = model.info
+    return AdaptationResponse(
+        id=adaptation_id, kind=model.kind, labels=list(model.label_names),
+        algorithm=info.get("algorithm"), examples=info.get("support_size"),
+        steps=info.get("steps"), seconds=None if seconds is None else round(seconds, 4))
+
+
+def _restrict(raw: dict[str, Any], candidates: list[str] | None) -> Prediction:
+    """``raw`` (``{"label", "probabilities"}``) as a :class:`Prediction`, predicted among
+    ``candidates`` only (their probabilities renormalised) when given."""
+    probs = {str(k): float(v) for k, v in raw["probabilities"].items()}
+    if candidates is None:
+        return Prediction(label=str(raw["label"]), probabilities=probs)
+    kept = {k: probs[k] for k in candidates}
+    total = math.fsum(kept.values())
+    if total > 0:
+        kept = {k: v / total for k, v in kept.items()}
+    return Prediction(label=max(kept, key=lambda k: kept[k]), probabilities=kept)
