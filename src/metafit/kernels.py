@@ -188,7 +188,7 @@ class ConvBlock(nn.Sequential):
                                      conv.bias, bn.weight, bn.bias, bn.eps)
         if (torch._C._functorch.is_functorch_wrapped_tensor(x)
                 or torch._C._functorch.is_batchedtensor(x)):
-            return F.relu(F.max_pool2d(composite_batch_norm(conv(x), bn), 2))
+            return F.relu(F.max_pool2d(composite_batch_norm(conv(x), cast(nn.BatchNorm2d, bn)), 2))
         return F.relu(F.max_pool2d(bn(conv(x)), 2))
 
 
