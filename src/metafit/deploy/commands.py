@@ -157,14 +157,11 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from metafit.deploy.adapted import AdaptedModel
 
-    try:
-        from metafit.deploy.onnx_export import export_onnx
-    except ImportError as e:
-        raise ValueError(f"ONNX export needs the export extra: pip install 'metafit[export]' "
-                         f"({e})") from e
     model = AdaptedModel.load(args.model)
     out = args.out or str(Path(args.model).with_name(Path(args.model).name + "-onnx"))
-    try:
+    try:  # onnx, onnxscript and onnxruntime are imported at module or call time
+        from metafit.deploy.onnx_export import export_onnx
+
         report = export_onnx(model, out, tolerance=args.tolerance, quantize=args.quantize)
     except ImportError as e:
         raise ValueError(f"ONNX export needs the export extra: pip install 'metafit[export]' "
