@@ -47,6 +47,7 @@ from torch.func import functional_call
 
 from metafit.algorithms import build_algorithm
 from metafit.episodes import Episodes
+from metafit.factory import BATCHING_ALGORITHMS
 from metafit.kernels import ConvBlock
 from metafit.models import conv4, mlp
 from metafit.models.base import FewShotModel
@@ -67,8 +68,6 @@ log = logging.getLogger(__name__)
 Grads = dict[str, Tensor]
 GradFn = Callable[[], Grads]
 AGREEMENT_TOLERANCE = 1e-3
-#: Algorithms whose batching (``loop`` / ``vmap`` / ``auto``) is a constructor option.
-BATCHING_ALGORITHMS = ("maml", "fomaml", "anil")
 
 
 @dataclass(frozen=True)
@@ -402,13 +401,13 @@ def textbook(model: nn.Module) -> nn.Module:
 def _fresh(cfg: BenchConfig, impl: str, seed: int, dtype: torch.dtype | None = None
            ) -> tuple[GradFn, nn.Module, Episodes]:
     model, episodes = make_problem(cfg, seed)
-    if dtype is not None:  # the same weights and inputs in another precision
+    if dtype is not None:  # the same weights and inputs (and regression targets) in dtype
+        def cast(t: Tensor) -> Tensor:
+            return t.to(dtype) if t.is_floating_point() else t
+
         model = model.to(dtype)
-        episodes = Episodes(episodes.support_x.to(dtype), episodes.support_y,
-                            episodes.query_x.to(dtype), episodes.query_y, episodes.classes)
-        if episodes.support_y.is_floating_point():
-            episodes = Episodes(episodes.support_x, episodes.support_y.to(dtype),
-                                episodes.query_x, episodes.query_y.to(dtype), episodes.classes)
+        episodes = Episodes(cast(episodes.support_x), cast(episodes.support_y),
+                            cast(episodes.query_x), cast(episodes.query_y), episodes.classes)
     if impl != "metafit":
         model = textbook(model)
     return IMPLEMENTATIONS[impl](cfg, model, episodes), model, episodes
@@ -607,9 +606,10 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit(f"metafit bench: the peer {peer!r} is not installed; "
                                  "pip install 'metafit[bench]', or leave it out with "
                                  "--peers") from None
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"metafit bench: --device {args.device}, but torch sees no CUDA device")
     if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SystemExit(f"metafit bench: --device {args.device}, but torch sees no CUDA "
+                             "device")
         # Full float32 everywhere: with TF32 convolutions (cuDNN's default) the peers'
         # second-order meta-gradients differ from each other by up to 7% at K = 5, and the
         # comparison must be between equal computations.
