@@ -158,7 +158,8 @@ class ImageFolder(TensorClassDataset):
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         files, class_of = list_class_folders(root, extensions)
         names = sorted(set(class_of))
-        targets = [names.index(c) for c in class_of]
+        index = {c: i for i, c in enumerate(names)}
+        targets = [index[c] for c in class_of]
         mode = "L" if channels == 1 else "RGB"
 
         def build() -> dict[str, torch.Tensor]:
