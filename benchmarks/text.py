@@ -68,9 +68,18 @@ def _overrides(algorithm: str, scope: str, args: argparse.Namespace) -> dict[str
         values.update(inner_lr=INNER[scope], inner_steps=1, eval_inner_steps=args.steps)
     if algorithm == "fomaml":
         values["first_order"] = True
+    if algorithm == "protonet" and args.distance:
+        values.update(distance=args.distance, distance_scale=args.scale)
     if scope == "top":
         values["adapt_layers"] = 2
     return values
+
+
+def _label(algorithm: str, args: argparse.Namespace) -> str:
+    """The row's name in tables and run directories: ProtoNet's distance when set."""
+    if algorithm == "protonet" and args.distance == "cosine":
+        return f"protonet-cos{args.scale:g}"
+    return algorithm
 
 
 def _rows(spec: list[str]) -> list[tuple[str, str]]:
@@ -99,7 +108,7 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     for algorithm, scope in _rows(args.rows):
         for shots in args.shots:
-            run = Path(args.out) / "A" / f"{algorithm}_{scope}_{shots}shot"
+            run = Path(args.out) / "A" / f"{_label(algorithm, args)}_{scope}_{shots}shot"
             done = run / "benchmark.json"
             if _finished(done, results):
                 continue
@@ -112,7 +121,7 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
             trainable, total = count_parameters(trainer.algo.model)
             t0 = time.perf_counter()
             result = evaluate_run(run, "test", episodes=args.episodes)
-            row = {"algorithm": algorithm, "scope": scope, "shots": shots,
+            row = {"algorithm": _label(algorithm, args), "scope": scope, "shots": shots,
                    "accuracy": result.mean, "ci95": result.ci95, "episodes": args.episodes,
                    "iterations": state.iteration, "train_seconds": round(train_s, 1),
                    "eval_seconds": round(time.perf_counter() - t0, 1),
@@ -155,7 +164,7 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
     for algorithm, scope in _rows(args.rows):
         for k in args.k:
             for seed in args.seeds:
-                run = Path(args.out) / "B" / f"{algorithm}_{scope}_k{k}_seed{seed}"
+                run = Path(args.out) / "B" / f"{_label(algorithm, args)}_{scope}_k{k}_seed{seed}"
                 done = run / "benchmark.json"
                 if _finished(done, results):
                     continue
@@ -178,7 +187,8 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
                 dev = args.device
                 score = adapt_and_score(algo, support.tokens.to(dev), support.targets.to(dev),
                                         test.tokens.to(dev), test.targets.to(dev))
-                row = {"algorithm": algorithm, "scope": scope, "k": k, "seed": seed,
+                row = {"algorithm": _label(algorithm, args), "scope": scope, "k": k,
+                       "seed": seed,
                        "accuracy": score.accuracy, "test": score.test, "device": args.device,
                        "train_seconds": round(train_s, 1),
                        "eval_seconds": round(time.perf_counter() - t0, 1)}
@@ -252,6 +262,11 @@ def main() -> None:
     parser.add_argument("--val-episodes", type=int, default=None,
                         help="validation episodes (default: protocol A the recipe's 100, "
                              "protocol B 4)")
+    parser.add_argument("--distance", choices=["sqeuclidean", "cosine"], default=None,
+                        help="ProtoNet rows: the distance (default: the recipe's, sqeuclidean)")
+    parser.add_argument("--scale", type=float, default=20.0,
+                        help="ProtoNet rows with --distance cosine: the logits' scale "
+                             "(all-MiniLM-L6-v2 was trained with 20)")
     parser.add_argument("--out", default="runs/bench_text")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--quiet", action="store_true")

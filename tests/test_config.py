@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from metafit.config import Recipe, RecipeError, list_recipes, load_recipe, parse_overrides
+from metafit.config import (
+    Recipe,
+    RecipeError,
+    list_recipes,
+    load_recipe,
+    make_recipe,
+    parse_overrides,
+)
 
 
 def test_every_shipped_recipe_loads_and_validates() -> None:
@@ -73,3 +80,19 @@ def test_yaml_file_with_base_and_unknown_key(tmp_path: Path) -> None:
     broken.write_text("ways: [1,\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(broken)
+
+
+def test_protonet_distance_is_a_recipe_key() -> None:
+    from metafit.factory import build_algorithm
+
+    base = dict(name="x", dataset="sinusoid", model="mlp")
+    with pytest.raises(ValueError, match="distance='cosine' applies to protonet"):
+        build_algorithm(make_recipe(dict(base, algorithm="maml", distance="cosine")))
+    with pytest.raises(ValueError, match="distance"):
+        make_recipe(dict(base, algorithm="protonet", distance="manhattan"))
+    with pytest.raises(ValueError, match="distance_scale"):
+        make_recipe(dict(base, algorithm="protonet", distance_scale=0))
+    recipe = make_recipe(dict(base, dataset="omniglot", model="conv4", algorithm="protonet",
+                              distance="cosine", distance_scale=20.0, hidden=8))
+    algo = build_algorithm(recipe)
+    assert (algo.distance, algo.scale) == ("cosine", 20.0)

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,14 +113,17 @@ def test_probabilities_equal_the_algorithms_own(algorithm: str) -> None:
     torch.testing.assert_close(one_by_one, frozen.logits(queries), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "protonet"])
-def test_text_model_with_lora_merged_equals_the_learner(algorithm: str) -> None:
-    algo = build_algorithm(text_recipe(algorithm))
+@pytest.mark.parametrize("algorithm", ["maml", "protonet", "protonet-cosine"])
+def test_text_model_with_lora_merged_equals_the_learner(algorithm: str, tmp_path: Path) -> None:
+    extra: dict[str, Any] = {}
+    if algorithm == "protonet-cosine":
+        algorithm, extra = "protonet", {"distance": "cosine", "distance_scale": 20.0}
+    algo = build_algorithm(text_recipe(algorithm, **extra))
     with torch.no_grad():
         for n, p in algo.named_parameters():
             if "lora_B" in n:  # non-zero adapters, so that merging them matters
                 p.normal_(0, 0.1)
-    adapter = Adapter(text_recipe(algorithm), algo)
+    adapter = Adapter(text_recipe(algorithm, **extra), algo)
     rows = sentences(3, 3, seed=2)
     model = adapter.adapt([t for t, _ in rows], [label for _, label in rows])
     assert not any("lora" in k for k in model.module.state_dict())
@@ -127,8 +131,11 @@ def test_text_model_with_lora_merged_equals_the_learner(algorithm: str) -> None:
     x, y = model.support
     with torch.no_grad():
         own = adapter.learner(x, y)(x).softmax(-1)
-    torch.testing.assert_close(model.predict_proba([t for t, _ in rows]), own, rtol=0,
-                               atol=1e-5)
+    texts = [t for t, _ in rows]
+    torch.testing.assert_close(model.predict_proba(texts), own, rtol=0, atol=1e-5)
+    # the head's distance travels with the model directory
+    loaded = AdaptedModel.load(model.save(tmp_path / "m"))
+    torch.testing.assert_close(loaded.predict_proba(texts), own, rtol=0, atol=1e-5)
 
 
 def test_images_are_preprocessed_like_the_training_data(tmp_path: Path) -> None:

@@ -110,6 +110,7 @@ def rel_error(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
         pytest.param(lambda m: MetaSGD(m, inner_lr=0.5, inner_steps=2), id="metasgd-2"),
         pytest.param(lambda m: ANIL(m, inner_lr=0.5, inner_steps=2), id="anil-2"),
         pytest.param(lambda m: ProtoNet(m), id="protonet"),
+        pytest.param(lambda m: ProtoNet(m, distance="cosine", scale=5.0), id="protonet-cos"),
     ],
 )
 def test_meta_gradient_matches_finite_differences(make) -> None:  # type: ignore[no-untyped-def]
@@ -291,6 +292,27 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means() -> None
     grads, _ = ProtoNet(model).meta_gradients(episodes)
     assert all(float(grads[n].abs().sum()) == 0 for n in grads if n.startswith("model.head."))
     assert all(float(grads[n].abs().sum()) > 0 for n in grads if n.startswith("model.body."))
+
+
+def test_protonet_cosine_logits_are_scaled_cosines_to_class_means() -> None:
+    model = tiny_mlp()
+    episodes = classification_episodes(ways=3)
+    t = episodes[0]
+    learner = ProtoNet(model, distance="cosine", scale=7.0).adapt(t.support_x, t.support_y)
+    with torch.no_grad():
+        fs, fq = model.body(t.support_x), model.body(t.query_x)  # [N*K, F], [N*Q, F]
+        protos = torch.stack([fs[t.support_y == c].mean(0) for c in range(3)])  # [3, F]
+        expected = 7.0 * F.cosine_similarity(fq[:, None], protos[None], dim=-1)  # [N*Q, 3]
+        logits = learner(t.query_x)
+        torch.testing.assert_close(logits, expected)
+        assert float(logits.abs().max()) <= 7.0 + 1e-5
+        # the scale changes the confidence, never the ranking
+        other = ProtoNet(model, distance="cosine", scale=1.0).adapt(t.support_x, t.support_y)
+        assert torch.equal(other(t.query_x).argmax(-1), logits.argmax(-1))
+    with pytest.raises(ValueError, match="unknown distance 'cos'.*sqeuclidean, cosine"):
+        ProtoNet(model, distance="cos")
+    with pytest.raises(ValueError, match="scale must be positive"):
+        ProtoNet(model, distance="cosine", scale=0.0)
 
 
 def test_finetune_meta_gradients_are_supervised_gradients_with_global_labels() -> None:

@@ -292,3 +292,49 @@ def test_adapt_and_score_on_a_fixed_label_set(tmp_path: Path) -> None:
         adapt_and_score(algo, ids[support[3:]], labels[support[3:]], ids[rest], labels[rest])
     with pytest.raises(ValueError, match="test labels must be in 0..9"):
         adapt_and_score(algo, ids[support], labels[support], ids[rest], labels[rest] + 5)
+
+
+def test_predict_sorts_texts_by_length_and_returns_input_order() -> None:
+    from metafit.adaptation import predict
+
+    algo = build_algorithm(load_recipe("_banking77", {"text_model": str(shared_model_dir()),
+                                                      "algorithm": "protonet"}))
+    ids = mixed_length_ids(algo.model.body, 23)
+    support_y = torch.arange(3).repeat(2)
+    learner = algo.adapt(ids[:6], support_y)
+    pad = algo.model.body.pad_id
+    one_by_one = torch.cat([predict(learner, ids[i:i + 1]) for i in range(23)])  # [23, 3]
+    by_length = predict(learner, ids, batch=4, pad_id=pad)  # batches of similar length
+    torch.testing.assert_close(by_length, one_by_one, rtol=0, atol=1e-5)
+    in_order = predict(learner, ids, batch=4)  # no pad id: file order
+    torch.testing.assert_close(in_order, one_by_one, rtol=0, atol=1e-5)
+
+
+def mixed_length_ids(body: TextBody, count: int, seed: int = 0) -> torch.Tensor:
+    """``[count, 16]`` token ids of 2-14 tokens each, right-padded, in no length order."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab = int(body.encoder.config.vocab_size)
+    ids = torch.full((count, 16), body.pad_id, dtype=torch.long)
+    for i, n in enumerate(torch.randint(2, 15, (count,), generator=gen).tolist()):
+        ids[i, :n] = torch.randint(5, vocab, (n,), generator=gen)
+    return ids
+
+
+def test_large_batches_run_in_length_chunks_with_the_same_outputs_and_gradients() -> None:
+    model = text_model(None, shared_model_dir())
+    body = model.body
+    assert isinstance(body, TextBody)
+    ids = mixed_length_ids(body, 21, seed=1)
+    weight = next(p for n, p in body.named_parameters() if "intermediate" in n)
+
+    def run(chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        body.length_chunk = chunk
+        out = body(ids)  # [21, H]
+        (g,) = torch.autograd.grad(out.pow(2).sum(), weight, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), weight)  # second order, as MAML needs
+        return out.detach(), g.detach(), gg
+
+    whole, chunked = run(0), run(4)  # one call; 6 calls of <= 4 texts of similar length
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert float(whole[1].abs().sum()) > 0 and float(whole[2].abs().sum()) > 0

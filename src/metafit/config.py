@@ -105,6 +105,11 @@ class Recipe(BaseModel):
     finetune_layers: int = Field(0, ge=0, description="FineTune: body blocks refit at test")
     inner_batch: int | None = Field(None, gt=0, description="Reptile: examples per inner "
                                     "step, cycling through the support set (default: all)")
+    distance: Literal["sqeuclidean", "cosine"] = Field(
+        "sqeuclidean", description="ProtoNet: squared Euclidean distance (the paper's) or "
+        "scaled cosine similarity")
+    distance_scale: float = Field(10.0, gt=0, description="ProtoNet, distance cosine: the "
+                                  "logits' scale (inverse temperature)")
 
     # -- outer loop ------------------------------------------------------------------
     meta_batch: int = Field(32, gt=0)

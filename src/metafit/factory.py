@@ -81,6 +81,11 @@ def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.
         options["finetune_layers"] = recipe.finetune_layers
     if recipe.inner_batch is not None:
         options["inner_batch"] = recipe.inner_batch
+    if recipe.distance != "sqeuclidean":
+        if recipe.algorithm != "protonet":
+            raise ValueError(f"distance={recipe.distance!r} applies to protonet; algorithm "
+                             f"'{recipe.algorithm}' has no prototypes")
+        options.update(distance=recipe.distance, scale=recipe.distance_scale)
     if recipe.batching != "auto":
         if recipe.algorithm not in BATCHING_ALGORITHMS:
             raise ValueError(f"batching={recipe.batching!r} applies to "

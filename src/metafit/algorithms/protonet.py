@@ -3,7 +3,10 @@ Learning").
 
 ``model.body`` embeds the examples; a class prototype is the mean embedding of its support
 examples; the logits of a query are the negative squared Euclidean distances to the
-prototypes; the loss is cross-entropy on the query set. There is no inner loop: ``adapt``
+prototypes (the paper's choice) or, with ``distance="cosine"``, the scaled cosine
+similarities ``s * cos(f, p)`` (the cosine classifier of Gidaris & Komodakis 2018 and Chen
+et al. 2019, "A Closer Look at Few-shot Classification", with a fixed scale as in Oreshkin
+et al. 2018, TADAM); the loss is cross-entropy on the query set. There is no inner loop: ``adapt``
 computes the prototypes once (the number of steps is ignored), and ``model.head`` is not
 used (its meta-gradients are zeros).
 """
@@ -23,7 +26,11 @@ from metafit.functional import Params
 from metafit.kernels import once_differentiable_region
 from metafit.models.base import FewShotModel
 
-__all__ = ["PrototypeHead", "ProtoNet", "class_prototypes", "squared_distances"]
+__all__ = ["DISTANCES", "PrototypeHead", "ProtoNet", "class_prototypes", "prototype_logits",
+           "squared_distances"]
+
+#: The distances ProtoNet supports.
+DISTANCES = ("sqeuclidean", "cosine")
 
 
 def class_prototypes(features: Tensor, labels: Tensor, ways: int) -> Tensor:
@@ -39,17 +46,34 @@ def squared_distances(features: Tensor, prototypes: Tensor) -> Tensor:
     return diff.pow(2).sum(-1)  # [B, N]
 
 
-class PrototypeHead(nn.Module):
-    """Head of an adapted ProtoNet: features ``[B, F]`` -> logits ``-||f - p||^2 [B, N]``;
-    the prototypes ``[N, F]`` are a buffer."""
+def prototype_logits(features: Tensor, prototypes: Tensor, distance: str = "sqeuclidean",
+                     scale: float = 1.0) -> Tensor:
+    """Logits of ``features [B, F]`` against ``prototypes [N, F]`` -> ``[B, N]``:
+    ``-||f - p||^2`` (``sqeuclidean``) or ``scale * cos(f, p)`` (``cosine``)."""
+    if distance == "sqeuclidean":
+        return -squared_distances(features, prototypes)  # [B, N]
+    if distance == "cosine":
+        f = F.normalize(features, dim=-1)  # [B, F]
+        p = F.normalize(prototypes, dim=-1)  # [N, F]
+        return scale * f @ p.t()  # [B, N]
+    raise ValueError(f"ProtoNet: unknown distance {distance!r}; supported: "
+                     f"{', '.join(DISTANCES)}")
 
-    def __init__(self, prototypes: Tensor) -> None:
+
+class PrototypeHead(nn.Module):
+    """Head of an adapted ProtoNet: features ``[B, F]`` -> logits ``[B, N]`` by
+    :func:`prototype_logits`; the prototypes ``[N, F]`` are a buffer."""
+
+    def __init__(self, prototypes: Tensor, distance: str = "sqeuclidean",
+                 scale: float = 1.0) -> None:
         super().__init__()
         self.prototypes: Tensor
         self.register_buffer("prototypes", prototypes)
+        self.distance = distance
+        self.scale = float(scale)
 
     def forward(self, features: Tensor) -> Tensor:
-        return -squared_distances(features, self.prototypes)  # [B, N]
+        return prototype_logits(features, self.prototypes, self.distance, self.scale)
 
 
 @register_algorithm("protonet")
@@ -58,18 +82,31 @@ class ProtoNet(Algorithm):
 
     Args:
         model: a ``FewShotModel``; its ``body`` is the embedding, its ``head`` is ignored.
-        distance: ``"sqeuclidean"`` (the paper's choice; the only one implemented).
+        distance: ``"sqeuclidean"`` (the paper's choice) or ``"cosine"`` (scaled cosine
+            similarity: suits encoders trained for cosine similarity, such as
+            sentence-transformers; on BANKING77 it is what lifts ProtoNet above the frozen
+            probe, see docs/text.md).
+        scale: the cosine logits' scale (inverse temperature); ignored for
+            ``sqeuclidean``. all-MiniLM-L6-v2 was trained with 20.
     """
 
     supports_regression = False
 
     cheap_query_scores = True  # query features are computed once per task
 
-    def __init__(self, model: nn.Module, distance: str = "sqeuclidean") -> None:
+    def __init__(self, model: nn.Module, distance: str = "sqeuclidean",
+                 scale: float = 10.0) -> None:
         super().__init__(model)
-        if distance != "sqeuclidean":
-            raise ValueError(f"ProtoNet: unknown distance {distance!r}; supported: 'sqeuclidean'")
+        if distance not in DISTANCES:
+            raise ValueError(f"ProtoNet: unknown distance {distance!r}; supported: "
+                             f"{', '.join(DISTANCES)}")
+        if not scale > 0:
+            raise ValueError(f"ProtoNet: the cosine scale must be positive, got {scale}")
         self.distance = distance
+        self.scale = float(scale)
+
+    def _scores(self, features: Tensor, prototypes: Tensor) -> Tensor:
+        return prototype_logits(features, prototypes, self.distance, self.scale)  # [B, N]
 
     def _logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> tuple[Tensor,
                                                                                        Tensor]:
@@ -78,7 +115,7 @@ class ProtoNet(Algorithm):
             f_support = body(support_x).flatten(1)  # [N*K, F]
             f_query = body(query_x).flatten(1)  # [N*Q, F]
         prototypes = class_prototypes(f_support, support_y, int(support_y.max()) + 1)  # [N, F]
-        return -squared_distances(f_query, prototypes), prototypes  # [N*Q, N], [N, F]
+        return self._scores(f_query, prototypes), prototypes  # [N*Q, N], [N, F]
 
     def task_loss(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
@@ -99,7 +136,7 @@ class ProtoNet(Algorithm):
             out = None
             if query_x is not None:
                 f_query = self.model.body(query_x).flatten(1)  # [N*Q, F]
-                out = -squared_distances(f_query, prototypes)  # [N*Q, N]
+                out = self._scores(f_query, prototypes)  # [N*Q, N]
         params = {"body." + n: p.detach() for n, p in self.model.body.named_parameters()}
         params["head.prototypes"] = prototypes  # [N, F]
         for _ in range(steps + 1):
@@ -108,5 +145,6 @@ class ProtoNet(Algorithm):
     def make_learner(self, params: Params, support_y: Tensor) -> Learner:
         """Body + :class:`PrototypeHead` holding the prototypes."""
         prototypes = params["head.prototypes"]  # [N, F]
-        module = FewShotModel(self.model.body, PrototypeHead(prototypes), prototypes.shape[1])
+        head = PrototypeHead(prototypes, self.distance, self.scale)
+        module = FewShotModel(self.model.body, head, prototypes.shape[1])
         return Learner(module, params)

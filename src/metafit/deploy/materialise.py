@@ -92,15 +92,17 @@ def architecture(learner: Learner, batch_norm: BatchNormMode) -> dict[str, Any]:
     """The JSON architecture of the adapted model: head type, ways, feature width, and the
     BatchNorm mode (``"none"`` for models without BatchNorm)."""
     head = learner.module.head
+    extra: dict[str, Any] = {}
     if isinstance(head, PrototypeHead):
         ways, features = head.prototypes.shape
         kind = "prototypes"
+        extra = {"distance": head.distance, "scale": head.scale}
     else:
         ways, features = learner.params["head.weight"].shape
         kind = "linear"
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in learner.module.modules())
     return {"head": kind, "ways": int(ways), "features": int(features),
-            "batch_norm": batch_norm if has_bn else "none"}
+            "batch_norm": batch_norm if has_bn else "none", **extra}
 
 
 def _batch_norms(module: nn.Module) -> list[tuple[nn.Module, str, nn.modules.batchnorm._BatchNorm]]:
@@ -194,7 +196,9 @@ def build_module(arch: Mapping[str, Any], recipe: Recipe, text_config: Any = Non
     ways, features = int(arch["ways"]), int(arch["features"])
     head: nn.Module
     if arch["head"] == "prototypes":
-        head = PrototypeHead(torch.zeros(ways, features))
+        # model directories written before the cosine distance carry no "distance"
+        head = PrototypeHead(torch.zeros(ways, features), arch.get("distance", "sqeuclidean"),
+                             float(arch.get("scale", 1.0)))
     elif arch["head"] == "linear":
         head = nn.Linear(features, ways)
     else:

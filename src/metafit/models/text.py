@@ -29,6 +29,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import torch
 from torch import Tensor, nn
 
 from metafit.models.base import FewShotModel, make_head
@@ -47,11 +48,18 @@ class TextBody(nn.Module):
 
     Padding (``ids == pad_id``) is masked out of attention and of the mean; the batch is
     first cut to its longest text, which changes no output (masked positions contribute
-    nothing) and saves the work on padding.
+    nothing) and saves the work on padding. A batch of more than :attr:`length_chunk`
+    texts goes through the encoder in chunks of that many texts of similar length
+    (longest first, each chunk cut to its own longest) and comes back in its order: the
+    same outputs and gradients, without padding every text to the batch's longest (a
+    77-way BANKING77 episode of 385 texts, 15 tokens on average and up to 60: 4x less
+    work).
     """
 
     #: The batch is cut to its longest text (control flow on data): no vmap over tasks.
     per_task_only = True
+    #: Texts per encoder call in a large batch (sorted by length); 0 = one call.
+    length_chunk = 64
 
     def __init__(self, encoder: nn.Module, pooling: Pooling = "mean", pad_id: int = 0) -> None:
         super().__init__()
@@ -67,8 +75,17 @@ class TextBody(nn.Module):
 
         if ids.is_floating_point():
             raise TypeError(f"a text model takes token ids (long), got {ids.dtype}")
-        ids = trim(ids, self.pad_id)  # [B, L']
-        return self.encode(ids, (ids != self.pad_id).long())  # [B, H]
+        chunk = self.length_chunk
+        if chunk <= 0 or len(ids) <= chunk:
+            ids = trim(ids, self.pad_id)  # [B, L']
+            return self.encode(ids, (ids != self.pad_id).long())  # [B, H]
+        lengths = (ids != self.pad_id).sum(1)  # [B]
+        order = torch.argsort(lengths, descending=True, stable=True)  # [B]
+        parts = []
+        for start in range(0, len(ids), chunk):
+            part = trim(ids[order[start:start + chunk]], self.pad_id)  # [c, L_c]
+            parts.append(self.encode(part, (part != self.pad_id).long()))  # [c, H]
+        return torch.cat(parts).index_select(0, torch.argsort(order))  # [B, H]
 
     def encode(self, ids: Tensor, mask: Tensor) -> Tensor:
         """``ids [B, L]``, ``mask [B, L]`` (1 = token, 0 = padding; long) -> ``[B, H]``:
