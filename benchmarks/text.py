@@ -266,7 +266,7 @@ def main() -> None:
                         help="ProtoNet rows: the distance (default: the recipe's, sqeuclidean)")
     parser.add_argument("--scale", type=float, default=20.0,
                         help="ProtoNet rows with --distance cosine: the logits' scale "
-                             "(all-MiniLM-L6-v2 was trained with 20)")
+                             "(sentence-transformers' default for cosine similarities)")
     parser.add_argument("--out", default="runs/bench_text")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--quiet", action="store_true")
