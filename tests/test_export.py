@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from deploy_fixtures import image_run, pattern, support_folder, text_run
+from deploy_fixtures import image_run, pattern, support_folder, text_recipe, text_run
 from metafit.cli import main
 from metafit.deploy import (
     AdaptedModel,
@@ -23,6 +23,7 @@ from metafit.deploy import (
 )
 from metafit.deploy.compress import prune, quantize
 from metafit.deploy.modeldir import read_model_dir
+from metafit.factory import build_algorithm
 from text_fixtures import sentences
 
 pytest.importorskip("onnxruntime")
@@ -66,6 +67,22 @@ def test_text_export_has_dynamic_batch_and_sequence_axes(tmp_path: Path) -> None
     got = torch.from_numpy(session.run(["logits"], feeds)[0]).softmax(-1)
     torch.testing.assert_close(got, model.predict_proba(texts), rtol=0, atol=1e-5)
     assert (tmp_path / "onnx" / "encoder" / "tokenizer.json").is_file()
+
+
+def test_cosine_protonet_text_model_exports_with_parity(tmp_path: Path) -> None:
+    recipe = text_recipe("protonet", distance="cosine", distance_scale=20.0)
+    rows = sentences(3, 2, seed=5)
+    model = Adapter(recipe, build_algorithm(recipe)).adapt([t for t, _ in rows],
+                                                           [lab for _, lab in rows])
+    report = onnx_export.export_onnx(model, tmp_path / "onnx")
+    assert report.max_abs_diff <= 1e-4
+    session = onnx_export.onnx_session(tmp_path / "onnx" / "model.onnx")
+    texts = ["please help with my card alpha2 gamma2", "why delta0"]
+    feeds = onnx_export.onnx_feeds("text", model.preprocess(texts), pad_id=0)
+    logits = torch.from_numpy(session.run(["logits"], feeds)[0])
+    assert float(logits.abs().max()) <= 20.0 + 1e-4  # scaled cosines, not distances
+    torch.testing.assert_close(logits.softmax(-1), model.predict_proba(texts), rtol=0,
+                               atol=1e-5)
 
 
 def test_a_failed_parity_check_writes_nothing(image_model, tmp_path, monkeypatch) -> None:
