@@ -120,7 +120,7 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
             train_s = time.perf_counter() - t0
             trainable, total = count_parameters(trainer.algo.model)
             t0 = time.perf_counter()
-            result = evaluate_run(run, "test", episodes=args.episodes)
+            result = evaluate_run(run, "test", episodes=args.episodes, curve=args.curve)
             row = {"algorithm": _label(algorithm, args), "scope": scope, "shots": shots,
                    "accuracy": result.mean, "ci95": result.ci95, "episodes": args.episodes,
                    "iterations": state.iteration, "train_seconds": round(train_s, 1),
@@ -253,6 +253,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, help="seconds of meta-training per run")
     parser.add_argument("--steps", type=int, default=10, help="test-time inner steps")
     parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--curve", choices=["ends", "full"], default="ends",
+                        help="protocol A: score the query set before adaptation and after "
+                             "the last step only (ends: the same accuracy with 2 query "
+                             "passes instead of steps + 1) or after every step (full)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--text-model", default=None,

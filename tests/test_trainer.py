@@ -145,6 +145,24 @@ def test_run_directory_contents_and_evaluation(tmp_path: Path) -> None:
     assert saved["mean"] == pytest.approx(result.mean)
 
 
+def test_scoring_only_the_curve_ends_gives_the_same_result(tmp_path: Path) -> None:
+    from metafit.evaluation import evaluate
+    from metafit.runs import load_trained, split_sampler
+
+    root = image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    Trainer(classification_recipe(root, "maml"), run, progress=False).fit()
+    full = evaluate_run(run, "test", episodes=6, steps=4)
+    ends = evaluate_run(run, "test", episodes=6, steps=4, curve="ends")
+    assert ends.per_episode == full.per_episode and ends.mean == full.mean
+    assert full.curve_steps == [0, 1, 2, 3, 4] and ends.curve_steps == [0, 4]
+    assert ends.curve == [full.curve[0], full.curve[-1]]
+    recipe, algo = load_trained(run)
+    for bad in ([0, 3], [-1, 4], []):
+        with pytest.raises(ValueError, match="evaluation points must lie in 0..4"):
+            evaluate(algo, split_sampler(recipe, "test"), episodes=2, steps=4, points=bad)
+
+
 def test_early_stopping_marks_the_run(tmp_path: Path) -> None:
     recipe = regression_recipe("maml", iterations=60, val_every=1, patience=1, inner_lr=5.0,
                                outer_lr=0.5)

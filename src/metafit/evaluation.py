@@ -14,6 +14,7 @@ shared across the query set of one task, as in the MAML paper's protocol); resul
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -90,6 +91,7 @@ def evaluate(
     progress: bool = False,
     desc: str = "evaluating",
     dist: DistContext = SINGLE,
+    points: Sequence[int] | None = None,
 ) -> EvalResult:
     """Evaluate ``algo`` on ``sampler.fixed(episodes)``.
 
@@ -103,19 +105,31 @@ def evaluate(
         dist: in a distributed run, every rank scores its contiguous block of the same
             fixed episodes and the per-episode scores are gathered to every rank, so each
             gets the result of the whole set (equal to one process's up to float noise).
+        points: the inner steps at which the query set is scored (the adaptation curve;
+            the last must be ``steps``, the reported result). Default:
+            :func:`curve_points`, every step up to 10. Each point is one forward pass of
+            the query set, so ``[0, steps]`` needs 2 passes instead of ``steps + 1``, with
+            the same result: what dominates evaluating an inner-loop method on a large
+            encoder, whose query sets are larger than its support sets.
+
+    Raises:
+        ValueError: ``points`` outside ``0..steps`` or without ``steps``.
     """
     from tqdm.auto import tqdm
 
     if steps is None:
         steps = int(algo.default_eval_steps)
     tasks = sampler.fixed(episodes)
-    points = curve_points(steps)
-    at = None if len(points) == steps + 1 else points
+    chosen = curve_points(steps) if points is None else sorted({int(s) for s in points})
+    if not chosen or chosen[0] < 0 or chosen[-1] != steps:
+        raise ValueError(f"evaluation points must lie in 0..{steps} and end with {steps} "
+                         f"(the reported step), got {chosen}")
+    at = None if len(chosen) == steps + 1 else chosen
     mine = shard(episodes, dist.rank, dist.world_size)
     device = next(algo.parameters(), torch.empty(0)).device  # the episodes go where algo is
     was_training = algo.training
     algo.eval()
-    curves = [torch.empty(0, len(points), dtype=torch.float64)]  # [0, P]: a rank may get none
+    curves = [torch.empty(0, len(chosen), dtype=torch.float64)]  # [0, P]: a rank may get none
     with tqdm(total=len(mine), desc=desc, unit="task", disable=not (progress and dist.is_main),
               leave=False) as bar:
         for start in range(mine.start, mine.stop, batch):
@@ -124,7 +138,7 @@ def evaluate(
             bar.update(curves[-1].shape[0])  # curves[-1]: [t, P]
     algo.train(was_training)
     curve = torch.cat(all_gather_object(torch.cat(curves), dist))  # [episodes, P], in order
-    return _result(curve, sampler, tasks.is_regression, steps, points)
+    return _result(curve, sampler, tasks.is_regression, steps, chosen)
 
 
 def _result(curve: Tensor, sampler: EpisodeSampler, is_regression: bool, steps: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -84,15 +84,20 @@ def evaluate_run(
     which: str = "best",
     steps: int | None = None,
     dist: DistContext = SINGLE,
+    curve: Literal["full", "ends"] = "full",
 ) -> EvalResult:
     """Evaluate a run on fixed episodes of ``split`` and save the result under report/.
 
     ``dist``: in a distributed run the episodes are split across the ranks and gathered
     (:func:`~metafit.evaluation.evaluate`); every rank returns the result, rank 0 saves it.
+    ``curve="ends"`` scores the query set only before adaptation and after the last step
+    (the same result, less work; the saved curve has those two points).
     """
     recipe, algo = load_trained(run, which)
+    n_steps = int(cast(Any, algo).default_eval_steps) if steps is None else int(steps)
     result = evaluate(algo, split_sampler(recipe, split),
-                      episodes=episodes or recipe.test_episodes, steps=steps, dist=dist)
+                      episodes=episodes or recipe.test_episodes, steps=n_steps, dist=dist,
+                      points=None if curve == "full" else [0, n_steps])
     if not dist.is_main:
         return result
     return record_evaluation(run, result, recipe, split, which)
