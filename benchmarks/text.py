@@ -107,8 +107,9 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     results = []
     for algorithm, scope in _rows(args.rows):
+        label = _label(algorithm, args)
         for shots in args.shots:
-            run = Path(args.out) / "A" / f"{_label(algorithm, args)}_{scope}_{shots}shot"
+            run = Path(args.out) / "A" / f"{label}_{scope}_{shots}shot"
             done = run / "benchmark.json"
             if _finished(done, results):
                 continue
@@ -121,7 +122,7 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
             trainable, total = count_parameters(trainer.algo.model)
             t0 = time.perf_counter()
             result = evaluate_run(run, "test", episodes=args.episodes, curve=args.curve)
-            row = {"algorithm": _label(algorithm, args), "scope": scope, "shots": shots,
+            row = {"algorithm": label, "scope": scope, "shots": shots,
                    "accuracy": result.mean, "ci95": result.ci95, "episodes": args.episodes,
                    "iterations": state.iteration, "train_seconds": round(train_s, 1),
                    "eval_seconds": round(time.perf_counter() - t0, 1),
@@ -162,9 +163,10 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
     root = Path(args.data_root)
     results = []
     for algorithm, scope in _rows(args.rows):
+        label = _label(algorithm, args)
         for k in args.k:
             for seed in args.seeds:
-                run = Path(args.out) / "B" / f"{_label(algorithm, args)}_{scope}_k{k}_seed{seed}"
+                run = Path(args.out) / "B" / f"{label}_{scope}_k{k}_seed{seed}"
                 done = run / "benchmark.json"
                 if _finished(done, results):
                     continue
@@ -187,7 +189,7 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
                 dev = args.device
                 score = adapt_and_score(algo, support.tokens.to(dev), support.targets.to(dev),
                                         test.tokens.to(dev), test.targets.to(dev))
-                row = {"algorithm": _label(algorithm, args), "scope": scope, "k": k,
+                row = {"algorithm": label, "scope": scope, "k": k,
                        "seed": seed,
                        "accuracy": score.accuracy, "test": score.test, "device": args.device,
                        "train_seconds": round(train_s, 1),

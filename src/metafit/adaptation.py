@@ -43,8 +43,9 @@ def predict(learner: Learner, x: Tensor, batch: int = 256, pad_id: int | None = 
         raise ValueError("predict: no inputs")
     order = None
     if pad_id is not None and x.dim() == 2 and not x.is_floating_point():
-        lengths = (x != pad_id).sum(1)  # [M]
-        order = torch.argsort(lengths, descending=True, stable=True)  # [M]
+        from metafit.text import length_order
+
+        order = length_order(x, pad_id)  # [M]
         x = x[order]
     out = torch.cat([learner(x[i:i + batch]) for i in range(0, len(x), batch)])  # [M, out]
     if order is None:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from metafit.io import cached
@@ -147,6 +148,12 @@ def pad_id(model_dir: str | Path | None) -> int:
     """The tokenizer's padding id (0 for BERT-style vocabularies)."""
     tok = load_tokenizer(model_dir)
     return int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+
+def length_order(ids: Tensor, pad: int) -> Tensor:
+    """The rows of ``ids [B, L]`` (right-padded with ``pad``), longest text first: ``[B]``
+    indices (stable, so equal lengths keep their order)."""
+    return torch.argsort((ids != pad).sum(1), descending=True, stable=True)  # [B]
 
 
 def trim(ids: Tensor, pad: int) -> Tensor:

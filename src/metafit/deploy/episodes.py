@@ -10,16 +10,17 @@ each variant's change against the float model is the mean of the per-episode dif
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from metafit.config import Recipe
 from metafit.deploy.adapted import AdaptedModel
 from metafit.deploy.adapter import Adapter
+from metafit.evaluation import ci95
 
 __all__ = ["Variant", "accuracy", "describe", "episode_accuracies", "summarise"]
 
@@ -35,7 +36,8 @@ def accuracy(model: AdaptedModel, x: Tensor, y: Tensor) -> float:
 
 
 def _ci95(values: list[float]) -> float:
-    return 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    """:func:`metafit.evaluation.ci95` of a list; 0 for a single episode."""
+    return ci95(torch.tensor(values, dtype=torch.float64)) if len(values) > 1 else 0.0
 
 
 def summarise(scores: Mapping[str, list[float]], reference: str = "float"

@@ -71,7 +71,7 @@ class TextBody(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """``ids [B, L]`` long -> ``[B, H]``."""
-        from metafit.text import trim
+        from metafit.text import length_order, trim
 
         if ids.is_floating_point():
             raise TypeError(f"a text model takes token ids (long), got {ids.dtype}")
@@ -79,8 +79,7 @@ class TextBody(nn.Module):
         if chunk <= 0 or len(ids) <= chunk:
             ids = trim(ids, self.pad_id)  # [B, L']
             return self.encode(ids, (ids != self.pad_id).long())  # [B, H]
-        lengths = (ids != self.pad_id).sum(1)  # [B]
-        order = torch.argsort(lengths, descending=True, stable=True)  # [B]
+        order = length_order(ids, self.pad_id)  # [B]
         parts = []
         for start in range(0, len(ids), chunk):
             part = trim(ids[order[start:start + chunk]], self.pad_id)  # [c, L_c]
