@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from metafit.distributed import SINGLE, DistContext, all_gather_object, shard
+from metafit.feature_cache import cached_body
 from metafit.functional import loss_fn, score
 from metafit.sampler import EpisodeSampler
 
@@ -92,6 +94,7 @@ def evaluate(
     desc: str = "evaluating",
     dist: DistContext = SINGLE,
     points: Sequence[int] | None = None,
+    cache_features: bool = True,
 ) -> EvalResult:
     """Evaluate ``algo`` on ``sampler.fixed(episodes)``.
 
@@ -111,6 +114,11 @@ def evaluate(
             the query set, so ``[0, steps]`` needs 2 passes instead of ``steps + 1``, with
             the same result: what dominates evaluating an inner-loop method on a large
             encoder, whose query sets are larger than its support sets.
+        cache_features: when adaptation leaves the body fixed (``algo.adapts_body()`` is
+            false) and the body maps each example on its own, compute the body's features
+            of each distinct example once for all episodes (:mod:`metafit.feature_cache`;
+            the same result up to float rounding). Classification only (regression inputs
+            do not recur). ``False`` runs the body in every episode.
 
     Raises:
         ValueError: ``points`` outside ``0..steps`` or without ``steps``.
@@ -130,8 +138,10 @@ def evaluate(
     was_training = algo.training
     algo.eval()
     curves = [torch.empty(0, len(chosen), dtype=torch.float64)]  # [0, P]: a rank may get none
-    with tqdm(total=len(mine), desc=desc, unit="task", disable=not (progress and dist.is_main),
-              leave=False) as bar:
+    cache = (cached_body(algo.model) if cache_features and not tasks.is_regression
+             and not algo.adapts_body() else nullcontext())
+    with cache, tqdm(total=len(mine), desc=desc, unit="task",
+                     disable=not (progress and dist.is_main), leave=False) as bar:
         for start in range(mine.start, mine.stop, batch):
             chunk = tasks[start : min(start + batch, mine.stop)].to(device)
             curves.append(algo.adaptation_curve(chunk, steps, at=at).detach().double().cpu())

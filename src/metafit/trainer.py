@@ -28,6 +28,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -53,6 +54,7 @@ from metafit.distributed import (
 from metafit.episodes import Episodes
 from metafit.evaluation import evaluate
 from metafit.factory import build_algorithm
+from metafit.feature_cache import cached_body, uncacheable_reason
 from metafit.rundir import CheckpointError, RunDir, load_checkpoint, restore_state
 from metafit.runs import split_sampler
 from metafit.sampler import EpisodeSampler
@@ -367,48 +369,49 @@ class Trainer:
         if self._out_of_time():
             stopped, reason = True, "time_budget"  # resumed with no time left
         self.algo.train()
-        while st.iteration < r.iterations and not stopped:
-            metrics = self._timed_step()
-            st.iteration += 1
-            out_of_time = self._out_of_time()
-            for k, v in metrics.items():
-                st.window[k] = st.window.get(k, 0.0) + v
-            st.window_count += 1
-            last = st.iteration == r.iterations or out_of_time
-            if st.iteration % r.log_every == 0 or last:
-                record: dict[str, Any] = {k: v / st.window_count
-                                          for k, v in st.window.items()}
-                record.update(iteration=st.iteration, split="train",
-                              lr=self.optimizer.param_groups[0]["lr"],
-                              seconds=round(st.train_seconds, 3))
-                self._log(record, writer)
-                st.window, st.window_count = {}, 0
-                bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
-                                 if k in ("loss", "accuracy", "mse")})
-            if st.iteration % r.val_every == 0 or last:
-                val = self.validate()
-                self._log({"iteration": st.iteration, "split": "val",
-                           "seconds": round(st.train_seconds, 3), **val}, writer)
-                score = next(iter(val.values()))
-                stopped = self._after_validation(score)
-                reason = "patience" if stopped else reason
-                if not stopped and self._hook_stops(st.iteration, score):
-                    stopped, reason = True, "stopped_by_hook"
-                line = f"iteration {st.iteration}: validation " + ", ".join(
-                    f"{k} {v:.4g}" for k, v in val.items())
-                if self.progress:
-                    bar.write(line)
-                elif self.dist.is_main:
-                    log.info("%s: %s", r.name, line)
-            if st.iteration % r.checkpoint_every == 0 or stopped or last:
-                self._save("last")
-            self._crash_if_asked(st.iteration)
-            bar.update(1)
-            if out_of_time and not stopped:
-                if self.dist.is_main:
-                    log.info("%s: time budget of %g s reached at iteration %d", r.name,
-                             r.time_budget, st.iteration)
-                stopped, reason = True, "time_budget"
+        with self._frozen_body_cache():
+            while st.iteration < r.iterations and not stopped:
+                metrics = self._timed_step()
+                st.iteration += 1
+                out_of_time = self._out_of_time()
+                for k, v in metrics.items():
+                    st.window[k] = st.window.get(k, 0.0) + v
+                st.window_count += 1
+                last = st.iteration == r.iterations or out_of_time
+                if st.iteration % r.log_every == 0 or last:
+                    record: dict[str, Any] = {k: v / st.window_count
+                                              for k, v in st.window.items()}
+                    record.update(iteration=st.iteration, split="train",
+                                  lr=self.optimizer.param_groups[0]["lr"],
+                                  seconds=round(st.train_seconds, 3))
+                    self._log(record, writer)
+                    st.window, st.window_count = {}, 0
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
+                                     if k in ("loss", "accuracy", "mse")})
+                if st.iteration % r.val_every == 0 or last:
+                    val = self.validate()
+                    self._log({"iteration": st.iteration, "split": "val",
+                               "seconds": round(st.train_seconds, 3), **val}, writer)
+                    score = next(iter(val.values()))
+                    stopped = self._after_validation(score)
+                    reason = "patience" if stopped else reason
+                    if not stopped and self._hook_stops(st.iteration, score):
+                        stopped, reason = True, "stopped_by_hook"
+                    line = f"iteration {st.iteration}: validation " + ", ".join(
+                        f"{k} {v:.4g}" for k, v in val.items())
+                    if self.progress:
+                        bar.write(line)
+                    elif self.dist.is_main:
+                        log.info("%s: %s", r.name, line)
+                if st.iteration % r.checkpoint_every == 0 or stopped or last:
+                    self._save("last")
+                self._crash_if_asked(st.iteration)
+                bar.update(1)
+                if out_of_time and not stopped:
+                    if self.dist.is_main:
+                        log.info("%s: time budget of %g s reached at iteration %d", r.name,
+                                 r.time_budget, st.iteration)
+                    stopped, reason = True, "time_budget"
         bar.close()
         status = "stopped_early" if stopped else "complete"
         self._set_status(status, iteration=st.iteration, best_iteration=st.best_iteration,
@@ -418,6 +421,22 @@ class Trainer:
         if writer is not None:
             writer.close()
         return st
+
+    def _frozen_body_cache(self) -> AbstractContextManager[Any]:
+        """While nothing in ``model.body`` is trained (the ``head`` adapt scope, a frozen
+        encoder), its features of each training example are computed once for all
+        iterations (:mod:`metafit.feature_cache`); otherwise a no-op."""
+        body = getattr(self.algo.model, "body", None)
+        if body is None or any(p.requires_grad for p in body.parameters()):
+            return nullcontext()
+        reason = uncacheable_reason(body)
+        if reason is not None:
+            log.debug("%s: frozen body, features not cached: %s", self.recipe.name, reason)
+            return nullcontext()
+        if self.dist.is_main:
+            log.info("%s: the body is frozen; its features of each example are computed "
+                     "once and reused across iterations", self.recipe.name)
+        return cached_body(self.algo.model)
 
     def _hook_stops(self, iteration: int, score: float) -> bool:
         """The :data:`ValidationHook`'s answer (rank 0's, shared with every rank)."""

@@ -1,0 +1,160 @@
+"""Body features computed once and reused across episodes while the body stays fixed.
+
+Episodes share their examples: 600 test episodes of 5-way tasks with 15 queries per class
+draw 48,000 sentences from a pool of a few thousand, so each is embedded a dozen times.
+Whenever adaptation leaves ``model.body`` unchanged (ProtoNet, ANIL, the FineTune and
+linear-probe heads, MAML / FOMAML / Meta-SGD / Reptile when only the head adapts) and the
+body maps each example on its own, the body's output for an example is the same in every
+episode. :func:`cached_body` then routes ``model.body``'s forward through a
+:class:`FeatureCache`: each distinct input row (keyed by its bytes) goes through the body
+once, in one batch with the other new rows of its call, and later calls look it up. The
+same applies to meta-training a frozen body (the ``head`` adapt scope), where the training
+pool's examples recur across iterations.
+
+What is not cached (the body runs as before, and the reason is logged at debug level):
+
+* a body with batch statistics (``BatchNorm``: its output for one example depends on the
+  rest of the batch, see :mod:`metafit.evaluation`), or with active dropout;
+* a call that needs gradients through the body (grad mode on and a body parameter
+  requiring grad), a call under ``vmap``;
+* after a body parameter changed in place (an optimizer step): the cache is emptied.
+
+Results equal the uncached ones up to float rounding: a row's features are computed in a
+batch of other rows, which may change the last bits of a text encoder's output (a different
+padding length), never more (tested for every algorithm).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FeatureCache", "cached_body", "uncacheable_reason"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 2 * 2**30  # stop storing (keep serving hits) beyond 2 GiB of features
+
+
+def uncacheable_reason(body: nn.Module | None) -> str | None:
+    """Why ``body``'s outputs cannot be cached per example, or ``None`` when they can."""
+    if body is None:
+        return "the model has no body"
+    for name, m in body.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return f"{name or 'body'} normalises with batch statistics"
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
+            return f"{name or 'body'} applies dropout (p={m.p})"
+    return None
+
+
+def _is_batched(x: Tensor) -> bool:
+    """Whether ``x`` is a ``vmap`` batched tensor (its rows are not the real examples)."""
+    return bool(torch._C._functorch.is_batchedtensor(x))
+
+
+class FeatureCache:
+    """A memo of ``body``'s per-example outputs, keyed by the bytes of each input row.
+
+    Call it like the body: ``x [B, *x] -> [B, *f]``. Thread-safe (the tasks of a
+    meta-batch may run on several threads).
+
+    Args:
+        body: the module whose forward is cached (its own ``forward`` is kept as
+            :attr:`compute`).
+        max_bytes: features stored at most; beyond it new rows are computed, not stored.
+    """
+
+    def __init__(self, body: nn.Module, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.body = body
+        self.compute = body.forward  # the forward being cached (a bound method)
+        self.max_bytes = int(max_bytes)
+        self.store: dict[tuple[Any, ...], Tensor] = {}
+        self.stored_bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._versions = self._param_versions()
+        self._lock = threading.Lock()
+
+    def _param_versions(self) -> list[int]:
+        return [p._version for p in self.body.parameters()]
+
+    def _needs_graph(self) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.body.parameters())
+
+    def clear(self) -> None:
+        """Forget every stored feature."""
+        with self._lock:
+            self.store.clear()
+            self.stored_bytes = 0
+
+    def __call__(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """``body(x)`` for ``x [B, *x]``: stored rows looked up, new ones computed together."""
+        if args or kwargs or _is_batched(x) or x.requires_grad or self._needs_graph():
+            return self.compute(x, *args, **kwargs)
+        versions = self._param_versions()
+        if versions != self._versions:  # the body changed in place: stale features
+            self.clear()
+            self._versions = versions
+        tail, dtype = tuple(x.shape[1:]), str(x.dtype)
+        rows = x.detach().cpu().contiguous().numpy()
+        keys = [(tail, dtype, row.tobytes()) for row in rows]
+        found: dict[tuple[Any, ...], Tensor] = {}
+        with self._lock:
+            for k in keys:
+                if k in self.store:
+                    found[k] = self.store[k]
+        new = list(dict.fromkeys(k for k in keys if k not in found))  # unique, in order
+        if new:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}  # first row of a key
+            with torch.no_grad():
+                out = self.compute(x[torch.tensor([first[k] for k in new],
+                                                  device=x.device)])  # [n, *f]
+            with self._lock:
+                for k, f in zip(new, out, strict=True):
+                    found[k] = f
+                    size = f.numel() * f.element_size()
+                    if self.stored_bytes + size <= self.max_bytes:
+                        self.store[k] = f
+                        self.stored_bytes += size
+        with self._lock:
+            self.hits += len(keys) - len(new)
+            self.misses += len(new)
+        return torch.stack([found[k] for k in keys])  # [B, *f]
+
+
+@contextmanager
+def cached_body(model: nn.Module, max_bytes: int = DEFAULT_MAX_BYTES
+                ) -> Iterator[FeatureCache | None]:
+    """Route ``model.body``'s forward through a new :class:`FeatureCache` inside the block.
+
+    Yields the cache, or ``None`` when the body cannot be cached
+    (:func:`uncacheable_reason`); the body's own forward is restored on exit. The caller
+    guarantees that the body's parameters stay fixed (or change only in place, which
+    empties the cache) while the block runs.
+    """
+    body = getattr(model, "body", None)
+    reason = uncacheable_reason(body)
+    if reason is not None or body is None:
+        log.debug("body features not cached: %s", reason)
+        yield None
+        return
+    had_own = "forward" in body.__dict__
+    previous = body.__dict__.get("forward")
+    cache = FeatureCache(body, max_bytes)
+    body.forward = cache  # an instance attribute: nn.Module.__call__ calls it
+    try:
+        yield cache
+    finally:
+        if had_own:
+            body.forward = previous
+        else:
+            del body.forward
+        log.debug("body feature cache: %d rows computed, %d looked up", cache.misses,
+                  cache.hits)
