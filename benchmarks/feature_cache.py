@@ -3,8 +3,8 @@ every episode, side by side on trained runs (``metafit.feature_cache``).
 
     python benchmarks/feature_cache.py RUN [RUN ...] --episodes 600
 
-For each run directory (a trained text or image run whose adaptation leaves the body fixed:
-ProtoNet, ANIL, head-only MAML / FOMAML / Reptile, FineTune, the linear probe), the same
+For each run directory (a trained run of a model without batch statistics, e.g. a text
+model; the speed-up is largest where adaptation leaves the body fixed), the same
 fixed test episodes are scored twice in one process, cached first, then uncached
 (``--repeats`` times, alternating; medians), with the run's own test-time steps and only the
 curve's ends scored (``benchmarks/text.py``'s default). Prints and writes a table to
@@ -46,7 +46,6 @@ def measure(run: Path, episodes: int, repeats: int, cached_only: bool) -> dict[s
         "run": run.name, "algorithm": recipe.algorithm, "adapt": recipe.adapt,
         "shots": recipe.shots, "episodes": episodes, "steps": steps,
         "accuracy": results[True].mean, "cached_s": statistics.median(times[True]),
-        "adapts_body": bool(cast(Any, algo).adapts_body()),
     }
     if not cached_only:
         diff = torch.tensor(results[True].per_episode) - torch.tensor(results[False].per_episode)

@@ -114,11 +114,11 @@ def evaluate(
             the query set, so ``[0, steps]`` needs 2 passes instead of ``steps + 1``, with
             the same result: what dominates evaluating an inner-loop method on a large
             encoder, whose query sets are larger than its support sets.
-        cache_features: when adaptation leaves the body fixed (``algo.adapts_body()`` is
-            false) and the body maps each example on its own, compute the body's features
-            of each distinct example once for all episodes (:mod:`metafit.feature_cache`;
-            the same result up to float rounding). Classification only (regression inputs
-            do not recur). ``False`` runs the body in every episode.
+        cache_features: when the body maps each example on its own, compute its features
+            of each distinct example once for all the passes that use the body's own
+            parameters (:mod:`metafit.feature_cache`: all of them when adaptation leaves
+            the body fixed; the same result up to float rounding). Classification only
+            (regression inputs do not recur). ``False`` runs the body every time.
 
     Raises:
         ValueError: ``points`` outside ``0..steps`` or without ``steps``.
@@ -139,7 +139,7 @@ def evaluate(
     algo.eval()
     curves = [torch.empty(0, len(chosen), dtype=torch.float64)]  # [0, P]: a rank may get none
     cache = (cached_body(algo.model) if cache_features and not tasks.is_regression
-             and not algo.adapts_body() else nullcontext())
+             else nullcontext())
     with cache, tqdm(total=len(mine), desc=desc, unit="task",
                      disable=not (progress and dist.is_main), leave=False) as bar:
         for start in range(mine.start, mine.stop, batch):

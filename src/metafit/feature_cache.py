@@ -1,26 +1,33 @@
-"""Body features computed once and reused across episodes while the body stays fixed.
+"""Body features computed once and reused across episodes while the body is unchanged.
 
 Episodes share their examples: 600 test episodes of 5-way tasks with 15 queries per class
 draw 48,000 sentences from a pool of a few thousand, so each is embedded a dozen times.
-Whenever adaptation leaves ``model.body`` unchanged (ProtoNet, ANIL, the FineTune and
-linear-probe heads, MAML / FOMAML / Meta-SGD / Reptile when only the head adapts) and the
-body maps each example on its own, the body's output for an example is the same in every
-episode. :func:`cached_body` then routes ``model.body``'s forward through a
-:class:`FeatureCache`: each distinct input row (keyed by its bytes) goes through the body
-once, in one batch with the other new rows of its call, and later calls look it up. The
-same applies to meta-training a frozen body (the ``head`` adapt scope), where the training
-pool's examples recur across iterations.
+Inside :func:`cached_body`, ``model.body``'s forward goes through a :class:`FeatureCache`:
+each distinct input row (keyed by its bytes) goes through the body once, in one batch with
+the other new rows of its call, and later calls with the body's own parameters look it up.
 
-What is not cached (the body runs as before, and the reason is logged at debug level):
+Evaluation (:func:`metafit.evaluation.evaluate`) always installs it for classification.
+Whatever leaves the body fixed then embeds each example once: ProtoNet, ANIL, the FineTune
+and linear-probe heads, MAML / FOMAML / Meta-SGD / Reptile when only the head adapts; an
+algorithm that adapts the body still gets its unadapted passes (the query set scored
+before adaptation) from the cache. The trainer installs it while the body is frozen (the
+``head`` adapt scope), where the training pool's examples recur across iterations.
 
-* a body with batch statistics (``BatchNorm``: its output for one example depends on the
-  rest of the batch, see :mod:`metafit.evaluation`), or with active dropout;
-* a call that needs gradients through the body (grad mode on and a body parameter
-  requiring grad), a call under ``vmap``;
-* after a body parameter changed in place (an optimizer step): the cache is emptied.
+The body runs itself, uncached, on any call
+
+* with other values than its own parameters' (a functional call with adapted body
+  parameters, e.g. MAML's inner loop on the whole encoder; a copy of the parameters with
+  the same values is recognised, compared smallest tensor first),
+* that needs gradients through the body (grad mode on and a parameter requiring grad), or
+  runs under ``vmap``;
+
+and the cache is never installed on a body with batch statistics (``BatchNorm``: one
+example's output depends on the rest of the batch, see :mod:`metafit.evaluation`) or
+active dropout. An in-place change of the body's own parameters (an optimizer step)
+empties it.
 
 Results equal the uncached ones up to float rounding: a row's features are computed in a
-batch of other rows, which may change the last bits of a text encoder's output (a different
+batch of other rows, which may change the last bits of a text encoder's output (another
 padding length), never more (tested for every algorithm).
 """
 
@@ -79,11 +86,28 @@ class FeatureCache:
         self.stored_bytes = 0
         self.hits = 0
         self.misses = 0
-        self._versions = self._param_versions()
+        self._own = list(body.parameters())  # the live parameters the store belongs to
+        self._versions = self._own_versions()
         self._lock = threading.Lock()
 
-    def _param_versions(self) -> list[int]:
-        return [p._version for p in self.body.parameters()]
+    def _own_versions(self) -> list[int]:
+        return [p._version for p in self._own]
+
+    def _own_parameters(self) -> bool:
+        """Whether the body runs on its own parameters' values right now: the tensors the
+        cache was filled with, aliases of them, or copies equal to them (a Learner's);
+        not adapted ones swapped in by a functional call. The store is emptied first when
+        the parameters changed in place since it was filled (an optimizer step)."""
+        versions = self._own_versions()
+        if versions != self._versions:
+            self.clear()
+            self._versions = versions
+        current = list(self.body.parameters())  # inside a functional call: swapped in
+        if len(current) != len(self._own):
+            return False
+        others = sorted(((c, o) for c, o in zip(current, self._own, strict=True)
+                         if c.data_ptr() != o.data_ptr()), key=lambda pair: pair[0].numel())
+        return all(c.shape == o.shape and torch.equal(c, o) for c, o in others)
 
     def _needs_graph(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.body.parameters())
@@ -96,12 +120,9 @@ class FeatureCache:
 
     def __call__(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """``body(x)`` for ``x [B, *x]``: stored rows looked up, new ones computed together."""
-        if args or kwargs or _is_batched(x) or x.requires_grad or self._needs_graph():
+        if (args or kwargs or _is_batched(x) or x.requires_grad or self._needs_graph()
+                or not self._own_parameters()):
             return self.compute(x, *args, **kwargs)
-        versions = self._param_versions()
-        if versions != self._versions:  # the body changed in place: stale features
-            self.clear()
-            self._versions = versions
         tail, dtype = tuple(x.shape[1:]), str(x.dtype)
         rows = x.detach().cpu().contiguous().numpy()
         keys = [(tail, dtype, row.tobytes()) for row in rows]
@@ -135,9 +156,8 @@ def cached_body(model: nn.Module, max_bytes: int = DEFAULT_MAX_BYTES
     """Route ``model.body``'s forward through a new :class:`FeatureCache` inside the block.
 
     Yields the cache, or ``None`` when the body cannot be cached
-    (:func:`uncacheable_reason`); the body's own forward is restored on exit. The caller
-    guarantees that the body's parameters stay fixed (or change only in place, which
-    empties the cache) while the block runs.
+    (:func:`uncacheable_reason`); the body's own forward is restored on exit. Its own
+    parameters may change only in place inside the block (which empties the cache).
     """
     body = getattr(model, "body", None)
     reason = uncacheable_reason(body)

@@ -38,12 +38,7 @@ from metafit.episodes import Episode, Episodes
 from metafit.functional import Params
 from metafit.models.base import FewShotModel
 
-__all__ = ["Algorithm", "Learner", "outside_head"]
-
-
-def outside_head(names: Sequence[str]) -> bool:
-    """Whether any of these parameter names (relative to the model) lies outside its head."""
-    return any(not n.startswith("head.") for n in names)
+__all__ = ["Algorithm", "Learner"]
 
 
 class Learner:
@@ -204,13 +199,6 @@ class Algorithm(nn.Module, ABC):
     ) -> Iterator[tuple[Params, Tensor | None]]:
         """Graph-free adaptation to one task: yields ``(params_s, query_out_s)`` for
         s = 0..steps (``query_out_s [N*Q, out]`` or ``None`` without ``query_x``)."""
-
-    def adapts_body(self) -> bool:
-        """Whether adaptation (:meth:`trajectory`) can change ``model.body``'s parameters.
-
-        ``False`` lets evaluation compute the body's features of each example once for all
-        episodes (:mod:`metafit.feature_cache`). Default ``True``, the safe answer."""
-        return True
 
     def make_learner(self, params: Params, support_y: Tensor) -> Learner:
         """The callable for adapted ``params`` (default: the model with those params)."""

@@ -115,13 +115,6 @@ class FineTune(Algorithm):
         return y
 
     # -- adaptation ----------------------------------------------------------------------
-    def adapts_body(self) -> bool:
-        """Whether the test-time fit changes the body: its last blocks
-        (``finetune_layers``), or every parameter for regression (no ``num_classes``;
-        the linear probe has none and never does regression)."""
-        return self.finetune_layers > 0 or (self.num_classes is None
-                                            and self.supports_regression)
-
     def split_body(self) -> tuple[nn.Module, nn.Module]:
         """``(frozen prefix, fine-tuned suffix)`` of ``model.body``; the suffix keeps the
         body's child names (``"3.0.weight"``)."""

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from metafit import functional as mf
-from metafit.algorithms.base import Algorithm, outside_head
+from metafit.algorithms.base import Algorithm
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episodes
 from metafit.functional import Params
@@ -93,10 +93,6 @@ class MAML(Algorithm):
     def adapted_names(self) -> list[str]:
         """Names (relative to ``self.model``) of the parameters the inner loop adapts."""
         return [n for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def adapts_body(self) -> bool:
-        """Whether the inner loop adapts a parameter outside ``model.head``."""
-        return outside_head(self.adapted_names())
 
     def inner_rates(self) -> dict[str, Any]:
         """Keyword arguments ``lr``, ``lr_per_param``, ``lslr`` of

@@ -125,10 +125,6 @@ class ProtoNet(Algorithm):
         logits, _ = self._logits(support_x, support_y, query_x)  # [N*Q, N]
         return mf.loss_fn(logits, query_y), logits
 
-    def adapts_body(self) -> bool:
-        """Never: adaptation only averages the body's support features."""
-        return False
-
     def trajectory(
         self, support_x: Tensor, support_y: Tensor, steps: int, query_x: Tensor | None = None
     ) -> Iterator[tuple[Params, Tensor | None]]:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from metafit import functional as mf
-from metafit.algorithms.base import Algorithm, outside_head
+from metafit.algorithms.base import Algorithm
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episode, Episodes
 from metafit.functional import Params
@@ -72,10 +72,6 @@ class Reptile(Algorithm):
     def adapted_names(self) -> list[str]:
         """Trainable parameters of ``self.model`` (names relative to it)."""
         return [n for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def adapts_body(self) -> bool:
-        """Whether the inner loop adapts a parameter outside ``model.head``."""
-        return outside_head(self.adapted_names())
 
     def trajectory(
         self, support_x: Tensor, support_y: Tensor, steps: int, query_x: Tensor | None = None
