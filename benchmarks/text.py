@@ -43,7 +43,8 @@ from results_file import write_block  # benchmarks/ (the script's directory)
 
 from metafit.io import atomic_write_text
 
-# Test-time steps and inner rates per scope: a first, untuned choice (see RESULTS.md).
+# Test-time steps and inner rates per adapted scope: a first, untuned choice (RESULTS.md);
+# ANIL takes the head's rate at every scope (its inner loop adapts only the head).
 INNER = {"full": 0.01, "top": 0.05, "lora": 0.05, "head": 0.5}
 PROBE = {"inner_lr": 0.01, "inner_steps": 100}  # Adam on a zero-initialised linear head
 # Published 77-way accuracies at 5 / 10 shots per intent (Casanueva et al. 2020; Zhang et
@@ -65,7 +66,9 @@ def _overrides(algorithm: str, scope: str, args: argparse.Namespace) -> dict[str
     if algorithm in ("linear_probe", "finetune"):
         values.update(PROBE)
     else:
-        values.update(inner_lr=INNER[scope], inner_steps=1, eval_inner_steps=args.steps)
+        # ANIL's inner loop adapts only the head, whatever the scope meta-trains
+        rate = INNER["head" if algorithm == "anil" else scope]
+        values.update(inner_lr=rate, inner_steps=1, eval_inner_steps=args.steps)
     if algorithm == "fomaml":
         values["first_order"] = True
     if algorithm == "protonet" and args.distance:
