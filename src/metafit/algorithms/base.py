@@ -46,11 +46,15 @@ class Learner:
 
     Holds ``module`` (used functionally, never modified) and ``params``: its own detached
     copies of the adapted tensors, keyed like ``module.named_parameters()`` (and buffers).
+    ``copy=False`` keeps detached aliases instead: for a learner used at once and dropped
+    (scoring an adaptation curve), which spares copying a large encoder per call.
     """
 
-    def __init__(self, module: nn.Module, params: Mapping[str, Tensor]) -> None:
+    def __init__(self, module: nn.Module, params: Mapping[str, Tensor], copy: bool = True
+                 ) -> None:
         self.module = module
-        self.params: Params = {n: p.detach().clone() for n, p in params.items()}
+        self.params: Params = {n: p.detach().clone() if copy else p.detach()
+                               for n, p in params.items()}
 
     def __call__(self, x: Tensor) -> Tensor:
         """Outputs ``[B, out]`` (logits or regression values) for inputs ``x [B, *x]``."""
@@ -200,9 +204,10 @@ class Algorithm(nn.Module, ABC):
         """Graph-free adaptation to one task: yields ``(params_s, query_out_s)`` for
         s = 0..steps (``query_out_s [N*Q, out]`` or ``None`` without ``query_x``)."""
 
-    def make_learner(self, params: Params, support_y: Tensor) -> Learner:
-        """The callable for adapted ``params`` (default: the model with those params)."""
-        return Learner(self.model, params)
+    def make_learner(self, params: Params, support_y: Tensor, copy: bool = True) -> Learner:
+        """The callable for adapted ``params`` (default: the model with those params);
+        ``copy`` as in :class:`Learner`."""
+        return Learner(self.model, params, copy)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Learner:
         """Adapt to one task (``support_x [N*K, *x]``, ``support_y [N*K]``) for ``steps``
@@ -239,9 +244,9 @@ class Algorithm(nn.Module, ABC):
                         if out is not None
                     ]
                 else:
-                    curve = [
-                        mf.score(self.make_learner(params, task.support_y)(task.query_x),
-                                 task.query_y)
+                    curve = [  # each learner is used at once, before the next step
+                        mf.score(self.make_learner(params, task.support_y, copy=False)(
+                            task.query_x), task.query_y)
                         for s, (params, _) in enumerate(
                             self.trajectory(task.support_x, task.support_y, steps))
                         if s in wanted

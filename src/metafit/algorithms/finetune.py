@@ -173,13 +173,13 @@ class FineTune(Algorithm):
                 loss.backward()
             optimizer.step()
 
-    def make_learner(self, params: Params, support_y: Tensor) -> Learner:
+    def make_learner(self, params: Params, support_y: Tensor, copy: bool = True) -> Learner:
         """Regression: the model; classification: body + a new ``N``-way linear head."""
         if support_y.is_floating_point():
-            return Learner(self.model, params)
+            return Learner(self.model, params, copy)
         ways = params["head.weight"].shape[0]
         head = nn.Linear(self.feature_dim, ways, device="meta")  # weights come from params
-        return Learner(FewShotModel(self.model.body, head, self.feature_dim), params)
+        return Learner(FewShotModel(self.model.body, head, self.feature_dim), params, copy)
 
 
 @register_algorithm("linear_probe")

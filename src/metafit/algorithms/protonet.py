@@ -143,9 +143,9 @@ class ProtoNet(Algorithm):
         for _ in range(steps + 1):
             yield params, out
 
-    def make_learner(self, params: Params, support_y: Tensor) -> Learner:
+    def make_learner(self, params: Params, support_y: Tensor, copy: bool = True) -> Learner:
         """Body + :class:`PrototypeHead` holding the prototypes."""
         prototypes = params["head.prototypes"]  # [N, F]
         head = PrototypeHead(prototypes, self.distance, self.scale)
         module = FewShotModel(self.model.body, head, prototypes.shape[1])
-        return Learner(module, params)
+        return Learner(module, params, copy)
