@@ -4,6 +4,7 @@ distinct example; never used where the body adapts or depends on the batch."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from metafit.factory import build_algorithm
 from metafit.feature_cache import FeatureCache, cached_body, uncacheable_reason
 from metafit.models import FewShotModel
 from metafit.models.conv4 import conv4
+from metafit.parallel import share_parameters
 from metafit.sampler import EpisodeSampler
 from metafit.trainer import Trainer
 from text_fixtures import sentences, shared_model_dir, write_csv
@@ -146,13 +148,33 @@ def test_cache_computes_each_row_once_and_forgets_after_an_in_place_change() -> 
     torch.testing.assert_close(body(x), x @ body.weight.T + body.bias)
 
 
+def test_replicas_share_the_store_and_stop_answering_after_the_block() -> None:
+    torch.manual_seed(0)
+    model = FewShotModel(nn.Linear(4, 3), nn.Linear(3, 2), 3)
+    x = torch.randn(5, 4)
+    with cached_body(model) as cache:
+        assert cache is not None
+        replica = copy.deepcopy(model)  # what metafit.parallel makes per worker thread
+        share_parameters(replica, model)
+        with torch.no_grad():
+            model.body(x)
+            torch.testing.assert_close(replica.body(x), model.body(x))
+        assert cache.misses == 5 and cache.hits == 10  # the replica read the shared store
+    assert "forward" not in model.body.__dict__
+    with torch.no_grad():
+        replica.body.weight.add_(1.0)  # the replica's own storage now (a copy, not shared)
+        torch.testing.assert_close(replica.body(x), x @ replica.body.weight.T
+                                   + replica.body.bias)  # closed: the body runs itself
+    assert cache.misses == 5
+
+
 def test_training_a_frozen_body_uses_the_cache_with_the_same_result(tmp_path: Path,
                                                                     caplog) -> None:
     path = write_csv(tmp_path / "intents.csv", sentences(10, 8))
     overrides = {"data_root": str(path), "text_model": str(shared_model_dir()),
                  "max_length": 16, "algorithm": "maml", "adapt": "head", "inner_lr": 0.5,
                  "ways": 3, "shots": 2, "queries": 2, "test_queries": 2, "meta_batch": 2,
-                 "iterations": 4,
+                 "iterations": 4, "task_workers": 2,
                  "val_every": 4, "val_episodes": 3, "class_split": [4, 3, 3],
                  "checkpoint_every": 4}
     params = []

@@ -33,10 +33,13 @@ padding length), never more (tested for every algorithm).
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -66,11 +69,29 @@ def _is_batched(x: Tensor) -> bool:
     return bool(torch._C._functorch.is_batchedtensor(x))
 
 
+@dataclass
+class _Store:
+    """What a cache and its replicas share: the features, keyed by input row, and the
+    parameters they were computed with (the cached body's own)."""
+
+    own: list[Tensor]
+    versions: list[int]
+    max_bytes: int
+    features: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
+    stored_bytes: int = 0
+    hits: int = 0
+    misses: int = 0
+    open: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class FeatureCache:
     """A memo of ``body``'s per-example outputs, keyed by the bytes of each input row.
 
-    Call it like the body: ``x [B, *x] -> [B, *f]``. Thread-safe (the tasks of a
-    meta-batch may run on several threads).
+    Call it like the body: ``x [B, *x] -> [B, *f]``. Thread-safe. A deep copy of the body
+    (the per-thread replicas of :mod:`metafit.parallel`, whose parameters share the
+    body's storage) gets a cache of its own forward that shares this one's store; every
+    cache of a store stops answering (runs its body) once :meth:`close` is called.
 
     Args:
         body: the module whose forward is cached (its own ``forward`` is kept as
@@ -78,34 +99,49 @@ class FeatureCache:
         max_bytes: features stored at most; beyond it new rows are computed, not stored.
     """
 
-    def __init__(self, body: nn.Module, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, body: nn.Module, max_bytes: int = DEFAULT_MAX_BYTES,
+                 store: _Store | None = None) -> None:
         self.body = body
         self.compute = body.forward  # the forward being cached (a bound method)
-        self.max_bytes = int(max_bytes)
-        self.store: dict[tuple[Any, ...], Tensor] = {}
-        self.stored_bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._own = list(body.parameters())  # the live parameters the store belongs to
-        self._versions = self._own_versions()
-        self._lock = threading.Lock()
+        if store is None:
+            own: list[Tensor] = list(body.parameters())
+            store = _Store(own, [p._version for p in own], int(max_bytes))
+        self._store = store
 
-    def _own_versions(self) -> list[int]:
-        return [p._version for p in self._own]
+    @property
+    def hits(self) -> int:
+        """Rows answered from the store."""
+        return self._store.hits
+
+    @property
+    def misses(self) -> int:
+        """Rows computed by the body through the cache."""
+        return self._store.misses
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FeatureCache:
+        """The copied body's cache, sharing this store (see the class docstring)."""
+        body = copy.deepcopy(self.body, memo)  # the copy being built
+        replica = FeatureCache.__new__(FeatureCache)
+        memo[id(self)] = replica
+        replica.body = body
+        replica.compute = types.MethodType(type(body).forward, body)
+        replica._store = self._store
+        return replica
 
     def _own_parameters(self) -> bool:
-        """Whether the body runs on its own parameters' values right now: the tensors the
-        cache was filled with, aliases of them, or copies equal to them (a Learner's);
+        """Whether the body runs on the cached parameters' values right now: the tensors
+        the cache was filled with, aliases of them, or copies equal to them (a Learner's);
         not adapted ones swapped in by a functional call. The store is emptied first when
-        the parameters changed in place since it was filled (an optimizer step)."""
-        versions = self._own_versions()
-        if versions != self._versions:
+        those parameters changed in place since it was filled (an optimizer step)."""
+        st = self._store
+        versions = [p._version for p in st.own]
+        if versions != st.versions:
             self.clear()
-            self._versions = versions
+            st.versions = versions
         current = list(self.body.parameters())  # inside a functional call: swapped in
-        if len(current) != len(self._own):
+        if len(current) != len(st.own):
             return False
-        others = sorted(((c, o) for c, o in zip(current, self._own, strict=True)
+        others = sorted(((c, o) for c, o in zip(current, st.own, strict=True)
                          if c.data_ptr() != o.data_ptr()), key=lambda pair: pair[0].numel())
         return all(c.shape == o.shape and torch.equal(c, o) for c, o in others)
 
@@ -114,39 +150,45 @@ class FeatureCache:
 
     def clear(self) -> None:
         """Forget every stored feature."""
-        with self._lock:
-            self.store.clear()
-            self.stored_bytes = 0
+        with self._store.lock:
+            self._store.features.clear()
+            self._store.stored_bytes = 0
+
+    def close(self) -> None:
+        """Stop answering, here and in every replica; forget the features."""
+        self._store.open = False
+        self.clear()
 
     def __call__(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """``body(x)`` for ``x [B, *x]``: stored rows looked up, new ones computed together."""
-        if (args or kwargs or _is_batched(x) or x.requires_grad or self._needs_graph()
-                or not self._own_parameters()):
+        st = self._store
+        if (not st.open or args or kwargs or _is_batched(x) or x.requires_grad
+                or self._needs_graph() or not self._own_parameters()):
             return self.compute(x, *args, **kwargs)
         tail, dtype = tuple(x.shape[1:]), str(x.dtype)
         rows = x.detach().cpu().contiguous().numpy()
         keys = [(tail, dtype, row.tobytes()) for row in rows]
         found: dict[tuple[Any, ...], Tensor] = {}
-        with self._lock:
+        with st.lock:
             for k in keys:
-                if k in self.store:
-                    found[k] = self.store[k]
+                if k in st.features:
+                    found[k] = st.features[k]
         new = list(dict.fromkeys(k for k in keys if k not in found))  # unique, in order
         if new:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}  # first row of a key
             with torch.no_grad():
                 out = self.compute(x[torch.tensor([first[k] for k in new],
                                                   device=x.device)])  # [n, *f]
-            with self._lock:
+            with st.lock:
                 for k, f in zip(new, out, strict=True):
                     found[k] = f
                     size = f.numel() * f.element_size()
-                    if self.stored_bytes + size <= self.max_bytes:
-                        self.store[k] = f
-                        self.stored_bytes += size
-        with self._lock:
-            self.hits += len(keys) - len(new)
-            self.misses += len(new)
+                    if st.stored_bytes + size <= st.max_bytes:
+                        st.features[k] = f
+                        st.stored_bytes += size
+        with st.lock:
+            st.hits += len(keys) - len(new)
+            st.misses += len(new)
         return torch.stack([found[k] for k in keys])  # [B, *f]
 
 
@@ -172,6 +214,7 @@ def cached_body(model: nn.Module, max_bytes: int = DEFAULT_MAX_BYTES
     try:
         yield cache
     finally:
+        cache.close()  # replicas made inside the block keep it, closed
         if had_own:
             body.forward = previous
         else:
