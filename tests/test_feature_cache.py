@@ -5,6 +5,7 @@ distinct example; never used where the body adapts or depends on the batch."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,23 @@ def test_training_a_frozen_body_uses_the_cache_with_the_same_result(tmp_path: Pa
         torch.testing.assert_close(params[0][name], params[1][name], atol=1e-6, rtol=1e-5)
     changed = [n for n in params[0] if not torch.equal(params[0][n], before[n])]
     assert changed and all(n.startswith("model.head.") for n in changed)  # only the head
+
+
+def test_cli_evaluate_gives_the_same_result_without_the_cache(tmp_path: Path, capsys) -> None:
+    from metafit.cli import main
+
+    path = write_csv(tmp_path / "intents.csv", sentences(10, 8))
+    out = tmp_path / "run"
+    args = ["train", "_banking77", "dataset=text_csv", "model=text", f"data_root={path}",
+            f"text_model={shared_model_dir()}", "max_length=16", "algorithm=anil",
+            "adapt=top", "adapt_layers=1", "inner_lr=0.5", "ways=3", "shots=2", "queries=2",
+            "meta_batch=2", "iterations=2", "val_every=2", "val_episodes=3", "test_episodes=8",
+            "test_queries=2", "class_split=[4, 3, 3]", "--out", str(out), "--no-progress"]
+    assert main(args) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    results = []
+    for extra in ([], ["--no-feature-cache"]):
+        assert main(["evaluate", str(out), "--json", *extra]) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert results[0]["per_episode"] == pytest.approx(results[1]["per_episode"], abs=1e-6)
+    assert results[0]["episodes"] == 8

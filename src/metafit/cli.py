@@ -80,7 +80,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     ctx = init_distributed("cpu")  # under torchrun: episodes split across the processes
     try:
         result = evaluate_run(args.run, split=args.split, episodes=args.episodes,
-                              which=args.checkpoint, steps=args.steps, dist=ctx)
+                              which=args.checkpoint, steps=args.steps, dist=ctx,
+                              cache_features=not args.no_feature_cache)
     finally:
         shutdown(ctx)
     if not ctx.is_main:
@@ -256,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--steps", type=int, help="inner steps at test time (default: recipe's)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="run the body in every episode instead of embedding each distinct "
+                        "example once (same result, slower; see metafit.feature_cache)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("report", help="plot runs: training and validation curves, "

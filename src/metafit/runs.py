@@ -85,6 +85,7 @@ def evaluate_run(
     steps: int | None = None,
     dist: DistContext = SINGLE,
     curve: Literal["full", "ends"] = "full",
+    cache_features: bool = True,
 ) -> EvalResult:
     """Evaluate a run on fixed episodes of ``split`` and save the result under report/.
 
@@ -92,12 +93,14 @@ def evaluate_run(
     (:func:`~metafit.evaluation.evaluate`); every rank returns the result, rank 0 saves it.
     ``curve="ends"`` scores the query set only before adaptation and after the last step
     (the same result, less work; the saved curve has those two points).
+    ``cache_features``: as in :func:`~metafit.evaluation.evaluate`.
     """
     recipe, algo = load_trained(run, which)
     n_steps = int(cast(Any, algo).default_eval_steps) if steps is None else int(steps)
     result = evaluate(algo, split_sampler(recipe, split),
                       episodes=episodes or recipe.test_episodes, steps=n_steps, dist=dist,
-                      points=None if curve == "full" else [0, n_steps])
+                      points=None if curve == "full" else [0, n_steps],
+                      cache_features=cache_features)
     if not dist.is_main:
         return result
     return record_evaluation(run, result, recipe, split, which)
