@@ -61,6 +61,7 @@ CACHED = [
     ("maml", "head", {"inner_lr": 0.5, "eval_inner_steps": 3}),
     ("fomaml", "head", {"inner_lr": 0.5, "eval_inner_steps": 3, "first_order": True}),
     ("reptile", "head", {"inner_lr": 0.5, "eval_inner_steps": 3}),
+    ("metasgd", "head", {"inner_lr": 0.5, "eval_inner_steps": 3}),
     ("finetune", "lora", {"lora_r": 2, "inner_lr": 0.1, "eval_inner_steps": 5}),
     ("linear_probe", "head", {"inner_lr": 0.1, "inner_steps": 5}),
 ]
