@@ -128,7 +128,7 @@ class FeatureCache:
         replica._store = self._store
         return replica
 
-    def _own_parameters(self) -> bool:
+    def _own_parameters(self, current: list[Tensor]) -> bool:
         """Whether the body runs on the cached parameters' values right now: the tensors
         the cache was filled with, aliases of them, or copies equal to them (a Learner's);
         not adapted ones swapped in by a functional call. The store is emptied first when
@@ -138,15 +138,11 @@ class FeatureCache:
         if versions != st.versions:
             self.clear()
             st.versions = versions
-        current = list(self.body.parameters())  # inside a functional call: swapped in
         if len(current) != len(st.own):
             return False
         others = sorted(((c, o) for c, o in zip(current, st.own, strict=True)
                          if c.data_ptr() != o.data_ptr()), key=lambda pair: pair[0].numel())
         return all(c.shape == o.shape and torch.equal(c, o) for c, o in others)
-
-    def _needs_graph(self) -> bool:
-        return torch.is_grad_enabled() and any(p.requires_grad for p in self.body.parameters())
 
     def clear(self) -> None:
         """Forget every stored feature."""
@@ -162,8 +158,10 @@ class FeatureCache:
     def __call__(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """``body(x)`` for ``x [B, *x]``: stored rows looked up, new ones computed together."""
         st = self._store
-        if (not st.open or args or kwargs or _is_batched(x) or x.requires_grad
-                or self._needs_graph() or not self._own_parameters()):
+        current: list[Tensor] = list(self.body.parameters())  # swapped in, in a functional call
+        needs_graph = torch.is_grad_enabled() and any(p.requires_grad for p in current)
+        if (not st.open or args or kwargs or _is_batched(x) or x.requires_grad or needs_graph
+                or not self._own_parameters(current)):
             return self.compute(x, *args, **kwargs)
         tail, dtype = tuple(x.shape[1:]), str(x.dtype)
         rows = x.detach().cpu().contiguous().numpy()

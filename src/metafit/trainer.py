@@ -54,7 +54,7 @@ from metafit.distributed import (
 from metafit.episodes import Episodes
 from metafit.evaluation import evaluate
 from metafit.factory import build_algorithm
-from metafit.feature_cache import cached_body, uncacheable_reason
+from metafit.feature_cache import cached_body
 from metafit.rundir import CheckpointError, RunDir, load_checkpoint, restore_state
 from metafit.runs import split_sampler
 from metafit.sampler import EpisodeSampler
@@ -369,7 +369,10 @@ class Trainer:
         if self._out_of_time():
             stopped, reason = True, "time_budget"  # resumed with no time left
         self.algo.train()
-        with self._frozen_body_cache():
+        with self._frozen_body_cache() as cache:
+            if cache is not None and self.dist.is_main:
+                log.info("%s: the body is frozen; its features of each example are computed "
+                         "once and reused across iterations", r.name)
             while st.iteration < r.iterations and not stopped:
                 metrics = self._timed_step()
                 st.iteration += 1
@@ -425,17 +428,10 @@ class Trainer:
     def _frozen_body_cache(self) -> AbstractContextManager[Any]:
         """While nothing in ``model.body`` is trained (the ``head`` adapt scope, a frozen
         encoder), its features of each training example are computed once for all
-        iterations (:mod:`metafit.feature_cache`); otherwise a no-op."""
+        iterations (:mod:`metafit.feature_cache`; yields the cache, or ``None``)."""
         body = getattr(self.algo.model, "body", None)
         if body is None or any(p.requires_grad for p in body.parameters()):
             return nullcontext()
-        reason = uncacheable_reason(body)
-        if reason is not None:
-            log.debug("%s: frozen body, features not cached: %s", self.recipe.name, reason)
-            return nullcontext()
-        if self.dist.is_main:
-            log.info("%s: the body is frozen; its features of each example are computed "
-                     "once and reused across iterations", self.recipe.name)
         return cached_body(self.algo.model)
 
     def _hook_stops(self, iteration: int, score: float) -> bool:
