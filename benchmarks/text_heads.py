@@ -1,0 +1,235 @@
+"""BANKING77 protocol B: what else was tried to close the gap to CPFT at K = 10.
+
+    python benchmarks/text_heads.py dev --data-root ../shared/data/banking77 --tag base
+    python benchmarks/text_heads.py test --data-root ../shared/data/banking77 \
+        --runs /tmp/bench_text/B
+
+``dev`` meta-trains ProtoNet (cosine, scale 20, whole encoder) on the K-shot pool of the
+development seed (100, never scored by ``text.py B``) with one variant of the recipe's
+schedule, and every ``--every`` steps scores 4,000 fixed sentences of ``train.csv``
+outside the pool, 77-way, with two classifiers fitted on the pool's embeddings:
+
+- ``proto``: cosine prototypes (what ``text.py B`` scores);
+- ``logistic``: multinomial logistic regression on the L2-normalised embeddings,
+  L2 penalty ``--weight-decay`` on the weights, fitted to convergence by L-BFGS (Tian et
+  al. 2020, "Rethinking Few-Shot Image Classification: a Good Embedding Is All You
+  Need?": a logistic-regression head on a meta-trained embedding).
+
+Variants: ``--ways`` (episodes of that many intents), ``--steps``, ``--dropout`` (encoder
+dropout while meta-training), ``--loss loo`` (each pool sentence a query against
+leave-one-out prototypes of all 77 intents, instead of an episode's support / query split)
+and ``--finetune N`` (then N steps of cross-entropy fine-tuning of the encoder with a
+prototype-initialised linear head).
+
+``test`` reads the finished runs of ``text.py B`` (``--runs``: its ``--out``/B), embeds each
+run's pool and the 3,080 test sentences with the run's encoder, and scores the logistic
+head against the run's recorded accuracy. Rows are JSON lines on stdout and in ``--log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from text import k_shot_pool  # benchmarks/ (the script's directory)
+from text_dev import development_set
+from torch import Tensor
+from torch.nn import functional as F
+
+from metafit.adaptation import predict
+
+WAYS = 77
+
+
+def logistic(z_support: Tensor, y_support: Tensor, weight_decay: float) -> tuple[Tensor, Tensor]:
+    """``(W [C, H], b [C])`` of an L2-penalised logistic regression on the L2-normalised
+    ``z_support [N, H]``, fitted by L-BFGS (at most 300 iterations)."""
+    z = F.normalize(z_support, dim=-1)
+    weight = torch.zeros(WAYS, z.shape[1], requires_grad=True)
+    bias = torch.zeros(WAYS, requires_grad=True)
+    solver = torch.optim.LBFGS([weight, bias], lr=1, max_iter=300,
+                               line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        solver.zero_grad()
+        loss = F.cross_entropy(z @ weight.T + bias, y_support) + weight_decay * (
+            weight ** 2).sum()
+        loss.backward()
+        return loss
+
+    solver.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def prototypes(z: Tensor, y: Tensor) -> Tensor:
+    """Unit-length mean of each intent's unit-length embeddings: ``[C, H]``."""
+    z = F.normalize(z, dim=-1)
+    return F.normalize(torch.stack([z[y == c].mean(0) for c in range(WAYS)]), dim=-1)
+
+
+def scores(body: torch.nn.Module, support: Any, query_x: Tensor, query_y: Tensor,
+           weight_decay: float) -> dict[str, float]:
+    """Accuracy (%) of the prototype and the logistic head on ``query_x``."""
+    pad = body.pad_id
+    body.eval()
+    with torch.no_grad():
+        zs = predict(body, support.tokens, 256, pad)  # [N, H]
+        zq = F.normalize(predict(body, query_x, 256, pad), dim=-1)  # [M, H]
+    weight, bias = logistic(zs, support.targets, weight_decay)
+    return {
+        "proto": 100 * float(((zq @ prototypes(zs, support.targets).T).argmax(-1)
+                              == query_y).float().mean()),
+        "logistic": 100 * float(((zq @ weight.T + bias).argmax(-1) == query_y).float().mean()),
+    }
+
+
+def episode_loss(algo: Any, sampler: Any, pool: Any, args: argparse.Namespace) -> Tensor:
+    """One meta-training loss: a ProtoNet episode, or leave-one-out prototypes."""
+    if args.loss == "episode":
+        return algo.meta_loss(sampler.sample(1))[0]
+    y = pool.targets  # [N]
+    z = F.normalize(algo.model.body(pool.tokens), dim=-1)  # [N, H]
+    onehot = F.one_hot(y, WAYS).to(z.dtype)  # [N, C]
+    sums, counts = onehot.T @ z, onehot.sum(0)  # [C, H], [C]
+    logits = (z @ F.normalize(sums / counts[:, None], dim=-1).T).clone()  # [N, C]
+    own = (sums[y] - z) / (counts[y] - 1)[:, None]  # [N, H] without the sentence itself
+    logits[torch.arange(len(y)), y] = (F.normalize(own, dim=-1) * z).sum(-1)
+    return F.cross_entropy(args.scale * logits, y)
+
+
+def dev(args: argparse.Namespace) -> None:
+    from metafit.config import load_recipe
+    from metafit.data.text_csv import TextCSV
+    from metafit.datasets import load_split
+    from metafit.factory import build_algorithm
+    from metafit.sampler import EpisodeSampler
+
+    torch.manual_seed(0)
+    root, out = Path(args.data_root), Path(args.out)
+    pool_csv = k_shot_pool(root / "train.csv", args.k, args.dev_seed, out / f"pool_k{args.k}.csv")
+    dev_csv = development_set(root / "train.csv", pool_csv, out / f"dev_k{args.k}.csv")
+    shots = max(1, args.k // 2)
+    recipe = load_recipe("banking77_kshot_protonet", {
+        "data_root": str(pool_csv), "shots": shots, "queries": args.k - shots,
+        "test_shots": shots, "test_queries": args.k - shots, "distance_scale": args.scale,
+        "outer_lr": args.lr, "text_dropout": args.dropout})
+    pool = load_split(recipe, "train")
+    held = TextCSV(dev_csv, classes=pool.classes).tokenize(recipe.text_model, recipe.max_length)
+    pick = torch.randperm(len(held.targets), generator=torch.Generator().manual_seed(7))
+    pick = pick[:args.dev_sentences]
+    query_x, query_y = held.tokens[pick], held.targets[pick]
+    algo = build_algorithm(recipe)
+    sampler = EpisodeSampler(pool, ways=args.ways, shots=shots, queries=args.k - shots,
+                             seed=recipe.seed)
+    optimizer = torch.optim.Adam([p for p in algo.parameters() if p.requires_grad],
+                                 lr=args.lr)
+
+    def report(step: int | str) -> None:
+        row = {"tag": args.tag, "k": args.k, "step": step,
+               **scores(algo.model.body, pool, query_x, query_y, args.weight_decay)}
+        _emit(row, args.log)
+
+    for step in range(args.steps + 1):
+        if step % args.every == 0:
+            report(step)
+        if step == args.steps:
+            break
+        algo.train()
+        loss = episode_loss(algo, sampler, pool, args)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    if args.finetune:
+        body = algo.model.body
+        head = torch.nn.Linear(algo.model.feature_dim, WAYS)
+        with torch.no_grad():
+            body.eval()
+            head.weight.copy_(args.scale * prototypes(predict(body, pool.tokens, 256,
+                                                              body.pad_id), pool.targets))
+            head.bias.zero_()
+        tune = torch.optim.Adam([{"params": [p for p in body.parameters() if p.requires_grad],
+                                  "lr": args.finetune_lr},
+                                 {"params": head.parameters(), "lr": 1e-3}])
+        for s in range(1, args.finetune + 1):
+            body.train()
+            loss = F.cross_entropy(head(F.normalize(body(pool.tokens), dim=-1)), pool.targets)
+            tune.zero_grad()
+            loss.backward()
+            tune.step()
+            if s % args.every == 0:
+                report(f"finetune {s}")
+
+
+def test(args: argparse.Namespace) -> None:
+    from metafit.data.text_csv import TextCSV
+    from metafit.runs import load_trained
+
+    runs = Path(args.runs)
+    for k in args.ks:
+        for seed in args.seeds:
+            for name in args.rows:
+                run = runs / f"{name}_k{k}_seed{seed}"
+                recorded = json.loads((run / "benchmark.json").read_text())["accuracy"]
+                recipe, algo = load_trained(run)
+                pool = TextCSV(runs / f"pool_k{k}_seed{seed}.csv").tokenize(
+                    recipe.text_model, recipe.max_length)
+                test_set = TextCSV(Path(args.data_root) / "test.csv",
+                                   classes=pool.classes).tokenize(recipe.text_model,
+                                                                  recipe.max_length)
+                t0 = time.perf_counter()
+                row = scores(algo.model.body, pool, test_set.tokens, test_set.targets,
+                             args.weight_decay)
+                _emit({"run": name, "k": k, "seed": seed, "recorded": 100 * recorded,
+                       "logistic": row["logistic"], "seconds": round(time.perf_counter() - t0, 1)},
+                      args.log)
+
+
+def _emit(row: dict[str, Any], log: str | None) -> None:
+    line = json.dumps(row)
+    print(line, flush=True)
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["dev", "test"])
+    parser.add_argument("--data-root", required=True, help="directory with train.csv, test.csv")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--scale", type=float, default=20.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--log", default=None, help="also append the rows to this file")
+    dev_args = parser.add_argument_group("dev")
+    dev_args.add_argument("--k", type=int, default=10)
+    dev_args.add_argument("--dev-seed", type=int, default=100)
+    dev_args.add_argument("--dev-sentences", type=int, default=4000)
+    dev_args.add_argument("--ways", type=int, default=WAYS)
+    dev_args.add_argument("--steps", type=int, default=15)
+    dev_args.add_argument("--every", type=int, default=15)
+    dev_args.add_argument("--lr", type=float, default=3e-5)
+    dev_args.add_argument("--dropout", type=float, default=0.0)
+    dev_args.add_argument("--loss", choices=["episode", "loo"], default="episode")
+    dev_args.add_argument("--finetune", type=int, default=0)
+    dev_args.add_argument("--finetune-lr", type=float, default=2e-5)
+    dev_args.add_argument("--tag", default="run")
+    dev_args.add_argument("--out", default="runs/bench_text_heads")
+    test_args = parser.add_argument_group("test")
+    test_args.add_argument("--runs", default="runs/bench_text/B")
+    test_args.add_argument("--rows", nargs="+",
+                           default=["protonet-cos20_full", "linear_probe_head"])
+    test_args.add_argument("--ks", nargs="+", type=int, default=[10, 5])
+    test_args.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    (dev if args.mode == "dev" else test)(args)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
