@@ -9,7 +9,11 @@ development seed (100, never scored by ``text.py B``) with one variant of the re
 schedule, and every ``--every`` steps scores 4,000 fixed sentences of ``train.csv``
 outside the pool, 77-way, with two classifiers fitted on the pool's embeddings:
 
-- ``proto``: cosine prototypes (what ``text.py B`` scores);
+- ``proto``: cosine prototypes, each the normalised mean of an intent's unit-length
+  embeddings. ``text.py B``'s ProtoNet averages the raw embeddings instead
+  (``metafit.algorithms.protonet.class_prototypes``). On the development set at steps 0
+  / 15 of the recipe that scores 79.46 / 83.66 against this column's 79.75 / 83.68; the
+  column keeps the helper that produced the recorded rows;
 - ``logistic``: multinomial logistic regression on the L2-normalised embeddings,
   L2 penalty ``--weight-decay`` on the weights, fitted to convergence by L-BFGS (Tian et
   al. 2020, "Rethinking Few-Shot Image Classification: a Good Embedding Is All You
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -67,7 +70,8 @@ def logistic(z_support: Tensor, y_support: Tensor, weight_decay: float) -> tuple
 
 
 def prototypes(z: Tensor, y: Tensor) -> Tensor:
-    """Unit-length mean of each intent's unit-length embeddings: ``[C, H]``."""
+    """Unit-length mean of each intent's unit-length embeddings: ``[C, H]`` (not
+    ProtoNet's ``class_prototypes``, the mean of the raw embeddings; module docstring)."""
     z = F.normalize(z, dim=-1)
     return F.normalize(torch.stack([z[y == c].mean(0) for c in range(WAYS)]), dim=-1)
 
@@ -228,7 +232,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     (dev if args.mode == "dev" else test)(args)
-    sys.exit(0)
 
 
 if __name__ == "__main__":
