@@ -18,6 +18,9 @@ the support set) is not meta-trained.
 only those ``77 * K`` sentences (episodes drawn from them; 77-way, ``K // 2`` shots). The
 adapted model is then fitted on all ``77 * K`` sentences and scored on the full
 3,080-sentence ``test.csv``, 77-way accuracy; mean and standard deviation over seeds.
+``--classifier logistic`` scores the same runs (meta-trained once) with the logistic head
+instead of the algorithm's own classifier (rows ``ALGORITHM/logistic``, result files
+``benchmark_logistic.json``).
 
 Every run is a directory under ``--out``; a finished row is not redone (its result JSON
 exists), so an interrupted benchmark resumes. The tables go to ``--results`` between
@@ -170,7 +173,8 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
         for k in args.k:
             for seed in args.seeds:
                 run = Path(args.out) / "B" / f"{label}_{scope}_k{k}_seed{seed}"
-                done = run / "benchmark.json"
+                done = run / ("benchmark.json" if args.classifier is None
+                              else f"benchmark_{args.classifier}.json")
                 if _finished(done, results):
                     continue
                 pool = k_shot_pool(root / "train.csv", k, seed, run.parent / f"pool_k{k}_"
@@ -183,7 +187,7 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
                 t0 = time.perf_counter()
                 Trainer(recipe, run, progress=not args.quiet).fit()
                 train_s = time.perf_counter() - t0
-                _, algo = load_trained(run)
+                _, algo = load_trained(run, classifier=args.classifier)
                 support = TextCSV(pool).tokenize(recipe.text_model, recipe.max_length)
                 test = TextCSV(root / "test.csv", classes=support.classes).tokenize(
                     recipe.text_model, recipe.max_length)
@@ -192,7 +196,11 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
                 dev = args.device
                 score = adapt_and_score(algo, support.tokens.to(dev), support.targets.to(dev),
                                         test.tokens.to(dev), test.targets.to(dev))
-                row = {"algorithm": label, "scope": scope, "k": k,
+                first = run / "benchmark.json"  # a row of the same run, scored before
+                if first != done and first.is_file():
+                    train_s = json.loads(first.read_text())["train_seconds"]
+                row = {"algorithm": label + (f"/{args.classifier}" if args.classifier else ""),
+                       "scope": scope, "k": k,
                        "seed": seed,
                        "accuracy": score.accuracy, "test": score.test, "device": args.device,
                        "train_seconds": round(train_s, 1),
@@ -276,6 +284,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=20.0,
                         help="ProtoNet rows with --distance cosine: the logits' scale "
                              "(sentence-transformers' default for cosine similarities)")
+    parser.add_argument("--classifier", choices=["logistic"], default=None,
+                        help="protocol B: score with this test-time classifier instead of "
+                             "the algorithm's own (protonet, finetune, linear_probe rows)")
     parser.add_argument("--out", default="runs/bench_text")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--quiet", action="store_true")

@@ -85,6 +85,23 @@ def test_cosine_protonet_text_model_exports_with_parity(tmp_path: Path) -> None:
                                atol=1e-5)
 
 
+def test_text_model_with_a_logistic_head_exports_with_parity(tmp_path: Path) -> None:
+    recipe = text_recipe("protonet", distance="cosine", distance_scale=20.0,
+                         classifier="logistic")
+    rows = sentences(3, 2, seed=6)
+    model = Adapter(recipe, build_algorithm(recipe)).adapt([t for t, _ in rows],
+                                                           [lab for _, lab in rows])
+    assert model.arch["head"] == "logistic"
+    report = onnx_export.export_onnx(model, tmp_path / "onnx")
+    assert report.max_abs_diff <= 1e-4
+    session = onnx_export.onnx_session(tmp_path / "onnx" / "model.onnx")
+    texts = ["please help with my card alpha2 gamma2", "why delta0", "x"]
+    feeds = onnx_export.onnx_feeds("text", model.preprocess(texts), pad_id=0)
+    logits = torch.from_numpy(session.run(["logits"], feeds)[0])  # the normalisation too
+    torch.testing.assert_close(logits.softmax(-1), model.predict_proba(texts), rtol=0,
+                               atol=1e-5)
+
+
 def test_a_failed_parity_check_writes_nothing(image_model, tmp_path, monkeypatch) -> None:
     real = onnx_export.onnx_session
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from metafit import __version__
+from metafit.algorithms.heads import CLASSIFIERS
 from metafit.config import RecipeError, list_recipes, load_recipe, recipe_to_yaml
 
 __all__ = ["main", "build_parser"]
@@ -81,7 +82,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         result = evaluate_run(args.run, split=args.split, episodes=args.episodes,
                               which=args.checkpoint, steps=args.steps, dist=ctx,
-                              cache_features=not args.no_feature_cache)
+                              cache_features=not args.no_feature_cache,
+                              classifier=args.classifier)
     finally:
         shutdown(ctx)
     if not ctx.is_main:
@@ -260,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-feature-cache", action="store_true",
                    help="run the body in every episode instead of embedding each distinct "
                         "example once (same result, slower; see metafit.feature_cache)")
+    p.add_argument("--classifier", choices=list(CLASSIFIERS),
+                   help="protonet, finetune, linear_probe: classify with this test-time head "
+                        "instead of the recipe's (logistic: L-BFGS logistic regression on "
+                        "normalised features)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("report", help="plot runs: training and validation curves, "

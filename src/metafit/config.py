@@ -110,6 +110,12 @@ class Recipe(BaseModel):
         "scaled cosine similarity")
     distance_scale: float = Field(10.0, gt=0, description="ProtoNet, distance cosine: the "
                                   "logits' scale (inverse temperature)")
+    classifier: Literal["logistic"] | None = Field(
+        None, description="test-time classifier of protonet, finetune and linear_probe: "
+        "none (the algorithm's own) or logistic (L-BFGS logistic regression on normalised "
+        "features, Tian et al. 2020)")
+    classifier_penalty: float = Field(1e-4, ge=0, description="classifier logistic: L2 "
+                                      "penalty on the head's weights")
 
     # -- outer loop ------------------------------------------------------------------
     meta_batch: int = Field(32, gt=0)
@@ -160,6 +166,9 @@ class Recipe(BaseModel):
         if self.adapt != "full" and self.model != "text":
             raise ValueError(f"adapt '{self.adapt}' is for text models; other models adapt "
                              "all their parameters (ANIL adapts the head)")
+        if self.classifier is not None and self.is_regression:
+            raise ValueError(f"classifier '{self.classifier}' is for classification; "
+                             f"dataset '{self.dataset}' is a regression problem")
         return self
 
     # -- derived values --------------------------------------------------------------

@@ -39,6 +39,9 @@ def build_model(recipe: Recipe) -> nn.Module:
     raise ValueError(f"unknown model '{recipe.model}'")
 
 
+#: Algorithms that take ``classifier`` (a head fitted at test time on frozen features).
+CLASSIFIER_ALGORITHMS = ("protonet", "finetune", "linear_probe")
+
 #: Algorithms that take ``batching`` (the MAML family).
 BATCHING_ALGORITHMS = ("maml", "fomaml", "metasgd", "anil")
 
@@ -86,6 +89,13 @@ def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.
             raise ValueError(f"distance={recipe.distance!r} applies to protonet; algorithm "
                              f"'{recipe.algorithm}' has no prototypes")
         options.update(distance=recipe.distance, scale=recipe.distance_scale)
+    if recipe.classifier is not None:
+        if recipe.algorithm not in CLASSIFIER_ALGORITHMS:
+            raise ValueError(f"classifier={recipe.classifier!r} applies to "
+                             f"{', '.join(CLASSIFIER_ALGORITHMS)}; algorithm "
+                             f"'{recipe.algorithm}' classifies with the head its inner "
+                             "loop adapts")
+        options.update(classifier=recipe.classifier, penalty=recipe.classifier_penalty)
     if recipe.batching != "auto":
         if recipe.algorithm not in BATCHING_ALGORITHMS:
             raise ValueError(f"batching={recipe.batching!r} applies to "

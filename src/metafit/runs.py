@@ -27,11 +27,13 @@ __all__ = ["load_trained", "evaluate_run", "split_sampler", "record_evaluation",
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
-def load_trained(run: str | Path, which: str = "best", device: str | None = None
-                 ) -> tuple[Recipe, nn.Module]:
+def load_trained(run: str | Path, which: str = "best", device: str | None = None,
+                 classifier: str | None = None) -> tuple[Recipe, nn.Module]:
     """The recipe and the algorithm restored from ``run/checkpoints/{which}.pt``, on
     ``device`` (default: the recipe's; a CUDA run read on a machine without CUDA is loaded
-    on the CPU, with a warning).
+    on the CPU, with a warning). ``classifier``: a test-time classifier instead of the
+    recipe's (``"logistic"``, see :mod:`metafit.algorithms.heads`); the returned recipe
+    says so.
 
     Raises:
         FileNotFoundError: ``run`` is not a run directory.
@@ -39,6 +41,8 @@ def load_trained(run: str | Path, which: str = "best", device: str | None = None
     """
     rd = RunDir(run)
     recipe = rd.read_recipe()
+    if classifier is not None:
+        recipe = Recipe.model_validate({**recipe.model_dump(), "classifier": classifier})
     path = rd.trained_checkpoint(which)
     ckpt = load_checkpoint(path)
     algo = build_algorithm(recipe, ckpt.get("num_train_classes"))
@@ -69,11 +73,16 @@ def split_sampler(recipe: Recipe, split: Split, dataset: Any = None,
 def record_evaluation(run: str | Path, result: EvalResult, recipe: Recipe, split: str,
                       which: str) -> EvalResult:
     """Tag ``result`` with where it comes from and save it as
-    ``run/report/eval_{split}_{which}_{steps}steps.json``; returns it."""
+    ``run/report/eval_{split}_{which}_{steps}steps.json`` (``..._{classifier}.json`` for a
+    recipe with a test-time classifier); returns it."""
     result.extra.update(run=str(run), split=split, checkpoint=which,
                         algorithm=recipe.algorithm)
-    atomic_write_text(RunDir(run).report / f"eval_{split}_{which}_{result.steps}steps.json",
-                      json.dumps(result.to_dict(), indent=1))
+    suffix = ""
+    if recipe.classifier is not None:
+        result.extra.update(classifier=recipe.classifier)
+        suffix = f"_{recipe.classifier}"
+    atomic_write_text(RunDir(run).report / f"eval_{split}_{which}_{result.steps}steps"
+                      f"{suffix}.json", json.dumps(result.to_dict(), indent=1))
     return result
 
 
@@ -86,6 +95,7 @@ def evaluate_run(
     dist: DistContext = SINGLE,
     curve: Literal["full", "ends"] = "full",
     cache_features: bool = True,
+    classifier: str | None = None,
 ) -> EvalResult:
     """Evaluate a run on fixed episodes of ``split`` and save the result under report/.
 
@@ -94,8 +104,9 @@ def evaluate_run(
     ``curve="ends"`` scores the query set only before adaptation and after the last step
     (the same result, less work; the saved curve has those two points).
     ``cache_features``: as in :func:`~metafit.evaluation.evaluate`.
+    ``classifier``: as in :func:`load_trained` (the saved result's name then ends in it).
     """
-    recipe, algo = load_trained(run, which)
+    recipe, algo = load_trained(run, which, classifier=classifier)
     n_steps = int(cast(Any, algo).default_eval_steps) if steps is None else int(steps)
     result = evaluate(algo, split_sampler(recipe, split),
                       episodes=episodes or recipe.test_episodes, steps=n_steps, dist=dist,

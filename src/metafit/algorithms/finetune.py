@@ -6,7 +6,9 @@ Need?"): meta-training is plain supervised training of ``model.body`` + a
 ``num_classes``-way ``pretrain_head`` on every image of the batch (support and query) with
 its *global* dataset class. At test time a new zero-initialised linear head (optionally with
 the last ``finetune_layers`` blocks of the body) is fitted on the support set by full-batch
-Adam for ``steps`` steps, on body features computed once.
+Adam for ``steps`` steps, on body features computed once; with ``classifier="logistic"``
+a logistic regression on the L2-normalised features is instead fitted to convergence by
+L-BFGS (Tian et al. 2020's head, :mod:`metafit.algorithms.heads`).
 
 Regression: the "pretrained on all tasks" baseline of the MAML paper (Finn et al. 2017,
 sec. 5.1): meta-training regresses every task's points jointly with the whole network;
@@ -23,6 +25,7 @@ from torch.nn import functional as F
 
 from metafit import functional as mf
 from metafit.algorithms.base import Algorithm, Learner
+from metafit.algorithms.heads import LogisticHead, check_classifier, logistic_trajectory
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episodes
 from metafit.functional import Params
@@ -49,6 +52,11 @@ class FineTune(Algorithm):
         finetune_layers: also fine-tune the last this many parametrised blocks of
             ``model.body`` (an ``nn.Sequential``) at test time; 0: frozen body.
         eval_inner_steps: overrides ``inner_steps`` for ``adapt``.
+        classifier: ``None`` (the Adam-fitted linear head) or ``"logistic"``: a logistic
+            regression on the L2-normalised body features, fitted to convergence by L-BFGS
+            (:func:`~metafit.algorithms.heads.fit_logistic_head`; the number of steps and
+            ``inner_lr`` do not apply to it). Needs ``finetune_layers=0``.
+        penalty: the logistic head's L2 penalty on its weights.
     """
 
     cheap_query_scores = True  # query features are computed once per task
@@ -61,10 +69,18 @@ class FineTune(Algorithm):
         inner_steps: int = 100,
         finetune_layers: int = 0,
         eval_inner_steps: int | None = None,
+        classifier: str | None = None,
+        penalty: float = 1e-4,
     ) -> None:
         super().__init__(model, inner_steps, eval_inner_steps)
         if finetune_layers < 0:
             raise ValueError(f"finetune_layers must be >= 0, got {finetune_layers}")
+        check_classifier(classifier, penalty, type(self).__name__)
+        if classifier is not None and finetune_layers:
+            raise ValueError(f"classifier={classifier!r} fits a head on a frozen body; it "
+                             f"cannot also fine-tune finetune_layers={finetune_layers}")
+        self.classifier = classifier
+        self.penalty = float(penalty)
         self.inner_lr = float(inner_lr)
         self.num_classes = num_classes
         self.finetune_layers = finetune_layers
@@ -134,12 +150,17 @@ class FineTune(Algorithm):
         self, support_x: Tensor, support_y: Tensor, steps: int, query_x: Tensor | None = None
     ) -> Iterator[tuple[Params, Tensor | None]]:
         """Regression: SGD on all parameters. Classification: Adam on a new linear head
-        (plus the body's last blocks) over support features computed once."""
+        (plus the body's last blocks) over support features computed once; or the
+        logistic head, fitted once and yielded ``steps + 1`` times."""
         if support_y.is_floating_point():
             yield from mf.adaptation_trajectory(
                 self.model, dict(self.model.named_parameters()), support_x, support_y, steps,
                 lr=self.inner_lr, query_x=query_x,
             )
+            return
+        if self.classifier == "logistic":
+            yield from logistic_trajectory(self.model.body, support_x, support_y, steps,
+                                           query_x, self.penalty)
             return
         prefix, suffix = self.split_body()
         with torch.no_grad():
@@ -174,11 +195,16 @@ class FineTune(Algorithm):
             optimizer.step()
 
     def make_learner(self, params: Params, support_y: Tensor, copy: bool = True) -> Learner:
-        """Regression: the model; classification: body + a new ``N``-way linear head."""
+        """Regression: the model; classification: body + a new ``N``-way linear head
+        (:class:`~metafit.algorithms.heads.LogisticHead` for ``classifier="logistic"``)."""
         if support_y.is_floating_point():
             return Learner(self.model, params, copy)
         ways = params["head.weight"].shape[0]
-        head = nn.Linear(self.feature_dim, ways, device="meta")  # weights come from params
+        head: nn.Module  # weights come from params
+        if self.classifier == "logistic":
+            head = LogisticHead(self.feature_dim, ways, device="meta")
+        else:
+            head = nn.Linear(self.feature_dim, ways, device="meta")
         return Learner(FewShotModel(self.model.body, head, self.feature_dim), params, copy)
 
 
@@ -186,7 +212,9 @@ class FineTune(Algorithm):
 class LinearProbe(FineTune):
     """The frozen-encoder baseline: no meta-training at all; each task fits a linear
     (multinomial logistic regression) head on the support set's features from the
-    pretrained body, by full-batch Adam at ``inner_lr`` for ``steps`` steps from zero.
+    pretrained body, by full-batch Adam at ``inner_lr`` for ``steps`` steps from zero (or,
+    with ``classifier="logistic"``, on the L2-normalised features to convergence by
+    L-BFGS).
 
     This is what a user tries first with a pretrained encoder (the "linear probe" of
     Radford et al. 2021 and of sentence-embedding evaluations such as SentEval, Conneau &
@@ -197,8 +225,10 @@ class LinearProbe(FineTune):
     supports_regression = False
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 100,
-                 eval_inner_steps: int | None = None) -> None:
-        super().__init__(model, None, inner_lr, inner_steps, 0, eval_inner_steps)
+                 eval_inner_steps: int | None = None, classifier: str | None = None,
+                 penalty: float = 1e-4) -> None:
+        super().__init__(model, None, inner_lr, inner_steps, 0, eval_inner_steps,
+                         classifier, penalty)
         self.model.requires_grad_(False)
 
     def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:

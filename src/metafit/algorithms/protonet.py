@@ -8,7 +8,9 @@ similarities ``s * cos(f, p)`` (the cosine classifier of Gidaris & Komodakis 201
 et al. 2019, "A Closer Look at Few-shot Classification", with a fixed scale as in Oreshkin
 et al. 2018, TADAM); the loss is cross-entropy on the query set. There is no inner loop: ``adapt``
 computes the prototypes once (the number of steps is ignored), and ``model.head`` is not
-used (its meta-gradients are zeros).
+used (its meta-gradients are zeros). With ``classifier="logistic"``, ``adapt`` fits a
+logistic-regression head on the support embeddings instead of the prototypes
+(:mod:`metafit.algorithms.heads`, Tian et al. 2020); meta-training is unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 
 from metafit import functional as mf
 from metafit.algorithms.base import Algorithm, Learner
+from metafit.algorithms.heads import LogisticHead, check_classifier, logistic_trajectory
 from metafit.algorithms.registry import register_algorithm
 from metafit.functional import Params
 from metafit.kernels import once_differentiable_region
@@ -89,6 +92,11 @@ class ProtoNet(Algorithm):
         scale: the cosine logits' scale (inverse temperature); ignored for
             ``sqeuclidean``. 20 suits all-MiniLM-L6-v2 (sentence-transformers'
             contrastive losses scale cosine similarities by 20 by default).
+        classifier: ``None`` (the prototypes) or ``"logistic"``: ``adapt`` fits a logistic
+            regression on the L2-normalised support embeddings
+            (:func:`~metafit.algorithms.heads.fit_logistic_head`); meta-training still
+            uses the prototypes.
+        penalty: the logistic head's L2 penalty on its weights.
     """
 
     supports_regression = False
@@ -96,8 +104,10 @@ class ProtoNet(Algorithm):
     cheap_query_scores = True  # query features are computed once per task
 
     def __init__(self, model: nn.Module, distance: str = "sqeuclidean",
-                 scale: float = 10.0) -> None:
+                 scale: float = 10.0, classifier: str | None = None,
+                 penalty: float = 1e-4) -> None:
         super().__init__(model)
+        check_classifier(classifier, penalty, "ProtoNet")
         if distance not in DISTANCES:
             raise ValueError(f"ProtoNet: unknown distance {distance!r}; supported: "
                              f"{', '.join(DISTANCES)}")
@@ -105,6 +115,8 @@ class ProtoNet(Algorithm):
             raise ValueError(f"ProtoNet: the cosine scale must be positive, got {scale}")
         self.distance = distance
         self.scale = float(scale)
+        self.classifier = classifier
+        self.penalty = float(penalty)
 
     def _scores(self, features: Tensor, prototypes: Tensor) -> Tensor:
         return prototype_logits(features, prototypes, self.distance, self.scale)  # [B, N]
@@ -128,9 +140,14 @@ class ProtoNet(Algorithm):
     def trajectory(
         self, support_x: Tensor, support_y: Tensor, steps: int, query_x: Tensor | None = None
     ) -> Iterator[tuple[Params, Tensor | None]]:
-        """The prototypes, ``steps + 1`` times (nothing changes with steps)."""
+        """The prototypes (or the logistic head), ``steps + 1`` times (nothing changes with
+        steps)."""
         if support_y.is_floating_point():
             raise ValueError("ProtoNet does not support regression tasks")
+        if self.classifier == "logistic":
+            yield from logistic_trajectory(self.model.body, support_x, support_y, steps,
+                                           query_x, self.penalty)
+            return
         with torch.no_grad():
             f_support = self.model.body(support_x).flatten(1)  # [N*K, F]
             prototypes = class_prototypes(f_support, support_y, int(support_y.max()) + 1)
@@ -144,8 +161,15 @@ class ProtoNet(Algorithm):
             yield params, out
 
     def make_learner(self, params: Params, support_y: Tensor, copy: bool = True) -> Learner:
-        """Body + :class:`PrototypeHead` holding the prototypes."""
-        prototypes = params["head.prototypes"]  # [N, F]
-        head = PrototypeHead(prototypes, self.distance, self.scale)
-        module = FewShotModel(self.model.body, head, prototypes.shape[1])
+        """Body + :class:`PrototypeHead` holding the prototypes (or a
+        :class:`~metafit.algorithms.heads.LogisticHead`)."""
+        head: nn.Module
+        if "head.weight" in params:
+            ways, features = params["head.weight"].shape  # [N, F]
+            head = LogisticHead(features, ways, device="meta")  # weights come from params
+        else:
+            prototypes = params["head.prototypes"]  # [N, F]
+            ways, features = prototypes.shape
+            head = PrototypeHead(prototypes, self.distance, self.scale)
+        module = FewShotModel(self.model.body, head, features)
         return Learner(module, params, copy)

@@ -156,8 +156,11 @@ class Adapter:
                                                               self.preprocessor.tokenizer_dir)
 
     @classmethod
-    def from_run(cls, run: str | os.PathLike[str], which: str = "best") -> Adapter:
-        """Load ``run``'s recipe and checkpoint ``which`` (``best`` or ``last``).
+    def from_run(cls, run: str | os.PathLike[str], which: str = "best",
+                 classifier: str | None = None) -> Adapter:
+        """Load ``run``'s recipe and checkpoint ``which`` (``best`` or ``last``);
+        ``classifier``: a test-time classifier instead of the recipe's
+        (:func:`~metafit.runs.load_trained`), recorded in the source.
 
         Raises:
             FileNotFoundError: ``run`` is not a run directory.
@@ -166,8 +169,11 @@ class Adapter:
         """
         from metafit.runs import load_trained
 
-        recipe, algo = load_trained(Path(run), which)
-        return cls(recipe, cast(Algorithm, algo), {"run": str(run), "checkpoint": which})
+        recipe, algo = load_trained(Path(run), which, classifier=classifier)
+        source = {"run": str(run), "checkpoint": which}
+        if classifier is not None:
+            source["classifier"] = classifier
+        return cls(recipe, cast(Algorithm, algo), source)
 
     @property
     def kind(self) -> str:
@@ -239,12 +245,13 @@ class Adapter:
 
 def adapt_run(run: str | os.PathLike[str], support_path: str | os.PathLike[str],
               out: str | os.PathLike[str], steps: int | None = None, which: str = "best",
-              classes: Sequence[str] | None = None, batch_norm: BatchNormMode = "support"
-              ) -> AdaptedModel:
+              classes: Sequence[str] | None = None, batch_norm: BatchNormMode = "support",
+              classifier: str | None = None) -> AdaptedModel:
     """Adapt ``run`` to the support set at ``support_path`` (a CSV for text runs, with the
     recipe's text and label columns; a folder of class folders for image runs) and save
-    the model directory ``out`` (atomically). Returns the adapted model."""
-    adapter = Adapter.from_run(run, which)
+    the model directory ``out`` (atomically). Returns the adapted model. ``classifier``:
+    as in :meth:`Adapter.from_run`."""
+    adapter = Adapter.from_run(run, which, classifier)
     inputs, labels = load_support(support_path, adapter.kind, adapter.recipe.text_column,
                                   adapter.recipe.label_column)
     model = adapter.adapt(inputs, labels, steps, classes, batch_norm)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from metafit.algorithms.heads import CLASSIFIERS
+
 __all__ = ["add_parsers"]
 
 _TABLE_CLASSES = 3  # most probable classes shown per row of the table
@@ -24,7 +26,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     model = adapt_run(args.run, args.support, args.out, steps=args.steps,
-                      which=args.checkpoint, classes=classes, batch_norm=args.batch_norm)
+                      which=args.checkpoint, classes=classes, batch_norm=args.batch_norm,
+                      classifier=args.classifier)
     assert model.support is not None
     fit = (model.logits(model.support[0]).argmax(-1) == model.support[1]).float().mean()
     summary = {"out": str(args.out), "kind": model.kind, "labels": model.label_names,
@@ -113,7 +116,8 @@ def _episode_figures(args: argparse.Namespace, model: Any, compress: Callable[[A
     run = args.run or model.info.get("source", {}).get("run")
     if not run:
         raise ValueError("--episodes needs the run the model was adapted from: give --run")
-    adapter = Adapter.from_run(run, model.info.get("source", {}).get("checkpoint", "best"))
+    source = model.info.get("source", {})
+    adapter = Adapter.from_run(run, source.get("checkpoint", "best"), source.get("classifier"))
     recipe = adapter.recipe
     if args.data_root:
         recipe = recipe.model_copy(update={"data_root": args.data_root})
@@ -206,6 +210,10 @@ def add_parsers(sub: Any) -> None:
                    help="support: freeze the support set's BatchNorm statistics (a "
                    "prediction depends on its input only; default); batch: the algorithm's "
                    "per-batch statistics, as in evaluation")
+    p.add_argument("--classifier", choices=list(CLASSIFIERS),
+                   help="protonet, finetune, linear_probe: fit this head instead of the "
+                        "recipe's (logistic: L-BFGS logistic regression on normalised "
+                        "features)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=_cmd_adapt)
 

@@ -6,7 +6,9 @@ exported to ONNX.
 The module is a :class:`~metafit.models.base.FewShotModel` with the training body and
 
 * a linear head ``[B, F] -> [B, N]`` (MAML, FOMAML, Meta-SGD, ANIL, Reptile, FineTune,
-  linear_probe), or
+  linear_probe),
+* the :class:`~metafit.algorithms.heads.LogisticHead` of ``classifier="logistic"`` (a
+  linear layer on the L2-normalised features; ProtoNet, FineTune, linear_probe), or
 * ProtoNet's :class:`~metafit.algorithms.protonet.PrototypeHead` (logits
   ``-||f - p_c||^2`` with the prototypes ``[N, F]`` as a buffer): the algorithm's own
   logits, so its probabilities are reproduced exactly rather than up to rounding.
@@ -37,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from metafit.algorithms.base import Learner
+from metafit.algorithms.heads import LogisticHead
 from metafit.algorithms.protonet import PrototypeHead
 from metafit.config import Recipe
 from metafit.models.base import FewShotModel
@@ -99,7 +102,7 @@ def architecture(learner: Learner, batch_norm: BatchNormMode) -> dict[str, Any]:
         extra = {"distance": head.distance, "scale": head.scale}
     else:
         ways, features = learner.params["head.weight"].shape
-        kind = "linear"
+        kind = "logistic" if isinstance(head, LogisticHead) else "linear"
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in learner.module.modules())
     return {"head": kind, "ways": int(ways), "features": int(features),
             "batch_norm": batch_norm if has_bn else "none", **extra}
@@ -201,6 +204,8 @@ def build_module(arch: Mapping[str, Any], recipe: Recipe, text_config: Any = Non
                              float(arch.get("scale", 1.0)))
     elif arch["head"] == "linear":
         head = nn.Linear(features, ways)
+    elif arch["head"] == "logistic":
+        head = LogisticHead(features, ways)
     else:
         raise ValueError(f"unknown head {arch['head']!r}")
     module = FewShotModel(body, head, features)
