@@ -18,9 +18,10 @@ the support set) is not meta-trained.
 only those ``77 * K`` sentences (episodes drawn from them; 77-way, ``K // 2`` shots). The
 adapted model is then fitted on all ``77 * K`` sentences and scored on the full
 3,080-sentence ``test.csv``, 77-way accuracy; mean and standard deviation over seeds.
-``--classifier logistic`` scores the same runs (meta-trained once) with the logistic head
-instead of the algorithm's own classifier (rows ``ALGORITHM/logistic``, result files
-``benchmark_logistic.json``).
+
+``--classifier logistic`` (both protocols) scores the same runs (meta-trained once) with
+the logistic head instead of the algorithm's own classifier (rows ``ALGORITHM/logistic``,
+result files ``benchmark_logistic.json``).
 
 Every run is a directory under ``--out``; a finished row is not redone (its result JSON
 exists), so an interrupted benchmark resumes. The tables go to ``--results`` between
@@ -96,6 +97,25 @@ def _rows(spec: list[str]) -> list[tuple[str, str]]:
     return rows
 
 
+def _result_file(run: Path, args: argparse.Namespace) -> Path:
+    """The row's result file: ``benchmark.json``, or ``benchmark_CLASSIFIER.json``."""
+    return run / ("benchmark.json" if args.classifier is None
+                  else f"benchmark_{args.classifier}.json")
+
+
+def _train_seconds(run: Path, done: Path, measured: float) -> float:
+    """A run meta-trained for an earlier row (another classifier) keeps that row's
+    training time; ``measured`` otherwise."""
+    first = run / "benchmark.json"
+    if first != done and first.is_file():
+        return float(json.loads(first.read_text())["train_seconds"])
+    return measured
+
+
+def _classified(label: str, args: argparse.Namespace) -> str:
+    return label + (f"/{args.classifier}" if args.classifier else "")
+
+
 def _finished(done: Path, results: list[dict[str, Any]]) -> bool:
     """A finished row (its result file exists) is read back, not redone."""
     if done.is_file():
@@ -116,7 +136,7 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
         label = _label(algorithm, args)
         for shots in args.shots:
             run = Path(args.out) / "A" / f"{label}_{scope}_{shots}shot"
-            done = run / "benchmark.json"
+            done = _result_file(run, args)
             if _finished(done, results):
                 continue
             recipe = load_recipe("_banking77", {"data_root": args.data_root, "shots": shots,
@@ -127,8 +147,10 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
             train_s = time.perf_counter() - t0
             trainable, total = count_parameters(trainer.algo.model)
             t0 = time.perf_counter()
-            result = evaluate_run(run, "test", episodes=args.episodes, curve=args.curve)
-            row = {"algorithm": label, "scope": scope, "shots": shots,
+            result = evaluate_run(run, "test", episodes=args.episodes, curve=args.curve,
+                                  classifier=args.classifier)
+            train_s = _train_seconds(run, done, train_s)
+            row = {"algorithm": _classified(label, args), "scope": scope, "shots": shots,
                    "accuracy": result.mean, "ci95": result.ci95, "episodes": args.episodes,
                    "iterations": state.iteration, "train_seconds": round(train_s, 1),
                    "eval_seconds": round(time.perf_counter() - t0, 1),
@@ -173,8 +195,7 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
         for k in args.k:
             for seed in args.seeds:
                 run = Path(args.out) / "B" / f"{label}_{scope}_k{k}_seed{seed}"
-                done = run / ("benchmark.json" if args.classifier is None
-                              else f"benchmark_{args.classifier}.json")
+                done = _result_file(run, args)
                 if _finished(done, results):
                     continue
                 pool = k_shot_pool(root / "train.csv", k, seed, run.parent / f"pool_k{k}_"
@@ -196,11 +217,8 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
                 dev = args.device
                 score = adapt_and_score(algo, support.tokens.to(dev), support.targets.to(dev),
                                         test.tokens.to(dev), test.targets.to(dev))
-                first = run / "benchmark.json"  # a row of the same run, scored before
-                if first != done and first.is_file():
-                    train_s = json.loads(first.read_text())["train_seconds"]
-                row = {"algorithm": label + (f"/{args.classifier}" if args.classifier else ""),
-                       "scope": scope, "k": k,
+                train_s = _train_seconds(run, done, train_s)
+                row = {"algorithm": _classified(label, args), "scope": scope, "k": k,
                        "seed": seed,
                        "accuracy": score.accuracy, "test": score.test, "device": args.device,
                        "train_seconds": round(train_s, 1),
@@ -285,7 +303,7 @@ def main() -> None:
                         help="ProtoNet rows with --distance cosine: the logits' scale "
                              "(sentence-transformers' default for cosine similarities)")
     parser.add_argument("--classifier", choices=["logistic"], default=None,
-                        help="protocol B: score with this test-time classifier instead of "
+                        help="score with this test-time classifier instead of "
                              "the algorithm's own (protonet, finetune, linear_probe rows)")
     parser.add_argument("--out", default="runs/bench_text")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))

@@ -174,6 +174,8 @@ def test_evaluate_and_adapt_take_the_classifier_from_the_command_line(tmp_path: 
                  "logistic"]) == 0
     logistic = json.loads(capsys.readouterr().out)
     assert logistic["extra"]["classifier"] == "logistic" and "classifier" not in own["extra"]
+    assert main(["evaluate", str(run), "--episodes", "4", "--classifier", "logistic"]) == 0
+    assert "[test, best, logistic]: accuracy" in capsys.readouterr().out
     saved = sorted(p.name for p in (run / "report").glob("eval_test_*.json"))
     assert saved == ["eval_test_best_0steps.json", "eval_test_best_0steps_logistic.json"]
     # the same episodes, another classifier: per-episode accuracies differ somewhere

@@ -91,7 +91,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return 0
-    sys.stdout.write(f"{args.run} [{args.split}, {args.checkpoint}]: {result.summary()}\n")
+    where = ", ".join([args.split, args.checkpoint, *filter(None, [args.classifier])])
+    sys.stdout.write(f"{args.run} [{where}]: {result.summary()}\n")
     scale = 100.0 if result.metric == "accuracy" else 1.0
     curve = ", ".join(f"{s}: {v * scale:.2f}"
                       for s, v in zip(result.curve_steps, result.curve, strict=True))
