@@ -17,7 +17,9 @@ outside the pool, 77-way, with two classifiers fitted on the pool's embeddings:
 - ``logistic``: multinomial logistic regression on the L2-normalised embeddings,
   L2 penalty ``--weight-decay`` on the weights, fitted to convergence by L-BFGS (Tian et
   al. 2020, "Rethinking Few-Shot Image Classification: a Good Embedding Is All You
-  Need?": a logistic-regression head on a meta-trained embedding).
+  Need?": a logistic-regression head on a meta-trained embedding). The library ships this
+  head as ``classifier: logistic`` (``metafit.algorithms.heads``); ``text.py B
+  --classifier logistic`` scores the test rows through it.
 
 Variants: ``--ways`` (episodes of that many intents), ``--steps``, ``--dropout`` (encoder
 dropout while meta-training), ``--loss loo`` (each pool sentence a query against
