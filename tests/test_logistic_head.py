@@ -164,8 +164,9 @@ def test_adapted_models_keep_the_head_through_save_load_and_quantization(
     torch.testing.assert_close(small.logits(queries), model.logits(queries), rtol=0, atol=0)
 
 
-def test_evaluate_and_adapt_take_the_classifier_from_the_command_line(tmp_path: Path,
-                                                                       capsys) -> None:
+def test_evaluate_and_adapt_take_the_classifier_from_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
     shutil.copytree(image_run("protonet"), run)
     assert main(["evaluate", str(run), "--episodes", "40", "--json"]) == 0
@@ -184,9 +185,24 @@ def test_evaluate_and_adapt_take_the_classifier_from_the_command_line(tmp_path: 
     out = tmp_path / "model"
     assert main(["adapt", str(run), "--support", str(support), "--out", str(out),
                  "--classifier", "logistic"]) == 0
+    capsys.readouterr()
     model = AdaptedModel.load(out)
     assert model.arch["head"] == "logistic"
     assert model.info["source"]["classifier"] == "logistic"
+    # compress --episodes re-adapts the source run with the model's classifier
+    seen: list[str | None] = []
+    from_run = Adapter.from_run.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type, run: str, which: str = "best", classifier: str | None = None
+            ) -> Adapter:
+        seen.append(classifier)
+        return from_run(cls, run, which, classifier)
+
+    monkeypatch.setattr(Adapter, "from_run", classmethod(spy))
+    assert main(["compress", str(out), "--prune", "0.5", "--out", str(tmp_path / "small"),
+                 "--episodes", "4", "--json"]) == 0
+    assert seen == ["logistic"]
+    assert json.loads(capsys.readouterr().out)["test_episodes"]["episodes"] == 4
     with pytest.raises(SystemExit):
         main(["evaluate", str(run), "--classifier", "svm"])
     assert "invalid choice: 'svm'" in capsys.readouterr().err
