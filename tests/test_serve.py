@@ -30,6 +30,7 @@ httpx = pytest.importorskip("httpx")
 import uvicorn  # noqa: E402
 
 from metafit.cli import main  # noqa: E402
+from metafit.deploy import AdaptedModel  # noqa: E402
 from metafit.server import ServerSettings, create_app, is_loopback, load_api_keys  # noqa: E402
 from metafit.server.pool import AdaptationPool, PoolFull  # noqa: E402
 from metafit.server.runner import bind  # noqa: E402
@@ -175,6 +176,24 @@ def test_candidate_labels_restrict_the_prediction(settings: ServerSettings, data
             assert set(probs) == {"c5", "c7"}
             assert p["label"] == ("c5" if whole["c5"] >= whole["c7"] else "c7")
             assert probs["c5"] == pytest.approx(whole["c5"] / (whole["c5"] + whole["c7"]))
+    finally:
+        server.stop()
+
+
+def test_a_served_run_adapts_with_the_chosen_classifier(settings: ServerSettings, data: Path,
+                                                       protonet_run: Path) -> None:
+    server = LiveServer(replace(settings, target=protonet_run, classifier="logistic"))
+    try:
+        r = server.client.post("/v1/adaptations", json=support(data, (0, 5, 7)), headers=AUTH)
+        assert r.status_code == 201, r.text
+        made = r.json()
+        model = AdaptedModel.load(settings.adaptations_dir / made["id"])
+        assert model.arch["head"] == "logistic"
+        assert model.info["source"]["classifier"] == "logistic"
+        r = server.client.post(f"/v1/adaptations/{made['id']}/predict", json=queries(data),
+                               headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["predictions"]) == 2
     finally:
         server.stop()
 
@@ -418,6 +437,8 @@ def test_settings_are_checked(run: Path) -> None:
         ServerSettings(target=run, workers=0)
     with pytest.raises(ValueError, match="checkpoint"):
         ServerSettings(target=run, checkpoint="first")
+    with pytest.raises(ValueError, match="classifier must be one of logistic, not 'svm'"):
+        ServerSettings(target=run, classifier="svm")
     assert ServerSettings(target=run).adaptations_dir == run / "adaptations"
     assert KEY not in repr(ServerSettings(target=run, api_keys=frozenset({KEY})))
 

@@ -175,6 +175,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         target=Path(args.target), state_dir=args.state_dir and Path(args.state_dir),
         model_dir=args.model and Path(args.model), checkpoint=args.checkpoint,
+        classifier=args.classifier,
         api_keys=load_api_keys(args.api_key_file), max_body_bytes=args.max_body_bytes,
         max_examples=args.max_examples, max_inputs=args.max_inputs, max_steps=args.max_steps,
         steps=args.steps, workers=args.workers, queue=args.queue, cache_size=args.cache_size)
@@ -197,6 +198,10 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="where adaptations are kept (default RUN/adaptations)")
     p.add_argument("--model", help="an adapted model for POST /v1/predict next to a run")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--classifier", choices=list(CLASSIFIERS),
+                   help="protonet, finetune, linear_probe runs: fit this head to posted "
+                        "support sets instead of the recipe's (logistic: L-BFGS logistic "
+                        "regression on normalised features)")
     p.add_argument("--steps", type=int, help="inner steps when a request names none "
                    "(default: the run's evaluation steps)")
     p.add_argument("--max-steps", type=int, default=500, help="most inner steps a request "

@@ -67,7 +67,8 @@ class Service:
         if not settings.target.is_dir():
             raise FileNotFoundError(f"{settings.target} does not exist or is not a directory")
         if settings.is_run:
-            self.adapter = Adapter.from_run(settings.target, which=settings.checkpoint)
+            self.adapter = Adapter.from_run(settings.target, which=settings.checkpoint,
+                                            classifier=settings.classifier)
         else:
             try:
                 self.model = AdaptedModel.load(settings.target)

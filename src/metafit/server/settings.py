@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from metafit.algorithms.heads import CLASSIFIERS
+
 __all__ = ["ServerSettings", "load_api_keys", "is_loopback", "ENV_API_KEYS"]
 
 ENV_API_KEYS = "METAFIT_API_KEYS"
@@ -28,6 +30,8 @@ class ServerSettings:
         model_dir: an adapted model for ``POST /v1/predict`` next to a run (a model
             ``target`` sets it itself).
         checkpoint: the run's checkpoint to adapt (``best`` or ``last``).
+        classifier: a test-time classifier instead of the run recipe's (``"logistic"``;
+            ProtoNet, FineTune and linear_probe runs; see :mod:`metafit.algorithms.heads`).
         api_keys: accepted keys; empty: no authentication.
         max_body_bytes: larger request bodies get 413, before they are parsed.
         max_examples: most support examples per adaptation (more: 422).
@@ -43,6 +47,7 @@ class ServerSettings:
     state_dir: Path | None = None
     model_dir: Path | None = None
     checkpoint: str = "best"
+    classifier: str | None = None
     api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
     max_body_bytes: int = 10 * 2**20
     max_examples: int = 1000
@@ -61,6 +66,9 @@ class ServerSettings:
             raise ValueError("server settings queue, max_steps and steps must not be negative")
         if self.checkpoint not in ("best", "last"):
             raise ValueError(f"checkpoint must be 'best' or 'last', not {self.checkpoint!r}")
+        if self.classifier is not None and self.classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not "
+                             f"{self.classifier!r}")
 
     @property
     def is_run(self) -> bool:
