@@ -45,6 +45,7 @@ from typing import Any
 
 from results_file import write_block  # benchmarks/ (the script's directory)
 
+from metafit.algorithms.heads import CLASSIFIERS
 from metafit.io import atomic_write_text
 
 # Test-time steps and inner rates per adapted scope: a first, untuned choice (RESULTS.md);
@@ -302,7 +303,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=20.0,
                         help="ProtoNet rows with --distance cosine: the logits' scale "
                              "(sentence-transformers' default for cosine similarities)")
-    parser.add_argument("--classifier", choices=["logistic"], default=None,
+    parser.add_argument("--classifier", choices=list(CLASSIFIERS), default=None,
                         help="score with this test-time classifier instead of "
                              "the algorithm's own (protonet, finetune, linear_probe rows)")
     parser.add_argument("--out", default="runs/bench_text")

@@ -47,28 +47,9 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from metafit.adaptation import predict
+from metafit.algorithms.heads import fit_logistic_head
 
 WAYS = 77
-
-
-def logistic(z_support: Tensor, y_support: Tensor, weight_decay: float) -> tuple[Tensor, Tensor]:
-    """``(W [C, H], b [C])`` of an L2-penalised logistic regression on the L2-normalised
-    ``z_support [N, H]``, fitted by L-BFGS (at most 300 iterations)."""
-    z = F.normalize(z_support, dim=-1)
-    weight = torch.zeros(WAYS, z.shape[1], requires_grad=True)
-    bias = torch.zeros(WAYS, requires_grad=True)
-    solver = torch.optim.LBFGS([weight, bias], lr=1, max_iter=300,
-                               line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        solver.zero_grad()
-        loss = F.cross_entropy(z @ weight.T + bias, y_support) + weight_decay * (
-            weight ** 2).sum()
-        loss.backward()
-        return loss
-
-    solver.step(closure)
-    return weight.detach(), bias.detach()
 
 
 def prototypes(z: Tensor, y: Tensor) -> Tensor:
@@ -86,7 +67,7 @@ def scores(body: torch.nn.Module, support: Any, query_x: Tensor, query_y: Tensor
     with torch.no_grad():
         zs = predict(body, support.tokens, 256, pad)  # [N, H]
         zq = F.normalize(predict(body, query_x, 256, pad), dim=-1)  # [M, H]
-    weight, bias = logistic(zs, support.targets, weight_decay)
+    weight, bias = fit_logistic_head(zs, support.targets, WAYS, weight_decay)
     return {
         "proto": 100 * float(((zq @ prototypes(zs, support.targets).T).argmax(-1)
                               == query_y).float().mean()),

@@ -15,8 +15,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from metafit import __version__
-from metafit.algorithms.heads import CLASSIFIERS
 from metafit.config import RecipeError, list_recipes, load_recipe, recipe_to_yaml
+from metafit.deploy.commands import add_classifier_option
+from metafit.deploy.commands import add_parsers as add_deploy_parsers
 
 __all__ = ["main", "build_parser"]
 
@@ -198,10 +199,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="where adaptations are kept (default RUN/adaptations)")
     p.add_argument("--model", help="an adapted model for POST /v1/predict next to a run")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--classifier", choices=list(CLASSIFIERS),
-                   help="protonet, finetune, linear_probe runs: fit this head to posted "
-                        "support sets instead of the recipe's (logistic: L-BFGS logistic "
-                        "regression on normalised features)")
+    add_classifier_option(p, "fit this head to posted support sets instead of the recipe's")
     p.add_argument("--steps", type=int, help="inner steps when a request names none "
                    "(default: the run's evaluation steps)")
     p.add_argument("--max-steps", type=int, default=500, help="most inner steps a request "
@@ -268,10 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-feature-cache", action="store_true",
                    help="run the body in every episode instead of embedding each distinct "
                         "example once (same result, slower; see metafit.feature_cache)")
-    p.add_argument("--classifier", choices=list(CLASSIFIERS),
-                   help="protonet, finetune, linear_probe: classify with this test-time head "
-                        "instead of the recipe's (logistic: L-BFGS logistic regression on "
-                        "normalised features)")
+    add_classifier_option(p, "classify with this head instead of the recipe's")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("report", help="plot runs: training and validation curves, "
@@ -312,8 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "loop on identical weights and data (tasks/s, memory, agreement)")
     _bench_options(p)
     p.set_defaults(func=_cmd_bench)
-
-    from metafit.deploy.commands import add_parsers as add_deploy_parsers
 
     add_deploy_parsers(sub)  # adapt, predict, compress, export
 

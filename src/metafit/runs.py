@@ -10,7 +10,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from metafit.config import Recipe
+from metafit.config import Recipe, make_recipe
 from metafit.datasets import Split, load_split
 from metafit.distributed import SINGLE, DistContext
 from metafit.evaluation import EvalResult, evaluate
@@ -42,7 +42,8 @@ def load_trained(run: str | Path, which: str = "best", device: str | None = None
     rd = RunDir(run)
     recipe = rd.read_recipe()
     if classifier is not None:
-        recipe = Recipe.model_validate({**recipe.model_dump(), "classifier": classifier})
+        recipe = make_recipe({**recipe.model_dump(), "classifier": classifier},
+                             f"{run} with classifier={classifier!r}")
     path = rd.trained_checkpoint(which)
     ckpt = load_checkpoint(path)
     algo = build_algorithm(recipe, ckpt.get("num_train_classes"))

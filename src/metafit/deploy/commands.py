@@ -12,9 +12,18 @@ from typing import Any
 
 from metafit.algorithms.heads import CLASSIFIERS
 
-__all__ = ["add_parsers"]
+__all__ = ["add_classifier_option", "add_parsers"]
 
 _TABLE_CLASSES = 3  # most probable classes shown per row of the table
+
+
+def add_classifier_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--classifier``: the test-time head of ProtoNet, FineTune and linear_probe runs
+    instead of the recipe's (:mod:`metafit.algorithms.heads`); ``what``: what the command
+    does with it."""
+    p.add_argument("--classifier", choices=list(CLASSIFIERS),
+                   help=f"protonet, finetune, linear_probe runs: {what} (logistic: L-BFGS "
+                        "logistic regression on normalised features)")
 
 
 def _write(text: str) -> None:
@@ -210,10 +219,7 @@ def add_parsers(sub: Any) -> None:
                    help="support: freeze the support set's BatchNorm statistics (a "
                    "prediction depends on its input only; default); batch: the algorithm's "
                    "per-batch statistics, as in evaluation")
-    p.add_argument("--classifier", choices=list(CLASSIFIERS),
-                   help="protonet, finetune, linear_probe: fit this head instead of the "
-                        "recipe's (logistic: L-BFGS logistic regression on normalised "
-                        "features)")
+    add_classifier_option(p, "fit this head instead of the recipe's")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=_cmd_adapt)
 
