@@ -20,6 +20,7 @@ from metafit.config import RecipeError
 from metafit.deploy import AdaptedModel, Adapter
 from metafit.deploy.compress import quantize
 from metafit.factory import build_algorithm
+from metafit.runs import load_trained
 from test_algorithm_contract import NUM_CLASSES, WAYS, classification_batch
 from test_trainer import classification_recipe, regression_recipe
 
@@ -193,10 +194,10 @@ def test_evaluate_and_adapt_take_the_classifier_from_the_command_line(
     seen: list[str | None] = []
     from_run = Adapter.from_run.__func__  # type: ignore[attr-defined]
 
-    def spy(cls: type, run: str, which: str = "best", classifier: str | None = None
-            ) -> Adapter:
+    def spy(cls: type, run: str, which: str = "best", classifier: str | None = None,
+            penalty: float | None = None) -> Adapter:
         seen.append(classifier)
-        return from_run(cls, run, which, classifier)
+        return from_run(cls, run, which, classifier, penalty)
 
     monkeypatch.setattr(Adapter, "from_run", classmethod(spy))
     assert main(["compress", str(out), "--prune", "0.5", "--out", str(tmp_path / "small"),
@@ -206,3 +207,58 @@ def test_evaluate_and_adapt_take_the_classifier_from_the_command_line(
     with pytest.raises(SystemExit):
         main(["evaluate", str(run), "--classifier", "svm"])
     assert "invalid choice: 'svm'" in capsys.readouterr().err
+
+
+def test_the_classifier_penalty_comes_from_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(image_run("protonet"), run)
+    assert main(["evaluate", str(run), "--episodes", "20", "--json", "--classifier",
+                 "logistic"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["extra"]["classifier_penalty"] == 1e-4
+    assert main(["evaluate", str(run), "--episodes", "20", "--json", "--classifier",
+                 "logistic", "--classifier-penalty", "30"]) == 0
+    strong = json.loads(capsys.readouterr().out)
+    assert strong["extra"]["classifier_penalty"] == 30
+    # the penalty reaches the algorithm (the adapted weights below show it acts)
+    assert load_trained(run, classifier="logistic", penalty=30)[1].penalty == 30
+    assert main(["evaluate", str(run), "--episodes", "4", "--classifier", "logistic",
+                 "--classifier-penalty", "30"]) == 0
+    assert "[test, best, logistic, penalty 30]: accuracy" in capsys.readouterr().out
+    saved = sorted(p.name for p in (run / "report").glob("eval_test_*.json"))
+    assert saved == ["eval_test_best_0steps_logistic-penalty30.json",
+                     "eval_test_best_0steps_logistic.json"]
+    # adapt: the penalty shrinks the fitted weights and is recorded with the model
+    support = support_folder(tmp_path / "support")
+    norms = {}
+    for penalty in ("1e-4", "30"):
+        out = tmp_path / f"model{penalty}"
+        assert main(["adapt", str(run), "--support", str(support), "--out", str(out),
+                     "--classifier", "logistic", "--classifier-penalty", penalty]) == 0
+        model = AdaptedModel.load(out)
+        assert model.info["source"]["classifier_penalty"] == float(penalty)
+        norms[penalty] = float(model.module.head.weight.detach().norm())
+    assert norms["30"] < 0.5 * norms["1e-4"]
+    capsys.readouterr()
+    # compress --episodes re-adapts with the model's classifier and penalty
+    seen: list[tuple[str | None, float | None]] = []
+    from_run = Adapter.from_run.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type, run: str, which: str = "best", classifier: str | None = None,
+            penalty: float | None = None) -> Adapter:
+        seen.append((classifier, penalty))
+        return from_run(cls, run, which, classifier, penalty)
+
+    monkeypatch.setattr(Adapter, "from_run", classmethod(spy))
+    assert main(["compress", str(tmp_path / "model30"), "--prune", "0.5", "--out",
+                 str(tmp_path / "small"), "--episodes", "2", "--json"]) == 0
+    assert seen == [("logistic", 30.0)]
+    capsys.readouterr()
+    # a penalty needs a classifier; a negative one is refused
+    assert main(["evaluate", str(run), "--classifier-penalty", "0.1"]) == 2
+    assert "needs a test-time classifier" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--classifier", "logistic",
+                 "--classifier-penalty", "-1"]) == 2
+    assert "classifier_penalty" in capsys.readouterr().err

@@ -182,7 +182,8 @@ def test_candidate_labels_restrict_the_prediction(settings: ServerSettings, data
 
 def test_a_served_run_adapts_with_the_chosen_classifier(settings: ServerSettings, data: Path,
                                                        protonet_run: Path) -> None:
-    server = LiveServer(replace(settings, target=protonet_run, classifier="logistic"))
+    server = LiveServer(replace(settings, target=protonet_run, classifier="logistic",
+                                classifier_penalty=0.5))
     try:
         r = server.client.post("/v1/adaptations", json=support(data, (0, 5, 7)), headers=AUTH)
         assert r.status_code == 201, r.text
@@ -190,6 +191,7 @@ def test_a_served_run_adapts_with_the_chosen_classifier(settings: ServerSettings
         model = AdaptedModel.load(settings.adaptations_dir / made["id"])
         assert model.arch["head"] == "logistic"
         assert model.info["source"]["classifier"] == "logistic"
+        assert model.info["source"]["classifier_penalty"] == 0.5
         r = server.client.post(f"/v1/adaptations/{made['id']}/predict", json=queries(data),
                                headers=AUTH)
         assert r.status_code == 200, r.text
@@ -439,6 +441,8 @@ def test_settings_are_checked(run: Path) -> None:
         ServerSettings(target=run, checkpoint="first")
     with pytest.raises(ValueError, match="classifier must be one of logistic, not 'svm'"):
         ServerSettings(target=run, classifier="svm")
+    with pytest.raises(ValueError, match="classifier_penalty must be a number >= 0, not -1"):
+        ServerSettings(target=run, classifier="logistic", classifier_penalty=-1)
     assert ServerSettings(target=run).adaptations_dir == run / "adaptations"
     assert KEY not in repr(ServerSettings(target=run, api_keys=frozenset({KEY})))
 

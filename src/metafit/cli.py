@@ -84,7 +84,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate_run(args.run, split=args.split, episodes=args.episodes,
                               which=args.checkpoint, steps=args.steps, dist=ctx,
                               cache_features=not args.no_feature_cache,
-                              classifier=args.classifier)
+                              classifier=args.classifier, penalty=args.classifier_penalty)
     finally:
         shutdown(ctx)
     if not ctx.is_main:
@@ -92,7 +92,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return 0
-    where = ", ".join([args.split, args.checkpoint, *filter(None, [args.classifier])])
+    penalty = args.classifier_penalty
+    where = ", ".join([args.split, args.checkpoint, *filter(None, [
+        args.classifier, None if penalty is None else f"penalty {penalty:g}"])])
     sys.stdout.write(f"{args.run} [{where}]: {result.summary()}\n")
     scale = 100.0 if result.metric == "accuracy" else 1.0
     curve = ", ".join(f"{s}: {v * scale:.2f}"
@@ -176,7 +178,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         target=Path(args.target), state_dir=args.state_dir and Path(args.state_dir),
         model_dir=args.model and Path(args.model), checkpoint=args.checkpoint,
-        classifier=args.classifier,
+        classifier=args.classifier, classifier_penalty=args.classifier_penalty,
         api_keys=load_api_keys(args.api_key_file), max_body_bytes=args.max_body_bytes,
         max_examples=args.max_examples, max_inputs=args.max_inputs, max_steps=args.max_steps,
         steps=args.steps, workers=args.workers, queue=args.queue, cache_size=args.cache_size)

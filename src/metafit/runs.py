@@ -10,7 +10,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from metafit.config import Recipe, make_recipe
+from metafit.config import Recipe, RecipeError, make_recipe
 from metafit.datasets import Split, load_split
 from metafit.distributed import SINGLE, DistContext
 from metafit.evaluation import EvalResult, evaluate
@@ -28,22 +28,23 @@ SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
 def load_trained(run: str | Path, which: str = "best", device: str | None = None,
-                 classifier: str | None = None) -> tuple[Recipe, nn.Module]:
+                 classifier: str | None = None,
+                 penalty: float | None = None) -> tuple[Recipe, nn.Module]:
     """The recipe and the algorithm restored from ``run/checkpoints/{which}.pt``, on
     ``device`` (default: the recipe's; a CUDA run read on a machine without CUDA is loaded
     on the CPU, with a warning). ``classifier``: a test-time classifier instead of the
-    recipe's (``"logistic"``, see :mod:`metafit.algorithms.heads`); the returned recipe
-    says so.
+    recipe's (``"logistic"``, see :mod:`metafit.algorithms.heads`); ``penalty``: its L2
+    penalty instead of the recipe's ``classifier_penalty``. The returned recipe says so.
 
     Raises:
         FileNotFoundError: ``run`` is not a run directory.
         CheckpointError: the checkpoint is missing, corrupt or of another architecture.
+        RecipeError: an invalid classifier or penalty, or a penalty for a run without a
+            test-time classifier.
+        ValueError: a classifier the run's algorithm does not take.
     """
     rd = RunDir(run)
-    recipe = rd.read_recipe()
-    if classifier is not None:
-        recipe = make_recipe({**recipe.model_dump(), "classifier": classifier},
-                             f"{run} with classifier={classifier!r}")
+    recipe = with_classifier(rd.read_recipe(), classifier, penalty, str(run))
     path = rd.trained_checkpoint(which)
     ckpt = load_checkpoint(path)
     algo = build_algorithm(recipe, ckpt.get("num_train_classes"))
@@ -61,6 +62,42 @@ def load_trained(run: str | Path, which: str = "best", device: str | None = None
     return recipe, algo
 
 
+def with_classifier(recipe: Recipe, classifier: str | None, penalty: float | None,
+                    where: str) -> Recipe:
+    """``recipe`` with its test-time ``classifier`` and ``classifier_penalty`` overridden
+    (``None``: keep the recipe's); ``where`` names the recipe in errors.
+
+    Raises:
+        RecipeError: an invalid override, or ``penalty`` for a recipe left without a
+            classifier (the penalty is the logistic head's).
+    """
+    if classifier is None and penalty is None:
+        return recipe
+    overrides: dict[str, Any] = {}
+    if classifier is not None:
+        overrides["classifier"] = classifier
+    if penalty is not None:
+        overrides["classifier_penalty"] = penalty
+    said = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+    recipe = make_recipe({**recipe.model_dump(), **overrides}, f"{where} with {said}")
+    if penalty is not None and recipe.classifier is None:
+        raise RecipeError(f"{where}: a classifier penalty ({penalty!r}) needs a test-time "
+                          f"classifier, and its recipe has none: add classifier='logistic' "
+                          f"(--classifier logistic)")
+    return recipe
+
+
+def classifier_tag(recipe: Recipe) -> str:
+    """How result files name ``recipe``'s test-time classifier: ``""`` (none),
+    ``"logistic"``, or ``"logistic-penalty0.001"`` for a penalty other than the default."""
+    if recipe.classifier is None:
+        return ""
+    default = Recipe.model_fields["classifier_penalty"].default
+    if recipe.classifier_penalty == default:
+        return recipe.classifier
+    return f"{recipe.classifier}-penalty{recipe.classifier_penalty:g}"
+
+
 def split_sampler(recipe: Recipe, split: Split, dataset: Any = None,
                   shots: int | None = None) -> EpisodeSampler:
     """The fixed-episode sampler of ``split`` for ``recipe``: its evaluation ways, shots and
@@ -74,14 +111,15 @@ def split_sampler(recipe: Recipe, split: Split, dataset: Any = None,
 def record_evaluation(run: str | Path, result: EvalResult, recipe: Recipe, split: str,
                       which: str) -> EvalResult:
     """Tag ``result`` with where it comes from and save it as
-    ``run/report/eval_{split}_{which}_{steps}steps.json`` (``..._{classifier}.json`` for a
-    recipe with a test-time classifier); returns it."""
+    ``run/report/eval_{split}_{which}_{steps}steps.json`` (``..._{tag}.json`` for a
+    recipe with a test-time classifier, :func:`classifier_tag`); returns it."""
     result.extra.update(run=str(run), split=split, checkpoint=which,
                         algorithm=recipe.algorithm)
     suffix = ""
     if recipe.classifier is not None:
-        result.extra.update(classifier=recipe.classifier)
-        suffix = f"_{recipe.classifier}"
+        result.extra.update(classifier=recipe.classifier,
+                            classifier_penalty=recipe.classifier_penalty)
+        suffix = f"_{classifier_tag(recipe)}"
     atomic_write_text(RunDir(run).report / f"eval_{split}_{which}_{result.steps}steps"
                       f"{suffix}.json", json.dumps(result.to_dict(), indent=1))
     return result
@@ -97,6 +135,7 @@ def evaluate_run(
     curve: Literal["full", "ends"] = "full",
     cache_features: bool = True,
     classifier: str | None = None,
+    penalty: float | None = None,
 ) -> EvalResult:
     """Evaluate a run on fixed episodes of ``split`` and save the result under report/.
 
@@ -105,9 +144,10 @@ def evaluate_run(
     ``curve="ends"`` scores the query set only before adaptation and after the last step
     (the same result, less work; the saved curve has those two points).
     ``cache_features``: as in :func:`~metafit.evaluation.evaluate`.
-    ``classifier``: as in :func:`load_trained` (the saved result's name then ends in it).
+    ``classifier``, ``penalty``: as in :func:`load_trained` (the saved result's name then
+    ends in the classifier and a penalty other than the default).
     """
-    recipe, algo = load_trained(run, which, classifier=classifier)
+    recipe, algo = load_trained(run, which, classifier=classifier, penalty=penalty)
     n_steps = int(cast(Any, algo).default_eval_steps) if steps is None else int(steps)
     result = evaluate(algo, split_sampler(recipe, split),
                       episodes=episodes or recipe.test_episodes, steps=n_steps, dist=dist,

@@ -157,10 +157,10 @@ class Adapter:
 
     @classmethod
     def from_run(cls, run: str | os.PathLike[str], which: str = "best",
-                 classifier: str | None = None) -> Adapter:
+                 classifier: str | None = None, penalty: float | None = None) -> Adapter:
         """Load ``run``'s recipe and checkpoint ``which`` (``best`` or ``last``);
-        ``classifier``: a test-time classifier instead of the recipe's
-        (:func:`~metafit.runs.load_trained`), recorded in the source.
+        ``classifier``, ``penalty``: a test-time classifier and its penalty instead of the
+        recipe's (:func:`~metafit.runs.load_trained`), recorded in the source.
 
         Raises:
             FileNotFoundError: ``run`` is not a run directory.
@@ -169,10 +169,12 @@ class Adapter:
         """
         from metafit.runs import load_trained
 
-        recipe, algo = load_trained(Path(run), which, classifier=classifier)
-        source = {"run": str(run), "checkpoint": which}
+        recipe, algo = load_trained(Path(run), which, classifier=classifier, penalty=penalty)
+        source: dict[str, Any] = {"run": str(run), "checkpoint": which}
         if classifier is not None:
             source["classifier"] = classifier
+        if penalty is not None:
+            source["classifier_penalty"] = penalty
         return cls(recipe, cast(Algorithm, algo), source)
 
     @property
@@ -246,12 +248,12 @@ class Adapter:
 def adapt_run(run: str | os.PathLike[str], support_path: str | os.PathLike[str],
               out: str | os.PathLike[str], steps: int | None = None, which: str = "best",
               classes: Sequence[str] | None = None, batch_norm: BatchNormMode = "support",
-              classifier: str | None = None) -> AdaptedModel:
+              classifier: str | None = None, penalty: float | None = None) -> AdaptedModel:
     """Adapt ``run`` to the support set at ``support_path`` (a CSV for text runs, with the
     recipe's text and label columns; a folder of class folders for image runs) and save
-    the model directory ``out`` (atomically). Returns the adapted model. ``classifier``:
-    as in :meth:`Adapter.from_run`."""
-    adapter = Adapter.from_run(run, which, classifier)
+    the model directory ``out`` (atomically). Returns the adapted model. ``classifier``,
+    ``penalty``: as in :meth:`Adapter.from_run`."""
+    adapter = Adapter.from_run(run, which, classifier, penalty)
     inputs, labels = load_support(support_path, adapter.kind, adapter.recipe.text_column,
                                   adapter.recipe.label_column)
     model = adapter.adapt(inputs, labels, steps, classes, batch_norm)

@@ -18,12 +18,15 @@ _TABLE_CLASSES = 3  # most probable classes shown per row of the table
 
 
 def add_classifier_option(p: argparse.ArgumentParser, what: str) -> None:
-    """``--classifier``: the test-time head of ProtoNet, FineTune and linear_probe runs
-    instead of the recipe's (:mod:`metafit.algorithms.heads`); ``what``: what the command
-    does with it."""
+    """``--classifier`` and ``--classifier-penalty``: the test-time head of ProtoNet,
+    FineTune and linear_probe runs and its penalty instead of the recipe's
+    (:mod:`metafit.algorithms.heads`); ``what``: what the command does with the head."""
     p.add_argument("--classifier", choices=list(CLASSIFIERS),
                    help=f"protonet, finetune, linear_probe runs: {what} (logistic: L-BFGS "
                         "logistic regression on normalised features)")
+    p.add_argument("--classifier-penalty", type=float, metavar="PENALTY",
+                   help="the logistic head's L2 penalty on its weights instead of the "
+                        "recipe's classifier_penalty (default 1e-4)")
 
 
 def _write(text: str) -> None:
@@ -36,7 +39,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     model = adapt_run(args.run, args.support, args.out, steps=args.steps,
                       which=args.checkpoint, classes=classes, batch_norm=args.batch_norm,
-                      classifier=args.classifier)
+                      classifier=args.classifier, penalty=args.classifier_penalty)
     assert model.support is not None
     fit = (model.logits(model.support[0]).argmax(-1) == model.support[1]).float().mean()
     summary = {"out": str(args.out), "kind": model.kind, "labels": model.label_names,
@@ -126,7 +129,8 @@ def _episode_figures(args: argparse.Namespace, model: Any, compress: Callable[[A
     if not run:
         raise ValueError("--episodes needs the run the model was adapted from: give --run")
     source = model.info.get("source", {})
-    adapter = Adapter.from_run(run, source.get("checkpoint", "best"), source.get("classifier"))
+    adapter = Adapter.from_run(run, source.get("checkpoint", "best"), source.get("classifier"),
+                               source.get("classifier_penalty"))
     recipe = adapter.recipe
     if args.data_root:
         recipe = recipe.model_copy(update={"data_root": args.data_root})

@@ -68,7 +68,8 @@ class Service:
             raise FileNotFoundError(f"{settings.target} does not exist or is not a directory")
         if settings.is_run:
             self.adapter = Adapter.from_run(settings.target, which=settings.checkpoint,
-                                            classifier=settings.classifier)
+                                            classifier=settings.classifier,
+                                            penalty=settings.classifier_penalty)
         else:
             try:
                 self.model = AdaptedModel.load(settings.target)

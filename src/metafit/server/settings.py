@@ -32,6 +32,7 @@ class ServerSettings:
         checkpoint: the run's checkpoint to adapt (``best`` or ``last``).
         classifier: a test-time classifier instead of the run recipe's (``"logistic"``;
             ProtoNet, FineTune and linear_probe runs; see :mod:`metafit.algorithms.heads`).
+        classifier_penalty: the logistic head's L2 penalty instead of the recipe's.
         api_keys: accepted keys; empty: no authentication.
         max_body_bytes: larger request bodies get 413, before they are parsed.
         max_examples: most support examples per adaptation (more: 422).
@@ -48,6 +49,7 @@ class ServerSettings:
     model_dir: Path | None = None
     checkpoint: str = "best"
     classifier: str | None = None
+    classifier_penalty: float | None = None
     api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
     max_body_bytes: int = 10 * 2**20
     max_examples: int = 1000
@@ -69,6 +71,9 @@ class ServerSettings:
         if self.classifier is not None and self.classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, not "
                              f"{self.classifier!r}")
+        if self.classifier_penalty is not None and not self.classifier_penalty >= 0:
+            raise ValueError(f"classifier_penalty must be a number >= 0, not "
+                             f"{self.classifier_penalty!r}")
 
     @property
     def is_run(self) -> bool:
