@@ -68,6 +68,8 @@ def _overrides(algorithm: str, scope: str, args: argparse.Namespace) -> dict[str
         values["text_model"] = args.text_model
     if args.budget:
         values["time_budget"] = args.budget
+    if args.text_mask:
+        values["text_mask"] = args.text_mask
     if algorithm in ("linear_probe", "finetune"):
         values.update(PROBE)
     else:
@@ -84,10 +86,12 @@ def _overrides(algorithm: str, scope: str, args: argparse.Namespace) -> dict[str
 
 
 def _label(algorithm: str, args: argparse.Namespace) -> str:
-    """The row's name in tables and run directories: ProtoNet's distance when set."""
+    """The row's name in tables and run directories: ProtoNet's distance when set, and
+    the token mask probability of meta-training episodes."""
+    label = algorithm
     if algorithm == "protonet" and args.distance == "cosine":
-        return f"protonet-cos{args.scale:g}"
-    return algorithm
+        label = f"protonet-cos{args.scale:g}"
+    return label + (f"-mask{args.text_mask:g}" if args.text_mask else "")
 
 
 def _rows(spec: list[str]) -> list[tuple[str, str]]:
@@ -306,6 +310,9 @@ def main() -> None:
     parser.add_argument("--classifier", choices=list(CLASSIFIERS), default=None,
                         help="score with this test-time classifier instead of "
                              "the algorithm's own (protonet, finetune, linear_probe rows)")
+    parser.add_argument("--text-mask", type=float, default=0.0,
+                        help="recipe text_mask: mask each word-piece of a meta-training "
+                             "episode with this probability (augmentation)")
     parser.add_argument("--out", default="runs/bench_text")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     parser.add_argument("--quiet", action="store_true")

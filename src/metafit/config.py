@@ -94,6 +94,10 @@ class Recipe(BaseModel):
     lora_r: int = Field(8, gt=0, description="adapt: lora: rank")
     lora_alpha: int = Field(16, gt=0, description="adapt: lora: scale alpha (/ r)")
     text_dropout: float = Field(0.0, ge=0, lt=1, description="encoder dropout")
+    text_mask: float = Field(0.0, ge=0, lt=1, description="masked-token augmentation: each "
+                             "word-piece of a meta-training episode is replaced by the "
+                             "tokenizer's mask token with this probability (validation and "
+                             "test episodes stay intact)")
 
     # -- algorithm -------------------------------------------------------------------
     algorithm: str = "maml"
@@ -166,6 +170,8 @@ class Recipe(BaseModel):
         if self.adapt != "full" and self.model != "text":
             raise ValueError(f"adapt '{self.adapt}' is for text models; other models adapt "
                              "all their parameters (ANIL adapts the head)")
+        if self.text_mask and self.model != "text":
+            raise ValueError(f"text_mask is for text models, not model '{self.model}'")
         if self.classifier is not None and self.is_regression:
             raise ValueError(f"classifier '{self.classifier}' is for classification; "
                              f"dataset '{self.dataset}' is a regression problem")

@@ -28,7 +28,7 @@ from torch import Tensor
 from metafit.io import cached
 
 __all__ = ["default_model_dir", "check_model_dir", "load_tokenizer", "tokenize", "encode",
-           "pad_id", "trim", "ModelDirError", "TOKENIZER_FILES"]
+           "pad_id", "trim", "TokenMasker", "ModelDirError", "TOKENIZER_FILES"]
 
 log = logging.getLogger(__name__)
 
@@ -162,3 +162,34 @@ def trim(ids: Tensor, pad: int) -> Tensor:
     length = int(used.nonzero().max()) + 1 if bool(used.any()) else 1
     return ids[..., :length].contiguous()  # quantized embedding kernels need it
 
+
+
+class TokenMasker:
+    """Masked-token augmentation of meta-training episodes (recipe ``text_mask``): each
+    word-piece of a text is replaced by the tokenizer's mask token with probability ``p``;
+    special tokens (padding, ``[CLS]``, ``[SEP]``, ``[UNK]``) never are. The masked-language
+    pre-training of BERT-style encoders (Devlin et al. 2019) taught them the mask token,
+    so a masked sentence is a noisy view of the same intent: with a few sentences per class
+    it regularises meta-training the way image augmentation does.
+
+    Raises:
+        ModelDirError: the tokenizer has no mask token.
+    """
+
+    def __init__(self, model_dir: str | Path | None, p: float) -> None:
+        if not 0 <= p < 1:
+            raise ValueError(f"a token mask probability is in [0, 1), not {p!r}")
+        tok = load_tokenizer(model_dir)
+        if tok.mask_token_id is None:
+            raise ModelDirError(f"text_mask needs a tokenizer with a mask token; the one in "
+                                f"{check_model_dir(model_dir, weights=False)} has none")
+        self.p, self.mask_id = float(p), int(tok.mask_token_id)
+        self.special = torch.tensor(sorted(set(tok.all_special_ids)), dtype=torch.long)  # [S]
+
+    def __call__(self, ids: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``ids [..., L]`` (on the CPU, like ``generator``) with the masked positions
+        replaced; ``generator``: the random stream (the run's sampler, so resuming
+        reproduces it)."""
+        hit = torch.rand(ids.shape, generator=generator) < self.p  # [..., L]
+        hit &= ~torch.isin(ids, self.special)
+        return torch.where(hit, torch.full_like(ids, self.mask_id), ids)

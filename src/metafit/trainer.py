@@ -29,7 +29,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -58,6 +58,7 @@ from metafit.feature_cache import cached_body
 from metafit.rundir import CheckpointError, RunDir, load_checkpoint, restore_state
 from metafit.runs import split_sampler
 from metafit.sampler import EpisodeSampler
+from metafit.text import TokenMasker
 
 __all__ = ["Trainer", "TrainState", "ValidationHook", "train", "lr_factor"]
 
@@ -138,6 +139,9 @@ class Trainer:
         self.train_sampler = EpisodeSampler(train_ds, recipe.ways, recipe.shots, recipe.queries,
                                             seed=rank_seed(recipe.seed, self.dist.rank))
         self.val_sampler = split_sampler(recipe, "val", val_ds)
+        self.masker: TokenMasker | None = None
+        if recipe.text_mask:
+            self.masker = TokenMasker(recipe.text_model, recipe.text_mask)
         num_classes = len(train_ds.classes) if isinstance(train_ds, ClassDataset) else None
         self.num_train_classes = num_classes
         self.algo = cast(Algorithm, build_algorithm(recipe, num_classes).to(recipe.device))
@@ -270,7 +274,12 @@ class Trainer:
     def _sample(self) -> Episodes:
         """This rank's share of the meta-batch (all of it with one process)."""
         count = self.shares[self.dist.rank]
-        return self.train_sampler.sample(count).to(self.recipe.device)
+        episodes = self.train_sampler.sample(count)
+        if self.masker is not None:  # augmentation drawn from the sampler's stream
+            gen = self.train_sampler.generator
+            episodes = replace(episodes, support_x=self.masker(episodes.support_x, gen),
+                               query_x=self.masker(episodes.query_x, gen))
+        return episodes.to(self.recipe.device)
 
     def _update(self, episodes: Episodes) -> dict[str, float]:
         """One outer step on the meta-gradients of ``episodes``, averaged over the ranks
