@@ -21,7 +21,9 @@ outside the pool, 77-way, with two classifiers fitted on the pool's embeddings:
   head as ``classifier: logistic`` (``metafit.algorithms.heads``); ``text.py B
   --classifier logistic`` scores the test rows through it.
 
-Variants: ``--ways`` (episodes of that many intents), ``--steps``, ``--dropout`` (encoder
+Variants: ``--ways`` (episodes of that many intents), ``--steps``, ``--adapt`` (top
+layers or LoRA adapters instead of the whole encoder), ``--mask`` (each word-piece of an
+episode replaced by ``[MASK]`` with that probability: augmentation), ``--dropout`` (encoder
 dropout while meta-training), ``--loss loo`` (each pool sentence a query against
 leave-one-out prototypes of all 77 intents, instead of an episode's support / query split)
 and ``--finetune N`` (then N steps of cross-entropy fine-tuning of the encoder with a
@@ -35,6 +37,7 @@ head against the run's recorded accuracy. Rows are JSON lines on stdout and in `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -48,6 +51,7 @@ from torch.nn import functional as F
 
 from metafit.adaptation import predict
 from metafit.algorithms.heads import fit_logistic_head
+from metafit.text import TokenMasker
 
 WAYS = 77
 
@@ -75,10 +79,16 @@ def scores(body: torch.nn.Module, support: Any, query_x: Tensor, query_y: Tensor
     }
 
 
-def episode_loss(algo: Any, sampler: Any, pool: Any, args: argparse.Namespace) -> Tensor:
-    """One meta-training loss: a ProtoNet episode, or leave-one-out prototypes."""
+def episode_loss(algo: Any, sampler: Any, pool: Any, args: argparse.Namespace,
+                 masker: TokenMasker | None = None) -> Tensor:
+    """One meta-training loss: a ProtoNet episode (its texts masked by ``masker``), or
+    leave-one-out prototypes."""
     if args.loss == "episode":
-        return algo.meta_loss(sampler.sample(1))[0]
+        episodes = sampler.sample(1)
+        if masker is not None:  # on torch's global random stream
+            episodes = dataclasses.replace(episodes, support_x=masker(episodes.support_x),
+                                           query_x=masker(episodes.query_x))
+        return algo.meta_loss(episodes)[0]
     y = pool.targets  # [N]
     z = F.normalize(algo.model.body(pool.tokens), dim=-1)  # [N, H]
     onehot = F.one_hot(y, WAYS).to(z.dtype)  # [N, C]
@@ -104,13 +114,14 @@ def dev(args: argparse.Namespace) -> None:
     recipe = load_recipe("banking77_kshot_protonet", {
         "data_root": str(pool_csv), "shots": shots, "queries": args.k - shots,
         "test_shots": shots, "test_queries": args.k - shots, "distance_scale": args.scale,
-        "outer_lr": args.lr, "text_dropout": args.dropout})
+        "outer_lr": args.lr, "text_dropout": args.dropout, "adapt": args.adapt})
     pool = load_split(recipe, "train")
     held = TextCSV(dev_csv, classes=pool.classes).tokenize(recipe.text_model, recipe.max_length)
     pick = torch.randperm(len(held.targets), generator=torch.Generator().manual_seed(7))
     pick = pick[:args.dev_sentences]
     query_x, query_y = held.tokens[pick], held.targets[pick]
     algo = build_algorithm(recipe)
+    masker = TokenMasker(recipe.text_model, args.mask) if args.mask else None
     sampler = EpisodeSampler(pool, ways=args.ways, shots=shots, queries=args.k - shots,
                              seed=recipe.seed)
     optimizer = torch.optim.Adam([p for p in algo.parameters() if p.requires_grad],
@@ -127,7 +138,7 @@ def dev(args: argparse.Namespace) -> None:
         if step == args.steps:
             break
         algo.train()
-        loss = episode_loss(algo, sampler, pool, args)
+        loss = episode_loss(algo, sampler, pool, args, masker)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -202,6 +213,10 @@ def main() -> None:
     dev_args.add_argument("--lr", type=float, default=3e-5)
     dev_args.add_argument("--dropout", type=float, default=0.0)
     dev_args.add_argument("--loss", choices=["episode", "loo"], default="episode")
+    dev_args.add_argument("--adapt", choices=["full", "top", "lora"], default="full",
+                          help="what meta-training adapts (the recipe's adapt scope)")
+    dev_args.add_argument("--mask", type=float, default=0.0,
+                          help="mask each word-piece of an episode with this probability")
     dev_args.add_argument("--finetune", type=int, default=0)
     dev_args.add_argument("--finetune-lr", type=float, default=2e-5)
     dev_args.add_argument("--tag", default="run")
