@@ -50,7 +50,8 @@ def text_recipe(tmp_path: Path, **extra):  # type: ignore[no-untyped-def]
         "data_root": str(data), "text_model": str(shared_model_dir()), "max_length": 16,
         "algorithm": "protonet", "ways": 3, "shots": 2, "queries": 2, "meta_batch": 2,
         "iterations": 6, "val_every": 3, "val_episodes": 4, "test_episodes": 6,
-        "test_queries": 2, "class_split": [4, 3, 3], "checkpoint_every": 2, "log_every": 1, "seed": 5, **extra})
+        "test_queries": 2, "class_split": [4, 3, 3], "checkpoint_every": 2, "log_every": 1,
+        "seed": 5, **extra})
 
 
 def test_only_training_episodes_are_masked(tmp_path: Path) -> None:
