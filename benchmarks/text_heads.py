@@ -37,7 +37,6 @@ head against the run's recorded accuracy. Rows are JSON lines on stdout and in `
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -86,8 +85,7 @@ def episode_loss(algo: Any, sampler: Any, pool: Any, args: argparse.Namespace,
     if args.loss == "episode":
         episodes = sampler.sample(1)
         if masker is not None:  # on torch's global random stream
-            episodes = dataclasses.replace(episodes, support_x=masker(episodes.support_x),
-                                           query_x=masker(episodes.query_x))
+            episodes = masker.episodes(episodes)
         return algo.meta_loss(episodes)[0]
     y = pool.targets  # [N]
     z = F.normalize(algo.model.body(pool.tokens), dim=-1)  # [N, H]

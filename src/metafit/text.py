@@ -19,12 +19,14 @@ import hashlib
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from metafit.episodes import Episodes
 from metafit.io import cached
 
 __all__ = ["default_model_dir", "check_model_dir", "load_tokenizer", "tokenize", "encode",
@@ -163,7 +165,6 @@ def trim(ids: Tensor, pad: int) -> Tensor:
     return ids[..., :length].contiguous()  # quantized embedding kernels need it
 
 
-
 class TokenMasker:
     """Masked-token augmentation of meta-training episodes (recipe ``text_mask``): each
     word-piece of a text is replaced by the tokenizer's mask token with probability ``p``;
@@ -194,3 +195,10 @@ class TokenMasker:
         hit = torch.rand(ids.shape, generator=generator) < self.p  # [..., L]
         hit &= ~torch.isin(ids, self.special)
         return torch.where(hit, torch.full_like(ids, self.mask_id), ids)
+
+    def episodes(self, episodes: Episodes, generator: torch.Generator | None = None
+                 ) -> Episodes:
+        """``episodes`` with their support and query texts masked (support first, from the
+        same ``generator``)."""
+        return replace(episodes, support_x=self(episodes.support_x, generator),
+                       query_x=self(episodes.query_x, generator))

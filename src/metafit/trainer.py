@@ -29,7 +29,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -276,9 +276,7 @@ class Trainer:
         count = self.shares[self.dist.rank]
         episodes = self.train_sampler.sample(count)
         if self.masker is not None:  # augmentation drawn from the sampler's stream
-            gen = self.train_sampler.generator
-            episodes = replace(episodes, support_x=self.masker(episodes.support_x, gen),
-                               query_x=self.masker(episodes.query_x, gen))
+            episodes = self.masker.episodes(episodes, self.train_sampler.generator)
         return episodes.to(self.recipe.device)
 
     def _update(self, episodes: Episodes) -> dict[str, float]:
