@@ -24,8 +24,10 @@ outside the pool, 77-way, with two classifiers fitted on the pool's embeddings:
 Variants: ``--ways`` (episodes of that many intents), ``--steps``, ``--adapt`` (top
 layers or LoRA adapters instead of the whole encoder), ``--mask`` (each word-piece of an
 episode replaced by ``[MASK]`` with that probability: augmentation), ``--dropout`` (encoder
-dropout while meta-training), ``--loss loo`` (each pool sentence a query against
-leave-one-out prototypes of all 77 intents, instead of an episode's support / query split)
+dropout while meta-training), ``--loss ridge`` (an episode's queries scored by a
+ridge-regression head fitted in closed form on its support, R2D2), ``--loss loo`` (each
+pool sentence a query against leave-one-out prototypes of all 77 intents, instead of an
+episode's support / query split)
 and ``--finetune N`` (then N steps of cross-entropy fine-tuning of the encoder with a
 prototype-initialised linear head).
 
@@ -80,13 +82,16 @@ def scores(body: torch.nn.Module, support: Any, query_x: Tensor, query_y: Tensor
 
 def episode_loss(algo: Any, sampler: Any, pool: Any, args: argparse.Namespace,
                  masker: TokenMasker | None = None) -> Tensor:
-    """One meta-training loss: a ProtoNet episode (its texts masked by ``masker``), or
-    leave-one-out prototypes."""
-    if args.loss == "episode":
+    """One meta-training loss: a ProtoNet episode (its texts masked by ``masker``), an
+    episode scored by a ridge-regression head fitted on its support, or leave-one-out
+    prototypes."""
+    if args.loss in ("episode", "ridge"):
         episodes = sampler.sample(1)
         if masker is not None:  # on torch's global random stream
             episodes = masker.episodes(episodes)
-        return algo.meta_loss(episodes)[0]
+        if args.loss == "episode":
+            return algo.meta_loss(episodes)[0]
+        return ridge_loss(algo.model.body, episodes, args.ridge_lambda, args.scale)
     y = pool.targets  # [N]
     z = F.normalize(algo.model.body(pool.tokens), dim=-1)  # [N, H]
     onehot = F.one_hot(y, WAYS).to(z.dtype)  # [N, C]
@@ -96,6 +101,21 @@ def episode_loss(algo: Any, sampler: Any, pool: Any, args: argparse.Namespace,
     logits[torch.arange(len(y)), y] = (F.normalize(own, dim=-1) * z).sum(-1)
     return F.cross_entropy(args.scale * logits, y)
 
+
+def ridge_loss(body: torch.nn.Module, episodes: Any, lam: float, scale: float) -> Tensor:
+    """Query cross-entropy of the closed-form ridge-regression head fitted on the support
+    (Bertinetto et al. 2019, "Meta-learning with differentiable closed-form solvers",
+    R2D2): ``W = Zs^T (Zs Zs^T + lam I)^-1 Y`` on unit-length support embeddings ``Zs [n,
+    H]`` and one-hot labels ``Y [n, C]``; logits ``scale * Zq W``. Differentiable through
+    the solve, so the encoder learns for a linear head, as the logistic head it is scored
+    with at test time."""
+    task = episodes[0]
+    zs = F.normalize(body(task.support_x), dim=-1)  # [n, H]
+    zq = F.normalize(body(task.query_x), dim=-1)  # [m, H]
+    onehot = F.one_hot(task.support_y, int(task.support_y.max()) + 1).to(zs.dtype)  # [n, C]
+    gram = zs @ zs.T + lam * torch.eye(len(zs), dtype=zs.dtype)  # [n, n]
+    weight = zs.T @ torch.linalg.solve(gram, onehot)  # [H, C]
+    return F.cross_entropy(scale * zq @ weight, task.query_y)
 
 def dev(args: argparse.Namespace) -> None:
     from metafit.config import load_recipe
@@ -210,7 +230,9 @@ def main() -> None:
     dev_args.add_argument("--every", type=int, default=15)
     dev_args.add_argument("--lr", type=float, default=3e-5)
     dev_args.add_argument("--dropout", type=float, default=0.0)
-    dev_args.add_argument("--loss", choices=["episode", "loo"], default="episode")
+    dev_args.add_argument("--loss", choices=["episode", "ridge", "loo"], default="episode")
+    dev_args.add_argument("--ridge-lambda", type=float, default=1.0,
+                          help="--loss ridge: the ridge penalty")
     dev_args.add_argument("--adapt", choices=["full", "top", "lora"], default="full",
                           help="what meta-training adapts (the recipe's adapt scope)")
     dev_args.add_argument("--mask", type=float, default=0.0,
