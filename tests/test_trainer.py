@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,24 @@ def test_curve_points_are_dense_then_sparse() -> None:
     points = curve_points(101)
     assert points[:5] == [0, 1, 2, 3, 5] and points[-1] == 101
     assert points == sorted(set(points))
+
+
+def test_training_again_removes_what_a_killed_write_left(tmp_path: Path) -> None:
+    recipe = regression_recipe("maml")
+    run = RunDir(tmp_path / "run")
+    trainer = Trainer(recipe, run.path, progress=False)
+    interrupt_at(trainer, 6)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    # What a process killed inside atomic_write_bytes leaves: temp files beside the targets.
+    stale = [run.checkpoints / ".last.pt.k1ll3d.tmp", run.path / ".status.json.abcd.tmp"]
+    fresh = run.checkpoints / ".best.pt.wr1t1ng.tmp"  # a writer still at work
+    for path in [*stale, fresh]:
+        path.write_bytes(b"partial checkpoint")
+    for path in stale:
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    Trainer(recipe, run.path, progress=False).fit()
+    assert run.status()["status"] == "complete"
+    assert not any(path.exists() for path in stale)
+    assert fresh.exists()
+    assert run.checkpoint("last").is_file() and run.checkpoint("best").is_file()

@@ -9,13 +9,17 @@
 
 A run counts as finished only when ``status.json`` says ``complete`` or
 ``stopped_early``; an interrupted one says ``running`` and is resumed by training again
-into the same directory. Every file is written atomically.
+into the same directory. Every file is written atomically; a process killed while writing
+one leaves a hidden temporary file (``.last.pt.XXXX.tmp``: a text model's checkpoint is
+~270 MB), which training again removes (:meth:`RunDir.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import pickle
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,8 @@ __all__ = ["RunDir", "CheckpointError", "load_checkpoint", "check_architecture",
            "restore_state"]
 
 FINISHED = ("complete", "stopped_early")
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -101,6 +107,29 @@ class RunDir:
         """Keep only metric records up to ``iteration`` (those after it will be redone)."""
         kept = [r for r in self.read_metrics() if int(r.get("iteration", 0)) <= iteration]
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def remove_stale_temporaries(self, min_age: float = 60.0) -> list[Path]:
+        """Delete the temporary files of atomic writes that never finished (the process
+        died between writing and renaming: ``.NAME.XXXX.tmp`` beside the run's files and
+        checkpoints) and were last modified over ``min_age`` seconds ago, so that a writer
+        still at work keeps its file. Returns the deleted paths; logs what they held."""
+        now, size = time.time(), 0
+        removed: list[Path] = []
+        for folder in (self.path, self.checkpoints):
+            for path in sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
+                try:
+                    st = path.stat()
+                    if not path.is_file() or now - st.st_mtime < min_age:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:  # renamed or removed meanwhile
+                    continue
+                removed.append(path)
+                size += st.st_size
+        if removed:
+            log.warning("removed %d unfinished temporary file(s) (%.1f MB) left in %s by an "
+                        "interrupted write", len(removed), size / 2**20, self.path)
+        return removed
 
     def save_checkpoint(self, which: str, payload: dict[str, Any]) -> None:
         atomic_save({**payload, "metafit_version": __version__}, self.checkpoint(which))

@@ -243,6 +243,7 @@ class Trainer:
                 log.info("warm start from %s", source)
         if self.dist.is_main:
             self.run.path.mkdir(parents=True, exist_ok=True)
+            self.run.remove_stale_temporaries()
             self.run.write_config(self.recipe)
             self._set_status("running", iteration=self.state.iteration)
 
