@@ -4,7 +4,6 @@ images, the tiny BERT on a CSV of synthetic intents), support folders and CSVs."
 from __future__ import annotations
 
 import functools
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from PIL import Image
 from metafit.config import Recipe, make_recipe
 from metafit.trainer import Trainer
 from test_trainer import classification_recipe, image_folder
-from text_fixtures import sentences, shared_model_dir, write_csv
+from text_fixtures import sentences, session_dir, shared_model_dir, write_csv
 
 SIZE = 8  # image side of the tiny image runs
 
@@ -44,7 +43,7 @@ def support_folder(root: Path, classes: int = 3, per_class: int = 2, size: int =
 @functools.cache
 def image_run(algorithm: str = "protonet") -> Path:
     """A run trained for 6 iterations on tiny class-folder images (session-wide)."""
-    root = Path(tempfile.mkdtemp(prefix="metafit-deploy-"))
+    root = session_dir("metafit-deploy-")
     data = image_folder(root / "data")
     Trainer(classification_recipe(data, algorithm), root / "run", progress=False).fit()
     return root / "run"
@@ -65,7 +64,7 @@ def text_recipe(algorithm: str = "linear_probe", **extra: Any) -> Recipe:
 @functools.cache
 def text_run() -> Path:
     """A linear-probe run on the tiny BERT (no meta-training; session-wide)."""
-    root = Path(tempfile.mkdtemp(prefix="metafit-deploy-text-"))
+    root = session_dir("metafit-deploy-text-")
     csv = write_csv(root / "intents.csv", sentences(10, 6, seed=0))
     recipe = text_recipe("linear_probe", data_root=str(csv), split_classes=False)
     Trainer(recipe, root / "run", progress=False).fit()

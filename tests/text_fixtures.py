@@ -3,9 +3,11 @@ vocabulary (no download), and a CSV of synthetic intents whose words identify th
 
 from __future__ import annotations
 
+import atexit
 import csv
 import functools
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -57,10 +59,19 @@ def make_model_dir(root: Path, classes: int = 12, layers: int = 2, hidden: int =
     return root
 
 
+def session_dir(prefix: str) -> Path:
+    """A new temporary directory that is deleted when the test process exits (the
+    session-wide fixtures below are cached functions, not pytest fixtures, so pytest's
+    own temporary directories do not cover them)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
 @functools.cache
 def shared_model_dir() -> Path:
     """One tiny model directory for the whole test session (read-only use)."""
-    return make_model_dir(Path(tempfile.mkdtemp(prefix="metafit-tiny-bert-")))
+    return make_model_dir(session_dir("metafit-tiny-bert-"))
 
 
 def lora_model(ways: int, seed: int = 0):  # type: ignore[no-untyped-def]
