@@ -279,3 +279,33 @@ def test_training_again_removes_what_a_killed_write_left(tmp_path: Path) -> None
     assert not any(path.exists() for path in stale)
     assert fresh.exists()
     assert run.checkpoint("last").is_file() and run.checkpoint("best").is_file()
+
+
+def test_timed_checkpoints_bound_what_a_killed_run_loses(tmp_path: Path) -> None:
+    # checkpoint_every alone would first save at iteration 1000: nothing to resume from.
+    untimed = regression_recipe("maml", checkpoint_every=1000, checkpoint_minutes=None)
+    trainer = Trainer(untimed, tmp_path / "untimed", progress=False)
+    interrupt_at(trainer, 6)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert not RunDir(tmp_path / "untimed").checkpoint("last").exists()
+    # A timed checkpoint after every step (any time passed exceeds 1e-9 minutes).
+    timed = regression_recipe("maml", checkpoint_every=1000, checkpoint_minutes=1e-9)
+    full = tmp_path / "full"
+    Trainer(timed, full, progress=False).fit()
+    broken = tmp_path / "broken"
+    trainer = Trainer(timed, broken, progress=False)
+    interrupt_at(trainer, 6)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    resumed_at = torch.load(RunDir(broken).checkpoint("last"), weights_only=False)["state"]
+    assert resumed_at["iteration"] == 5  # the step before the interruption
+    Trainer(timed, broken, progress=False).fit()
+    expected, resumed = RunDir(full).read_metrics(), RunDir(broken).read_metrics()
+    assert [r["iteration"] for r in resumed] == [r["iteration"] for r in expected]
+    for a, b in zip(expected, resumed, strict=True):
+        for key in a.keys() - {"seconds"}:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a, b)
+    # Changing either setting does not block resuming an existing run.
+    relaxed = timed.model_copy(update={"checkpoint_minutes": 30.0, "checkpoint_every": 2})
+    assert Trainer(relaxed, broken, progress=False).fit().iteration == timed.iterations

@@ -156,6 +156,10 @@ class Recipe(BaseModel):
     threads: int | None = Field(None, gt=0, description="torch threads (default: torch's)")
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(100, gt=0)
+    checkpoint_minutes: float | None = Field(
+        10.0, gt=0, description="also save checkpoints/last.pt once this many minutes of "
+        "meta-training steps have passed since the last save, so a killed run loses at most "
+        "that much (null: only every checkpoint_every iterations)")
     tensorboard: bool = False
     init_from: str | None = Field(None, description="warm start from a run directory")
     search: dict[str, Any] = Field(default_factory=dict, description="tuning search space")

@@ -75,7 +75,7 @@ ENV_CRASH_AT = "METAFIT_TEST_CRASH_AT"
 
 #: Recipe keys that may differ when training again into an existing run directory.
 RESUMABLE_CHANGES = ("iterations", "patience", "time_budget", "task_workers",
-                     "vmap_chunk", "batching")
+                     "vmap_chunk", "batching", "checkpoint_every", "checkpoint_minutes")
 
 
 def lr_factor(recipe: Recipe) -> Callable[[int], float]:
@@ -304,6 +304,12 @@ class Trainer:
         budget = self.recipe.time_budget
         return budget is not None and self.state.train_seconds >= budget
 
+    def _checkpoint_due(self, saved_at: float) -> bool:
+        """True once ``checkpoint_minutes`` of meta-training steps have passed since
+        ``saved_at`` (``train_seconds`` then)."""
+        minutes = self.recipe.checkpoint_minutes
+        return minutes is not None and self.state.train_seconds - saved_at >= 60 * minutes
+
     def _after_validation(self, score: float) -> bool:
         """Update the best checkpoint; True when patience is exhausted."""
         st = self.state
@@ -355,11 +361,14 @@ class Trainer:
 
     def _timed_step(self) -> dict[str, float]:
         """:meth:`_step`, adding its wall-clock time to ``train_seconds`` (rank 0's time on
-        every rank when a time budget must stop all ranks at the same iteration)."""
+        every rank when a time budget or timed checkpoints must act on every rank at the
+        same iteration)."""
         t_step = time.perf_counter()
         metrics = self._step()
         self.state.train_seconds += time.perf_counter() - t_step
-        if self.dist.enabled and self.recipe.time_budget is not None:
+        timed = (self.recipe.time_budget is not None
+                 or self.recipe.checkpoint_minutes is not None)
+        if self.dist.enabled and timed:
             self.state.train_seconds = broadcast_object(self.state.train_seconds, self.dist)
         return metrics
 
@@ -374,6 +383,7 @@ class Trainer:
         bar = tqdm(total=r.iterations, initial=st.iteration, disable=not self.progress,
                    desc=r.name, unit="it", dynamic_ncols=True)
         stopped, reason, t0 = False, "", time.perf_counter()
+        saved_at = st.train_seconds  # of the last save of last.pt (or of the start)
         if self._out_of_time():
             stopped, reason = True, "time_budget"  # resumed with no time left
         self.algo.train()
@@ -414,8 +424,10 @@ class Trainer:
                         bar.write(line)
                     elif self.dist.is_main:
                         log.info("%s: %s", r.name, line)
-                if st.iteration % r.checkpoint_every == 0 or stopped or last:
+                if (st.iteration % r.checkpoint_every == 0 or stopped or last
+                        or self._checkpoint_due(saved_at)):
                     self._save("last")
+                    saved_at = st.train_seconds
                 self._crash_if_asked(st.iteration)
                 bar.update(1)
                 if out_of_time and not stopped:
