@@ -247,10 +247,13 @@ TRAIN_ARGS = ["sinusoid_maml", "iterations=12", "val_every=4", "val_episodes=10"
 CRASH_AT = 10  # after the checkpoint of iteration 8: iterations 9-10 are redone
 
 
-def torchrun(args: list[str], crash_at: int | None = None) -> subprocess.CompletedProcess[str]:
-    """``metafit ARGS`` on 2 processes under the real torchrun launcher."""
+def torchrun(args: list[str], tmp: Path,
+             crash_at: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``metafit ARGS`` on 2 processes under the real torchrun launcher, with ``tmp`` as
+    its temporary directory (torchrun leaves a ``torchelastic_*`` log directory there)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "METAFIT_DIST_TIMEOUT": "60",
-           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
+           "TMPDIR": str(tmp)}
     env.pop(ENV_CRASH_AT, None)
     if crash_at is not None:
         env[ENV_CRASH_AT] = str(crash_at)
@@ -265,16 +268,16 @@ def torchrun(args: list[str], crash_at: int | None = None) -> subprocess.Complet
 def torchrun_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An uninterrupted run, and one killed at iteration 10 then resumed."""
     tmp = tmp_path_factory.mktemp("torchrun")
-    full = torchrun(train_args(tmp / "full"))
+    full = torchrun(train_args(tmp / "full"), tmp)
     assert full.returncode == 0, full.stderr[-3000:]
     evaluated = torchrun(["evaluate", str(tmp / "full"), "--split", "val", "--episodes", "9",
-                          "--json"])
+                          "--json"], tmp)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    crashed = torchrun(train_args(tmp / "broken"), crash_at=CRASH_AT)
+    crashed = torchrun(train_args(tmp / "broken"), tmp, crash_at=CRASH_AT)
     broken = RunDir(tmp / "broken")
     after_crash = {"status": broken.status(), "metrics": broken.read_metrics(),
                    "iteration": load_checkpoint(broken.checkpoint("last"))["state"]["iteration"]}
-    resumed = torchrun(train_args(tmp / "broken"))
+    resumed = torchrun(train_args(tmp / "broken"), tmp)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return {"full": tmp / "full", "broken": tmp / "broken", "crashed": crashed,
             "after_crash": after_crash, "resumed": resumed, "evaluated": evaluated}
