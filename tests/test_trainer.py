@@ -68,6 +68,21 @@ def interrupt_at(trainer: Trainer, iteration: int) -> None:
     trainer._step = step  # type: ignore[method-assign]
 
 
+def assert_same_metrics(full: RunDir, resumed: RunDir) -> None:
+    """The two runs logged the same records, up to float noise and wall-clock seconds."""
+    expected, got = full.read_metrics(), resumed.read_metrics()
+    assert [r["iteration"] for r in got] == [r["iteration"] for r in expected]
+    for a, b in zip(expected, got, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key == "seconds":  # wall-clock time spent training: differs run to run
+                assert b[key] > 0
+            elif isinstance(a[key], str):
+                assert a[key] == b[key], (key, a, b)
+            else:
+                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a, b)
+
+
 TRAINED = [a for a in list_algorithms() if get_algorithm(a).meta_trained]
 CASES = [("classification", a) for a in TRAINED] + [
     ("regression", a) for a in TRAINED if get_algorithm(a).supports_regression
@@ -92,17 +107,7 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, task: str, algorithm: s
     assert not RunDir(broken).is_finished()
     Trainer(recipe, broken, progress=False).fit()
     assert RunDir(broken).status()["status"] == "complete"
-    expected, resumed = RunDir(full).read_metrics(), RunDir(broken).read_metrics()
-    assert [r["iteration"] for r in resumed] == [r["iteration"] for r in expected]
-    for a, b in zip(expected, resumed, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            if key == "seconds":  # wall-clock time spent training: differs run to run
-                assert b[key] > 0
-            elif isinstance(a[key], str):
-                assert a[key] == b[key], (key, a, b)
-            else:
-                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a, b)
+    assert_same_metrics(RunDir(full), RunDir(broken))
     _, algo_a = load_trained(full, "last")
     _, algo_b = load_trained(broken, "last")
     for (name, p), (_, q) in zip(algo_a.state_dict().items(), algo_b.state_dict().items(),
@@ -301,15 +306,7 @@ def test_timed_checkpoints_bound_what_a_killed_run_loses(tmp_path: Path) -> None
     resumed_at = torch.load(RunDir(broken).checkpoint("last"), weights_only=False)["state"]
     assert resumed_at["iteration"] == 5  # the step before the interruption
     Trainer(timed, broken, progress=False).fit()
-    expected, resumed = RunDir(full).read_metrics(), RunDir(broken).read_metrics()
-    assert [r["iteration"] for r in resumed] == [r["iteration"] for r in expected]
-    for a, b in zip(expected, resumed, strict=True):
-        assert a.keys() == b.keys()
-        for key in a.keys() - {"seconds"}:  # seconds: wall-clock, differs run to run
-            if isinstance(a[key], str):
-                assert a[key] == b[key], (key, a, b)
-            else:
-                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a, b)
+    assert_same_metrics(RunDir(full), RunDir(broken))
     # Changing either setting does not block resuming an existing run.
     relaxed = timed.model_copy(update={"checkpoint_minutes": 30.0, "checkpoint_every": 2})
     assert Trainer(relaxed, broken, progress=False).fit().iteration == timed.iterations
