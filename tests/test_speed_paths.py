@@ -150,6 +150,23 @@ def test_vmap_on_conv4_with_batchnorm_matches_the_loop_in_float64(algorithm: str
     assert float(vmap["body.3.0.bias"].abs().max()) < 1e-10
 
 
+@pytest.mark.parametrize("algorithm", ["maml", "anil"])
+def test_vmap_on_strided_conv4_matches_the_loop_in_float64(algorithm: str) -> None:
+    # the MAML paper's Omniglot model (stride-2 convolutions, no pooling) batches too
+    cfg = bench.BenchConfig(algorithm, "omniglot", 2, 3, ways=3, shots=1, queries=2)
+    _, episodes = bench.make_problem(cfg, 0)
+    episodes = Episodes(episodes.support_x.double(), episodes.support_y,
+                        episodes.query_x.double(), episodes.query_y)
+    torch.manual_seed(0)
+    model = conv4(3, 1, 8, 28, strided=True).double()
+    assert kernels.native_batch_norms(model) == []
+    grads = {b: build_algorithm(algorithm, model, inner_lr=0.4, inner_steps=2,
+                                batching=b).meta_gradients(episodes)[0]
+             for b in ("loop", "vmap")}
+    assert_grads_close(grads["vmap"], grads["loop"], 1e-10)
+    assert float(grads["vmap"]["model.body.0.0.weight"].abs().max()) > 0
+
+
 def test_second_order_vmap_refuses_native_batchnorm() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="'1'.*fused batch_norm"):

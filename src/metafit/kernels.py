@@ -44,6 +44,8 @@ __all__ = [
     "composite_batch_norm",
     "native_batch_norms",
     "ConvBlock",
+    "StridedConvBlock",
+    "under_functorch",
     "fused_block_applies",
     "is_once_differentiable",
     "once_differentiable_region",
@@ -161,8 +163,7 @@ def fused_block_applies(block: ConvBlock, x: Tensor) -> bool:
         and conv.in_channels * 9 <= 27 and conv.kernel_size == (3, 3)
         and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
         and conv.groups == 1 and bn.affine and (bn.training or not bn.track_running_stats)
-        and x.device.type == "cpu" and not torch._C._functorch.is_batchedtensor(x)
-        and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+        and x.device.type == "cpu" and not under_functorch(x)
     )
 
 
@@ -186,10 +187,35 @@ class ConvBlock(nn.Sequential):
             b, _, h, w = x.shape
             return _FusedBlock.apply(_patches(x), (b, h // 2, w // 2), conv.weight,
                                      conv.bias, bn.weight, bn.bias, bn.eps)
-        if (torch._C._functorch.is_functorch_wrapped_tensor(x)
-                or torch._C._functorch.is_batchedtensor(x)):
+        if under_functorch(x):
             return F.relu(F.max_pool2d(composite_batch_norm(conv(x), cast(nn.BatchNorm2d, bn)), 2))
         return F.relu(F.max_pool2d(bn(conv(x)), 2))
+
+
+class StridedConvBlock(nn.Sequential):
+    """``Conv2d(3x3, stride 2) -> BatchNorm2d -> ReLU`` (children 0..2, the plain
+    ``nn.Sequential``'s parameter names): the block of the strided conv4 that the MAML paper
+    used on Omniglot. Under ``torch.func`` its BatchNorm is :func:`composite_batch_norm`,
+    so second-order MAML can batch its tasks with ``vmap`` (the fast path on a GPU)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+            nn.BatchNorm2d(c_out, track_running_stats=False),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [B, C_in, H, W]`` -> ``[B, C_out, ceil(H/2), ceil(W/2)]``."""
+        y = self[0](x)
+        bn = cast(nn.BatchNorm2d, self[1])
+        return F.relu(composite_batch_norm(y, bn) if under_functorch(x) else bn(y))
+
+
+def under_functorch(x: Tensor) -> bool:
+    """Whether ``x`` is inside a ``torch.func`` transform (``vmap``, ``grad``)."""
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(x)
+                or torch._C._functorch.is_batchedtensor(x))
 
 
 def composite_batch_norm(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
@@ -211,8 +237,8 @@ def composite_batch_norm(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
 
 def native_batch_norms(model: nn.Module) -> list[str]:
     """Names of ``model``'s BatchNorm layers that run PyTorch's fused ``batch_norm`` under
-    ``torch.func`` transforms (every one outside a :class:`ConvBlock`, which switches to
-    :func:`composite_batch_norm` there)."""
-    inside = {id(m[1]) for m in model.modules() if isinstance(m, ConvBlock)}
+    ``torch.func`` transforms (every one outside a :class:`ConvBlock` or
+    :class:`StridedConvBlock`, which switch to :func:`composite_batch_norm` there)."""
+    inside = {id(m[1]) for m in model.modules() if isinstance(m, (ConvBlock, StridedConvBlock))}
     return [n for n, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inside]

@@ -5,7 +5,8 @@ Each block: 3x3 convolution (``hidden`` filters) -> BatchNorm (batch statistics)
 MiniImageNet). ``strided=True`` replaces the pooling by stride-2 convolutions, the variant
 the MAML paper used for Omniglot. Pooled blocks are :class:`metafit.kernels.ConvBlock`
 (same children and parameter names; an exact, faster evaluation order and a fused kernel
-for first-order passes).
+for first-order passes); strided blocks are :class:`metafit.kernels.StridedConvBlock`
+(the plain block's names, with a BatchNorm that differentiates twice under ``vmap``).
 
 Shapes: ``x [B, C, H, W]`` -> features ``[B, F]`` -> logits ``[B, out_features]``;
 on 28x28 inputs F = ``hidden`` (pooled) or 4*``hidden`` (strided); on 84x84, 25*``hidden``.
@@ -15,20 +16,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from metafit.kernels import ConvBlock
+from metafit.kernels import ConvBlock, StridedConvBlock
 from metafit.models.base import FewShotModel, feature_dim, make_head
 
 __all__ = ["conv4"]
 
 
 def _block(c_in: int, c_out: int, strided: bool) -> nn.Sequential:
-    if strided:
-        return nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
-            nn.BatchNorm2d(c_out, track_running_stats=False),
-            nn.ReLU(),
-        )
-    return ConvBlock(c_in, c_out)
+    return StridedConvBlock(c_in, c_out) if strided else ConvBlock(c_in, c_out)
 
 
 def conv4(
