@@ -57,3 +57,19 @@ def test_auto_picks_vmap_for_mlps_and_the_loop_for_convolutions() -> None:
     assert not MAML(mf.models.conv4(5, 1, 4, 8, 2)).uses_vmap()
     with pytest.raises(ValueError, match="batching must be"):
         MAML(mf.models.mlp(), batching="fast")
+
+
+def test_auto_batches_convolutions_off_the_cpu_where_vmap_can_run() -> None:
+    # The "meta" device stands in for a GPU: the choice reads only the parameters' device.
+    conv = mf.models.conv4(5, 1, 4, 28).to("meta")
+    assert MAML(conv).uses_vmap() and ANIL(conv).uses_vmap()
+    assert MAML(mf.models.conv4(5, 1, 4, 28, strided=True).to("meta")).uses_vmap()
+    native = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2),
+                                 torch.nn.Flatten(), torch.nn.LazyLinear(2)).to("meta")
+    assert not MAML(native).uses_vmap()  # its fused BatchNorm is wrong twice under vmap
+    assert FOMAML(native).uses_vmap()  # first order is fine
+    marked = mf.models.mlp(1, 1, 8, 1).to("meta")
+    marked.head.per_task_only = True
+    assert not MAML(marked).uses_vmap()
+    assert not MAML(mf.models.conv4(5, 1, 4, 28)).uses_vmap()  # on the CPU: the loop
+    assert not MAML(conv, batching="loop").uses_vmap()

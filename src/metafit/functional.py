@@ -45,6 +45,7 @@ __all__ = [
     "forward",
     "has_convolutions",
     "loops_over_tasks",
+    "per_task_only",
     "inner_loop",
     "inner_step",
     "loss_fn",
@@ -368,5 +369,10 @@ def loops_over_tasks(model: nn.Module) -> bool:
     models with convolutions (slower under vmap on a CPU) and models with a module marked
     ``per_task_only = True`` (a text encoder cuts each batch to its longest text: control
     flow on data, which vmap cannot trace)."""
-    return has_convolutions(model) or any(getattr(m, "per_task_only", False)
-                                          for m in model.modules())
+    return has_convolutions(model) or per_task_only(model)
+
+
+def per_task_only(model: nn.Module) -> bool:
+    """True if a module of ``model`` is marked ``per_task_only = True`` (control flow on the
+    data, which ``vmap`` cannot trace)."""
+    return any(getattr(m, "per_task_only", False) for m in model.modules())

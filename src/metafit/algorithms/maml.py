@@ -46,9 +46,11 @@ class MAML(Algorithm):
             model (steps past ``inner_steps`` at evaluation reuse the last rate).
         batching: how the tasks of a meta-batch run: ``"loop"`` (one task after another,
             one backward), ``"vmap"`` (all tasks at once, ``functional.batched_query_losses``)
-            or ``"auto"``: vmap for models without convolutions (7.7x faster on the sinusoid
-            MLP, benchmarks/RESULTS.md), the loop otherwise (vmapped convolutions are slower
-            on CPU, DESIGN.md sec. 7). Both give the same meta-gradients (tested).
+            or ``"auto"``: on a CPU, vmap for models without convolutions (7.7x faster on
+            the sinusoid MLP, benchmarks/RESULTS.md) and the loop otherwise (vmapped
+            convolutions are slower on CPU, DESIGN.md sec. 7); on a GPU, vmap wherever it
+            can run (12x the loop for conv4 MAML on an H200; ``vmap_chunk`` bounds its
+            memory). Both give the same meta-gradients (tested).
     """
 
     def __init__(
@@ -105,9 +107,15 @@ class MAML(Algorithm):
     # -- meta-training -------------------------------------------------------------------
     def uses_vmap(self) -> bool:
         """Whether :meth:`meta_loss` runs the tasks batched (see ``batching``)."""
-        if self.batching == "auto":
+        if self.batching != "auto":
+            return self.batching == "vmap"
+        first = next(self.model.parameters(), None)
+        if first is None or first.device.type == "cpu":
             return not mf.loops_over_tasks(self.model)
-        return self.batching == "vmap"
+        # On a GPU the per-task loop is bound by kernel launches: batch every model that
+        # vmap can run (12x the loop for conv4 MAML on an H200, benchmarks/RESULTS.md).
+        return not mf.per_task_only(self.model) and (
+            self.first_order or not native_batch_norms(self.model))
 
     def batched_meta_loss(self) -> bool:
         """The vmap path differentiates the whole batch; the loop goes task by task."""
