@@ -15,14 +15,20 @@ All of them start from the same initial weights and one batch of episodes (the p
 the textbook conv4 layer order, :func:`textbook`, which is what their examples define);
 before timing, every peer's meta-gradient is compared with metafit's (``max |a - b| /
 max |b|`` over all parameters, must be below ``1e-3``), so the speed comparison is between
-equal computations.
-Timings alternate between implementations within one process (metafit, peer 1, peer 2,
-..., repeat) and report the median; tasks/s = meta-batch / median seconds. Peak memory is
-measured per implementation in a fresh subprocess: the rise of the process's peak resident
-set size (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) over one meta-gradient
-after a warm-up one, with glibc's mmap threshold fixed so that freed tensors are returned
-at once; metafit's is given for its default task workers and for one worker (the peers
-run one task at a time).
+equal computations (on a GPU the comparison runs in float64: cuDNN's float32 summation
+order, amplified by five inner steps, differs between implementations by ~1e-3).
+After one untimed call of each, timings alternate between implementations within one
+process (metafit, peer 1, peer 2, ..., repeat) and report the median; tasks/s =
+meta-batch / median seconds. Peak memory on a CPU is measured per implementation in a
+fresh subprocess: the rise of the process's peak resident set size (Linux ``VmHWM``, reset
+through ``/proc/self/clear_refs``) over one meta-gradient after a warm-up one, with glibc's
+mmap threshold fixed so that freed tensors are returned at once; metafit's is given for its
+default task workers and for one worker (the peers run one task at a time). On a GPU it is
+the CUDA allocator's peak over one meta-gradient.
+
+On CUDA, ``--cuda-graph`` replays metafit's meta-gradient as a CUDA graph
+(:mod:`metafit.cuda_graphs`); ``--tf32`` and ``--cudnn-benchmark`` switch PyTorch's TF32
+and cuDNN-autotuning settings on for every implementation alike.
 """
 
 from __future__ import annotations
@@ -46,9 +52,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metafit.algorithms import build_algorithm
+from metafit.config import GRAPHABLE_ALGORITHMS
+from metafit.cuda_graphs import GraphedMetaGradients
 from metafit.episodes import Episodes
 from metafit.factory import BATCHING_ALGORITHMS
-from metafit.kernels import ConvBlock
+from metafit.kernels import ConvBlock, StridedConvBlock
 from metafit.models import conv4, mlp
 from metafit.models.base import FewShotModel
 from metafit.parallel import ENV_WORKERS
@@ -87,6 +95,9 @@ class BenchConfig:
     queries: int = 15
     device: str = "cpu"
     batching: str = "auto"
+    cuda_graph: bool = False  # metafit's meta-gradient replayed as a CUDA graph
+    tf32: bool = False  # float32 timings with TF32 convolutions and matrix products
+    cudnn_benchmark: bool = False  # cuDNN times its algorithms and keeps the fastest
 
     @property
     def label(self) -> str:
@@ -100,6 +111,12 @@ class BenchConfig:
         extra = "" if self.device == "cpu" else f" [{self.device}]"
         if self.batching != "auto" and self.algorithm in BATCHING_ALGORITHMS:
             extra += f" [{self.batching}]"
+        if self.cuda_graph:
+            extra += " [graph]"
+        if self.tf32:
+            extra += " [tf32]"
+        if self.cudnn_benchmark:
+            extra += " [cudnn benchmark]"
         return f"{self.algorithm} {self.problem} {shape} T={self.meta_batch}{steps}{extra}"
 
     @property
@@ -177,9 +194,10 @@ def metafit_fn(cfg: BenchConfig, model: nn.Module, episodes: Episodes) -> GradFn
     if cfg.algorithm in BATCHING_ALGORITHMS:
         options["batching"] = cfg.batching
     algo = build_algorithm(cfg.algorithm, model, **options)
+    meta_gradients = GraphedMetaGradients(algo) if cfg.cuda_graph else algo.meta_gradients
 
     def run() -> Grads:
-        grads, _ = algo.meta_gradients(episodes)
+        grads, _ = meta_gradients(episodes)
         return {n[len("model."):]: g for n, g in grads.items() if n.startswith("model.")}
     return run
 
@@ -393,7 +411,7 @@ def textbook(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model)
     for module in twin.modules():
         for name, child in list(module.named_children()):
-            if isinstance(child, ConvBlock):
+            if isinstance(child, (ConvBlock, StridedConvBlock)):
                 setattr(module, name, nn.Sequential(*child))
     return twin
 
@@ -434,6 +452,8 @@ def run_config(cfg: BenchConfig, peers: Sequence[str], repeats: int = 5, seed: i
                 f"{cfg.label}: {impl}'s meta-gradient differs from metafit's by "
                 f"{row.agreement[impl]:.2e} (relative), above {AGREEMENT_TOLERANCE}: the "
                 "implementations do not compute the same thing")
+    for impl in impls:  # untimed: lazy set-up (cuDNN plans, thread pools, a CUDA graph)
+        fns[impl]()
     times: dict[str, list[float]] = {impl: [] for impl in impls}
     for _ in range(repeats):
         for impl in impls:
@@ -459,9 +479,12 @@ def _synchronize(device: str) -> None:
 # -- memory (a subprocess per measurement on the CPU, the allocator's peak on CUDA) -----
 def _cuda_peak_mib(cfg: BenchConfig, impl: str, seed: int) -> float:
     """Peak CUDA memory (MiB) one meta-gradient of ``impl`` allocates above what is live
-    before it (the caching allocator's ``max_memory_allocated``, after a warm-up call)."""
+    before it (the caching allocator's ``max_memory_allocated``, after a warm-up call).
+    metafit with ``cuda_graph``: the peak of its first call, capture included (replays
+    allocate nothing; the graph keeps that memory)."""
     fn, _, _ = _fresh(cfg, impl, seed)
-    fn()
+    if not (cfg.cuda_graph and impl == "metafit"):
+        fn()
     _synchronize(cfg.device)
     torch.cuda.empty_cache()
     baseline = torch.cuda.memory_allocated(cfg.device)
@@ -565,6 +588,17 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batching", default="auto", choices=["auto", "loop", "vmap"],
                         help="metafit's task batching for MAML, FOMAML and ANIL (default: "
                              "auto, vmap for models without convolutions)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="replay metafit's meta-gradient as a CUDA graph "
+                             "(metafit.cuda_graphs; MAML, FOMAML, ANIL on CUDA)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="on CUDA, time float32 with TF32 convolutions and matrix "
+                             "products (PyTorch's cuDNN default) for every implementation; "
+                             "agreement is still checked in float64")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="on CUDA, let cuDNN time its convolution algorithms and keep the "
+                             "fastest (torch.backends.cudnn.benchmark), for every "
+                             "implementation")
     parser.add_argument("--json", dest="json_out", default=None,
                         help="write the rows as JSON to this file")
     return parser
@@ -581,8 +615,12 @@ def select_configs(args: argparse.Namespace) -> list[BenchConfig]:
         configs = [c for c in configs if c.algorithm == "protonet" or c.inner_steps in args.steps]
     if args.meta_batch:
         configs = [BenchConfig(**{**asdict(c), "meta_batch": args.meta_batch}) for c in configs]
-    configs = [BenchConfig(**{**asdict(c), "device": args.device, "batching": args.batching})
+    configs = [BenchConfig(**{**asdict(c), "device": args.device, "batching": args.batching,
+                              "cuda_graph": args.cuda_graph, "tf32": args.tf32,
+                              "cudnn_benchmark": args.cudnn_benchmark})
                for c in configs]
+    if args.cuda_graph:  # the others read values back from the device mid-computation
+        configs = [c for c in configs if c.algorithm in GRAPHABLE_ALGORITHMS]
     if not configs:
         raise SystemExit("metafit bench: no configuration matches the options")
     return configs
@@ -610,11 +648,15 @@ def run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise SystemExit(f"metafit bench: --device {args.device}, but torch sees no CUDA "
                              "device")
-        # Full float32 everywhere: with TF32 convolutions (cuDNN's default) the peers'
-        # second-order meta-gradients differ from each other by up to 7% at K = 5, and the
-        # comparison must be between equal computations.
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+        # Full float32 unless --tf32: with TF32 convolutions (cuDNN's default) the peers'
+        # second-order meta-gradients differ from each other by up to 7% at K = 5; the
+        # agreement check runs in float64 on a GPU either way.
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    elif args.cuda_graph or args.tf32 or args.cudnn_benchmark:
+        raise SystemExit("metafit bench: --cuda-graph, --tf32 and --cudnn-benchmark need "
+                         "--device cuda")
     rows: list[BenchRow] = []
     configs = select_configs(args)
     _say(f"# {len(configs)} configurations, torch {torch.__version__}, "

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
+    "GRAPHABLE_ALGORITHMS",
     "Recipe",
     "RecipeError",
     "load_recipe",
@@ -28,6 +29,11 @@ __all__ = [
     "parse_overrides",
     "recipe_to_yaml",
 ]
+
+
+#: Algorithms whose meta-gradient can be captured as a CUDA graph (``cuda_graphs``): no
+#: value is read back from the device while it is computed (metafit.cuda_graphs).
+GRAPHABLE_ALGORITHMS = ("maml", "fomaml", "metasgd", "anil")
 
 
 class RecipeError(ValueError):
@@ -135,14 +141,23 @@ class Recipe(BaseModel):
         "one per intra-op thread on CPU, 1 on GPU; METAFIT_TASK_WORKERS overrides)")
     batching: Literal["auto", "loop", "vmap"] = Field(
         "auto", description="MAML, FOMAML, Meta-SGD, ANIL: tasks one by one (loop) or all "
-        "at once (vmap); auto: vmap for models without convolutions. On a GPU vmap is the "
-        "fast path for conv4 (docs/design.md)")
+        "at once (vmap); auto: on a CPU vmap for models without convolutions, on a GPU vmap "
+        "wherever it can run (docs/design.md)")
     vmap_chunk: int | None = Field(
         None, gt=0, description="tasks per vmap call on the batched paths (models without "
         "convolutions); default: the whole meta-batch")
     time_budget: float | None = Field(
         None, gt=0, description="stop after this many seconds of meta-training steps "
         "(validation excluded); the schedule still runs over `iterations`")
+    cudnn_benchmark: bool = Field(
+        False, description="on a CUDA device, let cuDNN time its convolution algorithms for "
+        "the episodes' fixed shapes and keep the fastest (1.9x for batched conv4 MAML with "
+        "15 queries per class on an H200, no gain with the shipped 1-query recipe; "
+        "benchmarks/RESULTS.md); its choice, and so the floats, can differ run to run")
+    cuda_graphs: bool = Field(
+        False, description="on a CUDA device, replay each meta-gradient as one captured "
+        "CUDA graph (metafit.cuda_graphs): no kernel-launch overhead, the fast path for "
+        "small tasks; MAML, FOMAML, Meta-SGD and ANIL")
 
     # -- validation / evaluation -----------------------------------------------------
     val_every: int = Field(100, gt=0)
@@ -176,6 +191,12 @@ class Recipe(BaseModel):
                              "all their parameters (ANIL adapts the head)")
         if self.text_mask and self.model != "text":
             raise ValueError(f"text_mask is for text models, not model '{self.model}'")
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            raise ValueError(f"cuda_graphs needs a CUDA device, not device '{self.device}'")
+        if self.cuda_graphs and self.algorithm not in GRAPHABLE_ALGORITHMS:
+            raise ValueError(f"cuda_graphs works with {', '.join(GRAPHABLE_ALGORITHMS)}, not "
+                             f"algorithm '{self.algorithm}' (its meta-gradient reads values "
+                             "back from the device)")
         if self.classifier is not None and self.is_regression:
             raise ValueError(f"classifier '{self.classifier}' is for classification; "
                              f"dataset '{self.dataset}' is a regression problem")

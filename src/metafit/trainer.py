@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from metafit.algorithms.base import Algorithm
 from metafit.config import Recipe
+from metafit.cuda_graphs import GraphedMetaGradients
 from metafit.data.base import ClassDataset
 from metafit.datasets import load_split
 from metafit.distributed import (
@@ -75,7 +76,8 @@ ENV_CRASH_AT = "METAFIT_TEST_CRASH_AT"
 
 #: Recipe keys that may differ when training again into an existing run directory.
 RESUMABLE_CHANGES = ("iterations", "patience", "time_budget", "task_workers",
-                     "vmap_chunk", "batching", "checkpoint_every", "checkpoint_minutes")
+                     "vmap_chunk", "batching", "checkpoint_every", "checkpoint_minutes",
+                     "cuda_graphs", "cudnn_benchmark")
 
 
 def lr_factor(recipe: Recipe) -> Callable[[int], float]:
@@ -133,6 +135,8 @@ class Trainer:
         self.on_validation = on_validation
         if recipe.threads:
             torch.set_num_threads(recipe.threads)
+        if recipe.device.startswith("cuda"):
+            torch.backends.cudnn.benchmark = recipe.cudnn_benchmark
         self.shares = _meta_batch_shares(recipe, self.dist)
         train_ds = load_split(recipe, "train")
         val_ds = load_split(recipe, "val")
@@ -149,6 +153,9 @@ class Trainer:
         if self.dist.rank > 0:  # rank 0 keeps the single-process stream
             torch.manual_seed(rank_seed(recipe.seed, self.dist.rank))
         self.params = [p for p in self.algo.parameters() if p.requires_grad]
+        #: ``cuda_graphs``: the meta-gradients, captured once and replayed (the parameters
+        #: keep their storage: checkpoints load and optimisers step in place).
+        self.graphed = GraphedMetaGradients(self.algo) if recipe.cuda_graphs else None
         if not self.params and self.algo.meta_trained:
             raise ValueError(f"algorithm '{recipe.algorithm}' has no trainable parameters "
                              "with this recipe (adapt scope, frozen layers)")
@@ -280,10 +287,17 @@ class Trainer:
             episodes = self.masker.episodes(episodes, self.train_sampler.generator)
         return episodes.to(self.recipe.device)
 
+    def _meta_gradients(self, episodes: Episodes) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """The algorithm's meta-gradients and metrics, replayed as a CUDA graph with
+        ``cuda_graphs``."""
+        if self.graphed is None:
+            return self.algo.meta_gradients(episodes)
+        return self.graphed(episodes)
+
     def _update(self, episodes: Episodes) -> dict[str, float]:
         """One outer step on the meta-gradients of ``episodes``, averaged over the ranks
         (weighted by their task counts); returns the averaged metrics."""
-        grads, metrics = self.algo.meta_gradients(episodes)
+        grads, metrics = self._meta_gradients(episodes)
         count, total = float(len(episodes)), float(sum(self.shares))
         grads, metrics = all_reduce_mean(grads, metrics, count, total, self.dist)
         named = dict(self.algo.named_parameters())

@@ -25,6 +25,8 @@ independent formulation the tests compare against.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar, cast
@@ -38,7 +40,7 @@ from metafit.episodes import Episode, Episodes
 from metafit.functional import Params
 from metafit.models.base import FewShotModel
 
-__all__ = ["Algorithm", "Learner"]
+__all__ = ["Algorithm", "Learner", "metric_tensors"]
 
 
 class Learner:
@@ -82,6 +84,24 @@ class Learner:
 
     def __repr__(self) -> str:
         return f"Learner({type(self.module).__name__}, {len(self.params)} tensors)"
+
+
+_metric_state = threading.local()
+
+
+@contextlib.contextmanager
+def metric_tensors() -> Iterator[dict[str, Tensor]]:
+    """While active (in this thread), :meth:`Algorithm.metrics` records its values as
+    tensors in the yielded dict and returns NaN placeholders, so a meta-gradient reads
+    nothing back from the device: what capturing it as a CUDA graph needs
+    (:mod:`metafit.cuda_graphs`; a device-to-host copy is illegal during a capture)."""
+    recorded: dict[str, Tensor] = {}
+    previous = getattr(_metric_state, "recorded", None)
+    _metric_state.recorded = recorded
+    try:
+        yield recorded
+    finally:
+        _metric_state.recorded = previous
 
 
 class Algorithm(nn.Module, ABC):
@@ -187,9 +207,17 @@ class Algorithm(nn.Module, ABC):
 
     @staticmethod
     def metrics(loss: Tensor, scores: Tensor, is_regression: bool) -> dict[str, float]:
-        """``{"loss": mean loss, "accuracy" | "mse": mean of the per-task scores [T]}``."""
+        """``{"loss": mean loss, "accuracy" | "mse": mean of the per-task scores [T]}``.
+
+        Inside :func:`metric_tensors` the values stay on the device (recorded there) and
+        NaN placeholders are returned."""
         key = "mse" if is_regression else "accuracy"
-        return {"loss": float(loss.detach()), key: float(scores.mean())}
+        values = {"loss": loss.detach(), key: scores.detach().mean()}
+        recorded: dict[str, Tensor] | None = getattr(_metric_state, "recorded", None)
+        if recorded is not None:
+            recorded.update(values)
+            return {k: float("nan") for k in values}
+        return {k: float(v) for k, v in values.items()}
 
     def check_episodes(self, episodes: Episodes) -> None:
         """Raise ``ValueError`` for a batch this algorithm cannot handle."""
