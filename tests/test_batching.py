@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import metafit as mf
-from metafit.algorithms import ANIL, FOMAML, MAML, MetaSGD
+from metafit.algorithms import ANIL, FOMAML, MAML, MetaSGD, ProtoNet, Reptile
 
 
 def regression_batch(t: int = 4) -> mf.Episodes:
@@ -73,3 +73,42 @@ def test_auto_batches_convolutions_off_the_cpu_where_vmap_can_run() -> None:
     assert not MAML(marked).uses_vmap()
     assert not MAML(mf.models.conv4(5, 1, 4, 28)).uses_vmap()  # on the CPU: the loop
     assert not MAML(conv, batching="loop").uses_vmap()
+
+
+@pytest.mark.parametrize("distance", ["sqeuclidean", "cosine"])
+@pytest.mark.parametrize("strided", [False, True])
+def test_protonet_batched_path_equals_the_per_task_loop(
+        monkeypatch: pytest.MonkeyPatch, distance: str, strided: bool) -> None:
+    # the GPU's path (one vmap over the tasks), forced here on the CPU in float64
+    g = torch.Generator().manual_seed(2)
+    t, n = 3, 3
+    sy, qy = torch.arange(n).repeat(t, 2), torch.arange(n).repeat(t, 3)  # [T, 6], [T, 9]
+    eps = mf.Episodes(torch.rand(t, 6, 1, 28, 28, generator=g, dtype=torch.float64), sy,
+                      torch.rand(t, 9, 1, 28, 28, generator=g, dtype=torch.float64), qy,
+                      torch.arange(n).repeat(t, 1))
+    algo = ProtoNet(mf.models.conv4(None, 1, 8, 28, strided=strided).double(),
+                    distance=distance)
+    assert not algo.batched_meta_loss()  # on the CPU: task by task
+    assert ProtoNet(mf.models.conv4(None, 1, 8, 28).to("meta")).batched_meta_loss()
+    g_loop, m_loop = algo.meta_gradients(eps)
+    monkeypatch.setattr(ProtoNet, "batched_meta_loss", lambda self: True)
+    g_vmap, m_vmap = algo.meta_gradients(eps)
+    for key in g_loop:
+        assert torch.allclose(g_loop[key], g_vmap[key], rtol=1e-9, atol=1e-12), key
+    assert float(g_vmap["model.body.0.0.weight"].abs().max()) > 0
+    assert m_loop == pytest.approx(m_vmap, rel=1e-9)
+
+
+def test_reptile_on_conv4_batched_path_equals_the_per_task_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(3).repeat(2, 2)  # [T, 6]
+    eps = mf.Episodes(torch.rand(2, 6, 1, 28, 28, generator=g, dtype=torch.float64), y,
+                      torch.rand(2, 6, 1, 28, 28, generator=g, dtype=torch.float64), y)
+    algo = Reptile(mf.models.conv4(3, 1, 8, 28).double(), inner_lr=0.1, inner_steps=2)
+    g_loop, m_loop = algo.meta_gradients(eps)
+    monkeypatch.setattr(mf.functional, "batch_tasks_by_default", lambda *a, **k: True)
+    g_vmap, m_vmap = algo.meta_gradients(eps)
+    for key in g_loop:
+        assert torch.allclose(g_loop[key], g_vmap[key], rtol=1e-9, atol=1e-12), key
+    assert m_loop == pytest.approx(m_vmap, rel=1e-9)

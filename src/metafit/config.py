@@ -195,8 +195,8 @@ class Recipe(BaseModel):
             raise ValueError(f"cuda_graphs needs a CUDA device, not device '{self.device}'")
         if self.cuda_graphs and self.algorithm not in GRAPHABLE_ALGORITHMS:
             raise ValueError(f"cuda_graphs works with {', '.join(GRAPHABLE_ALGORITHMS)}, not "
-                             f"algorithm '{self.algorithm}' (its meta-gradient reads values "
-                             "back from the device)")
+                             f"algorithm '{self.algorithm}' (docs/design.md, 'Speed on a "
+                             "GPU')")
         if self.classifier is not None and self.is_regression:
             raise ValueError(f"classifier '{self.classifier}' is for classification; "
                              f"dataset '{self.dataset}' is a regression problem")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metafit.kernels import once_differentiable_region
+from metafit.kernels import native_batch_norms, once_differentiable_region
 
 __all__ = [
     "Params",
@@ -45,6 +45,7 @@ __all__ = [
     "forward",
     "has_convolutions",
     "loops_over_tasks",
+    "batch_tasks_by_default",
     "per_task_only",
     "inner_loop",
     "inner_step",
@@ -370,6 +371,18 @@ def loops_over_tasks(model: nn.Module) -> bool:
     ``per_task_only = True`` (a text encoder cuts each batch to its longest text: control
     flow on data, which vmap cannot trace)."""
     return has_convolutions(model) or per_task_only(model)
+
+
+def batch_tasks_by_default(model: nn.Module, second_order: bool = False) -> bool:
+    """The ``batching="auto"`` rule: whether the tasks of a meta-batch run under one
+    ``vmap``. On a CPU, for models without convolutions (:func:`loops_over_tasks`); on a GPU,
+    where the per-task loop is bound by kernel launches, for every model ``vmap`` can run:
+    none marked :func:`per_task_only`, and at ``second_order`` none with a fused BatchNorm
+    (:func:`~metafit.kernels.native_batch_norms`)."""
+    first = next(model.parameters(), None)
+    if first is None or first.device.type == "cpu":
+        return not loops_over_tasks(model)
+    return not per_task_only(model) and not (second_order and native_batch_norms(model))
 
 
 def per_task_only(model: nn.Module) -> bool:

@@ -109,13 +109,7 @@ class MAML(Algorithm):
         """Whether :meth:`meta_loss` runs the tasks batched (see ``batching``)."""
         if self.batching != "auto":
             return self.batching == "vmap"
-        first = next(self.model.parameters(), None)
-        if first is None or first.device.type == "cpu":
-            return not mf.loops_over_tasks(self.model)
-        # On a GPU the per-task loop is bound by kernel launches: batch every model that
-        # vmap can run (12x the loop for conv4 MAML on an H200, benchmarks/RESULTS.md).
-        return not mf.per_task_only(self.model) and (
-            self.first_order or not native_batch_norms(self.model))
+        return mf.batch_tasks_by_default(self.model, second_order=not self.first_order)
 
     def batched_meta_loss(self) -> bool:
         """The vmap path differentiates the whole batch; the loop goes task by task."""

@@ -25,6 +25,7 @@ from metafit import functional as mf
 from metafit.algorithms.base import Algorithm, Learner
 from metafit.algorithms.heads import LogisticHead, check_classifier, logistic_trajectory
 from metafit.algorithms.registry import register_algorithm
+from metafit.episodes import Episodes
 from metafit.functional import Params
 from metafit.kernels import once_differentiable_region
 from metafit.models.base import FewShotModel
@@ -129,6 +130,36 @@ class ProtoNet(Algorithm):
             f_query = body(query_x).flatten(1)  # [N*Q, F]
         prototypes = class_prototypes(f_support, support_y, int(support_y.max()) + 1)  # [N, F]
         return self._scores(f_query, prototypes), prototypes  # [N*Q, N], [N, F]
+
+    def batched_meta_loss(self) -> bool:
+        """On a GPU the whole meta-batch goes through one ``vmap`` (the body's weights are
+        shared, so its convolutions see all tasks as one batch while each task's BatchNorm
+        keeps its own statistics); on a CPU, task by task on worker threads."""
+        first = next(self.model.parameters(), None)
+        return (first is not None and first.device.type != "cpu"
+                and mf.batch_tasks_by_default(self.model))
+
+    def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:
+        """Mean query cross-entropy over the T tasks, batched where
+        :meth:`batched_meta_loss` says so (the same values as the per-task loop, tested)."""
+        if not self.batched_meta_loss():
+            return super().meta_loss(episodes)
+        self.check_episodes(episodes)
+        ways = episodes.ways if episodes.classes is None else episodes.classes.shape[1]
+        body = self.model.body
+
+        def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
+            prototypes = class_prototypes(body(sx).flatten(1), sy, ways)  # [N, F]
+            logits = self._scores(body(qx).flatten(1), prototypes)  # [N*Q, N]
+            return mf.loss_fn(logits, qy), logits
+
+        losses, logits = torch.func.vmap(one_task, chunk_size=self.vmap_chunk)(
+            episodes.support_x, episodes.support_y, episodes.query_x, episodes.query_y
+        )  # [T], [T, N*Q, N]
+        scores = torch.stack([mf.score(o.detach(), y) for o, y in zip(
+            logits, episodes.query_y, strict=True)])  # [T]
+        loss = losses.mean()  # []
+        return loss, self.metrics(loss, scores, episodes.is_regression)
 
     def task_loss(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor

@@ -95,13 +95,14 @@ class Reptile(Algorithm):
     def meta_gradients(self, episodes: Episodes) -> tuple[dict[str, Tensor], dict[str, float]]:
         """``theta - theta_adapted`` averaged over the tasks, and the query metrics.
 
-        Models without convolutions adapt all tasks at once under ``vmap``
-        (:func:`metafit.functional.batched_sgd`); the others task by task
+        All tasks adapt at once under ``vmap`` (:func:`metafit.functional.batched_sgd`)
+        where :func:`~metafit.functional.batch_tasks_by_default` says so (models without
+        convolutions; on a GPU, every model vmap can run); the others task by task
         (:meth:`task_gradients`, on worker threads on a CPU). Both give the same result
         (tested).
         """
         self.check_episodes(episodes)
-        if mf.loops_over_tasks(self.model):
+        if not mf.batch_tasks_by_default(self.model):
             return super().meta_gradients(episodes)
         x, y = self._inner_examples(episodes.support_x, episodes.support_y, episodes.query_x,
                                     episodes.query_y, axis=1)  # [T, N*K(+N*Q), *x], [T, N*K(+N*Q)]
