@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Third GPU run (issue 5): the defaults on a GPU (batching auto = vmap there, cuDNN
+# autotuning on) end to end, with and without CUDA graphs; the batching and graph tests.
+# Carry .gpu/whl and .gpu/omniglot.
+set -u
+OUT=${OUT:-/tmp/bench-out}
+mkdir -p "$OUT"
+start=$(date +%s)
+stamp() { echo "$1 at $(( $(date +%s) - start )) s" >> "$OUT/env.txt"; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .gpu/whl/*.whl > "$OUT/env.txt" 2>&1
+export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+export METAFIT_CACHE=/tmp/metafit-cache
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py \
+  tests/test_batching.py > "$OUT/pytest.txt" 2>&1
+stamp "pytest done (rc $?)"
+timeout 60 python3 benchmarks/gpu/train_speed.py --data-root .gpu/omniglot --iterations 40 \
+  --modes default "default + CUDA graph" --json "$OUT/train_default.json" > "$OUT/train.txt" 2>&1
+stamp "defaults done (rc $?)"
+timeout 40 python3 benchmarks/gpu/train_speed.py --data-root .gpu/omniglot --iterations 40 \
+  --modes default "default + CUDA graph" --set cudnn_benchmark=false \
+  --json "$OUT/train_no_autotune.json" >> "$OUT/train.txt" 2>&1
+stamp "all done (rc $?)"
