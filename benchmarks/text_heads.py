@@ -28,8 +28,10 @@ dropout while meta-training), ``--loss ridge`` (an episode's queries scored by a
 ridge-regression head fitted in closed form on its support, R2D2), ``--loss loo`` (each
 pool sentence a query against leave-one-out prototypes of all 77 intents, instead of an
 episode's support / query split)
-and ``--finetune N`` (then N steps of cross-entropy fine-tuning of the encoder with a
-prototype-initialised linear head).
+``--finetune N`` (then N steps of cross-entropy fine-tuning of the encoder with a
+prototype-initialised linear head) and ``--members N`` (N encoders meta-trained from
+different episode streams, scored alone, as an ensemble of their heads' probabilities and
+as one weight-averaged encoder).
 
 ``test`` reads the finished runs of ``text.py B`` (``--runs``: its ``--out``/B), embeds each
 run's pool and the 3,080 test sentences with the run's encoder, and scores the logistic
@@ -138,21 +140,36 @@ def dev(args: argparse.Namespace) -> None:
     pick = torch.randperm(len(held.targets), generator=torch.Generator().manual_seed(7))
     pick = pick[:args.dev_sentences]
     query_x, query_y = held.tokens[pick], held.targets[pick]
-    algo = build_algorithm(recipe)
     masker = TokenMasker(recipe.text_model, args.mask) if args.mask else None
-    sampler = EpisodeSampler(pool, ways=args.ways, shots=shots, queries=args.k - shots,
-                             seed=recipe.seed)
+    bodies = []
+    for member in range(args.members):
+        torch.manual_seed(member)  # member 0: the single run's streams
+        algo = build_algorithm(recipe)
+        sampler = EpisodeSampler(pool, ways=args.ways, shots=shots, queries=args.k - shots,
+                                 seed=recipe.seed + member)
+        train(algo, sampler, pool, query_x, query_y, args, masker,
+              report=args.members == 1)
+        bodies.append(algo.model.body)
+    if args.members > 1:
+        ensemble(bodies, pool, query_x, query_y, args)
+
+
+def train(algo: Any, sampler: Any, pool: Any, query_x: Tensor, query_y: Tensor,
+          args: argparse.Namespace, masker: TokenMasker | None, report: bool) -> None:
+    """``args.steps`` meta-training steps (and ``--finetune``), scoring every ``--every``
+    steps when ``report``."""
     optimizer = torch.optim.Adam([p for p in algo.parameters() if p.requires_grad],
                                  lr=args.lr)
 
-    def report(step: int | str) -> None:
-        row = {"tag": args.tag, "k": args.k, "step": step,
-               **scores(algo.model.body, pool, query_x, query_y, args.weight_decay)}
-        _emit(row, args.log)
+    def emit(step: int | str) -> None:
+        if report:
+            row = {"tag": args.tag, "k": args.k, "step": step,
+                   **scores(algo.model.body, pool, query_x, query_y, args.weight_decay)}
+            _emit(row, args.log)
 
     for step in range(args.steps + 1):
         if step % args.every == 0:
-            report(step)
+            emit(step)
         if step == args.steps:
             break
         algo.train()
@@ -178,7 +195,40 @@ def dev(args: argparse.Namespace) -> None:
             loss.backward()
             tune.step()
             if s % args.every == 0:
-                report(f"finetune {s}")
+                emit(f"finetune {s}")
+
+
+def ensemble(bodies: list[torch.nn.Module], pool: Any, query_x: Tensor, query_y: Tensor,
+             args: argparse.Namespace) -> None:
+    """Rows for each member, for the ensemble (mean of the members' logistic-head
+    probabilities; mean of their prototype cosines) and for the weight average of the
+    members' encoders (a "model soup", Wortsman et al. 2022: one encoder, no extra cost)."""
+    probs, cosines = [], []
+    for m, body in enumerate(bodies):
+        body.eval()
+        with torch.no_grad():
+            zs = predict(body, pool.tokens, 256, body.pad_id)  # [N, H]
+            zq = F.normalize(predict(body, query_x, 256, body.pad_id), dim=-1)  # [M, H]
+        weight, bias = fit_logistic_head(zs, pool.targets, WAYS, args.weight_decay)
+        probs.append(torch.softmax(zq @ weight.T + bias, dim=-1))  # [M, C]
+        cosines.append(zq @ prototypes(zs, pool.targets).T)  # [M, C]
+        _emit({"tag": args.tag, "k": args.k, "step": args.steps, "member": m,
+               "proto": _accuracy(cosines[-1], query_y),
+               "logistic": _accuracy(probs[-1], query_y)}, args.log)
+    _emit({"tag": args.tag, "k": args.k, "step": args.steps,
+           "ensemble": len(bodies), "proto": _accuracy(torch.stack(cosines).mean(0), query_y),
+           "logistic": _accuracy(torch.stack(probs).mean(0), query_y)}, args.log)
+    soup = bodies[0]
+    states = [b.state_dict() for b in bodies]
+    soup.load_state_dict({n: (torch.stack([s[n] for s in states]).mean(0)
+                              if states[0][n].is_floating_point() else states[0][n])
+                          for n in states[0]})
+    _emit({"tag": args.tag, "k": args.k, "step": args.steps, "soup": len(bodies),
+           **scores(soup, pool, query_x, query_y, args.weight_decay)}, args.log)
+
+
+def _accuracy(scores_: Tensor, y: Tensor) -> float:
+    return 100 * float((scores_.argmax(-1) == y).float().mean())
 
 
 def test(args: argparse.Namespace) -> None:
@@ -239,6 +289,10 @@ def main() -> None:
                           help="mask each word-piece of an episode with this probability")
     dev_args.add_argument("--finetune", type=int, default=0)
     dev_args.add_argument("--finetune-lr", type=float, default=2e-5)
+    dev_args.add_argument("--members", type=int, default=1,
+                          help="meta-train this many encoders (seeds 0..N-1 for the "
+                               "initial stream and the episode sampler) and also score "
+                               "their ensemble and their weight average")
     dev_args.add_argument("--tag", default="run")
     dev_args.add_argument("--out", default="runs/bench_text_heads")
     test_args = parser.add_argument_group("test")
