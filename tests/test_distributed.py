@@ -344,3 +344,26 @@ def test_metafit_evaluate_under_torchrun_equals_one_process(
     assert got["per_episode"] == pytest.approx(expected.per_episode, rel=1e-6, abs=1e-9)
     assert got["mean"] == pytest.approx(expected.mean, rel=1e-6)
     assert got["ci95"] == pytest.approx(expected.ci95, rel=1e-5)
+
+
+def test_a_worker_that_destroyed_its_group_exits_at_once_with_its_status(
+        tmp_path: Path) -> None:
+    # A torchrun worker skips interpreter teardown, where gloo runs sometimes aborted
+    # (SIGABRT after the work was done); output must still be flushed, the code kept.
+    from metafit.distributed import exit_after_shutdown
+
+    exit_after_shutdown(0)  # nothing destroyed in this process: returns
+    code = (
+        "import sys, torch.distributed as dist\n"
+        "from metafit.distributed import DistContext, exit_after_shutdown, shutdown\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path}/store', rank=0, "
+        "world_size=1)\n"
+        "shutdown(DistContext(rank=0, world_size=1, local_rank=0, owns_group=True))\n"
+        "sys.stdout.write('written, not flushed')\n"
+        "exit_after_shutdown(3)\n"
+        "print('not reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "written, not flushed"

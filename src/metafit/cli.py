@@ -335,7 +335,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    func: Command = args.func
+    code = _run(args.func, args)
+    from metafit.distributed import exit_after_shutdown
+
+    exit_after_shutdown(code)  # a torchrun worker ends here (see its docstring)
+    return code
+
+
+def _run(func: Command, args: argparse.Namespace) -> int:
+    """``func(args)``, with the command line's messages for bad input and Ctrl-C."""
     try:
         return func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
