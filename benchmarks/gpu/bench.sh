@@ -9,13 +9,7 @@
 # Carry .gpu/whl (higher, TorchOpt, pydantic and their needs for Python 3.12).
 # Usage (device tool): bash benchmarks/gpu/bench.sh   (writes under $OUT)
 set -u
-OUT=${OUT:-/tmp/bench-out}
-mkdir -p "$OUT"
-start=$(date +%s)
-stamp() { echo "$1 at $(( $(date +%s) - start )) s" >> "$OUT/env.txt"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .gpu/whl/*.whl > "$OUT/env.txt" 2>&1
-export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+source benchmarks/gpu/setup.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >> "$OUT/env.txt" 2>&1
 python3 -c "import sys, torch; print(sys.version); print('torch', torch.__version__, torch.cuda.get_device_name())" >> "$OUT/env.txt" 2>&1
 stamp "setup done"

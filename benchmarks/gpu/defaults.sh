@@ -3,14 +3,7 @@
 # autotuning on) end to end, with and without CUDA graphs; the batching and graph tests.
 # Carry .gpu/whl and .gpu/omniglot.
 set -u
-OUT=${OUT:-/tmp/bench-out}
-mkdir -p "$OUT"
-start=$(date +%s)
-stamp() { echo "$1 at $(( $(date +%s) - start )) s" >> "$OUT/env.txt"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .gpu/whl/*.whl > "$OUT/env.txt" 2>&1
-export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-export METAFIT_CACHE=/tmp/metafit-cache
+source benchmarks/gpu/setup.sh
 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py \
   tests/test_batching.py > "$OUT/pytest.txt" 2>&1
 stamp "pytest done (rc $?)"

@@ -4,14 +4,7 @@
 # benchmark mode for second-order MAML, and the peak memory of the per-task graph path.
 # Carry .gpu/whl (pydantic and the peers) and .gpu/omniglot (the two small Omniglot zips).
 set -u
-OUT=${OUT:-/tmp/bench-out}
-mkdir -p "$OUT"
-start=$(date +%s)
-stamp() { echo "$1 at $(( $(date +%s) - start )) s" >> "$OUT/env.txt"; }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .gpu/whl/*.whl > "$OUT/env.txt" 2>&1
-export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-export METAFIT_CACHE=/tmp/metafit-cache
+source benchmarks/gpu/setup.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >> "$OUT/env.txt" 2>&1
 stamp "setup done"
 timeout 150 python3 benchmarks/gpu/train_speed.py --data-root .gpu/omniglot --iterations 40 \
