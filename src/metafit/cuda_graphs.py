@@ -18,9 +18,10 @@ GPU against it). What a capture needs, and what makes it refuse:
 
 * no device-to-host read inside the computation: the algorithm's metrics stay on the device
   (:func:`~metafit.algorithms.base.metric_tensors`) and are read after the replay.
-  MAML, FOMAML, Meta-SGD and ANIL qualify (on the per-task and on the ``vmap`` path);
-  algorithms that read a value back while computing (ProtoNet and FineTune count the
-  classes of the support labels, ``int(y.max())``) are refused with the capture error;
+  MAML, FOMAML, Meta-SGD and ANIL qualify (on the per-task and on the ``vmap`` path,
+  tested on an H200); an algorithm that reads a value back while computing (FineTune's
+  metrics, ProtoNet's per-task path counting its classes with ``int(y.max())``) fails
+  with a message naming it, and the recipe allows ``cuda_graphs`` for those four only;
 * fixed parameters: the graph reads the parameters' storage, so in-place optimiser steps
   (every ``torch.optim`` optimiser) are seen by the next replay; replacing a parameter
   tensor is not (:meth:`GraphedMetaGradients.reset` forces a new capture);
