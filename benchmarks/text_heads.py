@@ -7,7 +7,9 @@
 ``dev`` meta-trains ProtoNet (cosine, scale 20, whole encoder) on the K-shot pool of the
 development seed (100, never scored by ``text.py B``) with one variant of the recipe's
 schedule, and every ``--every`` steps scores 4,000 fixed sentences of ``train.csv``
-outside the pool, 77-way, with two classifiers fitted on the pool's embeddings:
+outside the pool, 77-way, with two classifiers fitted on the pool's embeddings (and
+``proto+logistic``, the mean of their probabilities, the prototypes' cosines scaled by 20
+as in meta-training):
 
 - ``proto``: cosine prototypes, each the normalised mean of an intent's unit-length
   embeddings. ``text.py B``'s ProtoNet averages the raw embeddings instead
@@ -21,7 +23,8 @@ outside the pool, 77-way, with two classifiers fitted on the pool's embeddings:
   head as ``classifier: logistic`` (``metafit.algorithms.heads``); ``text.py B
   --classifier logistic`` scores the test rows through it.
 
-Variants: ``--ways`` (episodes of that many intents), ``--steps``, ``--adapt`` (top
+Variants: ``--ways`` (episodes of that many intents), ``--shots`` (support sentences per
+intent in an episode, the rest of the K its queries), ``--steps``, ``--adapt`` (top
 layers or LoRA adapters instead of the whole encoder), ``--mask`` (each word-piece of an
 episode replaced by ``[MASK]`` with that probability: augmentation), ``--dropout`` (encoder
 dropout while meta-training), ``--loss ridge`` (an episode's queries scored by a
@@ -75,11 +78,11 @@ def scores(body: torch.nn.Module, support: Any, query_x: Tensor, query_y: Tensor
         zs = predict(body, support.tokens, 256, pad)  # [N, H]
         zq = F.normalize(predict(body, query_x, 256, pad), dim=-1)  # [M, H]
     weight, bias = fit_logistic_head(zs, support.targets, WAYS, weight_decay)
-    return {
-        "proto": 100 * float(((zq @ prototypes(zs, support.targets).T).argmax(-1)
-                              == query_y).float().mean()),
-        "logistic": 100 * float(((zq @ weight.T + bias).argmax(-1) == query_y).float().mean()),
-    }
+    cosines = zq @ prototypes(zs, support.targets).T  # [M, C]
+    logits = zq @ weight.T + bias  # [M, C]
+    both = torch.softmax(20 * cosines, -1) + torch.softmax(logits, -1)  # [M, C]
+    return {"proto": _accuracy(cosines, query_y), "logistic": _accuracy(logits, query_y),
+            "proto+logistic": _accuracy(both, query_y)}
 
 
 def episode_loss(algo: Any, sampler: Any, pool: Any, args: argparse.Namespace,
@@ -130,7 +133,9 @@ def dev(args: argparse.Namespace) -> None:
     root, out = Path(args.data_root), Path(args.out)
     pool_csv = k_shot_pool(root / "train.csv", args.k, args.dev_seed, out / f"pool_k{args.k}.csv")
     dev_csv = development_set(root / "train.csv", pool_csv, out / f"dev_k{args.k}.csv")
-    shots = max(1, args.k // 2)
+    shots = args.shots or max(1, args.k // 2)
+    if not 0 < shots < args.k:
+        raise SystemExit(f"--shots must be between 1 and K - 1 = {args.k - 1}")
     recipe = load_recipe("banking77_kshot_protonet", {
         "data_root": str(pool_csv), "shots": shots, "queries": args.k - shots,
         "test_shots": shots, "test_queries": args.k - shots, "distance_scale": args.scale,
@@ -276,6 +281,9 @@ def main() -> None:
     dev_args.add_argument("--dev-seed", type=int, default=100)
     dev_args.add_argument("--dev-sentences", type=int, default=4000)
     dev_args.add_argument("--ways", type=int, default=WAYS)
+    dev_args.add_argument("--shots", type=int, default=None,
+                          help="support sentences per intent in an episode (default K // 2; "
+                               "the rest of the K are its queries)")
     dev_args.add_argument("--steps", type=int, default=15)
     dev_args.add_argument("--every", type=int, default=15)
     dev_args.add_argument("--lr", type=float, default=3e-5)
