@@ -587,7 +587,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "clock and peak memory is the CUDA allocator's")
     parser.add_argument("--batching", default="auto", choices=["auto", "loop", "vmap"],
                         help="metafit's task batching for MAML, FOMAML and ANIL (default: "
-                             "auto, vmap for models without convolutions)")
+                             "auto: on a CPU vmap for models without convolutions, on a GPU "
+                             "vmap wherever it can run)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="replay metafit's meta-gradient as a CUDA graph "
                              "(metafit.cuda_graphs; MAML, FOMAML, ANIL on CUDA)")

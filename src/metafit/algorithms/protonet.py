@@ -122,13 +122,16 @@ class ProtoNet(Algorithm):
     def _scores(self, features: Tensor, prototypes: Tensor) -> Tensor:
         return prototype_logits(features, prototypes, self.distance, self.scale)  # [B, N]
 
-    def _logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> tuple[Tensor,
-                                                                                       Tensor]:
+    def _logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                ways: int | None = None) -> tuple[Tensor, Tensor]:
+        """Query logits ``[N*Q, N]`` and prototypes ``[N, F]``; ``ways`` (default: counted
+        from ``support_y``) must be given under ``vmap``, which cannot read a value."""
         body = self.model.body
         with once_differentiable_region():
             f_support = body(support_x).flatten(1)  # [N*K, F]
             f_query = body(query_x).flatten(1)  # [N*Q, F]
-        prototypes = class_prototypes(f_support, support_y, int(support_y.max()) + 1)  # [N, F]
+        n = int(support_y.max()) + 1 if ways is None else ways
+        prototypes = class_prototypes(f_support, support_y, n)  # [N, F]
         return self._scores(f_query, prototypes), prototypes  # [N*Q, N], [N, F]
 
     def batched_meta_loss(self) -> bool:
@@ -146,11 +149,9 @@ class ProtoNet(Algorithm):
             return super().meta_loss(episodes)
         self.check_episodes(episodes)
         ways = episodes.ways if episodes.classes is None else episodes.classes.shape[1]
-        body = self.model.body
 
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-            prototypes = class_prototypes(body(sx).flatten(1), sy, ways)  # [N, F]
-            logits = self._scores(body(qx).flatten(1), prototypes)  # [N*Q, N]
+            logits, _ = self._logits(sx, sy, qx, ways)  # [N*Q, N]
             return mf.loss_fn(logits, qy), logits
 
         losses, logits = torch.func.vmap(one_task, chunk_size=self.vmap_chunk)(
