@@ -32,9 +32,16 @@ ridge-regression head fitted in closed form on its support, R2D2), ``--loss loo`
 pool sentence a query against leave-one-out prototypes of all 77 intents, instead of an
 episode's support / query split)
 ``--finetune N`` (then N steps of cross-entropy fine-tuning of the encoder with a
-prototype-initialised linear head) and ``--members N`` (N encoders meta-trained from
+prototype-initialised linear head), ``--members N`` (N encoders meta-trained from
 different episode streams, scored alone, as an ensemble of their heads' probabilities and
-as one weight-averaged encoder).
+as one weight-averaged encoder), ``--adapt top --adapt-layers 6`` (every transformer layer,
+the word-piece embeddings frozen), ``--layer-decay D`` (layer-wise decayed learning
+rates), ``--meta-batch N`` (N episodes per step), ``--label-names`` (each intent's name
+added to the pool as one more sentence; outside protocol B, whose published baselines do
+not read the names). Extra columns: ``--pretrained-heads`` (the pretrained encoder's
+logistic head averaged in, or its embeddings side by side with the meta-trained ones) and
+``--more-heads`` (late interaction over word-pieces, the last two layers side by side,
+the intents' names in the head's training set: ``more_heads``).
 
 ``test`` reads the finished runs of ``text.py B`` (``--runs``: its ``--out``/B), embeds each
 run's pool and the 3,080 test sentences with the run's encoder, and scores the logistic
@@ -44,6 +51,8 @@ head against the run's recorded accuracy. Rows are JSON lines on stdout and in `
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -57,7 +66,8 @@ from torch.nn import functional as F
 
 from metafit.adaptation import predict
 from metafit.algorithms.heads import fit_logistic_head
-from metafit.text import TokenMasker
+from metafit.io import atomic_write_text
+from metafit.text import TokenMasker, tokenize, trim
 
 WAYS = 77
 
@@ -70,8 +80,13 @@ def prototypes(z: Tensor, y: Tensor) -> Tensor:
 
 
 def scores(body: torch.nn.Module, support: Any, query_x: Tensor, query_y: Tensor,
-           weight_decay: float) -> dict[str, float]:
-    """Accuracy (%) of the prototype and the logistic head on ``query_x``."""
+           weight_decay: float, reference: tuple[Tensor, Tensor] | None = None
+           ) -> dict[str, float]:
+    """Accuracy (%) of the prototype and the logistic head on ``query_x``; with
+    ``reference`` (the pretrained encoder's support and query embeddings, ``[N, H]`` and
+    ``[M, H]``) also of the mean of the logistic heads' probabilities on both encoders
+    (``+pretrained``) and of one logistic head on both embeddings side by side
+    (``concat``)."""
     pad = body.pad_id
     body.eval()
     with torch.no_grad():
@@ -81,8 +96,86 @@ def scores(body: torch.nn.Module, support: Any, query_x: Tensor, query_y: Tensor
     cosines = zq @ prototypes(zs, support.targets).T  # [M, C]
     logits = zq @ weight.T + bias  # [M, C]
     both = torch.softmax(20 * cosines, -1) + torch.softmax(logits, -1)  # [M, C]
-    return {"proto": _accuracy(cosines, query_y), "logistic": _accuracy(logits, query_y),
-            "proto+logistic": _accuracy(both, query_y)}
+    row = {"proto": _accuracy(cosines, query_y), "logistic": _accuracy(logits, query_y),
+           "proto+logistic": _accuracy(both, query_y)}
+    if reference is not None:
+        ref_s, ref_q = reference
+        w0, b0 = fit_logistic_head(ref_s, support.targets, WAYS, weight_decay)
+        ref_logits = F.normalize(ref_q, dim=-1) @ w0.T + b0  # [M, C]
+        mean = torch.softmax(logits, -1) + torch.softmax(ref_logits, -1)  # [M, C]
+        side = torch.cat([F.normalize(zs, dim=-1), F.normalize(ref_s, dim=-1)], -1)  # [N, 2H]
+        wc, bc = fit_logistic_head(side, support.targets, WAYS, weight_decay)
+        side_q = torch.cat([zq, F.normalize(ref_q, dim=-1)], -1) / 2 ** 0.5  # [M, 2H]
+        row |= {"+pretrained": _accuracy(mean, query_y),
+                "concat": _accuracy(side_q @ wc.T + bc, query_y)}
+    return row
+
+
+def more_heads(body: Any, support: Any, names: Tensor, query_x: Tensor, query_y: Tensor,
+               weight_decay: float) -> dict[str, float]:
+    """Accuracy (%) of three more test-time heads on the encoder as it is:
+
+    - ``late``: token-level late interaction (ColBERT, Khattab & Zaharia 2020; FastFit,
+      Yehudai & Bandel 2024): a query's score against a pool sentence is the mean over
+      its word-pieces of the best cosine with any of the sentence's; an intent's score
+      the mean over its sentences (``late_max``: the best); ``late+logistic``: its
+      softmax at scale 10 averaged with the logistic head's probabilities;
+    - ``layers5+6``: the logistic head on the mean-pooled outputs of the last two
+      layers, each unit length, side by side;
+    - ``logistic+names``: the logistic head fitted on the pool and on each intent's name
+      (``names [C, L]`` token ids, one per intent in label order) as one more sentence:
+      class-name augmentation, which the published few-shot intent detectors do not
+      use."""
+    body.eval()
+    pad = body.pad_id
+    s_tok, s_mask, s_feat = _layer_outputs(body, support.tokens)
+    q_tok, q_mask, q_feat = _layer_outputs(body, query_x)
+    weight, bias = fit_logistic_head(s_feat[:, 1], support.targets, WAYS, weight_decay)
+    logits = F.normalize(q_feat[:, 1], dim=-1) @ weight.T + bias  # [M, C]
+    onehot = F.one_hot(support.targets, WAYS).to(s_tok.dtype)  # [N, C]
+    late_mean, late_max = [], []
+    for i in range(0, len(q_tok), 100):
+        q, qm = q_tok[i:i + 100], q_mask[i:i + 100]  # [b, Lq, H], [b, Lq]
+        sim = torch.einsum("bqh,nsh->bnqs", q, s_tok)  # [b, N, Lq, Ls]
+        sim = sim.masked_fill(~s_mask[None, :, None, :], -2).amax(-1)  # [b, N, Lq]
+        sim = (sim * qm[:, None]).sum(-1) / qm.sum(-1, keepdim=True)  # [b, N]
+        late_mean.append(sim @ onehot / onehot.sum(0))  # [b, C]
+        late_max.append(torch.stack([sim[:, support.targets == c].amax(-1)
+                                     for c in range(WAYS)], -1))  # [b, C]
+    late = torch.cat(late_mean)  # [M, C]
+    two = s_feat.flatten(1)  # [N, 2H]
+    w2, b2 = fit_logistic_head(two, support.targets, WAYS, weight_decay)
+    with torch.no_grad():
+        zn = predict(body, names, 256, pad)  # [C, H]
+    wn, bn = fit_logistic_head(torch.cat([s_feat[:, 1], zn]),
+                               torch.cat([support.targets, torch.arange(WAYS)]), WAYS,
+                               weight_decay)
+    mixed = torch.softmax(logits, -1) + torch.softmax(10 * late, -1)  # [M, C]
+    return {"late": _accuracy(late, query_y), "late_max": _accuracy(torch.cat(late_max), query_y),
+            "late+logistic": _accuracy(mixed, query_y),
+            "layers5+6": _accuracy(F.normalize(q_feat.flatten(1), dim=-1) @ w2.T + b2, query_y),
+            "logistic+names": _accuracy(F.normalize(q_feat[:, 1], dim=-1) @ wn.T + bn, query_y)}
+
+
+def _layer_outputs(body: Any, ids: Tensor, batch: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+    """For ``ids [B, L]``: the unit-length last-layer word-piece embeddings ``[B, L', H]``
+    with their mask ``[B, L']`` (bool), and the mean-pooled outputs of the last two layers
+    ``[B, 2, H]`` (each unit length)."""
+    tokens, masks, feats = [], [], []
+    width = int(trim(ids, body.pad_id).shape[1])
+    with torch.no_grad():
+        for i in range(0, len(ids), batch):
+            part = trim(ids[i:i + batch], body.pad_id)  # [b, l]
+            mask = part != body.pad_id  # [b, l]
+            states = body.encoder(input_ids=part, attention_mask=mask.long(),
+                                  output_hidden_states=True).hidden_states
+            m = mask.unsqueeze(-1).to(states[-1].dtype)  # [b, l, 1]
+            feats.append(torch.stack([F.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+                                      for h in states[-2:]], 1))  # [b, 2, H]
+            tokens.append(F.pad(F.normalize(states[-1], dim=-1),
+                                (0, 0, 0, width - part.shape[1])))  # [b, L', H]
+            masks.append(F.pad(mask, (0, width - part.shape[1])))  # [b, L']
+    return torch.cat(tokens), torch.cat(masks), torch.cat(feats)
 
 
 def episode_loss(algo: Any, sampler: Any, pool: Any, args: argparse.Namespace,
@@ -91,7 +184,7 @@ def episode_loss(algo: Any, sampler: Any, pool: Any, args: argparse.Namespace,
     episode scored by a ridge-regression head fitted on its support, or leave-one-out
     prototypes."""
     if args.loss in ("episode", "ridge"):
-        episodes = sampler.sample(1)
+        episodes = sampler.sample(args.meta_batch)
         if masker is not None:  # on torch's global random stream
             episodes = masker.episodes(episodes)
         if args.loss == "episode":
@@ -133,18 +226,29 @@ def dev(args: argparse.Namespace) -> None:
     root, out = Path(args.data_root), Path(args.out)
     pool_csv = k_shot_pool(root / "train.csv", args.k, args.dev_seed, out / f"pool_k{args.k}.csv")
     dev_csv = development_set(root / "train.csv", pool_csv, out / f"dev_k{args.k}.csv")
+    if args.label_names:
+        pool_csv = with_label_names(pool_csv, out / f"pool_k{args.k}_names.csv")
     shots = args.shots or max(1, args.k // 2)
+    if args.meta_batch > 1 and args.loss != "episode":
+        raise SystemExit("--meta-batch is for --loss episode")
     if not 0 < shots < args.k:
         raise SystemExit(f"--shots must be between 1 and K - 1 = {args.k - 1}")
     recipe = load_recipe("banking77_kshot_protonet", {
         "data_root": str(pool_csv), "shots": shots, "queries": args.k - shots,
         "test_shots": shots, "test_queries": args.k - shots, "distance_scale": args.scale,
-        "outer_lr": args.lr, "text_dropout": args.dropout, "adapt": args.adapt})
+        "outer_lr": args.lr, "text_dropout": args.dropout, "adapt": args.adapt,
+        "adapt_layers": args.adapt_layers})
     pool = load_split(recipe, "train")
+    args.text_model = recipe.text_model
     held = TextCSV(dev_csv, classes=pool.classes).tokenize(recipe.text_model, recipe.max_length)
     pick = torch.randperm(len(held.targets), generator=torch.Generator().manual_seed(7))
     pick = pick[:args.dev_sentences]
     query_x, query_y = held.tokens[pick], held.targets[pick]
+    if args.pretrained_heads:
+        body = build_algorithm(recipe).model.body.eval()
+        with torch.no_grad():
+            args.reference = (predict(body, pool.tokens, 256, body.pad_id),
+                              predict(body, query_x, 256, body.pad_id))
     masker = TokenMasker(recipe.text_model, args.mask) if args.mask else None
     bodies = []
     for member in range(args.members):
@@ -159,17 +263,38 @@ def dev(args: argparse.Namespace) -> None:
         ensemble(bodies, pool, query_x, query_y, args)
 
 
+def with_label_names(pool_csv: Path, out: Path) -> Path:
+    """``pool_csv`` and one more sentence per intent, its name with spaces for the
+    underscores ("card_arrival": "card arrival"), written as ``out``: class-name
+    augmentation (as in FastFit, Yehudai & Bandel 2024). The published few-shot intent
+    detectors that protocol B compares with do not read the intents' names."""
+    with pool_csv.open(encoding="utf-8", newline="") as f:
+        rows = [(r["text"], r["category"]) for r in csv.DictReader(f)]
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["text", "category"])
+    writer.writerows(rows)
+    writer.writerows((label.replace("_", " "), label) for label in sorted({c for _, c in rows}))
+    atomic_write_text(out, buffer.getvalue())
+    return out
+
+
 def train(algo: Any, sampler: Any, pool: Any, query_x: Tensor, query_y: Tensor,
           args: argparse.Namespace, masker: TokenMasker | None, report: bool) -> None:
     """``args.steps`` meta-training steps (and ``--finetune``), scoring every ``--every``
     steps when ``report``."""
-    optimizer = torch.optim.Adam([p for p in algo.parameters() if p.requires_grad],
-                                 lr=args.lr)
+    optimizer = torch.optim.Adam(param_groups(algo, args.lr, args.layer_decay))
 
     def emit(step: int | str) -> None:
         if report:
             row = {"tag": args.tag, "k": args.k, "step": step,
-                   **scores(algo.model.body, pool, query_x, query_y, args.weight_decay)}
+                   **scores(algo.model.body, pool, query_x, query_y, args.weight_decay,
+                            args.reference)}
+            if args.more_heads:
+                names = tokenize([c.replace("_", " ") for c in pool.classes],
+                                 args.text_model, int(pool.tokens.shape[1]))
+                row |= more_heads(algo.model.body, pool, names, query_x, query_y,
+                                  args.weight_decay)
             _emit(row, args.log)
 
     for step in range(args.steps + 1):
@@ -201,6 +326,28 @@ def train(algo: Any, sampler: Any, pool: Any, query_x: Tensor, query_y: Tensor,
             tune.step()
             if s % args.every == 0:
                 emit(f"finetune {s}")
+
+
+def param_groups(algo: Any, lr: float, decay: float) -> list[dict[str, Any]]:
+    """Adam's parameter groups: every trainable parameter at ``lr``, or with ``decay`` <
+    1 layer-wise decayed rates (Howard & Ruder 2018, ULMFiT; Clark et al. 2020, ELECTRA):
+    the top transformer layer at ``lr``, each layer below at ``decay`` times the one
+    above, the embeddings below the bottom layer."""
+    named = [(n, p) for n, p in algo.named_parameters() if p.requires_grad]
+    if decay >= 1:
+        return [{"params": [p for _, p in named], "lr": lr}]
+    depth = 1 + max(int(n.split(".layer.")[1].split(".")[0]) for n, _ in named
+                    if ".layer." in n)
+
+    def level(name: str) -> int:  # embeddings 0, layer i: i + 1, anything above: depth
+        if ".layer." in name:
+            return 1 + int(name.split(".layer.")[1].split(".")[0])
+        return 0 if ".embeddings." in name else depth
+
+    groups: dict[int, list[torch.nn.Parameter]] = {}
+    for n, p in named:
+        groups.setdefault(level(n), []).append(p)
+    return [{"params": ps, "lr": lr * decay ** (depth - lvl)} for lvl, ps in groups.items()]
 
 
 def ensemble(bodies: list[torch.nn.Module], pool: Any, query_x: Tensor, query_y: Tensor,
@@ -293,6 +440,21 @@ def main() -> None:
                           help="--loss ridge: the ridge penalty")
     dev_args.add_argument("--adapt", choices=["full", "top", "lora"], default="full",
                           help="what meta-training adapts (the recipe's adapt scope)")
+    dev_args.add_argument("--adapt-layers", type=int, default=2,
+                          help="--adapt top: how many top layers (6: every transformer "
+                               "layer, the word-piece embeddings frozen)")
+    dev_args.add_argument("--layer-decay", type=float, default=1.0,
+                          help="layer-wise learning-rate decay (1: one rate for all)")
+    dev_args.add_argument("--pretrained-heads", action="store_true",
+                          help="also score the logistic heads of the meta-trained and the "
+                               "pretrained encoder together (+pretrained, concat)")
+    dev_args.add_argument("--meta-batch", type=int, default=1,
+                          help="episodes per meta-training step (their mean loss)")
+    dev_args.add_argument("--more-heads", action="store_true",
+                          help="also score the late-interaction, two-layer and "
+                               "label-name heads (more_heads)")
+    dev_args.add_argument("--label-names", action="store_true",
+                          help="add each intent's name to the pool as one more sentence")
     dev_args.add_argument("--mask", type=float, default=0.0,
                           help="mask each word-piece of an episode with this probability")
     dev_args.add_argument("--finetune", type=int, default=0)
@@ -310,6 +472,7 @@ def main() -> None:
     test_args.add_argument("--ks", nargs="+", type=int, default=[10, 5])
     test_args.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     args = parser.parse_args()
+    args.reference = None
     torch.set_num_threads(args.threads)
     (dev if args.mode == "dev" else test)(args)
 
