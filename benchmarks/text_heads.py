@@ -147,14 +147,22 @@ def more_heads(body: Any, support: Any, names: Tensor, query_x: Tensor, query_y:
     w2, b2 = fit_logistic_head(two, support.targets, WAYS, weight_decay)
     with torch.no_grad():
         zn = predict(body, names, 256, pad)  # [C, H]
-    wn, bn = fit_logistic_head(torch.cat([s_feat[:, 1], zn]),
-                               torch.cat([support.targets, torch.arange(WAYS)]), WAYS,
-                               weight_decay)
+    named = names_logits(s_feat[:, 1], support.targets, zn, q_feat[:, 1], weight_decay)
     mixed = torch.softmax(logits, -1) + torch.softmax(10 * late, -1)  # [M, C]
     return {"late": _accuracy(late, query_y), "late_max": _accuracy(torch.cat(late_max), query_y),
             "late+logistic": _accuracy(mixed, query_y),
             "layers5+6": _accuracy(F.normalize(q_feat.flatten(1), dim=-1) @ w2.T + b2, query_y),
-            "logistic+names": _accuracy(F.normalize(q_feat[:, 1], dim=-1) @ wn.T + bn, query_y)}
+            "logistic+names": _accuracy(named, query_y)}
+
+
+def names_logits(zs: Tensor, ys: Tensor, zn: Tensor, zq: Tensor, weight_decay: float
+                 ) -> Tensor:
+    """Logits ``[M, C]`` for the queries ``zq [M, H]`` of the logistic head fitted on the
+    support embeddings ``zs [N, H]`` (labels ``ys [N]``) and on each intent's name
+    embedding ``zn [C, H]`` (row c: intent c) as one more sentence."""
+    weight, bias = fit_logistic_head(torch.cat([zs, zn]), torch.cat([ys, torch.arange(WAYS)]),
+                                     WAYS, weight_decay)
+    return F.normalize(zq, dim=-1) @ weight.T + bias
 
 
 def _layer_outputs(body: Any, ids: Tensor, batch: int = 256) -> tuple[Tensor, Tensor, Tensor]:
@@ -392,7 +400,12 @@ def test(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             for name in args.rows:
                 run = runs / f"{name}_k{k}_seed{seed}"
-                recorded = json.loads((run / "benchmark.json").read_text())["accuracy"]
+                recorded = {  # benchmark.json: text.py's own head; _logistic: --classifier
+                    f"recorded{f.stem[len('benchmark'):]}":
+                        100 * json.loads(f.read_text())["accuracy"]
+                    for f in sorted(run.glob("benchmark*.json"))}
+                if not recorded:
+                    raise SystemExit(f"{run} has no benchmark*.json: run text.py B first")
                 recipe, algo = load_trained(run)
                 pool = TextCSV(runs / f"pool_k{k}_seed{seed}.csv").tokenize(
                     recipe.text_model, recipe.max_length)
@@ -400,11 +413,21 @@ def test(args: argparse.Namespace) -> None:
                                    classes=pool.classes).tokenize(recipe.text_model,
                                                                   recipe.max_length)
                 t0 = time.perf_counter()
-                row = scores(algo.model.body, pool, test_set.tokens, test_set.targets,
+                body = algo.model.body
+                row = scores(body, pool, test_set.tokens, test_set.targets,
                              args.weight_decay)
-                _emit({"run": name, "k": k, "seed": seed, "recorded": 100 * recorded,
-                       "logistic": row["logistic"], "seconds": round(time.perf_counter() - t0, 1)},
-                      args.log)
+                extra = {}
+                if args.label_names:  # the head fitted on the pool and the intents' names
+                    names = tokenize([c.replace("_", " ") for c in pool.classes],
+                                     recipe.text_model, recipe.max_length)
+                    with torch.no_grad():
+                        zs, zn, zq = (predict(body, x, 256, body.pad_id) for x in
+                                      (pool.tokens, names, test_set.tokens))
+                    logits = names_logits(zs, pool.targets, zn, zq, args.weight_decay)
+                    extra["logistic+names"] = _accuracy(logits, test_set.targets)
+                _emit({"run": name, "k": k, "seed": seed, **recorded,
+                       "logistic": row["logistic"], **extra,
+                       "seconds": round(time.perf_counter() - t0, 1)}, args.log)
 
 
 def _emit(row: dict[str, Any], log: str | None) -> None:
@@ -454,7 +477,9 @@ def main() -> None:
                           help="also score the late-interaction, two-layer and "
                                "label-name heads (more_heads)")
     dev_args.add_argument("--label-names", action="store_true",
-                          help="add each intent's name to the pool as one more sentence")
+                          help="dev: add each intent's name to the pool as one more sentence; "
+                               "test: also score the logistic head fitted on the pool "
+                               "and the names")
     dev_args.add_argument("--mask", type=float, default=0.0,
                           help="mask each word-piece of an episode with this probability")
     dev_args.add_argument("--finetune", type=int, default=0)
