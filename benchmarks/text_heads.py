@@ -113,7 +113,7 @@ def scores(body: torch.nn.Module, support: Any, query_x: Tensor, query_y: Tensor
 
 def more_heads(body: Any, support: Any, names: Tensor, query_x: Tensor, query_y: Tensor,
                weight_decay: float) -> dict[str, float]:
-    """Accuracy (%) of three more test-time heads on the encoder as it is:
+    """Accuracy (%) of more test-time heads on the encoder as it is (columns):
 
     - ``late``: token-level late interaction (ColBERT, Khattab & Zaharia 2020; FastFit,
       Yehudai & Bandel 2024): a query's score against a pool sentence is the mean over
