@@ -80,13 +80,16 @@ def prototypes(z: Tensor, y: Tensor) -> Tensor:
 
 
 def scores(body: torch.nn.Module, support: Any, query_x: Tensor, query_y: Tensor,
-           weight_decay: float, reference: tuple[Tensor, Tensor] | None = None
-           ) -> dict[str, float]:
+           weight_decay: float, reference: tuple[Tensor, Tensor] | None = None,
+           names: Tensor | None = None) -> dict[str, float]:
     """Accuracy (%) of the prototype and the logistic head on ``query_x``; with
     ``reference`` (the pretrained encoder's support and query embeddings, ``[N, H]`` and
     ``[M, H]``) also of the mean of the logistic heads' probabilities on both encoders
     (``+pretrained``) and of one logistic head on both embeddings side by side
-    (``concat``)."""
+    (``concat``); with ``names`` (``[C, L]`` token ids of each intent's name, in label
+    order) also of the logistic head fitted on the pool and the names as one more
+    sentence each (``logistic+names``: class-name augmentation, which the published
+    few-shot intent detectors do not use)."""
     pad = body.pad_id
     body.eval()
     with torch.no_grad():
@@ -98,6 +101,11 @@ def scores(body: torch.nn.Module, support: Any, query_x: Tensor, query_y: Tensor
     both = torch.softmax(20 * cosines, -1) + torch.softmax(logits, -1)  # [M, C]
     row = {"proto": _accuracy(cosines, query_y), "logistic": _accuracy(logits, query_y),
            "proto+logistic": _accuracy(both, query_y)}
+    if names is not None:
+        with torch.no_grad():
+            zn = predict(body, names, 256, pad)  # [C, H]
+        row["logistic+names"] = _accuracy(names_logits(zs, support.targets, zn, zq,
+                                                       weight_decay), query_y)
     if reference is not None:
         ref_s, ref_q = reference
         w0, b0 = fit_logistic_head(ref_s, support.targets, WAYS, weight_decay)
@@ -111,7 +119,7 @@ def scores(body: torch.nn.Module, support: Any, query_x: Tensor, query_y: Tensor
     return row
 
 
-def more_heads(body: Any, support: Any, names: Tensor, query_x: Tensor, query_y: Tensor,
+def more_heads(body: Any, support: Any, query_x: Tensor, query_y: Tensor,
                weight_decay: float) -> dict[str, float]:
     """Accuracy (%) of more test-time heads on the encoder as it is (columns):
 
@@ -121,13 +129,8 @@ def more_heads(body: Any, support: Any, names: Tensor, query_x: Tensor, query_y:
       the mean over its sentences (``late_max``: the best); ``late+logistic``: its
       softmax at scale 10 averaged with the logistic head's probabilities;
     - ``layers5+6``: the logistic head on the mean-pooled outputs of the last two
-      layers, each unit length, side by side;
-    - ``logistic+names``: the logistic head fitted on the pool and on each intent's name
-      (``names [C, L]`` token ids, one per intent in label order) as one more sentence:
-      class-name augmentation, which the published few-shot intent detectors do not
-      use."""
+      layers, each unit length, side by side."""
     body.eval()
-    pad = body.pad_id
     s_tok, s_mask, s_feat = _layer_outputs(body, support.tokens)
     q_tok, q_mask, q_feat = _layer_outputs(body, query_x)
     weight, bias = fit_logistic_head(s_feat[:, 1], support.targets, WAYS, weight_decay)
@@ -145,14 +148,20 @@ def more_heads(body: Any, support: Any, names: Tensor, query_x: Tensor, query_y:
     late = torch.cat(late_mean)  # [M, C]
     two = s_feat.flatten(1)  # [N, 2H]
     w2, b2 = fit_logistic_head(two, support.targets, WAYS, weight_decay)
-    with torch.no_grad():
-        zn = predict(body, names, 256, pad)  # [C, H]
-    named = names_logits(s_feat[:, 1], support.targets, zn, q_feat[:, 1], weight_decay)
     mixed = torch.softmax(logits, -1) + torch.softmax(10 * late, -1)  # [M, C]
     return {"late": _accuracy(late, query_y), "late_max": _accuracy(torch.cat(late_max), query_y),
             "late+logistic": _accuracy(mixed, query_y),
-            "layers5+6": _accuracy(F.normalize(q_feat.flatten(1), dim=-1) @ w2.T + b2, query_y),
-            "logistic+names": _accuracy(named, query_y)}
+            "layers5+6": _accuracy(F.normalize(q_feat.flatten(1), dim=-1) @ w2.T + b2, query_y)}
+
+
+def label_name(label: str) -> str:
+    """An intent's name as a sentence: "card_arrival" -> "card arrival"."""
+    return label.replace("_", " ")
+
+
+def name_tokens(classes: list[str], text_model: Any, max_length: int) -> Tensor:
+    """Token ids ``[C, max_length]`` of each intent's name, in label order."""
+    return tokenize([label_name(c) for c in classes], text_model, max_length)
 
 
 def names_logits(zs: Tensor, ys: Tensor, zn: Tensor, zq: Tensor, weight_decay: float
@@ -247,7 +256,8 @@ def dev(args: argparse.Namespace) -> None:
         "outer_lr": args.lr, "text_dropout": args.dropout, "adapt": args.adapt,
         "adapt_layers": args.adapt_layers})
     pool = load_split(recipe, "train")
-    args.text_model = recipe.text_model
+    if args.more_heads:
+        args.names = name_tokens(pool.classes, recipe.text_model, recipe.max_length)
     held = TextCSV(dev_csv, classes=pool.classes).tokenize(recipe.text_model, recipe.max_length)
     pick = torch.randperm(len(held.targets), generator=torch.Generator().manual_seed(7))
     pick = pick[:args.dev_sentences]
@@ -282,7 +292,7 @@ def with_label_names(pool_csv: Path, out: Path) -> Path:
     writer = csv.writer(buffer)
     writer.writerow(["text", "category"])
     writer.writerows(rows)
-    writer.writerows((label.replace("_", " "), label) for label in sorted({c for _, c in rows}))
+    writer.writerows((label_name(label), label) for label in sorted({c for _, c in rows}))
     atomic_write_text(out, buffer.getvalue())
     return out
 
@@ -297,12 +307,9 @@ def train(algo: Any, sampler: Any, pool: Any, query_x: Tensor, query_y: Tensor,
         if report:
             row = {"tag": args.tag, "k": args.k, "step": step,
                    **scores(algo.model.body, pool, query_x, query_y, args.weight_decay,
-                            args.reference)}
+                            args.reference, args.names)}
             if args.more_heads:
-                names = tokenize([c.replace("_", " ") for c in pool.classes],
-                                 args.text_model, int(pool.tokens.shape[1]))
-                row |= more_heads(algo.model.body, pool, names, query_x, query_y,
-                                  args.weight_decay)
+                row |= more_heads(algo.model.body, pool, query_x, query_y, args.weight_decay)
             _emit(row, args.log)
 
     for step in range(args.steps + 1):
@@ -344,17 +351,17 @@ def param_groups(algo: Any, lr: float, decay: float) -> list[dict[str, Any]]:
     named = [(n, p) for n, p in algo.named_parameters() if p.requires_grad]
     if decay >= 1:
         return [{"params": [p for _, p in named], "lr": lr}]
-    depth = 1 + max(int(n.split(".layer.")[1].split(".")[0]) for n, _ in named
-                    if ".layer." in n)
 
-    def level(name: str) -> int:  # embeddings 0, layer i: i + 1, anything above: depth
+    def level(name: str) -> int | None:  # embeddings 0, layer i: i + 1, above: None
         if ".layer." in name:
             return 1 + int(name.split(".layer.")[1].split(".")[0])
-        return 0 if ".embeddings." in name else depth
+        return 0 if ".embeddings." in name else None
 
+    levels = [level(n) for n, _ in named]
+    depth = max(lvl for lvl in levels if lvl is not None)  # the top layer's level
     groups: dict[int, list[torch.nn.Parameter]] = {}
-    for n, p in named:
-        groups.setdefault(level(n), []).append(p)
+    for lvl, (_, p) in zip(levels, named, strict=True):
+        groups.setdefault(depth if lvl is None else lvl, []).append(p)
     return [{"params": ps, "lr": lr * decay ** (depth - lvl)} for lvl, ps in groups.items()]
 
 
@@ -413,18 +420,11 @@ def test(args: argparse.Namespace) -> None:
                                    classes=pool.classes).tokenize(recipe.text_model,
                                                                   recipe.max_length)
                 t0 = time.perf_counter()
-                body = algo.model.body
-                row = scores(body, pool, test_set.tokens, test_set.targets,
-                             args.weight_decay)
-                extra = {}
-                if args.label_names:  # the head fitted on the pool and the intents' names
-                    names = tokenize([c.replace("_", " ") for c in pool.classes],
-                                     recipe.text_model, recipe.max_length)
-                    with torch.no_grad():
-                        zs, zn, zq = (predict(body, x, 256, body.pad_id) for x in
-                                      (pool.tokens, names, test_set.tokens))
-                    logits = names_logits(zs, pool.targets, zn, zq, args.weight_decay)
-                    extra["logistic+names"] = _accuracy(logits, test_set.targets)
+                names = (name_tokens(pool.classes, recipe.text_model, recipe.max_length)
+                         if args.label_names else None)
+                row = scores(algo.model.body, pool, test_set.tokens, test_set.targets,
+                             args.weight_decay, names=names)
+                extra = {key: row[key] for key in ("logistic+names",) if key in row}
                 _emit({"run": name, "k": k, "seed": seed, **recorded,
                        "logistic": row["logistic"], **extra,
                        "seconds": round(time.perf_counter() - t0, 1)}, args.log)
@@ -497,7 +497,7 @@ def main() -> None:
     test_args.add_argument("--ks", nargs="+", type=int, default=[10, 5])
     test_args.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     args = parser.parse_args()
-    args.reference = None
+    args.reference = args.names = None
     torch.set_num_threads(args.threads)
     (dev if args.mode == "dev" else test)(args)
 
