@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_save", "cache_dir", "cached"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_save", "cache_dir", "cached",
+           "refusal_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,14 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def refusal_reason(error: BaseException) -> str:
+    """The line of a ``torch.load(weights_only=True)`` refusal that names what was refused
+    (``Trying to load unsupported GLOBAL posix.mkdir ...``), for one-line messages."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "nsupported" in line]
+    return (named or lines or [type(error).__name__])[0]
 
 
 def cache_dir() -> Path:

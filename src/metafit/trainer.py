@@ -57,6 +57,7 @@ from metafit.evaluation import evaluate
 from metafit.factory import build_algorithm
 from metafit.feature_cache import cached_body
 from metafit.rundir import CheckpointError, RunDir, load_checkpoint, restore_state
+from metafit.runlock import LOCK_NAME, RunLock
 from metafit.runs import split_sampler
 from metafit.sampler import EpisodeSampler
 from metafit.text import TokenMasker
@@ -163,6 +164,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(recipe))
         self.state = TrainState()
         self.higher_is_better = not recipe.is_regression
+        self._lock: RunLock | None = None  # rank 0's hold on the run directory
+        self._created_dir = False
 
     # -- checkpoints ---------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
@@ -217,9 +220,32 @@ class Trainer:
             self.run.truncate_metrics(self.state.iteration)
             log.info("resumed %s at iteration %d", self.run.path, self.state.iteration)
 
+    def _claim_dir(self) -> None:
+        """Rank 0: create the run directory if needed and lock it against other processes
+        for the whole of :meth:`fit` (:class:`~metafit.runlock.RunLock`)."""
+        self._created_dir = not self.run.path.exists()
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        lock = self.run.lock()
+        lock.acquire()
+        self._lock = lock
+
+    def _release_dir(self) -> None:
+        """Rank 0: drop the lock; remove the directory again when this trainer created it
+        and a failed start left nothing in it but the lock file."""
+        if self._lock is None:
+            return
+        self._lock.release()
+        self._lock = None
+        path = self.run.path
+        if self._created_dir and {p.name for p in path.iterdir()} <= {LOCK_NAME}:
+            (path / LOCK_NAME).unlink(missing_ok=True)
+            path.rmdir()
+
     def _read_dir(self) -> tuple[str | None, dict[str, Any] | None, str]:
-        """Rank 0: check the run directory against the recipe and read the checkpoint to
-        start from: ``("resume", last.pt)``, ``("warm", init_from's best)`` or nothing."""
+        """Rank 0: lock the run directory, check it against the recipe and read the
+        checkpoint to start from: ``("resume", last.pt)``, ``("warm", init_from's best)``
+        or nothing."""
+        self._claim_dir()
         run = self.run
         if run.exists():
             saved = run.read_recipe()
@@ -231,7 +257,7 @@ class Trainer:
                     f"{', '.join(differ)}); choose a new --out"
                 )
             last = run.checkpoint("last")
-            if last.is_file():
+            if run.has_checkpoint("last"):
                 return "resume", load_checkpoint(last), str(last)
         elif self.recipe.init_from:
             path = RunDir(self.recipe.init_from).trained_checkpoint("best")
@@ -249,7 +275,6 @@ class Trainer:
             if self.dist.is_main:
                 log.info("warm start from %s", source)
         if self.dist.is_main:
-            self.run.path.mkdir(parents=True, exist_ok=True)
             self.run.remove_stale_temporaries()
             self.run.write_config(self.recipe)
             self._set_status("running", iteration=self.state.iteration)
@@ -346,16 +371,22 @@ class Trainer:
 
         An exception or Ctrl-C leaves ``status.json`` at ``failed`` / ``interrupted`` (never
         ``complete``); training again into the same directory resumes from ``last.pt``.
+
+        Raises:
+            RunLockedError: another process is training into the directory.
         """
-        self._prepare_dir()
         try:
-            return self._fit()
-        except KeyboardInterrupt:
-            self._set_status("interrupted", iteration=self.state.iteration)
-            raise
-        except Exception as e:
-            self._set_status("failed", iteration=self.state.iteration, error=repr(e))
-            raise
+            self._prepare_dir()
+            try:
+                return self._fit()
+            except KeyboardInterrupt:
+                self._set_status("interrupted", iteration=self.state.iteration)
+                raise
+            except Exception as e:
+                self._set_status("failed", iteration=self.state.iteration, error=repr(e))
+                raise
+        finally:
+            self._release_dir()
 
     def _no_training(self) -> TrainState:
         """An algorithm with nothing to meta-train: validate once, save, mark complete."""

@@ -1,0 +1,239 @@
+"""Run directories from strangers and runs that crashed: a pickled payload in a checkpoint
+never runs, on any entry point; a corrupt newest checkpoint resumes from the one before;
+a torn metrics line is cut; a second trainer is kept out of a busy directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from metafit.cli import main
+from metafit.rundir import CheckpointError, RunDir, RunDirError, load_checkpoint, previous_version
+from metafit.runlock import RunLockedError
+from metafit.trainer import Trainer
+from test_trainer import (
+    assert_same_metrics,
+    classification_recipe,
+    image_folder,
+    interrupt_at,
+    regression_recipe,
+)
+
+
+class Exploit:
+    """Unpickling it calls ``os.mkdir(marker)``: proof that loading ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.mkdir, (self.marker,)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small image folder and a ProtoNet run trained on it."""
+    root = tmp_path_factory.mktemp("safety")
+    data = image_folder(root / "data")
+    run = root / "run"
+    Trainer(classification_recipe(data, "protonet", iterations=2, val_every=2), run,
+            progress=False).fit()
+    return data, run
+
+
+def poisoned(run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of ``run`` whose checkpoints carry an :class:`Exploit` (and no previous
+    versions to fall back on); returns ``(the copy, the marker it would create)``."""
+    import shutil
+
+    copy = tmp_path / "received_run"
+    shutil.copytree(run, copy)
+    marker = tmp_path / "pwned"
+    for which in ("best", "last"):
+        path = RunDir(copy).checkpoint(which)
+        data = torch.load(path, weights_only=True)
+        data["evil"] = Exploit(marker)
+        torch.save(data, path)
+        previous_version(path).unlink(missing_ok=True)
+    return copy, marker
+
+
+def test_the_payload_runs_when_unpickled(tmp_path: Path) -> None:
+    """The exploit is real: a plain unpickling of the file creates the marker."""
+    marker = tmp_path / "pwned"
+    torch.save({"evil": Exploit(marker)}, tmp_path / "x.pt")
+    torch.load(tmp_path / "x.pt", weights_only=False)
+    assert marker.is_dir()
+
+
+@pytest.mark.parametrize("verb", ["adapt", "evaluate", "report"])
+def test_no_verb_runs_a_checkpoint_payload(shared: tuple[Path, Path], tmp_path: Path,
+                                           verb: str, capsys: pytest.CaptureFixture[str]
+                                           ) -> None:
+    data, run = shared
+    copy, marker = poisoned(run, tmp_path)
+    args = {"adapt": ["adapt", str(copy), "--support", str(data), "--out",
+                      str(tmp_path / "model")],
+            "evaluate": ["evaluate", str(copy), "--episodes", "2"],
+            "report": ["report", str(copy), "--episodes", "2"]}[verb]
+    assert main(args) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert "never loads" in err and "best.pt" in err
+
+
+def test_the_server_refuses_a_checkpoint_payload(shared: tuple[Path, Path],
+                                                 tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from metafit.server import ServerSettings, create_app
+
+    copy, marker = poisoned(shared[1], tmp_path)
+    with pytest.raises(CheckpointError, match="never loads"):
+        create_app(ServerSettings(target=copy))
+    assert not marker.exists()
+
+
+def test_resume_and_init_from_refuse_a_checkpoint_payload(shared: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:
+    data, run = shared
+    copy, marker = poisoned(run, tmp_path)
+    recipe = classification_recipe(data, "protonet", iterations=4, val_every=2)
+    with pytest.raises(CheckpointError, match="never loads"):
+        Trainer(recipe, copy, progress=False).fit()  # resume
+    warm = classification_recipe(data, "protonet", iterations=2, val_every=2,
+                                 init_from=str(copy))
+    with pytest.raises(CheckpointError, match="never loads"):
+        Trainer(warm, tmp_path / "warm", progress=False).fit()
+    assert not marker.exists()
+    assert not (tmp_path / "warm").exists()  # a failed start leaves no directory
+
+
+def _flip_a_tensor_byte(path: Path) -> None:
+    """Flip one byte inside the stored bytes of a tensor (not the zip's structure)."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        with path.open("rb") as f:  # the record's data follows its local header
+            f.seek(info.header_offset + 26)
+            name_len, extra_len = (int.from_bytes(f.read(2), "little") for _ in range(2))
+        start = info.header_offset + 30 + name_len + extra_len
+    raw = bytearray(path.read_bytes())
+    raw[start + info.file_size // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_byte_is_caught_and_the_previous_checkpoint_used(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    recipe = regression_recipe("maml")
+    broken = tmp_path / "broken"
+    trainer = Trainer(recipe, broken, progress=False)
+    interrupt_at(trainer, 6)  # checkpoints at 2 and 4: last.pt is 4, last.previous.pt 2
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    last = RunDir(broken).checkpoint("last")
+    _flip_a_tensor_byte(last)
+    with caplog.at_level(logging.WARNING, logger="metafit.rundir"):
+        data = load_checkpoint(last)
+    assert data["state"]["iteration"] == 2
+    assert "does not match its content digest" in caplog.text
+    assert "last.previous.pt" in caplog.text
+    # Resuming from iteration 2 ends where an uninterrupted run ends.
+    full = tmp_path / "full"
+    Trainer(recipe, full, progress=False).fit()
+    Trainer(recipe, broken, progress=False).fit()
+    assert_same_metrics(RunDir(full), RunDir(broken))
+
+
+def test_a_truncated_last_checkpoint_resumes_from_the_previous(tmp_path: Path) -> None:
+    recipe = regression_recipe("maml")
+    broken = tmp_path / "broken"
+    trainer = Trainer(recipe, broken, progress=False)
+    interrupt_at(trainer, 6)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    last = RunDir(broken).checkpoint("last")
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    Trainer(recipe, broken, progress=False).fit()
+    full = tmp_path / "full"
+    Trainer(recipe, full, progress=False).fit()
+    assert_same_metrics(RunDir(full), RunDir(broken))
+
+
+def test_a_torn_metrics_line_is_cut_on_resume(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    recipe = regression_recipe("maml")
+    broken = RunDir(tmp_path / "broken")
+    trainer = Trainer(recipe, broken.path, progress=False)
+    interrupt_at(trainer, 6)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    lines = broken.metrics.read_text().splitlines()
+    torn = len(lines) + 1
+    with broken.metrics.open("a") as f:  # a crash in the middle of writing a record
+        f.write('{"iteration": 5, "split": "train", "loss": 0.1')
+    with caplog.at_level(logging.WARNING, logger="metafit.rundir"):
+        Trainer(recipe, broken.path, progress=False).fit()
+    assert f"metrics.jsonl, line {torn}: an incomplete record" in caplog.text
+    full = RunDir(tmp_path / "full")
+    Trainer(recipe, full.path, progress=False).fit()
+    assert_same_metrics(full, broken)
+
+
+def test_a_bad_metrics_line_inside_the_file_names_file_and_line(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    run.metrics.write_text('{"iteration": 1}\nnot json\n{"iteration": 2}\n')
+    with pytest.raises(RunDirError, match=r"metrics.jsonl, line 2: not a JSON record"):
+        run.read_metrics()
+
+
+def test_a_second_trainer_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
+    recipe = regression_recipe("maml")
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from metafit.runlock import RunLock; "
+         f"lock = RunLock({str(out)!r}); lock.acquire(); print('held', flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=f"in use by another metafit process "
+                           f"\\(PID {holder.pid} "):
+            Trainer(recipe, out, progress=False).fit()
+        assert not RunDir(out).metrics.exists()  # nothing was written
+    finally:
+        holder.communicate("")
+    # The holder is gone: its lock is taken over.
+    assert Trainer(recipe, out, progress=False).fit().iteration == recipe.iterations
+
+
+def test_the_lock_of_a_killed_trainer_is_taken_over(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text(f"{dead.pid} otherhost 2026-01-01T00:00:00\n")
+    recipe = regression_recipe("maml")
+    with caplog.at_level(logging.WARNING, logger="metafit.runlock"):
+        assert Trainer(recipe, out, progress=False).fit().iteration == recipe.iterations
+    assert f"lock left by PID {dead.pid} on otherhost" in caplog.text
+    assert (out / ".lock").read_text() == ""  # released
+
+
+def test_checkpoints_load_without_pickle_and_carry_their_digest(tmp_path: Path) -> None:
+    recipe = regression_recipe("maml")
+    Trainer(recipe, tmp_path / "run", progress=False).fit()
+    path = RunDir(tmp_path / "run").checkpoint("last")
+    raw = torch.load(path, weights_only=True)  # tensors and plain values only
+    assert len(raw["content_sha256"]) == 64
+    assert load_checkpoint(path)["state"]["iteration"] == recipe.iterations
+    status = json.loads(RunDir(tmp_path / "run").status_file.read_text())
+    assert status["status"] == "complete"
