@@ -218,12 +218,12 @@ def _flip_a_byte(path: Path) -> None:
 
 
 def _bump_version(path: Path) -> None:
-    path.write_text(path.read_text().replace('"format_version": 1', '"format_version": 99'))
+    path.write_text(path.read_text().replace('"format_version": 2', '"format_version": 99'))
 
 
 DAMAGE = [  # (file, what is done to it, the error)
     ("manifest.json", Path.unlink, "no manifest.json: .* incomplete"),
-    ("weights.pt", _flip_a_byte, "weights.pt does not match its checksum"),
+    ("weights.safetensors", _flip_a_byte, "weights.safetensors does not match its checksum"),
     ("model.json", Path.unlink, "model.json is missing"),
     ("manifest.json", _bump_version, "format version 99 is not supported"),
 ]
@@ -258,7 +258,7 @@ def test_failure_mid_write_keeps_the_previous_model(image_model, tmp_path, monke
 
     def crash(p: Path, data: bytes) -> None:
         real(p, data[: len(data) // 2])  # half written, then the "disk" fails
-        if p.name == "weights.pt":
+        if p.name == "weights.safetensors":
             raise OSError("disk full")
 
     monkeypatch.setattr(modeldir_module, "_write_synced", crash)
@@ -274,7 +274,7 @@ def test_failure_mid_write_keeps_the_previous_model(image_model, tmp_path, monke
 
 
 def test_a_killed_writer_leaves_the_previous_model_loadable(image_model, tmp_path) -> None:
-    """A real crash (os._exit, no cleanup) after half of weights.pt: the target still
+    """A real crash (os._exit, no cleanup) after half of weights.safetensors: the target still
     holds the previous model; the leftover temporary directory does not load."""
     path = tmp_path / "model"
     image_model.save(path)
@@ -284,7 +284,7 @@ def test_a_killed_writer_leaves_the_previous_model_loadable(image_model, tmp_pat
         from metafit.deploy import modeldir
         real = modeldir._write_synced
         def crash(p, data):
-            if p.name == "weights.pt":
+            if p.name == "weights.safetensors":
                 real(p, data[: len(data) // 2])
                 os._exit(9)
             real(p, data)
@@ -296,7 +296,7 @@ def test_a_killed_writer_leaves_the_previous_model_loadable(image_model, tmp_pat
     assert done.returncode == 9
     AdaptedModel.load(path)
     leftovers = _temp_dirs(tmp_path)
-    assert len(leftovers) == 1 and (leftovers[0] / "weights.pt").is_file()
+    assert len(leftovers) == 1 and (leftovers[0] / "weights.safetensors").is_file()
     with pytest.raises(ModelDirError, match="no manifest.json"):
         AdaptedModel.load(leftovers[0])
 

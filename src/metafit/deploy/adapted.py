@@ -7,14 +7,18 @@ A model directory (written atomically, :mod:`metafit.deploy.modeldir`)::
       manifest.json   format, version, library version, size + sha256 of every file (last)
       model.json      kind, label names, architecture, preprocessing, how it was adapted,
                       compression
-      weights.pt      the module's state_dict (torch.save; loaded with weights_only=True)
+      weights.safetensors  the module's state_dict (:mod:`metafit.deploy.weights`)
       recipe.yaml     the run's recipe and the library version
-      support.pt      the preprocessed support set {"x": [S, *x], "y": [S]} (export parity
-                      checks and compression use it)
+      support.safetensors  the preprocessed support set {"x": [S, *x], "y": [S]} (export
+                      parity checks and compression use it)
       encoder/        text models: the encoder's config.json and tokenizer files
 
 The module is rebuilt from ``recipe.yaml`` + ``model.json`` (+ ``encoder/config.json``)
 and the weights alone: neither the run directory nor the pretrained encoder is needed.
+Nothing in the directory is unpickled or executed: weights are safetensors, the rest JSON
+and YAML (``yaml.safe_load``), and the tokenizer is read from a private copy of the
+verified ``encoder/`` files only. Directories of format 1 (``weights.pt``/``support.pt``,
+written by metafit before safetensors) are read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,8 @@ from metafit.deploy.errors import InputError, ModelDirError
 from metafit.deploy.materialise import build_module, encoder_config
 from metafit.deploy.modeldir import read_model_dir, resolve, write_model_dir
 from metafit.deploy.preprocess import Preprocessor, TextPreprocessor, preprocessor_from_spec
+from metafit.deploy.weights import load_tensors, save_tensors
+from metafit.io import refusal_reason
 from metafit.models.base import FewShotModel
 
 __all__ = ["AdaptedModel", "Prediction"]
@@ -131,18 +139,15 @@ class AdaptedModel:
 
     def files(self) -> dict[str, bytes]:
         """Every file of the model directory but the manifest: path -> bytes."""
-        weights = io.BytesIO()
-        torch.save(self.module.state_dict(), weights)
         files = {
             "model.json": (json.dumps(self.spec(), indent=1) + "\n").encode(),
             "recipe.yaml": recipe_to_yaml(self.recipe, metafit_version=__version__).encode(),
-            "weights.pt": weights.getvalue(),
+            "weights.safetensors": save_tensors(self.module.state_dict()),
             **self.assets,
         }
         if self.support is not None:
-            buf = io.BytesIO()
-            torch.save({"x": self.support[0], "y": self.support[1]}, buf)
-            files["support.pt"] = buf.getvalue()
+            files["support.safetensors"] = save_tensors({"x": self.support[0],
+                                                         "y": self.support[1]})
         return files
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -164,33 +169,98 @@ class AdaptedModel:
                 missing or failing its checksum, an unknown format version, weights that do
                 not fit the stored architecture).
         """
-        from metafit.deploy.compress import prepare_structure, quiet_quantization
+        from metafit.deploy.compress import prepare_structure
 
         root = resolve(path)
-        _, files = read_model_dir(root, CONTENT)
+        manifest, files = read_model_dir(root, CONTENT)
         try:
-            spec = json.loads(files["model.json"])
+            spec = _checked_spec(json.loads(files["model.json"]))
             values = yaml.safe_load(files["recipe.yaml"]) or {}
+            if not isinstance(values, dict):
+                raise ValueError("recipe.yaml must hold a mapping")
             values.pop("metafit_version", None)
             recipe = make_recipe(values, str(root / "recipe.yaml"))
-            with quiet_quantization():  # quantized tensors load through TypedStorage
-                state = torch.load(io.BytesIO(files["weights.pt"]), weights_only=True)
-            support = None
-            if "support.pt" in files:
-                saved = torch.load(io.BytesIO(files["support.pt"]), weights_only=True)
-                support = (saved["x"], saved["y"])
-            prep = preprocessor_from_spec(spec["preprocessing"], root)
-            if isinstance(prep, TextPreprocessor):
-                prep.load()  # now: the directory may be replaced later
-            pad = prep.pad_id if isinstance(prep, TextPreprocessor) else 0
-            config = encoder_config(root / ENCODER) if recipe.model == "text" else None
-            module = build_module(spec["architecture"], recipe, config, pad)
+            state, support = _tensors(files, manifest["format_version"], root)
+            with tempfile.TemporaryDirectory(prefix="metafit-encoder-") as private:
+                prep, config = _preprocessing(spec, recipe, files, Path(private))
+                pad = prep.pad_id if isinstance(prep, TextPreprocessor) else 0
+                module = build_module(spec["architecture"], recipe, config, pad)
             prepare_structure(module, spec["compression"])
             module.load_state_dict(state, strict=True)
+            assets = {rel: data for rel, data in files.items() if rel.startswith(ENCODER)}
+            return cls(module, spec["labels"], recipe, spec["architecture"], prep,
+                       spec["adaptation"], assets, support, spec["compression"])
         except ModelDirError:
             raise
-        except (KeyError, ValueError, RuntimeError, TypeError, OSError) as e:
-            raise ModelDirError(f"{root}: cannot rebuild the model: {e}") from e
-        assets = {rel: data for rel, data in files.items() if rel.startswith(ENCODER)}
-        return cls(module, spec["labels"], recipe, spec["architecture"], prep,
-                   spec["adaptation"], assets, support, spec["compression"])
+        except (KeyError, ValueError, RuntimeError, TypeError, OSError, yaml.YAMLError) as e:
+            raise ModelDirError(f"{root}: cannot rebuild the model: "
+                                f"{type(e).__name__}: {e}") from None
+
+
+#: The fields of model.json and the JSON type each must have.
+_SPEC_FIELDS = {"labels": list, "architecture": dict, "preprocessing": dict,
+                "adaptation": dict, "compression": dict}
+
+
+def _checked_spec(spec: object) -> dict[str, Any]:
+    """``model.json``'s content, its fields of the right JSON types (labels: strings)."""
+    if not isinstance(spec, dict):
+        raise ValueError("model.json must hold a JSON object")
+    for key, kind in _SPEC_FIELDS.items():
+        if not isinstance(spec.get(key), kind):
+            raise ValueError(f"model.json: {key!r} must be a JSON {kind.__name__}")
+    if not all(isinstance(name, str) for name in spec["labels"]):
+        raise ValueError("model.json: every label must be a string")
+    return spec
+
+
+def _tensors(files: dict[str, bytes], version: int, root: Path
+             ) -> tuple[dict[str, Any], tuple[Tensor, Tensor] | None]:
+    """The weights and the support set of a verified model directory."""
+    if version == 1:  # written by metafit before safetensors
+        state = _unpickle_safely(files["weights.pt"], root / "weights.pt")
+        saved = (_unpickle_safely(files["support.pt"], root / "support.pt")
+                 if "support.pt" in files else None)
+    else:
+        state = load_tensors(files["weights.safetensors"], f"{root}/weights.safetensors")
+        saved = (load_tensors(files["support.safetensors"], f"{root}/support.safetensors")
+                 if "support.safetensors" in files else None)
+    if saved is None:
+        return state, None
+    if not (isinstance(saved.get("x"), Tensor) and isinstance(saved.get("y"), Tensor)):
+        raise ModelDirError(f"{root}: the stored support set has no tensors 'x' and 'y'")
+    return state, (saved["x"], saved["y"])
+
+
+def _unpickle_safely(data: bytes, where: Path) -> Any:
+    """A format-1 file: ``torch.load(weights_only=True)``, which refuses any object but
+    tensors and plain values (they could run code)."""
+    from metafit.deploy.compress import quiet_quantization
+
+    try:
+        with quiet_quantization():  # quantized tensors load through TypedStorage
+            return torch.load(io.BytesIO(data), weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ModelDirError(f"{where} holds objects other than tensors and plain values, "
+                            f"which metafit never loads (they could run code): "
+                            f"{refusal_reason(e)}") from None
+
+
+def _preprocessing(spec: dict[str, Any], recipe: Recipe, files: dict[str, bytes],
+                   private: Path) -> tuple[Preprocessor, Any]:
+    """The preprocessor and (text) the encoder config of a verified model directory. A
+    text model's tokenizer and config are read from ``private``, a copy of the verified
+    ``encoder/`` files alone (never the directory itself, which may hold other files);
+    the tokenizer is loaded at once."""
+    prep_spec = spec["preprocessing"]
+    if prep_spec.get("type") == "text" and prep_spec.get("tokenizer") != ENCODER:
+        raise ValueError(f"preprocessing.tokenizer must be {ENCODER!r}")
+    for rel, data in files.items():
+        if rel.startswith(ENCODER):
+            (private / rel).parent.mkdir(exist_ok=True)
+            (private / rel).write_bytes(data)
+    prep = preprocessor_from_spec(prep_spec, private)
+    if isinstance(prep, TextPreprocessor):
+        prep.load()  # now, while the private copy exists
+    config = encoder_config(private / ENCODER) if recipe.model == "text" else None
+    return prep, config

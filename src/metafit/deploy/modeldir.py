@@ -14,18 +14,25 @@ into place; a crash between the two renames leaves no directory at the target, a
 :func:`resolve` then reads ``.NAME.previous`` (the old model), so some complete model
 always loads. A directory at the target that is not a model directory (no manifest) and
 is not empty is never replaced.
+
+Model directories are shared, so the manifest is untrusted input, checked on read and on
+write (:mod:`metafit.deploy.manifest`): every file it lists is a relative, normalised path inside
+the directory (no ``..``, no absolute path, no backslash), of a kind the format allows
+(``model.json``, ``weights.safetensors``, ``encoder/<name>.json`` ...), reached through no
+symbolic link, and its size is compared with the manifest's before it is read. Anything
+else is a :class:`ModelDirError` naming the manifest and the entry.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
+import stat
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -34,19 +41,21 @@ from typing import Any
 
 from metafit import __version__
 from metafit.deploy.errors import ModelDirError
+from metafit.deploy.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    check_file_name,
+    check_manifest,
+    sha256,
+)
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_model_dir", "read_model_dir",
-           "resolve", "sha256"]
+           "resolve", "sha256", "check_manifest", "check_file_name"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "metafit-model"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -126,6 +135,31 @@ def _install(tmp: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def _read_listed(root: Path, rel: str, size: int) -> bytes:
+    """The bytes of ``root/rel``: no component a symbolic link, a regular file of
+    ``size`` bytes (checked before reading)."""
+    path = root
+    for part in rel.split("/"):
+        path = path / part
+        if path.is_symlink():
+            raise ModelDirError(f"{root}: {rel} is reached through the symbolic link {path}; "
+                                "model directories hold plain files only")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise ModelDirError(f"{root}: {rel} is missing") from None
+    except OSError as e:
+        raise ModelDirError(f"{root}: {rel} cannot be read ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelDirError(f"{root}: {rel} is not a regular file")
+        if st.st_size != size:
+            raise ModelDirError(f"{root}: {rel} does not match its size in {MANIFEST} "
+                                "(changed or corrupt)")
+        return f.read(size + 1)
+
+
 def write_model_dir(path: str | os.PathLike[str], files: Mapping[str, bytes],
                     content: str) -> Path:
     """Write ``files`` (relative path -> bytes) and a manifest as the directory ``path``,
@@ -139,6 +173,8 @@ def write_model_dir(path: str | os.PathLike[str], files: Mapping[str, bytes],
     path = Path(path)
     if MANIFEST in files:
         raise ValueError(f"{MANIFEST} is written by write_model_dir itself")
+    for rel in files:
+        check_file_name(rel, content, FORMAT_VERSION, f"writing {path}")
     _replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp_dir(path)
@@ -191,25 +227,16 @@ def read_model_dir(path: Path, content: str | None = None
     if not file.is_file():
         raise ModelDirError(f"{path} has no {MANIFEST}: not a metafit model directory, or an "
                             "incomplete one (a write that did not finish)")
+    if file.is_symlink() or file.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ModelDirError(f"{file}: a symbolic link or over {MAX_MANIFEST_BYTES} bytes")
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
+        manifest = json.loads(file.read_bytes())
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelDirError(f"{file} is not valid JSON: {e}") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ModelDirError(f"{file}: not a metafit model manifest")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelDirError(f"{path}: model format version {version!r} is not supported by "
-                            f"metafit {__version__} (reads version {FORMAT_VERSION})")
-    if content is not None and manifest.get("content") != content:
-        raise ModelDirError(f"{path} holds a {manifest.get('content')!r} model, not "
-                            f"{content!r}")
+    entries = check_manifest(manifest, str(file), content)
     files: dict[str, bytes] = {}
-    for rel, entry in manifest.get("files", {}).items():
-        f = path / rel
-        if not f.is_file():
-            raise ModelDirError(f"{path}: {rel} is missing")
-        data = f.read_bytes()
+    for rel, entry in entries.items():
+        data = _read_listed(path, rel, entry["bytes"])
         if len(data) != entry["bytes"] or sha256(data) != entry["sha256"]:
             raise ModelDirError(f"{path}: {rel} does not match its checksum in {MANIFEST} "
                                 "(changed or corrupt)")

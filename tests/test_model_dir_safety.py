@@ -1,0 +1,219 @@
+"""Model directories from strangers: manifests that point outside the directory or are
+malformed, symbolic links, pickled payloads; weights stored as safetensors and read back
+exactly, quantized ones included; format 1 directories still read."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from deploy_fixtures import image_run, pattern, support_folder
+from metafit.cli import main
+from metafit.deploy import AdaptedModel, Adapter, ModelDirError, load_support
+from metafit.deploy.compress import quantize
+from metafit.deploy.modeldir import write_model_dir
+from metafit.deploy.weights import load_tensors, save_tensors
+from test_run_safety import Exploit
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MAML model directory (a linear head: quantization changes it)."""
+    root = tmp_path_factory.mktemp("received")
+    inputs, labels = load_support(support_folder(root / "support", classes=2), "image")
+    model = Adapter.from_run(image_run("maml")).adapt(inputs, labels)
+    return model.save(root / "pristine")
+
+
+def _copy(model_dir: Path, where: Path) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copytree(model_dir, where / "model"))
+
+
+def _edit_manifest(path: Path, edit: Any) -> None:
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _list(path: Path, rel: str, data: bytes) -> None:
+    """Add ``rel`` to the manifest with a correct size and checksum (an attacker can)."""
+    _edit_manifest(path, lambda m: m["files"].__setitem__(
+        rel, {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
+
+
+@pytest.mark.parametrize("verb", ["compress", "export"])
+def test_a_manifest_entry_cannot_write_outside_the_output(model_dir: Path, tmp_path: Path,
+                                                          verb: str, capsys) -> None:
+    received = _copy(model_dir, tmp_path / "downloads")
+    payload = b"ssh-ed25519 AAAA attacker\n"
+    (received / "encoder").mkdir()
+    (tmp_path / "downloads" / "authorized_keys").write_bytes(payload)  # shipped beside it
+    _list(received, "encoder/../../authorized_keys", payload)
+    out = tmp_path / "models" / "out"
+    out.parent.mkdir()
+    args = (["compress", str(received), "--quantize", "int8", "--out", str(out)]
+            if verb == "compress" else ["export", str(received), "--out", str(out)])
+    assert main(args) == 2
+    assert not (tmp_path / "models" / "authorized_keys").exists()
+    assert not out.exists()
+    assert "'encoder/../../authorized_keys' is not a relative, normalised path" in \
+        capsys.readouterr().err
+
+
+BAD_MANIFESTS = [  # (edit, message)
+    (lambda m: m.__setitem__("files", list(m["files"])), "'files' must be an object"),
+    (lambda m: m["files"]["model.json"].pop("sha256"), "'model.json' has no valid 'sha256'"),
+    (lambda m: m["files"]["model.json"].__setitem__("bytes", "12"), "no valid 'bytes'"),
+    (lambda m: m["files"].__setitem__("/etc/passwd", m["files"]["model.json"]),
+     "'/etc/passwd' is not a relative, normalised path"),
+    (lambda m: m["files"].__setitem__("run.py", m["files"]["model.json"]),
+     "'run.py' is not a file a 'adapted' model directory holds"),
+    (lambda m: m["files"].__setitem__("encoder\\..\\x.json", m["files"]["model.json"]),
+     "is not a relative, normalised path"),
+    (lambda m: m.__setitem__("format_version", True), "format version True is not supported"),
+    (lambda m: m.__setitem__("content", ["adapted"]), "unknown content"),
+]
+
+
+@pytest.mark.parametrize("edit,message", BAD_MANIFESTS)
+def test_malformed_manifests_are_one_line_errors(model_dir: Path, tmp_path: Path, edit: Any,
+                                                 message: str, capsys) -> None:
+    received = _copy(model_dir, tmp_path)
+    _edit_manifest(received, edit)
+    with pytest.raises(ModelDirError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        AdaptedModel.load(received)
+    assert main(["predict", str(received), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metafit: error: ") and err.count("\n") == 1
+
+
+def test_a_symbolic_link_inside_a_model_directory_is_refused(model_dir: Path,
+                                                             tmp_path: Path) -> None:
+    received = _copy(model_dir, tmp_path / "in")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "config.json").write_text("{}")
+    (received / "encoder").symlink_to(outside)
+    _list(received, "encoder/config.json", b"{}")
+    with pytest.raises(ModelDirError, match="reached through the symbolic link"):
+        AdaptedModel.load(received)
+
+
+def test_writing_refuses_a_file_name_outside_the_directory(tmp_path: Path) -> None:
+    with pytest.raises(ModelDirError, match="not a relative, normalised path"):
+        write_model_dir(tmp_path / "m", {"model.json": b"{}", "encoder/../../x.json": b"1"},
+                        "adapted")
+    assert not (tmp_path / "x.json").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_weights_are_safetensors_and_nothing_is_pickled(model_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    names = sorted(p.name for p in model_dir.iterdir())
+    assert names == ["manifest.json", "model.json", "recipe.yaml", "support.safetensors",
+                     "weights.safetensors"]
+    weights = load_file(model_dir / "weights.safetensors")  # any safetensors reader
+    assert "head.weight" in weights and weights["head.weight"].dtype == torch.float32
+    support = load_file(model_dir / "support.safetensors")
+    assert support["x"].shape[0] == support["y"].shape[0] == 4
+    for path in model_dir.iterdir():  # no zip (torch.save) and no pickle stream
+        data = path.read_bytes()
+        assert not data.startswith(b"PK\x03\x04")
+        assert not (data[:1] == b"\x80" and data[1] in range(2, 6) and data.endswith(b"."))
+
+
+def test_quantized_weights_round_trip_exactly(model_dir: Path, tmp_path: Path) -> None:
+    model = AdaptedModel.load(model_dir)
+    small = quantize(model)
+    back = AdaptedModel.load(small.save(tmp_path / "int8"))
+    x = torch.from_numpy(pattern(1, 7)).float()[None, None] / 255
+    assert torch.equal(back.logits(x), small.logits(x))
+    state = load_tensors((tmp_path / "int8" / "weights.safetensors").read_bytes(), "w")
+    packed = state["head._packed_params._packed_params"]
+    assert packed[0].is_quantized and packed[0].dtype == torch.qint8
+
+
+def test_a_damaged_weights_file_or_layout_is_a_model_dir_error() -> None:
+    from safetensors.torch import save
+
+    data = save_tensors({"a": torch.zeros(2)})
+    with pytest.raises(ModelDirError, match="not a safetensors file"):
+        load_tensors(data[:6], "w.safetensors")
+    forged = save({"a": torch.zeros(2)}, metadata={"metafit_layout": json.dumps(
+        {"b": {"type": "quantized", "dtype": "qint8", "scheme": "per_tensor_affine",
+               "scale": 0.1, "zero_point": 0}})})
+    with pytest.raises(ModelDirError, match="names tensor 'b', which the file does not hold"):
+        load_tensors(forged, "w.safetensors")
+    forged = save({"a": torch.zeros(2)}, metadata={"metafit_layout": json.dumps(
+        {"a": {"type": "pickle"}})})
+    with pytest.raises(ModelDirError, match="unknown type 'pickle'"):
+        load_tensors(forged, "w.safetensors")
+    forged = save({"a": torch.zeros(2), "a::9": torch.zeros(1)})
+    with pytest.raises(ModelDirError, match="tensor 'a::9' belongs to no layout entry"):
+        load_tensors(forged, "w.safetensors")
+
+
+def _as_format_1(model_dir: Path, out: Path, weights: Any = None) -> Path:
+    """``model_dir`` rewritten as metafit wrote it before safetensors (format 1)."""
+    out.mkdir(parents=True)
+    files = {n: (model_dir / n).read_bytes() for n in ("model.json", "recipe.yaml")}
+    for name in ("weights", "support"):
+        state = load_tensors((model_dir / f"{name}.safetensors").read_bytes(), name)
+        buf = io.BytesIO()
+        torch.save(dict(state) if weights is None or name == "support" else weights, buf)
+        files[f"{name}.pt"] = buf.getvalue()
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    manifest = {"format": "metafit-model", "format_version": 1, "content": "adapted",
+                "metafit_version": "0.1.0", "files": {
+                    n: {"bytes": len(d), "sha256": hashlib.sha256(d).hexdigest()}
+                    for n, d in files.items()}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_format_1_directories_still_load(model_dir: Path, tmp_path: Path) -> None:
+    old = AdaptedModel.load(_as_format_1(model_dir, tmp_path / "old"))
+    new = AdaptedModel.load(model_dir)
+    x = torch.from_numpy(pattern(2, 3)).float()[None, None] / 255
+    assert torch.equal(old.logits(x), new.logits(x))
+
+
+@pytest.mark.parametrize("verb", ["predict", "compress", "export"])
+def test_a_pickled_payload_in_format_1_weights_never_runs(model_dir: Path, tmp_path: Path,
+                                                          verb: str, capsys) -> None:
+    marker = tmp_path / "pwned"
+    state = dict(load_tensors((model_dir / "weights.safetensors").read_bytes(), "w"))
+    state["evil"] = Exploit(marker)
+    old = _as_format_1(model_dir, tmp_path / "old", weights=state)
+    args = {"predict": ["predict", str(old), str(tmp_path / "x.png")],
+            "compress": ["compress", str(old), "--prune", "0.5", "--out",
+                         str(tmp_path / "c")],
+            "export": ["export", str(old), "--out", str(tmp_path / "e")]}[verb]
+    assert main(args) == 2
+    assert not marker.exists()
+    assert "weights.pt holds objects other than tensors and plain values, which metafit " \
+        "never loads" in capsys.readouterr().err
+
+
+def test_the_server_refuses_a_manifest_pointing_outside(model_dir: Path,
+                                                        tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from metafit.server import ServerSettings, create_app
+
+    received = _copy(model_dir, tmp_path)
+    (received / "encoder").mkdir()
+    (tmp_path / "secret.json").write_text("{}")
+    _list(received, "encoder/../../secret.json", b"{}")
+    with pytest.raises(ModelDirError, match="not a relative, normalised path"):
+        create_app(ServerSettings(target=received))
+    assert os.path.exists(tmp_path / "secret.json")
