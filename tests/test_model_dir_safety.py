@@ -205,6 +205,30 @@ def test_a_pickled_payload_in_format_1_weights_never_runs(model_dir: Path, tmp_p
         "never loads" in capsys.readouterr().err
 
 
+def _rewrite(path: Path, name: str, edit: Any) -> None:
+    """Edit file ``name`` of a model directory and list its new checksum."""
+    data = edit((path / name).read_bytes())
+    (path / name).write_bytes(data)
+    _list(path, name, data)
+
+
+def test_a_forged_architecture_is_refused_before_it_is_allocated(model_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    received = _copy(model_dir, tmp_path)
+    # 10^5 filters per convolution: ~3.6e11 bytes if it were built for real.
+    _rewrite(received, "recipe.yaml", lambda b: b.replace(b"hidden: 4", b"hidden: 100000"))
+    with pytest.raises(ModelDirError, match=r"needs [\d,]+ values but the weights hold "):
+        AdaptedModel.load(received)
+
+
+def test_preprocessing_out_of_bounds_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    received = _copy(model_dir, tmp_path)
+    _rewrite(received, "model.json", lambda b: b.replace(b'"image_size": 8',
+                                                        b'"image_size": 100000'))
+    with pytest.raises(ModelDirError, match=r"image_size must be 1\.\.4096"):
+        AdaptedModel.load(received)
+
+
 def test_the_server_refuses_a_manifest_pointing_outside(model_dir: Path,
                                                         tmp_path: Path) -> None:
     pytest.importorskip("fastapi")

@@ -23,35 +23,27 @@ written by metafit before safetensors) are read with ``torch.load(weights_only=T
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
 
 from metafit import __version__
-from metafit.config import Recipe, make_recipe, recipe_to_yaml
-from metafit.deploy.errors import InputError, ModelDirError
-from metafit.deploy.materialise import build_module, encoder_config
-from metafit.deploy.modeldir import read_model_dir, resolve, write_model_dir
-from metafit.deploy.preprocess import Preprocessor, TextPreprocessor, preprocessor_from_spec
-from metafit.deploy.weights import load_tensors, save_tensors
-from metafit.io import refusal_reason
+from metafit.config import Recipe, recipe_to_yaml
+from metafit.deploy.errors import InputError
+from metafit.deploy.modeldir import resolve, write_model_dir
+from metafit.deploy.preprocess import Preprocessor
+from metafit.deploy.reading import CONTENT, ENCODER, read_adapted
+from metafit.deploy.weights import save_tensors
 from metafit.models.base import FewShotModel
 
-__all__ = ["AdaptedModel", "Prediction"]
+__all__ = ["AdaptedModel", "Prediction", "ENCODER"]
 
 Prediction = dict[str, Any]
 """``{"label": str, "probabilities": {label name: float}}``."""
-
-CONTENT = "adapted"
-ENCODER = "encoder/"
 
 
 class AdaptedModel:
@@ -169,98 +161,5 @@ class AdaptedModel:
                 missing or failing its checksum, an unknown format version, weights that do
                 not fit the stored architecture).
         """
-        from metafit.deploy.compress import prepare_structure
+        return cls(**read_adapted(resolve(path)))
 
-        root = resolve(path)
-        manifest, files = read_model_dir(root, CONTENT)
-        try:
-            spec = _checked_spec(json.loads(files["model.json"]))
-            values = yaml.safe_load(files["recipe.yaml"]) or {}
-            if not isinstance(values, dict):
-                raise ValueError("recipe.yaml must hold a mapping")
-            values.pop("metafit_version", None)
-            recipe = make_recipe(values, str(root / "recipe.yaml"))
-            state, support = _tensors(files, manifest["format_version"], root)
-            with tempfile.TemporaryDirectory(prefix="metafit-encoder-") as private:
-                prep, config = _preprocessing(spec, recipe, files, Path(private))
-                pad = prep.pad_id if isinstance(prep, TextPreprocessor) else 0
-                module = build_module(spec["architecture"], recipe, config, pad)
-            prepare_structure(module, spec["compression"])
-            module.load_state_dict(state, strict=True)
-            assets = {rel: data for rel, data in files.items() if rel.startswith(ENCODER)}
-            return cls(module, spec["labels"], recipe, spec["architecture"], prep,
-                       spec["adaptation"], assets, support, spec["compression"])
-        except ModelDirError:
-            raise
-        except (KeyError, ValueError, RuntimeError, TypeError, OSError, yaml.YAMLError) as e:
-            raise ModelDirError(f"{root}: cannot rebuild the model: "
-                                f"{type(e).__name__}: {e}") from None
-
-
-#: The fields of model.json and the JSON type each must have.
-_SPEC_FIELDS = {"labels": list, "architecture": dict, "preprocessing": dict,
-                "adaptation": dict, "compression": dict}
-
-
-def _checked_spec(spec: object) -> dict[str, Any]:
-    """``model.json``'s content, its fields of the right JSON types (labels: strings)."""
-    if not isinstance(spec, dict):
-        raise ValueError("model.json must hold a JSON object")
-    for key, kind in _SPEC_FIELDS.items():
-        if not isinstance(spec.get(key), kind):
-            raise ValueError(f"model.json: {key!r} must be a JSON {kind.__name__}")
-    if not all(isinstance(name, str) for name in spec["labels"]):
-        raise ValueError("model.json: every label must be a string")
-    return spec
-
-
-def _tensors(files: dict[str, bytes], version: int, root: Path
-             ) -> tuple[dict[str, Any], tuple[Tensor, Tensor] | None]:
-    """The weights and the support set of a verified model directory."""
-    if version == 1:  # written by metafit before safetensors
-        state = _unpickle_safely(files["weights.pt"], root / "weights.pt")
-        saved = (_unpickle_safely(files["support.pt"], root / "support.pt")
-                 if "support.pt" in files else None)
-    else:
-        state = load_tensors(files["weights.safetensors"], f"{root}/weights.safetensors")
-        saved = (load_tensors(files["support.safetensors"], f"{root}/support.safetensors")
-                 if "support.safetensors" in files else None)
-    if saved is None:
-        return state, None
-    if not (isinstance(saved.get("x"), Tensor) and isinstance(saved.get("y"), Tensor)):
-        raise ModelDirError(f"{root}: the stored support set has no tensors 'x' and 'y'")
-    return state, (saved["x"], saved["y"])
-
-
-def _unpickle_safely(data: bytes, where: Path) -> Any:
-    """A format-1 file: ``torch.load(weights_only=True)``, which refuses any object but
-    tensors and plain values (they could run code)."""
-    from metafit.deploy.compress import quiet_quantization
-
-    try:
-        with quiet_quantization():  # quantized tensors load through TypedStorage
-            return torch.load(io.BytesIO(data), weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ModelDirError(f"{where} holds objects other than tensors and plain values, "
-                            f"which metafit never loads (they could run code): "
-                            f"{refusal_reason(e)}") from None
-
-
-def _preprocessing(spec: dict[str, Any], recipe: Recipe, files: dict[str, bytes],
-                   private: Path) -> tuple[Preprocessor, Any]:
-    """The preprocessor and (text) the encoder config of a verified model directory. A
-    text model's tokenizer and config are read from ``private``, a copy of the verified
-    ``encoder/`` files alone (never the directory itself, which may hold other files);
-    the tokenizer is loaded at once."""
-    prep_spec = spec["preprocessing"]
-    if prep_spec.get("type") == "text" and prep_spec.get("tokenizer") != ENCODER:
-        raise ValueError(f"preprocessing.tokenizer must be {ENCODER!r}")
-    for rel, data in files.items():
-        if rel.startswith(ENCODER):
-            (private / rel).parent.mkdir(exist_ok=True)
-            (private / rel).write_bytes(data)
-    prep = preprocessor_from_spec(prep_spec, private)
-    if isinstance(prep, TextPreprocessor):
-        prep.load()  # now, while the private copy exists
-    config = encoder_config(private / ENCODER) if recipe.model == "text" else None
-    return prep, config

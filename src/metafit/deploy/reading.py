@@ -1,0 +1,188 @@
+"""Reading an adapted model directory as untrusted input (see
+:mod:`metafit.deploy.adapted` for the layout).
+
+The manifest and every listed file are verified first (:func:`read_model_dir`); then
+``model.json`` is checked field by field, the preprocessing against its bounds, and the
+architecture it describes is built on the meta device and compared with the weights
+before any memory is allocated for it, so a forged ``model.json``, ``recipe.yaml`` or
+``encoder/config.json`` cannot make the loader allocate more than the weights file holds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from metafit.config import Recipe, make_recipe
+from metafit.deploy.errors import ModelDirError
+from metafit.deploy.materialise import build_module, encoder_config
+from metafit.deploy.modeldir import read_model_dir
+from metafit.deploy.preprocess import Preprocessor, TextPreprocessor, preprocessor_from_spec
+from metafit.deploy.weights import load_tensors
+from metafit.io import refusal_reason
+
+__all__ = ["read_adapted", "CONTENT", "ENCODER", "MAX_IMAGE_SIZE", "MAX_TEXT_LENGTH"]
+
+CONTENT = "adapted"
+ENCODER = "encoder/"
+
+
+def read_adapted(root: Path) -> dict[str, Any]:
+    """The keyword arguments of :class:`~metafit.deploy.adapted.AdaptedModel` stored in the
+    model directory ``root``.
+
+    Raises:
+        ModelDirError: a missing, incomplete, corrupt or forged directory (the message
+            names the directory and the problem).
+    """
+    from metafit.deploy.compress import prepare_structure
+
+    manifest, files = read_model_dir(root, CONTENT)
+    try:
+        spec = _checked_spec(json.loads(files["model.json"]))
+        values = yaml.safe_load(files["recipe.yaml"]) or {}
+        if not isinstance(values, dict):
+            raise ValueError("recipe.yaml must hold a mapping")
+        values.pop("metafit_version", None)
+        recipe = make_recipe(values, str(root / "recipe.yaml"))
+        state, support = _tensors(files, manifest["format_version"], root)
+        with tempfile.TemporaryDirectory(prefix="metafit-encoder-") as private:
+            prep, config = _preprocessing(spec, recipe, files, Path(private))
+            pad = prep.pad_id if isinstance(prep, TextPreprocessor) else 0
+            with torch.device("meta"):  # sizes first: no memory is allocated
+                skeleton = build_module(spec["architecture"], recipe, config, pad)
+            _check_size(skeleton, state, root)
+            module = build_module(spec["architecture"], recipe, config, pad)
+        prepare_structure(module, spec["compression"])
+        module.load_state_dict(state, strict=True)
+        assets = {rel: data for rel, data in files.items() if rel.startswith(ENCODER)}
+        return {"module": module, "label_names": spec["labels"], "recipe": recipe,
+                "arch": spec["architecture"], "preprocessor": prep,
+                "info": spec["adaptation"], "assets": assets, "support": support,
+                "compression": spec["compression"]}
+    except ModelDirError:
+        raise
+    except (KeyError, ValueError, RuntimeError, TypeError, OSError, yaml.YAMLError) as e:
+        raise ModelDirError(f"{root}: cannot rebuild the model: "
+                            f"{type(e).__name__}: {e}") from None
+
+#: The fields of model.json and the JSON type each must have.
+_SPEC_FIELDS = {"labels": list, "architecture": dict, "preprocessing": dict,
+                "adaptation": dict, "compression": dict}
+
+
+def _checked_spec(spec: object) -> dict[str, Any]:
+    """``model.json``'s content, its fields of the right JSON types (labels: strings)."""
+    if not isinstance(spec, dict):
+        raise ValueError("model.json must hold a JSON object")
+    for key, kind in _SPEC_FIELDS.items():
+        if not isinstance(spec.get(key), kind):
+            raise ValueError(f"model.json: {key!r} must be a JSON {kind.__name__}")
+    if not all(isinstance(name, str) for name in spec["labels"]):
+        raise ValueError("model.json: every label must be a string")
+    return spec
+
+
+def _tensors(files: dict[str, bytes], version: int, root: Path
+             ) -> tuple[dict[str, Any], tuple[Tensor, Tensor] | None]:
+    """The weights and the support set of a verified model directory."""
+    if version == 1:  # written by metafit before safetensors
+        state = _unpickle_safely(files["weights.pt"], root / "weights.pt")
+        saved = (_unpickle_safely(files["support.pt"], root / "support.pt")
+                 if "support.pt" in files else None)
+    else:
+        state = load_tensors(files["weights.safetensors"], f"{root}/weights.safetensors")
+        saved = (load_tensors(files["support.safetensors"], f"{root}/support.safetensors")
+                 if "support.safetensors" in files else None)
+    if saved is None:
+        return state, None
+    if not (isinstance(saved.get("x"), Tensor) and isinstance(saved.get("y"), Tensor)):
+        raise ModelDirError(f"{root}: the stored support set has no tensors 'x' and 'y'")
+    return state, (saved["x"], saved["y"])
+
+
+def _count(value: Any) -> int:
+    """Values held by a state-dict entry (tensors, tuples of them)."""
+    if isinstance(value, Tensor):
+        return value.numel()
+    if isinstance(value, tuple | list):
+        return sum(_count(v) for v in value)
+    return 0
+
+
+def _check_size(skeleton: torch.nn.Module, state: dict[str, Any], root: Path) -> None:
+    """Refuse an architecture (``model.json``, ``recipe.yaml``, ``encoder/config.json``)
+    that needs more values than the weights file holds, before its memory is allocated
+    (``skeleton``: the module built on the meta device). A quantized model holds as many
+    values as its float structure, plus scales."""
+    needed = sum(t.numel() for t in skeleton.state_dict().values())
+    held = sum(_count(v) for v in state.values())
+    if needed > held:
+        raise ModelDirError(f"{root}: the architecture described by model.json and "
+                            f"recipe.yaml needs {needed:,} values but the weights hold "
+                            f"{held:,}: the files do not belong together")
+
+
+#: Bounds of a model directory's preprocessing (model.json), checked before any input is
+#: resized or tokenised to them.
+MAX_IMAGE_SIZE = 4096
+MAX_TEXT_LENGTH = 8192
+
+
+def _check_preprocessing(spec: dict[str, Any]) -> None:
+    kind = spec.get("type")
+    if kind == "image":
+        size = spec.get("image_size")
+        if not isinstance(size, int) or not 0 < size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"preprocessing.image_size must be 1..{MAX_IMAGE_SIZE}")
+    elif kind == "text":
+        length, pad = spec.get("max_length"), spec.get("pad_id")
+        if not isinstance(length, int) or not 2 < length <= MAX_TEXT_LENGTH:
+            raise ValueError(f"preprocessing.max_length must be 3..{MAX_TEXT_LENGTH}")
+        if not isinstance(pad, int) or pad < 0:
+            raise ValueError("preprocessing.pad_id must be an integer >= 0")
+        if spec.get("tokenizer") != ENCODER:
+            raise ValueError(f"preprocessing.tokenizer must be {ENCODER!r}")
+    else:
+        raise ValueError(f"preprocessing.type must be 'image' or 'text', not {kind!r}")
+
+
+def _unpickle_safely(data: bytes, where: Path) -> Any:
+    """A format-1 file: ``torch.load(weights_only=True)``, which refuses any object but
+    tensors and plain values (they could run code)."""
+    from metafit.deploy.compress import quiet_quantization
+
+    try:
+        with quiet_quantization():  # quantized tensors load through TypedStorage
+            return torch.load(io.BytesIO(data), weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ModelDirError(f"{where} holds objects other than tensors and plain values, "
+                            f"which metafit never loads (they could run code): "
+                            f"{refusal_reason(e)}") from None
+
+
+def _preprocessing(spec: dict[str, Any], recipe: Recipe, files: dict[str, bytes],
+                   private: Path) -> tuple[Preprocessor, Any]:
+    """The preprocessor and (text) the encoder config of a verified model directory. A
+    text model's tokenizer and config are read from ``private``, a copy of the verified
+    ``encoder/`` files alone (never the directory itself, which may hold other files);
+    the tokenizer is loaded at once."""
+    prep_spec = spec["preprocessing"]
+    _check_preprocessing(prep_spec)
+    for rel, data in files.items():
+        if rel.startswith(ENCODER):
+            (private / rel).parent.mkdir(exist_ok=True)
+            (private / rel).write_bytes(data)
+    prep = preprocessor_from_spec(prep_spec, private)
+    if isinstance(prep, TextPreprocessor):
+        prep.load()  # now, while the private copy exists
+    config = encoder_config(private / ENCODER) if recipe.model == "text" else None
+    return prep, config
