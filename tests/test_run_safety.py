@@ -18,6 +18,7 @@ import torch
 from metafit.cli import main
 from metafit.rundir import CheckpointError, RunDir, RunDirError, load_checkpoint, previous_version
 from metafit.runlock import RunLockedError
+from metafit.runs import load_trained
 from metafit.trainer import Trainer
 from test_trainer import (
     assert_same_metrics,
@@ -237,3 +238,24 @@ def test_checkpoints_load_without_pickle_and_carry_their_digest(tmp_path: Path) 
     assert load_checkpoint(path)["state"]["iteration"] == recipe.iterations
     status = json.loads(RunDir(tmp_path / "run").status_file.read_text())
     assert status["status"] == "complete"
+
+
+def test_a_forged_run_config_is_refused_before_it_is_allocated(shared: tuple[Path, Path],
+                                                              tmp_path: Path) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(shared[1], tmp_path / "received"))
+    config = RunDir(copy).config
+    # 10^5 filters per convolution: ~360 GB of weights if it were built for real.
+    config.write_text(config.read_text().replace("hidden: 4", "hidden: 100000"))
+    with pytest.raises(CheckpointError, match="different architecture"):
+        load_trained(copy)
+
+
+def test_a_binary_run_config_names_the_file(shared: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(shared[1], tmp_path / "received"))
+    RunDir(copy).config.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(ValueError, match=r"config.yaml, line 1: not valid UTF-8"):
+        load_trained(copy)

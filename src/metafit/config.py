@@ -20,6 +20,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from metafit.recipe_files import (
+    RecipeError,
+    parse_yaml_mapping,
+    read_yaml_mapping,
+    short_repr,
+)
+
 __all__ = [
     "GRAPHABLE_ALGORITHMS",
     "Recipe",
@@ -27,6 +34,8 @@ __all__ = [
     "load_recipe",
     "list_recipes",
     "parse_overrides",
+    "parse_yaml_mapping",
+    "read_yaml_mapping",
     "recipe_to_yaml",
 ]
 
@@ -34,10 +43,6 @@ __all__ = [
 #: Algorithms whose meta-gradient can be captured as a CUDA graph (``cuda_graphs``): no
 #: value is read back from the device while it is computed (metafit.cuda_graphs).
 GRAPHABLE_ALGORITHMS = ("maml", "fomaml", "metasgd", "anil")
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot be found, parsed or validated; the message says why."""
 
 
 DatasetName = Literal["omniglot", "glyphs", "image_folder", "idx", "text_csv", "sinusoid"]
@@ -224,16 +229,16 @@ class Recipe(BaseModel):
 FIELDS: tuple[str, ...] = tuple(Recipe.model_fields)
 
 
-def _nearest(key: str) -> str:
-    close = difflib.get_close_matches(key, FIELDS, n=3, cutoff=0.5)
+def _nearest(key: object) -> str:
+    close = difflib.get_close_matches(str(key), FIELDS, n=3, cutoff=0.5)
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
-def check_keys(values: dict[str, Any], where: str) -> None:
+def check_keys(values: dict[Any, Any], where: str) -> None:
     """Raise :class:`RecipeError` naming any key that is not a recipe field."""
     for key in values:
         if key not in FIELDS:
-            raise RecipeError(f"unknown recipe key '{key}' in {where}{_nearest(key)}")
+            raise RecipeError(f"unknown recipe key {short_repr(key)} in {where}{_nearest(key)}")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -247,10 +252,15 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise RecipeError(f"override '{pair}' is not of the form key=value")
+            raise RecipeError(f"override {pair!r} is not of the form key=value")
+        try:
+            pair.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes on the command line
+            raise RecipeError(f"override {pair!r} is not valid text (bytes that are not "
+                              "UTF-8?)") from None
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
         out[key] = value
     check_keys(out, "the command-line overrides")
@@ -266,35 +276,54 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in _recipe_dir().glob("*.yaml") if not p.stem.startswith("_"))
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name the OS rejects (too long, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _resolve(name_or_path: str, relative_to: Path | None = None) -> Path:
     candidates = [Path(name_or_path)]
     if relative_to is not None:
         candidates.insert(0, relative_to / name_or_path)
     candidates.append(_recipe_dir() / f"{name_or_path}.yaml")
     for path in candidates:
-        if path.is_file():
+        if _is_file(path):
             return path
     names = list_recipes() + [p.stem for p in _recipe_dir().glob("_*.yaml")]
     close = difflib.get_close_matches(name_or_path, names, n=3, cutoff=0.4)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see `metafit recipes`"
-    raise RecipeError(f"no recipe named or at '{name_or_path}'{hint}")
+    shown = name_or_path if len(name_or_path) <= 300 else name_or_path[:300] + "..."
+    raise RecipeError(f"no recipe named or at {shown!r}{hint}")  # repr: one line
 
 
-def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if path in seen:
-        raise RecipeError(f"recipe {path} inherits from itself through 'base'")
+def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The keys of the recipe file ``path`` merged over those of its ``base`` chain;
+    ``chain``: the files that inherit from it, the first being the one asked for."""
+    where = str(path) if not chain else f"{path} (the base of {chain[-1]})"
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {path} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise RecipeError(f"recipe {path} must be a mapping of key: value")
+        real = path.resolve()
+        looped = any(real == p.resolve() for p in chain)
+    except (OSError, RuntimeError):  # a symlink loop
+        raise RecipeError(f"cannot read recipe {where}: a symlink loop") from None
+    if looped:
+        raise RecipeError(f"recipe {where} inherits from itself through 'base'")
+    raw = read_yaml_mapping(path, "recipe", where)
     base = raw.pop("base", None)
     raw.pop("metafit_version", None)  # written into a run's resolved config
-    check_keys(raw, str(path))
+    check_keys(raw, where)
     if base is None:
         return raw
-    parent = _read(_resolve(str(base), path.parent), (*seen, path))
+    if isinstance(base, (list, dict, bool)):
+        raise RecipeError(f"recipe {where}: base must be a recipe name or path, not "
+                          f"{short_repr(base)}")
+    try:
+        parent_path = _resolve(str(base), path.parent)
+    except RecipeError as e:
+        raise RecipeError(f"recipe {where}: base: {e}") from None
+    parent = _read(parent_path, (*chain, path))
     return {**parent, **raw}
 
 
@@ -326,7 +355,7 @@ def make_recipe(values: dict[str, Any], where: str = "the recipe") -> Recipe:
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'recipe'}: {err['msg']}"
-            f" (got {err.get('input')!r})"
+            f" (got {short_repr(err.get('input'))})"
             for err in e.errors()
         )
         raise RecipeError(f"invalid values in {where}: {problems}") from None

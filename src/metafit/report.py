@@ -27,7 +27,7 @@ from torch import Tensor
 from metafit.evaluation import EvalResult, evaluate
 from metafit.io import atomic_write_text
 from metafit.rundir import RunDir
-from metafit.runs import load_trained, record_evaluation, split_sampler
+from metafit.runs import check_count, load_trained, record_evaluation, split_sampler
 from metafit.sampler import EpisodeSampler
 
 __all__ = ["plot_training", "plot_adaptation", "plot_episode", "plot_sinusoid",
@@ -256,7 +256,12 @@ def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
 
     The adaptation curve evaluates each run's best checkpoint on ``episodes`` fixed
     episodes of ``split`` (saved as ``eval_*.json`` in the run's report directory).
+
+    Raises:
+        ValueError: no runs, several without ``out``, ``episodes`` not a positive
+            integer (checked before any work), or classification and regression runs.
     """
+    check_count("episodes", episodes, default="100")
     paths = [Path(r) for r in runs]
     if not paths:
         raise ValueError("metafit report needs at least one run directory")

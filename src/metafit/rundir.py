@@ -34,11 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from metafit import __version__
-from metafit.config import Recipe, make_recipe, recipe_to_yaml
+from metafit.config import Recipe, make_recipe, read_yaml_mapping, recipe_to_yaml
 from metafit.digest import content_digest
 from metafit.io import atomic_save, atomic_write_text, refusal_reason
 from metafit.runlock import RunLock
@@ -116,7 +115,7 @@ class RunDir:
     def read_recipe(self) -> Recipe:
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.path} is not a metafit run directory (no config.yaml)")
-        values = yaml.safe_load(self.config.read_text(encoding="utf-8")) or {}
+        values = read_yaml_mapping(self.config, "run config")
         values.pop("metafit_version", None)
         return make_recipe(values, str(self.config))
 

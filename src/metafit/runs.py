@@ -16,15 +16,27 @@ from metafit.distributed import SINGLE, DistContext
 from metafit.evaluation import EvalResult, evaluate
 from metafit.factory import build_algorithm
 from metafit.io import atomic_write_text
-from metafit.rundir import RunDir, load_checkpoint, restore_state
+from metafit.rundir import RunDir, check_architecture, load_checkpoint, restore_state
 from metafit.sampler import EpisodeSampler
 
 __all__ = ["load_trained", "evaluate_run", "split_sampler", "record_evaluation",
-           "SPLIT_SEED_OFFSET"]
+           "check_count", "SPLIT_SEED_OFFSET"]
 
 # Sampler seeds per split, offset from the recipe's seed: the trainer samples training
 # tasks with seed, validates on fixed episodes with seed + 1; tests use seed + 2.
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "test": 2}
+
+
+def check_count(name: str, value: int | None, minimum: int = 1, default: str = "") -> None:
+    """Raise ``ValueError`` unless ``value`` is None or an integer ``>= minimum``: a count
+    the user asked for (``--episodes 0`` is an error, never a silent default); ``default``
+    says what leaving it out gives, for the message."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        hint = f" (leave it out for {default})" if default else ""
+        raise ValueError(f"{name} must be {what}, got {value!r}{hint}")
 
 
 def load_trained(run: str | Path, which: str = "best", device: str | None = None,
@@ -47,7 +59,11 @@ def load_trained(run: str | Path, which: str = "best", device: str | None = None
     recipe = with_classifier(rd.read_recipe(), classifier, penalty, str(run))
     path = rd.trained_checkpoint(which)
     ckpt = load_checkpoint(path)
-    algo = build_algorithm(recipe, ckpt.get("num_train_classes"))
+    classes = ckpt.get("num_train_classes")
+    if recipe.model != "text":  # sizes first, on the meta device: a forged config.yaml
+        with torch.device("meta"):  # cannot make this allocate without bound
+            check_architecture(build_algorithm(recipe, classes), ckpt["algorithm"], str(path))
+    algo = build_algorithm(recipe, classes)
     restore_state(algo, ckpt, str(path))
     target = device or recipe.device
     if target.startswith("cuda") and not torch.cuda.is_available():
@@ -104,7 +120,7 @@ def split_sampler(recipe: Recipe, split: Split, dataset: Any = None,
     queries (``shots`` overrides), seeded ``recipe.seed + SPLIT_SEED_OFFSET[split]``.
     ``dataset``: the split's data when already loaded (default: :func:`load_split`)."""
     data = load_split(recipe, split) if dataset is None else dataset
-    return EpisodeSampler(data, recipe.eval_ways, shots or recipe.eval_shots,
+    return EpisodeSampler(data, recipe.eval_ways, recipe.eval_shots if shots is None else shots,
                           recipe.eval_queries, seed=recipe.seed + SPLIT_SEED_OFFSET[split])
 
 
@@ -146,11 +162,20 @@ def evaluate_run(
     ``cache_features``: as in :func:`~metafit.evaluation.evaluate`.
     ``classifier``, ``penalty``: as in :func:`load_trained` (the saved result's name then
     ends in the classifier and a penalty other than the default).
+    ``episodes``: None for the recipe's ``test_episodes``; ``steps``: None for the
+    algorithm's evaluation steps (0: score before any adaptation).
+
+    Raises:
+        ValueError: ``episodes`` not a positive integer or ``steps`` a negative one, before
+            any work; and the errors of :func:`load_trained`.
     """
+    check_count("episodes", episodes, default="the recipe's test_episodes")
+    check_count("steps", steps, minimum=0, default="the recipe's evaluation steps")
     recipe, algo = load_trained(run, which, classifier=classifier, penalty=penalty)
     n_steps = int(cast(Any, algo).default_eval_steps) if steps is None else int(steps)
     result = evaluate(algo, split_sampler(recipe, split),
-                      episodes=episodes or recipe.test_episodes, steps=n_steps, dist=dist,
+                      episodes=recipe.test_episodes if episodes is None else episodes,
+                      steps=n_steps, dist=dist,
                       points=None if curve == "full" else [0, n_steps],
                       cache_features=cache_features)
     if not dist.is_main:

@@ -75,6 +75,18 @@ class TuneOptions:
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats
     grace_period: int = 120  # a running trial silent this long is marked FAIL
 
+    def __post_init__(self) -> None:
+        """Counts the user gave are checked (0 is an error, never the default)."""
+        from metafit.runs import check_count
+
+        check_count("trials", self.trials, default="the grid's size")
+        check_count("trial_iterations", self.trial_iterations,
+                    default="the recipe's iterations")
+        check_count("jobs", self.jobs)
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got "
+                             f"{self.timeout!r}")
+
 
 @dataclass
 class TuneResult:
@@ -134,7 +146,7 @@ def _fingerprint(recipe: Recipe, opts: TuneOptions) -> dict[str, Any]:
 
 
 def _trial_iterations(recipe: Recipe, opts: TuneOptions) -> int:
-    return opts.trial_iterations or recipe.iterations
+    return recipe.iterations if opts.trial_iterations is None else opts.trial_iterations
 
 
 def _storage(url: str, opts: TuneOptions) -> Any:

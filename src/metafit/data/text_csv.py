@@ -4,9 +4,12 @@ CSV, by column names.
 
 The file is read once with the :mod:`csv` module (quoted fields may hold commas, quotes
 and newlines), as UTF-8 (a leading byte-order mark is ignored). Texts and labels are
-stripped of surrounding whitespace. Examples are then grouped by class, so global index
-``i`` is ``texts[i]`` and the examples of class ``c`` are ``offsets[c] ..
-offsets[c] + counts[c] - 1``, as :class:`~metafit.data.base.ClassDataset` requires.
+stripped of surrounding whitespace. Blank lines are skipped; every other row must have
+as many fields as the header (a comma in an unquoted text would otherwise shift the
+label), unless ``lenient=True`` skips such rows with a warning. Examples are then
+grouped by class, so global index ``i`` is ``texts[i]`` and the examples of class ``c``
+are ``offsets[c] .. offsets[c] + counts[c] - 1``, as
+:class:`~metafit.data.base.ClassDataset` requires.
 
 After :meth:`TextCSV.tokenize` (what the recipes do), :meth:`TextCSV.gather` returns token
 ids ``[*, L]`` (long, padded), tokenised once for the whole file and cached on disk; before
@@ -19,6 +22,7 @@ import csv
 import io
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,10 +46,21 @@ def _lines(numbers: Sequence[int]) -> str:
     return shown
 
 
+def _line_of(raw: bytes, offset: int) -> int:
+    """The line (1-based) holding byte ``offset`` of ``raw``, counting line ends as the
+    :mod:`csv` reader does (``\\n``, ``\\r\\n`` or a lone ``\\r``)."""
+    head = raw[:offset]
+    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+
+
 def _read_rows(
-    path: Path, text_column: str, label_column: str
+    path: Path, text_column: str, label_column: str, lenient: bool = False
 ) -> tuple[list[str], list[str], list[int]]:
     """Parse the CSV: ``(texts, labels, line numbers)`` of each data row, in file order.
+
+    Blank lines are skipped (they are not rows). A row with more or fewer fields than the
+    header is an error (a comma in an unquoted text shifts the label); with ``lenient`` it
+    is skipped with a warning naming the lines.
 
     Raises :class:`DatasetError` naming ``path`` and the offending line numbers.
     """
@@ -55,23 +70,27 @@ def _read_rows(
     try:
         content = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
         raise DatasetError(
-            f"{path}, line {line}: not valid UTF-8 (byte {raw[e.start]:#04x} at offset "
-            f"{e.start}); re-encode the file as UTF-8"
+            f"{path}, line {_line_of(raw, e.start)}: not valid UTF-8 (byte "
+            f"{raw[e.start]:#04x} at offset {e.start}); re-encode the file as UTF-8"
         ) from e
     reader = csv.reader(io.StringIO(content, newline=""))
     try:
-        header = next(reader, None)
+        header: list[str] = []
+        while not header:  # blank lines before the header are skipped too
+            row = next(reader, None)
+            if row is None:
+                raise DatasetError(f"{path}: the file is empty (no header row)")
+            header = row
     except csv.Error as e:
         raise DatasetError(f"{path}, line {reader.line_num}: malformed CSV header: {e}") from e
-    if not header:
-        raise DatasetError(f"{path}: the file is empty (no header row)")
+    header_line = reader.line_num
     names = [h.strip() for h in header]
     missing = [c for c in (text_column, label_column) if c not in names]
     if missing:
         raise DatasetError(
-            f"{path}, line 1: column(s) {missing} not found; the header has columns {names}"
+            f"{path}, line {header_line}: column(s) {missing} not found; the header has "
+            f"columns {names}"
         )
     ti, li = names.index(text_column), names.index(label_column)
     texts: list[str] = []
@@ -79,12 +98,17 @@ def _read_rows(
     lines: list[int] = []
     no_text: list[int] = []
     no_label: list[int] = []
+    wrong: list[int] = []  # rows with another number of fields than the header
     start = reader.line_num + 1
     try:
         for row in reader:
             line, start = start, reader.line_num + 1  # first line of this record
             if not row:  # a blank line
                 continue
+            if len(row) != len(names):
+                wrong.append(line)
+                if lenient:
+                    continue
             text = row[ti].strip() if ti < len(row) else ""
             label = row[li].strip() if li < len(row) else ""
             if not text:
@@ -96,7 +120,14 @@ def _read_rows(
             lines.append(line)
     except csv.Error as e:
         raise DatasetError(f"{path}, line {reader.line_num}: malformed CSV: {e}") from e
+    fields = (f"{len(wrong)} row(s) with other than the header's {len(names)} field(s) "
+              f"({', '.join(names)}), on line(s) {_lines(wrong)}")
     problems = []
+    if wrong and lenient:
+        warnings.warn(f"{path}: skipped {fields}", stacklevel=3)
+    elif wrong:
+        problems.append(f"{fields}: quote a field that holds a comma (TextCSV(..., "
+                        f"lenient=True) skips such rows)")
     if no_text:
         problems.append(f"empty {text_column!r} on line(s) {_lines(no_text)}")
     if no_label:
@@ -104,7 +135,8 @@ def _read_rows(
     if problems:
         raise DatasetError(f"{path}: " + "; ".join(problems))
     if not texts:
-        raise DatasetError(f"{path}: no data rows after the header")
+        skipped = f" ({len(wrong)} skipped)" if wrong else ""
+        raise DatasetError(f"{path}: no data rows after the header{skipped}")
     return texts, labels, lines
 
 
@@ -118,6 +150,8 @@ class TextCSV:
         classes: the class names, in the order that fixes their ids; every label in the
             file must be one of them (a class absent from the file gets 0 examples). By
             default, the sorted distinct labels.
+        lenient: skip rows with more or fewer fields than the header, with a warning
+            naming the file and their lines, instead of failing on them.
 
     Attributes:
         classes: ``C`` class names; ``counts [C]``, ``offsets [C]`` (long).
@@ -127,8 +161,9 @@ class TextCSV:
 
     Raises:
         DatasetError: (a ``ValueError``) a missing file, bytes that are not UTF-8, a missing
-            column, empty texts or labels, a label not in ``classes``: the message names the
-            file and the line numbers.
+            column, a row with more or fewer fields than the header (unless ``lenient``),
+            empty texts or labels, a label not in ``classes``: the message names the file
+            and the line numbers.
     """
 
     def __init__(
@@ -137,9 +172,10 @@ class TextCSV:
         text_column: str = "text",
         label_column: str = "category",
         classes: Sequence[str] | None = None,
+        lenient: bool = False,
     ) -> None:
         self.path = Path(path)
-        texts, labels, lines = _read_rows(self.path, text_column, label_column)
+        texts, labels, lines = _read_rows(self.path, text_column, label_column, lenient)
         if classes is None:
             names = sorted(set(labels))
         else:

@@ -4,6 +4,7 @@ and ``export`` (parsers and thin functions; the work is in :mod:`metafit.deploy`
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from collections.abc import Callable
@@ -54,15 +55,51 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_lines(from_file: str) -> list[str]:
+    """The lines of ``from_file`` (UTF-8; ``\\n``, ``\\r\\n`` or ``\\r`` ends a line): one
+    input per line, so that output ``i`` is line ``i + 1``. A final line end and blank
+    lines at the very end are not inputs; any other blank line is an error.
+
+    Raises:
+        ValueError: a missing or unreadable file, bytes that are not UTF-8, or a blank
+            line before the last input, naming the file and the line.
+    """
+    path = Path(from_file)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{from_file}: no such file (--from-file)") from None
+    except OSError as e:
+        raise ValueError(f"{from_file}: cannot read it (--from-file): {e.strerror or e}"
+                         ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        head = raw[: e.start]
+        line = head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+        raise ValueError(f"{from_file}, line {line}: not valid UTF-8 (byte "
+                         f"{raw[e.start]:#04x}); --from-file reads UTF-8 text") from None
+    lines = io.StringIO(text, newline=None).read().split("\n")  # universal line ends
+    while lines and not lines[-1].strip():  # the final line end, blank lines at the end
+        lines.pop()
+    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if blank:
+        shown = ", ".join(str(n) for n in blank[:10])
+        more = f", ... ({len(blank)} in all)" if len(blank) > 10 else ""
+        raise ValueError(f"{from_file}: line(s) {shown}{more} blank: --from-file takes one "
+                         "input per line, so that outputs line up with lines; remove the "
+                         "blank lines")
+    return lines
+
+
 def _inputs(model_kind: str, items: list[str], from_file: str | None) -> list[Any]:
-    """Texts as given (and one per line of ``from_file``); image paths, a folder giving
-    its image files."""
+    """Texts as given (and one per line of ``from_file``, :func:`_read_lines`); image
+    paths, a folder giving its image files."""
     from metafit.data.image_folder import IMAGE_EXTENSIONS
 
     out: list[Any] = list(items)
     if from_file:
-        lines = Path(from_file).read_text(encoding="utf-8").splitlines()
-        out += [line for line in lines if line.strip()]
+        out += _read_lines(from_file)
     if model_kind == "image":
         expanded: list[Any] = []
         for item in out:
@@ -146,7 +183,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from metafit.deploy.adapted import AdaptedModel
     from metafit.deploy.compress import compare
     from metafit.deploy.episodes import describe
+    from metafit.runs import check_count
 
+    check_count("--episodes", args.episodes, default="no accuracy measurement")
     if not args.quantize and args.prune is None:
         raise ValueError("nothing to do: give --quantize int8 and/or --prune SPARSITY")
     model = AdaptedModel.load(args.model)
@@ -154,7 +193,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     compressed = compress(model)
     compressed.save(args.out)
     figures = compare(model, compressed)
-    if args.episodes:
+    if args.episodes is not None:
         figures["test_episodes"] = _episode_figures(args, model, compress)
     if args.json:
         _write(json.dumps({"out": str(args.out), **figures}))
@@ -163,7 +202,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     for key, value in figures.items():
         if key != "test_episodes":
             _write(f"  {key}: {value}")
-    if args.episodes:
+    if args.episodes is not None:
         test = figures["test_episodes"]
         _write(f"  accuracy on {test['episodes']} test episodes of {test['run']} (each adapted, "
                f"then compressed the same way): float {describe(test['float'])}; "
@@ -232,7 +271,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("model", help="model directory written by `metafit adapt`")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="texts (text models) or image "
                    "files / folders of images (image models)")
-    p.add_argument("--from-file", help="also read inputs from this file, one per line")
+    p.add_argument("--from-file", metavar="FILE", help="also read inputs from this UTF-8 "
+                   "file, one per line (after any INPUTs), so that outputs line up with its "
+                   "lines: a blank line is an error, except at the end of the file")
     p.add_argument("--json", action="store_true", help="print JSON: a list of {input, "
                    "label, probabilities}")
     p.set_defaults(func=_cmd_predict)

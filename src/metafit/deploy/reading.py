@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
 
-from metafit.config import Recipe, make_recipe
+from metafit.config import Recipe, make_recipe, parse_yaml_mapping
 from metafit.deploy.errors import ModelDirError
 from metafit.deploy.materialise import build_module, encoder_config
 from metafit.deploy.modeldir import read_model_dir
@@ -48,9 +47,7 @@ def read_adapted(root: Path) -> dict[str, Any]:
     manifest, files = read_model_dir(root, CONTENT)
     try:
         spec = _checked_spec(json.loads(files["model.json"]))
-        values = yaml.safe_load(files["recipe.yaml"]) or {}
-        if not isinstance(values, dict):
-            raise ValueError("recipe.yaml must hold a mapping")
+        values = parse_yaml_mapping(files["recipe.yaml"], root / "recipe.yaml")
         values.pop("metafit_version", None)
         recipe = make_recipe(values, str(root / "recipe.yaml"))
         state, support = _tensors(files, manifest["format_version"], root)
@@ -70,7 +67,7 @@ def read_adapted(root: Path) -> dict[str, Any]:
                 "compression": spec["compression"]}
     except ModelDirError:
         raise
-    except (KeyError, ValueError, RuntimeError, TypeError, OSError, yaml.YAMLError) as e:
+    except (KeyError, ValueError, RuntimeError, TypeError, OSError) as e:
         raise ModelDirError(f"{root}: cannot rebuild the model: "
                             f"{type(e).__name__}: {e}") from None
 
