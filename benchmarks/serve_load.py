@@ -3,6 +3,7 @@
     python benchmarks/serve_load.py                      # ~2 min on 2 cores
     python benchmarks/serve_load.py --run runs/maml      # an existing image run
     python benchmarks/serve_load.py --quick              # a smoke run, results not written
+    python benchmarks/serve_load.py --attack --workers 1 # predictions under attack
 
 Without ``--run`` it first meta-trains a throwaway Omniglot 5-way 1-shot MAML run (the
 shipped ``omniglot_5w1s_maml`` recipe, conv4-64, 28x28; a few iterations: the weights do
@@ -22,6 +23,16 @@ Every response must be a 2xx (the script exits 1 otherwise). Reported: client-si
 p99 latency, predictions/s over the phase, and the server's own mean adaptation time
 (``/metrics``). The block goes to ``--results`` between ``<!-- serve_load:start -->`` and
 ``<!-- serve_load:end -->``. Client and server share the machine's cores.
+
+``--attack`` measures instead the same 200 predictions alone and then while an attack
+runs beside them (in one run, side by side): ``--bombers`` loops posting a pixel bomb
+(a 17 KB 1-bit PNG declaring 12000 x 12000 pixels, with the API key) and ``--flooders``
+loops sending requests with random 8-letter methods and no key, each loop pausing
+``--attack-pause`` s between requests. Reported: prediction p50 / p99 with and without
+the attack, the attack's requests by status, and the size of ``/metrics`` (bytes and
+series) before, 1 s into the attack and after it. Acceptance (issue 24): p99 under attack
+within 2x of p99 without; as many series after the attack as 1 s into it (bounded).
+Block ``serve_attack``.
 """
 
 from __future__ import annotations
@@ -29,8 +40,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
+import io
 import itertools
 import os
+import random
 import re
 import shlex
 import subprocess
@@ -44,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from PIL import Image
 from results_file import write_block  # benchmarks/ (the script's directory)
 from speed import machine
 
@@ -189,6 +204,90 @@ async def sequential(url: str, workers: int, threads: int, adaptation_id: str,
     return result
 
 
+def pixel_bomb(side: int = 12000) -> dict[str, Any]:
+    """A prediction body holding one 1-bit ``side`` x ``side`` PNG (~17 KB)."""
+    buf = io.BytesIO()
+    Image.new("1", (side, side)).save(buf, "PNG")
+    return {"inputs": [{"image": base64.b64encode(buf.getvalue()).decode()}]}
+
+
+async def metrics_size(client: httpx.AsyncClient) -> tuple[int, int]:
+    """Bytes and sample lines (series) of ``/metrics``."""
+    text = (await client.get("/metrics", headers=AUTH)).text
+    return len(text), sum(1 for line in text.splitlines() if line and line[0] != "#")
+
+
+async def attack(url: str, adaptation_id: str, args: argparse.Namespace,
+                 stop: asyncio.Event, statuses: collections.Counter[str]) -> None:
+    """Pixel bombs and a random-method flood until ``stop`` is set."""
+    bomb = pixel_bomb()
+    limits = httpx.Limits(max_connections=args.bombers + args.flooders + 2)
+
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        async def bombs() -> None:
+            while not stop.is_set():
+                r = await client.post(f"/v1/adaptations/{adaptation_id}/predict", json=bomb,
+                                      headers=AUTH)
+                statuses[f"bomb {r.status_code}"] += 1
+                await asyncio.sleep(args.attack_pause)
+
+        async def flood(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                method = "".join(rng.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ", k=8))
+                r = await client.request(method, rng.choice(["/healthz", "/v1/predict",
+                                                             "/metrics", "/nowhere"]))
+                statuses[f"flood {r.status_code}"] += 1
+                await asyncio.sleep(args.attack_pause)
+
+        await asyncio.gather(*[bombs() for _ in range(args.bombers)],
+                             *[flood(i) for i in range(args.flooders)])
+
+
+async def bench_attack(run: Path, state_root: Path, args: argparse.Namespace
+                       ) -> tuple[list[Phase], list[str]]:
+    """Predictions alone, then beside :func:`attack`, on one server per worker count."""
+    pngs = omniglot_pngs(Path(args.data_root), 5, 10)
+    support = {"examples": [{"image": img, "label": f"char{c}"}
+                            for c, imgs in enumerate(pngs) for img in imgs[:5]]}
+    queries = [{"inputs": [{"image": img}]} for imgs in pngs for img in imgs[5:]]
+    phases, rows = [], []
+    for workers in args.workers:
+        server = Server(run, state_root / f"attack{workers}", workers, 0, None)
+        threads = torch_threads(workers)
+        try:
+            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+                r = await client.post("/v1/adaptations", json=support, headers=AUTH)
+                r.raise_for_status()
+                adaptation_id = r.json()["id"]
+                for q in queries[:5]:  # warm-up
+                    (await client.post(f"/v1/adaptations/{adaptation_id}/predict", json=q,
+                                       headers=AUTH)).raise_for_status()
+                phases.append(await phase(server.url, "predict only", workers, threads,
+                                          adaptation_id, queries, support, args.predicts, 0,
+                                          args.repeats))
+                await metrics_size(client)  # so that its own series exist before
+                before = await metrics_size(client)
+                stop, statuses = asyncio.Event(), collections.Counter[str]()
+                attacker = asyncio.create_task(attack(server.url, adaptation_id, args, stop,
+                                                      statuses))
+                await asyncio.sleep(1.0)  # the attack is under way: its series exist
+                during = await metrics_size(client)
+                phases.append(await phase(server.url, "predict + attack", workers, threads,
+                                          adaptation_id, queries, support, args.predicts, 0,
+                                          args.repeats))
+                stop.set()
+                await attacker
+                after = await metrics_size(client)
+            sent = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+            ratio = pct(phases[-1].predict, 0.99) / pct(phases[-2].predict, 0.99)
+            rows.append(f"| {workers} | {sent} | " + " | ".join(
+                f"{b} B, {n} series" for b, n in (before, during, after)) + f" | {ratio:.2f} |")
+        finally:
+            server.stop()
+    return phases, rows
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -259,6 +358,13 @@ def main(argv: list[str] | None = None) -> int:
                         "pooled)")
     parser.add_argument("--iterations", type=int, default=20,
                         help="meta-training iterations of the throwaway run")
+    parser.add_argument("--attack", action="store_true", help="predictions alone and beside "
+                        "pixel bombs and a random-method flood (block serve_attack)")
+    parser.add_argument("--bombers", type=int, default=4, help="--attack: pixel-bomb loops")
+    parser.add_argument("--flooders", type=int, default=4, help="--attack: random-method "
+                        "loops")
+    parser.add_argument("--attack-pause", type=float, default=0.01, help="--attack: seconds "
+                        "each attack loop waits between its requests")
     parser.add_argument("--quick", action="store_true", help="fewer requests, no results")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args(argv)
@@ -269,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else train_run(Path(tmp) / "run",
                                                         Path(args.data_root), args.iterations)
-        phases = asyncio.run(bench(run, Path(tmp), args))
+        if args.attack:
+            phases, rows = asyncio.run(bench_attack(run, Path(tmp), args))
+        else:
+            phases = asyncio.run(bench(run, Path(tmp), args))
     seconds = time.perf_counter() - started
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/serve_load.py",
                                                              *(argv or sys.argv[1:])])
@@ -289,11 +398,28 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table(phases),
     ])
+    if args.attack:
+        block = "\n".join([
+            f"Machine: {machine().rsplit(', torch', 1)[0]}; load average before: {load}. "
+            f"Command: `{command}` ({seconds / 60:.1f} min). Run: {source}. "
+            f"{args.predicts} predictions sent at once ({args.repeats} rounds, latencies "
+            "pooled), first alone, then while an attack runs beside them: "
+            f"{args.bombers} loops posting a pixel bomb (a 1-bit 12000x12000 PNG, ~17 KB, "
+            f"with the key) and {args.flooders} loops sending random 8-letter methods "
+            f"without a key, each pausing {args.attack_pause} s between requests. "
+            "Client, attacker and server share the cores.", "", table(phases), "",
+            "| workers | attack requests by status | /metrics before | 1 s into the attack "
+            "| after | p99 attack / alone |", "|---|---|---|---|---|---|", *rows, "",
+            "Bounded metrics: the attack's label values come from a closed set, so the "
+            "series 1 s into the attack and after it are the same number (the bytes change "
+            "only with the values' digits)."])
     print(block)
     errors = sum(p.errors for p in phases)
     if not args.quick and not errors:
-        write_block(Path(args.results), "serve_load", "HTTP serving under load "
-                    "(`benchmarks/serve_load.py`)", block)
+        name, title = ("serve_attack", "HTTP serving under attack") if args.attack else \
+            ("serve_load", "HTTP serving under load")
+        write_block(Path(args.results), name, f"{title} (`benchmarks/serve_load.py"
+                    f"{' --attack' if args.attack else ''}`)", block)
     return 1 if errors else 0
 
 

@@ -450,6 +450,7 @@ def test_settings_are_checked(run: Path) -> None:
 def test_api_keys_from_file_and_environment(tmp_path: Path) -> None:
     f = tmp_path / "keys"
     f.write_text("# ops keys\nalpha\n\n  beta  \n")
+    f.chmod(0o600)  # a key file open to others is refused (test_serve_security.py)
     assert load_api_keys(f, env="gamma, ,delta") == {"alpha", "beta", "gamma", "delta"}
     assert load_api_keys(None, env="") == frozenset()
     f.write_text("# none\n")
@@ -478,6 +479,7 @@ def test_no_keys_on_a_public_address_is_refused(run: Path, monkeypatch: pytest.M
 def test_cli_serves_logs_the_url_never_the_key(run: Path, data: Path, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text(KEY + "\n")
+    keys.chmod(0o600)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "METAFIT_API_KEYS": ""}
     proc = subprocess.Popen(
         [sys.executable, "-m", "metafit.cli", "-v", "serve", str(run), "--port", "0",

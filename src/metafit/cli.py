@@ -181,7 +181,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         classifier=args.classifier, classifier_penalty=args.classifier_penalty,
         api_keys=load_api_keys(args.api_key_file), max_body_bytes=args.max_body_bytes,
         max_examples=args.max_examples, max_inputs=args.max_inputs, max_steps=args.max_steps,
-        steps=args.steps, workers=args.workers, queue=args.queue, cache_size=args.cache_size)
+        steps=args.steps, workers=args.workers, queue=args.queue, cache_size=args.cache_size,
+        max_image_pixels=args.max_image_pixels, max_request_pixels=args.max_request_pixels,
+        header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout, max_connections=args.max_connections)
     serve(settings, host=args.host, port=args.port, insecure_no_auth=args.insecure_no_auth,
           threads=args.threads)
     return 0
@@ -218,6 +221,19 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    "request; more: 422 (default 256)")
     p.add_argument("--cache-size", type=int, default=16, help="adapted models held in "
                    "memory (default 16; a text model holds a copy of its encoder)")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="most pixels "
+                   "(width x height, read from the header before decoding) of one posted "
+                   "image; more: 422 (default 16777216, 4096x4096)")
+    p.add_argument("--max-request-pixels", type=int, default=4 * 4096 * 4096, help="most "
+                   "pixels of all the images of one request; more: 422 (default 67108864)")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a connection "
+                   "may take to send a request's headers; then it is closed (default 10)")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a request may "
+                   "take to send its body; then 408 (default 30)")
+    p.add_argument("--keep-alive-timeout", type=int, default=5, help="seconds an idle "
+                   "kept-alive connection is held (default 5)")
+    p.add_argument("--max-connections", type=int, default=1000, help="connections and "
+                   "requests at once; a request beyond gets 503 (default 1000)")
     p.add_argument("--threads", type=int, help="torch threads per call (default: cores / "
                    "(workers + 1))")
 

@@ -16,19 +16,21 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from metafit.data.base import TensorClassDataset
 from metafit.data.errors import DatasetError
 from metafit.io import cached, file_fingerprint
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "decode_image", "fingerprint_files",
-           "list_class_folders"]
+           "list_class_folders", "MAX_IMAGE_PIXELS", "ImageTooLarge", "check_pixels",
+           "image_dimensions"]
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,66 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 _RESAMPLE = Image.Resampling.LANCZOS
 
 
-def decode_image(source: bytes | Path | Image.Image, image_size: int, mode: str = "L"
-                 ) -> np.ndarray:
+#: Default cap on an image's pixels (width x height) in :func:`decode_image`: PIL's own
+#: decompression-bomb threshold (about 89 megapixels), checked before decoding.
+MAX_IMAGE_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than allowed (refused undecoded)."""
+
+
+def image_dimensions(source: bytes | Path, formats: Sequence[str] | None = None
+                     ) -> tuple[int, int]:
+    """``(width, height)`` from an image file's header, without decoding its pixels.
+
+    ``formats``: the PIL format names accepted (e.g. ``("PNG", "JPEG")``; None: any).
+
+    Raises:
+        ValueError: not an image of an accepted format (the message carries no object
+            repr); :class:`ImageTooLarge` past PIL's own bomb limit.
+    """
+    with _open(source, formats) as file:
+        return file.size
+
+
+@contextmanager
+def _open(source: bytes | Path, formats: Sequence[str] | None) -> Iterator[Image.Image]:
+    """``Image.open`` (lazy: header only) with messages fit for a client: PIL's own name the
+    stream object (``<_io.BytesIO object at 0x...>``)."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        file = Image.open(stream, formats=None if formats is None else list(formats))
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"more than {2 * MAX_IMAGE_PIXELS} pixels (PIL refuses it as a "
+                            "decompression bomb)") from e
+    except UnidentifiedImageError as e:
+        what = "an image file PIL can read" if formats is None else \
+            f"a {' or '.join(formats)} file"
+        raise ValueError(f"not {what}") from e
+    with file:
+        yield file
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
+    """Refuse an image of ``size`` (width, height) over ``max_pixels`` (None: no cap).
+
+    Raises:
+        ImageTooLarge: ``"WxH pixels, over the limit of N"``.
+    """
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(f"{width}x{height} pixels, over the limit of {max_pixels}")
+
+
+def decode_image(source: bytes | Path | Image.Image, image_size: int, mode: str = "L",
+                 max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode one image file (raw bytes or a path; or take an opened PIL image), convert it
     to ``mode`` and resize it.
+
+    The size in the file's header is checked against ``max_pixels`` (width x height;
+    None: PIL's own limit only) before any pixel is decoded, so a small file declaring a
+    huge image (a pixel bomb) costs nothing.
 
     Returns:
         ``uint8 [image_size, image_size]`` for ``mode="L"``, ``[image_size, image_size, 3]``
@@ -59,14 +117,17 @@ def decode_image(source: bytes | Path | Image.Image, image_size: int, mode: str 
         Omniglot pipeline).
 
     Raises:
-        Whatever PIL raises on an unreadable image (``PIL.UnidentifiedImageError``,
-        ``OSError`` for truncated data, ...); callers wrap it in :class:`DatasetError`.
+        ImageTooLarge: more pixels than ``max_pixels`` (or than PIL's bomb limit).
+        ValueError: not an image PIL can identify; else whatever PIL raises on an
+            unreadable image (``OSError`` for truncated data, ...); callers wrap it in
+            :class:`DatasetError`.
     """
     if isinstance(source, Image.Image):
+        check_pixels(source.size, max_pixels)
         img = source.convert(mode)
     else:
-        stream = io.BytesIO(source) if isinstance(source, bytes) else source
-        with Image.open(stream) as file:
+        with _open(source, None) as file:
+            check_pixels(file.size, max_pixels)
             file.load()  # decode now, so truncated data fails here and not later
             img = file.convert(mode)
     if img.size != (image_size, image_size):

@@ -51,16 +51,26 @@ class ImagePreprocessor:
         image_size: side of the square model input.
         channels: 1 (grayscale) or 3 (RGB).
         invert: ``255 - x`` before scaling (the training data were inverted: Omniglot).
+        max_pixels: most pixels (width x height) an encoded input may declare; a larger
+            one is refused from its header, before decoding (default: PIL's own bomb
+            limit, :data:`metafit.data.image_folder.MAX_IMAGE_PIXELS`; None: no cap but
+            PIL's). Not part of :meth:`spec`: a deployment setting, not the model's.
     """
 
     kind = "image"
 
-    def __init__(self, image_size: int, channels: int, invert: bool) -> None:
+    def __init__(self, image_size: int, channels: int, invert: bool,
+                 max_pixels: int | None = None) -> None:
+        from metafit.data.image_folder import MAX_IMAGE_PIXELS
+
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.invert = bool(invert)
+        self.max_pixels: int | None = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
 
     def spec(self) -> dict[str, Any]:
         """The JSON description stored in a model directory."""
@@ -70,7 +80,7 @@ class ImagePreprocessor:
 
     def _pixels(self, item: Any, index: int, error: type[InputError]) -> np.ndarray:
         """``uint8 [S, S, C]`` of one input."""
-        from metafit.data.image_folder import decode_image
+        from metafit.data.image_folder import ImageTooLarge, decode_image
 
         size, c = self.image_size, self.channels
         if isinstance(item, np.ndarray):
@@ -84,7 +94,9 @@ class ImagePreprocessor:
                         f"or a uint8 numpy array, got {type(item).__name__}")
         source = bytes(item) if isinstance(item, bytearray) else item
         try:
-            pixels = decode_image(source, size, "L" if c == 1 else "RGB")
+            pixels = decode_image(source, size, "L" if c == 1 else "RGB", self.max_pixels)
+        except ImageTooLarge as e:
+            raise error(f"{_describe(item, index)}: {e}") from e
         except Exception as e:  # any decoder failure: the input is not an image
             raise error(f"{_describe(item, index)}: cannot decode the image ({e})") from e
         return pixels.reshape(size, size, c)
@@ -107,7 +119,8 @@ class ImagePreprocessor:
         """``inputs`` (M images) -> ``[M, C, S, S]`` float32.
 
         Raises:
-            InputError (or ``error``): no inputs, an undecodable file, an array of the
+            InputError (or ``error``): no inputs, an undecodable file, a file declaring
+                more than ``max_pixels`` pixels (refused before decoding), an array of the
                 wrong shape or dtype; the message names the input.
         """
         if len(inputs) == 0:

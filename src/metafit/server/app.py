@@ -1,42 +1,62 @@
 """The FastAPI application: routes, error bodies, middlewares (see docs/serve.md).
 
-Middlewares, outermost first: metrics (counts every response, refused ones too), API key
-(401), body size (413); then FastAPI parses and validates the JSON body (422).
+Middlewares, outermost first: access log (path only, escaped), metrics (counts every
+response, refused ones too), API key (401), body size and time (413, 408). The routes
+then parse and validate the JSON body in a worker thread (:mod:`metafit.server.bodies`:
+415, 422), so the event loop never parses a body.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio.to_thread
 from fastapi import FastAPI, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from metafit import __version__
+from metafit.server.bodies import json_body, parse_body
+from metafit.server.errors import ApiError, public_message
 from metafit.server.guards import ApiKeyMiddleware, BodyLimitMiddleware
+from metafit.server.logs import AccessLogMiddleware
 from metafit.server.metrics import CONTENT_TYPE, MetricsMiddleware
 from metafit.server.schemas import (
     AdaptationRequest,
     AdaptationResponse,
+    ErrorBody,
     Health,
     PredictRequest,
     PredictResponse,
 )
-from metafit.server.service import ApiError, Service, describe
+from metafit.server.service import Service, describe
 from metafit.server.settings import ServerSettings
 
 __all__ = ["create_app"]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or invalid API key"},
-    413: {"description": "request body over the size limit"},
-    415: {"description": "body not sent as application/json"},
-    422: {"description": "malformed body, too many examples or inputs, a bad support set"},
-}
-ID_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 404: {"description": "no such id"}}
+M = TypeVar("M", bound=BaseModel)
+
+#: Request bodies read by the routes themselves: added to the OpenAPI components.
+BODIES: tuple[type[BaseModel], ...] = (AdaptationRequest, PredictRequest)
+
+
+def _errors(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries: each status, described, with an :class:`ErrorBody`."""
+    return {code: {"model": ErrorBody, "description": text}
+            for code, text in described.items()}
+
+
+KEY = _errors({401: "missing or invalid API key"})
+BODY = _errors({408: "request body not received in time",
+                413: "request body over the size limit",
+                415: "body not sent as application/json",
+                422: "malformed body; too many examples, inputs or pixels; a bad support set"})
+ID = _errors({404: "no such id", 500: "a stored adaptation cannot be read"})
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -58,10 +78,41 @@ def create_app(settings: ServerSettings) -> FastAPI:
     _open_routes(app, service)
     _api_routes(app, service, _security(settings))
     _error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    _document_bodies(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       timeout=settings.body_timeout)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics, routes=app.routes)
+    app.add_middleware(AccessLogMiddleware)
     return app
+
+
+async def _read(request: Request, service: Service, model: type[M],
+                limits: Mapping[str, int]) -> M:
+    """The request's body as a validated ``model``, parsed in a worker thread (see
+    :func:`metafit.server.bodies.parse_body`)."""
+    raw = await request.body()
+    return await anyio.to_thread.run_sync(parse_body, raw,
+                                          request.headers.get("content-type", ""), model,
+                                          limits, limiter=service.parse_limiter)
+
+
+def _document_bodies(app: FastAPI) -> None:
+    """Add the schemas of :data:`BODIES` (and the models they use) to the OpenAPI
+    components, where the routes' ``openapi_extra`` refers to them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            _, defs = models_json_schema([(m, "validation") for m in BODIES],
+                                         ref_template="#/components/schemas/{model}")
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(defs.get("$defs", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _security(settings: ServerSettings) -> list[Any]:
@@ -83,50 +134,61 @@ def _open_routes(app: FastAPI, service: Service) -> None:
 def _api_routes(app: FastAPI, service: Service, security: list[Any]) -> None:
     """The routes behind the API key, registered on the app itself (an included router
     would hide their templates from the metrics)."""
+    settings = service.settings
+    # the lists a body may hold, bounded while it is parsed (labels: no model adapted
+    # here has more labels than support examples)
+    examples = {"examples": settings.max_examples}
+    inputs = {"inputs": settings.max_inputs, "labels": settings.max_examples}
 
     @app.post("/v1/adaptations", status_code=201, response_model=AdaptationResponse,
-              dependencies=security, tags=["adaptations"], responses={
-                  **ERRORS, 409: {"description": "the server serves a model, not a run"},
-                  503: {"description": "adaptation queue full (see Retry-After)"}})
-    async def create_adaptation(body: AdaptationRequest, response: Response
-                                ) -> AdaptationResponse:
-        """Adapt the run to a support set; the adapted model is kept on disk under the
-        returned id (it survives a restart)."""
+              dependencies=security, tags=["adaptations"],
+              openapi_extra=json_body(AdaptationRequest), responses={
+                  **KEY, **BODY, **_errors({
+                      409: "the server serves a model, not a run",
+                      500: "the adaptation failed unexpectedly",
+                      503: "adaptation queue full (see Retry-After)"})})
+    async def create_adaptation(request: Request, response: Response) -> AdaptationResponse:
+        """Adapt the run to a support set (an AdaptationRequest body); the adapted
+        model is kept on disk under the returned id (it survives a restart)."""
+        body = await _read(request, service, AdaptationRequest, examples)
         result = await service.adapt(body)
         response.headers["Location"] = f"/v1/adaptations/{result.id}"
         return result
 
     @app.get("/v1/adaptations/{adaptation_id}", response_model=AdaptationResponse,
-             dependencies=security, tags=["adaptations"], responses=ID_ERRORS)
+             dependencies=security, tags=["adaptations"], responses={**KEY, **ID})
     async def get_adaptation(adaptation_id: str) -> AdaptationResponse:
         """What a kept adaptation predicts: its labels, kind, algorithm, steps."""
         return describe(adaptation_id, await service.adaptation(adaptation_id))
 
     @app.delete("/v1/adaptations/{adaptation_id}", status_code=204, dependencies=security,
-                tags=["adaptations"], responses=ID_ERRORS)
+                tags=["adaptations"], responses={**KEY, **ID})
     async def delete_adaptation(adaptation_id: str) -> Response:
         """Remove a kept adaptation from memory and disk."""
-        service.delete(adaptation_id)
+        await anyio.to_thread.run_sync(service.delete, adaptation_id)
         return Response(status_code=204)
 
     @app.post("/v1/adaptations/{adaptation_id}/predict", response_model=PredictResponse,
-              dependencies=security, tags=["predictions"], responses=ID_ERRORS)
-    async def predict_adapted(adaptation_id: str, body: PredictRequest) -> PredictResponse:
-        """Classify inputs with an adaptation made by ``POST /v1/adaptations``."""
+              dependencies=security, tags=["predictions"],
+              openapi_extra=json_body(PredictRequest), responses={**KEY, **BODY, **ID})
+    async def predict_adapted(adaptation_id: str, request: Request) -> PredictResponse:
+        """Classify inputs (a PredictRequest body) with an adaptation made by
+        ``POST /v1/adaptations``."""
+        body = await _read(request, service, PredictRequest, inputs)
         model = await service.adaptation(adaptation_id)
         return await service.predict(model, body)
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=security,
-              tags=["predictions"],
-              responses={**ERRORS, 409: {"description": "no pre-adapted model served"}})
-    async def predict(body: PredictRequest) -> PredictResponse:
-        """Classify inputs with the served pre-adapted model (a model directory, or
-        ``--model`` next to a run)."""
+              tags=["predictions"], openapi_extra=json_body(PredictRequest),
+              responses={**KEY, **BODY, **_errors({409: "no pre-adapted model served"})})
+    async def predict(request: Request) -> PredictResponse:
+        """Classify inputs (a PredictRequest body) with the served pre-adapted
+        model (a model directory, or ``--model`` next to a run)."""
+        body = await _read(request, service, PredictRequest, inputs)
         return await service.predict(service.served_model(), body)
 
     @app.get("/metrics", response_class=Response, dependencies=security,
-             tags=["operations"],
-             responses={200: {"content": {CONTENT_TYPE: {}}}, 401: ERRORS[401]})
+             tags=["operations"], responses={200: {"content": {CONTENT_TYPE: {}}}, **KEY})
     async def metrics() -> Response:
         """Prometheus metrics: requests by route and status, latencies, adaptations."""
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
@@ -136,18 +198,14 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
+        detail = public_message(exc.detail) if isinstance(exc.detail, str) else exc.detail
+        return JSONResponse({"detail": detail}, exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, exc: Exception) -> JSONResponse:
-        """422 listing where and why, without echoing the inputs (they can be megabytes
-        of base64); 415 for a body that is not declared as JSON (it was not parsed)."""
+    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+        """422 listing where and why (bodies are validated by :func:`parse_body`; this
+        covers FastAPI's own checks of a request's parameters), without the values."""
         assert isinstance(exc, RequestValidationError)
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if request.method == "POST" and not (content_type == "application/json"
-                                             or content_type.endswith("+json")):
-            return JSONResponse({"detail": "the request body must be JSON, sent with "
-                                 "'Content-Type: application/json'"}, 415)
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
                    "type": e.get("type", "")} for e in exc.errors()]
         return JSONResponse({"detail": errors}, 422)

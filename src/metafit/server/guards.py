@@ -1,5 +1,5 @@
 """ASGI middlewares that refuse a request before the application parses it: a missing or
-wrong API key (401) and a body over the size limit (413).
+wrong API key (401), a body over the size limit (413) or too slow to arrive (408).
 
 Both answer with the same JSON shape as the application's errors: ``{"detail": "..."}``.
 """
@@ -11,7 +11,10 @@ import json
 import logging
 from collections.abc import Collection
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from metafit.server.logs import clean
 
 __all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "OPEN_PATHS"]
 
@@ -47,7 +50,8 @@ class ApiKeyMiddleware:
     """401 for HTTP requests outside :data:`OPEN_PATHS` without a valid key.
 
     Keys are compared with :func:`hmac.compare_digest` against every configured key (no
-    early exit), and neither the presented nor the configured keys are ever logged.
+    early exit), and neither the presented nor the configured keys are ever logged. Keys
+    are read from headers only: a query string is never consulted (nor logged).
     """
 
     def __init__(self, app: ASGIApp, keys: Collection[str]) -> None:
@@ -68,23 +72,25 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         client = scope.get("client") or ("?", 0)
-        log.info("refused %s %s from %s: missing or invalid API key", scope.get("method"),
-                 scope["path"], client[0])
+        log.info("refused %s %s from %s: missing or invalid API key",
+                 clean(scope.get("method", ""), 20), clean(scope["path"]), client[0])
         await send_error(send, 401, "missing or invalid API key: send 'Authorization: "
                          "Bearer KEY' or 'X-API-Key: KEY'", [(b"www-authenticate", b"Bearer")])
 
 
 class BodyLimitMiddleware:
-    """413 for a request body over ``max_bytes``, before the application sees any of it.
+    """413 for a request body over ``max_bytes``, before the application sees any of it;
+    408 for a body not complete ``timeout`` seconds after the application asked for it.
 
     A declared ``Content-Length`` over the limit is refused without reading the body; a
     body without one (chunked) is read up to the limit and refused as soon as it passes.
     A body within the limit is buffered and handed on unchanged.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     def too_large(self) -> str:
         return f"request body larger than the server's limit of {self.max_bytes} bytes"
@@ -103,28 +109,42 @@ class BodyLimitMiddleware:
             if length > self.max_bytes:
                 await send_error(send, 413, self.too_large(), [(b"connection", b"close")])
                 return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
+        body: bytes | int | None = None
+        with anyio.move_on_after(self.timeout):
+            body = await self._read(receive)
+        if body is None:  # not received in time
+            await send_error(send, 408, f"request body not received within {self.timeout:g} "
+                             "s", [(b"connection", b"close")])
+            return
+        if isinstance(body, int):
+            if body > 0:  # over the limit
                 await send_error(send, 413, self.too_large(), [(b"connection", b"close")])
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+            return  # else the client went away
+        data: bytes = body
         replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": data, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> bytes | int:
+        """The whole body; or the size read so far once it passes ``max_bytes``; or 0
+        when the client went away."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return 0
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return size
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)

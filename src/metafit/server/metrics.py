@@ -2,7 +2,9 @@
 
 ``GET /metrics`` returns them in the Prometheus text format. Routes are labelled by their
 template (``/v1/adaptations/{adaptation_id}/predict``), never by the raw path, so the
-number of series stays bounded; unmatched paths count as ``other``.
+number of series stays bounded; unmatched paths count as ``other``. Every label comes from
+a closed set: methods outside :data:`METHODS` count as ``other``, and so do statuses
+outside 100-599 (the server makes every status itself).
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["Metrics", "MetricsMiddleware", "CONTENT_TYPE"]
+__all__ = ["Metrics", "MetricsMiddleware", "CONTENT_TYPE", "METHODS", "method_label"]
+
+#: The HTTP methods that are labels of their own; any other method is ``other``.
+METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0, 120.0)
@@ -76,9 +81,16 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = _route_template(scope, self.routes)
-            method = scope.get("method", "")
-            self.metrics.requests.labels(route, method, str(status)).inc()
+            method = method_label(scope.get("method", ""))
+            code = str(status) if 100 <= status <= 599 else "other"
+            self.metrics.requests.labels(route, method, code).inc()
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
+
+
+def method_label(method: str) -> str:
+    """``method`` if it is one of :data:`METHODS`, else ``other``: a client chooses the
+    method, and a label with any value would grow the metrics without bound."""
+    return method if method in METHODS else "other"
 
 
 def _route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:

@@ -1,5 +1,11 @@
 """Run the application with uvicorn on a socket bound here (so ``port=0`` works and the
-logged URL is the real one), shutting down gracefully on SIGINT / SIGTERM."""
+logged URL is the real one), shutting down gracefully on SIGINT / SIGTERM.
+
+uvicorn runs with the server's connection guards (:func:`uvicorn_config`): a header
+timeout (:mod:`metafit.server.protocol`), a keep-alive timeout, a cap on connections and
+requests at once, and without its own access log (it would log query strings and raw
+paths; :mod:`metafit.server.logs` logs requests instead).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,10 @@ import torch
 import uvicorn
 
 from metafit.server.app import create_app
+from metafit.server.protocol import header_timeout_protocol
 from metafit.server.settings import ServerSettings, is_loopback
 
-__all__ = ["serve", "bind", "torch_threads"]
+__all__ = ["serve", "bind", "torch_threads", "uvicorn_config"]
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +77,20 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000,
                  settings.target, service.kind, service.mode, url, url,
                  settings.adaptations_dir if service.mode == "run" else "-",
                  f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "NO API KEY")
-        _run(uvicorn.Server(uvicorn.Config(app, log_config=None,
-                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)),
-             sock)
+        _run(uvicorn.Server(uvicorn_config(app, settings)), sock)
     log.info("server stopped")
+
+
+def uvicorn_config(app: object, settings: ServerSettings) -> uvicorn.Config:
+    """uvicorn's configuration for ``app`` with the timeouts and limits of ``settings``:
+    the h11 protocol with ``header_timeout``, ``keep_alive_timeout``, ``max_connections``
+    (uvicorn's ``limit_concurrency``: 503 beyond), no uvicorn access log, no logging
+    configuration of its own (the caller's applies)."""
+    return uvicorn.Config(app, log_config=None, access_log=False,  # type: ignore[arg-type]
+                          http=header_timeout_protocol(settings.header_timeout),
+                          timeout_keep_alive=settings.keep_alive_timeout,
+                          limit_concurrency=settings.max_connections,
+                          timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
 
 
 def _run(server: uvicorn.Server, sock: socket.socket) -> None:

@@ -6,19 +6,26 @@ fields are refused (422), so a misspelt ``lable`` is an error, not an ignored ke
 
 from __future__ import annotations
 
-import base64
-import binascii
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = ["TextExample", "ImageExample", "ImageInput", "AdaptationRequest",
            "AdaptationResponse", "PredictRequest", "Prediction", "PredictResponse",
-           "Health", "decode_image", "Label"]
+           "Health", "Label", "ErrorItem", "ErrorBody"]
 
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Text = Annotated[str, StringConstraints(min_length=1)]
 Base64 = Annotated[str, StringConstraints(min_length=1)]
+T = TypeVar("T")
+# A list of at least one item (on each member of a union of lists, so that the schema
+# says minItems: a constraint on the union itself came out as a string's minLength).
+NonEmpty = Annotated[list[T], Field(min_length=1)]
+
+
+#: A 1x1 white PNG: the schema's example of an image (any PNG is resized to the model's).
+PNG_EXAMPLE = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGP4DwABAQEAsTj2FAAAAABJ"
+               "RU5ErkJggg==")
 
 
 class _Body(BaseModel):
@@ -35,21 +42,23 @@ class TextExample(_Body):
 class ImageExample(_Body):
     """One labelled image of a support set."""
 
-    image: Base64 = Field(description="a PNG or JPEG file, base64-encoded")
+    image: Base64 = Field(description="a PNG or JPEG file, base64-encoded",
+                          examples=[PNG_EXAMPLE])
     label: Label = Field(description="its class name (a non-empty string)")
 
 
 class ImageInput(_Body):
     """One image to classify."""
 
-    image: Base64 = Field(description="a PNG or JPEG file, base64-encoded")
+    image: Base64 = Field(description="a PNG or JPEG file, base64-encoded",
+                          examples=[PNG_EXAMPLE])
 
 
 class AdaptationRequest(_Body):
     """A support set: at least one example of each of two or more classes."""
 
-    examples: list[TextExample] | list[ImageExample] = Field(
-        min_length=1, description="labelled examples, all text or all images")
+    examples: NonEmpty[TextExample] | NonEmpty[ImageExample] = Field(
+        description="labelled examples, all text or all images")
     steps: int | None = Field(default=None, ge=0,
                               description="inner steps (default: the server's)")
 
@@ -70,8 +79,8 @@ class AdaptationResponse(BaseModel):
 class PredictRequest(_Body):
     """Inputs to classify, optionally restricted to some of the model's labels."""
 
-    inputs: list[Text] | list[ImageInput] = Field(
-        min_length=1, description="sentences, or images as {'image': base64}")
+    inputs: NonEmpty[Text] | NonEmpty[ImageInput] = Field(
+        description="sentences, or images as {'image': base64}")
     labels: list[Label] | None = Field(
         default=None, min_length=1,
         description="candidate labels: predict only among these (probabilities renormalised "
@@ -100,13 +109,16 @@ class Health(BaseModel):
     version: str
 
 
-def decode_image(data: str, where: str) -> bytes:
-    """The bytes of base64 ``data``.
 
-    Raises:
-        ValueError: not valid base64 (the message names ``where``).
-    """
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ValueError(f"{where}: not valid base64 ({e})") from e
+class ErrorItem(BaseModel):
+    """Where and why a body is malformed (the offending value is not echoed back)."""
+
+    loc: list[str | int] = Field(description="where: 'body', then field names and indices")
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: a message, or for a malformed body a list of problems."""
+
+    detail: str | list[ErrorItem]

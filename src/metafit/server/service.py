@@ -12,13 +12,15 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
 from anyio import CapacityLimiter
 
 from metafit.deploy import AdaptedModel, Adapter, InputError, ModelDirError, SupportError
+from metafit.server.bodies import too_many
+from metafit.server.errors import ApiError, public_message
+from metafit.server.limits import decode_images
 from metafit.server.metrics import Metrics
 from metafit.server.pool import AdaptationPool, PoolFull
 from metafit.server.schemas import (
@@ -30,7 +32,6 @@ from metafit.server.schemas import (
     PredictRequest,
     PredictResponse,
     TextExample,
-    decode_image,
 )
 from metafit.server.settings import ServerSettings
 from metafit.server.store import AdaptationStore, UnknownAdaptation
@@ -38,15 +39,6 @@ from metafit.server.store import AdaptationStore, UnknownAdaptation
 __all__ = ["Service", "ApiError", "describe"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ApiError(Exception):
-    """A request the server refuses: HTTP ``status`` and a message for the client."""
-
-    status: int
-    detail: str
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Service:
@@ -91,6 +83,8 @@ class Service:
                                      on_size=self.metrics.models_loaded.set)
         self.pool = AdaptationPool(settings.workers, settings.queue)
         self.predict_limiter = CapacityLimiter(os.cpu_count() or 1)
+        # bodies parsed and images checked at once (each holds a body's objects in memory)
+        self.parse_limiter = CapacityLimiter(os.cpu_count() or 1)
 
     def close(self) -> None:
         """Cancel queued adaptations, wait for the running ones."""
@@ -106,12 +100,11 @@ class Service:
                            "`metafit serve` on a run directory to post support sets")
         s = self.settings
         if len(req.examples) > s.max_examples:
-            raise ApiError(422, f"{len(req.examples)} support examples: the server accepts "
-                           f"at most {s.max_examples}")
+            raise ApiError(422, too_many("examples", len(req.examples), s.max_examples))
         steps = s.steps if req.steps is None else req.steps
         if steps is not None and steps > s.max_steps:
             raise ApiError(422, f"steps={steps}: the server allows at most {s.max_steps}")
-        inputs = self._decode(req.examples, "examples")
+        inputs = await self._prepare(req.examples, "examples")
         labels = [e.label for e in req.examples]
         adaptation_id = self.store.new_id()
 
@@ -135,7 +128,7 @@ class Service:
             model, seconds = await asyncio.wrap_future(future)
         except SupportError as e:
             self.metrics.adaptations.labels("failed").inc()
-            raise ApiError(422, f"support set: {e}") from None
+            raise ApiError(422, public_message(f"support set: {e}")) from None
         except Exception:
             self.metrics.adaptations.labels("failed").inc()
             log.exception("adaptation %s failed", adaptation_id)
@@ -181,15 +174,14 @@ class Service:
     async def predict(self, model: AdaptedModel, req: PredictRequest) -> PredictResponse:
         """Classify ``req.inputs`` with ``model`` (in a thread: the event loop stays free)."""
         if len(req.inputs) > self.settings.max_inputs:
-            raise ApiError(422, f"{len(req.inputs)} inputs: the server accepts at most "
-                           f"{self.settings.max_inputs} per request")
+            raise ApiError(422, too_many("inputs", len(req.inputs), self.settings.max_inputs))
         candidates = self._candidates(model, req.labels)
-        inputs = self._decode(req.inputs, "inputs")
+        inputs = await self._prepare(req.inputs, "inputs")
         try:
             raw = await anyio.to_thread.run_sync(model.predict, inputs,
                                                  limiter=self.predict_limiter)
         except InputError as e:
-            raise ApiError(422, f"inputs: {e}") from None
+            raise ApiError(422, public_message(f"inputs: {e}")) from None
         self.metrics.predictions.inc(len(inputs))
         return PredictResponse(predictions=[_restrict(p, candidates) for p in raw])
 
@@ -202,28 +194,29 @@ class Service:
             raise ApiError(422, f"unknown labels {unknown}: the model predicts {known}")
         return labels
 
+    async def _prepare(self, items: Sequence[object], where: str) -> list[Any]:
+        """:meth:`_decode` in a thread (base64 and image headers: milliseconds per MB)."""
+        return await anyio.to_thread.run_sync(self._decode, items, where,
+                                              limiter=self.parse_limiter)
+
     def _decode(self, items: Sequence[object], where: str) -> list[Any]:
-        """The texts, or the decoded image bytes, of request ``items`` (``where``: their
-        field, for messages): all of the served kind, or a 422."""
+        """The texts, or the image file bytes, of request ``items`` (``where``: their
+        field, for messages): all of the served kind, images within the pixel caps
+        (checked from their headers), or a 422."""
+        s = self.settings
         if self.kind == "image":
             images = [x.image for x in items if isinstance(x, ImageExample | ImageInput)]
             if len(images) != len(items):
                 raise ApiError(422, f"this server classifies images: each of {where} needs "
                                "'image' (a base64 PNG or JPEG)")
-            return [self._image(x, f"{where}[{i}].image") for i, x in enumerate(images)]
+            return decode_images(images, where, s.max_image_pixels, s.max_request_pixels,
+                                 prefix="support set: " if where == "examples" else "")
         texts = [x.text if isinstance(x, TextExample) else x for x in items
                  if isinstance(x, TextExample | str)]
         if len(texts) != len(items):
             raise ApiError(422, f"this server classifies text: {where} must be texts "
                            "(examples: {'text', 'label'}; inputs: strings)")
         return texts
-
-    @staticmethod
-    def _image(data: str, where: str) -> bytes:
-        try:
-            return decode_image(data, where)
-        except ValueError as e:
-            raise ApiError(422, str(e)) from None
 
 
 def describe(adaptation_id: str, model: AdaptedModel, seconds: float | None = None

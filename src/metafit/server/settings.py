@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,18 @@ class ServerSettings:
         workers: adaptations running at once (threads).
         queue: adaptations waiting for a worker; beyond it requests get 503.
         cache_size: adapted models kept loaded in memory (least recently used dropped).
+        max_image_pixels: most pixels (width x height) one posted image may declare in
+            its header (more: 422, before decoding). Default 16 megapixels (4096 x 4096).
+        max_request_pixels: most pixels of all the images of one request together (more:
+            422, before decoding). Default 64 megapixels.
+        header_timeout: seconds a connection may take to send a request's headers (from
+            its opening, or from the previous response on a kept-alive connection);
+            then it is closed. Default 10.
+        body_timeout: seconds a request may take to send its body once its headers are
+            in; then it gets 408. Default 30.
+        keep_alive_timeout: seconds an idle kept-alive connection is held. Default 5.
+        max_connections: connections and requests in progress at once; a request beyond
+            gets 503 (uvicorn's ``limit_concurrency``). Default 1000.
     """
 
     target: Path
@@ -59,11 +72,21 @@ class ServerSettings:
     workers: int = 1
     queue: int = 8
     cache_size: int = 16
+    max_image_pixels: int = 4096 * 4096
+    max_request_pixels: int = 4 * 4096 * 4096
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: int = 5
+    max_connections: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_examples", "max_inputs", "workers", "cache_size"):
+        for name in ("max_body_bytes", "max_examples", "max_inputs", "workers", "cache_size",
+                     "max_image_pixels", "max_request_pixels", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"server setting {name} must be at least 1")
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"server setting {name} must be a number of seconds > 0")
         if self.queue < 0 or self.max_steps < 0 or (self.steps is not None and self.steps < 0):
             raise ValueError("server settings queue, max_steps and steps must not be negative")
         if self.checkpoint not in ("best", "last"):
@@ -91,12 +114,17 @@ def load_api_keys(path: str | os.PathLike[str] | None = None,
     """The API keys from ``path`` (one per line; blank lines and ``#`` comments skipped)
     and from ``env`` (default ``$METAFIT_API_KEYS``, comma-separated), together.
 
+    Like ssh with its private keys, a key file that its owner's group or others may read
+    or write is refused (``chmod 600 FILE``), on systems with POSIX permissions.
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is given but holds no key, or a key contains whitespace.
+        ValueError: ``path`` is given but holds no key, or is open to group or others; a
+            key contains whitespace.
     """
     keys: set[str] = set()
     if path is not None:
+        _check_private(Path(path))
         lines = Path(path).read_text(encoding="utf-8").splitlines()
         from_file = {s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")}
         if not from_file:
@@ -107,6 +135,16 @@ def load_api_keys(path: str | os.PathLike[str] | None = None,
     if any(any(c.isspace() for c in k) for k in keys):
         raise ValueError("an API key contains whitespace")  # never echo the key itself
     return frozenset(keys)
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a key file with any permission for group or others (POSIX only)."""
+    if os.name != "posix":
+        return
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ValueError(f"API key file {path} is open to other users (mode {mode:04o}): "
+                         f"run `chmod 600 {path}` (it must be readable by its owner only)")
 
 
 def is_loopback(host: str) -> bool:
