@@ -176,13 +176,16 @@ class Service:
         if len(req.inputs) > self.settings.max_inputs:
             raise ApiError(422, too_many("inputs", len(req.inputs), self.settings.max_inputs))
         candidates = self._candidates(model, req.labels)
-        inputs = await self._prepare(req.inputs, "inputs")
+
+        def decode_and_predict() -> list[dict[str, Any]]:  # one trip to a worker thread
+            return model.predict(self._decode(req.inputs, "inputs"))
+
         try:
-            raw = await anyio.to_thread.run_sync(model.predict, inputs,
+            raw = await anyio.to_thread.run_sync(decode_and_predict,
                                                  limiter=self.predict_limiter)
         except InputError as e:
             raise ApiError(422, public_message(f"inputs: {e}")) from None
-        self.metrics.predictions.inc(len(inputs))
+        self.metrics.predictions.inc(len(raw))
         return PredictResponse(predictions=[_restrict(p, candidates) for p in raw])
 
     def _candidates(self, model: AdaptedModel, labels: list[str] | None) -> list[str] | None:
