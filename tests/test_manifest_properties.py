@@ -23,7 +23,7 @@ from metafit.deploy.manifest import ALLOWED, check_file_name  # noqa: E402
 from metafit.deploy.modeldir import read_model_dir  # noqa: E402
 from metafit.deploy.weights import load_tensors, save_tensors  # noqa: E402
 
-SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
+SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 
 #: Path-like names: pieces an attacker would combine.
 PIECES = ["model.json", "encoder", "..", ".", "", "/", "\\", "tokenizer.json", "a.model",
