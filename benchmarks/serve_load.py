@@ -204,6 +204,27 @@ async def sequential(url: str, workers: int, threads: int, adaptation_id: str,
     return result
 
 
+def payloads(data_root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A 5-way 5-shot support body of Omniglot PNGs and 25 one-image prediction bodies."""
+    pngs = omniglot_pngs(data_root, 5, 10)
+    support = {"examples": [{"image": img, "label": f"char{c}"}
+                            for c, imgs in enumerate(pngs) for img in imgs[:5]]}
+    queries = [{"inputs": [{"image": img}]} for imgs in pngs for img in imgs[5:]]
+    return support, queries
+
+
+async def adapt_and_warm(client: httpx.AsyncClient, support: dict[str, Any],
+                         queries: list[dict[str, Any]]) -> str:
+    """Adapt the served run to ``support``, warm it up with 5 predictions; the id."""
+    r = await client.post("/v1/adaptations", json=support, headers=AUTH)
+    r.raise_for_status()
+    adaptation_id: str = r.json()["id"]
+    for q in queries[:5]:
+        (await client.post(f"/v1/adaptations/{adaptation_id}/predict", json=q,
+                           headers=AUTH)).raise_for_status()
+    return adaptation_id
+
+
 def pixel_bomb(side: int = 12000) -> dict[str, Any]:
     """A prediction body holding one 1-bit ``side`` x ``side`` PNG (~17 KB)."""
     buf = io.BytesIO()
@@ -247,22 +268,14 @@ async def attack(url: str, adaptation_id: str, args: argparse.Namespace,
 async def bench_attack(run: Path, state_root: Path, args: argparse.Namespace
                        ) -> tuple[list[Phase], list[str]]:
     """Predictions alone, then beside :func:`attack`, on one server per worker count."""
-    pngs = omniglot_pngs(Path(args.data_root), 5, 10)
-    support = {"examples": [{"image": img, "label": f"char{c}"}
-                            for c, imgs in enumerate(pngs) for img in imgs[:5]]}
-    queries = [{"inputs": [{"image": img}]} for imgs in pngs for img in imgs[5:]]
+    support, queries = payloads(Path(args.data_root))
     phases, rows = [], []
     for workers in args.workers:
         server = Server(run, state_root / f"attack{workers}", workers, 0, None)
         threads = torch_threads(workers)
         try:
             async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-                r = await client.post("/v1/adaptations", json=support, headers=AUTH)
-                r.raise_for_status()
-                adaptation_id = r.json()["id"]
-                for q in queries[:5]:  # warm-up
-                    (await client.post(f"/v1/adaptations/{adaptation_id}/predict", json=q,
-                                       headers=AUTH)).raise_for_status()
+                adaptation_id = await adapt_and_warm(client, support, queries)
                 phases.append(await phase(server.url, "predict only", workers, threads,
                                           adaptation_id, queries, support, args.predicts, 0,
                                           args.repeats))
@@ -314,10 +327,7 @@ def table(phases: list[Phase]) -> str:
 
 
 async def bench(run: Path, state_root: Path, args: argparse.Namespace) -> list[Phase]:
-    pngs = omniglot_pngs(Path(args.data_root), 5, 10)
-    support = {"examples": [{"image": img, "label": f"char{c}"}
-                            for c, imgs in enumerate(pngs) for img in imgs[:5]]}
-    queries = [{"inputs": [{"image": img}]} for imgs in pngs for img in imgs[5:]]
+    support, queries = payloads(Path(args.data_root))
     phases = []
     for workers, threads in itertools.product(args.workers, args.threads):
         queue = max(0, args.adaptations - workers)  # all adaptations admitted, none 503
@@ -326,12 +336,7 @@ async def bench(run: Path, state_root: Path, args: argparse.Namespace) -> list[P
         threads = threads or torch_threads(workers)  # the server's default
         try:
             async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-                r = await client.post("/v1/adaptations", json=support, headers=AUTH)
-                r.raise_for_status()
-                adaptation_id = r.json()["id"]
-                for q in queries[:5]:  # warm-up
-                    (await client.post(f"/v1/adaptations/{adaptation_id}/predict", json=q,
-                                       headers=AUTH)).raise_for_status()
+                adaptation_id = await adapt_and_warm(client, support, queries)
             phases.append(await sequential(server.url, workers, threads, adaptation_id,
                                            queries, args.predicts // 4))
             for name, adaptations in [("predict only", 0), ("predict + adapt",

@@ -90,10 +90,15 @@ def protonet_run(data: Path) -> Path:
     return trained(data, "protonet")
 
 
-@pytest.fixture
-def settings(run: Path, tmp_path: Path) -> ServerSettings:
+def server_settings(run: Path, tmp_path: Path) -> ServerSettings:
+    """Settings of the test servers: one key, small limits."""
     return ServerSettings(target=run, state_dir=tmp_path / "state", api_keys=frozenset({KEY}),
                           max_body_bytes=200_000, max_examples=20, max_inputs=8, max_steps=5)
+
+
+@pytest.fixture
+def settings(run: Path, tmp_path: Path) -> ServerSettings:
+    return server_settings(run, tmp_path)
 
 
 @pytest.fixture

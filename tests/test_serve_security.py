@@ -41,7 +41,16 @@ from PIL import Image, ImageFile  # noqa: E402
 from metafit.cli import main  # noqa: E402
 from metafit.server import ServerSettings, load_api_keys  # noqa: E402
 from metafit.server.store import AdaptationStore  # noqa: E402
-from test_serve import AUTH, KEY, LiveServer, png, queries, support, trained  # noqa: E402
+from test_serve import (  # noqa: E402
+    AUTH,
+    KEY,
+    LiveServer,
+    png,
+    queries,
+    server_settings,
+    support,
+    trained,
+)
 from test_trainer import image_folder  # noqa: E402
 
 BOMB_SIDE = 12000
@@ -52,17 +61,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return image_folder(tmp_path_factory.mktemp("serve_security") / "data")
 
 
-@pytest.fixture(scope="module")
-def run(data: Path) -> Path:
-    """A 2-way MAML run on 8x8 images (as in test_serve.py)."""
-    return trained(data, "maml")
-
-
 @pytest.fixture
 def settings(run: Path, tmp_path: Path) -> ServerSettings:
-    """The limits of test_serve.py's servers; the new ones at their defaults."""
-    return ServerSettings(target=run, state_dir=tmp_path / "state", api_keys=frozenset({KEY}),
-                          max_body_bytes=200_000, max_examples=20, max_inputs=8, max_steps=5)
+    """test_serve.py's limits; the new ones at their defaults."""
+    return server_settings(run, tmp_path)
 
 
 @pytest.fixture
@@ -70,6 +72,12 @@ def live(settings: ServerSettings) -> Iterator[LiveServer]:
     server = LiveServer(settings)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def run(data: Path) -> Path:
+    """A 2-way MAML run on 8x8 images (as in test_serve.py)."""
+    return trained(data, "maml")
 
 
 @pytest.fixture(scope="module")
@@ -416,3 +424,19 @@ def test_log_escaping() -> None:
     assert clean('/a\nINFO x\r\x1b[0m"\\ é\u2028') == \
         '/a\\nINFO x\\r\\x1b[0m\\"\\\\ \\xe9\\u2028'
     assert clean("x" * 300) == "x" * 200 + "..."
+
+
+def test_the_command_line_defaults_are_the_settings_defaults() -> None:
+    """`metafit serve` repeats ServerSettings' defaults in its options (the parser cannot
+    import the server package without the serve extra): they must not drift apart."""
+    from dataclasses import fields
+
+    from metafit.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "RUN"])
+    compared = 0
+    for f in fields(ServerSettings):
+        if hasattr(args, f.name) and f.name not in ("target", "api_keys"):
+            assert getattr(args, f.name) == f.default, f.name
+            compared += 1
+    assert compared >= 16

@@ -9,9 +9,10 @@ part is passed through :func:`clean`, so ``%0a`` in a path cannot forge a log li
 from __future__ import annotations
 
 import logging
-import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from metafit.server.observe import call_observed
 
 __all__ = ["AccessLogMiddleware", "clean", "ACCESS_LOGGER"]
 
@@ -48,20 +49,11 @@ class AccessLogMiddleware:
         if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
-        status: int | None = None
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
+        def log(status: int | None, seconds: float) -> None:
             access_log.info('%s - "%s %s HTTP/%s" %s (%.3f s)', client_address(scope),
                             clean(scope.get("method", ""), 20), clean(scope.get("path", "")),
                             clean(scope.get("http_version", ""), 8),
-                            status if status is not None else "-",
-                            time.perf_counter() - start)
+                            status if status is not None else "-", seconds)
+
+        await call_observed(self.app, scope, receive, send, log)

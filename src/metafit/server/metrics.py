@@ -9,14 +9,15 @@ outside 100-599 (the server makes every status itself).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from metafit.server.observe import call_observed
 
 __all__ = ["Metrics", "MetricsMiddleware", "CONTENT_TYPE", "METHODS", "method_label"]
 
@@ -68,23 +69,16 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
-        status = 500
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
+        def count(status: int | None, seconds: float) -> None:
             route = _route_template(scope, self.routes)
             method = method_label(scope.get("method", ""))
+            status = 500 if status is None else status  # no response started: an error
             code = str(status) if 100 <= status <= 599 else "other"
             self.metrics.requests.labels(route, method, code).inc()
-            self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(route, method).observe(seconds)
+
+        await call_observed(self.app, scope, receive, send, count)
 
 
 def method_label(method: str) -> str:
