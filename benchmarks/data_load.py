@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 
 from metafit.data.omniglot import Omniglot
-from metafit.sampler import EpisodeSampler
+from metafit.data.sampler import EpisodeSampler
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -39,15 +39,15 @@ import torch
 from results_file import write_block  # benchmarks/ (the script's directory)
 from speed import machine
 
-from metafit.config import Recipe
+from metafit.config.recipe import Recipe
 from metafit.deploy import Adapter
 from metafit.deploy.adapted import AdaptedModel
 from metafit.deploy.compress import batch_of, measure, median_latency, prune, quantize
 from metafit.deploy.episodes import Variant, episode_accuracies, summarise
 from metafit.deploy.onnx_export import export_onnx, onnx_feeds, onnx_session
 from metafit.episodes import Episode
-from metafit.rundir import RunDir
-from metafit.runs import split_sampler
+from metafit.runs.directory import RunDir
+from metafit.runs.trained import split_sampler
 
 
 def variants(model_kind: str, sparsities: list[float]) -> dict[str, Variant]:

@@ -4,7 +4,7 @@ Each configuration is meta-trained a few iterations by the real command line: pl
 one process, and under ``torchrun --nproc_per_node N`` on N processes with one thread
 each (the meta-batch split across them, meta-gradients all-reduced over gloo). For
 comparison, one process also runs with as many task-worker threads as the largest N
-(``metafit.parallel``: on a CPU, one process already spreads the tasks of a meta-batch
+(``metafit.execution.threads``: on a CPU, one process already spreads the tasks of a meta-batch
 over the cores that way). Tasks/s come from rank 0's ``metrics.jsonl`` (the
 meta-training step time, validation excluded; the first step is a warm-up and is not
 counted), medians over ``--repeats`` runs, the modes interleaved. Scaling efficiency is
@@ -98,10 +98,10 @@ def command(cfg: Config, mode: Mode, out: Path, data_root: Path | None) -> list[
     if cfg.omniglot:
         args.insert(2, f"data_root={data_root}" if data_root else "dataset=glyphs")
     if mode.procs == 1:
-        return [sys.executable, "-m", "metafit.cli", *args]
+        return [sys.executable, "-m", "metafit.cli.main", *args]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(mode.procs),
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-            "-m", "metafit.cli", *args]
+            "-m", "metafit.cli.main", *args]
 
 
 def tasks_per_second(run: Path, meta_batch: int) -> float:
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "step times after a warm-up step (validation excluded, all-reduce included). "
         "Scaling efficiency = tps(N processes) / (N x tps(1 process x 1 thread)). "
         f"\"1 process x {top} threads\": `threads={top} task_workers={top}`, i.e. {top} "
-        f"task-worker threads for the conv4 rows (`metafit.parallel`) and {top} intra-op "
+        f"task-worker threads for the conv4 rows (`metafit.execution.threads`) and {top} intra-op "
         "threads for the sinusoid MLP (its meta-batch runs as one `vmap`, no task loop).",
         "",
         text,

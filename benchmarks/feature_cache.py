@@ -1,5 +1,5 @@
 """Evaluation with the body's features cached across episodes, against running the body in
-every episode, side by side on trained runs (``metafit.feature_cache``).
+every episode, side by side on trained runs (``metafit.evaluation.feature_cache``).
 
     python benchmarks/feature_cache.py RUN [RUN ...] --episodes 600
 
@@ -28,8 +28,8 @@ from results_file import write_block  # benchmarks/ (the script's directory)
 
 def measure(run: Path, episodes: int, repeats: int, cached_only: bool) -> dict[str, Any]:
     """Time cached and uncached evaluations of ``run``'s test episodes."""
-    from metafit.evaluation import evaluate
-    from metafit.runs import load_trained, split_sampler
+    from metafit.evaluation.protocol import evaluate
+    from metafit.runs.trained import load_trained, split_sampler
 
     recipe, algo = load_trained(run, "best")
     steps = int(cast(Any, algo).default_eval_steps)

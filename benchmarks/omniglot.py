@@ -63,9 +63,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _probe(recipe: Any, steps: int = 3) -> float:
     """Median seconds of one meta-gradient + optimizer-free step on training episodes."""
-    from metafit.datasets import load_split
-    from metafit.factory import build_algorithm
-    from metafit.sampler import EpisodeSampler
+    from metafit.algorithms.from_recipe import build_algorithm
+    from metafit.data.sampler import EpisodeSampler
+    from metafit.data.splits import load_split
 
     train = load_split(recipe, "train")
     sampler = EpisodeSampler(train, recipe.ways, recipe.shots, recipe.queries, seed=12345)
@@ -83,10 +83,10 @@ def run_one(setting: str, algorithm: str, args: argparse.Namespace) -> dict[str,
     """Train and test one recipe (in this process); returns and saves the result."""
     import torch
 
-    from metafit.config import load_recipe
-    from metafit.rundir import RunDir
-    from metafit.runs import evaluate_run
-    from metafit.trainer import Trainer
+    from metafit.config.recipe import load_recipe
+    from metafit.runs.directory import RunDir
+    from metafit.runs.trained import evaluate_run
+    from metafit.training.trainer import Trainer
 
     torch.set_num_threads(1)
     name = f"omniglot_{setting}_{algorithm}"
@@ -219,7 +219,7 @@ def time_curves(args: argparse.Namespace) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from metafit.rundir import RunDir
+    from metafit.runs.directory import RunDir
 
     fig, ax = plt.subplots(figsize=(6, 4))
     lines = []

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from results_file import write_block  # benchmarks/ (the script's directory)
 
-from metafit import bench
+from metafit.cli import bench
 
 HERE = Path(__file__).parent
 

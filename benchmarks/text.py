@@ -131,10 +131,10 @@ def _finished(done: Path, results: list[dict[str, Any]]) -> bool:
 
 def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Train and test every row at every shot count (resumable)."""
-    from metafit.config import load_recipe
+    from metafit.config.recipe import load_recipe
     from metafit.models.text import count_parameters
-    from metafit.runs import evaluate_run
-    from metafit.trainer import Trainer
+    from metafit.runs.trained import evaluate_run
+    from metafit.training.trainer import Trainer
 
     results = []
     for algorithm, scope in _rows(args.rows):
@@ -187,11 +187,11 @@ def k_shot_pool(train_csv: Path, k: int, seed: int, out: Path) -> Path:
 
 def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every row at every K and seed: meta-train on the pool, fit it, score test.csv."""
-    from metafit.adaptation import adapt_and_score
-    from metafit.config import load_recipe
+    from metafit.config.recipe import load_recipe
     from metafit.data.text_csv import TextCSV
-    from metafit.runs import load_trained
-    from metafit.trainer import Trainer
+    from metafit.evaluation.test_set import adapt_and_score
+    from metafit.runs.trained import load_trained
+    from metafit.training.trainer import Trainer
 
     root = Path(args.data_root)
     results = []

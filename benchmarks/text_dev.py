@@ -9,7 +9,7 @@ whole encoder) was therefore fixed on a **development seed** that ``benchmarks/t
 never scores (100; the scored seeds are 0-4): its K-shot pool is drawn exactly like the
 scored ones, and the development set is every other sentence of ``train.csv`` (about
 9,200-9,600, never ``test.csv``). Every ``--every`` meta-training steps the script fits
-prototypes on the pool (``metafit.adaptation.adapt_and_score``, as the benchmark does) and
+prototypes on the pool (``metafit.evaluation.test_set.adapt_and_score``, as the benchmark does) and
 scores the development set, 77-way. The table goes to ``--results`` between
 ``<!-- text_dev:start/end -->``.
 """
@@ -48,12 +48,12 @@ def development_set(train_csv: Path, pool: Path, out: Path) -> Path:
 
 def curve(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Development accuracy every ``args.every`` steps of ProtoNet on the seed's pool."""
-    from metafit.adaptation import adapt_and_score
-    from metafit.config import load_recipe
+    from metafit.algorithms.from_recipe import build_algorithm
+    from metafit.config.recipe import load_recipe
+    from metafit.data.sampler import EpisodeSampler
+    from metafit.data.splits import load_split
     from metafit.data.text_csv import TextCSV
-    from metafit.datasets import load_split
-    from metafit.factory import build_algorithm
-    from metafit.sampler import EpisodeSampler
+    from metafit.evaluation.test_set import adapt_and_score
 
     root, out = Path(args.data_root), Path(args.out)
     pool = k_shot_pool(root / "train.csv", k, args.dev_seed, out / f"pool_k{k}.csv")

@@ -64,10 +64,10 @@ from text_dev import development_set
 from torch import Tensor
 from torch.nn import functional as F
 
-from metafit.adaptation import predict
 from metafit.algorithms.heads import fit_logistic_head
+from metafit.evaluation.test_set import predict
 from metafit.io import atomic_write_text
-from metafit.text import TokenMasker, tokenize, trim
+from metafit.models.tokenizer import TokenMasker, tokenize, trim
 
 WAYS = 77
 
@@ -233,11 +233,11 @@ def ridge_loss(body: torch.nn.Module, episodes: Any, lam: float, scale: float) -
     return F.cross_entropy(scale * zq @ weight, task.query_y)
 
 def dev(args: argparse.Namespace) -> None:
-    from metafit.config import load_recipe
+    from metafit.algorithms.from_recipe import build_algorithm
+    from metafit.config.recipe import load_recipe
+    from metafit.data.sampler import EpisodeSampler
+    from metafit.data.splits import load_split
     from metafit.data.text_csv import TextCSV
-    from metafit.datasets import load_split
-    from metafit.factory import build_algorithm
-    from metafit.sampler import EpisodeSampler
 
     torch.manual_seed(0)
     root, out = Path(args.data_root), Path(args.out)
@@ -400,7 +400,7 @@ def _accuracy(scores_: Tensor, y: Tensor) -> float:
 
 def test(args: argparse.Namespace) -> None:
     from metafit.data.text_csv import TextCSV
-    from metafit.runs import load_trained
+    from metafit.runs.trained import load_trained
 
     runs = Path(args.runs)
     for k in args.ks:

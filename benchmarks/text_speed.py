@@ -32,12 +32,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench_text_speed")
     args = parser.parse_args()
 
-    from metafit.adaptation import predict
-    from metafit.config import load_recipe
+    from metafit.algorithms.from_recipe import build_algorithm
+    from metafit.config.recipe import load_recipe
+    from metafit.data.sampler import EpisodeSampler
+    from metafit.data.splits import load_split
     from metafit.data.text_csv import TextCSV
-    from metafit.datasets import load_split
-    from metafit.factory import build_algorithm
-    from metafit.sampler import EpisodeSampler
+    from metafit.evaluation.test_set import predict
 
     torch.set_num_threads(args.threads)
     root = Path(args.data_root)

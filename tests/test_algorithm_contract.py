@@ -24,9 +24,9 @@ from metafit.algorithms import (
     list_algorithms,
 )
 from metafit.data.base import TensorClassDataset
+from metafit.data.sampler import EpisodeSampler
 from metafit.episodes import Episodes
 from metafit.models import conv4, mlp
-from metafit.sampler import EpisodeSampler
 
 NUM_CLASSES = 10
 WAYS = 5

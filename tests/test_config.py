@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from metafit.config import (
+from metafit.config.recipe import (
     Recipe,
     RecipeError,
     list_recipes,
@@ -83,7 +83,7 @@ def test_yaml_file_with_base_and_unknown_key(tmp_path: Path) -> None:
 
 
 def test_protonet_distance_is_a_recipe_key() -> None:
-    from metafit.factory import build_algorithm
+    from metafit.algorithms.from_recipe import build_algorithm
 
     base = dict(name="x", dataset="sinusoid", model="mlp")
     with pytest.raises(ValueError, match="distance='cosine' applies to protonet"):

@@ -1,4 +1,4 @@
-"""Meta-gradients replayed as CUDA graphs (metafit.cuda_graphs).
+"""Meta-gradients replayed as CUDA graphs (metafit.execution.cuda_graphs).
 
 The capture itself needs a GPU: those tests run where torch sees one (they were run on the
 lent H200, benchmarks/RESULTS.md); the rest (metrics kept on the device, the refusals, the
@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from metafit import bench
 from metafit.algorithms import MAML, build_algorithm
 from metafit.algorithms.base import Algorithm, metric_tensors
-from metafit.config import Recipe
-from metafit.cuda_graphs import GraphedMetaGradients
+from metafit.cli import bench
+from metafit.config.recipe import Recipe
 from metafit.episodes import Episodes
+from metafit.execution.cuda_graphs import GraphedMetaGradients
 from metafit.models import mlp
-from metafit.rundir import RunDir
+from metafit.runs.directory import RunDir
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -123,7 +123,7 @@ def test_an_algorithm_that_reads_values_back_is_refused_clearly() -> None:
 
 @needs_cuda
 def test_training_with_cuda_graphs_logs_what_eager_training_logs(tmp_path: Path) -> None:
-    from metafit.trainer import Trainer
+    from metafit.training.trainer import Trainer
 
     runs = {}
     for graphs in (False, True):

@@ -20,7 +20,8 @@ import torch
 
 from deploy_fixtures import SIZE, image_run, pattern, support_folder, text_recipe, text_run
 from metafit.algorithms import list_algorithms
-from metafit.cli import main
+from metafit.algorithms.from_recipe import build_algorithm
+from metafit.cli.main import main
 from metafit.data.image_folder import ImageFolder
 from metafit.deploy import (
     AdaptedModel,
@@ -32,7 +33,6 @@ from metafit.deploy import (
 )
 from metafit.deploy import modeldir as modeldir_module
 from metafit.deploy.compress import prune, quantize, sparsity, state_size
-from metafit.factory import build_algorithm
 from test_trainer import classification_recipe
 from text_fixtures import sentences, write_csv
 

@@ -23,7 +23,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from metafit.config import Recipe, make_recipe
+from metafit.config.recipe import Recipe, make_recipe
+from metafit.data.sampler import EpisodeSampler
 from metafit.distributed import (
     SINGLE,
     DistContext,
@@ -38,11 +39,10 @@ from metafit.distributed import (
     shutdown,
 )
 from metafit.episodes import Episodes
-from metafit.evaluation import evaluate
-from metafit.rundir import CheckpointError, RunDir, load_checkpoint
-from metafit.runs import evaluate_run
-from metafit.sampler import EpisodeSampler
-from metafit.trainer import ENV_CRASH_AT, Trainer
+from metafit.evaluation.protocol import evaluate
+from metafit.runs.directory import CheckpointError, RunDir, load_checkpoint
+from metafit.runs.trained import evaluate_run
+from metafit.training.trainer import ENV_CRASH_AT, Trainer
 from test_trainer import classification_recipe, image_folder, regression_recipe
 
 WORLD = 2
@@ -106,7 +106,7 @@ def test_errors_that_cannot_be_pickled_are_sent_as_their_text() -> None:
 
 
 def test_meta_batch_smaller_than_the_world_is_refused(tmp_path: Path) -> None:
-    from metafit.trainer import _meta_batch_shares
+    from metafit.training.trainer import _meta_batch_shares
 
     recipe = regression_recipe("maml", meta_batch=1)
     with pytest.raises(ValueError, match="meta_batch=1 is smaller than the 2 processes"):
@@ -259,7 +259,7 @@ def torchrun(args: list[str], tmp: Path,
         env[ENV_CRASH_AT] = str(crash_at)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "metafit.cli", *args]
+           "-m", "metafit.cli.main", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150,
                           start_new_session=True)
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from deploy_fixtures import image_run, pattern, support_folder, text_recipe, text_run
-from metafit.cli import main
+from metafit.algorithms.from_recipe import build_algorithm
+from metafit.cli.main import main
 from metafit.deploy import (
     AdaptedModel,
     Adapter,
@@ -23,7 +24,6 @@ from metafit.deploy import (
 )
 from metafit.deploy.compress import prune, quantize
 from metafit.deploy.modeldir import read_model_dir
-from metafit.factory import build_algorithm
 from text_fixtures import sentences
 
 pytest.importorskip("onnxruntime")

@@ -1,4 +1,4 @@
-"""Body features cached across episodes (metafit.feature_cache): the same evaluation and
+"""Body features cached across episodes (metafit.evaluation.feature_cache): the same evaluation and
 training results as running the body in every episode, with the body run once per
 distinct example; never used where the body adapts or depends on the batch."""
 
@@ -13,16 +13,16 @@ import pytest
 import torch
 from torch import nn
 
-from metafit.config import load_recipe
+from metafit.algorithms.from_recipe import build_algorithm
+from metafit.config.recipe import load_recipe
+from metafit.data.sampler import EpisodeSampler
 from metafit.data.text_csv import TextCSV
-from metafit.evaluation import evaluate
-from metafit.factory import build_algorithm
-from metafit.feature_cache import FeatureCache, cached_body, uncacheable_reason
+from metafit.evaluation.feature_cache import FeatureCache, cached_body, uncacheable_reason
+from metafit.evaluation.protocol import evaluate
+from metafit.execution.threads import share_parameters
 from metafit.models import FewShotModel
 from metafit.models.conv4 import conv4
-from metafit.parallel import share_parameters
-from metafit.sampler import EpisodeSampler
-from metafit.trainer import Trainer
+from metafit.training.trainer import Trainer
 from text_fixtures import sentences, shared_model_dir, write_csv
 
 CLASSES = 8
@@ -156,7 +156,7 @@ def test_replicas_share_the_store_and_stop_answering_after_the_block() -> None:
     x = torch.randn(5, 4)
     with cached_body(model) as cache:
         assert cache is not None
-        replica = copy.deepcopy(model)  # what metafit.parallel makes per worker thread
+        replica = copy.deepcopy(model)  # what metafit.execution.threads makes per worker thread
         share_parameters(replica, model)
         with torch.no_grad():
             model.body(x)
@@ -186,7 +186,7 @@ def test_training_a_frozen_body_uses_the_cache_with_the_same_result(tmp_path: Pa
         before = {n: p.detach().clone() for n, p in trainer.algo.named_parameters()}
         if not cache:
             trainer._frozen_body_cache = lambda: cached_body(nn.Module())  # type: ignore[method-assign]
-        with caplog.at_level("INFO", logger="metafit.trainer"):
+        with caplog.at_level("INFO", logger="metafit.training.trainer"):
             trainer.fit()
         assert ("features of each example are computed once" in caplog.text) == cache
         caplog.clear()
@@ -199,7 +199,7 @@ def test_training_a_frozen_body_uses_the_cache_with_the_same_result(tmp_path: Pa
 
 
 def test_cli_evaluate_gives_the_same_result_without_the_cache(tmp_path: Path, capsys) -> None:
-    from metafit.cli import main
+    from metafit.cli.main import main
 
     path = write_csv(tmp_path / "intents.csv", sentences(10, 8))
     out = tmp_path / "run"

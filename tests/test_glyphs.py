@@ -17,7 +17,7 @@ from metafit.data.glyphs import (
     reference_bitmap,
     split_indices,
 )
-from metafit.sampler import EpisodeSampler
+from metafit.data.sampler import EpisodeSampler
 
 
 @pytest.fixture(autouse=True)

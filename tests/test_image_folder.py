@@ -12,7 +12,7 @@ from PIL import Image
 import metafit.data.image_folder as image_folder_module
 from metafit.data.errors import DatasetError
 from metafit.data.image_folder import ImageFolder
-from metafit.sampler import EpisodeSampler
+from metafit.data.sampler import EpisodeSampler
 
 
 @pytest.fixture(autouse=True)

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from deploy_fixtures import SIZE, image_run, support_folder
+from metafit.algorithms.from_recipe import build_algorithm
 from metafit.algorithms.heads import LogisticHead, fit_logistic_head, logistic_logits
-from metafit.cli import main
-from metafit.config import RecipeError
+from metafit.cli.main import main
+from metafit.config.recipe import RecipeError
 from metafit.deploy import AdaptedModel, Adapter
 from metafit.deploy.compress import quantize
-from metafit.factory import build_algorithm
-from metafit.runs import load_trained
+from metafit.runs.trained import load_trained
 from test_algorithm_contract import NUM_CLASSES, WAYS, classification_batch
 from test_trainer import classification_recipe, regression_recipe
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from deploy_fixtures import image_run, pattern, support_folder
-from metafit.cli import main
+from metafit.cli.main import main
 from metafit.deploy import AdaptedModel, Adapter, ModelDirError, load_support
 from metafit.deploy.compress import quantize
 from metafit.deploy.modeldir import write_model_dir

@@ -19,7 +19,7 @@ from PIL import Image
 import metafit.data.omniglot as omniglot_module
 from metafit.data.errors import DatasetError
 from metafit.data.omniglot import Omniglot
-from metafit.sampler import EpisodeSampler
+from metafit.data.sampler import EpisodeSampler
 
 SIZE = 8  # fixture images are 8x8, loaded at image_size=8: no resampling, exact values
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"

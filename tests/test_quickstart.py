@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from metafit.cli import main
-from metafit.quickstart import SIZES, data_keys
-from metafit.rundir import RunDir
+from metafit.cli.main import main
+from metafit.cli.quickstart import SIZES, data_keys
+from metafit.runs.directory import RunDir
 from test_omniglot import write_zip
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from metafit.cli import main
+from metafit.cli.main import main
+from metafit.data.sampler import EpisodeSampler
 from metafit.data.sinusoid import Sinusoid
-from metafit.report import report_runs
-from metafit.sampler import EpisodeSampler
-from metafit.trainer import Trainer
+from metafit.runs.report import report_runs
+from metafit.training.trainer import Trainer
 from test_trainer import classification_recipe, image_folder, regression_recipe
 
 

@@ -15,11 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from metafit.cli import main
-from metafit.rundir import CheckpointError, RunDir, RunDirError, load_checkpoint, previous_version
-from metafit.runlock import RunLockedError
-from metafit.runs import load_trained
-from metafit.trainer import Trainer
+from metafit.cli.main import main
+from metafit.runs.directory import (
+    CheckpointError,
+    RunDir,
+    RunDirError,
+    load_checkpoint,
+    previous_version,
+)
+from metafit.runs.lock import RunLockedError
+from metafit.runs.trained import load_trained
+from metafit.training.trainer import Trainer
 from test_trainer import (
     assert_same_metrics,
     classification_recipe,
@@ -140,7 +146,7 @@ def test_a_flipped_byte_is_caught_and_the_previous_checkpoint_used(
         trainer.fit()
     last = RunDir(broken).checkpoint("last")
     _flip_a_tensor_byte(last)
-    with caplog.at_level(logging.WARNING, logger="metafit.rundir"):
+    with caplog.at_level(logging.WARNING, logger="metafit.runs.directory"):
         data = load_checkpoint(last)
     assert data["state"]["iteration"] == 2
     assert "does not match its content digest" in caplog.text
@@ -179,7 +185,7 @@ def test_a_torn_metrics_line_is_cut_on_resume(tmp_path: Path,
     torn = len(lines) + 1
     with broken.metrics.open("a") as f:  # a crash in the middle of writing a record
         f.write('{"iteration": 5, "split": "train", "loss": 0.1')
-    with caplog.at_level(logging.WARNING, logger="metafit.rundir"):
+    with caplog.at_level(logging.WARNING, logger="metafit.runs.directory"):
         Trainer(recipe, broken.path, progress=False).fit()
     assert f"metrics.jsonl, line {torn}: an incomplete record" in caplog.text
     full = RunDir(tmp_path / "full")
@@ -199,7 +205,7 @@ def test_a_second_trainer_is_refused_with_the_holders_pid(tmp_path: Path) -> Non
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from metafit.runlock import RunLock; "
+        [sys.executable, "-c", "import sys, time; from metafit.runs.lock import RunLock; "
          f"lock = RunLock({str(out)!r}); lock.acquire(); print('held', flush=True); "
          "sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -223,7 +229,7 @@ def test_the_lock_of_a_killed_trainer_is_taken_over(tmp_path: Path,
     out.mkdir()
     (out / ".lock").write_text(f"{dead.pid} otherhost 2026-01-01T00:00:00\n")
     recipe = regression_recipe("maml")
-    with caplog.at_level(logging.WARNING, logger="metafit.runlock"):
+    with caplog.at_level(logging.WARNING, logger="metafit.runs.lock"):
         assert Trainer(recipe, out, progress=False).fit().iteration == recipe.iterations
     assert f"lock left by PID {dead.pid} on otherhost" in caplog.text
     assert (out / ".lock").read_text() == ""  # released

@@ -29,12 +29,12 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 import uvicorn  # noqa: E402
 
-from metafit.cli import main  # noqa: E402
+from metafit.cli.main import main  # noqa: E402
 from metafit.deploy import AdaptedModel  # noqa: E402
 from metafit.server import ServerSettings, create_app, is_loopback, load_api_keys  # noqa: E402
 from metafit.server.pool import AdaptationPool, PoolFull  # noqa: E402
 from metafit.server.runner import bind  # noqa: E402
-from metafit.trainer import Trainer  # noqa: E402
+from metafit.training.trainer import Trainer  # noqa: E402
 from test_trainer import classification_recipe, image_folder  # noqa: E402
 
 KEY = "test-key-5f1c0e9a7b"
@@ -487,7 +487,7 @@ def test_cli_serves_logs_the_url_never_the_key(run: Path, data: Path, tmp_path: 
     keys.chmod(0o600)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "METAFIT_API_KEYS": ""}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metafit.cli", "-v", "serve", str(run), "--port", "0",
+        [sys.executable, "-m", "metafit.cli.main", "-v", "serve", str(run), "--port", "0",
          "--api-key-file", str(keys), "--state-dir", str(tmp_path / "state"), "--threads", "1"],
         stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None

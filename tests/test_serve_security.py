@@ -38,7 +38,7 @@ from hypothesis import settings as hsettings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from PIL import Image, ImageFile  # noqa: E402
 
-from metafit.cli import main  # noqa: E402
+from metafit.cli.main import main  # noqa: E402
 from metafit.server import ServerSettings, load_api_keys  # noqa: E402
 from metafit.server.store import AdaptationStore  # noqa: E402
 from test_serve import (  # noqa: E402
@@ -280,7 +280,7 @@ def test_cli_logs_no_query_string_and_escapes_paths(run: Path, data: Path,
     secret = "q5ecret-key-in-the-query"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "METAFIT_API_KEYS": KEY}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metafit.cli", "serve", str(run), "--port", "0",
+        [sys.executable, "-m", "metafit.cli.main", "serve", str(run), "--port", "0",
          "--state-dir", str(tmp_path / "state"), "--threads", "1"],
         stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None
@@ -431,7 +431,7 @@ def test_the_command_line_defaults_are_the_settings_defaults() -> None:
     import the server package without the serve extra): they must not drift apart."""
     from dataclasses import fields
 
-    from metafit.cli import build_parser
+    from metafit.cli.main import build_parser
 
     args = build_parser().parse_args(["serve", "RUN"])
     compared = 0

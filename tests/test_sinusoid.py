@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from metafit.data.base import ClassDataset, TaskFamily
+from metafit.data.sampler import EpisodeSampler
 from metafit.data.sinusoid import Sinusoid
-from metafit.sampler import EpisodeSampler
 
 
 def test_protocol_shapes_and_dtypes() -> None:

@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metafit import bench, kernels, parallel
 from metafit.algorithms import build_algorithm
+from metafit.cli import bench
 from metafit.episodes import Episodes
-from metafit.kernels import ConvBlock, once_differentiable_region
+from metafit.execution import threads as parallel
+from metafit.models import blocks as kernels
 from metafit.models import conv4, mlp
+from metafit.models.blocks import ConvBlock, once_differentiable_region
 
 ALGORITHMS = ["maml", "fomaml", "anil", "reptile", "protonet"]
 
@@ -271,7 +273,7 @@ def test_bench_rejects_a_peer_that_disagrees(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_cli_bench_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from metafit.cli import main
+    from metafit.cli.main import main
 
     out = tmp_path / "rows.json"
     code = main(["bench", "--quick", "--algorithms", "fomaml", "--problems", "sinusoid",
@@ -310,8 +312,8 @@ def test_float_table_gathers_what_on_the_fly_normalisation_gives() -> None:
 
 
 def test_recipe_task_workers_reach_the_algorithm() -> None:
-    from metafit.config import load_recipe
-    from metafit.factory import build_algorithm as from_recipe
+    from metafit.algorithms.from_recipe import build_algorithm as from_recipe
+    from metafit.config.recipe import load_recipe
 
     recipe = load_recipe("sinusoid_maml", ["task_workers=3", "vmap_chunk=5"])
     assert from_recipe(recipe).task_workers == 3

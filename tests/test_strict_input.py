@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from metafit.cli import main
-from metafit.config import RecipeError, load_recipe, parse_overrides
+from metafit.cli.main import main
+from metafit.config.recipe import RecipeError, load_recipe, parse_overrides
 from metafit.data.errors import DatasetError
 from metafit.data.text_csv import TextCSV
 
@@ -102,7 +102,7 @@ def test_evaluate_episodes_zero_or_negative_is_an_error(sinusoid_run: Path, caps
 
 
 def test_evaluate_run_refuses_zero_episodes_before_loading(tmp_path: Path) -> None:
-    from metafit.runs import evaluate_run
+    from metafit.runs.trained import evaluate_run
 
     # not a run directory: the count is checked first
     with pytest.raises(ValueError, match=r"episodes must be a positive integer, got 0"):
@@ -177,7 +177,7 @@ def test_a_value_made_of_aliases_gives_a_short_message(tmp_path: Path) -> None:
 
 
 def test_yaml_mapping_helpers_for_run_and_model_directories(tmp_path: Path) -> None:
-    from metafit.config import parse_yaml_mapping, read_yaml_mapping
+    from metafit.config.recipe import parse_yaml_mapping, read_yaml_mapping
 
     config = write(tmp_path / "config.yaml", b"\x00\x01binary")
     with pytest.raises(RecipeError, match=r"config.yaml.*not valid YAML: line 1"):
@@ -201,8 +201,8 @@ def test_override_with_undecodable_bytes_is_an_error() -> None:
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory adapted from a linear-probe run on the tiny BERT."""
-    from metafit.config import make_recipe
-    from metafit.trainer import Trainer
+    from metafit.config.recipe import make_recipe
+    from metafit.training.trainer import Trainer
     from text_fixtures import sentences, shared_model_dir, write_csv
 
     root = tmp_path_factory.mktemp("strict-text")
@@ -255,7 +255,7 @@ def test_predict_from_file_outputs_line_up_with_lines(text_model: Path, tmp_path
 
 @pytest.mark.parametrize("field", ["trials", "trial_iterations", "jobs"])
 def test_tuning_counts_of_zero_are_errors(field: str) -> None:
-    from metafit.tuning import TuneOptions
+    from metafit.tuning.study import TuneOptions
 
     with pytest.raises(ValueError, match=f"{field} must be a positive integer, got 0"):
         TuneOptions(**{field: 0})

@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 from metafit.algorithms import MAML, Reptile
-from metafit.cli import main
-from metafit.config import load_recipe
+from metafit.algorithms.from_recipe import build_algorithm
+from metafit.cli.main import main
+from metafit.config.recipe import load_recipe
+from metafit.data.sampler import EpisodeSampler
+from metafit.data.splits import class_split
 from metafit.data.text_csv import TextCSV
-from metafit.datasets import class_split
-from metafit.factory import build_algorithm
 from metafit.models.text import TextBody, count_parameters, text_model, transformer_layers
-from metafit.rundir import RunDir
-from metafit.sampler import EpisodeSampler
-from metafit.text import ModelDirError, check_model_dir, tokenize
+from metafit.models.tokenizer import ModelDirError, check_model_dir, tokenize
+from metafit.runs.directory import RunDir
 from test_gradients import rel_error
 from text_fixtures import lora_model, make_model_dir, sentences, shared_model_dir, write_csv
 
@@ -46,7 +46,7 @@ def test_tokenisation_cache_round_trips(monkeypatch) -> None:
     first = tokenize(texts, shared_model_dir(), 16)
     assert first.shape == (12, 16) and first.dtype == torch.long
     assert bool((first[:, 0] == 2).all())  # [CLS] first, padding (0) last
-    import metafit.text as text_module
+    import metafit.models.tokenizer as text_module
 
     def no_tokenizer(*_a, **_k):  # the second call must come from the cache
         raise AssertionError("tokenizer loaded again")
@@ -270,8 +270,8 @@ def test_build_algorithm_logs_trainable_counts(caplog) -> None:
 
 
 def test_adapt_and_score_on_a_fixed_label_set(tmp_path: Path) -> None:
-    from metafit.adaptation import adapt_and_score
-    from metafit.datasets import load_split
+    from metafit.data.splits import load_split
+    from metafit.evaluation.test_set import adapt_and_score
 
     path = write_data(tmp_path, per_class=6)
     recipe = load_recipe("_banking77", {"data_root": str(path), "split_classes": False,
@@ -295,7 +295,7 @@ def test_adapt_and_score_on_a_fixed_label_set(tmp_path: Path) -> None:
 
 
 def test_predict_sorts_texts_by_length_and_returns_input_order() -> None:
-    from metafit.adaptation import predict
+    from metafit.evaluation.test_set import predict
 
     algo = build_algorithm(load_recipe("_banking77", {"text_model": str(shared_model_dir()),
                                                       "algorithm": "protonet"}))

@@ -9,8 +9,8 @@ import torch
 
 from metafit.data.base import ClassDataset
 from metafit.data.errors import DatasetError
+from metafit.data.sampler import EpisodeSampler
 from metafit.data.text_csv import TextCSV
-from metafit.sampler import EpisodeSampler
 
 GOOD = (
     "text,category\n"  # line 1

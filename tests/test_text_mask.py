@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from metafit.config import RecipeError, load_recipe
+from metafit.config.recipe import RecipeError, load_recipe
 from metafit.data.text_csv import TextCSV
 from metafit.episodes import Episodes
-from metafit.rundir import RunDir
-from metafit.text import TokenMasker, load_tokenizer
-from metafit.trainer import Trainer
+from metafit.models.tokenizer import TokenMasker, load_tokenizer
+from metafit.runs.directory import RunDir
+from metafit.training.trainer import Trainer
 from test_trainer import interrupt_at
 from text_fixtures import sentences, shared_model_dir, write_csv
 

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from metafit.algorithms import get_algorithm, list_algorithms
-from metafit.config import make_recipe
-from metafit.rundir import CheckpointError, RunDir, load_checkpoint, previous_version
-from metafit.runs import evaluate_run, load_trained
-from metafit.trainer import Trainer
+from metafit.config.recipe import make_recipe
+from metafit.runs.directory import CheckpointError, RunDir, load_checkpoint, previous_version
+from metafit.runs.trained import evaluate_run, load_trained
+from metafit.training.trainer import Trainer
 
 
 def image_folder(root: Path, classes: int = 8, per_class: int = 6, size: int = 8) -> Path:
@@ -153,8 +153,8 @@ def test_run_directory_contents_and_evaluation(tmp_path: Path) -> None:
 
 
 def test_scoring_only_the_curve_ends_gives_the_same_result(tmp_path: Path) -> None:
-    from metafit.evaluation import evaluate
-    from metafit.runs import load_trained, split_sampler
+    from metafit.evaluation.protocol import evaluate
+    from metafit.runs.trained import load_trained, split_sampler
 
     root = image_folder(tmp_path / "data")
     run = tmp_path / "run"
@@ -219,7 +219,7 @@ def test_a_different_recipe_into_an_existing_run_is_refused(tmp_path: Path) -> N
 
 
 def test_lr_schedule_warmup_then_decay() -> None:
-    from metafit.trainer import lr_factor
+    from metafit.training.trainer import lr_factor
 
     cosine = lr_factor(regression_recipe("maml", iterations=110, warmup=10, lr_schedule="cosine"))
     assert [cosine(i) for i in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
@@ -258,7 +258,7 @@ def test_non_finite_validation_never_becomes_the_best(tmp_path: Path) -> None:
 
 
 def test_curve_points_are_dense_then_sparse() -> None:
-    from metafit.evaluation import curve_points
+    from metafit.evaluation.protocol import curve_points
 
     assert curve_points(3) == [0, 1, 2, 3]
     assert curve_points(10) == list(range(11))

@@ -11,13 +11,13 @@ import optuna
 import pytest
 import yaml
 
-from metafit.cli import main
-from metafit.config import RecipeError, load_recipe, make_recipe
-from metafit.factory import build_algorithm
-from metafit.rundir import RunDir
-from metafit.search import grid_size, parse_search_space, suggest
-from metafit.trainer import Trainer
-from metafit.tuning import TuneOptions, open_study, storage_url, trial_recipe, tune
+from metafit.algorithms.from_recipe import build_algorithm
+from metafit.cli.main import main
+from metafit.config.recipe import RecipeError, load_recipe, make_recipe
+from metafit.runs.directory import RunDir
+from metafit.training.trainer import Trainer
+from metafit.tuning.space import grid_size, parse_search_space, suggest
+from metafit.tuning.study import TuneOptions, open_study, storage_url, trial_recipe, tune
 
 SPACE = {
     "inner_lr": {"type": "loguniform", "low": 0.003, "high": 0.1},
@@ -200,7 +200,7 @@ def test_a_killed_processes_trial_is_failed_by_its_heartbeat(tmp_path: Path) -> 
 def test_pruned_trial_stops_its_run_early(tmp_path: Path) -> None:
     recipe = load_recipe(write_recipe(tmp_path))
     opts = TuneOptions(out=str(tmp_path / "tune"), trials=1, trial_iterations=6)
-    from metafit.tuning import _objective
+    from metafit.tuning.study import _objective
 
     class PruneAtOnce(optuna.pruners.BasePruner):
         def prune(self, study: Any, trial: Any) -> bool:

@@ -37,7 +37,7 @@ def main() -> None:
     from safetensors.torch import load_file, save_file
     from transformers import AutoModel, AutoTokenizer
 
-    from metafit.text import default_model_dir
+    from metafit.models.tokenizer import default_model_dir
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", required=True, help="the folder holding banking77/")

@@ -10,9 +10,8 @@ Public API (see README.md)::
     result = mf.evaluate(algo, test_sampler, episodes=600)
 """
 
-__version__ = "0.1.0"
-
 from metafit import data, functional, models  # noqa: E402
+from metafit._version import __version__
 from metafit.algorithms import (  # noqa: E402
     ANIL,
     FOMAML,
@@ -28,10 +27,10 @@ from metafit.algorithms import (  # noqa: E402
     list_algorithms,
     register_algorithm,
 )
-from metafit.config import Recipe, load_recipe  # noqa: E402
+from metafit.config.recipe import Recipe, load_recipe  # noqa: E402
+from metafit.data.sampler import EpisodeSampler  # noqa: E402
 from metafit.episodes import Episode, Episodes  # noqa: E402
-from metafit.evaluation import EvalResult, evaluate  # noqa: E402
-from metafit.sampler import EpisodeSampler  # noqa: E402
+from metafit.evaluation.protocol import EvalResult, evaluate  # noqa: E402
 
 __all__ = [
     "ANIL",

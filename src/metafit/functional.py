@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metafit.kernels import native_batch_norms, once_differentiable_region
+from metafit.models.blocks import native_batch_norms, once_differentiable_region
 
 __all__ = [
     "Params",
@@ -378,7 +378,7 @@ def batch_tasks_by_default(model: nn.Module, second_order: bool = False) -> bool
     ``vmap``. On a CPU, for models without convolutions (:func:`loops_over_tasks`); on a GPU,
     where the per-task loop is bound by kernel launches, for every model ``vmap`` can run:
     none marked :func:`per_task_only`, and at ``second_order`` none with a fused BatchNorm
-    (:func:`~metafit.kernels.native_batch_norms`)."""
+    (:func:`~metafit.models.blocks.native_batch_norms`)."""
     first = next(model.parameters(), None)
     if first is None or first.device.type == "cpu":
         return not loops_over_tasks(model)

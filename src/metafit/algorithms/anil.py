@@ -20,7 +20,7 @@ from metafit import functional as mf
 from metafit.algorithms.maml import MAML
 from metafit.algorithms.registry import register_algorithm
 from metafit.functional import Params
-from metafit.kernels import once_differentiable_region
+from metafit.models.blocks import once_differentiable_region
 
 __all__ = ["ANIL"]
 

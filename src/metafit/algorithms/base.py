@@ -17,7 +17,7 @@ Subclasses implement, per task,
 
 The default ``meta_gradients`` takes each task's gradient on its own
 (:meth:`Algorithm.task_gradients`) and averages them, on several threads on a CPU
-(:mod:`metafit.parallel`); an algorithm that computes a whole batch at once (``vmap``,
+(:mod:`metafit.execution.threads`); an algorithm that computes a whole batch at once (``vmap``,
 one forward over all tasks) says so with :meth:`Algorithm.batched_meta_loss` and overrides
 ``meta_loss``. ``meta_loss`` of the base class, one graph over the looped tasks, is the
 independent formulation the tests compare against.
@@ -35,8 +35,8 @@ import torch
 from torch import Tensor, nn
 
 from metafit import functional as mf
-from metafit import parallel
 from metafit.episodes import Episode, Episodes
+from metafit.execution import threads as parallel
 from metafit.functional import Params
 from metafit.models.base import FewShotModel
 
@@ -94,7 +94,7 @@ def metric_tensors() -> Iterator[dict[str, Tensor]]:
     """While active (in this thread), :meth:`Algorithm.metrics` records its values as
     tensors in the yielded dict and returns NaN placeholders, so a meta-gradient reads
     nothing back from the device: what capturing it as a CUDA graph needs
-    (:mod:`metafit.cuda_graphs`; a device-to-host copy is illegal during a capture)."""
+    (:mod:`metafit.execution.cuda_graphs`; a device-to-host copy is illegal during a capture)."""
     recorded: dict[str, Tensor] = {}
     previous = getattr(_metric_state, "recorded", None)
     _metric_state.recorded = recorded
@@ -134,7 +134,7 @@ class Algorithm(nn.Module, ABC):
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps
         #: Worker threads for the tasks of a meta-batch: ``None`` (auto) or a count, see
-        #: :func:`metafit.parallel.resolve_workers`.
+        #: :func:`metafit.execution.threads.resolve_workers`.
         self.task_workers: int | None = None
         #: Tasks per ``vmap`` call on the batched paths (``None``: the whole meta-batch);
         #: smaller chunks bound the memory of models without convolutions.

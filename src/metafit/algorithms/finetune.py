@@ -29,8 +29,8 @@ from metafit.algorithms.heads import LogisticHead, check_classifier, logistic_tr
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episodes
 from metafit.functional import Params
-from metafit.kernels import once_differentiable_region
 from metafit.models.base import FewShotModel
+from metafit.models.blocks import once_differentiable_region
 
 __all__ = ["FineTune"]
 

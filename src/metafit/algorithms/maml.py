@@ -20,7 +20,7 @@ from metafit.algorithms.base import Algorithm
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episodes
 from metafit.functional import Params
-from metafit.kernels import native_batch_norms, once_differentiable_region
+from metafit.models.blocks import native_batch_norms, once_differentiable_region
 
 __all__ = ["FOMAML", "MAML", "param_key"]
 
@@ -137,7 +137,7 @@ class MAML(Algorithm):
         """Adapt on ``support_x [N*K, *x]`` (graph kept), score on ``query_x [N*Q, *x]``.
 
         The query pass is differentiated once (the second derivatives come from the support
-        pass), so it runs in a :func:`~metafit.kernels.once_differentiable_region`.
+        pass), so it runs in a :func:`~metafit.models.blocks.once_differentiable_region`.
         """
         theta = dict(self.model.named_parameters())
         adapted = mf.inner_loop(

@@ -18,9 +18,9 @@ from metafit import functional as mf
 from metafit.algorithms.base import Algorithm
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episode, Episodes
+from metafit.execution.threads import TaskResult
 from metafit.functional import Params
-from metafit.kernels import once_differentiable_region
-from metafit.parallel import TaskResult
+from metafit.models.blocks import once_differentiable_region
 
 __all__ = ["Reptile"]
 

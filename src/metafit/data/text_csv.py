@@ -213,7 +213,7 @@ class TextCSV:
         packaged all-MiniLM-L6-v2) into :attr:`tokens` ``[N, max_length]``; from then on
         :meth:`gather` returns token ids. Cached on disk; texts longer than
         ``max_length`` tokens are truncated with a warning. Returns ``self``."""
-        from metafit.text import tokenize
+        from metafit.models.tokenizer import tokenize
 
         self.tokens = tokenize(self.texts, model_dir, max_length)  # [N, L]
         return self

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metafit import __version__
-from metafit.config import Recipe, recipe_to_yaml
+from metafit._version import __version__
+from metafit.config.recipe import Recipe, recipe_to_yaml
 from metafit.deploy.errors import InputError
 from metafit.deploy.modeldir import resolve, write_model_dir
 from metafit.deploy.preprocess import Preprocessor

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from metafit.algorithms.base import Algorithm, Learner
-from metafit.config import Recipe
+from metafit.algorithms.from_recipe import FIXED_HEAD_FREE
+from metafit.config.recipe import Recipe
 from metafit.deploy.adapted import ENCODER, AdaptedModel
 from metafit.deploy.errors import SupportError
 from metafit.deploy.materialise import BatchNormMode, materialise
@@ -40,8 +41,7 @@ from metafit.deploy.preprocess import (
     load_support,
     preprocessor_for,
 )
-from metafit.factory import FIXED_HEAD_FREE
-from metafit.parallel import share_parameters
+from metafit.execution.threads import share_parameters
 
 __all__ = ["Adapter", "adapt_run", "MIN_SHOTS", "check_labels"]
 
@@ -160,14 +160,14 @@ class Adapter:
                  classifier: str | None = None, penalty: float | None = None) -> Adapter:
         """Load ``run``'s recipe and checkpoint ``which`` (``best`` or ``last``);
         ``classifier``, ``penalty``: a test-time classifier and its penalty instead of the
-        recipe's (:func:`~metafit.runs.load_trained`), recorded in the source.
+        recipe's (:func:`~metafit.runs.trained.load_trained`), recorded in the source.
 
         Raises:
             FileNotFoundError: ``run`` is not a run directory.
             CheckpointError: a missing or corrupt checkpoint.
             ValueError: a regression run (nothing to classify).
         """
-        from metafit.runs import load_trained
+        from metafit.runs.trained import load_trained
 
         recipe, algo = load_trained(Path(run), which, classifier=classifier, penalty=penalty)
         source: dict[str, Any] = {"run": str(run), "checkpoint": which}

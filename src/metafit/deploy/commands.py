@@ -183,7 +183,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from metafit.deploy.adapted import AdaptedModel
     from metafit.deploy.compress import compare
     from metafit.deploy.episodes import describe
-    from metafit.runs import check_count
+    from metafit.runs.trained import check_count
 
     check_count("--episodes", args.episodes, default="no accuracy measurement")
     if not args.quantize and args.prune is None:

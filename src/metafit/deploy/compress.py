@@ -26,8 +26,7 @@ import io
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,57 +34,17 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from metafit.deploy.adapted import AdaptedModel
+from metafit.deploy.quantize import (
+    is_quantized,
+    prepare_structure,
+    quantize_module,
+    quiet_quantization,
+    vocabulary_table,
+)
 
 __all__ = ["quantize", "prune", "is_quantized", "quiet_quantization", "prepare_structure",
            "sparsity", "prunable_weights", "state_size", "median_latency", "measure",
            "compare", "batch_of"]
-
-
-@contextmanager
-def quiet_quantization() -> Iterator[None]:
-    """Silence torch.ao.quantization's deprecation warnings (it still works in 2.13) and
-    those of loading quantized tensors."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated",
-                                category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r".*(quantize_per_tensor|TypedStorage).*",
-                                category=UserWarning)
-        yield
-
-
-def _vocabulary_table(module: nn.Module) -> str | None:
-    """Name of the largest ``nn.Embedding`` (a text encoder's token table), if any."""
-    tables = [(m.num_embeddings * m.embedding_dim, n) for n, m in module.named_modules()
-              if isinstance(m, nn.Embedding)]
-    return max(tables)[1] if tables else None
-
-
-def _qconfig(module: nn.Module, embeddings: bool) -> dict[Any, Any]:
-    """``quantize_dynamic``'s spec: every linear layer, and with ``embeddings`` the token
-    table (position and token-type tables are tiny, and read through strided views that
-    the quantized embedding kernel refuses)."""
-    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
-
-    spec: dict[Any, Any] = {nn.Linear: default_dynamic_qconfig}
-    table = _vocabulary_table(module) if embeddings else None
-    if table is not None:
-        spec[table] = float_qparams_weight_only_qconfig
-    return spec
-
-
-def _quantize_module(module: nn.Module, embeddings: bool) -> None:
-    """Quantize ``module``'s linear layers (and token table) to int8 in place."""
-    from torch.ao.quantization import quantize_dynamic
-
-    with quiet_quantization():
-        quantize_dynamic(module, _qconfig(module, embeddings), dtype=torch.qint8, inplace=True)
-
-
-def prepare_structure(module: nn.Module, compression: dict[str, Any]) -> None:
-    """Give a freshly built module the structure ``compression`` implies (quantized
-    layers), so that the compressed model's state dict loads into it."""
-    if compression.get("quantize") == "int8":
-        _quantize_module(module, bool(compression.get("quantize_embeddings")))
 
 
 def _derived(model: AdaptedModel, module: nn.Module, **compression: Any) -> AdaptedModel:
@@ -105,16 +64,11 @@ def quantize(model: AdaptedModel, embeddings: bool = False) -> AdaptedModel:
         raise ValueError("the model is quantized already")
     module = copy.deepcopy(model.module)
     if not any(isinstance(m, nn.Linear) for m in module.modules()) and not (
-            embeddings and _vocabulary_table(module)):
+            embeddings and vocabulary_table(module)):
         warnings.warn("the model has no Linear layer: int8 dynamic quantization changes "
                       "nothing (its convolutions stay float)", stacklevel=2)
-    _quantize_module(module, embeddings)
+    quantize_module(module, embeddings)
     return _derived(model, module, quantize="int8", quantize_embeddings=embeddings)
-
-
-def is_quantized(module: nn.Module) -> bool:
-    """Whether ``module`` holds a quantized layer (``torch.ao.nn.quantized``)."""
-    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in module.modules())
 
 
 def prunable_weights(module: nn.Module) -> list[tuple[nn.Module, str]]:

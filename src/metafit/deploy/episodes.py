@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metafit.config import Recipe
+from metafit.config.recipe import Recipe
 from metafit.deploy.adapted import AdaptedModel
 from metafit.deploy.adapter import Adapter
-from metafit.evaluation import ci95
+from metafit.evaluation.protocol import ci95
 
 __all__ = ["Variant", "accuracy", "describe", "episode_accuracies", "summarise"]
 
@@ -36,7 +36,7 @@ def accuracy(model: AdaptedModel, x: Tensor, y: Tensor) -> float:
 
 
 def _ci95(values: list[float]) -> float:
-    """:func:`metafit.evaluation.ci95` of a list; 0 for a single episode."""
+    """:func:`metafit.evaluation.protocol.ci95` of a list; 0 for a single episode."""
     return ci95(torch.tensor(values, dtype=torch.float64)) if len(values) > 1 else 0.0
 
 
@@ -61,7 +61,7 @@ def episode_accuracies(adapter: Adapter, variants: Mapping[str, Variant], episod
     ``transductive``, models with BatchNorm also report the algorithm's own scoring
     (batch statistics of the query set) as ``"algorithm (batch BN)"``.
     """
-    from metafit.runs import split_sampler
+    from metafit.runs.trained import split_sampler
 
     scores: dict[str, list[float]] = {}
     for task in split_sampler(recipe or adapter.recipe, "test").sample(episodes):

@@ -3,7 +3,7 @@ directories that are missing, incomplete or corrupt."""
 
 from __future__ import annotations
 
-from metafit.text import ModelDirError
+from metafit.models.tokenizer import ModelDirError
 
 __all__ = ["InputError", "SupportError", "ModelDirError", "ExportError"]
 

@@ -15,7 +15,7 @@ import hashlib
 import re
 from typing import Any
 
-from metafit import __version__
+from metafit._version import __version__
 from metafit.deploy.errors import ModelDirError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "MANIFEST", "ALLOWED",

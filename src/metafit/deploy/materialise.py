@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from metafit.algorithms.base import Learner
 from metafit.algorithms.heads import LogisticHead
 from metafit.algorithms.protonet import PrototypeHead
-from metafit.config import Recipe
+from metafit.config.recipe import Recipe
 from metafit.models.base import FewShotModel
 
 __all__ = ["BatchNormMode", "architecture", "build_module", "encoder_config",
@@ -188,7 +188,7 @@ def build_module(arch: Mapping[str, Any], recipe: Recipe, text_config: Any = Non
     into it): ``recipe``'s body (text: built from the encoder's ``text_config``, see
     :func:`encoder_config`), the head of ``arch``, and frozen BatchNorm layers for
     ``arch["batch_norm"] == "support"``. In eval mode."""
-    from metafit.factory import build_model
+    from metafit.algorithms.from_recipe import build_model
 
     if recipe.model == "text":
         if text_config is None:

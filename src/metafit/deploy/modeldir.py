@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from metafit import __version__
+from metafit._version import __version__
 from metafit.deploy.errors import ModelDirError
 from metafit.deploy.manifest import (
     FORMAT,

@@ -49,7 +49,7 @@ from metafit.deploy.compress import is_quantized
 from metafit.deploy.errors import ExportError
 from metafit.deploy.modeldir import write_model_dir
 from metafit.models.text import TextBody
-from metafit.text import trim
+from metafit.models.tokenizer import trim
 
 __all__ = ["ExportReport", "export_onnx", "onnx_session", "onnx_feeds", "TOLERANCE", "OPSET"]
 

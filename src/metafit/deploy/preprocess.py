@@ -10,7 +10,8 @@ they must already have the model's size and channels: ``[S, S]`` (one channel),
 ``[S, S, C]`` or ``[C, S, S]``.
 
 Texts (:class:`TextPreprocessor`): the recipe's tokenizer and ``max_length``
-(:func:`metafit.text.encode`): token ids ``[M, max_length]`` long, padded with the pad id.
+(:func:`metafit.models.tokenizer.encode`): token ids ``[M, max_length]`` long, padded
+with the pad id.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from metafit.config import Recipe
+from metafit.config.recipe import Recipe
 from metafit.data.errors import DatasetError
 from metafit.deploy.errors import InputError, SupportError
 
@@ -160,7 +161,7 @@ class TextPreprocessor:
         Raises:
             InputError (or ``error``): no texts, a text that is not a string or is empty.
         """
-        from metafit.text import encode
+        from metafit.models.tokenizer import encode
 
         if len(inputs) == 0:
             raise error("no texts given")
@@ -175,7 +176,7 @@ class TextPreprocessor:
 
     def load(self) -> Any:
         """The tokenizer, loaded on the first call."""
-        from metafit.text import load_tokenizer
+        from metafit.models.tokenizer import load_tokenizer
 
         with self._lock:
             if self._tokenizer is None:
@@ -196,7 +197,7 @@ def preprocessor_for(recipe: Recipe) -> Preprocessor:
         raise ValueError(f"dataset '{recipe.dataset}' is a regression task family; adapt "
                          "and predict take labelled images or texts")
     if recipe.model == "text":
-        from metafit.text import check_model_dir, pad_id
+        from metafit.models.tokenizer import check_model_dir, pad_id
 
         root = check_model_dir(recipe.text_model, weights=False)
         return TextPreprocessor(root, recipe.max_length, pad_id(root))

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metafit.config import Recipe, make_recipe, parse_yaml_mapping
+from metafit.config.recipe import Recipe, make_recipe, parse_yaml_mapping
 from metafit.deploy.errors import ModelDirError
 from metafit.deploy.materialise import build_module, encoder_config
 from metafit.deploy.modeldir import read_model_dir
@@ -42,7 +42,7 @@ def read_adapted(root: Path) -> dict[str, Any]:
         ModelDirError: a missing, incomplete, corrupt or forged directory (the message
             names the directory and the problem).
     """
-    from metafit.deploy.compress import prepare_structure
+    from metafit.deploy.quantize import prepare_structure
 
     manifest, files = read_model_dir(root, CONTENT)
     try:
@@ -155,7 +155,7 @@ def _check_preprocessing(spec: dict[str, Any]) -> None:
 def _unpickle_safely(data: bytes, where: Path) -> Any:
     """A format-1 file: ``torch.load(weights_only=True)``, which refuses any object but
     tensors and plain values (they could run code)."""
-    from metafit.deploy.compress import quiet_quantization
+    from metafit.deploy.quantize import quiet_quantization
 
     try:
         with quiet_quantization():  # quantized tensors load through TypedStorage

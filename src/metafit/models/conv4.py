@@ -3,9 +3,9 @@
 Each block: 3x3 convolution (``hidden`` filters) -> BatchNorm (batch statistics) -> ReLU ->
 2x2 max-pool (Vinyals et al. 2016; Finn et al. 2017 use 64 filters on Omniglot and 32 on
 MiniImageNet). ``strided=True`` replaces the pooling by stride-2 convolutions, the variant
-the MAML paper used for Omniglot. Pooled blocks are :class:`metafit.kernels.ConvBlock`
+the MAML paper used for Omniglot. Pooled blocks are :class:`metafit.models.blocks.ConvBlock`
 (same children and parameter names; an exact, faster evaluation order and a fused kernel
-for first-order passes); strided blocks are :class:`metafit.kernels.StridedConvBlock`
+for first-order passes); strided blocks are :class:`metafit.models.blocks.StridedConvBlock`
 (the plain block's names, with a BatchNorm that differentiates twice under ``vmap``).
 
 Shapes: ``x [B, C, H, W]`` -> features ``[B, F]`` -> logits ``[B, out_features]``;
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from metafit.kernels import ConvBlock, StridedConvBlock
 from metafit.models.base import FewShotModel, feature_dim, make_head
+from metafit.models.blocks import ConvBlock, StridedConvBlock
 
 __all__ = ["conv4"]
 

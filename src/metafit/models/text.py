@@ -71,7 +71,7 @@ class TextBody(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """``ids [B, L]`` long -> ``[B, H]``."""
-        from metafit.text import length_order, trim
+        from metafit.models.tokenizer import length_order, trim
 
         if ids.is_floating_point():
             raise TypeError(f"a text model takes token ids (long), got {ids.dtype}")
@@ -108,7 +108,7 @@ def load_encoder(path: str | Path | None, dropout: float = 0.0) -> tuple[nn.Modu
     import transformers
     from transformers import AutoConfig, AutoModel
 
-    from metafit.text import check_model_dir, pad_id
+    from metafit.models.tokenizer import check_model_dir, pad_id
 
     root = check_model_dir(path)
     config = AutoConfig.from_pretrained(str(root), local_files_only=True)

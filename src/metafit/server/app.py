@@ -20,7 +20,7 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from metafit import __version__
+from metafit._version import __version__
 from metafit.server.bodies import json_body, parse_body
 from metafit.server.errors import ApiError, public_message
 from metafit.server.guards import ApiKeyMiddleware, BodyLimitMiddleware

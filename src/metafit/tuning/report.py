@@ -22,14 +22,14 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metafit import __version__
-from metafit.config import Recipe, recipe_to_yaml
+from metafit._version import __version__
+from metafit.config.recipe import Recipe, recipe_to_yaml
 from metafit.io import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-    from metafit.tuning import TuneOptions
+    from metafit.tuning.options import TuneOptions
 
 __all__ = ["write_best_recipe", "write_report", "best_recipe"]
 
@@ -89,7 +89,7 @@ def _write_trials_csv(study: optuna.Study, path: Path) -> Path:
 
 
 def _plot(draw: Any, study: optuna.Study, path: Path, **kwargs: Any) -> Path | None:
-    from metafit.report import _pyplot, _save
+    from metafit.runs.report import _pyplot, _save
 
     try:
         ax = draw(study, **kwargs)
@@ -114,7 +114,7 @@ def plot_validation_curves(study: optuna.Study) -> Any:
     """Every trial's validation score against iteration (what the pruner compared):
     complete trials in blue, pruned ones in grey, the best in red; a log scale clipped
     to the range that matters, so one diverged trial does not flatten the others."""
-    from metafit.report import _pyplot
+    from metafit.runs.report import _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))

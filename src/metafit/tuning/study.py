@@ -1,7 +1,7 @@
 """Hyperparameter and architecture search with Optuna (``metafit tune``; ``tune`` extra).
 
 A study searches the space declared in the recipe's ``search:`` section
-(:mod:`metafit.search`). Each trial is a short meta-training run (``trial_iterations``)
+(:mod:`metafit.tuning.space`). Each trial is a short meta-training run (``trial_iterations``)
 of the recipe with the trial's values, in its own run directory ``OUT/trials/NNNN``,
 scored by its best validation score on the recipe's fixed validation episodes (accuracy,
 maximised; MSE, minimised). Every validation is reported to Optuna, so a pruner (median
@@ -21,7 +21,7 @@ SQLAlchemy URL works, e.g. PostgreSQL on a cluster), which makes it:
 
 Samplers: TPE (Bergstra et al. 2011, the default), random search (Bergstra & Bengio 2012)
 and grid search. The best complete trial is written as a ready recipe, ``OUT/best.yaml``
-(:func:`metafit.tuning_report.write_best_recipe`), to be trained in full with
+(:func:`metafit.tuning.report.write_best_recipe`), to be trained in full with
 ``metafit train OUT/best.yaml``.
 """
 
@@ -34,12 +34,13 @@ import math
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from metafit.config import Recipe, make_recipe
-from metafit.search import SearchSpace, grid_size, grid_values, parse_search_space, suggest
+from metafit.config.recipe import Recipe, make_recipe
+from metafit.tuning.options import TuneOptions, TuneResult
+from metafit.tuning.space import SearchSpace, grid_size, grid_values, parse_search_space, suggest
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -49,60 +50,11 @@ __all__ = ["TuneOptions", "TuneResult", "tune", "open_study", "storage_url",
 
 log = logging.getLogger(__name__)
 
-SamplerName = Literal["tpe", "random", "grid"]
-PrunerName = Literal["median", "hyperband", "none"]
 
 #: Recipe keys that may differ when a study is continued (they change speed, not results).
 RESUMABLE_CHANGES = ("threads", "task_workers", "vmap_chunk")
 #: Validations per trial at least (so the pruner has points to compare).
 MIN_REPORTS = 5
-
-
-@dataclass
-class TuneOptions:
-    """How to run a study; the search space itself is in the recipe."""
-
-    out: str = "runs/tune"
-    trials: int | None = None  # finished trials the study should hold (grid: its size)
-    storage: str | None = None  # default: sqlite:///OUT/study.db
-    study: str | None = None  # default: the recipe's name
-    timeout: float | None = None  # seconds, per process: no new trial after that
-    sampler: SamplerName = "tpe"
-    pruner: PrunerName = "median"
-    trial_iterations: int | None = None  # default: the recipe's iterations
-    jobs: int = 1
-    seed: int | None = None  # default: the recipe's seed
-    heartbeat_interval: int = 30  # seconds between a running trial's heartbeats
-    grace_period: int = 120  # a running trial silent this long is marked FAIL
-
-    def __post_init__(self) -> None:
-        """Counts the user gave are checked (0 is an error, never the default)."""
-        from metafit.runs import check_count
-
-        check_count("trials", self.trials, default="the grid's size")
-        check_count("trial_iterations", self.trial_iterations,
-                    default="the recipe's iterations")
-        check_count("jobs", self.jobs)
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got "
-                             f"{self.timeout!r}")
-
-
-@dataclass
-class TuneResult:
-    """What a :func:`tune` call left in the study."""
-
-    study: str
-    storage: str
-    direction: str
-    finished: int
-    complete: int
-    pruned: int
-    failed: int
-    best_trial: int | None
-    best_value: float | None
-    best_params: dict[str, Any]
-    best_recipe: str | None
 
 
 def _optuna() -> Any:
@@ -259,7 +211,7 @@ def trial_recipe(recipe: Recipe, params: dict[str, Any], opts: TuneOptions,
 
 def _objective(recipe: Recipe, space: SearchSpace, opts: TuneOptions) -> Any:
     opt = _optuna()
-    from metafit.trainer import Trainer
+    from metafit.training.trainer import Trainer
 
     worst = math.inf if recipe.is_regression else -math.inf
 
@@ -280,7 +232,7 @@ def _objective(recipe: Recipe, space: SearchSpace, opts: TuneOptions) -> Any:
 
         try:
             r = trial_recipe(recipe, params, opts, trial.number)
-            with _quiet("metafit.trainer"):
+            with _quiet("metafit.training.trainer"):
                 state = Trainer(r, run_dir, progress=False, on_validation=on_validation).fit()
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
@@ -394,7 +346,7 @@ def tune(recipe: Recipe, opts: TuneOptions) -> TuneResult:
     The search space is checked first: a bad space raises :class:`RecipeError` before the
     storage is touched.
     """
-    from metafit.tuning_report import write_best_recipe
+    from metafit.tuning.report import write_best_recipe
 
     space = parse_search_space(recipe)
     _target(space, opts)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from metafit.recipe_files import (
+from metafit.config.files import (
     RecipeError,
     parse_yaml_mapping,
     read_yaml_mapping,
@@ -41,7 +41,7 @@ __all__ = [
 
 
 #: Algorithms whose meta-gradient can be captured as a CUDA graph (``cuda_graphs``): no
-#: value is read back from the device while it is computed (metafit.cuda_graphs).
+#: value is read back from the device while it is computed (metafit.execution.cuda_graphs).
 GRAPHABLE_ALGORITHMS = ("maml", "fomaml", "metasgd", "anil")
 
 
@@ -162,7 +162,7 @@ class Recipe(BaseModel):
         "benchmarks/RESULTS.md); its choice, and so the floats, can differ run to run")
     cuda_graphs: bool = Field(
         False, description="on a CUDA device, replay each meta-gradient as one captured "
-        "CUDA graph (metafit.cuda_graphs): no kernel-launch overhead, the fast path for "
+        "CUDA graph (metafit.execution.cuda_graphs): no kernel-launch overhead, the fast path for "
         "small tasks; MAML, FOMAML, Meta-SGD and ANIL")
 
     # -- validation / evaluation -----------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from metafit.config import Recipe
+from metafit.config.recipe import Recipe
 from metafit.models import conv4, mlp, resnet12, resnet18
 
 __all__ = ["build_model", "build_algorithm", "FIXED_HEAD_FREE"]

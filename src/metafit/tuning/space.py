@@ -12,7 +12,7 @@ A recipe names the keys to tune and the distribution of each::
 
 Types: ``uniform`` and ``loguniform`` (floats; ``step`` optional for uniform), ``int``
 (``step`` optional, ``log: true`` for a log scale) and ``categorical`` (``choices``).
-Any key of :class:`~metafit.config.Recipe` can be searched except the ones naming or
+Any key of :class:`~metafit.config.recipe.Recipe` can be searched except the ones naming or
 locating the run. Every bound and every choice is validated as a recipe value up front,
 so a study never starts with a space that fails in trial 17.
 
@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from metafit.config import FIELDS, Recipe, RecipeError, make_recipe
+from metafit.config.recipe import FIELDS, Recipe, RecipeError, make_recipe
 
 __all__ = ["ParamSpec", "SearchSpace", "parse_search_space", "suggest", "grid_values",
            "UNSEARCHABLE"]

@@ -27,7 +27,7 @@ default task workers and for one worker (the peers run one task at a time). On a
 the CUDA allocator's peak over one meta-gradient.
 
 On CUDA, ``--cuda-graph`` replays metafit's meta-gradient as a CUDA graph
-(:mod:`metafit.cuda_graphs`); ``--tf32`` and ``--cudnn-benchmark`` switch PyTorch's TF32
+(:mod:`metafit.execution.cuda_graphs`); ``--tf32`` and ``--cudnn-benchmark`` switch PyTorch's TF32
 and cuDNN-autotuning settings on for every implementation alike.
 """
 
@@ -52,14 +52,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metafit.algorithms import build_algorithm
-from metafit.config import GRAPHABLE_ALGORITHMS
-from metafit.cuda_graphs import GraphedMetaGradients
+from metafit.algorithms.from_recipe import BATCHING_ALGORITHMS
+from metafit.config.recipe import GRAPHABLE_ALGORITHMS
 from metafit.episodes import Episodes
-from metafit.factory import BATCHING_ALGORITHMS
-from metafit.kernels import ConvBlock, StridedConvBlock
+from metafit.execution.cuda_graphs import GraphedMetaGradients
+from metafit.execution.threads import ENV_WORKERS
 from metafit.models import conv4, mlp
 from metafit.models.base import FewShotModel
-from metafit.parallel import ENV_WORKERS
+from metafit.models.blocks import ConvBlock, StridedConvBlock
 
 __all__ = [
     "BenchConfig",
@@ -405,7 +405,7 @@ class BenchRow:
 
 
 def textbook(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose :class:`~metafit.kernels.ConvBlock` s are plain
+    """A copy of ``model`` whose :class:`~metafit.models.blocks.ConvBlock` s are plain
     ``nn.Sequential(Conv2d, BatchNorm2d, ReLU, MaxPool2d)``: the conv4 the peers' own
     examples define (e.g. higher's MAML Omniglot example). Same function, same weights."""
     twin = copy.deepcopy(model)
@@ -522,7 +522,7 @@ def peak_memory_mib(cfg: BenchConfig, impl: str, seed: int = 0, workers: int | N
         return _cuda_peak_mib(cfg, impl, seed)
     if not os.path.exists("/proc/self/clear_refs"):
         return float("nan")
-    code = ("import json,sys,torch;from metafit import bench;"
+    code = ("import json,sys,torch;from metafit.cli import bench;"
             f"torch.set_num_threads({torch.get_num_threads()});"
             "c=bench.BenchConfig(**json.loads(sys.argv[1]));"
             "print(bench._probe(c, sys.argv[2], int(sys.argv[3])))")
@@ -562,7 +562,7 @@ def format_table(rows: Sequence[BenchRow], peers: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``metafit bench`` / ``python -m metafit.bench``."""
+    """``metafit bench`` / ``python -m metafit.cli.bench``."""
     parser = build_parser(argparse.ArgumentParser(prog="metafit bench"))
     return run(parser.parse_args(argv))
 
@@ -591,7 +591,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "vmap wherever it can run)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="replay metafit's meta-gradient as a CUDA graph "
-                             "(metafit.cuda_graphs; MAML, FOMAML, ANIL on CUDA)")
+                             "(metafit.execution.cuda_graphs; MAML, FOMAML, ANIL on CUDA)")
     parser.add_argument("--tf32", action="store_true",
                         help="on CUDA, time float32 with TF32 convolutions and matrix "
                              "products (PyTorch's cuDNN default) for every implementation; "

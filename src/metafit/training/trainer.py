@@ -37,10 +37,11 @@ import torch
 from torch import Tensor, nn
 
 from metafit.algorithms.base import Algorithm
-from metafit.config import Recipe
-from metafit.cuda_graphs import GraphedMetaGradients
+from metafit.algorithms.from_recipe import build_algorithm
+from metafit.config.recipe import Recipe
 from metafit.data.base import ClassDataset
-from metafit.datasets import load_split
+from metafit.data.sampler import EpisodeSampler
+from metafit.data.splits import load_split
 from metafit.distributed import (
     DistContext,
     all_gather_object,
@@ -53,14 +54,13 @@ from metafit.distributed import (
     shard_sizes,
 )
 from metafit.episodes import Episodes
-from metafit.evaluation import evaluate
-from metafit.factory import build_algorithm
-from metafit.feature_cache import cached_body
-from metafit.rundir import CheckpointError, RunDir, load_checkpoint, restore_state
-from metafit.runlock import LOCK_NAME, RunLock
-from metafit.runs import split_sampler
-from metafit.sampler import EpisodeSampler
-from metafit.text import TokenMasker
+from metafit.evaluation.feature_cache import cached_body
+from metafit.evaluation.protocol import evaluate
+from metafit.execution.cuda_graphs import GraphedMetaGradients
+from metafit.models.tokenizer import TokenMasker
+from metafit.runs.directory import CheckpointError, RunDir, load_checkpoint, restore_state
+from metafit.runs.lock import LOCK_NAME, RunLock
+from metafit.runs.trained import split_sampler
 
 __all__ = ["Trainer", "TrainState", "ValidationHook", "train", "lr_factor"]
 
@@ -222,7 +222,7 @@ class Trainer:
 
     def _claim_dir(self) -> None:
         """Rank 0: create the run directory if needed and lock it against other processes
-        for the whole of :meth:`fit` (:class:`~metafit.runlock.RunLock`)."""
+        for the whole of :meth:`fit` (:class:`~metafit.runs.lock.RunLock`)."""
         self._created_dir = not self.run.path.exists()
         self.run.path.mkdir(parents=True, exist_ok=True)
         lock = self.run.lock()
@@ -493,7 +493,7 @@ class Trainer:
     def _frozen_body_cache(self) -> AbstractContextManager[Any]:
         """While nothing in ``model.body`` is trained (the ``head`` adapt scope, a frozen
         encoder), its features of each training example are computed once for all
-        iterations (:mod:`metafit.feature_cache`; yields the cache, or ``None``)."""
+        iterations (:mod:`metafit.evaluation.feature_cache`; yields the cache, or ``None``)."""
         body = getattr(self.algo.model, "body", None)
         if body is None or any(p.requires_grad for p in body.parameters()):
             return nullcontext()

@@ -22,7 +22,7 @@ only where the caller declares that no second derivative will be taken through t
 forward: the query pass of MAML (its outer gradient differentiates through the *support*
 pass, not through the query backward), every pass of the first-order methods, ANIL's and
 ProtoNet's body, the query scores of adaptation trajectories. The flag is thread-local
-(task-parallel workers, :mod:`metafit.parallel`, run support and query passes at once).
+(task-parallel workers, :mod:`metafit.execution.threads`, run support and query passes at once).
 
 The convolution bias before a batch-statistics BN has no effect on the output; the fused
 block returns an exactly zero gradient for it (autograd returns rounding noise).

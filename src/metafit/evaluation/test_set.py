@@ -43,7 +43,7 @@ def predict(learner: Learner, x: Tensor, batch: int = 256, pad_id: int | None = 
         raise ValueError("predict: no inputs")
     order = None
     if pad_id is not None and x.dim() == 2 and not x.is_floating_point():
-        from metafit.text import length_order
+        from metafit.models.tokenizer import length_order
 
         order = length_order(x, pad_id)  # [M]
         x = x[order]

@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metafit.evaluation import EvalResult, evaluate
+from metafit.evaluation.protocol import EvalResult, evaluate
 from metafit.io import atomic_write_text
-from metafit.rundir import RunDir
-from metafit.runs import check_count, load_trained, record_evaluation, split_sampler
-from metafit.sampler import EpisodeSampler
+from metafit.runs.directory import RunDir
+from metafit.runs.trained import check_count, load_trained, record_evaluation, split_sampler
+from metafit.data.sampler import EpisodeSampler
 
 __all__ = ["plot_training", "plot_adaptation", "plot_episode", "plot_sinusoid",
            "plot_results", "report_runs"]

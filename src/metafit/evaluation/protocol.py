@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metafit.data.sampler import EpisodeSampler
 from metafit.distributed import SINGLE, DistContext, all_gather_object, shard
-from metafit.feature_cache import cached_body
+from metafit.evaluation.feature_cache import cached_body
 from metafit.functional import loss_fn, score
-from metafit.sampler import EpisodeSampler
 
 __all__ = ["EvalResult", "evaluate", "ci95", "scratch_baseline", "curve_points"]
 
@@ -116,7 +116,7 @@ def evaluate(
             encoder, whose query sets are larger than its support sets.
         cache_features: when the body maps each example on its own, compute its features
             of each distinct example once for all the passes that use the body's own
-            parameters (:mod:`metafit.feature_cache`: all of them when adaptation leaves
+            parameters (:mod:`metafit.evaluation.feature_cache`: all of them when adaptation leaves
             the body fixed; the same result up to float rounding). Classification only
             (regression inputs do not recur). ``False`` runs the body every time.
 

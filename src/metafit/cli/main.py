@@ -14,8 +14,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from metafit import __version__
-from metafit.config import RecipeError, list_recipes, load_recipe, recipe_to_yaml
+from metafit._version import __version__
+from metafit.config.recipe import RecipeError, list_recipes, load_recipe, recipe_to_yaml
 from metafit.deploy.commands import add_classifier_option
 from metafit.deploy.commands import add_parsers as add_deploy_parsers
 
@@ -43,7 +43,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from metafit.datasets import describe_dataset
+    from metafit.data.splits import describe_dataset
 
     recipe = load_recipe(args.recipe, args.overrides)
     for line in describe_dataset(recipe):
@@ -53,7 +53,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from metafit.distributed import init_distributed, shutdown
-    from metafit.trainer import Trainer
+    from metafit.training.trainer import Trainer
 
     recipe = load_recipe(args.recipe, args.overrides)
     out = args.out or f"runs/{recipe.name}"
@@ -77,7 +77,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
     from metafit.distributed import init_distributed, shutdown
-    from metafit.runs import evaluate_run
+    from metafit.runs.trained import evaluate_run
 
     ctx = init_distributed("cpu")  # under torchrun: episodes split across the processes
     try:
@@ -105,7 +105,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from metafit.quickstart import quickstart
+    from metafit.cli.quickstart import quickstart
 
     results = quickstart(args.out, size=args.size, progress=not args.no_progress,
                          recipe=args.recipe, data_root=args.data_root)
@@ -116,21 +116,21 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _bench_options(parser: argparse.ArgumentParser) -> None:
-    from metafit.bench import build_parser as bench_parser
+    from metafit.cli.bench import build_parser as bench_parser
 
     bench_parser(parser)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from metafit.bench import run
+    from metafit.cli.bench import run
 
     return run(args)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from metafit.search import parse_search_space
-    from metafit.tuning import TuneOptions, load_existing_study, tune
-    from metafit.tuning_report import write_report
+    from metafit.tuning.report import write_report
+    from metafit.tuning.space import parse_search_space
+    from metafit.tuning.study import TuneOptions, load_existing_study, tune
 
     recipe = load_recipe(args.recipe, args.overrides)
     parse_search_space(recipe)  # a bad space fails here, before any storage or trial
@@ -158,7 +158,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from metafit.report import report_runs
+    from metafit.runs.report import report_runs
 
     files = report_runs(args.runs, out=args.out, episodes=args.episodes, split=args.split)
     for f in files:
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-feature-cache", action="store_true",
                    help="run the body in every episode instead of embedding each distinct "
-                        "example once (same result, slower; see metafit.feature_cache)")
+                        "example once (same result, slower; see metafit.evaluation.feature_cache)")
     add_classifier_option(p, "classify with this head instead of the recipe's")
     p.set_defaults(func=_cmd_evaluate)
 

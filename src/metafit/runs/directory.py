@@ -17,7 +17,7 @@ one leaves a hidden temporary file (``.last.pt.XXXX.tmp``: a text model's checkp
 
 Run directories are shared ("here is my trained run"), so reading one never runs code:
 checkpoints load with ``torch.load(weights_only=True)`` (tensors and plain values only; a
-pickled object is refused), their content digest (:func:`metafit.digest.content_digest`)
+pickled object is refused), their content digest (:func:`metafit.runs.digest.content_digest`)
 is checked, and a checkpoint that fails either is replaced by the version before it, with
 a warning. A crash that cut off the last line of ``metrics.jsonl`` loses that line only.
 """
@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from metafit import __version__
-from metafit.config import Recipe, make_recipe, read_yaml_mapping, recipe_to_yaml
-from metafit.digest import content_digest
+from metafit._version import __version__
+from metafit.config.recipe import Recipe, make_recipe, read_yaml_mapping, recipe_to_yaml
+from metafit.runs.digest import content_digest
 from metafit.io import atomic_save, atomic_write_text, refusal_reason
-from metafit.runlock import RunLock
+from metafit.runs.lock import RunLock
 
 __all__ = ["RunDir", "RunDirError", "CheckpointError", "load_checkpoint",
            "check_architecture", "restore_state", "previous_version"]
@@ -102,7 +102,7 @@ class RunDir:
         return self.checkpoint(which)
 
     def lock(self) -> RunLock:
-        """The directory's lock (:class:`~metafit.runlock.RunLock`; the directory must
+        """The directory's lock (:class:`~metafit.runs.lock.RunLock`; the directory must
         exist)."""
         return RunLock(self.path)
 

@@ -29,15 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metafit.config import Recipe, load_recipe, make_recipe
-from metafit.datasets import load_split
-from metafit.evaluation import EvalResult, evaluate, scratch_baseline
-from metafit.factory import build_model
+from metafit.algorithms.from_recipe import build_model
+from metafit.config.recipe import Recipe, load_recipe, make_recipe
+from metafit.data.sampler import EpisodeSampler
+from metafit.data.splits import load_split
+from metafit.evaluation.protocol import EvalResult, evaluate, scratch_baseline
 from metafit.io import atomic_write_text
-from metafit.rundir import RunDir
-from metafit.runs import load_trained, split_sampler
-from metafit.sampler import EpisodeSampler
-from metafit.trainer import Trainer
+from metafit.runs.directory import RunDir
+from metafit.runs.trained import load_trained, split_sampler
+from metafit.training.trainer import Trainer
 
 __all__ = ["QuickstartSize", "quickstart", "SIZES"]
 
@@ -218,7 +218,7 @@ def _steps_on_validation(algo: Any, recipe: Recipe, size: QuickstartSize) -> dic
 
 def _plots(report: Path, rows: list[tuple[str, str, EvalResult]], runs: dict[str, RunDir],
            maml: Any, sampler: EpisodeSampler, class_names: list[str]) -> list[Path]:
-    from metafit.report import plot_adaptation, plot_episode, plot_results, plot_training
+    from metafit.runs.report import plot_adaptation, plot_episode, plot_results, plot_training
 
     plots = [plot_results(rows, report / "results.png",
                           title="Unseen test classes: accuracy (95% CI)"),

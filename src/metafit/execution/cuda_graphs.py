@@ -44,7 +44,7 @@ from torch import Tensor
 
 from metafit.algorithms.base import Algorithm, metric_tensors
 from metafit.episodes import Episodes
-from metafit.parallel import ENV_WORKERS
+from metafit.execution.threads import ENV_WORKERS
 
 __all__ = ["GraphedMetaGradients"]
 

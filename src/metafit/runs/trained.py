@@ -10,14 +10,14 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from metafit.config import Recipe, RecipeError, make_recipe
-from metafit.datasets import Split, load_split
+from metafit.config.recipe import Recipe, RecipeError, make_recipe
+from metafit.data.splits import Split, load_split
 from metafit.distributed import SINGLE, DistContext
-from metafit.evaluation import EvalResult, evaluate
-from metafit.factory import build_algorithm
+from metafit.evaluation.protocol import EvalResult, evaluate
+from metafit.algorithms.from_recipe import build_algorithm
 from metafit.io import atomic_write_text
-from metafit.rundir import RunDir, check_architecture, load_checkpoint, restore_state
-from metafit.sampler import EpisodeSampler
+from metafit.runs.directory import RunDir, check_architecture, load_checkpoint, restore_state
+from metafit.data.sampler import EpisodeSampler
 
 __all__ = ["load_trained", "evaluate_run", "split_sampler", "record_evaluation",
            "check_count", "SPLIT_SEED_OFFSET"]
@@ -156,10 +156,10 @@ def evaluate_run(
     """Evaluate a run on fixed episodes of ``split`` and save the result under report/.
 
     ``dist``: in a distributed run the episodes are split across the ranks and gathered
-    (:func:`~metafit.evaluation.evaluate`); every rank returns the result, rank 0 saves it.
+    (:func:`~metafit.evaluation.protocol.evaluate`); every rank returns the result, rank 0 saves it.
     ``curve="ends"`` scores the query set only before adaptation and after the last step
     (the same result, less work; the saved curve has those two points).
-    ``cache_features``: as in :func:`~metafit.evaluation.evaluate`.
+    ``cache_features``: as in :func:`~metafit.evaluation.protocol.evaluate`.
     ``classifier``, ``penalty``: as in :func:`load_trained` (the saved result's name then
     ends in the classifier and a penalty other than the default).
     ``episodes``: None for the recipe's ``test_episodes``; ``steps``: None for the

@@ -6,7 +6,7 @@ Inside :func:`cached_body`, ``model.body``'s forward goes through a :class:`Feat
 each distinct input row (keyed by its bytes) goes through the body once, in one batch with
 the other new rows of its call, and later calls with the body's own parameters look it up.
 
-Evaluation (:func:`metafit.evaluation.evaluate`) always installs it for classification.
+Evaluation (:func:`metafit.evaluation.protocol.evaluate`) always installs it for classification.
 Whatever leaves the body fixed then embeds each example once: ProtoNet, ANIL, the FineTune
 and linear-probe heads, MAML / FOMAML / Meta-SGD / Reptile when only the head adapts; an
 algorithm that adapts the body still gets its unadapted passes (the query set scored
@@ -22,7 +22,7 @@ The body runs itself, uncached, on any call
   runs under ``vmap``;
 
 and the cache is never installed on a body with batch statistics (``BatchNorm``: one
-example's output depends on the rest of the batch, see :mod:`metafit.evaluation`) or
+example's output depends on the rest of the batch, see :mod:`metafit.evaluation.protocol`) or
 active dropout. An in-place change of the body's own parameters (an optimizer step)
 empties it.
 
@@ -89,7 +89,7 @@ class FeatureCache:
     """A memo of ``body``'s per-example outputs, keyed by the bytes of each input row.
 
     Call it like the body: ``x [B, *x] -> [B, *f]``. Thread-safe. A deep copy of the body
-    (the per-thread replicas of :mod:`metafit.parallel`, whose parameters share the
+    (the per-thread replicas of :mod:`metafit.execution.threads`, whose parameters share the
     body's storage) gets a cache of its own forward that shares this one's store; every
     cache of a store stops answering (runs its body) once :meth:`close` is called.
 

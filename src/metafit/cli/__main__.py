@@ -1,0 +1,5 @@
+"""``python -m metafit.cli``."""
+
+from metafit.cli.main import main
+
+raise SystemExit(main())

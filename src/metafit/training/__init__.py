@@ -1,0 +1,1 @@
+"""Meta-training: the Trainer and its callbacks."""

@@ -1,0 +1,1 @@
+"""Hyperparameter search: spaces, Optuna studies and their report (``tune`` extra)."""
