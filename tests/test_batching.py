@@ -7,6 +7,7 @@ import torch
 
 import metafit as mf
 from metafit.algorithms import ANIL, FOMAML, MAML, MetaSGD, ProtoNet, Reptile
+from metafit.execution import Execution, meta_gradients, runs_batched
 
 
 def regression_batch(t: int = 4) -> mf.Episodes:
@@ -41,7 +42,7 @@ def test_vmap_equals_loop(name: str, task: str) -> None:
     else:
         model, eps = mf.models.mlp(5, 3, 16, 2), classification_batch()
     loop, vmapped = MAKERS[name](model, "loop"), MAKERS[name](model, "vmap")
-    assert not loop.uses_vmap() and vmapped.uses_vmap()
+    assert not loop.runs_batched() and vmapped.runs_batched()
     g_loop, m_loop = loop.meta_gradients(eps)
     g_vmap, m_vmap = vmapped.meta_gradients(eps)
     assert g_loop.keys() == g_vmap.keys()
@@ -53,8 +54,8 @@ def test_vmap_equals_loop(name: str, task: str) -> None:
 
 
 def test_auto_picks_vmap_for_mlps_and_the_loop_for_convolutions() -> None:
-    assert MAML(mf.models.mlp(1, 1, 8, 1)).uses_vmap()
-    assert not MAML(mf.models.conv4(5, 1, 4, 8, 2)).uses_vmap()
+    assert MAML(mf.models.mlp(1, 1, 8, 1)).runs_batched()
+    assert not MAML(mf.models.conv4(5, 1, 4, 8, 2)).runs_batched()
     with pytest.raises(ValueError, match="batching must be"):
         MAML(mf.models.mlp(), batching="fast")
 
@@ -62,23 +63,22 @@ def test_auto_picks_vmap_for_mlps_and_the_loop_for_convolutions() -> None:
 def test_auto_batches_convolutions_off_the_cpu_where_vmap_can_run() -> None:
     # The "meta" device stands in for a GPU: the choice reads only the parameters' device.
     conv = mf.models.conv4(5, 1, 4, 28).to("meta")
-    assert MAML(conv).uses_vmap() and ANIL(conv).uses_vmap()
-    assert MAML(mf.models.conv4(5, 1, 4, 28, strided=True).to("meta")).uses_vmap()
+    assert MAML(conv).runs_batched() and ANIL(conv).runs_batched()
+    assert MAML(mf.models.conv4(5, 1, 4, 28, strided=True).to("meta")).runs_batched()
     native = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2),
                                  torch.nn.Flatten(), torch.nn.LazyLinear(2)).to("meta")
-    assert not MAML(native).uses_vmap()  # its fused BatchNorm is wrong twice under vmap
-    assert FOMAML(native).uses_vmap()  # first order is fine
+    assert not MAML(native).runs_batched()  # its fused BatchNorm is wrong twice under vmap
+    assert FOMAML(native).runs_batched()  # first order is fine
     marked = mf.models.mlp(1, 1, 8, 1).to("meta")
     marked.head.per_task_only = True
-    assert not MAML(marked).uses_vmap()
-    assert not MAML(mf.models.conv4(5, 1, 4, 28)).uses_vmap()  # on the CPU: the loop
-    assert not MAML(conv, batching="loop").uses_vmap()
+    assert not MAML(marked).runs_batched()
+    assert not MAML(mf.models.conv4(5, 1, 4, 28)).runs_batched()  # on the CPU: the loop
+    assert not MAML(conv, batching="loop").runs_batched()
 
 
 @pytest.mark.parametrize("distance", ["sqeuclidean", "cosine"])
 @pytest.mark.parametrize("strided", [False, True])
-def test_protonet_batched_path_equals_the_per_task_loop(
-        monkeypatch: pytest.MonkeyPatch, distance: str, strided: bool) -> None:
+def test_protonet_batched_path_equals_the_per_task_loop(distance: str, strided: bool) -> None:
     # the GPU's path (one vmap over the tasks), forced here on the CPU in float64
     g = torch.Generator().manual_seed(2)
     t, n = 3, 3
@@ -88,27 +88,62 @@ def test_protonet_batched_path_equals_the_per_task_loop(
                       torch.arange(n).repeat(t, 1))
     algo = ProtoNet(mf.models.conv4(None, 1, 8, 28, strided=strided).double(),
                     distance=distance)
-    assert not algo.batched_meta_loss()  # on the CPU: task by task
-    assert ProtoNet(mf.models.conv4(None, 1, 8, 28).to("meta")).batched_meta_loss()
+    assert not algo.runs_batched()  # on the CPU: task by task
+    assert ProtoNet(mf.models.conv4(None, 1, 8, 28).to("meta")).runs_batched()
     g_loop, m_loop = algo.meta_gradients(eps)
-    monkeypatch.setattr(ProtoNet, "batched_meta_loss", lambda self: True)
-    g_vmap, m_vmap = algo.meta_gradients(eps)
+    forced = Execution(batching="vmap")
+    assert runs_batched(algo, forced)
+    g_vmap, m_vmap = meta_gradients(algo, eps, forced)
     for key in g_loop:
         assert torch.allclose(g_loop[key], g_vmap[key], rtol=1e-9, atol=1e-12), key
     assert float(g_vmap["model.body.0.0.weight"].abs().max()) > 0
     assert m_loop == pytest.approx(m_vmap, rel=1e-9)
 
 
-def test_reptile_on_conv4_batched_path_equals_the_per_task_loop(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reptile_on_conv4_batched_path_equals_the_per_task_loop() -> None:
     g = torch.Generator().manual_seed(3)
     y = torch.arange(3).repeat(2, 2)  # [T, 6]
     eps = mf.Episodes(torch.rand(2, 6, 1, 28, 28, generator=g, dtype=torch.float64), y,
                       torch.rand(2, 6, 1, 28, 28, generator=g, dtype=torch.float64), y)
     algo = Reptile(mf.models.conv4(3, 1, 8, 28).double(), inner_lr=0.1, inner_steps=2)
+    assert not algo.runs_batched()  # convolutions on the CPU: task by task
     g_loop, m_loop = algo.meta_gradients(eps)
-    monkeypatch.setattr(mf.functional, "batch_tasks_by_default", lambda *a, **k: True)
-    g_vmap, m_vmap = algo.meta_gradients(eps)
+    g_vmap, m_vmap = meta_gradients(algo, eps, Execution(batching="vmap"))
     for key in g_loop:
         assert torch.allclose(g_loop[key], g_vmap[key], rtol=1e-9, atol=1e-12), key
     assert m_loop == pytest.approx(m_vmap, rel=1e-9)
+
+
+def test_batching_is_refused_where_there_is_nothing_to_choose() -> None:
+    model = mf.models.mlp(5, 3, 16, 2)
+    with pytest.raises(ValueError, match="batching='loop' applies to"):
+        mf.FineTune(model, num_classes=3, execution=Execution(batching="loop"))
+    with pytest.raises(ValueError, match="batching must be"):
+        Execution(batching="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="task_workers"):
+        Execution(workers=0)
+    with pytest.raises(ValueError, match="vmap_chunk"):
+        Execution(vmap_chunk=0)
+
+
+def test_autograd_inner_loop_cannot_run_under_vmap() -> None:
+    # why the per-task loop (torch.autograd) and the batched one (torch.func.grad) are two
+    # functions sharing their update rule (functional.sgd_update), not one
+    model = mf.models.mlp(1, 1, 8, 1)
+    params = dict(model.named_parameters())
+    eps = regression_batch()
+
+    def one_task(sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
+        adapted = mf.functional.inner_loop(model, params, sx, sy, 1, 0.1)
+        return adapted["head.weight"]
+
+    with pytest.raises(RuntimeError):
+        torch.func.vmap(one_task)(eps.support_x, eps.support_y)
+    fixed = {n: p for n, p in params.items() if not n.startswith("head.")}
+    start = {n: p for n, p in params.items() if n.startswith("head.")}
+    by_func = torch.func.vmap(lambda sx, sy: mf.functional.functional_descent(
+        model, fixed, start, sx, sy, 1, 0.1))(eps.support_x, eps.support_y)
+    by_autograd = torch.stack([mf.functional.inner_loop(
+        model, params, t.support_x, t.support_y, 1, 0.1, adapt_names=list(start))["head.weight"]
+        for t in eps])
+    assert torch.allclose(by_func["head.weight"], by_autograd, atol=1e-6)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ from torch import nn
 
 from metafit.algorithms import build_algorithm
 from metafit.cli import bench
+from metafit.cli.main import ENV_WORKERS, with_env_workers
 from metafit.episodes import Episodes
+from metafit.execution import Execution, meta_gradients
 from metafit.execution import threads as parallel
 from metafit.models import blocks as kernels
 from metafit.models import conv4, mlp
@@ -103,26 +106,23 @@ def test_region_is_thread_local_and_nests() -> None:
 
 # -- meta-gradients ---------------------------------------------------------------------------
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_parallel_and_serial_meta_gradients_match_a_plain_loop(
-        algorithm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parallel_and_serial_meta_gradients_match_a_plain_loop(algorithm: str) -> None:
     cfg, model, episodes = small_problem(algorithm)
     reference = bench.loop_fn(cfg, bench.textbook(model), episodes)()
-    fn = bench.metafit_fn(cfg, model, episodes)
     for workers in (1, 2):
-        monkeypatch.setenv(parallel.ENV_WORKERS, str(workers))
+        fn = bench.metafit_fn(replace(cfg, workers=workers), model, episodes)
         assert_grads_close(fn(), reference)
 
 
 def test_parallel_meta_gradients_are_deterministic_and_metrics_keep_task_order() -> None:
     _, model, episodes = small_problem("maml", tasks=5)
-    algo = build_algorithm("maml", model, inner_lr=0.4, inner_steps=1)
-    algo.task_workers = 2
+    algo = build_algorithm("maml", model, inner_lr=0.4, inner_steps=1,
+                           execution=Execution(workers=2))
     g1, m1 = algo.meta_gradients(episodes)
     g2, m2 = algo.meta_gradients(episodes)
     assert all(torch.equal(g1[n], g2[n]) for n in g1)
     assert m1 == m2
-    algo.task_workers = 1
-    g3, m3 = algo.meta_gradients(episodes)
+    g3, m3 = meta_gradients(algo, episodes, Execution(workers=1))
     assert_grads_close(g1, g3, 1e-5)
     assert m3["loss"] == pytest.approx(m1["loss"], rel=1e-5)
     assert m3["accuracy"] == pytest.approx(m1["accuracy"])
@@ -193,9 +193,9 @@ def test_vmap_chunks_give_the_same_meta_gradients(algorithm: str) -> None:
     cfg = bench.BenchConfig(algorithm, "sinusoid", 2, 7, 1, 5, 5)
     model, episodes = bench.make_problem(cfg)
     algo = build_algorithm(algorithm, model, inner_lr=0.01, inner_steps=2)
+    assert algo.runs_batched()
     whole, m1 = algo.meta_gradients(episodes)
-    algo.vmap_chunk = 3  # 3 + 3 + 1 tasks
-    chunked, m2 = algo.meta_gradients(episodes)
+    chunked, m2 = meta_gradients(algo, episodes, Execution(vmap_chunk=3))  # 3 + 3 + 1 tasks
     assert_grads_close(chunked, whole, 1e-6)
     assert m1["mse"] == pytest.approx(m2["mse"], rel=1e-6)
 
@@ -206,44 +206,45 @@ def test_reptile_batched_and_per_task_paths_agree_with_minibatches(use_query: bo
     model, episodes = bench.make_problem(cfg)
     algo = build_algorithm("reptile", model, inner_lr=0.02, inner_steps=3, inner_batch=4,
                            use_query=use_query)
+    assert algo.runs_batched()
     batched, m1 = algo.meta_gradients(episodes)  # vmap (no convolutions)
-    looped, m2 = parallel.per_task_gradients(algo, episodes)  # task by task
+    looped, m2 = meta_gradients(algo, episodes, Execution(batching="loop"))  # task by task
     assert_grads_close(batched, looped, 1e-5)
     assert m1["mse"] == pytest.approx(m2["mse"], rel=1e-5)
 
 
 def test_parallel_replicas_follow_parameter_updates() -> None:
     _, model, episodes = small_problem("fomaml")
-    algo = build_algorithm("fomaml", model, inner_lr=0.4, inner_steps=1)
-    algo.task_workers = 2
+    algo = build_algorithm("fomaml", model, inner_lr=0.4, inner_steps=1,
+                           execution=Execution(workers=2))
     before, _ = algo.meta_gradients(episodes)
     with torch.no_grad():
         for n, p in algo.named_parameters():
             p -= 0.5 * before[n]
     after, _ = algo.meta_gradients(episodes)
-    algo.task_workers = 1
-    serial, _ = algo.meta_gradients(episodes)
+    serial, _ = meta_gradients(algo, episodes, Execution(workers=1))
     assert_grads_close(after, serial, 1e-5)
     assert bench.max_relative_difference(after, before) > 1e-3
 
 
-def test_worker_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_resolution() -> None:
     model = mlp(1, 1, 8, 1)
     algo = build_algorithm("maml", model)
-    monkeypatch.setenv(parallel.ENV_WORKERS, "3")
-    assert parallel.resolve_workers(algo, 10) == 3
-    assert parallel.resolve_workers(algo, 2) == 2  # never more workers than tasks
-    monkeypatch.setenv(parallel.ENV_WORKERS, "zero")
+    assert parallel.resolve_workers(algo, 3, 10) == 3
+    assert parallel.resolve_workers(algo, 3, 2) == 2  # never more workers than tasks
+    assert parallel.resolve_workers(algo, None, 10) == min(torch.get_num_threads(), 10)
+    # the command line reads METAFIT_TASK_WORKERS once, as the override task_workers
+    env = {ENV_WORKERS: "3"}
+    assert with_env_workers(["seed=1"], env) == ["seed=1", "task_workers=3"]
+    assert with_env_workers(["seed=1"], {ENV_WORKERS: "auto"}) == ["seed=1"]
+    assert with_env_workers([], {}) == []
     with pytest.raises(ValueError, match="METAFIT_TASK_WORKERS"):
-        parallel.resolve_workers(algo, 4)
-    monkeypatch.delenv(parallel.ENV_WORKERS)
-    algo.task_workers = 0
+        with_env_workers([], {ENV_WORKERS: "zero"})
     with pytest.raises(ValueError, match="task_workers"):
-        parallel.resolve_workers(algo, 4)
-    algo.task_workers = None
+        Execution(workers=0)
     dropped = build_algorithm("maml", nn.Sequential())
     dropped.model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))  # random layers
-    assert parallel.resolve_workers(dropped, 8) == 1
+    assert parallel.resolve_workers(dropped, None, 8) == 1
 
 
 # -- the peers of `metafit bench` ----------------------------------------------------------
@@ -316,11 +317,11 @@ def test_recipe_task_workers_reach_the_algorithm() -> None:
     from metafit.config.recipe import load_recipe
 
     recipe = load_recipe("sinusoid_maml", ["task_workers=3", "vmap_chunk=5"])
-    assert from_recipe(recipe).task_workers == 3
-    assert from_recipe(recipe).vmap_chunk == 5
-    assert from_recipe(load_recipe("sinusoid_maml")).task_workers is None  # auto
-    assert from_recipe(load_recipe("sinusoid_maml")).uses_vmap()  # auto: an MLP
-    assert not from_recipe(load_recipe("sinusoid_maml", ["batching=loop"])).uses_vmap()
-    assert from_recipe(load_recipe("omniglot_5w1s_fomaml", ["batching=vmap"])).uses_vmap()
-    with pytest.raises(ValueError, match="batching"):  # Reptile has no such option
-        from_recipe(load_recipe("sinusoid_reptile", ["batching=vmap"]))
+    assert from_recipe(recipe).execution == Execution("auto", 3, 5)
+    assert from_recipe(load_recipe("sinusoid_maml")).execution.workers is None  # auto
+    assert from_recipe(load_recipe("sinusoid_maml")).runs_batched()  # auto: an MLP
+    assert not from_recipe(load_recipe("sinusoid_maml", ["batching=loop"])).runs_batched()
+    assert from_recipe(load_recipe("omniglot_5w1s_fomaml", ["batching=vmap"])).runs_batched()
+    assert not from_recipe(load_recipe("sinusoid_reptile", ["batching=loop"])).runs_batched()
+    with pytest.raises(ValueError, match="batching"):  # pretraining has no per-task form
+        from_recipe(load_recipe("sinusoid_finetune", ["batching=vmap"]))

@@ -17,13 +17,15 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
-#: Lowest first. Packages and top-level modules on one line share a floor.
+#: Lowest first. Packages and top-level modules on one line share a floor. ``execution``
+#: sits below ``algorithms``: it runs any algorithm's per-task and batch functions through
+#: a structural contract (``execution/program.py``), so the algorithms can call it.
 FLOORS: list[tuple[str, ...]] = [
     ("_version", "episodes", "io", "distributed", "config"),
     ("models",),
     ("data", "functional"),
-    ("algorithms",),
     ("execution",),
+    ("algorithms",),
     ("evaluation",),
     ("runs",),
     ("training",),

@@ -31,6 +31,7 @@ from metafit.config.recipe import Recipe, load_recipe  # noqa: E402
 from metafit.data.sampler import EpisodeSampler  # noqa: E402
 from metafit.episodes import Episode, Episodes  # noqa: E402
 from metafit.evaluation.protocol import EvalResult, evaluate  # noqa: E402
+from metafit.execution import Execution  # noqa: E402
 
 __all__ = [
     "ANIL",
@@ -40,6 +41,7 @@ __all__ = [
     "Episode",
     "EpisodeSampler",
     "Episodes",
+    "Execution",
     "EvalResult",
     "FineTune",
     "Learner",

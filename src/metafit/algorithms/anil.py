@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from metafit import functional as mf
 from metafit.algorithms.maml import MAML
 from metafit.algorithms.registry import register_algorithm
+from metafit.execution.settings import Batching, Execution
 from metafit.functional import Params
 from metafit.models.blocks import once_differentiable_region
 
@@ -38,8 +39,8 @@ class ANIL(MAML):
 
     Args:
         model: a ``FewShotModel`` with a parametrised ``head``.
-        inner_lr, inner_steps, first_order, eval_inner_steps, lslr: as in :class:`MAML`
-            (the ``lslr`` rates exist for the head's parameters only).
+        inner_lr, inner_steps, first_order, eval_inner_steps, lslr, batching, execution:
+            as in :class:`MAML` (the ``lslr`` rates exist for the head's parameters only).
     """
 
     cheap_query_scores = True  # query features are computed once per task
@@ -52,10 +53,11 @@ class ANIL(MAML):
         first_order: bool = False,
         eval_inner_steps: int | None = None,
         lslr: bool = False,
-        batching: str = "auto",
+        batching: Batching = "auto",
+        execution: Execution | None = None,
     ) -> None:
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, lslr,
-                         batching)
+                         batching, execution)
         if not self.adapted_names():
             raise ValueError("ANIL needs a model whose head has trainable parameters")
 

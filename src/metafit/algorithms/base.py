@@ -6,41 +6,49 @@ completely. It never writes ``.grad`` and never steps: :meth:`Algorithm.meta_gra
 returns gradients keyed like ``named_parameters()`` and the trainer applies any torch
 optimizer to them.
 
-Subclasses implement, per task,
+Subclasses supply the maths as functions of one task or one batch; how a meta-batch runs
+(task by task, on worker threads, vmapped, captured as a CUDA graph) is decided apart, by
+:mod:`metafit.execution`, from the :class:`~metafit.execution.Execution` given at
+construction:
 
 * ``task_loss(support_x, support_y, query_x, query_y) -> (loss, query_out)``: the outer
-  loss with its graph back to the meta-parameters (or override ``meta_loss`` /
-  ``meta_gradients`` for a whole batch at once), and
+  loss of one task with its graph back to the meta-parameters (or override
+  ``task_gradients`` where the update is not a gradient, as Reptile's);
+* ``batch_loss(episodes, chunk_size) -> (loss, scores)``: the same over a whole batch at
+  once, for algorithms that declare a ``batch_form`` (or override ``batch_gradients``);
 * ``trajectory(support_x, support_y, steps, query_x) -> iterator of (params, query_out)``:
   graph-free adaptation yielding after 0..steps steps, from which ``adapt`` (the last item)
   and ``adaptation_curve`` (every item) are derived, so both share one code path.
 
-The default ``meta_gradients`` takes each task's gradient on its own
-(:meth:`Algorithm.task_gradients`) and averages them, on several threads on a CPU
-(:mod:`metafit.execution.threads`); an algorithm that computes a whole batch at once (``vmap``,
-one forward over all tasks) says so with :meth:`Algorithm.batched_meta_loss` and overrides
-``meta_loss``. ``meta_loss`` of the base class, one graph over the looped tasks, is the
-independent formulation the tests compare against.
+What an algorithm can do is declared on its class (the capabilities below), where the
+registry, the recipes, the executor and the deployment read it; nothing outside
+:mod:`metafit.algorithms` lists algorithm names. ``meta_loss`` of the base class, one graph
+over the looped tasks, is the independent formulation the tests compare against.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from typing import ClassVar, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from metafit import functional as mf
 from metafit.episodes import Episode, Episodes
-from metafit.execution import threads as parallel
+from metafit.execution import plan, run
+from metafit.execution.program import BatchForm, BatchResult, TaskResult, metric_values
+from metafit.execution.settings import Execution
 from metafit.functional import Params
 from metafit.models.base import FewShotModel
 
-__all__ = ["Algorithm", "Learner", "metric_tensors"]
+__all__ = ["CAPABILITIES", "Algorithm", "Learner"]
+
+#: The capability flags every algorithm class declares (see :class:`Algorithm`).
+CAPABILITIES = ("meta_trained", "episodic_training", "supports_regression", "fixed_head",
+                "accepts_classifier", "adapts_with_steps", "graphable", "batch_form",
+                "batch_on_cpu", "cheap_query_scores")
 
 
 class Learner:
@@ -86,24 +94,6 @@ class Learner:
         return f"Learner({type(self.module).__name__}, {len(self.params)} tensors)"
 
 
-_metric_state = threading.local()
-
-
-@contextlib.contextmanager
-def metric_tensors() -> Iterator[dict[str, Tensor]]:
-    """While active (in this thread), :meth:`Algorithm.metrics` records its values as
-    tensors in the yielded dict and returns NaN placeholders, so a meta-gradient reads
-    nothing back from the device: what capturing it as a CUDA graph needs
-    (:mod:`metafit.execution.cuda_graphs`; a device-to-host copy is illegal during a capture)."""
-    recorded: dict[str, Tensor] = {}
-    previous = getattr(_metric_state, "recorded", None)
-    _metric_state.recorded = recorded
-    try:
-        yield recorded
-    finally:
-        _metric_state.recorded = previous
-
-
 class Algorithm(nn.Module, ABC):
     """Base class of meta-learning algorithms (see the module docstring).
 
@@ -112,19 +102,43 @@ class Algorithm(nn.Module, ABC):
             the submodule ``model`` (so parameter names start with ``"model."``).
         inner_steps: inner steps during meta-training (0 where there is no inner loop).
         eval_inner_steps: default steps of :meth:`adapt`; ``None`` means ``inner_steps``.
+        execution: how meta-batches run (:class:`~metafit.execution.Execution`; default:
+            auto); it changes speed, never what is computed.
     """
 
     name: ClassVar[str] = "algorithm"
-    supports_regression: ClassVar[bool] = True
+    # -- capabilities (class attributes; :data:`CAPABILITIES`) ---------------------------
     #: False for baselines with nothing to meta-train (the trainer then writes the run
     #: directory with the initial model and no steps).
     meta_trained: ClassVar[bool] = True
+    #: Meta-training reports per-episode query metrics (False: pooled pretraining).
+    episodic_training: ClassVar[bool] = True
+    supports_regression: ClassVar[bool] = True
+    #: Meta-training fixes the number of ways (a head of ``ways`` outputs); False where a
+    #: task of any number of ways can be adapted to (prototypes, a head fitted per task).
+    fixed_head: ClassVar[bool] = True
+    #: Takes ``classifier=`` (a head fitted at test time on frozen features).
+    accepts_classifier: ClassVar[bool] = False
+    #: Adaptation takes inner steps (False: one closed-form fit, ``steps`` is ignored).
+    adapts_with_steps: ClassVar[bool] = True
+    #: Its meta-gradient reads nothing back from the device, so a CUDA graph can capture it.
+    graphable: ClassVar[bool] = False
+    #: Its whole-batch formulation (:data:`~metafit.execution.program.BatchForm`) or None.
+    batch_form: ClassVar[BatchForm | None] = None
+    #: Its batched form pays off on a CPU for models without convolutions.
+    batch_on_cpu: ClassVar[bool] = False
     #: The trajectory scores the query set on features computed once (a head-only inner
     #: loop), so scoring every step costs next to nothing: sparse curves just subsample.
     cheap_query_scores: ClassVar[bool] = False
 
+    @classmethod
+    def capabilities(cls) -> dict[str, Any]:
+        """The class's capability flags, ``{name: value}`` for :data:`CAPABILITIES`."""
+        return {name: getattr(cls, name) for name in CAPABILITIES}
+
     def __init__(
-        self, model: nn.Module, inner_steps: int = 0, eval_inner_steps: int | None = None
+        self, model: nn.Module, inner_steps: int = 0, eval_inner_steps: int | None = None,
+        execution: Execution | None = None,
     ) -> None:
         super().__init__()
         for label, value in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
@@ -133,12 +147,17 @@ class Algorithm(nn.Module, ABC):
         self.model = cast(FewShotModel, model)  # any module with .body / .head
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps
-        #: Worker threads for the tasks of a meta-batch: ``None`` (auto) or a count, see
-        #: :func:`metafit.execution.threads.resolve_workers`.
-        self.task_workers: int | None = None
-        #: Tasks per ``vmap`` call on the batched paths (``None``: the whole meta-batch);
-        #: smaller chunks bound the memory of models without convolutions.
-        self.vmap_chunk: int | None = None
+        self.execution = Execution() if execution is None else execution
+        if self.execution.batching != "auto" and type(self).batch_form != "vmap":
+            raise ValueError(f"batching={self.execution.batching!r} applies to algorithms "
+                             f"with a per-task and a vmapped form; {type(self).__name__} has "
+                             f"{type(self).batch_form or 'only a per-task'} form (leave "
+                             "batching auto)")
+
+    @property
+    def second_order(self) -> bool:
+        """Whether the meta-gradient differentiates through inner gradients."""
+        return False
 
     @property
     def default_eval_steps(self) -> int:
@@ -160,37 +179,49 @@ class Algorithm(nn.Module, ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} defines meta_gradients directly")
 
-    def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:
-        """Mean outer loss over the T tasks of ``episodes`` (scalar, with graph) and metrics.
+    def batch_loss(self, episodes: Episodes, chunk_size: int | None
+                   ) -> tuple[Tensor, Tensor]:
+        """Mean outer loss of the whole batch (scalar, with graph) and the scores ``[T]``
+        (or ``[1]`` for a pooled loss); for algorithms with a ``batch_form``.
+        ``chunk_size``: tasks per vectorised call (``None``: all)."""
+        raise NotImplementedError(f"{type(self).__name__} has no whole-batch formulation")
 
-        Loops over tasks, then averages: one graph, one backward in :meth:`meta_gradients`.
-        """
+    def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:
+        """Mean outer loss over the T tasks of ``episodes`` (scalar, with graph) and metrics,
+        on the path :meth:`meta_gradients` takes: the batch function where it runs batched,
+        else a loop over tasks, then the average (one graph, one backward)."""
         self.check_episodes(episodes)
+        if self.runs_batched():
+            loss, scores = self.batch_loss(episodes, self.execution.vmap_chunk)
+            return loss, self.metrics(loss, scores, episodes.is_regression)
         losses: list[Tensor] = []
-        scores: list[Tensor] = []
+        scores_: list[Tensor] = []
         for task in episodes:
             loss, out = self.task_loss(task.support_x, task.support_y, task.query_x, task.query_y)
             losses.append(loss)
-            scores.append(mf.score(out.detach(), task.query_y))
+            scores_.append(mf.score(out.detach(), task.query_y))
         loss = torch.stack(losses).mean()  # []
-        return loss, self.metrics(loss, torch.stack(scores), episodes.is_regression)
+        return loss, self.metrics(loss, torch.stack(scores_), episodes.is_regression)
 
-    def batched_meta_loss(self) -> bool:
-        """Whether :meth:`meta_gradients` differentiates :meth:`meta_loss` of the whole
-        batch (overridden where that is the fast path) instead of task by task."""
-        return False
+    def runs_batched(self) -> bool:
+        """Whether meta-batches run through the whole-batch function
+        (:func:`metafit.execution.plan.runs_batched`)."""
+        return plan.runs_batched(self, self.execution)
 
     def meta_gradients(self, episodes: Episodes) -> tuple[dict[str, Tensor], dict[str, float]]:
         """Gradients of the mean outer loss, keyed like :meth:`trainable_parameters`
         (zeros where the loss does not depend on a parameter), and metrics
-        (``{"loss", "accuracy"}`` or ``{"loss", "mse"}``). Writes no ``.grad``."""
-        self.check_episodes(episodes)
-        if self.batched_meta_loss():
-            loss, metrics = self.meta_loss(episodes)
-            return self.gradients_of(loss), metrics
-        return parallel.per_task_gradients(self, episodes)
+        (``{"loss", "accuracy"}`` or ``{"loss", "mse"}``), run as ``self.execution`` says
+        (:func:`metafit.execution.meta_gradients`). Writes no ``.grad``."""
+        return run.meta_gradients(self, episodes, self.execution)
 
-    def task_gradients(self, task: Episode) -> parallel.TaskResult:
+    def batch_gradients(self, episodes: Episodes, chunk_size: int | None) -> BatchResult:
+        """The whole batch's share of :meth:`meta_gradients`: gradients of
+        :meth:`batch_loss`, the loss and the scores."""
+        loss, scores = self.batch_loss(episodes, chunk_size)
+        return self.gradients_of(loss), loss, scores
+
+    def task_gradients(self, task: Episode) -> TaskResult:
         """One task's share of :meth:`meta_gradients`: the gradients of its outer loss
         (keyed like :meth:`trainable_parameters`), the loss and the query score (scalars,
         detached). Its graph is freed before the next task starts."""
@@ -207,17 +238,9 @@ class Algorithm(nn.Module, ABC):
 
     @staticmethod
     def metrics(loss: Tensor, scores: Tensor, is_regression: bool) -> dict[str, float]:
-        """``{"loss": mean loss, "accuracy" | "mse": mean of the per-task scores [T]}``.
-
-        Inside :func:`metric_tensors` the values stay on the device (recorded there) and
-        NaN placeholders are returned."""
-        key = "mse" if is_regression else "accuracy"
-        values = {"loss": loss.detach(), key: scores.detach().mean()}
-        recorded: dict[str, Tensor] | None = getattr(_metric_state, "recorded", None)
-        if recorded is not None:
-            recorded.update(values)
-            return {k: float("nan") for k in values}
-        return {k: float(v) for k, v in values.items()}
+        """``{"loss": mean loss, "accuracy" | "mse": mean of the per-task scores [T]}``,
+        read back as floats (:func:`~metafit.execution.program.metric_values`)."""
+        return {k: float(v) for k, v in metric_values(loss, scores, is_regression).items()}
 
     def check_episodes(self, episodes: Episodes) -> None:
         """Raise ``ValueError`` for a batch this algorithm cannot handle."""

@@ -18,6 +18,7 @@ sec. 5.1): meta-training regresses every task's points jointly with the whole ne
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,8 @@ from metafit.algorithms.base import Algorithm, Learner
 from metafit.algorithms.heads import LogisticHead, check_classifier, logistic_trajectory
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episodes
+from metafit.execution.program import BatchForm
+from metafit.execution.settings import Execution
 from metafit.functional import Params
 from metafit.models.base import FewShotModel
 from metafit.models.blocks import once_differentiable_region
@@ -59,6 +62,10 @@ class FineTune(Algorithm):
         penalty: the logistic head's L2 penalty on its weights.
     """
 
+    episodic_training = False
+    fixed_head = False
+    accepts_classifier = True
+    batch_form: ClassVar[BatchForm | None] = "pooled"
     cheap_query_scores = True  # query features are computed once per task
 
     def __init__(
@@ -71,8 +78,9 @@ class FineTune(Algorithm):
         eval_inner_steps: int | None = None,
         classifier: str | None = None,
         penalty: float = 1e-4,
+        execution: Execution | None = None,
     ) -> None:
-        super().__init__(model, inner_steps, eval_inner_steps)
+        super().__init__(model, inner_steps, eval_inner_steps, execution)
         if finetune_layers < 0:
             raise ValueError(f"finetune_layers must be >= 0, got {finetune_layers}")
         check_classifier(classifier, penalty, type(self).__name__)
@@ -89,12 +97,10 @@ class FineTune(Algorithm):
                                                                          num_classes)
 
     # -- meta-training = supervised pretraining ------------------------------------------
-    def batched_meta_loss(self) -> bool:
-        """Pretraining pools every example of the batch into one forward."""
-        return True
-
-    def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:
-        """Loss of every example of the batch, pooled (support and query of all tasks)."""
+    def batch_loss(self, episodes: Episodes, chunk_size: int | None
+                   ) -> tuple[Tensor, Tensor]:
+        """Loss of every example of the batch, pooled (support and query of all tasks) into
+        one forward, and its score ``[1]`` (``chunk_size`` does not apply)."""
         x = torch.cat([episodes.support_x.flatten(0, 1), episodes.query_x.flatten(0, 1)])
         # x: [T*N*(K+Q), *x]
         if episodes.is_regression:
@@ -102,14 +108,14 @@ class FineTune(Algorithm):
             with once_differentiable_region():
                 out = self.model(x)  # [T*(K+Q), 1]
             loss = mf.loss_fn(out, y)
-            return loss, {"loss": float(loss.detach()), "mse": float(loss.detach())}
+            return loss, loss.detach().reshape(1)  # [], [1]
         y = self.global_labels(episodes)  # [T*N*(K+Q)]
         assert self.pretrain_head is not None
         with once_differentiable_region():
             features = self.model.body(x)  # [T*N*(K+Q), F]
         logits = self.pretrain_head(features)  # [T*N*(K+Q), num_classes]
         loss = mf.loss_fn(logits, y)
-        return loss, {"loss": float(loss.detach()), "accuracy": float(mf.accuracy(logits, y))}
+        return loss, mf.accuracy(logits, y).reshape(1)  # [], [1]
 
     def global_labels(self, episodes: Episodes) -> Tensor:
         """Dataset class of every support then query example: ``[T*N*(K+Q)]``."""
@@ -226,11 +232,12 @@ class LinearProbe(FineTune):
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 100,
                  eval_inner_steps: int | None = None, classifier: str | None = None,
-                 penalty: float = 1e-4) -> None:
+                 penalty: float = 1e-4, execution: Execution | None = None) -> None:
         super().__init__(model, None, inner_lr, inner_steps, 0, eval_inner_steps,
-                         classifier, penalty)
+                         classifier, penalty, execution)
         self.model.requires_grad_(False)
 
-    def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:
+    def batch_loss(self, episodes: Episodes, chunk_size: int | None
+                   ) -> tuple[Tensor, Tensor]:
         raise ValueError("linear_probe is not meta-trained: evaluate it directly "
                          "(metafit train writes its run without steps)")

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from torch import nn
 
+from metafit.algorithms.base import Algorithm
+from metafit.algorithms.registry import build_algorithm as build_registered
+from metafit.algorithms.registry import get_algorithm, list_algorithms
 from metafit.config.recipe import Recipe
+from metafit.execution.settings import Execution
 from metafit.models import conv4, mlp, resnet12, resnet18
 
-__all__ = ["build_model", "build_algorithm", "FIXED_HEAD_FREE"]
+__all__ = ["build_model", "build_algorithm", "check_recipe_algorithm", "with_capability"]
 
-# Algorithms whose test-time number of ways may differ from the training one: ProtoNet
-# needs no head and FineTune and the linear probe fit a new head at test time.
-FIXED_HEAD_FREE = frozenset({"protonet", "finetune", "linear_probe"})
+
+def with_capability(flag: str, value: object = True) -> list[str]:
+    """Registered algorithm names whose class declares ``flag`` = ``value`` (for messages)."""
+    return [n for n in list_algorithms() if getattr(get_algorithm(n), flag) == value]
 
 
 def build_model(recipe: Recipe) -> nn.Module:
@@ -39,34 +44,18 @@ def build_model(recipe: Recipe) -> nn.Module:
     raise ValueError(f"unknown model '{recipe.model}'")
 
 
-#: Algorithms that take ``classifier`` (a head fitted at test time on frozen features).
-CLASSIFIER_ALGORITHMS = ("protonet", "finetune", "linear_probe")
-
-#: Algorithms that take ``batching`` (the MAML family).
-BATCHING_ALGORITHMS = ("maml", "fomaml", "metasgd", "anil")
-
-
-def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.Module:
-    """The recipe's algorithm around a freshly initialised model (seeded by ``recipe.seed``).
+def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> Algorithm:
+    """The recipe's algorithm around a freshly initialised model (seeded by ``recipe.seed``),
+    running meta-batches as the recipe's ``batching``, ``task_workers`` and ``vmap_chunk``
+    say.
 
     Raises:
-        ValueError: a test-time ``test_ways`` different from ``ways`` for an algorithm
-            whose head is fixed by meta-training.
+        ValueError: the recipe asks what the algorithm's capabilities rule out
+            (:func:`check_recipe_algorithm`).
     """
     import torch
 
-    from metafit.algorithms import build_algorithm as build_registered
-
-    if recipe.eval_ways != recipe.ways and recipe.algorithm not in FIXED_HEAD_FREE:
-        raise ValueError(
-            f"algorithm '{recipe.algorithm}' meta-trains a {recipe.ways}-way head, so test_ways "
-            f"must equal ways (got test_ways={recipe.eval_ways}); only "
-            f"{', '.join(sorted(FIXED_HEAD_FREE))} can change the number of ways"
-        )
-    if recipe.algorithm == "protonet" and recipe.adapt == "head":
-        raise ValueError("protonet uses no head, so adapt='head' leaves it nothing to "
-                         "meta-train; use adapt lora, top or full (or algorithm "
-                         "linear_probe for a frozen encoder)")
+    cls = check_recipe_algorithm(recipe)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe)
     # Options every algorithm may ignore, then those only some accept (passed when set,
@@ -90,19 +79,37 @@ def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> nn.
                              f"'{recipe.algorithm}' has no prototypes")
         options.update(distance=recipe.distance, scale=recipe.distance_scale)
     if recipe.classifier is not None:
-        if recipe.algorithm not in CLASSIFIER_ALGORITHMS:
+        if not cls.accepts_classifier:
             raise ValueError(f"classifier={recipe.classifier!r} applies to "
-                             f"{', '.join(CLASSIFIER_ALGORITHMS)}; algorithm "
+                             f"{', '.join(with_capability('accepts_classifier'))}; algorithm "
                              f"'{recipe.algorithm}' classifies with the head its inner "
                              "loop adapts")
         options.update(classifier=recipe.classifier, penalty=recipe.classifier_penalty)
-    if recipe.batching != "auto":
-        if recipe.algorithm not in BATCHING_ALGORITHMS:
-            raise ValueError(f"batching={recipe.batching!r} applies to "
-                             f"{', '.join(BATCHING_ALGORITHMS)}; algorithm "
-                             f"'{recipe.algorithm}' chooses its own path (leave batching auto)")
-        options["batching"] = recipe.batching
-    algo = build_registered(recipe.algorithm, model, **options)
-    algo.task_workers = recipe.task_workers
-    algo.vmap_chunk = recipe.vmap_chunk
-    return algo
+    options["execution"] = Execution(recipe.batching, recipe.task_workers, recipe.vmap_chunk)
+    return build_registered(recipe.algorithm, model, **options)
+
+
+def check_recipe_algorithm(recipe: Recipe) -> type[Algorithm]:
+    """The recipe's algorithm class, after checking the recipe asks nothing of it that its
+    capabilities rule out (``ValueError`` naming the algorithms that would do)."""
+    cls = get_algorithm(recipe.algorithm)
+    if recipe.eval_ways != recipe.ways and cls.fixed_head:
+        free = ", ".join(with_capability("fixed_head", False))
+        raise ValueError(
+            f"algorithm '{recipe.algorithm}' meta-trains a {recipe.ways}-way head, so test_ways "
+            f"must equal ways (got test_ways={recipe.eval_ways}); only {free} can change the "
+            "number of ways")
+    if recipe.batching != "auto" and cls.batch_form != "vmap":
+        raise ValueError(f"batching={recipe.batching!r} applies to "
+                         f"{', '.join(with_capability('batch_form', 'vmap'))}; algorithm "
+                         f"'{recipe.algorithm}' has no per-task and vmapped forms to choose "
+                         "from (leave batching auto)")
+    if recipe.cuda_graphs and not cls.graphable:
+        raise ValueError(f"cuda_graphs works with {', '.join(with_capability('graphable'))}, "
+                         f"not algorithm '{recipe.algorithm}' (docs/design.md, 'Speed on a "
+                         "GPU')")
+    if cls.name == "protonet" and recipe.adapt == "head":
+        raise ValueError("protonet uses no head, so adapt='head' leaves it nothing to "
+                         "meta-train; use adapt lora, top or full (or algorithm "
+                         "linear_probe for a frozen encoder)")
+    return cls

@@ -10,7 +10,7 @@ meta-gradient = d(mean over tasks of the outer loss)/d theta, through the inner 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -19,8 +19,11 @@ from metafit import functional as mf
 from metafit.algorithms.base import Algorithm
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episodes
+from metafit.execution.plan import check_batching
+from metafit.execution.program import BatchForm
+from metafit.execution.settings import Batching, Execution
 from metafit.functional import Params
-from metafit.models.blocks import native_batch_norms, once_differentiable_region
+from metafit.models.blocks import once_differentiable_region
 
 __all__ = ["FOMAML", "MAML", "param_key"]
 
@@ -44,14 +47,16 @@ class MAML(Algorithm):
         lslr: MAML++ learned per-layer per-step rates: a ``ParameterDict`` ``lslr`` of
             ``[inner_steps]`` vectors initialised to ``inner_lr``, meta-learned with the
             model (steps past ``inner_steps`` at evaluation reuse the last rate).
-        batching: how the tasks of a meta-batch run: ``"loop"`` (one task after another,
-            one backward), ``"vmap"`` (all tasks at once, ``functional.batched_query_losses``)
-            or ``"auto"``: on a CPU, vmap for models without convolutions (7.7x faster on
-            the sinusoid MLP, benchmarks/RESULTS.md) and the loop otherwise (vmapped
-            convolutions are slower on CPU, DESIGN.md sec. 7); on a GPU, vmap wherever it
-            can run (12x the loop for conv4 MAML on an H200; ``vmap_chunk`` bounds its
-            memory). Both give the same meta-gradients (tested).
+        batching: shorthand for ``execution``'s ``batching``: ``"loop"`` (one task after
+            another), ``"vmap"`` (all tasks at once, ``functional.batched_query_losses``)
+            or ``"auto"`` (:func:`metafit.execution.plan.runs_batched`). Both give the same
+            meta-gradients (tested).
+        execution: how meta-batches run (:class:`~metafit.execution.Execution`).
     """
+
+    graphable = True
+    batch_form: ClassVar[BatchForm | None] = "vmap"
+    batch_on_cpu = True
 
     def __init__(
         self,
@@ -61,22 +66,16 @@ class MAML(Algorithm):
         first_order: bool = False,
         eval_inner_steps: int | None = None,
         lslr: bool = False,
-        batching: str = "auto",
+        batching: Batching = "auto",
+        execution: Execution | None = None,
     ) -> None:
-        super().__init__(model, inner_steps, eval_inner_steps)
-        if batching not in ("auto", "loop", "vmap"):
-            raise ValueError(f"batching must be 'auto', 'loop' or 'vmap', got {batching!r}")
-        self.batching = batching
+        execution = Execution() if execution is None else execution
+        if batching != "auto":
+            execution = Execution(batching, execution.workers, execution.vmap_chunk)
+        super().__init__(model, inner_steps, eval_inner_steps, execution)
         self.inner_lr = float(inner_lr)
         self.first_order = bool(first_order)
-        native = native_batch_norms(model)
-        if batching == "vmap" and not first_order and native:
-            raise ValueError(
-                f"batching='vmap' with second-order meta-gradients needs BatchNorm layers "
-                f"that differentiate twice under torch.func; {native[0]!r} (and "
-                f"{len(native) - 1} more) use PyTorch's fused batch_norm, whose second "
-                "derivatives are wrong there. Use batching='loop' (or 'auto'), or "
-                "first_order=True")
+        check_batching(self, self.execution)
         self.lslr: nn.ParameterDict | None = None
         if lslr:
             if inner_steps < 1:
@@ -105,31 +104,24 @@ class MAML(Algorithm):
         return {"lr": self.inner_lr, "lr_per_param": None, "lslr": lslr}
 
     # -- meta-training -------------------------------------------------------------------
-    def uses_vmap(self) -> bool:
-        """Whether :meth:`meta_loss` runs the tasks batched (see ``batching``)."""
-        if self.batching != "auto":
-            return self.batching == "vmap"
-        return mf.batch_tasks_by_default(self.model, second_order=not self.first_order)
+    @property
+    def second_order(self) -> bool:
+        """Second order unless ``first_order``."""
+        return not self.first_order
 
-    def batched_meta_loss(self) -> bool:
-        """The vmap path differentiates the whole batch; the loop goes task by task."""
-        return self.uses_vmap()
-
-    def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:
-        """Mean query loss after adaptation over the T tasks, batched or looped."""
-        if not self.uses_vmap():
-            return super().meta_loss(episodes)
-        self.check_episodes(episodes)
+    def batch_loss(self, episodes: Episodes, chunk_size: int | None
+                   ) -> tuple[Tensor, Tensor]:
+        """Mean query loss after adaptation over the T tasks at once (``vmap``) and the
+        scores ``[T]``; the same values as the per-task :meth:`task_loss` (tested)."""
         losses, outs = mf.batched_query_losses(
             self.model, dict(self.model.named_parameters()), episodes.support_x,
             episodes.support_y, episodes.query_x, episodes.query_y, self.inner_steps,
             first_order=self.first_order, adapt_names=self.adapted_names(),
-            chunk_size=self.vmap_chunk, **self.inner_rates(),
+            chunk_size=chunk_size, **self.inner_rates(),
         )  # [T], [T, N*Q, out]
         scores = torch.stack([mf.score(o.detach(), y) for o, y in zip(outs, episodes.query_y,
                                                                        strict=True)])  # [T]
-        loss = losses.mean()  # []
-        return loss, self.metrics(loss, scores, episodes.is_regression)
+        return losses.mean(), scores  # [], [T]
 
     def task_loss(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor
@@ -171,6 +163,8 @@ class FOMAML(MAML):
         inner_steps: int = 1,
         eval_inner_steps: int | None = None,
         lslr: bool = False,
-        batching: str = "auto",
+        batching: Batching = "auto",
+        execution: Execution | None = None,
     ) -> None:
-        super().__init__(model, inner_lr, inner_steps, True, eval_inner_steps, lslr, batching)
+        super().__init__(model, inner_lr, inner_steps, True, eval_inner_steps, lslr, batching,
+                         execution)

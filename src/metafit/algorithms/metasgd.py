@@ -14,6 +14,7 @@ from torch import nn
 
 from metafit.algorithms.maml import MAML, param_key
 from metafit.algorithms.registry import register_algorithm
+from metafit.execution.settings import Batching, Execution
 
 __all__ = ["MetaSGD"]
 
@@ -30,6 +31,7 @@ class MetaSGD(MAML):
         first_order: drop second derivatives (the rates still get gradients, through
             ``lr * grad``).
         eval_inner_steps: default steps of ``adapt``.
+        batching, execution: as in :class:`~metafit.algorithms.maml.MAML`.
 
     The rates are the ``ParameterDict`` ``lr``: ``named_parameters()`` lists them as
     ``"lr.body__0__0__weight"`` etc. (dots of the model's names replaced by ``__``).
@@ -42,10 +44,11 @@ class MetaSGD(MAML):
         inner_steps: int = 1,
         first_order: bool = False,
         eval_inner_steps: int | None = None,
-        batching: str = "auto",
+        batching: Batching = "auto",
+        execution: Execution | None = None,
     ) -> None:
         super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps,
-                         batching=batching)
+                         batching=batching, execution=execution)
         params = dict(self.model.named_parameters())
         self.lr = nn.ParameterDict(
             {

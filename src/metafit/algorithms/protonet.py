@@ -16,6 +16,7 @@ logistic-regression head on the support embeddings instead of the prototypes
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,8 @@ from metafit.algorithms.base import Algorithm, Learner
 from metafit.algorithms.heads import LogisticHead, check_classifier, logistic_trajectory
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episodes
+from metafit.execution.program import BatchForm
+from metafit.execution.settings import Execution
 from metafit.functional import Params
 from metafit.models.base import FewShotModel
 from metafit.models.blocks import once_differentiable_region
@@ -98,16 +101,22 @@ class ProtoNet(Algorithm):
             (:func:`~metafit.algorithms.heads.fit_logistic_head`); meta-training still
             uses the prototypes.
         penalty: the logistic head's L2 penalty on its weights.
+        execution: how meta-batches run (:class:`~metafit.execution.Execution`).
     """
 
     supports_regression = False
-
+    fixed_head = False
+    accepts_classifier = True
+    adapts_with_steps = False
+    #: Batched, the body's weights are shared, so its convolutions see all tasks as one
+    #: batch while each task's BatchNorm keeps its own statistics (pays off on a GPU).
+    batch_form: ClassVar[BatchForm | None] = "vmap"
     cheap_query_scores = True  # query features are computed once per task
 
     def __init__(self, model: nn.Module, distance: str = "sqeuclidean",
                  scale: float = 10.0, classifier: str | None = None,
-                 penalty: float = 1e-4) -> None:
-        super().__init__(model)
+                 penalty: float = 1e-4, execution: Execution | None = None) -> None:
+        super().__init__(model, execution=execution)
         check_classifier(classifier, penalty, "ProtoNet")
         if distance not in DISTANCES:
             raise ValueError(f"ProtoNet: unknown distance {distance!r}; supported: "
@@ -134,33 +143,22 @@ class ProtoNet(Algorithm):
         prototypes = class_prototypes(f_support, support_y, n)  # [N, F]
         return self._scores(f_query, prototypes), prototypes  # [N*Q, N], [N, F]
 
-    def batched_meta_loss(self) -> bool:
-        """On a GPU the whole meta-batch goes through one ``vmap`` (the body's weights are
-        shared, so its convolutions see all tasks as one batch while each task's BatchNorm
-        keeps its own statistics); on a CPU, task by task on worker threads."""
-        first = next(self.model.parameters(), None)
-        return (first is not None and first.device.type != "cpu"
-                and mf.batch_tasks_by_default(self.model))
-
-    def meta_loss(self, episodes: Episodes) -> tuple[Tensor, dict[str, float]]:
-        """Mean query cross-entropy over the T tasks, batched where
-        :meth:`batched_meta_loss` says so (the same values as the per-task loop, tested)."""
-        if not self.batched_meta_loss():
-            return super().meta_loss(episodes)
-        self.check_episodes(episodes)
+    def batch_loss(self, episodes: Episodes, chunk_size: int | None
+                   ) -> tuple[Tensor, Tensor]:
+        """Mean query cross-entropy over the T tasks at once (``vmap``) and the scores
+        ``[T]``; the same values as the per-task :meth:`task_loss` (tested)."""
         ways = episodes.ways if episodes.classes is None else episodes.classes.shape[1]
 
         def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
             logits, _ = self._logits(sx, sy, qx, ways)  # [N*Q, N]
             return mf.loss_fn(logits, qy), logits
 
-        losses, logits = torch.func.vmap(one_task, chunk_size=self.vmap_chunk)(
+        losses, logits = torch.func.vmap(one_task, chunk_size=chunk_size)(
             episodes.support_x, episodes.support_y, episodes.query_x, episodes.query_y
         )  # [T], [T, N*Q, N]
         scores = torch.stack([mf.score(o.detach(), y) for o, y in zip(
             logits, episodes.query_y, strict=True)])  # [T]
-        loss = losses.mean()  # []
-        return loss, self.metrics(loss, scores, episodes.is_regression)
+        return losses.mean(), scores  # [], [T]
 
     def task_loss(
         self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor

@@ -30,7 +30,8 @@ __all__ = [
 _REGISTRY: dict[str, type[Algorithm]] = {}
 
 COMMON_OPTIONS: frozenset[str] = frozenset(
-    {"inner_lr", "inner_steps", "eval_inner_steps", "first_order", "num_classes"}
+    {"inner_lr", "inner_steps", "eval_inner_steps", "first_order", "num_classes",
+     "execution"}
 )
 """Options a recipe may set for any algorithm; :func:`build_algorithm` drops those an
 algorithm does not take (e.g. ``inner_lr`` for ProtoNet) instead of failing."""

@@ -10,6 +10,7 @@ it as well (the paper uses Adam for the outer step in some experiments).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,8 @@ from metafit import functional as mf
 from metafit.algorithms.base import Algorithm
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episode, Episodes
-from metafit.execution.threads import TaskResult
+from metafit.execution.program import BatchForm, BatchResult, TaskResult
+from metafit.execution.settings import Execution
 from metafit.functional import Params
 from metafit.models.blocks import once_differentiable_region
 
@@ -46,10 +48,14 @@ class Reptile(Algorithm):
         query_metrics: score the adapted parameters on the query set (one graph-free
             forward per task) for the training metrics; ``False`` skips that forward (the
             Reptile update never needs it) and reports the metrics as NaN.
+        execution: how meta-batches run (:class:`~metafit.execution.Execution`).
 
     Metrics of :meth:`meta_gradients` are the query loss / accuracy (MSE) of the adapted
     parameters.
     """
+
+    batch_form: ClassVar[BatchForm | None] = "vmap"
+    batch_on_cpu = True
 
     def __init__(
         self,
@@ -60,8 +66,9 @@ class Reptile(Algorithm):
         eval_inner_steps: int | None = None,
         use_query: bool = False,
         query_metrics: bool = True,
+        execution: Execution | None = None,
     ) -> None:
-        super().__init__(model, inner_steps, eval_inner_steps)
+        super().__init__(model, inner_steps, eval_inner_steps, execution)
         if inner_batch is not None and inner_batch < 1:
             raise ValueError(f"inner_batch must be positive or None, got {inner_batch}")
         self.inner_lr = float(inner_lr)
@@ -92,24 +99,16 @@ class Reptile(Algorithm):
         return (torch.cat([support_x, query_x], dim=axis),
                 torch.cat([support_y, query_y], dim=axis))
 
-    def meta_gradients(self, episodes: Episodes) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """``theta - theta_adapted`` averaged over the tasks, and the query metrics.
-
-        All tasks adapt at once under ``vmap`` (:func:`metafit.functional.batched_sgd`)
-        where :func:`~metafit.functional.batch_tasks_by_default` says so (models without
-        convolutions; on a GPU, every model vmap can run); the others task by task
-        (:meth:`task_gradients`, on worker threads on a CPU). Both give the same result
-        (tested).
-        """
-        self.check_episodes(episodes)
-        if not mf.batch_tasks_by_default(self.model):
-            return super().meta_gradients(episodes)
+    def batch_gradients(self, episodes: Episodes, chunk_size: int | None) -> BatchResult:
+        """``theta - theta_adapted`` averaged over the tasks, adapted all at once under
+        ``vmap`` (:func:`metafit.functional.batched_sgd`), the mean query loss and the
+        scores ``[T]``; the same result as :meth:`task_gradients` per task (tested)."""
         x, y = self._inner_examples(episodes.support_x, episodes.support_y, episodes.query_x,
                                     episodes.query_y, axis=1)  # [T, N*K(+N*Q), *x], [T, N*K(+N*Q)]
         adapted = mf.batched_sgd(
             self.model, dict(self.model.named_parameters()), x, y, self.inner_steps,
             self.inner_lr, adapt_names=self.adapted_names(), batch_size=self.inner_batch,
-            chunk_size=self.vmap_chunk,
+            chunk_size=chunk_size,
         )  # adapted names: [T, *param]
         names = set(self.adapted_names())
         grads = {
@@ -119,17 +118,17 @@ class Reptile(Algorithm):
         }
         if not self.query_metrics:
             nan = torch.tensor(float("nan"))
-            return grads, self.metrics(nan, nan.expand(len(episodes)), episodes.is_regression)
+            return grads, nan, nan.expand(len(episodes))
         with torch.no_grad():
             outs = torch.func.vmap(
                 lambda p, qx: mf.forward(self.model, {**adapted, **p}, qx),
-                chunk_size=self.vmap_chunk,
+                chunk_size=chunk_size,
             )({n: adapted[n] for n in names}, episodes.query_x)  # [T, N*Q, out]
         losses = torch.stack([mf.loss_fn(o, q) for o, q in zip(outs, episodes.query_y,
                                                                strict=True)])  # [T]
         scores = torch.stack([mf.score(o, q) for o, q in zip(outs, episodes.query_y,
                                                              strict=True)])  # [T]
-        return grads, self.metrics(losses.mean(), scores, episodes.is_regression)
+        return grads, losses.mean(), scores  # {..}, [], [T]
 
     def task_gradients(self, task: Episode) -> TaskResult:
         """One task's share of the Reptile direction: ``theta - theta_adapted`` for the

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import cast
 
 import torch
@@ -51,12 +51,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metafit.algorithms import build_algorithm
-from metafit.algorithms.from_recipe import BATCHING_ALGORITHMS
-from metafit.config.recipe import GRAPHABLE_ALGORITHMS
+from metafit.algorithms import build_algorithm, get_algorithm
 from metafit.episodes import Episodes
 from metafit.execution.cuda_graphs import GraphedMetaGradients
-from metafit.execution.threads import ENV_WORKERS
+from metafit.execution.settings import Batching, Execution
 from metafit.models import conv4, mlp
 from metafit.models.base import FewShotModel
 from metafit.models.blocks import ConvBlock, StridedConvBlock
@@ -98,6 +96,7 @@ class BenchConfig:
     cuda_graph: bool = False  # metafit's meta-gradient replayed as a CUDA graph
     tf32: bool = False  # float32 timings with TF32 convolutions and matrix products
     cudnn_benchmark: bool = False  # cuDNN times its algorithms and keeps the fastest
+    workers: int | None = None  # metafit's task worker threads (None: auto)
 
     @property
     def label(self) -> str:
@@ -109,7 +108,7 @@ class BenchConfig:
             shape = f"{self.ways}w{self.shots}s"
         steps = "" if self.algorithm == "protonet" else f" K={self.inner_steps}"
         extra = "" if self.device == "cpu" else f" [{self.device}]"
-        if self.batching != "auto" and self.algorithm in BATCHING_ALGORITHMS:
+        if self.batching != "auto" and get_algorithm(self.algorithm).batch_form == "vmap":
             extra += f" [{self.batching}]"
         if self.cuda_graph:
             extra += " [graph]"
@@ -191,8 +190,9 @@ def metafit_fn(cfg: BenchConfig, model: nn.Module, episodes: Episodes) -> GradFn
         options = {"inner_lr": cfg.inner_lr, "inner_steps": cfg.inner_steps}
     if cfg.algorithm == "reptile":  # the peers compute no query metrics: neither do we
         options["query_metrics"] = False
-    if cfg.algorithm in BATCHING_ALGORITHMS:
-        options["batching"] = cfg.batching
+    vmapped = get_algorithm(cfg.algorithm).batch_form == "vmap"
+    batching = cast(Batching, cfg.batching if vmapped else "auto")
+    options["execution"] = Execution(batching, cfg.workers)
     algo = build_algorithm(cfg.algorithm, model, **options)
     meta_gradients = GraphedMetaGradients(algo) if cfg.cuda_graph else algo.meta_gradients
 
@@ -527,9 +527,7 @@ def peak_memory_mib(cfg: BenchConfig, impl: str, seed: int = 0, workers: int | N
             "c=bench.BenchConfig(**json.loads(sys.argv[1]));"
             "print(bench._probe(c, sys.argv[2], int(sys.argv[3])))")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    env.pop(ENV_WORKERS, None)
-    if workers is not None:
-        env[ENV_WORKERS] = str(workers)
+    cfg = replace(cfg, workers=workers)
     out = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(cfg)), impl, str(seed)],
                          capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
@@ -621,7 +619,7 @@ def select_configs(args: argparse.Namespace) -> list[BenchConfig]:
                               "cudnn_benchmark": args.cudnn_benchmark})
                for c in configs]
     if args.cuda_graph:  # the others read values back from the device mid-computation
-        configs = [c for c in configs if c.algorithm in GRAPHABLE_ALGORITHMS]
+        configs = [c for c in configs if get_algorithm(c.algorithm).graphable]
     if not configs:
         raise SystemExit("metafit bench: no configuration matches the options")
     return configs

@@ -12,12 +12,13 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from metafit._version import __version__
 from metafit.config.recipe import RecipeError, list_recipes, load_recipe, recipe_to_yaml
 from metafit.deploy.commands import add_classifier_option
 from metafit.deploy.commands import add_parsers as add_deploy_parsers
+from metafit.execution.settings import parse_workers
 
 __all__ = ["main", "build_parser"]
 
@@ -340,10 +341,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Worker threads for the tasks of a meta-batch, for ``train`` and ``tune``: read here,
+#: once, and passed on as the recipe override ``task_workers`` (it wins over the recipe).
+ENV_WORKERS = "METAFIT_TASK_WORKERS"
+
+
+def with_env_workers(overrides: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """``overrides`` plus ``task_workers=N`` when ``environ`` sets :data:`ENV_WORKERS`
+    (an integer, or ``auto``: the recipe's own setting).
+
+    Raises:
+        ValueError: the variable is set to something else.
+    """
+    workers = parse_workers(environ.get(ENV_WORKERS), ENV_WORKERS)
+    return [*overrides, f"task_workers={workers}"] if workers is not None else list(overrides)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metafit`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("train", "tune"):
+        try:
+            args.overrides = with_env_workers(args.overrides, os.environ)
+        except ValueError as e:
+            parser.error(str(e))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

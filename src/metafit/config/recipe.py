@@ -28,7 +28,6 @@ from metafit.config.files import (
 )
 
 __all__ = [
-    "GRAPHABLE_ALGORITHMS",
     "Recipe",
     "RecipeError",
     "load_recipe",
@@ -38,11 +37,6 @@ __all__ = [
     "read_yaml_mapping",
     "recipe_to_yaml",
 ]
-
-
-#: Algorithms whose meta-gradient can be captured as a CUDA graph (``cuda_graphs``): no
-#: value is read back from the device while it is computed (metafit.execution.cuda_graphs).
-GRAPHABLE_ALGORITHMS = ("maml", "fomaml", "metasgd", "anil")
 
 
 DatasetName = Literal["omniglot", "glyphs", "image_folder", "idx", "text_csv", "sinusoid"]
@@ -143,11 +137,12 @@ class Recipe(BaseModel):
     grad_clip: float | None = Field(None, gt=0, description="max global grad norm")
     task_workers: int | None = Field(
         None, gt=0, description="threads running the tasks of a meta-batch (default: auto, "
-        "one per intra-op thread on CPU, 1 on GPU; METAFIT_TASK_WORKERS overrides)")
+        "one per intra-op thread on CPU, 1 on GPU; the command line's METAFIT_TASK_WORKERS "
+        "overrides)")
     batching: Literal["auto", "loop", "vmap"] = Field(
-        "auto", description="MAML, FOMAML, Meta-SGD, ANIL: tasks one by one (loop) or all "
-        "at once (vmap); auto: on a CPU vmap for models without convolutions, on a GPU vmap "
-        "wherever it can run (docs/design.md)")
+        "auto", description="algorithms with a per-task and a vmapped form (the MAML "
+        "family, Reptile, ProtoNet): tasks one by one (loop) or all at once (vmap); auto: "
+        "metafit.execution.plan decides from the device and the model (docs/design.md)")
     vmap_chunk: int | None = Field(
         None, gt=0, description="tasks per vmap call on the batched paths, bounding their "
         "memory (32 Omniglot tasks of conv4 MAML hold 3.5-5.3 GB at once on a GPU); "
@@ -199,10 +194,6 @@ class Recipe(BaseModel):
             raise ValueError(f"text_mask is for text models, not model '{self.model}'")
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ValueError(f"cuda_graphs needs a CUDA device, not device '{self.device}'")
-        if self.cuda_graphs and self.algorithm not in GRAPHABLE_ALGORITHMS:
-            raise ValueError(f"cuda_graphs works with {', '.join(GRAPHABLE_ALGORITHMS)}, not "
-                             f"algorithm '{self.algorithm}' (docs/design.md, 'Speed on a "
-                             "GPU')")
         if self.classifier is not None and self.is_regression:
             raise ValueError(f"classifier '{self.classifier}' is for classification; "
                              f"dataset '{self.dataset}' is a regression problem")

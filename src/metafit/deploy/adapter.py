@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 
 from metafit.algorithms.base import Algorithm, Learner
-from metafit.algorithms.from_recipe import FIXED_HEAD_FREE
 from metafit.config.recipe import Recipe
 from metafit.deploy.adapted import ENCODER, AdaptedModel
 from metafit.deploy.errors import SupportError
@@ -147,7 +146,7 @@ class Adapter:
         self.source = dict(source or {})
         self.min_shots = int(min_shots)
         self.preprocessor: Preprocessor = preprocessor_for(recipe)
-        self.fixed_ways = None if recipe.algorithm in FIXED_HEAD_FREE else recipe.ways
+        self.fixed_ways = recipe.ways if type(algo).fixed_head else None
         self._replicas = _Replicas(self.algo)
         self._assets: dict[str, bytes] = {}
         self._text_config: Any = None
@@ -211,7 +210,7 @@ class Adapter:
         n_steps = self.algo.default_eval_steps if steps is None else steps
         counts = Counter(y.tolist())
         info = {"algorithm": self.recipe.algorithm,
-                "steps": 0 if self.recipe.algorithm == "protonet" else n_steps,
+                "steps": n_steps if type(self.algo).adapts_with_steps else 0,
                 "support_size": len(y),
                 "examples_per_class": {n: counts[i] for i, n in enumerate(label_names)},
                 "source": self.source}

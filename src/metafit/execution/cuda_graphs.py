@@ -16,8 +16,8 @@ warms up on a side stream, captures, and replays; later calls copy the batch int
 captured input buffers and replay. It computes what the eager call computes (tested on the
 GPU against it). What a capture needs, and what makes it refuse:
 
-* no device-to-host read inside the computation: the algorithm's metrics stay on the device
-  (:func:`~metafit.algorithms.base.metric_tensors`) and are read after the replay.
+* no device-to-host read inside the computation: the metrics stay on the device
+  (:func:`~metafit.execution.run.meta_gradient_tensors`) and are read after the replay.
   MAML, FOMAML, Meta-SGD and ANIL qualify (on the per-task and on the ``vmap`` path,
   tested on an H200); an algorithm that reads a value back while computing (FineTune's
   metrics, ProtoNet's per-task path counting its classes with ``int(y.max())``) fails
@@ -25,7 +25,7 @@ GPU against it). What a capture needs, and what makes it refuse:
 * fixed parameters: the graph reads the parameters' storage, so in-place optimiser steps
   (every ``torch.optim`` optimiser) are seen by the next replay; replacing a parameter
   tensor is not (:meth:`GraphedMetaGradients.reset` forces a new capture);
-* one thread: the capture runs the tasks on this thread (``task_workers`` is ignored).
+* one thread: the capture runs the tasks on this thread (``Execution.workers`` is ignored).
 
 The warm-up calls run the computation three times on the first batch; BatchNorm running
 statistics, the only state they touch, are restored afterwards. The graph keeps the memory
@@ -35,16 +35,14 @@ of one eager meta-gradient reserved while it lives.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from metafit.algorithms.base import Algorithm, metric_tensors
 from metafit.episodes import Episodes
-from metafit.execution.threads import ENV_WORKERS
+from metafit.execution.run import meta_gradient_tensors
 
 __all__ = ["GraphedMetaGradients"]
 
@@ -62,19 +60,6 @@ def _signature(episodes: Episodes) -> tuple[object, ...]:
     return tuple(out)
 
 
-@contextmanager
-def _one_worker(algorithm: Algorithm) -> Iterator[None]:
-    """Run the tasks on the calling thread (a capture records this thread's stream)."""
-    previous, env = algorithm.task_workers, os.environ.pop(ENV_WORKERS, None)
-    algorithm.task_workers = 1
-    try:
-        yield
-    finally:
-        algorithm.task_workers = previous
-        if env is not None:
-            os.environ[ENV_WORKERS] = env
-
-
 class GraphedMetaGradients:
     """``algorithm.meta_gradients`` captured as a CUDA graph and replayed (module docstring).
 
@@ -88,7 +73,7 @@ class GraphedMetaGradients:
     outputs are overwritten by the next replay).
     """
 
-    def __init__(self, algorithm: Algorithm, warmup: int = 3) -> None:
+    def __init__(self, algorithm: Any, warmup: int = 3) -> None:
         first = next(algorithm.parameters(), None)
         if first is None or first.device.type != "cuda":
             where = "no parameters" if first is None else f"parameters on {first.device}"
@@ -134,26 +119,22 @@ class GraphedMetaGradients:
         buffers = {n: b.clone() for n, b in algo.named_buffers()}
         stream = torch.cuda.Stream(device=static.support_x.device)
         stream.wait_stream(torch.cuda.current_stream())
-        with _one_worker(algo):
-            with torch.cuda.stream(stream):
-                for _ in range(self.warmup):
-                    with metric_tensors():
-                        algo.meta_gradients(static)
-            torch.cuda.current_stream().wait_stream(stream)
-            with torch.no_grad():
-                for n, b in algo.named_buffers():
-                    b.copy_(buffers[n])
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph), metric_tensors() as recorded:
-                    grads, _ = algo.meta_gradients(static)
-            except RuntimeError as err:
-                raise RuntimeError(
-                    f"{type(algo).__name__}'s meta-gradient cannot be captured as a CUDA "
-                    f"graph ({err}); run it without CUDA graphs") from err
-        if not recorded:
-            raise RuntimeError(f"{type(algo).__name__}.meta_gradients recorded no metrics "
-                               "(it does not report them through Algorithm.metrics)")
+        one_thread = replace(algo.execution, workers=1)  # a capture records this thread
+        with torch.cuda.stream(stream):
+            for _ in range(self.warmup):
+                meta_gradient_tensors(algo, static, one_thread)
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.no_grad():
+            for n, b in algo.named_buffers():
+                b.copy_(buffers[n])
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                grads, recorded = meta_gradient_tensors(algo, static, one_thread)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"{type(algo).__name__}'s meta-gradient cannot be captured as a CUDA "
+                f"graph ({err}); run it without CUDA graphs") from err
         self._graph, self._key, self._static = graph, key, static
         self._grads, self._metrics = grads, dict(recorded)
         self.captures += 1

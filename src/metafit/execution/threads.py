@@ -18,38 +18,30 @@ While a meta-batch runs on workers, the process's intra-op thread count is 1 (re
 afterwards, also on errors), so other threads doing torch work at that moment run on one
 thread too.
 
-``workers``: :func:`resolve_workers` reads ``METAFIT_TASK_WORKERS`` (an integer, or
-``auto``), else the algorithm's ``task_workers`` (``None``: auto). Auto picks
-``min(torch.get_num_threads(), T)`` workers on CPU and 1 (the serial loop) on a GPU, for
-models with random layers (dropout: per-thread random streams would not be reproducible)
-and when only one intra-op thread is available.
+``workers``: :func:`resolve_workers` takes the explicit count (``Execution.workers``),
+else picks ``min(torch.get_num_threads(), T)`` workers on CPU and 1 (the serial loop) on a
+GPU, for models with random layers (dropout: per-thread random streams would not be
+reproducible) and when only one intra-op thread is available.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import threading
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, cast
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from metafit.episodes import Episode, Episodes
+from metafit.execution.program import BatchResult, MetaBatchProgram
 
-if TYPE_CHECKING:
-    from metafit.algorithms.base import Algorithm
+__all__ = ["per_task_gradients", "resolve_workers", "share_parameters"]
 
-__all__ = ["ENV_WORKERS", "TaskResult", "per_task_gradients", "resolve_workers",
-           "share_parameters"]
-
-ENV_WORKERS = "METAFIT_TASK_WORKERS"
-
-TaskResult = tuple[dict[str, Tensor], Tensor, Tensor]
-"""``(gradients keyed like trainable_parameters(), loss [], score [])`` of one task."""
+P = TypeVar("P", bound=nn.Module)
 
 _RANDOM_LAYERS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _replicas: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
@@ -57,30 +49,16 @@ _pool_lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
-def _parse(value: str | int | None, source: str) -> int | None:
-    if value is None or value == "auto":
-        return None
-    try:
-        workers = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{source} must be a positive integer or 'auto', got {value!r}") from None
-    if workers < 1:
-        raise ValueError(f"{source} must be a positive integer or 'auto', got {value!r}")
-    return workers
-
-
-def resolve_workers(algorithm: nn.Module, tasks: int) -> int:
-    """Worker threads for a meta-batch of ``tasks`` tasks (see the module docstring)."""
-    requested = _parse(os.environ.get(ENV_WORKERS), ENV_WORKERS)
-    if requested is None:
-        requested = _parse(getattr(algorithm, "task_workers", None), "task_workers")
+def resolve_workers(program: nn.Module, requested: int | None, tasks: int) -> int:
+    """Worker threads for a meta-batch of ``tasks`` tasks: ``requested`` (at most one per
+    task), or auto (module docstring) when it is ``None``."""
     if requested is not None:
         return max(1, min(requested, tasks))
-    first = next(algorithm.parameters(), None)
+    first = next(program.parameters(), None)
     if first is not None and first.device.type != "cpu":
         return 1
-    if algorithm.training and any(isinstance(m, _RANDOM_LAYERS) and m.p > 0
-                                  for m in algorithm.modules()):
+    if program.training and any(isinstance(m, _RANDOM_LAYERS) and m.p > 0
+                                for m in program.modules()):
         return 1
     return max(1, min(torch.get_num_threads(), tasks))
 
@@ -96,9 +74,9 @@ def share_parameters(replica: nn.Module, module: nn.Module) -> nn.Module:
     return replica.train(module.training)
 
 
-def _replicas_of(algorithm: Algorithm, count: int) -> list[Algorithm]:
+def _replicas_of(algorithm: P, count: int) -> list[P]:
     """``count`` replicas of ``algorithm`` whose parameters share its storage."""
-    replicas = cast(list["Algorithm"], _replicas.get(algorithm, []))
+    replicas = cast(list[P], _replicas.get(algorithm, []))
     names = [(n, p.shape) for n, p in algorithm.named_parameters()]
     if len(replicas) < count or any(
             [(n, p.shape) for n, p in r.named_parameters()] != names for r in replicas):
@@ -117,7 +95,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _run_share(
-    replica: Algorithm, tasks: Sequence[Episode], intra_threads: int | None,
+    replica: nn.Module, tasks: Sequence[Episode], intra_threads: int | None,
 ) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]]:
     if intra_threads is not None:
         torch.set_num_threads(intra_threads)
@@ -125,7 +103,7 @@ def _run_share(
     losses: list[Tensor] = []
     scores: list[Tensor] = []
     for task in tasks:
-        grads, loss, score = replica.task_gradients(task)
+        grads, loss, score = cast(MetaBatchProgram, replica).task_gradients(task)
         for n, g in grads.items():
             if n in total:
                 total[n] += g
@@ -136,17 +114,14 @@ def _run_share(
     return total, losses, scores
 
 
-def per_task_gradients(
-    algorithm: Algorithm, episodes: Episodes,
-) -> tuple[dict[str, Tensor], dict[str, float]]:
+def per_task_gradients(algorithm: P, episodes: Episodes, workers: int) -> BatchResult:
     """Mean over the tasks of ``task_gradients(task)`` (of the algorithm or a replica),
-    and the mean loss and score as metrics (``{"loss", "accuracy" | "mse"}``).
+    the mean loss ``[]`` and the per-task scores ``[T]``.
 
-    Runs serially in this thread when :func:`resolve_workers` says 1, else on that many
-    threads (module docstring).
+    Runs serially in this thread for ``workers=1``, else on that many threads (module
+    docstring).
     """
     tasks = list(episodes)
-    workers = resolve_workers(algorithm, len(tasks))
     if workers == 1:
         shares = [_run_share(algorithm, tasks, None)]
     else:
@@ -172,5 +147,4 @@ def per_task_gradients(
     for w, (_, share_losses, share_scores) in enumerate(shares):  # worker w: w, w+W, ...
         losses[w::len(shares)] = share_losses
         scores[w::len(shares)] = share_scores
-    return grads, algorithm.metrics(torch.stack(losses).mean(), torch.stack(scores),
-                                    episodes.is_regression)
+    return grads, torch.stack(losses).mean(), torch.stack(scores)  # {..}, [], [T]

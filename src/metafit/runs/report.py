@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metafit.algorithms.registry import get_algorithm
 from metafit.evaluation.protocol import EvalResult, evaluate
 from metafit.io import atomic_write_text
 from metafit.runs.directory import RunDir
@@ -91,7 +92,7 @@ def plot_training(runs: Mapping[str, RunDir], path: str | Path) -> Path:
             ax_val.fill_between(xs, [y - c for y, c in zip(ys, ci, strict=True)],
                                 [y + c for y, c in zip(ys, ci, strict=True)], color=color,
                                 alpha=0.15)
-            episodic = run.read_recipe().algorithm != "finetune"  # its training is not
+            episodic = get_algorithm(run.read_recipe().algorithm).episodic_training
             if metric == "accuracy" and train and "accuracy" in train[0] and episodic:
                 ax_val.plot([r["iteration"] for r in train],
                             [100 * r["accuracy"] for r in train], color=color,
