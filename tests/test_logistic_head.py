@@ -131,7 +131,8 @@ def test_meta_training_is_unchanged_by_the_classifier(algorithm: str) -> None:
 
 
 def test_recipes_reject_the_classifier_where_it_does_not_apply() -> None:
-    with pytest.raises(ValueError, match="classifier='logistic' applies to finetune, linear_probe, protonet"):
+    with pytest.raises(ValueError, match="classifier='logistic' applies to finetune, "
+                                         "linear_probe, protonet"):
         make("maml", classifier="logistic")
     with pytest.raises(ValueError, match="cannot also fine-tune finetune_layers=1"):
         make("finetune", classifier="logistic", finetune_layers=1)

@@ -5,8 +5,9 @@
 """
 
 from metafit.algorithms.anil import ANIL
-from metafit.algorithms.base import Algorithm, Learner
+from metafit.algorithms.base import Algorithm
 from metafit.algorithms.finetune import FineTune, LinearProbe
+from metafit.algorithms.learner import Learner
 from metafit.algorithms.maml import FOMAML, MAML
 from metafit.algorithms.metasgd import MetaSGD
 from metafit.algorithms.protonet import ProtoNet

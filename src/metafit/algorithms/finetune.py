@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from metafit import functional as mf
-from metafit.algorithms.base import Algorithm, Learner
+from metafit.algorithms.base import Algorithm
 from metafit.algorithms.heads import LogisticHead, check_classifier, logistic_trajectory
+from metafit.algorithms.learner import Learner
 from metafit.algorithms.registry import register_algorithm
 from metafit.episodes import Episodes
 from metafit.execution.program import BatchForm
