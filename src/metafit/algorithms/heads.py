@@ -3,9 +3,8 @@
 Tian et al. 2020 ("Rethinking Few-Shot Image Classification: a Good Embedding Is All You
 Need?", sec. 3) classify a new task with a multinomial logistic regression on the
 L2-normalised embeddings of its support set, fitted to convergence with an L2 penalty.
-On a meta-trained embedding this head can beat the algorithm's own classifier (BANKING77
-protocol B, ProtoNet's encoder at K = 10: 86.44% against the prototypes' 85.53%,
-benchmarks/RESULTS.md). ProtoNet, FineTune and the linear probe take it with
+On a meta-trained embedding this head can beat the algorithm's own classifier (measured
+on BANKING77 in benchmarks/RESULTS.md). ProtoNet, FineTune and the linear probe take it with
 ``classifier="logistic"`` (recipe field ``classifier``).
 
 The objective, for support features ``f_i [F]`` with labels ``y_i``::

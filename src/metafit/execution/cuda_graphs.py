@@ -2,13 +2,13 @@
 
 On a GPU a conv4 task of 80 Omniglot images is a few hundred small kernels (forward,
 backward and, for second-order MAML, the double backward), so a meta-batch of 32 tasks is
-about 10^4 launches and the GPU waits on Python and the autograd engine: every per-task
-implementation runs at ~70 tasks/s on an H200, 0.5% of its float32 limit
-(benchmarks/RESULTS.md). ``torch.compile`` cannot help second-order MAML (it does not
-support double backward through compiled regions), but a CUDA graph can: the kernels of
-one whole meta-gradient, second derivatives included, are recorded once
-(``torch.cuda.graph``) and then replayed with a single launch per meta-batch, on the same
-input buffers (Nvidia's CUDA Graphs; PyTorch's "whole-network capture").
+about 10^4 launches and the GPU waits on Python and the autograd engine (every per-task
+implementation is launch-bound: benchmarks/RESULTS.md). ``torch.compile`` cannot help
+second-order MAML (it does not support double backward through compiled regions), but a
+CUDA graph can: the kernels of one whole meta-gradient, second derivatives included, are
+recorded once (``torch.cuda.graph``) and then replayed with a single launch per
+meta-batch, on the same input buffers (Nvidia's CUDA Graphs; PyTorch's "whole-network
+capture").
 
 :class:`GraphedMetaGradients` wraps an algorithm's :meth:`~metafit.algorithms.Algorithm.
 meta_gradients`: the first call (and any call whose batch has other shapes or dtypes)
@@ -19,7 +19,7 @@ GPU against it). What a capture needs, and what makes it refuse:
 * no device-to-host read inside the computation: the metrics stay on the device
   (:func:`~metafit.execution.run.meta_gradient_tensors`) and are read after the replay.
   MAML, FOMAML, Meta-SGD and ANIL qualify (on the per-task and on the ``vmap`` path,
-  tested on an H200); an algorithm that reads a value back while computing (FineTune's
+  tested on a GPU); an algorithm that reads a value back while computing (FineTune's
   metrics, ProtoNet's per-task path counting its classes with ``int(y.max())``) fails
   with a message naming it, and the recipe allows ``cuda_graphs`` for those four only;
 * fixed parameters: the graph reads the parameters' storage, so in-place optimiser steps

@@ -1,10 +1,9 @@
 """Task-parallel meta-gradients: the tasks of a meta-batch on several CPU threads.
 
 On a CPU the tasks of a meta-batch are small (5 support and 75 query 28x28 images), so the
-intra-op parallelism of one PyTorch op uses the cores poorly: on 2 cores, 2 intra-op threads
-run the per-task loop of second-order MAML only ~1.7x faster than one. Running *tasks* in
-parallel instead, W worker threads with one intra-op thread each, is ~1.4x faster again
-(benchmarks/RESULTS.md). Kernels release the GIL, autograd runs a backward on the calling
+intra-op parallelism of one PyTorch op uses the cores poorly. Running *tasks* in parallel
+instead, W worker threads with one intra-op thread each, uses them better (measured in
+benchmarks/RESULTS.md). Kernels release the GIL, autograd runs a backward on the calling
 thread, and every worker holds its own replica of the algorithm (``functional_call``
 swaps a module's parameters while it runs, so a module cannot be shared between threads);
 the replicas' parameters share storage with the original, so they never go stale.
