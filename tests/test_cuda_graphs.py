@@ -15,7 +15,7 @@ import torch
 from metafit.algorithms import MAML, build_algorithm
 from metafit.algorithms.base import Algorithm, metric_tensors
 from metafit.cli import bench
-from metafit.config.recipe import Recipe
+from metafit.config.schema import Recipe
 from metafit.episodes import Episodes
 from metafit.execution.cuda_graphs import GraphedMetaGradients
 from metafit.models import mlp

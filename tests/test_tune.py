@@ -13,7 +13,8 @@ import yaml
 
 from metafit.algorithms.from_recipe import build_algorithm
 from metafit.cli.main import main
-from metafit.config.recipe import RecipeError, load_recipe, make_recipe
+from metafit.config.recipe import RecipeError, load_recipe
+from metafit.config.schema import make_recipe
 from metafit.runs.directory import RunDir
 from metafit.training.trainer import Trainer
 from metafit.tuning.space import grid_size, parse_search_space, suggest

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from metafit._version import __version__
-from metafit.config.recipe import RecipeError, list_recipes, load_recipe, recipe_to_yaml
+from metafit.config.recipe import RecipeError, list_recipes, load_recipe
+from metafit.config.schema import recipe_to_yaml
 from metafit.deploy.commands import add_classifier_option
 from metafit.deploy.commands import add_parsers as add_deploy_parsers
 

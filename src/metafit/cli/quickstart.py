@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from metafit.algorithms.from_recipe import build_model
-from metafit.config.recipe import Recipe, load_recipe, make_recipe
+from metafit.config.recipe import load_recipe
+from metafit.config.schema import Recipe, make_recipe
 from metafit.data.sampler import EpisodeSampler
 from metafit.data.splits import load_split
 from metafit.evaluation.protocol import EvalResult, evaluate, scratch_baseline

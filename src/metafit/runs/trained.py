@@ -10,7 +10,8 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from metafit.config.recipe import Recipe, RecipeError, make_recipe
+from metafit.config.recipe import RecipeError
+from metafit.config.schema import Recipe, make_recipe
 from metafit.data.splits import Split, load_split
 from metafit.distributed import SINGLE, DistContext
 from metafit.evaluation.protocol import EvalResult, evaluate

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metafit._version import __version__
-from metafit.config.recipe import Recipe, recipe_to_yaml
+from metafit.config.schema import Recipe, recipe_to_yaml
 from metafit.io import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -38,7 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metafit.config.recipe import Recipe, make_recipe
+from metafit.config.schema import Recipe, make_recipe
 from metafit.tuning.options import TuneOptions, TuneResult
 from metafit.tuning.space import SearchSpace, grid_size, grid_values, parse_search_space, suggest
 
