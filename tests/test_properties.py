@@ -298,7 +298,7 @@ def test_rows_written_by_csv_round_trip(scratch: Path, pairs: list[tuple[str, st
        blank_at=st.none() | st.integers(0, 7))
 def test_from_file_gives_one_input_per_line(scratch: Path, lines: list[str], ending: str,
                                             blank_at: int | None) -> None:
-    from metafit.deploy.commands import _read_lines
+    from metafit.cli.adapt import _read_lines
 
     content = list(lines)
     if blank_at is not None and blank_at < len(lines):
