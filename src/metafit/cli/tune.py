@@ -13,8 +13,9 @@ __all__ = ["add_tune_parser"]
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from metafit.tuning.report import write_report
+    from metafit.tuning.setup import load_existing_study
     from metafit.tuning.space import parse_search_space
-    from metafit.tuning.study import TuneOptions, load_existing_study, tune
+    from metafit.tuning.study import TuneOptions, tune
 
     recipe = load_recipe(args.recipe, args.overrides)
     parse_search_space(recipe)  # a bad space fails here, before any storage or trial
