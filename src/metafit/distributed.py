@@ -38,27 +38,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = [
-    "DistContext",
-    "SINGLE",
-    "RANK_SEED_STRIDE",
-    "ENV_TIMEOUT",
-    "init_distributed",
-    "current_context",
-    "shutdown",
-    "exit_after_shutdown",
-    "shard_sizes",
-    "shard",
-    "rank_seed",
-    "all_reduce_mean",
-    "all_reduce_mean_grads",
-    "all_reduce_mean_metrics",
-    "all_gather_object",
-    "broadcast_object",
-    "broadcast_module",
-    "barrier",
-    "run_on_main",
-]
+__all__ = ["DistContext", "SINGLE", "RANK_SEED_STRIDE", "ENV_TIMEOUT", "init_distributed",
+           "current_context", "shutdown", "exit_after_shutdown", "shard_sizes", "shard",
+           "rank_seed", "all_reduce_mean", "all_reduce_mean_grads",
+           "all_reduce_mean_metrics", "all_gather_object", "broadcast_object",
+           "broadcast_module", "barrier", "run_on_main"]
 
 log = logging.getLogger(__name__)
 
