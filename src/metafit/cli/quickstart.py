@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class QuickstartSize:
-    """How much work quickstart does (``default`` fits in ~3 minutes on 2 CPU cores)."""
+    """How much work quickstart does (``default``: minutes on a CPU; ``tiny``: seconds)."""
 
     image_size: int
     hidden: int
@@ -140,7 +140,7 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "default",
 
     Args:
         out: output directory (``runs/`` and ``report/`` inside).
-        size: ``"default"`` (about 3 minutes on 2 CPU cores) or ``"tiny"`` (seconds).
+        size: ``"default"`` (a few minutes on a CPU) or ``"tiny"`` (seconds).
         progress: progress bars (training, evaluation) on stderr.
         recipe, data_root: run on real data instead of Glyphs (see the module docstring).
     """

@@ -136,16 +136,16 @@ class Recipe(BaseModel):
         "wherever it can run (docs/design.md)")
     vmap_chunk: int | None = Field(
         None, gt=0, description="tasks per vmap call on the batched paths, bounding their "
-        "memory (32 Omniglot tasks of conv4 MAML hold 3.5-5.3 GB at once on a GPU); "
-        "default: the whole meta-batch")
+        "memory (a batched path holds the activations of all its tasks at once); default: "
+        "the whole meta-batch")
     time_budget: float | None = Field(
         None, gt=0, description="stop after this many seconds of meta-training steps "
         "(validation excluded); the schedule still runs over `iterations`")
     cudnn_benchmark: bool = Field(
         False, description="on a CUDA device, let cuDNN time its convolution algorithms for "
-        "the episodes' fixed shapes and keep the fastest (1.9x for batched conv4 MAML with "
-        "15 queries per class on an H200, no gain with the shipped 1-query recipe; "
-        "benchmarks/RESULTS.md); its choice, and so the floats, can differ run to run")
+        "the episodes' fixed shapes and keep the fastest (what it gains: "
+        "benchmarks/RESULTS.md, 'On a GPU'); its choice, and so the floats, can differ run "
+        "to run")
     cuda_graphs: bool = Field(
         False, description="on a CUDA device, replay each meta-gradient as one captured "
         "CUDA graph (metafit.execution.cuda_graphs): no kernel-launch overhead, the fast path for "

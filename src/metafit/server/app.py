@@ -87,8 +87,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     return app
 
 
-#: Bodies up to this size are parsed on the event loop: tens of microseconds, where the
-#: trip to a worker thread and back costs more (a one-image prediction is ~3 KB).
+#: Bodies up to this size are parsed on the event loop: parsing them costs less than the
+#: trip to a worker thread and back (a one-image prediction is far smaller).
 INLINE_BODY_BYTES = 64 * 1024
 
 
