@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from metafit.config.recipe import Recipe, make_recipe
+from metafit.config.schema import Recipe, make_recipe
 from metafit.training.trainer import Trainer
 from test_trainer import classification_recipe, image_folder
 from text_fixtures import sentences, session_dir, shared_model_dir, write_csv

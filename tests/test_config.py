@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from metafit.config.recipe import (
-    Recipe,
-    RecipeError,
-    list_recipes,
-    load_recipe,
-    make_recipe,
-    parse_overrides,
-)
+from metafit.config.recipe import RecipeError, list_recipes, load_recipe, parse_overrides
+from metafit.config.schema import Recipe, make_recipe
 
 
 def test_every_shipped_recipe_loads_and_validates() -> None:

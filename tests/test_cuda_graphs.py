@@ -16,7 +16,7 @@ from metafit.algorithms import MAML, build_algorithm
 from metafit.algorithms.base import Algorithm
 from metafit.algorithms.from_recipe import build_algorithm as from_recipe
 from metafit.cli import bench
-from metafit.config.recipe import Recipe
+from metafit.config.schema import Recipe
 from metafit.episodes import Episodes
 from metafit.execution import Execution, meta_gradient_tensors, meta_gradients
 from metafit.execution.cuda_graphs import GraphedMetaGradients

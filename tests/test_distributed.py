@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from metafit.config.recipe import Recipe, make_recipe
+from metafit.config.schema import Recipe, make_recipe
 from metafit.data.sampler import EpisodeSampler
 from metafit.distributed import (
     SINGLE,

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-import metafit.data.omniglot as omniglot_module
+import metafit.data.omniglot_files as omniglot_files
 from metafit.data.errors import DatasetError
 from metafit.data.omniglot import Omniglot
 from metafit.data.sampler import EpisodeSampler
@@ -203,7 +203,7 @@ def test_second_load_comes_from_the_cache(tmp_path: Path, monkeypatch: pytest.Mo
     def refuse(*args: object, **kwargs: object) -> np.ndarray:
         raise AssertionError("decode_image called although the cache is warm")
 
-    monkeypatch.setattr(omniglot_module, "decode_image", refuse)
+    monkeypatch.setattr(omniglot_files, "decode_image", refuse)
     second = Omniglot(tmp_path, image_size=SIZE)
     assert second.classes == first.classes and torch.equal(second.data, first.data)
     with pytest.raises(DatasetError, match="cache is warm"):  # the patch is effective

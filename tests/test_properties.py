@@ -22,7 +22,8 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from metafit.config.recipe import FIELDS, Recipe, RecipeError, load_recipe, parse_overrides
+from metafit.config.recipe import RecipeError, load_recipe, parse_overrides
+from metafit.config.schema import FIELDS, Recipe
 from metafit.data.errors import DatasetError
 from metafit.data.text_csv import TextCSV
 
@@ -188,7 +189,7 @@ def test_any_overrides_give_a_recipe_or_a_recipe_error(pairs: list[str]) -> None
        | st.dictionaries(recipe_numbers, st.integers(-2, 3) | st.floats(-1, 2), max_size=4))
 def test_any_dict_gives_a_recipe_or_a_recipe_error_naming_where(values: dict[Any, Any]
                                                                  ) -> None:
-    from metafit.config.recipe import make_recipe
+    from metafit.config.schema import make_recipe
 
     try:
         recipe = make_recipe(dict(values), "the test's dict")
@@ -297,7 +298,7 @@ def test_rows_written_by_csv_round_trip(scratch: Path, pairs: list[tuple[str, st
        blank_at=st.none() | st.integers(0, 7))
 def test_from_file_gives_one_input_per_line(scratch: Path, lines: list[str], ending: str,
                                             blank_at: int | None) -> None:
-    from metafit.deploy.commands import _read_lines
+    from metafit.cli.adapt import _read_lines
 
     content = list(lines)
     if blank_at is not None and blank_at < len(lines):

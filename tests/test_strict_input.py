@@ -201,7 +201,7 @@ def test_override_with_undecodable_bytes_is_an_error() -> None:
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory adapted from a linear-probe run on the tiny BERT."""
-    from metafit.config.recipe import make_recipe
+    from metafit.config.schema import make_recipe
     from metafit.training.trainer import Trainer
     from text_fixtures import sentences, shared_model_dir, write_csv
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from metafit.algorithms import get_algorithm, list_algorithms
-from metafit.config.recipe import make_recipe
+from metafit.config.schema import make_recipe
 from metafit.runs.directory import CheckpointError, RunDir, load_checkpoint, previous_version
 from metafit.runs.trained import evaluate_run, load_trained
 from metafit.training.trainer import Trainer

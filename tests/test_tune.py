@@ -13,11 +13,13 @@ import yaml
 
 from metafit.algorithms.from_recipe import build_algorithm
 from metafit.cli.main import main
-from metafit.config.recipe import RecipeError, load_recipe, make_recipe
+from metafit.config.recipe import RecipeError, load_recipe
+from metafit.config.schema import make_recipe
 from metafit.runs.directory import RunDir
 from metafit.training.trainer import Trainer
+from metafit.tuning.setup import open_study, storage_url, trial_recipe
 from metafit.tuning.space import grid_size, parse_search_space, suggest
-from metafit.tuning.study import TuneOptions, open_study, storage_url, trial_recipe, tune
+from metafit.tuning.study import TuneOptions, tune
 
 SPACE = {
     "inner_lr": {"type": "loguniform", "low": 0.003, "high": 0.1},

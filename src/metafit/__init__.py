@@ -27,7 +27,8 @@ from metafit.algorithms import (  # noqa: E402
     list_algorithms,
     register_algorithm,
 )
-from metafit.config.recipe import Recipe, load_recipe  # noqa: E402
+from metafit.config.recipe import load_recipe  # noqa: E402
+from metafit.config.schema import Recipe  # noqa: E402
 from metafit.data.sampler import EpisodeSampler  # noqa: E402
 from metafit.episodes import Episode, Episodes  # noqa: E402
 from metafit.evaluation.protocol import EvalResult, evaluate  # noqa: E402

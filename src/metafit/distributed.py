@@ -38,27 +38,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = [
-    "DistContext",
-    "SINGLE",
-    "RANK_SEED_STRIDE",
-    "ENV_TIMEOUT",
-    "init_distributed",
-    "current_context",
-    "shutdown",
-    "exit_after_shutdown",
-    "shard_sizes",
-    "shard",
-    "rank_seed",
-    "all_reduce_mean",
-    "all_reduce_mean_grads",
-    "all_reduce_mean_metrics",
-    "all_gather_object",
-    "broadcast_object",
-    "broadcast_module",
-    "barrier",
-    "run_on_main",
-]
+__all__ = ["DistContext", "SINGLE", "RANK_SEED_STRIDE", "ENV_TIMEOUT", "init_distributed",
+           "current_context", "shutdown", "exit_after_shutdown", "shard_sizes", "shard",
+           "rank_seed", "all_reduce_mean", "all_reduce_mean_grads",
+           "all_reduce_mean_metrics", "all_gather_object", "broadcast_object",
+           "broadcast_module", "barrier", "run_on_main"]
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +143,8 @@ def exit_after_shutdown(code: int) -> None:
     Every file is written and closed by then, so only interpreter teardown is skipped
     (logging and the standard streams are flushed first). That teardown is where a 2-process
     gloo run's worker sometimes aborted after finishing its work ("terminate called without
-    an active exception", SIGABRT from a C++ static destructor; 4 and 2 runs in 30 of
-    ``metafit train sinusoid_maml`` under torchrun; a plain gloo script never did), which
-    torchrun reports as a failed job.
+    an active exception", SIGABRT from a C++ static destructor), which torchrun reports as
+    a failed job.
     """
     if not _destroyed:
         return

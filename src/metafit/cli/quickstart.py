@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from metafit.algorithms.from_recipe import build_model
-from metafit.config.recipe import Recipe, load_recipe, make_recipe
+from metafit.config.recipe import load_recipe
+from metafit.config.schema import Recipe, make_recipe
 from metafit.data.sampler import EpisodeSampler
 from metafit.data.splits import load_split
 from metafit.evaluation.protocol import EvalResult, evaluate, scratch_baseline
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class QuickstartSize:
-    """How much work quickstart does (``default`` fits in ~3 minutes on 2 CPU cores)."""
+    """How much work quickstart does (``default``: minutes on a CPU; ``tiny``: seconds)."""
 
     image_size: int
     hidden: int
@@ -67,6 +68,8 @@ SIZES = {
 #: Recipe keys that say which data the quickstart runs on (taken from a user's recipe).
 DATA_KEYS = ("dataset", "data_root", "image_size", "channels", "rotations", "split_scheme")
 IMAGE_DATASETS = ("glyphs", "omniglot", "image_folder", "idx")
+#: One row of the results table: (method, task, result).
+Row = tuple[str, str, EvalResult]
 
 
 def data_keys(size: QuickstartSize, recipe: str | None = None,
@@ -121,7 +124,7 @@ def _recipes(size: QuickstartSize, data: dict[str, Any] | None = None) -> dict[s
     }
 
 
-def _table(rows: list[tuple[str, str, EvalResult]]) -> str:
+def _table(rows: list[Row]) -> str:
     lines = ["| method | task | accuracy (%) | 95% CI | episodes |",
              "|---|---|---|---|---|"]
     for method, task, r in rows:
@@ -137,7 +140,7 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "default",
 
     Args:
         out: output directory (``runs/`` and ``report/`` inside).
-        size: ``"default"`` (about 3 minutes on 2 CPU cores) or ``"tiny"`` (seconds).
+        size: ``"default"`` (a few minutes on a CPU) or ``"tiny"`` (seconds).
         progress: progress bars (training, evaluation) on stderr.
         recipe, data_root: run on real data instead of Glyphs (see the module docstring).
     """
@@ -147,32 +150,10 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "default",
     t0 = time.perf_counter()
     recipes = _recipes(sz, data_keys(sz, recipe, data_root))
     test_ds = load_split(recipes["maml"], "test")  # fail on bad data before any training
-    stages = len(recipes) + 2
-    rows: list[tuple[str, str, EvalResult]] = []
-    seconds: dict[str, float] = {}
-    for i, (name, r) in enumerate(recipes.items(), 1):
-        log.info("[%d/%d] meta-training %s on %s (%d iterations)", i, stages, name,
-                 r.dataset, r.iterations)
-        t = time.perf_counter()
-        Trainer(r, out / "runs" / name, progress=progress).fit()
-        seconds[name] = round(time.perf_counter() - t, 1)
+    seconds = _train(recipes, out, progress)
     trained = {name: load_trained(out / "runs" / name)[1] for name in recipes}
     maml_steps = _steps_on_validation(trained["maml"], recipes["maml"], sz)
-    samplers: dict[int, EpisodeSampler] = {}
-    for j, shots in enumerate((1, 5)):
-        task = f"5-way {shots}-shot"
-        log.info("[%d/%d] testing on %s episodes of unseen classes (%s)", len(recipes) + 1 + j,
-                 stages, sz.test_episodes, task)
-        samplers[shots] = sampler = split_sampler(recipes["maml"], "test", test_ds, shots)
-        for name, algo in trained.items():
-            steps = maml_steps[shots] if name == "maml" else None
-            rows.append((name, task, evaluate(algo, sampler, episodes=sz.test_episodes,
-                                              steps=steps, progress=progress,
-                                              desc=f"{name} {task}")))
-        scratch = scratch_baseline(lambda: build_model(recipes["maml"]), sampler,
-                                   episodes=sz.scratch_episodes, steps=50, lr=0.01,
-                                   progress=progress)
-        rows.append(("scratch", task, scratch))
+    rows, samplers = _test(recipes, trained, maml_steps, test_ds, sz, progress)
     total = round(time.perf_counter() - t0, 1)
     table = _table(rows)
     report = out / "report"
@@ -185,17 +166,62 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "default",
         "maml_test_steps": {f"{k}-shot": v for k, v in maml_steps.items()},
     }
     atomic_write_text(report / "results.json", json.dumps(results, indent=1))
-    where = ("built-in Glyphs characters" if recipes["maml"].dataset == "glyphs"
-             else f"{recipes['maml'].dataset} data in {recipes['maml'].data_root}")
+    _write_markdown(report / "results.md", recipes["maml"], table, plots, seconds, total,
+                    maml_steps)
+    results["table"] = table
+    return results
+
+
+def _train(recipes: dict[str, Recipe], out: Path, progress: bool) -> dict[str, float]:
+    """Meta-train each recipe into ``out/runs/NAME``; returns the seconds each took."""
+    stages = len(recipes) + 2
+    seconds: dict[str, float] = {}
+    for i, (name, r) in enumerate(recipes.items(), 1):
+        log.info("[%d/%d] meta-training %s on %s (%d iterations)", i, stages, name,
+                 r.dataset, r.iterations)
+        t = time.perf_counter()
+        Trainer(r, out / "runs" / name, progress=progress).fit()
+        seconds[name] = round(time.perf_counter() - t, 1)
+    return seconds
+
+
+def _test(recipes: dict[str, Recipe], trained: dict[str, Any], maml_steps: dict[int, int],
+          test_ds: Any, size: QuickstartSize, progress: bool
+          ) -> tuple[list[Row], dict[int, EpisodeSampler]]:
+    """Every trained method and the scratch baseline on the same fixed 5-way 1-shot and
+    5-shot test episodes: the table's rows, and the sampler of each shot count."""
+    stages = len(recipes) + 2
+    rows: list[Row] = []
+    samplers: dict[int, EpisodeSampler] = {}
+    for j, shots in enumerate((1, 5)):
+        task = f"5-way {shots}-shot"
+        log.info("[%d/%d] testing on %s episodes of unseen classes (%s)", len(recipes) + 1 + j,
+                 stages, size.test_episodes, task)
+        samplers[shots] = sampler = split_sampler(recipes["maml"], "test", test_ds, shots)
+        for name, algo in trained.items():
+            steps = maml_steps[shots] if name == "maml" else None
+            rows.append((name, task, evaluate(algo, sampler, episodes=size.test_episodes,
+                                              steps=steps, progress=progress,
+                                              desc=f"{name} {task}")))
+        scratch = scratch_baseline(lambda: build_model(recipes["maml"]), sampler,
+                                   episodes=size.scratch_episodes, steps=50, lr=0.01,
+                                   progress=progress)
+        rows.append(("scratch", task, scratch))
+    return rows, samplers
+
+
+def _write_markdown(path: Path, maml: Recipe, table: str, plots: list[Path],
+                    seconds: dict[str, float], total: float, maml_steps: dict[int, int]) -> None:
+    """``results.md``: what ran on which data, the table, the plots."""
+    where = ("built-in Glyphs characters" if maml.dataset == "glyphs"
+             else f"{maml.dataset} data in {maml.data_root}")
     images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
-    atomic_write_text(report / "results.md", (
+    atomic_write_text(path, (
         f"# metafit quickstart\n\n{where}; test classes unseen in training; the same "
         f"fixed test episodes for every method, 15 queries per class.\nTraining seconds: "
         f"{seconds}; total {total} s.\nMAML's test-time inner steps, chosen on validation "
         f"episodes: {maml_steps[1]} (1-shot), {maml_steps[5]} (5-shot).\n\n{table}\n\n"
         f"{images}\n"))
-    results["table"] = table
-    return results
 
 
 def _steps_on_validation(algo: Any, recipe: Recipe, size: QuickstartSize) -> dict[int, int]:
@@ -216,9 +242,9 @@ def _steps_on_validation(algo: Any, recipe: Recipe, size: QuickstartSize) -> dic
     return chosen
 
 
-def _plots(report: Path, rows: list[tuple[str, str, EvalResult]], runs: dict[str, RunDir],
+def _plots(report: Path, rows: list[Row], runs: dict[str, RunDir],
            maml: Any, sampler: EpisodeSampler, class_names: list[str]) -> list[Path]:
-    from metafit.runs.report import plot_adaptation, plot_episode, plot_results, plot_training
+    from metafit.runs.plots import plot_adaptation, plot_episode, plot_results, plot_training
 
     plots = [plot_results(rows, report / "results.png",
                           title="Unseen test classes: accuracy (95% CI)"),

@@ -67,7 +67,8 @@ class TensorClassDataset:
     Sampling gathers rows by index from the uint8 tensor and normalises them on the fly;
     a dataset whose float32 form fits in ``FLOAT_TABLE_BYTES`` (256 MiB: Omniglot's 19,360
     rotated 28x28 images take 61 MB) keeps that form too, built on first use, so a batch of
-    episodes is a single ``index_select`` (~1.5x more episodes/s, benchmarks/RESULTS.md).
+    episodes is a single ``index_select`` (benchmarks/RESULTS.md, "Data loading and
+    episode sampling").
     """
 
     FLOAT_TABLE_BYTES = 256 * 2**20

@@ -19,7 +19,7 @@ import random
 from pathlib import Path
 from typing import Literal
 
-from metafit.config.recipe import Recipe
+from metafit.config.schema import Recipe
 from metafit.data.base import ClassDataset, TaskFamily, TensorClassDataset
 
 __all__ = ["Split", "load_split", "class_split", "describe_dataset"]

@@ -18,126 +18,20 @@ it, it returns the example indices themselves (indices into :attr:`TextCSV.texts
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from metafit.data.csv_rows import SHOW, line_numbers, read_rows
 from metafit.data.errors import DatasetError
 
 __all__ = ["TextCSV"]
 
 log = logging.getLogger(__name__)
-
-_SHOW = 10  # line numbers shown in an error message before "... (N in all)"
-
-
-def _lines(numbers: Sequence[int]) -> str:
-    """``"3, 7, 9"`` or ``"3, 7, ... (25 lines in all)"``."""
-    shown = ", ".join(str(n) for n in numbers[:_SHOW])
-    if len(numbers) > _SHOW:
-        shown += f", ... ({len(numbers)} lines in all)"
-    return shown
-
-
-def _line_of(raw: bytes, offset: int) -> int:
-    """The line (1-based) holding byte ``offset`` of ``raw``, counting line ends as the
-    :mod:`csv` reader does (``\\n``, ``\\r\\n`` or a lone ``\\r``)."""
-    head = raw[:offset]
-    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
-
-
-def _read_rows(
-    path: Path, text_column: str, label_column: str, lenient: bool = False
-) -> tuple[list[str], list[str], list[int]]:
-    """Parse the CSV: ``(texts, labels, line numbers)`` of each data row, in file order.
-
-    Blank lines are skipped (they are not rows). A row with more or fewer fields than the
-    header is an error (a comma in an unquoted text shifts the label); with ``lenient`` it
-    is skipped with a warning naming the lines.
-
-    Raises :class:`DatasetError` naming ``path`` and the offending line numbers.
-    """
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    raw = path.read_bytes()
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DatasetError(
-            f"{path}, line {_line_of(raw, e.start)}: not valid UTF-8 (byte "
-            f"{raw[e.start]:#04x} at offset {e.start}); re-encode the file as UTF-8"
-        ) from e
-    reader = csv.reader(io.StringIO(content, newline=""))
-    try:
-        header: list[str] = []
-        while not header:  # blank lines before the header are skipped too
-            row = next(reader, None)
-            if row is None:
-                raise DatasetError(f"{path}: the file is empty (no header row)")
-            header = row
-    except csv.Error as e:
-        raise DatasetError(f"{path}, line {reader.line_num}: malformed CSV header: {e}") from e
-    header_line = reader.line_num
-    names = [h.strip() for h in header]
-    missing = [c for c in (text_column, label_column) if c not in names]
-    if missing:
-        raise DatasetError(
-            f"{path}, line {header_line}: column(s) {missing} not found; the header has "
-            f"columns {names}"
-        )
-    ti, li = names.index(text_column), names.index(label_column)
-    texts: list[str] = []
-    labels: list[str] = []
-    lines: list[int] = []
-    no_text: list[int] = []
-    no_label: list[int] = []
-    wrong: list[int] = []  # rows with another number of fields than the header
-    start = reader.line_num + 1
-    try:
-        for row in reader:
-            line, start = start, reader.line_num + 1  # first line of this record
-            if not row:  # a blank line
-                continue
-            if len(row) != len(names):
-                wrong.append(line)
-                if lenient:
-                    continue
-            text = row[ti].strip() if ti < len(row) else ""
-            label = row[li].strip() if li < len(row) else ""
-            if not text:
-                no_text.append(line)
-            if not label:
-                no_label.append(line)
-            texts.append(text)
-            labels.append(label)
-            lines.append(line)
-    except csv.Error as e:
-        raise DatasetError(f"{path}, line {reader.line_num}: malformed CSV: {e}") from e
-    fields = (f"{len(wrong)} row(s) with other than the header's {len(names)} field(s) "
-              f"({', '.join(names)}), on line(s) {_lines(wrong)}")
-    problems = []
-    if wrong and lenient:
-        warnings.warn(f"{path}: skipped {fields}", stacklevel=3)
-    elif wrong:
-        problems.append(f"{fields}: quote a field that holds a comma (TextCSV(..., "
-                        f"lenient=True) skips such rows)")
-    if no_text:
-        problems.append(f"empty {text_column!r} on line(s) {_lines(no_text)}")
-    if no_label:
-        problems.append(f"missing or empty {label_column!r} on line(s) {_lines(no_label)}")
-    if problems:
-        raise DatasetError(f"{path}: " + "; ".join(problems))
-    if not texts:
-        skipped = f" ({len(wrong)} skipped)" if wrong else ""
-        raise DatasetError(f"{path}: no data rows after the header{skipped}")
-    return texts, labels, lines
 
 
 class TextCSV:
@@ -175,7 +69,7 @@ class TextCSV:
         lenient: bool = False,
     ) -> None:
         self.path = Path(path)
-        texts, labels, lines = _read_rows(self.path, text_column, label_column, lenient)
+        texts, labels, lines = read_rows(self.path, text_column, label_column, lenient)
         if classes is None:
             names = sorted(set(labels))
         else:
@@ -188,8 +82,8 @@ class TextCSV:
         if unknown:
             bad = sorted({lab for _, lab in unknown})
             raise DatasetError(
-                f"{self.path}: label(s) {bad[:_SHOW]} not in the given classes, on line(s) "
-                f"{_lines([ln for ln, _ in unknown])}"
+                f"{self.path}: label(s) {bad[:SHOW]} not in the given classes, on line(s) "
+                f"{line_numbers([ln for ln, _ in unknown])}"
             )
         targets = torch.tensor([ids[lab] for lab in labels], dtype=torch.long)  # [N]
         self._set(texts, targets, names, lines)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from metafit._version import __version__
-from metafit.config.recipe import Recipe, recipe_to_yaml
+from metafit.config.schema import Recipe, recipe_to_yaml
 from metafit.deploy.errors import InputError
 from metafit.deploy.modeldir import resolve, write_model_dir
 from metafit.deploy.preprocess import Preprocessor

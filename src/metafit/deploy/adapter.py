@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from metafit.algorithms.base import Algorithm, Learner
-from metafit.config.recipe import Recipe
+from metafit.config.schema import Recipe
 from metafit.deploy.adapted import ENCODER, AdaptedModel
 from metafit.deploy.errors import SupportError
 from metafit.deploy.materialise import BatchNormMode, materialise

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metafit.config.recipe import Recipe
+from metafit.config.schema import Recipe
 from metafit.deploy.adapted import AdaptedModel
 from metafit.deploy.adapter import Adapter
 from metafit.evaluation.protocol import ci95

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from metafit.algorithms.base import Learner
 from metafit.algorithms.heads import LogisticHead
 from metafit.algorithms.protonet import PrototypeHead
-from metafit.config.recipe import Recipe
+from metafit.config.schema import Recipe
 from metafit.models.base import FewShotModel
 
 __all__ = ["BatchNormMode", "architecture", "build_module", "encoder_config",

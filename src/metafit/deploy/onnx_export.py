@@ -179,6 +179,37 @@ def _quantize_onnx(source: Path, target: Path) -> None:
         root.setLevel(level)
 
 
+def _check_exportable(model: AdaptedModel, samples: Tensor | None) -> Tensor:
+    """The inputs of the parity check (``samples``, or the stored support set's first
+    :data:`SAMPLES`), after checking that ``model`` can be exported at all."""
+    if is_quantized(model.module):
+        raise ExportError("int8-quantized PyTorch models cannot be exported to ONNX (torch.onnx "
+                          "has no translation of PyTorch's dynamic quantized linear layers); "
+                          "export the float model, before `metafit compress --quantize` "
+                          "(`metafit export --quantize int8` quantizes the ONNX model with "
+                          "onnxruntime instead)")
+    if samples is None:
+        if model.support is None:
+            raise ExportError("no sample inputs for the parity check: the model directory has "
+                              "no support.pt; pass samples")
+        samples = model.support[0][:SAMPLES]
+    return samples
+
+
+def _quantized(model: AdaptedModel, path: Path, samples: Tensor, quantize: str,
+               report: ExportReport) -> Path:
+    """onnxruntime's ``quantize`` quantization of the float export at ``path``, written
+    beside it; its differences from PyTorch go into ``report``. Returns its path."""
+    if quantize != "int8":
+        raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
+    target = path.with_name("model.int8.onnx")
+    _quantize_onnx(path, target)
+    q_logit, q_prob, _ = _parity(model, onnx_session(target), samples)
+    report.quantized = quantize
+    report.quantized_max_abs_diff, report.quantized_max_prob_diff = q_logit, q_prob
+    return target
+
+
 def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
                 tolerance: float = TOLERANCE, samples: Tensor | None = None,
                 quantize: str | None = None) -> ExportReport:
@@ -196,17 +227,7 @@ def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
             differ from PyTorch's by more than ``tolerance`` (nothing is written).
         ImportError: the ``export`` extra is not installed.
     """
-    if is_quantized(model.module):
-        raise ExportError("int8-quantized PyTorch models cannot be exported to ONNX (torch.onnx "
-                          "has no translation of PyTorch's dynamic quantized linear layers); "
-                          "export the float model, before `metafit compress --quantize` "
-                          "(`metafit export --quantize int8` quantizes the ONNX model with "
-                          "onnxruntime instead)")
-    if samples is None:
-        if model.support is None:
-            raise ExportError("no sample inputs for the parity check: the model directory has "
-                              "no support.pt; pass samples")
-        samples = model.support[0][:SAMPLES]
+    samples = _check_exportable(model, samples)
     graph, args, names = _graph_and_inputs(model, samples)
     with tempfile.TemporaryDirectory(prefix="metafit-onnx-") as work:
         path = Path(work) / "model.onnx"
@@ -224,13 +245,7 @@ def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
                               f"{logit_diff:.3g} > {tolerance:g} (probabilities by "
                               f"{prob_diff:.3g}); nothing was written")
         if quantize is not None:
-            if quantize != "int8":
-                raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
-            path, float_path = Path(work) / "model.int8.onnx", path
-            _quantize_onnx(float_path, path)
-            q_logit, q_prob, _ = _parity(model, onnx_session(path), samples)
-            report.quantized = quantize
-            report.quantized_max_abs_diff, report.quantized_max_prob_diff = q_logit, q_prob
+            path = _quantized(model, path, samples, quantize, report)
         onnx_bytes = path.read_bytes()
     log.debug("ONNX parity: max abs logit diff %.3g, probability diff %.3g", logit_diff,
              prob_diff)

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from metafit.config.recipe import Recipe
+from metafit.config.schema import Recipe
 from metafit.data.errors import DatasetError
 from metafit.deploy.errors import InputError, SupportError
 

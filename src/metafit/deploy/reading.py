@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metafit.config.recipe import Recipe, make_recipe, parse_yaml_mapping
+from metafit.config.files import parse_yaml_mapping
+from metafit.config.schema import Recipe, make_recipe
 from metafit.deploy.errors import ModelDirError
 from metafit.deploy.materialise import build_module, encoder_config
 from metafit.deploy.modeldir import read_model_dir

@@ -123,32 +123,49 @@ def evaluate(
     Raises:
         ValueError: ``points`` outside ``0..steps`` or without ``steps``.
     """
-    from tqdm.auto import tqdm
-
     if steps is None:
         steps = int(algo.default_eval_steps)
     tasks = sampler.fixed(episodes)
+    chosen = _points(steps, points)
+    at = None if len(chosen) == steps + 1 else chosen
+    mine = shard(episodes, dist.rank, dist.world_size)
+    was_training = algo.training
+    algo.eval()
+    cache = (cached_body(algo.model) if cache_features and not tasks.is_regression
+             else nullcontext())
+    with cache:
+        curves = _curves(algo, tasks, mine, steps, at, len(chosen), batch, desc,
+                         show=progress and dist.is_main)
+    algo.train(was_training)
+    curve = torch.cat(all_gather_object(curves, dist))  # [episodes, P], in order
+    return _result(curve, sampler, tasks.is_regression, steps, chosen)
+
+
+def _points(steps: int, points: Sequence[int] | None) -> list[int]:
+    """The sorted inner steps to score (default :func:`curve_points`), checked."""
     chosen = curve_points(steps) if points is None else sorted({int(s) for s in points})
     if not chosen or chosen[0] < 0 or chosen[-1] != steps:
         raise ValueError(f"evaluation points must lie in 0..{steps} and end with {steps} "
                          f"(the reported step), got {chosen}")
-    at = None if len(chosen) == steps + 1 else chosen
-    mine = shard(episodes, dist.rank, dist.world_size)
+    return chosen
+
+
+def _curves(algo: Any, tasks: Any, mine: range, steps: int, at: list[int] | None,
+            width: int, batch: int, desc: str, show: bool) -> Tensor:
+    """The metric of the episodes ``mine`` of ``tasks`` after each scored step (``at``;
+    None: every step), adapted ``batch`` at a time: ``[len(mine), width]`` float64 on the
+    CPU; ``show``: a progress bar titled ``desc``."""
+    from tqdm.auto import tqdm
+
     device = next(algo.parameters(), torch.empty(0)).device  # the episodes go where algo is
-    was_training = algo.training
-    algo.eval()
-    curves = [torch.empty(0, len(chosen), dtype=torch.float64)]  # [0, P]: a rank may get none
-    cache = (cached_body(algo.model) if cache_features and not tasks.is_regression
-             else nullcontext())
-    with cache, tqdm(total=len(mine), desc=desc, unit="task",
-                     disable=not (progress and dist.is_main), leave=False) as bar:
+    curves = [torch.empty(0, width, dtype=torch.float64)]  # [0, P]: a rank may get none
+    with tqdm(total=len(mine), desc=desc, unit="task", disable=not show,
+              leave=False) as progress:
         for start in range(mine.start, mine.stop, batch):
             chunk = tasks[start : min(start + batch, mine.stop)].to(device)
             curves.append(algo.adaptation_curve(chunk, steps, at=at).detach().double().cpu())
-            bar.update(curves[-1].shape[0])  # curves[-1]: [t, P]
-    algo.train(was_training)
-    curve = torch.cat(all_gather_object(torch.cat(curves), dist))  # [episodes, P], in order
-    return _result(curve, sampler, tasks.is_regression, steps, chosen)
+            progress.update(curves[-1].shape[0])  # curves[-1]: [t, P]
+    return torch.cat(curves)  # [len(mine), P]
 
 
 def _result(curve: Tensor, sampler: EpisodeSampler, is_regression: bool, steps: int,

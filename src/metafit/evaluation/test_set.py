@@ -35,9 +35,8 @@ def predict(learner: Learner, x: Tensor, batch: int = 256, pad_id: int | None = 
 
     For token ids ``x [M, L]`` with padding ``pad_id``, the rows go through the model
     longest first, so that each batch (cut to its longest text by the text body) holds
-    texts of similar length: the outputs are the same, in the input order, and on
-    BANKING77's 3,080 test sentences 1.6x faster (6.7 against 10.8 s on 2 cores;
-    ``benchmarks/text_speed.py``).
+    texts of similar length: the outputs are the same, in the input order, with less
+    padding computed (the speed-up: ``benchmarks/text_speed.py``).
     """
     if len(x) == 0:
         raise ValueError("predict: no inputs")

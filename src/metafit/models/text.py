@@ -51,9 +51,8 @@ class TextBody(nn.Module):
     nothing) and saves the work on padding. A batch of more than :attr:`length_chunk`
     texts goes through the encoder in chunks of that many texts of similar length
     (longest first, each chunk cut to its own longest) and comes back in its order: the
-    same outputs and gradients, without padding every text to the batch's longest (a
-    77-way 5-shot BANKING77 episode, 770 texts of 15 tokens on average and up to 53:
-    forward and backward 4.6x faster on 2 cores; ``benchmarks/text_speed.py``).
+    same outputs and gradients, without padding every text to the batch's longest (the
+    speed-up: ``benchmarks/text_speed.py``).
     """
 
     #: The batch is cut to its longest text (control flow on data): no vmap over tasks.

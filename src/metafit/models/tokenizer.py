@@ -171,8 +171,8 @@ class TokenMasker:
     special tokens (padding, ``[CLS]``, ``[SEP]``, ``[UNK]``) never are. The masked-language
     pre-training of BERT-style encoders (Devlin et al. 2019) taught them the mask token,
     so a masked sentence is a noisy view of the same intent, meant to regularise
-    meta-training on a few sentences per class the way image augmentation does. On
-    BANKING77 (protocol B, K = 10) 15% masking did not help (benchmarks/RESULTS.md).
+    meta-training on a few sentences per class the way image augmentation does. Its
+    effect on BANKING77: benchmarks/RESULTS.md, "BANKING77, protocol B".
 
     Raises:
         ModelDirError: the tokenizer has no mask token.

@@ -38,8 +38,8 @@ from torch import nn
 
 from metafit._version import __version__
 from metafit.config.recipe import Recipe, make_recipe, read_yaml_mapping, recipe_to_yaml
-from metafit.runs.digest import content_digest
 from metafit.io import atomic_save, atomic_write_text, refusal_reason
+from metafit.runs.digest import content_digest
 from metafit.runs.lock import RunLock
 
 __all__ = ["RunDir", "RunDirError", "CheckpointError", "load_checkpoint",

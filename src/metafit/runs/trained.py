@@ -10,14 +10,15 @@ from typing import Any, Literal, cast
 import torch
 from torch import nn
 
-from metafit.config.recipe import Recipe, RecipeError, make_recipe
+from metafit.algorithms.from_recipe import build_algorithm
+from metafit.config.recipe import RecipeError
+from metafit.config.schema import Recipe, make_recipe
+from metafit.data.sampler import EpisodeSampler
 from metafit.data.splits import Split, load_split
 from metafit.distributed import SINGLE, DistContext
 from metafit.evaluation.protocol import EvalResult, evaluate
-from metafit.algorithms.from_recipe import build_algorithm
 from metafit.io import atomic_write_text
 from metafit.runs.directory import RunDir, check_architecture, load_checkpoint, restore_state
-from metafit.data.sampler import EpisodeSampler
 
 __all__ = ["load_trained", "evaluate_run", "split_sampler", "record_evaluation",
            "check_count", "SPLIT_SEED_OFFSET"]

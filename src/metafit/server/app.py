@@ -87,8 +87,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     return app
 
 
-#: Bodies up to this size are parsed on the event loop: tens of microseconds, where the
-#: trip to a worker thread and back costs more (a one-image prediction is ~3 KB).
+#: Bodies up to this size are parsed on the event loop: parsing them costs less than the
+#: trip to a worker thread and back (a one-image prediction is far smaller).
 INLINE_BODY_BYTES = 64 * 1024
 
 
@@ -147,6 +147,14 @@ def _api_routes(app: FastAPI, service: Service, security: list[Any]) -> None:
     # here has more labels than support examples)
     examples = {"examples": settings.max_examples}
     inputs = {"inputs": settings.max_inputs, "labels": settings.max_examples}
+    _adaptation_routes(app, service, security, examples)
+    _prediction_routes(app, service, security, inputs)
+
+
+def _adaptation_routes(app: FastAPI, service: Service, security: list[Any],
+                       examples: dict[str, int]) -> None:
+    """``POST``, ``GET`` and ``DELETE`` of ``/v1/adaptations``; ``examples``: the bounded
+    lists of an adaptation body."""
 
     @app.post("/v1/adaptations", status_code=201, response_model=AdaptationResponse,
               dependencies=security, tags=["adaptations"],
@@ -175,6 +183,12 @@ def _api_routes(app: FastAPI, service: Service, security: list[Any]) -> None:
         """Remove a kept adaptation from memory and disk."""
         await anyio.to_thread.run_sync(service.delete, adaptation_id)
         return Response(status_code=204)
+
+
+def _prediction_routes(app: FastAPI, service: Service, security: list[Any],
+                       inputs: dict[str, int]) -> None:
+    """The two prediction routes and ``/metrics``; ``inputs``: the bounded lists of a
+    prediction body."""
 
     @app.post("/v1/adaptations/{adaptation_id}/predict", response_model=PredictResponse,
               dependencies=security, tags=["predictions"],

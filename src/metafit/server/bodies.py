@@ -1,14 +1,14 @@
 """Reading a request's JSON body off the event loop, its list sizes checked first.
 
-FastAPI would parse and validate a body in the event loop: a 10 MB body of 600,000 tiny
-inputs held every other request (``/healthz`` too) for seconds. Here the endpoint takes
+FastAPI would parse and validate a body in the event loop, where a large body of many tiny
+inputs holds up every other request (``/healthz`` too). Here the endpoint takes
 the raw bytes (already bounded by :class:`~metafit.server.guards.BodyLimitMiddleware`),
 and :func:`parse_body` runs in a worker thread. It reads the top-level object member by
 member and a bounded list (``examples``, ``inputs``, ``labels``) item by item, refusing
 it as soon as it passes the server's limit: the rest of the body is never parsed, no
 pydantic model is built for it, and since each item is a separate call into the C JSON
-scanner, the event loop gets the GIL between items (``json.loads`` of a whole 10 MB body
-would hold it for ~0.2 s). Only then does pydantic validate. The OpenAPI schema still
+scanner, the event loop gets the GIL between items (``json.loads`` of a whole large body
+would hold it throughout). Only then does pydantic validate. The OpenAPI schema still
 describes the body (:func:`json_body`).
 """
 

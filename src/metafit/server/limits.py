@@ -1,12 +1,13 @@
 """Per-image and per-request pixel caps, checked from the images' headers before any
 pixel is decoded.
 
-A 17 KB 1-bit PNG can declare 12000 x 12000 pixels (PIL warns only past ~89 megapixels):
-decoding it costs seconds of CPU. :func:`decode_images` reads each posted image's base64,
-then its width and height from the header alone (``PIL.Image.open`` is lazy), and refuses
-an image over ``max_image_pixels`` or a request whose images add up to more than
-``max_request_pixels``, naming the input. Only PNG and JPEG are accepted (the API's
-documented formats: the other decoders are never reached by a client).
+A small 1-bit PNG can declare 12000 x 12000 pixels (PIL warns only past ~89 megapixels):
+decoding it costs far more CPU than its size suggests. :func:`decode_images` reads each
+posted image's base64, then its width and height from the header alone
+(``PIL.Image.open`` is lazy), and refuses an image over ``max_image_pixels`` or a request
+whose images add up to more than ``max_request_pixels``, naming the input. Only PNG and
+JPEG are accepted (the API's documented formats: the other decoders are never reached by
+a client).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def decode_images(images: Sequence[str], where: str, max_image_pixels: int,
                   max_request_pixels: int, prefix: str = "") -> list[bytes]:
     """The file bytes of base64 ``images`` (the field ``where``, e.g. ``inputs``), each a
     PNG or JPEG of at most ``max_image_pixels`` pixels, together at most
-    ``max_request_pixels``; checked from the headers, nothing decoded. Blocking (a few
-    milliseconds per megabyte): run it in a thread.
+    ``max_request_pixels``; checked from the headers, nothing decoded. Blocking (base64
+    decoding): run it in a thread.
 
     Raises:
         ApiError: 422 naming the input (``inputs[3].image: 12000x12000 pixels, over the

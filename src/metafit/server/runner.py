@@ -32,9 +32,8 @@ GRACEFUL_SHUTDOWN_S = 30
 def torch_threads(workers: int) -> int:
     """Intra-op threads per torch call: the cores shared by the adaptation workers plus
     one share for predictions, at least one. Each worker and each prediction thread runs
-    its own team, so a larger count oversubscribes the cores once calls overlap (on a
-    shared 2-core machine, 1 and 2 threads did not differ consistently:
-    ``benchmarks/RESULTS.md``, "HTTP serving under load")."""
+    its own team, so a larger count oversubscribes the cores once calls overlap
+    (``benchmarks/RESULTS.md``, "HTTP serving under load")."""
     return max(1, (os.cpu_count() or 1) // (max(1, workers) + 1))
 
 
@@ -42,8 +41,8 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``port=0``: a free one)."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when
-    # the listening socket says so; without it every keep-alive response waits ~40 ms on
-    # Nagle + delayed ACK (measured).
+    # the listening socket says so; without it a keep-alive response waits on Nagle's
+    # algorithm and the client's delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host.strip("[]"), port))

@@ -198,7 +198,7 @@ class Service:
         return labels
 
     async def _prepare(self, items: Sequence[object], where: str) -> list[Any]:
-        """:meth:`_decode` in a thread (base64 and image headers: milliseconds per MB)."""
+        """:meth:`_decode` in a thread (base64 and image headers)."""
         return await anyio.to_thread.run_sync(self._decode, items, where,
                                               limiter=self.parse_limiter)
 

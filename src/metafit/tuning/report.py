@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metafit._version import __version__
-from metafit.config.recipe import Recipe, recipe_to_yaml
+from metafit.config.schema import Recipe, recipe_to_yaml
 from metafit.io import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,18 +89,18 @@ def _write_trials_csv(study: optuna.Study, path: Path) -> Path:
 
 
 def _plot(draw: Any, study: optuna.Study, path: Path, **kwargs: Any) -> Path | None:
-    from metafit.runs.report import _pyplot, _save
+    from metafit.runs.plots import pyplot, save_figure
 
     try:
         ax = draw(study, **kwargs)
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         log.warning("skipped %s: %s", path.name, e)
-        _pyplot().close("all")
+        pyplot().close("all")
         return None
     axes = ax if not hasattr(ax, "figure") else [ax]
     fig = _first(axes).figure
     fig.set_size_inches(max(6.4, fig.get_size_inches()[0]), 4.8)
-    return _save(fig, path, bbox_inches="tight")
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def _first(axes: Any) -> Any:
@@ -114,9 +114,9 @@ def plot_validation_curves(study: optuna.Study) -> Any:
     """Every trial's validation score against iteration (what the pruner compared):
     complete trials in blue, pruned ones in grey, the best in red; a log scale clipped
     to the range that matters, so one diverged trial does not flatten the others."""
-    from metafit.runs.report import _pyplot
+    from metafit.runs.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     best = _best_number(study)
     values = [v for t in study.trials for v in t.intermediate_values.values()

@@ -27,7 +27,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from metafit.config.recipe import FIELDS, Recipe, RecipeError, make_recipe
+from metafit.config.recipe import RecipeError
+from metafit.config.schema import FIELDS, Recipe, make_recipe
 
 __all__ = ["ParamSpec", "SearchSpace", "parse_search_space", "suggest", "grid_values",
            "UNSEARCHABLE"]

@@ -1,0 +1,163 @@
+"""The verbs that fit a run to a user's examples and use the result: ``adapt`` (writes a
+model directory) and ``predict`` (the work is in :mod:`metafit.deploy`)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from metafit.cli.options import add_classifier_option
+from metafit.cli.options import write_line as _write
+
+__all__ = ["add_adapt_parser", "add_predict_parser"]
+
+_TABLE_CLASSES = 3  # most probable classes shown per row of the table
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from metafit.deploy.adapter import adapt_run
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    model = adapt_run(args.run, args.support, args.out, steps=args.steps,
+                      which=args.checkpoint, classes=classes, batch_norm=args.batch_norm,
+                      classifier=args.classifier, penalty=args.classifier_penalty)
+    assert model.support is not None
+    fit = (model.logits(model.support[0]).argmax(-1) == model.support[1]).float().mean()
+    summary = {"out": str(args.out), "kind": model.kind, "labels": model.label_names,
+               **{k: model.info[k] for k in ("algorithm", "steps", "support_size")},
+               "support_accuracy": round(float(fit), 4)}
+    if args.json:
+        _write(json.dumps(summary))
+        return 0
+    _write(f"adapted {args.run} ({summary['algorithm']}, {summary['steps']} steps) to "
+           f"{len(model.label_names)} classes from {summary['support_size']} examples; "
+           f"support-set accuracy {100 * float(fit):.1f}%\nmodel directory: {args.out}")
+    return 0
+
+
+def _read_lines(from_file: str) -> list[str]:
+    """The lines of ``from_file`` (UTF-8; ``\\n``, ``\\r\\n`` or ``\\r`` ends a line): one
+    input per line, so that output ``i`` is line ``i + 1``. A final line end and blank
+    lines at the very end are not inputs; any other blank line is an error.
+
+    Raises:
+        ValueError: a missing or unreadable file, bytes that are not UTF-8, or a blank
+            line before the last input, naming the file and the line.
+    """
+    path = Path(from_file)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{from_file}: no such file (--from-file)") from None
+    except OSError as e:
+        raise ValueError(f"{from_file}: cannot read it (--from-file): {e.strerror or e}"
+                         ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        head = raw[: e.start]
+        line = head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+        raise ValueError(f"{from_file}, line {line}: not valid UTF-8 (byte "
+                         f"{raw[e.start]:#04x}); --from-file reads UTF-8 text") from None
+    lines = io.StringIO(text, newline=None).read().split("\n")  # universal line ends
+    while lines and not lines[-1].strip():  # the final line end, blank lines at the end
+        lines.pop()
+    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if blank:
+        shown = ", ".join(str(n) for n in blank[:10])
+        more = f", ... ({len(blank)} in all)" if len(blank) > 10 else ""
+        raise ValueError(f"{from_file}: line(s) {shown}{more} blank: --from-file takes one "
+                         "input per line, so that outputs line up with lines; remove the "
+                         "blank lines")
+    return lines
+
+
+def _inputs(model_kind: str, items: list[str], from_file: str | None) -> list[Any]:
+    """Texts as given (and one per line of ``from_file``, :func:`_read_lines`); image
+    paths, a folder giving its image files."""
+    from metafit.data.image_folder import IMAGE_EXTENSIONS
+
+    out: list[Any] = list(items)
+    if from_file:
+        out += _read_lines(from_file)
+    if model_kind == "image":
+        expanded: list[Any] = []
+        for item in out:
+            p = Path(item)
+            if p.is_dir():
+                expanded += sorted(f for f in p.iterdir()
+                                   if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            else:
+                expanded.append(p)
+        out = expanded
+    if not out:
+        raise ValueError("no inputs: give texts or image files (or --from-file)")
+    return out
+
+
+def _table(names: list[str], rows: list[dict[str, Any]]) -> str:
+    width = min(max(len(n) for n in names), 60)
+    lines = [f"{'input':<{width}}  label  (probability; next classes)"]
+    for name, row in zip(names, rows, strict=True):
+        ranked = sorted(row["probabilities"].items(), key=lambda kv: -kv[1])
+        others = ", ".join(f"{k} {v:.3f}" for k, v in ranked[1:_TABLE_CLASSES])
+        shown = name if len(name) <= width else name[:width - 3] + "..."
+        lines.append(f"{shown:<{width}}  {row['label']}  ({ranked[0][1]:.3f}; {others})")
+    return "\n".join(lines)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from metafit.deploy.adapted import AdaptedModel
+
+    model = AdaptedModel.load(args.model)
+    inputs = _inputs(model.kind, args.inputs, args.from_file)
+    rows = model.predict(inputs)
+    names = [str(i) for i in inputs]
+    if args.json:
+        _write(json.dumps([{"input": n, **r} for n, r in zip(names, rows, strict=True)]))
+    else:
+        _write(_table(names, rows))
+    return 0
+
+
+
+def add_adapt_parser(sub: Any) -> None:
+    """Add ``adapt`` to the subparsers ``sub``."""
+    p = sub.add_parser("adapt", help="fine-tune a trained run on your own labelled examples "
+                       "and write an adapted model directory")
+    p.add_argument("run", help="run directory written by `metafit train`")
+    p.add_argument("--support", required=True, help="labelled examples: a CSV (text runs; "
+                   "the recipe's text and label columns) or a folder of class folders "
+                   "(image runs: SUPPORT/<label>/<image>)")
+    p.add_argument("--out", required=True, help="model directory to write (atomically; an "
+                   "existing model directory there is replaced)")
+    p.add_argument("--steps", type=int, help="inner steps (default: the recipe's evaluation "
+                   "steps; more steps fit the support set more closely)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--classes", help="comma-separated class names, in order (default: the "
+                   "sorted labels); a label outside them is an error")
+    p.add_argument("--batch-norm", default="support", choices=["support", "batch"],
+                   help="support: freeze the support set's BatchNorm statistics (a "
+                   "prediction depends on its input only; default); batch: the algorithm's "
+                   "per-batch statistics, as in evaluation")
+    add_classifier_option(p, "fit this head instead of the recipe's")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.set_defaults(func=_cmd_adapt)
+
+
+def add_predict_parser(sub: Any) -> None:
+    """Add ``predict`` to the subparsers ``sub``."""
+    p = sub.add_parser("predict", help="labels and probabilities of texts or images from an "
+                       "adapted model directory")
+    p.add_argument("model", help="model directory written by `metafit adapt`")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="texts (text models) or image "
+                   "files / folders of images (image models)")
+    p.add_argument("--from-file", metavar="FILE", help="also read inputs from this UTF-8 "
+                   "file, one per line (after any INPUTs), so that outputs line up with its "
+                   "lines: a blank line is an error, except at the end of the file")
+    p.add_argument("--json", action="store_true", help="print JSON: a list of {input, "
+                   "label, probabilities}")
+    p.set_defaults(func=_cmd_predict)

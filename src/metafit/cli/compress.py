@@ -1,0 +1,155 @@
+"""The verbs that shrink or convert an adapted model directory: ``compress`` (int8
+quantization, pruning) and ``export`` (ONNX); the work is in :mod:`metafit.deploy`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from metafit.cli.options import write_line as _write
+
+__all__ = ["add_compress_parser", "add_export_parser"]
+
+
+def _compression(args: argparse.Namespace) -> Callable[[Any], Any]:
+    """The compression the flags ask for: prune (if asked), then quantize (if asked)."""
+    from metafit.deploy.compress import prune, quantize
+
+    def apply(model: Any) -> Any:
+        if args.prune is not None:
+            model = prune(model, args.prune, args.prune_scope)
+        if args.quantize:
+            model = quantize(model, embeddings=args.quantize_embeddings)
+        return model
+
+    return apply
+
+
+def _episode_figures(args: argparse.Namespace, model: Any, compress: Callable[[Any], Any]
+                     ) -> dict[str, Any]:
+    """Accuracy before and after on ``args.episodes`` test episodes of the source run."""
+    import warnings
+
+    from metafit.deploy.adapter import Adapter
+    from metafit.deploy.episodes import episode_accuracies, summarise
+
+    run = args.run or model.info.get("source", {}).get("run")
+    if not run:
+        raise ValueError("--episodes needs the run the model was adapted from: give --run")
+    source = model.info.get("source", {})
+    adapter = Adapter.from_run(run, source.get("checkpoint", "best"), source.get("classifier"),
+                               source.get("classifier_penalty"))
+    recipe = adapter.recipe
+    if args.data_root:
+        recipe = recipe.model_copy(update={"data_root": args.data_root})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the no-linear-layer warning, once per episode
+        scores = episode_accuracies(adapter, {"compressed": compress}, args.episodes, recipe,
+                                    transductive=False)
+    rows = summarise(scores)
+    return {"run": str(run), "episodes": args.episodes, **rows}
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from metafit.deploy.adapted import AdaptedModel
+    from metafit.deploy.compress import compare
+    from metafit.deploy.episodes import describe
+    from metafit.runs.trained import check_count
+
+    check_count("--episodes", args.episodes, default="no accuracy measurement")
+    if not args.quantize and args.prune is None:
+        raise ValueError("nothing to do: give --quantize int8 and/or --prune SPARSITY")
+    model = AdaptedModel.load(args.model)
+    compress = _compression(args)
+    compressed = compress(model)
+    compressed.save(args.out)
+    figures = compare(model, compressed)
+    if args.episodes is not None:
+        figures["test_episodes"] = _episode_figures(args, model, compress)
+    if args.json:
+        _write(json.dumps({"out": str(args.out), **figures}))
+        return 0
+    _write(f"wrote {args.out} ({compressed.compression})")
+    for key, value in figures.items():
+        if key != "test_episodes":
+            _write(f"  {key}: {value}")
+    if args.episodes is not None:
+        test = figures["test_episodes"]
+        _write(f"  accuracy on {test['episodes']} test episodes of {test['run']} (each adapted, "
+               f"then compressed the same way): float {describe(test['float'])}; "
+               f"compressed {describe(test['compressed'])}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from metafit.deploy.adapted import AdaptedModel
+
+    model = AdaptedModel.load(args.model)
+    out = args.out or str(Path(args.model).with_name(Path(args.model).name + "-onnx"))
+    try:  # onnx, onnxscript and onnxruntime are imported at module or call time
+        from metafit.deploy.onnx_export import export_onnx
+
+        report = export_onnx(model, out, tolerance=args.tolerance, quantize=args.quantize)
+    except ImportError as e:
+        raise ValueError(f"ONNX export needs the export extra: pip install 'metafit[export]' "
+                         f"({e})") from e
+    if args.json:
+        _write(json.dumps(report.to_dict()))
+        return 0
+    _write(f"exported {args.model} to {out}/model.onnx; onnxruntime parity on "
+           f"{len(report.batches)} batches {report.batches}: max abs logit difference "
+           f"{report.max_abs_diff:.3g} (tolerance {report.tolerance:g}), probabilities "
+           f"{report.max_prob_diff:.3g}")
+    if report.quantized:
+        _write(f"written: onnxruntime's {report.quantized} quantization of it; its logits "
+               f"differ from PyTorch's float ones by up to {report.quantized_max_abs_diff:.3g} "
+               f"(probabilities {report.quantized_max_prob_diff:.3g}; not gated)")
+    return 0
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"a sparsity in [0, 1), got {text}")
+    return value
+
+
+
+def add_compress_parser(sub: Any) -> None:
+    """Add ``compress`` to the subparsers ``sub``."""
+    p = sub.add_parser("compress", help="int8 quantization and/or magnitude pruning of an "
+                       "adapted model (size, latency and agreement reported)")
+    p.add_argument("model", help="model directory written by `metafit adapt`")
+    p.add_argument("--out", required=True, help="the compressed model directory")
+    p.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantization of the "
+                   "linear layers")
+    p.add_argument("--quantize-embeddings", action="store_true", help="with --quantize: the "
+                   "embedding tables too (8-bit rows)")
+    p.add_argument("--prune", type=_fraction, metavar="SPARSITY", help="zero this fraction "
+                   "of the conv/linear weights of smallest magnitude (before quantizing)")
+    p.add_argument("--prune-scope", default="global", choices=["global", "layer"])
+    p.add_argument("--episodes", type=int, help="also measure the accuracy change on this "
+                   "many test episodes of the source run (each adapted, then compressed)")
+    p.add_argument("--run", help="with --episodes: the run (default: the one the model was "
+                   "adapted from)")
+    p.add_argument("--data-root", help="with --episodes: the run's data, where it moved")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=_cmd_compress)
+
+
+def add_export_parser(sub: Any) -> None:
+    """Add ``export`` to the subparsers ``sub``."""
+    p = sub.add_parser("export", help="export an adapted model to ONNX, verified against "
+                       "PyTorch in onnxruntime")
+    p.add_argument("model", help="model directory written by `metafit adapt`")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", help="output directory (default MODEL-onnx)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed absolute "
+                   "logit difference in the parity check (default 1e-4)")
+    p.add_argument("--quantize", choices=["int8"], help="write onnxruntime's dynamic int8 "
+                   "quantization of the checked float export (its difference is reported)")
+    p.add_argument("--json", action="store_true", help="print the parity report as JSON")
+    p.set_defaults(func=_cmd_export)

@@ -1,0 +1,80 @@
+"""The verbs that score and plot trained runs: ``evaluate`` and ``report``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from metafit.cli.options import add_classifier_option
+
+__all__ = ["add_evaluate_parser", "add_report_parser"]
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from metafit.distributed import init_distributed, shutdown
+    from metafit.runs.trained import evaluate_run
+
+    ctx = init_distributed("cpu")  # under torchrun: episodes split across the processes
+    try:
+        result = evaluate_run(args.run, split=args.split, episodes=args.episodes,
+                              which=args.checkpoint, steps=args.steps, dist=ctx,
+                              cache_features=not args.no_feature_cache,
+                              classifier=args.classifier, penalty=args.classifier_penalty)
+    finally:
+        shutdown(ctx)
+    if not ctx.is_main:
+        return 0
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        return 0
+    penalty = args.classifier_penalty
+    where = ", ".join([args.split, args.checkpoint, *filter(None, [
+        args.classifier, None if penalty is None else f"penalty {penalty:g}"])])
+    sys.stdout.write(f"{args.run} [{where}]: {result.summary()}\n")
+    scale = 100.0 if result.metric == "accuracy" else 1.0
+    curve = ", ".join(f"{s}: {v * scale:.2f}"
+                      for s, v in zip(result.curve_steps, result.curve, strict=True))
+    sys.stdout.write(f"after 0..{result.steps} inner steps: {curve}\n"
+                     f"BatchNorm: batch statistics, transductive over each query set\n")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from metafit.runs.report import report_runs
+
+    files = report_runs(args.runs, out=args.out, episodes=args.episodes, split=args.split)
+    for f in files:
+        sys.stdout.write(f"wrote {f}\n")
+    return 0
+
+
+def add_evaluate_parser(sub: Any) -> None:
+    """Add ``evaluate`` to the subparsers ``sub``."""
+    p = sub.add_parser("evaluate", help="evaluate a run on fixed test episodes (mean, 95%% CI)")
+    p.add_argument("run", help="run directory written by `metafit train`")
+    p.add_argument("--episodes", type=int, help="number of episodes (default: the recipe's)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--steps", type=int, help="inner steps at test time (default: recipe's)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="run the body in every episode instead of embedding each distinct "
+                        "example once (same result, slower; see metafit.evaluation.feature_cache)")
+    add_classifier_option(p, "classify with this head instead of the recipe's")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def add_report_parser(sub: Any) -> None:
+    """Add ``report`` to the subparsers ``sub``."""
+    p = sub.add_parser("report", help="plot runs: training and validation curves, "
+                       "adaptation curves, an example test episode (or sinusoid fits)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: "
+                   "curves overlaid)")
+    p.add_argument("--out", help="report directory (default RUN/report for one run)")
+    p.add_argument("--episodes", type=int, default=100,
+                   help="test episodes for the adaptation curve (default 100)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.set_defaults(func=_cmd_report)

@@ -1,0 +1,72 @@
+"""The meta-training verbs: ``quickstart`` (:mod:`metafit.cli.quickstart`) and ``train``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from metafit.config.recipe import load_recipe
+
+__all__ = ["add_quickstart_parser", "add_train_parser"]
+
+log = logging.getLogger("metafit")
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from metafit.cli.quickstart import quickstart
+
+    results = quickstart(args.out, size=args.size, progress=not args.no_progress,
+                         recipe=args.recipe, data_root=args.data_root)
+    sys.stdout.write("\n" + results["table"] + "\n\n")
+    sys.stdout.write(f"finished in {results['total_seconds']} s; report: "
+                     f"{args.out}/report/results.md (plots: {', '.join(results['plots'])})\n")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from metafit.distributed import init_distributed, shutdown
+    from metafit.training.trainer import Trainer
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    out = args.out or f"runs/{recipe.name}"
+    ctx = init_distributed(recipe.device)  # under torchrun: join the process group
+    if not ctx.is_main:
+        log.setLevel(logging.WARNING)  # rank 0 reports progress for every rank
+    try:
+        state = Trainer(recipe, out, progress=not args.no_progress, dist=ctx).fit()
+    finally:
+        shutdown(ctx)
+    if ctx.is_main:
+        best = "" if state.best_score is None else \
+            f", best validation {state.best_score:.4g} at iteration {state.best_iteration}"
+        processes = f" on {ctx.world_size} processes" if ctx.enabled else ""
+        sys.stdout.write(f"trained {recipe.name} to iteration {state.iteration}{best}"
+                         f"{processes}\nrun directory: {out}\n")
+    return 0
+
+
+def add_quickstart_parser(sub: Any) -> None:
+    """Add ``quickstart`` to the subparsers ``sub``."""
+    p = sub.add_parser("quickstart", help="meta-train and compare MAML, ProtoNet and "
+                       "baselines on the built-in Glyphs data (a few minutes, no download)")
+    p.add_argument("recipe", nargs="?", help="optional: take the dataset from this recipe "
+                   "(name or YAML) instead of the built-in Glyphs")
+    p.add_argument("--data-root", help="data directory (Omniglot zips, or the recipe's data)")
+    p.add_argument("--out", default="runs/quickstart", help="output directory")
+    p.add_argument("--size", default="default", choices=["default", "tiny"],
+                   help="tiny: a seconds-long smoke run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_quickstart)
+
+
+def add_train_parser(sub: Any) -> None:
+    """Add ``train`` to the subparsers ``sub``."""
+    p = sub.add_parser("train", help="meta-train a recipe into a run directory (resumable)")
+    p.add_argument("recipe", help="recipe name (see `metafit recipes`) or YAML path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. inner_steps=5")
+    p.add_argument("--out", help="run directory (default runs/RECIPE); an unfinished run "
+                   "there is resumed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)

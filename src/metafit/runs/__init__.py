@@ -1,0 +1,2 @@
+"""The run directory: its files, checkpoints safe to load, the lock, reading a trained
+run back, and reports."""

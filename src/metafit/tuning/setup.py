@@ -1,0 +1,196 @@
+"""Opening an Optuna study for a recipe (``tune`` extra): its storage, sampler and
+pruner, the check that a study being continued was made for the same set-up, and the
+recipe each trial trains. Running the trials: :mod:`metafit.tuning.study`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from metafit.config.schema import Recipe, make_recipe
+from metafit.tuning.options import TuneOptions
+from metafit.tuning.space import SearchSpace, grid_values, parse_search_space
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+__all__ = ["RESUMABLE_CHANGES", "MIN_REPORTS", "open_study", "load_existing_study",
+           "storage_url", "trial_recipe", "finished_trials", "finished_states",
+           "optuna_module"]
+
+
+#: Recipe keys that may differ when a study is continued (they change speed, not results).
+RESUMABLE_CHANGES = ("threads", "task_workers", "vmap_chunk")
+#: Validations per trial at least (so the pruner has points to compare).
+MIN_REPORTS = 5
+
+
+def optuna_module() -> Any:
+    """The ``optuna`` module, its logging quietened (a clear error without the extra)."""
+    try:
+        import optuna
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ValueError("`metafit tune` needs Optuna: pip install 'metafit[tune]'") from e
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def storage_url(storage: str | None, out: str | Path) -> str:
+    """An SQLAlchemy URL: ``storage`` as given, a plain path as SQLite, or
+    ``sqlite:///OUT/study.db`` by default. Creates a SQLite file's directory."""
+    if storage is None:
+        storage = str(Path(out) / "study.db")
+    if "://" not in storage:
+        storage = f"sqlite:///{Path(storage).resolve()}"
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return storage
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Complete and pruned trials: the ones that count towards ``trials``."""
+    states = finished_states()
+    return study.get_trials(deepcopy=False, states=states)
+
+
+def finished_states() -> tuple[Any, ...]:
+    """The trial states that count as finished: COMPLETE and PRUNED."""
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def _fingerprint(recipe: Recipe, opts: TuneOptions) -> dict[str, Any]:
+    data = recipe.model_dump(exclude=set(RESUMABLE_CHANGES))
+    return {"recipe": data, "trial_iterations": _trial_iterations(recipe, opts),
+            "sampler": opts.sampler, "pruner": opts.pruner}
+
+
+def _trial_iterations(recipe: Recipe, opts: TuneOptions) -> int:
+    return recipe.iterations if opts.trial_iterations is None else opts.trial_iterations
+
+
+def _storage(url: str, opts: TuneOptions) -> Any:
+    optuna = optuna_module()
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
+        kwargs["heartbeat_stale_trial_callback"] = \
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    else:  # pragma: no cover - older Optuna
+        kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=1)
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=opts.heartbeat_interval, grace_period=opts.grace_period,
+        **kwargs)
+
+
+def _sampler(space: SearchSpace, opts: TuneOptions, seed: int, parallel: bool) -> Any:
+    optuna = optuna_module()
+    if opts.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_values(space), seed=seed)
+    if opts.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=parallel)
+
+
+def _pruner(recipe: Recipe, opts: TuneOptions) -> Any:
+    optuna = optuna_module()
+    if opts.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if opts.pruner == "hyperband":
+        every = _trial_recipe_values(recipe, opts)["val_every"]
+        return optuna.pruners.HyperbandPruner(min_resource=every,
+                                              max_resource=_trial_iterations(recipe, opts))
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+
+
+def _sampler_seed(base: int, existing: int, job: int) -> int:
+    """Seed of one process's sampler: differs per job and per resumption, so neither
+    parallel processes nor a continued study redraw the same points."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([base, existing, job]).generate_state(1)[0])
+
+
+def open_study(recipe: Recipe, opts: TuneOptions, job: int = 0) -> optuna.Study:
+    """Create the study or load it from the storage, checking it belongs to this recipe.
+
+    Raises:
+        RecipeError: the search space is invalid (nothing is created then).
+        ValueError: the storage holds a study of the same name for another recipe,
+            search space, trial budget, sampler or pruner.
+    """
+    optuna = optuna_module()
+    space = parse_search_space(recipe)
+    url = storage_url(opts.storage, opts.out)
+    name = opts.study or recipe.name
+    storage = _storage(url, opts)
+    direction = "minimize" if recipe.is_regression else "maximize"
+    existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    fingerprint = _fingerprint(recipe, opts)
+    if name in existing:
+        probe = optuna.load_study(study_name=name, storage=storage)
+        saved = probe.user_attrs.get("fingerprint")
+        if saved is not None and saved != json.loads(json.dumps(fingerprint)):
+            differ = _differences(saved, fingerprint)
+            raise ValueError(f"study '{name}' in {url} was made for another set-up (differs "
+                             f"in {', '.join(differ)}); pass another --study or --storage")
+        count = len(probe.trials)
+    else:
+        count = 0
+    seed = opts.seed if opts.seed is not None else recipe.seed
+    study = optuna.create_study(
+        storage=storage, study_name=name, direction=direction, load_if_exists=True,
+        sampler=_sampler(space, opts, _sampler_seed(seed, count, job), opts.jobs > 1),
+        pruner=_pruner(recipe, opts))
+    if "fingerprint" not in study.user_attrs:
+        study.set_user_attr("fingerprint", fingerprint)
+        study.set_user_attr("metric", "mse" if recipe.is_regression else "accuracy")
+    return study
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    now = json.loads(json.dumps(now))
+    keys = [k for k in now if k != "recipe" and saved.get(k) != now[k]]
+    old, new = saved.get("recipe", {}), now["recipe"]
+    keys += [k for k in new if old.get(k) != new[k]]
+    return keys or ["its settings"]
+
+
+def _trial_recipe_values(recipe: Recipe, opts: TuneOptions) -> dict[str, Any]:
+    iterations = _trial_iterations(recipe, opts)
+    every = min(recipe.val_every, max(1, iterations // MIN_REPORTS))
+    return {"iterations": iterations, "val_every": every,
+            "checkpoint_every": min(recipe.checkpoint_every, iterations)}
+
+
+def trial_recipe(recipe: Recipe, params: dict[str, Any], opts: TuneOptions,
+                 number: int | None = None) -> Recipe:
+    """The recipe a trial trains: the study's recipe with the trial's ``params`` and the
+    trial budget (``trial_iterations``, at least ``MIN_REPORTS`` validations); no
+    ``search``."""
+    values = recipe.model_dump(exclude={"search"})
+    values.update(params)
+    values.update(_trial_recipe_values(recipe, opts))
+    if number is not None:
+        values["name"] = f"{recipe.name}_trial{number}"
+    return make_recipe(values, f"trial {number} of the study")
+
+
+
+def load_existing_study(recipe: Recipe, opts: TuneOptions) -> optuna.Study:
+    """The study of ``recipe`` in the storage, which must exist (for ``--report``)."""
+    optuna = optuna_module()
+    url = storage_url(opts.storage, opts.out)
+    name = opts.study or recipe.name
+    names = [s.study_name for s in optuna.get_all_study_summaries(url)]
+    if name not in names:
+        raise ValueError(f"no study '{name}' in {url}"
+                         + (f" (it holds: {', '.join(names)})" if names else ""))
+    return optuna.load_study(study_name=name, storage=url)
+
