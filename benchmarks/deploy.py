@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from results_file import write_block  # benchmarks/ (the script's directory)
-from speed import machine
+from common import machine, write_block
 
 from metafit.config.recipe import Recipe
 from metafit.deploy import Adapter

@@ -34,11 +34,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from results_file import write_block  # benchmarks/ (the script's directory)
-from speed import machine
+from common import SHARED_DATA, load_average, machine, write_block
 
 HERE = Path(__file__).parent
-OMNIGLOT = HERE.resolve().parents[1] / "shared" / "data" / "omniglot"
+OMNIGLOT = SHARED_DATA / "omniglot"
 
 
 @dataclass(frozen=True)
@@ -142,13 +141,6 @@ def table(rows: list[dict[str, object]], modes: list[Mode]) -> str:
         cells += [f"{med[m.label] / med[Mode(1, m.procs).label]:.2f}x" for m in many]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def load_average() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import write_block
 
 
 def measure(run: Path, episodes: int, repeats: int, cached_only: bool) -> dict[str, Any]:

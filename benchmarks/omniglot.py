@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import cpu_only, write_block
 
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "finetune")
@@ -168,8 +167,7 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     by = {(r["setting"], r["algorithm"]): r for r in results}
     scheme = next((r["split_scheme"] for r in results if "split_scheme" in r), "?")
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, CPU only; each run one torch thread, {args.jobs} runs "
+        f"Machine: {cpu_only()}; each run one torch thread, {args.jobs} runs "
         f"side by side. Split scheme: `{scheme}`.",
         f"Budget: {args.budget:g} s of meta-training steps per run (validation excluded: "
         f"{args.validations} validations on {args.val_episodes} episodes, Reptile on "

@@ -58,14 +58,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import SHARED_DATA, load_average, machine, write_block
 from PIL import Image
-from results_file import write_block  # benchmarks/ (the script's directory)
-from speed import machine
 
 from metafit.server.runner import torch_threads
 
 HERE = Path(__file__).parent
-OMNIGLOT = HERE.resolve().parents[1] / "shared" / "data" / "omniglot"
+OMNIGLOT = SHARED_DATA / "omniglot"
 KEY = "serve-load-benchmark-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -377,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.predicts, args.adaptations, args.iterations, args.repeats = 20, 2, 2, 1
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else train_run(Path(tmp) / "run",

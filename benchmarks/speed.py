@@ -16,32 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import machine, write_block
 
 from metafit.cli import bench
 
 HERE = Path(__file__).parent
-
-
-def machine() -> str:
-    """CPU model, cores and threads, torch version."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} intra-op threads, Python {platform.python_version()}")
 
 
 def section(rows: list[bench.BenchRow], peers: list[str], command: str, seconds: float) -> str:

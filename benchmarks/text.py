@@ -31,22 +31,16 @@ exists), so an interrupted benchmark resumes. The tables go to ``--results`` bet
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import os
-import platform
-import random
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import cpu_only, k_shot_pool, write_block
 
 from metafit.algorithms.heads import CLASSIFIERS
-from metafit.io import atomic_write_text
 
 # Test-time steps and inner rates per adapted scope: a first, untuned choice (RESULTS.md);
 # ANIL takes the head's rate at every scope (its inner loop adapts only the head).
@@ -166,25 +160,6 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
-def k_shot_pool(train_csv: Path, k: int, seed: int, out: Path) -> Path:
-    """K sentences per intent of ``train_csv`` (seeded), written as ``out``."""
-    with train_csv.open(encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    by_label: dict[str, list[str]] = {}
-    for r in rows:
-        by_label.setdefault(r["category"], []).append(r["text"])
-    rng = random.Random(seed)
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(["text", "category"])
-    for label in sorted(by_label):
-        for text in rng.sample(by_label[label], k):
-            writer.writerow([text, label])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, buffer.getvalue())  # rows of one K and seed may run in parallel
-    return out
-
-
 def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every row at every K and seed: meta-train on the pool, fit it, score test.csv."""
     from metafit.config.recipe import load_recipe
@@ -234,14 +209,9 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
-def _machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, CPU only")
-
-
 def _header(protocol: str) -> str:
     command = " ".join(sys.argv[2:])
-    return f"Machine: {_machine()}. Command: `python benchmarks/text.py {protocol} {command}`."
+    return f"Machine: {cpu_only()}. Command: `python benchmarks/text.py {protocol} {command}`."
 
 
 def table_a(results: list[dict[str, Any]], args: argparse.Namespace) -> str:

@@ -17,33 +17,13 @@ scores the development set, 77-way. The table goes to ``--results`` between
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from results_file import write_block  # benchmarks/ (the script's directory)
-from text import _machine, k_shot_pool
-
-from metafit.io import atomic_write_text
-
-
-def development_set(train_csv: Path, pool: Path, out: Path) -> Path:
-    """The sentences of ``train_csv`` outside ``pool``, written as ``out``."""
-    with pool.open(encoding="utf-8") as f:
-        taken = {(r["text"], r["category"]) for r in csv.DictReader(f)}
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(["text", "category"])
-    with train_csv.open(encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            if (r["text"], r["category"]) not in taken:
-                writer.writerow([r["text"], r["category"]])
-    atomic_write_text(out, buffer.getvalue())
-    return out
+from common import cpu_only, development_set, k_shot_pool, write_block
 
 
 def curve(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -94,7 +74,7 @@ def curve(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     steps = sorted({r["step"] for r in rows})
-    lines = [f"Machine: {_machine()}. Command: `python benchmarks/text_dev.py "
+    lines = [f"Machine: {cpu_only()}. Command: `python benchmarks/text_dev.py "
              f"{' '.join(sys.argv[1:])}`. Development seed {args.dev_seed}; cells: 77-way "
              "accuracy (%) of prototypes fitted on the pool, on the train.csv sentences "
              "outside it, after that many meta-training steps (step 0: the pretrained "

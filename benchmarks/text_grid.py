@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import write_block
 
 ALGORITHMS = ["maml", "fomaml", "reptile", "anil", "protonet", "protonet-cos20", "finetune",
               "linear_probe"]

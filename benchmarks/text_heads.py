@@ -59,8 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from text import k_shot_pool  # benchmarks/ (the script's directory)
-from text_dev import development_set
+from common import development_set, k_shot_pool
 from torch import Tensor
 from torch.nn import functional as F
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from text import k_shot_pool
+from common import k_shot_pool
 
 
 def main() -> None:

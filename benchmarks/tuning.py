@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -33,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import cpu_only, write_block
 
 HERE = Path(__file__).resolve().parent
 PLOTS = ("optimization_history", "param_importances", "intermediate_values", "slice")
@@ -82,8 +80,7 @@ def table(s: dict[str, Any], best: dict[str, Any], hand: dict[str, Any],
     params = ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}"
                        for k, v in s["params"].items())
     rows = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, CPU only. Command: `python benchmarks/tuning.py "
+        f"Machine: {cpu_only()}. Command: `python benchmarks/tuning.py "
         f"{' '.join(sys.argv[1:])}`.",
         "",
         f"Study: {s['trials']} trials ({s['complete']} complete, {s['pruned']} pruned, "
