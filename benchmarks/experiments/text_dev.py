@@ -1,6 +1,6 @@
 """Choosing BANKING77 protocol B's meta-training schedule without its test set.
 
-    python benchmarks/text_dev.py --data-root ../shared/data/banking77 --k 5 10
+    python benchmarks/experiments/text_dev.py --data-root ../shared/data/banking77 --k 5 10
 
 Protocol B meta-trains on nothing but the K-shot pool, so validation episodes drawn from
 the pool score training data and cannot say when to stop. The schedule of the shipped
@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import cpu_only, development_set, k_shot_pool, write_block
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common
+from common import RESULTS_MD, cpu_only, development_set, k_shot_pool, write_block  # noqa: E402
 
 
 def curve(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -74,7 +76,7 @@ def curve(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     steps = sorted({r["step"] for r in rows})
-    lines = [f"Machine: {cpu_only()}. Command: `python benchmarks/text_dev.py "
+    lines = [f"Machine: {cpu_only()}. Command: `python benchmarks/experiments/text_dev.py "
              f"{' '.join(sys.argv[1:])}`. Development seed {args.dev_seed}; cells: 77-way "
              "accuracy (%) of prototypes fitted on the pool, on the train.csv sentences "
              "outside it, after that many meta-training steps (step 0: the pretrained "
@@ -99,7 +101,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/bench_text_dev")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    parser.add_argument("--results", default=str(RESULTS_MD))
     args = parser.parse_args()
     rows = [row for k in args.k for row in curve(k, args)]
     block = table(rows, args)

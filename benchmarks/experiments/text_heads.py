@@ -1,7 +1,8 @@
 """BANKING77 protocol B: what else was tried to close the gap to CPFT at K = 10.
 
-    python benchmarks/text_heads.py dev --data-root ../shared/data/banking77 --tag base
-    python benchmarks/text_heads.py test --data-root ../shared/data/banking77 \
+    python benchmarks/experiments/text_heads.py dev --data-root ../shared/data/banking77 \
+        --tag base
+    python benchmarks/experiments/text_heads.py test --data-root ../shared/data/banking77 \
         --runs /tmp/bench_text/B
 
 ``dev`` meta-trains ProtoNet (cosine, scale 20, whole encoder) on the K-shot pool of the
@@ -13,9 +14,9 @@ as in meta-training):
 
 - ``proto``: cosine prototypes, each the normalised mean of an intent's unit-length
   embeddings. ``text.py B``'s ProtoNet averages the raw embeddings instead
-  (``metafit.algorithms.protonet.class_prototypes``). On the development set at steps 0
-  / 15 of the recipe that scores 79.46 / 83.66 against this column's 79.75 / 83.68; the
-  column keeps the helper that produced the recorded rows;
+  (``metafit.algorithms.protonet.class_prototypes``); the two are compared in
+  ``benchmarks/RESULTS.md`` ("Other meta-training schedules"). The column keeps the
+  helper that produced the recorded rows;
 - ``logistic``: multinomial logistic regression on the L2-normalised embeddings,
   L2 penalty ``--weight-decay`` on the weights, fitted to convergence by L-BFGS (Tian et
   al. 2020, "Rethinking Few-Shot Image Classification: a Good Embedding Is All You
@@ -54,12 +55,12 @@ import argparse
 import csv
 import io
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import development_set, k_shot_pool
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -67,6 +68,9 @@ from metafit.algorithms.heads import fit_logistic_head
 from metafit.evaluation.test_set import predict
 from metafit.io import atomic_write_text
 from metafit.models.tokenizer import TokenMasker, tokenize, trim
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common
+from common import development_set, k_shot_pool  # noqa: E402
 
 WAYS = 77
 
