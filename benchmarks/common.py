@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import io
@@ -37,6 +38,16 @@ def results_dir(folder: str | Path | None = None) -> Path:
     if folder is not None:
         return Path(folder)
     return BENCHMARKS / "results" / datetime.date.today().isoformat()
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--results`` (the Markdown file whose block the script replaces) and
+    ``--results-dir`` (the folder for its raw rows)."""
+    parser.add_argument("--results", default=str(RESULTS_MD),
+                        help="the Markdown file whose block this benchmark replaces "
+                             "(default: benchmarks/RESULTS.md)")
+    parser.add_argument("--results-dir", default=None,
+                        help="folder for the raw rows (default: benchmarks/results/<today>/)")
 
 
 def write_rows(folder: Path, name: str, rows: Any) -> Path:

@@ -17,7 +17,8 @@ Usage::
     python benchmarks/distributed.py --procs 1 2 4   # on a machine with more cores
 
 The block goes to ``--results`` between ``<!-- distributed:start -->`` and
-``<!-- distributed:end -->`` (raw rows: ``benchmarks/distributed.json``).
+``<!-- distributed:end -->`` (raw rows: ``distributed.json`` in ``--results-dir``, by default
+``benchmarks/results/<today>/``).
 """
 
 from __future__ import annotations
@@ -34,9 +35,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import SHARED_DATA, load_average, machine, write_block
+from common import (
+    SHARED_DATA,
+    add_output_options,
+    load_average,
+    machine,
+    results_dir,
+    write_block,
+    write_rows,
+)
 
-HERE = Path(__file__).parent
 OMNIGLOT = SHARED_DATA / "omniglot"
 
 
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=str(OMNIGLOT),
                         help="Omniglot zips (default ../shared/data/omniglot; built-in "
                         "Glyphs when missing)")
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    add_output_options(parser)
     args = parser.parse_args(argv)
     data_root = Path(args.data_root) if Path(args.data_root).is_dir() else None
     top = max(args.procs)
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     write_block(Path(args.results), "distributed",
                 "Distributed meta-training (`benchmarks/distributed.py`)", block)
-    (HERE / "distributed.json").write_text(json.dumps(rows, indent=1))
+    write_rows(results_dir(args.results_dir), "distributed.json", rows)
     return 0
 
 

@@ -24,8 +24,11 @@ the logistic head instead of the algorithm's own classifier (rows ``ALGORITHM/lo
 result files ``benchmark_logistic.json``).
 
 Every run is a directory under ``--out``; a finished row is not redone (its result JSON
-exists), so an interrupted benchmark resumes. The tables go to ``--results`` between
-``<!-- text_A:start/end -->`` and ``<!-- text_B:start/end -->``.
+exists), so an interrupted benchmark resumes. Each new row is also appended to
+``text_A_rows.jsonl`` / ``text_B_rows.jsonl`` in ``--results-dir`` (default
+``benchmarks/results/<today>/``; ``text_grid.py`` builds the protocol A grid from such files).
+The tables go to ``--results`` between ``<!-- text_A:start/end -->`` and
+``<!-- text_B:start/end -->``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import cpu_only, k_shot_pool, write_block
+from common import (
+    add_output_options,
+    append_row,
+    cpu_only,
+    k_shot_pool,
+    results_dir,
+    write_block,
+)
 
 from metafit.algorithms.heads import CLASSIFIERS
 
@@ -111,6 +121,12 @@ def _train_seconds(run: Path, done: Path, measured: float) -> float:
     return measured
 
 
+def _rows_file(args: argparse.Namespace) -> Path:
+    """Where each new row is appended as a JSON line: ``text_A_rows.jsonl`` or
+    ``text_B_rows.jsonl`` in ``--results-dir``."""
+    return results_dir(args.results_dir) / f"text_{args.protocol}_rows.jsonl"
+
+
 def _classified(label: str, args: argparse.Namespace) -> str:
     return label + (f"/{args.classifier}" if args.classifier else "")
 
@@ -155,6 +171,7 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
                    "eval_seconds": round(time.perf_counter() - t0, 1),
                    "trainable": trainable, "total": total, "device": args.device}
             done.write_text(json.dumps(row, indent=1))
+            append_row(_rows_file(args), row)
             print(json.dumps(row), flush=True)
             results.append(row)
     return results
@@ -204,6 +221,7 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
                        "train_seconds": round(train_s, 1),
                        "eval_seconds": round(time.perf_counter() - t0, 1)}
                 done.write_text(json.dumps(row, indent=1))
+                append_row(_rows_file(args), row)
                 print(json.dumps(row), flush=True)
                 results.append(row)
     return results
@@ -284,7 +302,7 @@ def main() -> None:
                         help="recipe text_mask: mask each word-piece of a meta-training "
                              "episode with this probability (augmentation)")
     parser.add_argument("--out", default="runs/bench_text")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    add_output_options(parser)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     if args.protocol == "A":

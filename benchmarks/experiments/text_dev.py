@@ -10,7 +10,8 @@ never scores (100; the scored seeds are 0-4): its K-shot pool is drawn exactly l
 scored ones, and the development set is every other sentence of ``train.csv`` (about
 9,200-9,600, never ``test.csv``). Every ``--every`` meta-training steps the script fits
 prototypes on the pool (``metafit.evaluation.test_set.adapt_and_score``, as the benchmark does) and
-scores the development set, 77-way. The table goes to ``--results`` between
+scores the development set, 77-way. The rows go to ``text_dev.json`` in ``--results-dir``
+(default ``benchmarks/results/<today>/``), the table to ``--results`` between
 ``<!-- text_dev:start/end -->``.
 """
 
@@ -25,7 +26,15 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common
-from common import RESULTS_MD, cpu_only, development_set, k_shot_pool, write_block  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS_MD,
+    cpu_only,
+    development_set,
+    k_shot_pool,
+    results_dir,
+    write_block,
+    write_rows,
+)
 
 
 def curve(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -102,8 +111,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/bench_text_dev")
     parser.add_argument("--results", default=str(RESULTS_MD))
+    parser.add_argument("--results-dir", default=None,
+                        help="folder for the raw rows (default: benchmarks/results/<today>/)")
     args = parser.parse_args()
     rows = [row for k in args.k for row in curve(k, args)]
+    write_rows(results_dir(args.results_dir), "text_dev.json", rows)
     block = table(rows, args)
     write_block(Path(args.results), "text_dev", "BANKING77, protocol B: choosing the "
                 "schedule on a development seed", block)

@@ -46,7 +46,8 @@ the intents' names in the head's training set: ``more_heads``).
 
 ``test`` reads the finished runs of ``text.py B`` (``--runs``: its ``--out``/B), embeds each
 run's pool and the 3,080 test sentences with the run's encoder, and scores the logistic
-head against the run's recorded accuracy. Rows are JSON lines on stdout and in ``--log``.
+head against the run's recorded accuracy. Rows are JSON lines on stdout and in ``--log``
+(default ``text_heads_MODE.jsonl`` in ``benchmarks/results/<today>/``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from metafit.io import atomic_write_text
 from metafit.models.tokenizer import TokenMasker, tokenize, trim
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common
-from common import development_set, k_shot_pool  # noqa: E402
+from common import development_set, k_shot_pool, results_dir  # noqa: E402
 
 WAYS = 77
 
@@ -448,7 +449,8 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--scale", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--log", default=None, help="also append the rows to this file")
+    parser.add_argument("--log", default=None, help="also append the rows to this file "
+                        "(default: benchmarks/results/<today>/text_heads_MODE.jsonl)")
     dev_args = parser.add_argument_group("dev")
     dev_args.add_argument("--k", type=int, default=10)
     dev_args.add_argument("--dev-seed", type=int, default=100)
@@ -501,6 +503,9 @@ def main() -> None:
     test_args.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     args = parser.parse_args()
     args.reference = args.names = None
+    if args.log is None:
+        args.log = str(results_dir() / f"text_heads_{args.mode}.jsonl")
+        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     (dev if args.mode == "dev" else test)(args)
 
