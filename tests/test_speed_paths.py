@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metafit.algorithms import build_algorithm
-from metafit.cli import bench
+from metafit.cli import bench, bench_peers
 from metafit.episodes import Episodes
 from metafit.execution import threads as parallel
 from metafit.models import blocks as kernels
@@ -142,9 +142,9 @@ def test_vmap_on_conv4_with_batchnorm_matches_the_loop_in_float64(algorithm: str
     # vmap is the GPU's batched path; conv4's BatchNorm must differentiate twice under
     # torch.func (PyTorch's fused batch_norm did not: 3e-3 relative error, even in float64)
     base = bench.BenchConfig(algorithm, "omniglot", 2, 3, ways=3, shots=1, queries=2)
-    loop = bench._fresh(bench.BenchConfig(**{**base.__dict__, "batching": "loop"}),
+    loop = bench_peers.fresh(bench.BenchConfig(**{**base.__dict__, "batching": "loop"}),
                         "metafit", 0, torch.float64)[0]()
-    vmap = bench._fresh(bench.BenchConfig(**{**base.__dict__, "batching": "vmap"}),
+    vmap = bench_peers.fresh(bench.BenchConfig(**{**base.__dict__, "batching": "vmap"}),
                         "metafit", 0, torch.float64)[0]()
     assert next(iter(vmap.values())).dtype == torch.float64
     assert_grads_close(vmap, loop, 1e-10)
@@ -182,9 +182,9 @@ def test_peer_agreement_in_float64_is_exact() -> None:
     # amplified by K = 5 steps at rate 0.4, exceeds the tolerance); the peers then agree
     # to rounding
     cfg = bench.BenchConfig("maml", "omniglot", 2, 2, ways=3, shots=1, queries=2)
-    ours = bench._fresh(cfg, "metafit", 0, torch.float64)[0]()
+    ours = bench_peers.fresh(cfg, "metafit", 0, torch.float64)[0]()
     for peer in ("loop", "higher", "torchopt"):
-        theirs = bench._fresh(cfg, peer, 0, torch.float64)[0]()
+        theirs = bench_peers.fresh(cfg, peer, 0, torch.float64)[0]()
         assert bench.max_relative_difference(theirs, ours) < 1e-10, peer
 
 
@@ -292,7 +292,7 @@ def test_loss_helpers_agree_with_metafit() -> None:
     sy, qy = torch.tensor([0, 0, 1, 1, 2, 2]), torch.arange(3).repeat(3)
     protos = torch.stack([sx[sy == c].mean(0) for c in range(3)])
     expected = F.cross_entropy(-((qx[:, None] - protos[None]) ** 2).sum(-1), qy)
-    assert torch.allclose(bench._protonet_loss(f, sx, sy, qx, qy, 3), expected, atol=1e-6)
+    assert torch.allclose(bench_peers.protonet_loss(f, sx, sy, qx, qy, 3), expected, atol=1e-6)
 
 
 def test_float_table_gathers_what_on_the_fly_normalisation_gives() -> None:
