@@ -12,7 +12,7 @@ counted), medians over ``--repeats`` runs, the modes interleaved. Scaling effici
 
 Usage::
 
-    python benchmarks/distributed.py                 # 1 and 2 processes, ~5 min on 2 cores
+    python benchmarks/distributed.py                 # 1 and 2 processes
     python benchmarks/distributed.py --quick         # a smoke run, results not written
     python benchmarks/distributed.py --procs 1 2 4   # on a machine with more cores
 

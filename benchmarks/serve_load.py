@@ -1,6 +1,6 @@
 """Load test of ``metafit serve`` on loopback: concurrent predictions while adaptations run.
 
-    python benchmarks/serve_load.py                      # ~2 min on 2 cores
+    python benchmarks/serve_load.py                      # 1 and 2 adaptation workers
     python benchmarks/serve_load.py --run runs/maml      # an existing image run
     python benchmarks/serve_load.py --quick              # a smoke run, results not written
     python benchmarks/serve_load.py --attack --workers 1 # predictions under attack

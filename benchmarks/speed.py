@@ -9,7 +9,7 @@ memory, and writes the table with the machine and the command into ``RESULTS.md`
 
 Usage (needs the ``bench`` extra: ``pip install -e '.[bench]' -c constraints.txt``)::
 
-    python benchmarks/speed.py                  # the full grid, ~20 min on 2 cores
+    python benchmarks/speed.py                  # the full grid (its run time: RESULTS.md)
     python benchmarks/speed.py --quick          # a smoke run, results not written
 """
 
