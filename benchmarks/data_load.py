@@ -7,7 +7,8 @@ into a fresh, empty cache directory (a new temporary folder, inside ``--cache-di
 given, removed at the end), so the first load is a true cold decode; then times cached
 loads (median of 3) and the sampling of 5-way 1-shot 15-query episodes from the loaded
 dataset, as one ``sample(1000)`` call and as 32 calls of ``sample(32)`` (median of 5
-each). Ends with a Markdown table fragment for ``benchmarks/RESULTS.md``.
+each). Ends with a Markdown table fragment for ``benchmarks/RESULTS.md``; the rows also go to
+``data_load.json`` in ``--results-dir`` (default ``benchmarks/results/<today>/``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from common import results_dir, write_rows
 
 from metafit.data.omniglot import Omniglot
 from metafit.data.sampler import EpisodeSampler
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", required=True, help="folder with the Omniglot zips")
     parser.add_argument("--cache-dir", default=None, help="parent of the fresh cache folder")
     parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--results-dir", default=None,
+                        help="folder for the raw rows (default: benchmarks/results/<today>/)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     if args.cache_dir:
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
+    write_rows(results_dir(args.results_dir), "data_load.json",
+               {"command": command, "rows": dict(rows)})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ finished runs, e.g. on a quiet machine). Its float model is exported to ONNX, as
 quantized to int8 by onnxruntime: the largest logit difference from PyTorch's float model,
 the file size and onnxruntime's latency (one intra-op thread) are reported (no accuracy
 over episodes for ONNX: one export per episode would cost more than the whole run).
-Results: ``--out``/NAME.json and the ``deploy`` block of ``--results``.
+Results: ``--out``/NAME.json (read back by a later run), every run's row in ``deploy.json``
+in ``--results-dir`` (default ``benchmarks/results/<today>/``) and the ``deploy`` block of
+``--results``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from results_file import write_block  # benchmarks/ (the script's directory)
-from speed import machine
+from common import add_output_options, machine, results_dir, write_block, write_rows
 
 from metafit.config.recipe import Recipe
 from metafit.deploy import Adapter
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--repeats", type=int, default=20, help="latency repeats")
     parser.add_argument("--out", default="runs/bench_deploy")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    add_output_options(parser)
     parser.add_argument("--no-results", action="store_true", help="do not touch RESULTS.md")
     parser.add_argument("--retime", action="store_true", help="measure sizes and latencies "
                         "again for runs whose accuracies are stored in --out")
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         print(f"{run}: done in {result['seconds']} s", file=sys.stderr)
     command = "python benchmarks/deploy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_rows(results_dir(args.results_dir), "deploy.json", results)
     text = table(results, command)
     print(text)
     if not args.no_results:

@@ -12,12 +12,13 @@ counted), medians over ``--repeats`` runs, the modes interleaved. Scaling effici
 
 Usage::
 
-    python benchmarks/distributed.py                 # 1 and 2 processes, ~5 min on 2 cores
+    python benchmarks/distributed.py                 # 1 and 2 processes
     python benchmarks/distributed.py --quick         # a smoke run, results not written
     python benchmarks/distributed.py --procs 1 2 4   # on a machine with more cores
 
 The block goes to ``--results`` between ``<!-- distributed:start -->`` and
-``<!-- distributed:end -->`` (raw rows: ``benchmarks/distributed.json``).
+``<!-- distributed:end -->`` (raw rows: ``distributed.json`` in ``--results-dir``, by default
+``benchmarks/results/<today>/``).
 """
 
 from __future__ import annotations
@@ -34,11 +35,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from results_file import write_block  # benchmarks/ (the script's directory)
-from speed import machine
+from common import (
+    SHARED_DATA,
+    add_output_options,
+    load_average,
+    machine,
+    results_dir,
+    write_block,
+    write_rows,
+)
 
-HERE = Path(__file__).parent
-OMNIGLOT = HERE.resolve().parents[1] / "shared" / "data" / "omniglot"
+OMNIGLOT = SHARED_DATA / "omniglot"
 
 
 @dataclass(frozen=True)
@@ -144,13 +151,6 @@ def table(rows: list[dict[str, object]], modes: list[Mode]) -> str:
     return "\n".join(lines)
 
 
-def load_average() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=str(OMNIGLOT),
                         help="Omniglot zips (default ../shared/data/omniglot; built-in "
                         "Glyphs when missing)")
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    add_output_options(parser)
     args = parser.parse_args(argv)
     data_root = Path(args.data_root) if Path(args.data_root).is_dir() else None
     top = max(args.procs)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     write_block(Path(args.results), "distributed",
                 "Distributed meta-training (`benchmarks/distributed.py`)", block)
-    (HERE / "distributed.json").write_text(json.dumps(rows, indent=1))
+    write_rows(results_dir(args.results_dir), "distributed.json", rows)
     return 0
 
 

@@ -9,7 +9,8 @@ fixed test episodes are scored twice in one process, cached first, then uncached
 (``--repeats`` times, alternating; medians), with the run's own test-time steps and only the
 curve's ends scored (``benchmarks/text.py``'s default). Prints and writes a table to
 ``--results`` between ``<!-- feature_cache:start/end -->``: seconds each way, the speed-up
-and the largest per-episode accuracy difference (0 up to float rounding).
+and the largest per-episode accuracy difference (0 up to float rounding); the rows go to
+``feature_cache.json`` in ``--results-dir`` (default ``benchmarks/results/<today>/``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import add_output_options, results_dir, write_block, write_rows
 
 
 def measure(run: Path, episodes: int, repeats: int, cached_only: bool) -> dict[str, Any]:
@@ -84,10 +85,11 @@ def main() -> None:
     parser.add_argument("--cached-only", action="store_true",
                         help="time only the cached evaluation (the uncached one is slow); "
                              "prints the table without writing it to --results")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    add_output_options(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [measure(Path(r), args.episodes, args.repeats, args.cached_only) for r in args.runs]
+    write_rows(results_dir(args.results_dir), "feature_cache.json", rows)
     block = table(rows, args)
     if not args.cached_only:  # a table without the comparison does not replace one with it
         write_block(Path(args.results), "feature_cache", "Evaluation with cached body "

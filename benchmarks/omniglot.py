@@ -20,7 +20,8 @@ the published tables can be reproduced on a bigger machine (give a larger ``--bu
 Every run is a directory under ``--out``; a finished run (its test result exists) is not
 redone, so an interrupted benchmark resumes. The table goes to ``--results`` between
 ``<!-- omniglot:start -->`` and ``<!-- omniglot:end -->``, and the validation accuracy
-against training time of MAML and ProtoNet to ``benchmarks/omniglot_time.png``.
+against training time of MAML and ProtoNet to ``omniglot_time.png`` and the rows to
+``omniglot.json`` in ``--results-dir`` (default ``benchmarks/results/<today>/``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,7 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import (
+    add_output_options,
+    cpu_only,
+    relative,
+    results_dir,
+    write_block,
+    write_rows,
+)
 
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
 ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "finetune")
@@ -168,8 +175,7 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     by = {(r["setting"], r["algorithm"]): r for r in results}
     scheme = next((r["split_scheme"] for r in results if "split_scheme" in r), "?")
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, CPU only; each run one torch thread, {args.jobs} runs "
+        f"Machine: {cpu_only()}; each run one torch thread, {args.jobs} runs "
         f"side by side. Split scheme: `{scheme}`.",
         f"Budget: {args.budget:g} s of meta-training steps per run (validation excluded: "
         f"{args.validations} validations on {args.val_episodes} episodes, Reptile on "
@@ -211,7 +217,7 @@ def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def time_curves(args: argparse.Namespace) -> str:
+def time_curves(args: argparse.Namespace, png: Path) -> str:
     """Validation accuracy against training seconds for MAML and ProtoNet at 5w1s; the PNG
     and a line per method saying when 90% and 95% were first reached."""
     import matplotlib
@@ -243,7 +249,8 @@ def time_curves(args: argparse.Namespace) -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(Path(__file__).parent / "omniglot_time.png", dpi=120)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
     plt.close(fig)
     return "\n".join(lines)
 
@@ -264,7 +271,7 @@ def main() -> None:
                    help="validation episodes for Reptile (50 steps each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench_omniglot")
-    p.add_argument("--results", default=str(Path(__file__).parent / "RESULTS.md"))
+    add_output_options(p)
     p.add_argument("--one", nargs=2, metavar=("SETTING", "ALGORITHM"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -277,8 +284,11 @@ def main() -> None:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: _launch(*j, args), jobs))
-    section = table(results, args) + "\n\n" + time_curves(args) + \
-        f"\n\n![accuracy against time](omniglot_time.png)\n\nWall-clock of the whole " \
+    folder = results_dir(args.results_dir)
+    write_rows(folder, "omniglot.json", results)
+    png = folder / "omniglot_time.png"
+    section = table(results, args) + "\n\n" + time_curves(args, png) + \
+        f"\n\n![accuracy against time]({relative(png)})\n\nWall-clock of the whole " \
         f"benchmark: {(time.perf_counter() - t0) / 60:.0f} min."
     write_block(Path(args.results), "omniglot", "Omniglot accuracy (`benchmarks/omniglot.py`)",
                 section)

@@ -1,6 +1,6 @@
 """Load test of ``metafit serve`` on loopback: concurrent predictions while adaptations run.
 
-    python benchmarks/serve_load.py                      # ~2 min on 2 cores
+    python benchmarks/serve_load.py                      # 1 and 2 adaptation workers
     python benchmarks/serve_load.py --run runs/maml      # an existing image run
     python benchmarks/serve_load.py --quick              # a smoke run, results not written
     python benchmarks/serve_load.py --attack --workers 1 # predictions under attack
@@ -22,7 +22,9 @@ a request that waits for nothing), then runs two phases with every request sent 
 Every response must be a 2xx (the script exits 1 otherwise). Reported: client-side p50 /
 p99 latency, predictions/s over the phase, and the server's own mean adaptation time
 (``/metrics``). The block goes to ``--results`` between ``<!-- serve_load:start -->`` and
-``<!-- serve_load:end -->``. Client and server share the machine's cores.
+``<!-- serve_load:end -->``, the phases' latencies to ``serve_load.json`` (``serve_attack.json``)
+in ``--results-dir`` (default ``benchmarks/results/<today>/``). Client and server share the
+machine's cores.
 
 ``--attack`` measures instead the same 200 predictions alone and then while an attack
 runs beside them (in one run, side by side): ``--bombers`` loops posting a pixel bomb
@@ -53,19 +55,25 @@ import tempfile
 import threading
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from common import (
+    SHARED_DATA,
+    add_output_options,
+    load_average,
+    machine,
+    results_dir,
+    write_block,
+    write_rows,
+)
 from PIL import Image
-from results_file import write_block  # benchmarks/ (the script's directory)
-from speed import machine
 
 from metafit.server.runner import torch_threads
 
-HERE = Path(__file__).parent
-OMNIGLOT = HERE.resolve().parents[1] / "shared" / "data" / "omniglot"
+OMNIGLOT = SHARED_DATA / "omniglot"
 KEY = "serve-load-benchmark-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -373,11 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attack-pause", type=float, default=0.01, help="--attack: seconds "
                         "each attack loop waits between its requests")
     parser.add_argument("--quick", action="store_true", help="fewer requests, no results")
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    add_output_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.predicts, args.adaptations, args.iterations, args.repeats = 20, 2, 2, 1
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = load_average()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else train_run(Path(tmp) / "run",
@@ -423,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick and not errors:
         name, title = ("serve_attack", "HTTP serving under attack") if args.attack else \
             ("serve_load", "HTTP serving under load")
+        write_rows(results_dir(args.results_dir), f"{name}.json", [asdict(p) for p in phases])
         write_block(Path(args.results), name, f"{title} (`benchmarks/serve_load.py"
                     f"{' --attack' if args.attack else ''}`)", block)
     return 1 if errors else 0

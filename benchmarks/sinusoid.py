@@ -6,8 +6,9 @@
 Trains each ``sinusoid_*`` recipe with the real CLI (``metafit train``, one torch thread
 per process, ``--jobs`` processes at a time), evaluates it with ``metafit evaluate`` on 600
 fixed 5-shot test tasks, and prints a Markdown table of the MSE after 1 and 10 inner steps
-(mean +- 95% CI) with the training wall-clock. Paper reference (Finn et al. 2017, and the
-Meta-SGD paper's table): MAML 0.67 / 0.35, pretrained baseline 2.41 / 2.19.
+(mean +- 95% CI) with the training wall-clock; the rows go to ``sinusoid.json`` in
+``--results-dir`` (default ``benchmarks/results/<today>/``). Paper reference (Finn et al.
+2017, and the Meta-SGD paper's table): MAML 0.67 / 0.35, pretrained baseline 2.41 / 2.19.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from common import results_dir, write_rows
 
 ALGORITHMS = ["maml", "fomaml", "metasgd", "anil", "reptile", "finetune"]
 DEFAULT_ITERATIONS = {"maml": 70000, "fomaml": 70000, "metasgd": 70000, "anil": 70000,
@@ -50,6 +52,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--algorithms", nargs="*", default=ALGORITHMS)
     parser.add_argument("--iterations", nargs="*", default=[], help="ALGO=N overrides")
+    parser.add_argument("--results-dir", default=None,
+                        help="folder for the raw rows (default: benchmarks/results/<today>/)")
     args = parser.parse_args()
     iters = dict(DEFAULT_ITERATIONS)
     for pair in args.iterations:
@@ -68,6 +72,7 @@ def main() -> None:
         print(f"| {r['algorithm']} | {r['iterations']} | {r['train_seconds'] / 60:.1f} min | "
               f"{r['mse1']:.3f} +- {r['ci1']:.3f} | {r['mse10']:.3f} +- {r['ci10']:.3f} |")
     (out / "results.json").write_text(json.dumps(rows, indent=1))
+    write_rows(results_dir(args.results_dir), "sinusoid.json", rows)
 
 
 if __name__ == "__main__":

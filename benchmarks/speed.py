@@ -4,44 +4,25 @@ Runs ``metafit bench`` over the issue's grid (MAML, FOMAML, ANIL, Reptile with 1
 inner steps and ProtoNet on the Omniglot shape: conv4-64, 1x28x28, 5-way 1-shot, 15
 queries, meta-batch 32; the inner-loop methods on the sinusoid MLP 1-40-40-1), with peak
 memory, and writes the table with the machine and the command into ``RESULTS.md`` between
-``<!-- speed:start -->`` and ``<!-- speed:end -->`` (and the raw rows to ``speed.json``).
+``<!-- speed:start -->`` and ``<!-- speed:end -->`` (and the raw rows to ``speed.json`` in
+``--results-dir``, by default ``benchmarks/results/<today>/``).
 
 Usage (needs the ``bench`` extra: ``pip install -e '.[bench]' -c constraints.txt``)::
 
-    python benchmarks/speed.py                  # the full grid, ~20 min on 2 cores
+    python benchmarks/speed.py                  # the full grid (its run time: RESULTS.md)
     python benchmarks/speed.py --quick          # a smoke run, results not written
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import add_output_options, machine, results_dir, write_block, write_rows
 
 from metafit.cli import bench
-
-HERE = Path(__file__).parent
-
-
-def machine() -> str:
-    """CPU model, cores and threads, torch version."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} intra-op threads, Python {platform.python_version()}")
 
 
 def section(rows: list[bench.BenchRow], peers: list[str], command: str, seconds: float) -> str:
@@ -62,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run; writes nothing")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory")
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    add_output_options(parser)
     args = parser.parse_args(argv)
     peers = list(bench.PEERS)
     configs = bench.default_configs(args.quick)
@@ -84,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     write_block(Path(args.results), "speed",
                 "Meta-training speed against the peers (`benchmarks/speed.py`)",
                 section(rows, peers, command, elapsed))
-    (HERE / "speed.json").write_text(json.dumps([r.to_json() for r in rows], indent=1))
+    write_rows(results_dir(args.results_dir), "speed.json", [r.to_json() for r in rows])
     return 0
 
 

@@ -24,29 +24,33 @@ the logistic head instead of the algorithm's own classifier (rows ``ALGORITHM/lo
 result files ``benchmark_logistic.json``).
 
 Every run is a directory under ``--out``; a finished row is not redone (its result JSON
-exists), so an interrupted benchmark resumes. The tables go to ``--results`` between
-``<!-- text_A:start/end -->`` and ``<!-- text_B:start/end -->``.
+exists), so an interrupted benchmark resumes. Each new row is also appended to
+``text_A_rows.jsonl`` / ``text_B_rows.jsonl`` in ``--results-dir`` (default
+``benchmarks/results/<today>/``; ``text_grid.py`` builds the protocol A grid from such files).
+The tables go to ``--results`` between ``<!-- text_A:start/end -->`` and
+``<!-- text_B:start/end -->``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import os
-import platform
-import random
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import (
+    add_output_options,
+    append_row,
+    cpu_only,
+    k_shot_pool,
+    results_dir,
+    write_block,
+)
 
 from metafit.algorithms.heads import CLASSIFIERS
-from metafit.io import atomic_write_text
 
 # Test-time steps and inner rates per adapted scope: a first, untuned choice (RESULTS.md);
 # ANIL takes the head's rate at every scope (its inner loop adapts only the head).
@@ -117,6 +121,12 @@ def _train_seconds(run: Path, done: Path, measured: float) -> float:
     return measured
 
 
+def _rows_file(args: argparse.Namespace) -> Path:
+    """Where each new row is appended as a JSON line: ``text_A_rows.jsonl`` or
+    ``text_B_rows.jsonl`` in ``--results-dir``."""
+    return results_dir(args.results_dir) / f"text_{args.protocol}_rows.jsonl"
+
+
 def _classified(label: str, args: argparse.Namespace) -> str:
     return label + (f"/{args.classifier}" if args.classifier else "")
 
@@ -161,28 +171,10 @@ def protocol_a(args: argparse.Namespace) -> list[dict[str, Any]]:
                    "eval_seconds": round(time.perf_counter() - t0, 1),
                    "trainable": trainable, "total": total, "device": args.device}
             done.write_text(json.dumps(row, indent=1))
+            append_row(_rows_file(args), row)
             print(json.dumps(row), flush=True)
             results.append(row)
     return results
-
-
-def k_shot_pool(train_csv: Path, k: int, seed: int, out: Path) -> Path:
-    """K sentences per intent of ``train_csv`` (seeded), written as ``out``."""
-    with train_csv.open(encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    by_label: dict[str, list[str]] = {}
-    for r in rows:
-        by_label.setdefault(r["category"], []).append(r["text"])
-    rng = random.Random(seed)
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(["text", "category"])
-    for label in sorted(by_label):
-        for text in rng.sample(by_label[label], k):
-            writer.writerow([text, label])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, buffer.getvalue())  # rows of one K and seed may run in parallel
-    return out
 
 
 def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -229,19 +221,15 @@ def protocol_b(args: argparse.Namespace) -> list[dict[str, Any]]:
                        "train_seconds": round(train_s, 1),
                        "eval_seconds": round(time.perf_counter() - t0, 1)}
                 done.write_text(json.dumps(row, indent=1))
+                append_row(_rows_file(args), row)
                 print(json.dumps(row), flush=True)
                 results.append(row)
     return results
 
 
-def _machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, CPU only")
-
-
 def _header(protocol: str) -> str:
     command = " ".join(sys.argv[2:])
-    return f"Machine: {_machine()}. Command: `python benchmarks/text.py {protocol} {command}`."
+    return f"Machine: {cpu_only()}. Command: `python benchmarks/text.py {protocol} {command}`."
 
 
 def table_a(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -314,7 +302,7 @@ def main() -> None:
                         help="recipe text_mask: mask each word-piece of a meta-training "
                              "episode with this probability (augmentation)")
     parser.add_argument("--out", default="runs/bench_text")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    add_output_options(parser)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     if args.protocol == "A":

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import RESULTS_MD, write_block
 
 ALGORITHMS = ["maml", "fomaml", "reptile", "anil", "protonet", "protonet-cos20", "finetune",
               "linear_probe"]
@@ -85,7 +85,7 @@ def grid(rows: dict[tuple[str, str, int], dict[str, Any]]) -> tuple[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("rows", nargs="+", help="JSON-lines files of protocol A rows")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    parser.add_argument("--results", default=str(RESULTS_MD))
     args = parser.parse_args()
     table, missing = grid(read_rows(args.rows))
     sources = " ".join(f"`{p}`" for p in args.rows)

@@ -11,6 +11,9 @@ Two measurements on BANKING77, alternating the two ways in one process, median o
    difference of the meta-gradients is printed too;
 2. scoring the 3,080 ``test.csv`` sentences with prototypes (``adaptation.predict``):
    sorted by length against file order, batches of 256.
+
+The medians go to ``text_speed.json`` in ``--results-dir`` (default
+``benchmarks/results/<today>/``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from text import k_shot_pool
+from common import k_shot_pool, results_dir, write_rows
 
 
 def main() -> None:
@@ -30,6 +33,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/bench_text_speed")
+    parser.add_argument("--results-dir", default=None,
+                        help="folder for the raw rows (default: benchmarks/results/<today>/)")
     args = parser.parse_args()
 
     from metafit.algorithms.from_recipe import build_algorithm
@@ -66,6 +71,8 @@ def main() -> None:
     lengths = (episodes.support_x[0] != body.pad_id).sum(1).float()
     diff = float((grads[64] - grads[0]).norm() / grads[0].norm())
     a, b = statistics.median(step[64]), statistics.median(step[0])
+    rows: dict[str, object] = {"episode_seconds": {"chunks_64": a, "one_call": b},
+                               "meta_gradient_relative_difference": diff}
     print(f"77-way 5-shot episode ({2 * len(lengths)} sentences, support mean "
           f"{float(lengths.mean()):.1f} tokens, longest {int(lengths.max())}): forward + "
           f"backward {a:.2f} s in chunks of 64, {b:.2f} s as one call ({b / a:.2f}x); "
@@ -87,6 +94,8 @@ def main() -> None:
     same = bool((outs["sorted"].argmax(-1) == outs["file order"].argmax(-1)).all())
     print(f"scoring {len(test.tokens):,} test sentences: {a:.2f} s sorted by length, {b:.2f} s "
           f"in file order ({b / a:.2f}x); same predictions: {same}")
+    rows |= {"scoring_seconds": {"sorted": a, "file_order": b}, "same_predictions": same}
+    write_rows(results_dir(args.results_dir), "text_speed.json", rows)
 
 
 if __name__ == "__main__":

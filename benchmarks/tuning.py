@@ -16,7 +16,8 @@ Steps (each one skipped when its output exists, so an interrupted benchmark resu
    95% CI, the paired difference with its 95% CI, medians and the share of tasks won.
 
 The table goes to ``--results`` between ``<!-- tuning:start -->`` and
-``<!-- tuning:end -->``; the study's plots are copied to ``benchmarks/tuning_*.png``.
+``<!-- tuning:end -->``; the study's plots are copied to ``tuning_*.png`` in ``--results-dir``
+(default ``benchmarks/results/<today>/``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -33,9 +32,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from results_file import write_block  # benchmarks/ (the script's directory)
+from common import add_output_options, cpu_only, relative, results_dir, write_block
 
-HERE = Path(__file__).resolve().parent
 PLOTS = ("optimization_history", "param_importances", "intermediate_values", "slice")
 
 
@@ -76,14 +74,13 @@ def study_summary(study_dir: Path) -> dict[str, Any]:
 
 def table(s: dict[str, Any], best: dict[str, Any], hand: dict[str, Any],
           best_status: dict[str, Any], hand_status: dict[str, Any],
-          args: argparse.Namespace) -> str:
+          args: argparse.Namespace, plots: Path) -> str:
     diff, ci = paired(best["per_episode"], hand["per_episode"])
     wins = sum(x < y for x, y in zip(best["per_episode"], hand["per_episode"], strict=True))
     params = ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}"
                        for k, v in s["params"].items())
     rows = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, CPU only. Command: `python benchmarks/tuning.py "
+        f"Machine: {cpu_only()}. Command: `python benchmarks/tuning.py "
         f"{' '.join(sys.argv[1:])}`.",
         "",
         f"Study: {s['trials']} trials ({s['complete']} complete, {s['pruned']} pruned, "
@@ -105,7 +102,7 @@ def table(s: dict[str, Any], best: dict[str, Any], hand: dict[str, Any],
     rows += ["", f"Paired over the same 600 test tasks: tuned − hand-set = {diff:+.3f} ± "
              f"{ci:.3f} MSE (95% CI); the tuned recipe has the lower MSE on {wins} of 600 "
              "tasks.", "", "Plots: " + ", ".join(
-                 f"[{p}](tuning_{p}.png)" for p in PLOTS)]
+                 f"[{p}]({relative(plots / f'tuning_{p}.png')})" for p in PLOTS)]
     return "\n".join(rows)
 
 
@@ -115,7 +112,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    add_output_options(parser)
     args = parser.parse_args()
     out = Path(args.out)
     study_dir, best_dir, hand_dir = out / "study", out / "best", out / "hand"
@@ -127,9 +124,11 @@ def main() -> None:
             metafit("train", recipe, "threads=1", "--out", str(run), "--no-progress")
     best, hand = evaluation(best_dir, args.episodes), evaluation(hand_dir, args.episodes)
     statuses = [json.loads((r / "status.json").read_text()) for r in (best_dir, hand_dir)]
+    folder = results_dir(args.results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
     for plot in PLOTS:
-        shutil.copyfile(study_dir / "report" / f"{plot}.png", HERE / f"tuning_{plot}.png")
-    block = table(study_summary(study_dir), best, hand, *statuses, args)
+        shutil.copyfile(study_dir / "report" / f"{plot}.png", folder / f"tuning_{plot}.png")
+    block = table(study_summary(study_dir), best, hand, *statuses, args, folder)
     write_block(Path(args.results), "tuning", "Hyperparameter search (`metafit tune`)", block)
     print(block)
 

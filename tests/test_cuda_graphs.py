@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import oracles
 from metafit.algorithms import MAML, build_algorithm
 from metafit.algorithms.base import Algorithm
 from metafit.algorithms.from_recipe import build_algorithm as from_recipe
@@ -63,20 +64,19 @@ def test_bench_refuses_graphs_on_the_cpu() -> None:
 
 
 # -- on a GPU -----------------------------------------------------------------------------
-def _configs() -> list[bench.BenchConfig]:
-    out = [bench.BenchConfig(a, "omniglot", 2, 3, ways=3, shots=1, queries=2, device="cuda",
-                             batching=b, cuda_graph=True)
+def _configs() -> list[oracles.Problem]:
+    out = [oracles.Problem(a, "omniglot", 2, 3, ways=3, shots=1, queries=2, device="cuda",
+                           batching=b)
            for a in ("maml", "fomaml", "anil") for b in ("loop", "vmap")]
-    out.append(bench.BenchConfig("maml", "sinusoid", 2, 4, 1, 5, 5, device="cuda",
-                                 cuda_graph=True))
+    out.append(oracles.Problem("maml", "sinusoid", 2, 4, 1, 5, 5, device="cuda"))
     return out
 
 
 @needs_cuda
 @pytest.mark.parametrize("cfg", _configs(), ids=lambda c: c.label)
 def test_replays_equal_eager_meta_gradients_as_the_weights_and_data_change(
-        cfg: bench.BenchConfig) -> None:
-    model, episodes = bench.make_problem(cfg, 0)
+        cfg: oracles.Problem) -> None:
+    model, episodes = oracles.make_problem(cfg, 0)
     model = model.double()
     algo = build_algorithm(cfg.algorithm, model, inner_lr=cfg.inner_lr,
                            inner_steps=cfg.inner_steps, batching=cfg.batching)
@@ -87,14 +87,14 @@ def test_replays_equal_eager_meta_gradients_as_the_weights_and_data_change(
                                 (e.support_x, e.support_y, e.query_x, e.query_y)), e.classes)
 
     for seed in (0, 1, 2):
-        batch = double(bench.make_problem(cfg, seed)[1])
+        batch = double(oracles.make_problem(cfg, seed)[1])
         stats = {n: b.clone() for n, b in algo.named_buffers()}
         grads, metrics = graphed(batch)
         after = {n: b.clone() for n, b in algo.named_buffers()}
         for n, b in algo.named_buffers():  # the eager call starts from the same statistics
             b.copy_(stats[n])
         eager, eager_metrics = algo.meta_gradients(batch)
-        assert bench.max_relative_difference(grads, eager) < 1e-10
+        assert oracles.max_relative_difference(grads, eager) < 1e-10
         assert metrics.keys() == eager_metrics.keys()
         for key, value in metrics.items():
             assert value == pytest.approx(eager_metrics[key], rel=1e-9)
@@ -104,7 +104,7 @@ def test_replays_equal_eager_meta_gradients_as_the_weights_and_data_change(
             for n, p in algo.named_parameters():
                 p.sub_(0.01 * grads[n])
     assert graphed.captures == 1
-    graphed(double(bench.make_problem(bench.BenchConfig(
+    graphed(double(oracles.make_problem(oracles.Problem(
         **{**cfg.__dict__, "meta_batch": cfg.meta_batch + 1}), 3)[1]))
     assert graphed.captures == 2  # another shape: captured again
 
@@ -119,9 +119,9 @@ def test_an_algorithm_that_reads_values_back_is_refused_clearly() -> None:
             float(loss)
             return loss, out
 
-    cfg = bench.BenchConfig("maml", "omniglot", 1, 3, ways=3, shots=1, queries=2,
-                            device="cuda")
-    model, episodes = bench.make_problem(cfg, 0)
+    cfg = oracles.Problem("maml", "omniglot", 1, 3, ways=3, shots=1, queries=2,
+                          device="cuda")
+    model, episodes = oracles.make_problem(cfg, 0)
     graphed = GraphedMetaGradients(Reading(model, batching="loop"))
     with pytest.raises(RuntimeError, match="Reading's meta-gradient cannot be captured"):
         graphed(episodes)

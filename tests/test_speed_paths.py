@@ -2,23 +2,25 @@
 
 * the fused conv block and the pool-before-ReLU order against the textbook block;
 * task-parallel meta-gradients (2 workers) and the serial per-task path against an
-  independent plain-PyTorch loop over a model in the textbook layer order, for every
-  algorithm; the vmap path of MAML on an MLP against the same loop;
+  independent plain-PyTorch loop over a model in the textbook layer order
+  (``tests/oracles.py``), for every algorithm; the vmap path of MAML on an MLP against the
+  same loop;
 * the peers of ``metafit bench`` agree with metafit (so the speed table compares equal work).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metafit.algorithms import build_algorithm
-from metafit.cli import bench
+import oracles
+from metafit.algorithms import build_algorithm, get_algorithm
+from metafit.cli import bench, bench_peers
 from metafit.cli.main import ENV_WORKERS, with_env_workers
 from metafit.episodes import Episodes
 from metafit.execution import Execution, meta_gradients
@@ -31,19 +33,38 @@ ALGORITHMS = ["maml", "fomaml", "anil", "reptile", "protonet"]
 
 
 def small_problem(algorithm: str, tasks: int = 4, hidden: int = 8, seed: int = 0
-                  ) -> tuple[bench.BenchConfig, nn.Module, Episodes]:
-    cfg = bench.BenchConfig(algorithm, "omniglot", 2 if algorithm != "protonet" else 0,
-                            tasks, ways=3, shots=2, queries=3)
-    _, episodes = bench.make_problem(cfg, seed)
+                  ) -> tuple[oracles.Problem, nn.Module, Episodes]:
+    cfg = oracles.Problem(algorithm, "omniglot", 2 if algorithm != "protonet" else 0,
+                          tasks, ways=3, shots=2, queries=3)
+    _, episodes = oracles.make_problem(cfg, seed)
     torch.manual_seed(seed)
     model = conv4(None if algorithm == "protonet" else 3, 1, hidden, 28)
     return cfg, model, episodes
 
 
+def metafit_fn(cfg: oracles.Problem, model: nn.Module, episodes: Episodes,
+               workers: int | None = None) -> Callable[[], dict[str, torch.Tensor]]:
+    """metafit's meta-gradients for ``cfg`` on ``workers`` task threads (None: auto),
+    keyed like ``model.named_parameters()``."""
+    options: dict[str, object] = {}
+    if cfg.algorithm != "protonet":
+        options = {"inner_lr": cfg.inner_lr, "inner_steps": cfg.inner_steps}
+    if cfg.algorithm == "reptile":  # the oracle computes no query metrics: nor does this
+        options["query_metrics"] = False
+    vmapped = get_algorithm(cfg.algorithm).batch_form == "vmap"
+    options["execution"] = Execution(cfg.batching if vmapped else "auto", workers)
+    algo = build_algorithm(cfg.algorithm, model, **options)
+
+    def run() -> dict[str, torch.Tensor]:
+        grads, _ = algo.meta_gradients(episodes)
+        return {n[len("model."):]: g for n, g in grads.items() if n.startswith("model.")}
+    return run
+
+
 def assert_grads_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
                        tol: float = 2e-4) -> None:
     assert set(a) == set(b)
-    assert bench.max_relative_difference(a, b) < tol
+    assert oracles.max_relative_difference(a, b) < tol
 
 
 # -- the block ----------------------------------------------------------------------------
@@ -108,9 +129,9 @@ def test_region_is_thread_local_and_nests() -> None:
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_parallel_and_serial_meta_gradients_match_a_plain_loop(algorithm: str) -> None:
     cfg, model, episodes = small_problem(algorithm)
-    reference = bench.loop_fn(cfg, bench.textbook(model), episodes)()
+    reference = oracles.loop_fn(cfg, oracles.textbook(model), episodes)()
     for workers in (1, 2):
-        fn = bench.metafit_fn(replace(cfg, workers=workers), model, episodes)
+        fn = metafit_fn(cfg, model, episodes, workers)
         assert_grads_close(fn(), reference)
 
 
@@ -130,10 +151,10 @@ def test_parallel_meta_gradients_are_deterministic_and_metrics_keep_task_order()
 
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil", "reptile"])
 def test_batched_paths_on_an_mlp_match_the_plain_loop(algorithm: str) -> None:
-    cfg = bench.BenchConfig(algorithm, "sinusoid", 2, 6, 1, 5, 5)
-    model, episodes = bench.make_problem(cfg)
-    reference = bench.loop_fn(cfg, copy.deepcopy(model), episodes)()
-    got = bench.metafit_fn(cfg, model, episodes)()  # vmap over the tasks
+    cfg = oracles.Problem(algorithm, "sinusoid", 2, 6, 1, 5, 5)
+    model, episodes = oracles.make_problem(cfg)
+    reference = oracles.loop_fn(cfg, copy.deepcopy(model), episodes)()
+    got = metafit_fn(cfg, model, episodes)()  # vmap over the tasks
     assert_grads_close(got, reference, 1e-5)
 
 
@@ -141,11 +162,14 @@ def test_batched_paths_on_an_mlp_match_the_plain_loop(algorithm: str) -> None:
 def test_vmap_on_conv4_with_batchnorm_matches_the_loop_in_float64(algorithm: str) -> None:
     # vmap is the GPU's batched path; conv4's BatchNorm must differentiate twice under
     # torch.func (PyTorch's fused batch_norm did not: 3e-3 relative error, even in float64)
-    base = bench.BenchConfig(algorithm, "omniglot", 2, 3, ways=3, shots=1, queries=2)
-    loop = bench._fresh(bench.BenchConfig(**{**base.__dict__, "batching": "loop"}),
-                        "metafit", 0, torch.float64)[0]()
-    vmap = bench._fresh(bench.BenchConfig(**{**base.__dict__, "batching": "vmap"}),
-                        "metafit", 0, torch.float64)[0]()
+    base = oracles.Problem(algorithm, "omniglot", 2, 3, ways=3, shots=1, queries=2)
+
+    def grads(batching: str) -> dict[str, torch.Tensor]:
+        cfg = oracles.Problem(**{**base.__dict__, "batching": batching})
+        model, episodes = oracles.to_dtype(*oracles.make_problem(cfg, 0), torch.float64)
+        return metafit_fn(cfg, model, episodes)()
+
+    loop, vmap = grads("loop"), grads("vmap")
     assert next(iter(vmap.values())).dtype == torch.float64
     assert_grads_close(vmap, loop, 1e-10)
     # the conv biases precede BatchNorm, which cancels them: their meta-gradient is zero
@@ -155,8 +179,8 @@ def test_vmap_on_conv4_with_batchnorm_matches_the_loop_in_float64(algorithm: str
 @pytest.mark.parametrize("algorithm", ["maml", "anil"])
 def test_vmap_on_strided_conv4_matches_the_loop_in_float64(algorithm: str) -> None:
     # the MAML paper's Omniglot model (stride-2 convolutions, no pooling) batches too
-    cfg = bench.BenchConfig(algorithm, "omniglot", 2, 3, ways=3, shots=1, queries=2)
-    _, episodes = bench.make_problem(cfg, 0)
+    cfg = oracles.Problem(algorithm, "omniglot", 2, 3, ways=3, shots=1, queries=2)
+    _, episodes = oracles.make_problem(cfg, 0)
     episodes = Episodes(episodes.support_x.double(), episodes.support_y,
                         episodes.query_x.double(), episodes.query_y)
     torch.manual_seed(0)
@@ -182,16 +206,16 @@ def test_peer_agreement_in_float64_is_exact() -> None:
     # amplified by K = 5 steps at rate 0.4, exceeds the tolerance); the peers then agree
     # to rounding
     cfg = bench.BenchConfig("maml", "omniglot", 2, 2, ways=3, shots=1, queries=2)
-    ours = bench._fresh(cfg, "metafit", 0, torch.float64)[0]()
+    ours = bench_peers.fresh(cfg, "metafit", 0, torch.float64)[0]()
     for peer in ("loop", "higher", "torchopt"):
-        theirs = bench._fresh(cfg, peer, 0, torch.float64)[0]()
+        theirs = bench_peers.fresh(cfg, peer, 0, torch.float64)[0]()
         assert bench.max_relative_difference(theirs, ours) < 1e-10, peer
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
 def test_vmap_chunks_give_the_same_meta_gradients(algorithm: str) -> None:
-    cfg = bench.BenchConfig(algorithm, "sinusoid", 2, 7, 1, 5, 5)
-    model, episodes = bench.make_problem(cfg)
+    cfg = oracles.Problem(algorithm, "sinusoid", 2, 7, 1, 5, 5)
+    model, episodes = oracles.make_problem(cfg)
     algo = build_algorithm(algorithm, model, inner_lr=0.01, inner_steps=2)
     assert algo.runs_batched()
     whole, m1 = algo.meta_gradients(episodes)
@@ -202,8 +226,8 @@ def test_vmap_chunks_give_the_same_meta_gradients(algorithm: str) -> None:
 
 @pytest.mark.parametrize("use_query", [False, True])
 def test_reptile_batched_and_per_task_paths_agree_with_minibatches(use_query: bool) -> None:
-    cfg = bench.BenchConfig("reptile", "sinusoid", 3, 5, 1, 6, 4)
-    model, episodes = bench.make_problem(cfg)
+    cfg = oracles.Problem("reptile", "sinusoid", 3, 5, 1, 6, 4)
+    model, episodes = oracles.make_problem(cfg)
     algo = build_algorithm("reptile", model, inner_lr=0.02, inner_steps=3, inner_batch=4,
                            use_query=use_query)
     assert algo.runs_batched()
@@ -224,7 +248,7 @@ def test_parallel_replicas_follow_parameter_updates() -> None:
     after, _ = algo.meta_gradients(episodes)
     serial, _ = meta_gradients(algo, episodes, Execution(workers=1))
     assert_grads_close(after, serial, 1e-5)
-    assert bench.max_relative_difference(after, before) > 1e-3
+    assert oracles.max_relative_difference(after, before) > 1e-3
 
 
 def test_worker_resolution() -> None:
@@ -286,14 +310,16 @@ def test_cli_bench_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None: 
 
 
 def test_loss_helpers_agree_with_metafit() -> None:
-    # the peers' ProtoNet loss is the squared euclidean distance of metafit's ProtoNet
+    # the peers' (and the oracle's) ProtoNet loss is the squared euclidean distance of
+    # metafit's ProtoNet
     torch.manual_seed(0)
     f = nn.Flatten()
     sx, qx = torch.randn(6, 4), torch.randn(9, 4)
     sy, qy = torch.tensor([0, 0, 1, 1, 2, 2]), torch.arange(3).repeat(3)
     protos = torch.stack([sx[sy == c].mean(0) for c in range(3)])
     expected = F.cross_entropy(-((qx[:, None] - protos[None]) ** 2).sum(-1), qy)
-    assert torch.allclose(bench._protonet_loss(f, sx, sy, qx, qy, 3), expected, atol=1e-6)
+    assert torch.allclose(bench_peers.protonet_loss(f, sx, sy, qx, qy, 3), expected, atol=1e-6)
+    assert torch.allclose(oracles.protonet_loss(f, sx, sy, qx, qy, 3), expected, atol=1e-6)
 
 
 def test_float_table_gathers_what_on_the_fly_normalisation_gives() -> None:

@@ -4,7 +4,7 @@
 # the device, against the peers. Carry .gpu/whl.
 set -u
 source benchmarks/gpu/setup.sh
-timeout 100 python3 -m metafit.bench --device cuda --problems omniglot \
+timeout 100 python3 -m metafit.cli.bench --device cuda --problems omniglot \
   --algorithms reptile protonet --memory --repeats 3 --json "$OUT/batched.json" \
   > "$OUT/bench.txt" 2>&1
 echo "bench rc $?" >> "$OUT/env.txt"

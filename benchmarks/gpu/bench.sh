@@ -19,7 +19,7 @@ stamp "pytest done (rc $?)"
 run() {  # run SECONDS JSON ARGS...: one bench invocation, its table appended to bench.txt
   local limit=$1 json=$2 rc; shift 2
   echo "## metafit bench --device cuda --problems omniglot $*" >> "$OUT/bench.txt"
-  timeout "$limit" python3 -m metafit.bench --device cuda --problems omniglot "$@" \
+  timeout "$limit" python3 -m metafit.cli.bench --device cuda --problems omniglot "$@" \
     --json "$OUT/$json" >> "$OUT/bench.txt" 2>&1
   rc=$?
   stamp "$json done (rc $rc)"

@@ -14,11 +14,11 @@ timeout 50 python3 benchmarks/gpu/train_speed.py --recipe omniglot_5w1s_fomaml \
   --data-root .gpu/omniglot --iterations 40 --modes loop "vmap + CUDA graph" \
   --json "$OUT/train_fomaml.json" >> "$OUT/train.txt" 2>&1
 stamp "train fomaml done (rc $?)"
-timeout 60 python3 -m metafit.bench --device cuda --problems omniglot --algorithms maml \
+timeout 60 python3 -m metafit.cli.bench --device cuda --problems omniglot --algorithms maml \
   --batching vmap --cuda-graph --cudnn-benchmark --peers loop --repeats 3 \
   --json "$OUT/cudnn_benchmark.json" > "$OUT/bench.txt" 2>&1
 stamp "cudnn benchmark done (rc $?)"
-timeout 70 python3 -m metafit.bench --device cuda --problems omniglot --algorithms maml \
+timeout 70 python3 -m metafit.cli.bench --device cuda --problems omniglot --algorithms maml \
   --batching loop --cuda-graph --peers loop --memory --repeats 3 \
   --json "$OUT/graph_loop_memory.json" >> "$OUT/bench.txt" 2>&1
 stamp "all done (rc $?)"

@@ -20,9 +20,9 @@ print('transformers', transformers.__version__, 'peft', peft.__version__, 'torch
 } >> "$OUT/env.txt" 2>&1
 echo "setup done at $(( $(date +%s) - START )) s" >> "$OUT/env.txt"
 # issue 5: conv4 Omniglot shape, every algorithm, K = 1 and 5, vs higher / TorchOpt / loop
-timeout 120 python3 -m metafit.bench --device cuda --problems omniglot --memory --repeats 5 \
+timeout 120 python3 -m metafit.cli.bench --device cuda --problems omniglot --memory --repeats 5 \
   --json "$OUT/bench_loop.json" > "$OUT/bench.txt" 2>&1
-timeout 45 python3 -m metafit.bench --device cuda --problems omniglot --algorithms fomaml anil \
+timeout 45 python3 -m metafit.cli.bench --device cuda --problems omniglot --algorithms fomaml anil \
   --batching vmap --memory --repeats 5 --json "$OUT/bench_vmap.json" >> "$OUT/bench.txt" 2>&1
 echo "bench done at $(( $(date +%s) - START )) s" >> "$OUT/env.txt"
 # issue 6: BANKING77 protocol A and B rows, many processes sharing the GPU

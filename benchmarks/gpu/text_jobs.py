@@ -126,7 +126,8 @@ def main() -> None:
                    "--episodes", str(args.episodes), "--steps", str(args.steps),
                    "--val-every", args.val_every, "--val-episodes", "30", "--threads", "1",
                    "--quiet",
-                   "--results", str(out / "logs" / f"results{n:03d}.md")]
+                   "--results", str(out / "logs" / f"results{n:03d}.md"),
+                   "--results-dir", str(out / "logs")]
             proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
             running[proc.pid] = (proc, job, log, now)
             print(f"[{now:6.0f} s] start {' '.join(job)}", flush=True)

@@ -1,6 +1,6 @@
 """Choosing BANKING77 protocol B's meta-training schedule without its test set.
 
-    python benchmarks/text_dev.py --data-root ../shared/data/banking77 --k 5 10
+    python benchmarks/experiments/text_dev.py --data-root ../shared/data/banking77 --k 5 10
 
 Protocol B meta-trains on nothing but the K-shot pool, so validation episodes drawn from
 the pool score training data and cannot say when to stop. The schedule of the shipped
@@ -10,40 +10,31 @@ never scores (100; the scored seeds are 0-4): its K-shot pool is drawn exactly l
 scored ones, and the development set is every other sentence of ``train.csv`` (about
 9,200-9,600, never ``test.csv``). Every ``--every`` meta-training steps the script fits
 prototypes on the pool (``metafit.evaluation.test_set.adapt_and_score``, as the benchmark does) and
-scores the development set, 77-way. The table goes to ``--results`` between
+scores the development set, 77-way. The rows go to ``text_dev.json`` in ``--results-dir``
+(default ``benchmarks/results/<today>/``), the table to ``--results`` between
 ``<!-- text_dev:start/end -->``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from results_file import write_block  # benchmarks/ (the script's directory)
-from text import _machine, k_shot_pool
 
-from metafit.io import atomic_write_text
-
-
-def development_set(train_csv: Path, pool: Path, out: Path) -> Path:
-    """The sentences of ``train_csv`` outside ``pool``, written as ``out``."""
-    with pool.open(encoding="utf-8") as f:
-        taken = {(r["text"], r["category"]) for r in csv.DictReader(f)}
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(["text", "category"])
-    with train_csv.open(encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            if (r["text"], r["category"]) not in taken:
-                writer.writerow([r["text"], r["category"]])
-    atomic_write_text(out, buffer.getvalue())
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common
+from common import (  # noqa: E402
+    RESULTS_MD,
+    cpu_only,
+    development_set,
+    k_shot_pool,
+    results_dir,
+    write_block,
+    write_rows,
+)
 
 
 def curve(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -94,7 +85,7 @@ def curve(k: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     steps = sorted({r["step"] for r in rows})
-    lines = [f"Machine: {_machine()}. Command: `python benchmarks/text_dev.py "
+    lines = [f"Machine: {cpu_only()}. Command: `python benchmarks/experiments/text_dev.py "
              f"{' '.join(sys.argv[1:])}`. Development seed {args.dev_seed}; cells: 77-way "
              "accuracy (%) of prototypes fitted on the pool, on the train.csv sentences "
              "outside it, after that many meta-training steps (step 0: the pretrained "
@@ -119,9 +110,12 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/bench_text_dev")
-    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    parser.add_argument("--results", default=str(RESULTS_MD))
+    parser.add_argument("--results-dir", default=None,
+                        help="folder for the raw rows (default: benchmarks/results/<today>/)")
     args = parser.parse_args()
     rows = [row for k in args.k for row in curve(k, args)]
+    write_rows(results_dir(args.results_dir), "text_dev.json", rows)
     block = table(rows, args)
     write_block(Path(args.results), "text_dev", "BANKING77, protocol B: choosing the "
                 "schedule on a development seed", block)

@@ -1,7 +1,8 @@
 """BANKING77 protocol B: what else was tried to close the gap to CPFT at K = 10.
 
-    python benchmarks/text_heads.py dev --data-root ../shared/data/banking77 --tag base
-    python benchmarks/text_heads.py test --data-root ../shared/data/banking77 \
+    python benchmarks/experiments/text_heads.py dev --data-root ../shared/data/banking77 \
+        --tag base
+    python benchmarks/experiments/text_heads.py test --data-root ../shared/data/banking77 \
         --runs /tmp/bench_text/B
 
 ``dev`` meta-trains ProtoNet (cosine, scale 20, whole encoder) on the K-shot pool of the
@@ -13,9 +14,9 @@ as in meta-training):
 
 - ``proto``: cosine prototypes, each the normalised mean of an intent's unit-length
   embeddings. ``text.py B``'s ProtoNet averages the raw embeddings instead
-  (``metafit.algorithms.protonet.class_prototypes``). On the development set at steps 0
-  / 15 of the recipe that scores 79.46 / 83.66 against this column's 79.75 / 83.68; the
-  column keeps the helper that produced the recorded rows;
+  (``metafit.algorithms.protonet.class_prototypes``); the two are compared in
+  ``benchmarks/RESULTS.md`` ("Other meta-training schedules"). The column keeps the
+  helper that produced the recorded rows;
 - ``logistic``: multinomial logistic regression on the L2-normalised embeddings,
   L2 penalty ``--weight-decay`` on the weights, fitted to convergence by L-BFGS (Tian et
   al. 2020, "Rethinking Few-Shot Image Classification: a Good Embedding Is All You
@@ -45,7 +46,8 @@ the intents' names in the head's training set: ``more_heads``).
 
 ``test`` reads the finished runs of ``text.py B`` (``--runs``: its ``--out``/B), embeds each
 run's pool and the 3,080 test sentences with the run's encoder, and scores the logistic
-head against the run's recorded accuracy. Rows are JSON lines on stdout and in ``--log``.
+head against the run's recorded accuracy. Rows are JSON lines on stdout and in ``--log``
+(default ``text_heads_MODE.jsonl`` in ``benchmarks/results/<today>/``).
 """
 
 from __future__ import annotations
@@ -54,13 +56,12 @@ import argparse
 import csv
 import io
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from text import k_shot_pool  # benchmarks/ (the script's directory)
-from text_dev import development_set
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -68,6 +69,9 @@ from metafit.algorithms.heads import fit_logistic_head
 from metafit.evaluation.test_set import predict
 from metafit.io import atomic_write_text
 from metafit.models.tokenizer import TokenMasker, tokenize, trim
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common
+from common import development_set, k_shot_pool, results_dir  # noqa: E402
 
 WAYS = 77
 
@@ -445,7 +449,8 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--scale", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--log", default=None, help="also append the rows to this file")
+    parser.add_argument("--log", default=None, help="also append the rows to this file "
+                        "(default: benchmarks/results/<today>/text_heads_MODE.jsonl)")
     dev_args = parser.add_argument_group("dev")
     dev_args.add_argument("--k", type=int, default=10)
     dev_args.add_argument("--dev-seed", type=int, default=100)
@@ -498,6 +503,9 @@ def main() -> None:
     test_args.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     args = parser.parse_args()
     args.reference = args.names = None
+    if args.log is None:
+        args.log = str(results_dir() / f"text_heads_{args.mode}.jsonl")
+        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     (dev if args.mode == "dev" else test)(args)
 
