@@ -105,7 +105,7 @@ class TensorBoard(Callback):
     def on_fit_start(self, trainer: TrainerView) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:  # pragma: no cover - depends on the environment
+        except ImportError as e:
             raise ValueError("tensorboard=true needs the tensorboard package "
                              "(pip install tensorboard)") from e
         self.writer = SummaryWriter(str(self.log_dir))
