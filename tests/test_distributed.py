@@ -42,11 +42,12 @@ from metafit.episodes import Episodes
 from metafit.evaluation.protocol import evaluate
 from metafit.runs.directory import CheckpointError, RunDir, load_checkpoint
 from metafit.runs.trained import evaluate_run
-from metafit.training.trainer import ENV_CRASH_AT, Trainer
+from metafit.training.trainer import Trainer
 from test_trainer import classification_recipe, image_folder, regression_recipe
 
 WORLD = 2
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+CRASH_TRAIN = str(Path(__file__).resolve().parent / "crash_train.py")
 
 
 def free_port() -> int:
@@ -106,12 +107,12 @@ def test_errors_that_cannot_be_pickled_are_sent_as_their_text() -> None:
 
 
 def test_meta_batch_smaller_than_the_world_is_refused(tmp_path: Path) -> None:
-    from metafit.training.trainer import _meta_batch_shares
+    from metafit.training.build import meta_batch_shares
 
     recipe = regression_recipe("maml", meta_batch=1)
     with pytest.raises(ValueError, match="meta_batch=1 is smaller than the 2 processes"):
-        _meta_batch_shares(recipe, DistContext(rank=0, world_size=2))
-    assert _meta_batch_shares(recipe.model_copy(update={"meta_batch": 5}),
+        meta_batch_shares(recipe, DistContext(rank=0, world_size=2))
+    assert meta_batch_shares(recipe.model_copy(update={"meta_batch": 5}),
                               DistContext(rank=1, world_size=2)) == [3, 2]
 
 
@@ -250,16 +251,15 @@ CRASH_AT = 10  # after the checkpoint of iteration 8: iterations 9-10 are redone
 def torchrun(args: list[str], tmp: Path,
              crash_at: int | None = None) -> subprocess.CompletedProcess[str]:
     """``metafit ARGS`` on 2 processes under the real torchrun launcher, with ``tmp`` as
-    its temporary directory (torchrun leaves a ``torchelastic_*`` log directory there)."""
+    its temporary directory (torchrun leaves a ``torchelastic_*`` log directory there);
+    with ``crash_at``, rank 0 kills itself after that iteration (``crash_train.py``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "METAFIT_DIST_TIMEOUT": "60",
            "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
            "TMPDIR": str(tmp)}
-    env.pop(ENV_CRASH_AT, None)
-    if crash_at is not None:
-        env[ENV_CRASH_AT] = str(crash_at)
+    program = ["-m", "metafit.cli.main"] if crash_at is None else [CRASH_TRAIN, str(crash_at)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "metafit.cli.main", *args]
+           *program, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150,
                           start_new_session=True)
 

@@ -170,8 +170,10 @@ def test_replicas_share_the_store_and_stop_answering_after_the_block() -> None:
     assert cache.misses == 5
 
 
-def test_training_a_frozen_body_uses_the_cache_with_the_same_result(tmp_path: Path,
-                                                                    caplog) -> None:
+def test_training_a_frozen_body_uses_the_cache_with_the_same_result(
+        tmp_path: Path, caplog, monkeypatch: pytest.MonkeyPatch) -> None:
+    import metafit.training.trainer as trainer_module
+
     path = write_csv(tmp_path / "intents.csv", sentences(10, 8))
     overrides = {"data_root": str(path), "text_model": str(shared_model_dir()),
                  "max_length": 16, "algorithm": "maml", "adapt": "head", "inner_lr": 0.5,
@@ -184,8 +186,9 @@ def test_training_a_frozen_body_uses_the_cache_with_the_same_result(tmp_path: Pa
         trainer = Trainer(load_recipe("_banking77", overrides), tmp_path / f"run{cache}",
                           progress=False)
         before = {n: p.detach().clone() for n, p in trainer.algo.named_parameters()}
-        if not cache:
-            trainer._frozen_body_cache = lambda: cached_body(nn.Module())  # type: ignore[method-assign]
+        if not cache:  # a model without a body: no cache
+            monkeypatch.setattr(trainer_module, "frozen_body_cache",
+                                lambda model: cached_body(nn.Module()))
         with caplog.at_level("INFO", logger="metafit.training.trainer"):
             trainer.fit()
         assert ("features of each example are computed once" in caplog.text) == cache

@@ -73,7 +73,8 @@ def test_only_training_episodes_are_masked(tmp_path: Path) -> None:
     val = trainer.val_sampler.fixed(4)
     assert not (val.support_x == mask_id).any() and not (val.query_x == mask_id).any()
     plain = Trainer(text_recipe(tmp_path), tmp_path / "plain_run", progress=False)
-    assert plain.masker is None
+    assert trainer.train_sampler.transform is not None
+    assert plain.train_sampler.transform is None
     assert not (plain._sample().support_x == mask_id).any()
 
 

@@ -13,18 +13,23 @@ over tasks or images:
 ``sample(n)`` advances the sampler's generator (so successive calls give fresh tasks and a
 sampler rebuilt with the same seed gives the same sequence); ``fixed(n)`` derives a
 separate generator from the seed alone, so it returns the same evaluation episodes in
-every process and for every algorithm.
+every process and for every algorithm. A ``transform`` (augmentation,
+:mod:`metafit.data.transforms`) applies to ``sample`` only, drawing from the same running
+generator right after the episodes.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from metafit.data.base import ClassDataset, TaskFamily
 from metafit.episodes import Episodes
+
+if TYPE_CHECKING:
+    from metafit.data.transforms import EpisodeTransform
 
 __all__ = ["EpisodeSampler"]
 
@@ -47,6 +52,8 @@ class EpisodeSampler:
         shots: K, support examples per class.
         queries: Q, query examples per class.
         seed: seeds both ``sample`` (a running stream) and ``fixed`` (a stream of its own).
+        transform: augmentation of what ``sample`` draws (never of ``fixed``), called as
+            ``transform(episodes, generator)`` with the running generator.
 
     Raises:
         ValueError: on a non-positive number, ``ways`` above the number of classes, or
@@ -60,6 +67,7 @@ class EpisodeSampler:
         shots: int = 1,
         queries: int = 15,
         seed: int = 0,
+        transform: EpisodeTransform | None = None,
     ) -> None:
         self.dataset = dataset
         self.is_task_family = isinstance(dataset, TaskFamily) and not isinstance(
@@ -70,6 +78,7 @@ class EpisodeSampler:
         _check_positive(ways=ways, shots=shots, queries=queries)
         self.ways, self.shots, self.queries, self.seed = ways, shots, queries, int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.transform = transform
         self._fixed_cache: dict[int, Episodes] = {}
         if not self.is_task_family:
             self._validate(dataset)  # type: ignore[arg-type]
@@ -110,9 +119,12 @@ class EpisodeSampler:
 
     # -- sampling ----------------------------------------------------------------------
     def sample(self, n: int) -> Episodes:
-        """``n`` fresh tasks from the running generator."""
+        """``n`` fresh tasks from the running generator, augmented by ``transform`` (if any)."""
         _check_positive(n=n)
-        return self._draw(n, self.generator)
+        episodes = self._draw(n, self.generator)
+        if self.transform is not None:  # augmentation drawn from the same stream
+            episodes = self.transform(episodes, self.generator)
+        return episodes
 
     def fixed(self, n: int) -> Episodes:
         """The same ``n`` evaluation tasks for this seed, in every process and call."""

@@ -1,0 +1,168 @@
+"""Training checkpoints: what ``last.pt`` and ``best.pt`` hold, and where training starts.
+
+A training checkpoint holds everything needed to resume exactly: the algorithm, the outer
+optimizer and its schedule, the training sampler's and torch's random state, the
+trainer's counters (``state``, a plain dict), the recipe and the number of training
+classes. A distributed run (:mod:`metafit.distributed`) adds ``world_size`` and every
+rank's sampler and torch random state (``rank_states``, in rank order); such a checkpoint
+resumes only with the same number of processes. Files are written and read by
+:class:`~metafit.runs.directory.RunDir` (atomic, digest-checked, never unpickled).
+
+Training into a directory starts from one of three points (:func:`starting_point`): its
+own ``last.pt`` (resume), the best checkpoint of the recipe's ``init_from`` run (warm
+start), or nothing. :class:`~metafit.runs.session.TrainingSession` puts these together
+for a process training into a directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import nn
+
+from metafit.config.recipe import Recipe
+from metafit.distributed import DistContext, all_gather_object
+from metafit.runs.directory import CheckpointError, RunDir, load_checkpoint, restore_state
+
+__all__ = ["RESUMABLE_CHANGES", "Stateful", "Resumable", "Start", "training_checkpoint",
+           "restore_training_checkpoint", "starting_point"]
+
+#: Recipe keys that may differ when training again into an existing run directory.
+RESUMABLE_CHANGES = ("iterations", "patience", "time_budget", "task_workers",
+                     "vmap_chunk", "batching", "checkpoint_every", "checkpoint_minutes",
+                     "cuda_graphs", "cudnn_benchmark")
+
+
+class Stateful(Protocol):
+    """Anything with ``state_dict`` / ``load_state_dict`` (a scheduler, a sampler)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any], /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """The objects of a training run that a checkpoint captures and restores.
+
+    ``params``: the trainable meta-parameters (compared across the ranks of a distributed
+    run before every save); ``recipe`` and ``num_train_classes`` are recorded to rebuild
+    the algorithm later (:func:`metafit.runs.trained.load_trained`).
+    """
+
+    algorithm: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Stateful
+    sampler: Stateful
+    params: list[nn.Parameter]
+    recipe: Recipe
+    num_train_classes: int | None
+
+
+class Start(NamedTuple):
+    """Where training into a directory starts: ``kind`` is ``"resume"`` (its own
+    ``last.pt``), ``"warm"`` (``init_from``'s best) or ``None`` (from scratch, with no
+    ``checkpoint``); ``source`` names the checkpoint's file for messages."""
+
+    kind: str | None
+    checkpoint: dict[str, Any] | None
+    source: str
+
+
+def training_checkpoint(parts: Resumable, counters: dict[str, Any],
+                        dist: DistContext) -> dict[str, Any]:
+    """The checkpoint of ``parts`` and the trainer's ``counters``, to write with
+    :meth:`~metafit.runs.directory.RunDir.save_checkpoint`.
+
+    Collective in a distributed run: every rank must call it (each rank's random state is
+    gathered; every rank gets the whole checkpoint).
+
+    Raises:
+        RuntimeError: the ranks' meta-parameters differ (a bug in the distributed set-up).
+    """
+    payload = {
+        "algorithm": parts.algorithm.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "sampler": parts.sampler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "state": counters,
+        "recipe": parts.recipe.model_dump(),
+        "num_train_classes": parts.num_train_classes,
+    }
+    if dist.enabled:
+        payload.update(_rank_states(parts, dist))
+    return payload
+
+
+def _rank_states(parts: Resumable, dist: DistContext) -> dict[str, Any]:
+    """``world_size`` and every rank's random state (checking on the way that the ranks
+    still hold identical meta-parameters)."""
+    mine = {"sampler": parts.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "parameters": _digest(parts.params)}
+    states = all_gather_object(mine, dist)
+    if len({s.pop("parameters") for s in states}) > 1:
+        raise RuntimeError("the ranks' meta-parameters have diverged (a rank stepped on "
+                           "other gradients); this is a bug in the distributed setup")
+    return {"world_size": dist.world_size, "rank_states": states}
+
+
+def restore_training_checkpoint(parts: Resumable, ckpt: dict[str, Any], source: str,
+                                dist: DistContext) -> dict[str, Any]:
+    """Load a checkpoint made by :func:`training_checkpoint` into ``parts`` and
+    torch's random state (this rank's share of it); returns the trainer's counters.
+
+    Raises:
+        CheckpointError: written by another number of processes, or for another
+            architecture.
+    """
+    saved_world = int(ckpt.get("world_size", 1))
+    if saved_world != dist.world_size:
+        raise CheckpointError(
+            f"{source} was written by a run of {saved_world} process(es), but this run "
+            f"has {dist.world_size}: resume it with the same number of processes "
+            f"(torchrun --nproc_per_node/--nnodes), or train into a new --out")
+    restore_state(parts.algorithm, ckpt, source)
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    own = ckpt["rank_states"][dist.rank] if dist.enabled else ckpt
+    parts.sampler.load_state_dict(own["sampler"])
+    torch.set_rng_state(own["torch_rng"])
+    return dict(ckpt["state"])
+
+
+def starting_point(run: RunDir, recipe: Recipe) -> Start:
+    """Where training ``recipe`` into ``run`` starts (:class:`Start`).
+
+    Raises:
+        ValueError: ``run`` holds a run of another recipe (beyond
+            :data:`RESUMABLE_CHANGES`).
+        CheckpointError: the checkpoint to start from does not load.
+    """
+    if run.exists():
+        saved = run.read_recipe()
+        differ = [k for k, v in recipe.model_dump().items()
+                  if getattr(saved, k) != v and k not in RESUMABLE_CHANGES]
+        if differ:
+            raise ValueError(
+                f"{run.path} holds a run of another recipe (differs in "
+                f"{', '.join(differ)}); choose a new --out"
+            )
+        last = run.checkpoint("last")
+        if run.has_checkpoint("last"):
+            return Start("resume", load_checkpoint(last), str(last))
+    elif recipe.init_from:
+        path = RunDir(recipe.init_from).trained_checkpoint("best")
+        return Start("warm", load_checkpoint(path), str(path))
+    return Start(None, None, "")
+
+
+def _digest(params: list[nn.Parameter]) -> str:
+    """A hash of the exact bytes of ``params`` (to compare ranks cheaply)."""
+    h = hashlib.sha1(usedforsecurity=False)
+    for p in params:
+        h.update(p.detach().reshape(-1).cpu().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
