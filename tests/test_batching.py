@@ -142,7 +142,7 @@ def test_autograd_inner_loop_cannot_run_under_vmap() -> None:
     fixed = {n: p for n, p in params.items() if not n.startswith("head.")}
     start = {n: p for n, p in params.items() if n.startswith("head.")}
     by_func = torch.func.vmap(lambda sx, sy: mf.functional.functional_descent(
-        model, fixed, start, sx, sy, 1, 0.1))(eps.support_x, eps.support_y)
+        model, fixed, start, sx, sy, 1, mf.functional.Rates(0.1)))(eps.support_x, eps.support_y)
     by_autograd = torch.stack([mf.functional.inner_loop(
         model, params, t.support_x, t.support_y, 1, 0.1, adapt_names=list(start))["head.weight"]
         for t in eps])

@@ -26,6 +26,7 @@ Shapes: one task, no task axis: ``x [B, *x]``, ``y [B]`` (long) or ``[B, *y]`` (
 from metafit.functional.batched import batched_query_losses, batched_sgd, functional_descent
 from metafit.functional.inner import (
     Params,
+    Rates,
     accuracy,
     adaptation_trajectory,
     descent,
@@ -43,6 +44,7 @@ from metafit.functional.inner import (
 
 __all__ = [
     "Params",
+    "Rates",
     "accuracy",
     "adaptation_trajectory",
     "batched_query_losses",

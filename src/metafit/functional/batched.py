@@ -12,25 +12,22 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from metafit.functional.inner import Params, forward, loss_fn, minibatch, sgd_update, task_loss
+from metafit.functional.inner import (
+    Params,
+    Rates,
+    forward,
+    loss_fn,
+    minibatch,
+    sgd_update,
+    task_loss,
+)
 
 __all__ = ["batched_query_losses", "batched_sgd", "functional_descent"]
 
 
-def functional_descent(
-    model: nn.Module,
-    fixed: Mapping[str, Tensor],
-    params: Params,
-    x: Tensor,
-    y: Tensor,
-    steps: int,
-    lr: float | Tensor,
-    *,
-    first_order: bool = False,
-    lr_per_param: Mapping[str, Tensor] | None = None,
-    lslr: Mapping[str, Tensor] | None = None,
-    batch_size: int | None = None,
-) -> Params:
+def functional_descent(model: nn.Module, fixed: Mapping[str, Tensor], params: Params, x: Tensor,
+                       y: Tensor, steps: int, rates: Rates, *, first_order: bool = False,
+                       batch_size: int | None = None) -> Params:
     """The inner loop written with ``torch.func.grad``, for use under ``vmap``: ``steps``
     :func:`sgd_update` steps of ``params`` (the adapted tensors; ``fixed`` the others) on
     :func:`minibatch` ``(x, y, s, batch_size)``. Same values as :func:`descent`.
@@ -49,7 +46,7 @@ def functional_descent(
         g = torch.func.grad(loss)(params, xb, yb)
         if first_order:
             g = {n: v.detach() for n, v in g.items()}
-        params = sgd_update(params, g, s, lr, lr_per_param, lslr)
+        params = sgd_update(params, g, s, rates)
     return params
 
 
@@ -82,11 +79,11 @@ def batched_query_losses(
     names = list(params) if adapt_names is None else [n for n in adapt_names if n in params]
     fixed = {n: p for n, p in params.items() if n not in names}
     adapted0 = {n: params[n] for n in names}
+    rates = Rates(lr, lr_per_param, lslr)
 
     def one_task(p: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor
                  ) -> tuple[Tensor, Tensor]:
-        p = functional_descent(model, fixed, p, sx, sy, steps, lr, first_order=first_order,
-                               lr_per_param=lr_per_param, lslr=lslr)
+        p = functional_descent(model, fixed, p, sx, sy, steps, rates, first_order=first_order)
         out = forward(model, {**fixed, **p}, qx)  # [N*Q, out]
         return loss_fn(out, qy), out
 
@@ -121,7 +118,7 @@ def batched_sgd(
     start = {n: params[n].detach() for n in names}
 
     def one_task(sx: Tensor, sy: Tensor) -> Params:
-        return functional_descent(model, fixed, start, sx, sy, steps, lr,
+        return functional_descent(model, fixed, start, sx, sy, steps, Rates(lr),
                                   batch_size=batch_size)
 
     with torch.no_grad():

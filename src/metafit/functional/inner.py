@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from metafit.models.blocks import once_differentiable_region
 
 __all__ = [
     "Params",
+    "Rates",
     "accuracy",
     "adaptation_trajectory",
     "descent",
@@ -90,20 +92,37 @@ def step_rate(
     return lr
 
 
-def sgd_update(
-    params: Mapping[str, Tensor],
-    grads: Mapping[str, Tensor],
-    step: int,
-    lr: float | Tensor,
-    lr_per_param: Mapping[str, Tensor] | None = None,
-    lslr: Mapping[str, Tensor] | None = None,
-) -> Params:
+def _detached(rates: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
+    return None if rates is None else {n: r.detach() for n, r in rates.items()}
+
+
+@dataclass(frozen=True)
+class Rates:
+    """The inner learning rates of a loop: the scalar ``lr``, Meta-SGD's per-parameter
+    tensors ``per_param`` and MAML++'s per-step vectors ``per_step`` (:func:`step_rate`)."""
+
+    lr: float | Tensor
+    per_param: Mapping[str, Tensor] | None = None
+    per_step: Mapping[str, Tensor] | None = None
+
+    def at(self, name: str, step: int) -> float | Tensor:
+        """The rate of parameter ``name`` at inner step ``step``."""
+        return step_rate(name, step, self.lr, self.per_param, self.per_step)
+
+    def detached(self) -> Rates:
+        """The same rates without their graph (graph-free adaptation)."""
+        lr = self.lr.detach() if isinstance(self.lr, Tensor) else self.lr
+        return Rates(lr, _detached(self.per_param), _detached(self.per_step))
+
+
+def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], step: int,
+               rates: Rates) -> Params:
     """The inner update rule, shared by every inner loop: ``theta[n] - rate(n, step) *
-    grads[n]`` for each name in ``grads`` (:func:`step_rate`); the other entries of
-    ``params`` pass through. A new dict, in ``params``' order."""
+    grads[n]`` for each name in ``grads``; the other entries of ``params`` pass through.
+    A new dict, in ``params``' order."""
     new = dict(params)
     for n, g in grads.items():
-        new[n] = params[n] - step_rate(n, step, lr, lr_per_param, lslr) * g  # [*param]
+        new[n] = params[n] - rates.at(n, step) * g  # [*param]
     return new
 
 
@@ -153,25 +172,14 @@ def inner_step(
             allow_unused=True,
             materialize_grads=True,
         )
-        return sgd_update(current, dict(zip(names, grads, strict=True)), step, lr,
-                          lr_per_param, lslr)
+        return sgd_update(current, dict(zip(names, grads, strict=True)), step,
+                          Rates(lr, lr_per_param, lslr))
 
 
-def descent(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    steps: int,
-    lr: float | Tensor,
-    *,
-    first_order: bool = False,
-    lr_per_param: Mapping[str, Tensor] | None = None,
-    lslr: Mapping[str, Tensor] | None = None,
-    adapt_names: Iterable[str] | None = None,
-    batch_size: int | None = None,
-    detach: bool = False,
-) -> Iterator[Params]:
+def descent(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, y: Tensor,
+            steps: int, rates: Rates, *, first_order: bool = False,
+            adapt_names: Iterable[str] | None = None, batch_size: int | None = None,
+            detach: bool = False) -> Iterator[Params]:
     """The per-task inner loop: the parameters after 0..``steps`` calls of
     :func:`inner_step` on ``x [B, *x]``, ``y [B]`` (``steps + 1`` items, lazily).
 
@@ -188,8 +196,8 @@ def descent(
             return
         xb, yb = minibatch(x, y, s, batch_size)  # [b, *x], [b]
         current = inner_step(
-            model, current, xb, yb, lr, step=s, first_order=first_order,
-            lr_per_param=lr_per_param, lslr=lslr, adapt_names=names,
+            model, current, xb, yb, rates.lr, step=s, first_order=first_order,
+            lr_per_param=rates.per_param, lslr=rates.per_step, adapt_names=names,
         )
         if detach:
             current = {n: p.detach() for n, p in current.items()}
@@ -214,13 +222,8 @@ def inner_loop(
     the whole graph back to them (MAML); with ``first_order=True`` only the identity path
     (FOMAML). ``steps=0`` returns ``params`` unchanged (as a new dict).
     """
-    return deque(descent(model, params, x, y, steps, lr, first_order=first_order,
-                         lr_per_param=lr_per_param, lslr=lslr, adapt_names=adapt_names),
-                 maxlen=1)[0]
-
-
-def _detached(rates: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
-    return None if rates is None else {n: r.detach() for n, r in rates.items()}
+    return deque(descent(model, params, x, y, steps, Rates(lr, lr_per_param, lslr),
+                         first_order=first_order, adapt_names=adapt_names), maxlen=1)[0]
 
 
 def adaptation_trajectory(
@@ -254,9 +257,8 @@ def adaptation_trajectory(
         ``(params_s, query_out_s)`` with detached ``params_s``; ``query_out_s`` is ``None``
         without ``query_x``.
     """
-    rate = lr.detach() if isinstance(lr, Tensor) else lr
-    for current in descent(model, params, x, y, steps, rate, first_order=True,
-                           lr_per_param=_detached(lr_per_param), lslr=_detached(lslr),
+    rates = Rates(lr, lr_per_param, lslr).detached()
+    for current in descent(model, params, x, y, steps, rates, first_order=True,
                            adapt_names=adapt_names, batch_size=batch_size, detach=True):
         out = None
         if query_x is not None:
