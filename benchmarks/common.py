@@ -2,8 +2,11 @@
 ``sys.path`` when it runs as ``python benchmarks/NAME.py``; ``experiments/`` scripts put
 ``benchmarks/`` there first).
 
+* where things are: :data:`SHARED_DATA` (the lent datasets), :data:`OMNIGLOT` (its
+  Omniglot zips);
 * where things go: :data:`RESULTS_MD` (the published tables), :func:`results_dir`
-  (raw rows: ``benchmarks/results/<today>/`` unless a folder is given), :func:`write_rows`;
+  (raw rows: ``benchmarks/results/<today>/`` unless a folder is given), :func:`write_rows`,
+  :func:`publish` (a run's rows and block, where ``--results-dir`` and ``--results`` say);
 * :func:`write_block`: one benchmark's marked block of ``RESULTS.md``, replaced in place;
 * the machine line of a table (:func:`machine`, :func:`cpu_only`, :func:`load_average`);
 * BANKING77 data for the text scripts: :func:`k_shot_pool`, :func:`development_set`.
@@ -30,6 +33,8 @@ BENCHMARKS = Path(__file__).resolve().parent
 RESULTS_MD = BENCHMARKS / "RESULTS.md"
 #: Shared data beside the repository (``../shared/data``), where the lent datasets live.
 SHARED_DATA = BENCHMARKS.parents[1] / "shared" / "data"
+#: The lent Omniglot zips.
+OMNIGLOT = SHARED_DATA / "omniglot"
 
 
 # -- where results go ---------------------------------------------------------------------
@@ -56,6 +61,14 @@ def write_rows(folder: Path, name: str, rows: Any) -> Path:
     path = folder / name
     path.write_text(json.dumps(rows, indent=1))
     return path
+
+
+def publish(args: argparse.Namespace, name: str, heading: str, block: str, rows: Any) -> None:
+    """A finished run's results, where :func:`add_output_options` says: ``rows`` as
+    ``NAME.json`` in ``--results-dir`` (:func:`write_rows`) and ``block`` as benchmark
+    ``name``'s block of ``--results`` under ``## heading`` (:func:`write_block`)."""
+    write_rows(results_dir(args.results_dir), f"{name}.json", rows)
+    write_block(Path(args.results), name, heading, block)
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:

@@ -35,17 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (
-    SHARED_DATA,
-    add_output_options,
-    load_average,
-    machine,
-    results_dir,
-    write_block,
-    write_rows,
-)
-
-OMNIGLOT = SHARED_DATA / "omniglot"
+from common import OMNIGLOT, add_output_options, load_average, machine, publish
 
 
 @dataclass(frozen=True)
@@ -199,9 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         text,
     ])
-    write_block(Path(args.results), "distributed",
-                "Distributed meta-training (`benchmarks/distributed.py`)", block)
-    write_rows(results_dir(args.results_dir), "distributed.json", rows)
+    publish(args, "distributed", "Distributed meta-training (`benchmarks/distributed.py`)",
+            block, rows)
     return 0
 
 

@@ -60,20 +60,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import (
-    SHARED_DATA,
-    add_output_options,
-    load_average,
-    machine,
-    results_dir,
-    write_block,
-    write_rows,
-)
+from common import OMNIGLOT, add_output_options, load_average, machine, publish
 from PIL import Image
 
 from metafit.server.runner import torch_threads
 
-OMNIGLOT = SHARED_DATA / "omniglot"
 KEY = "serve-load-benchmark-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -431,9 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick and not errors:
         name, title = ("serve_attack", "HTTP serving under attack") if args.attack else \
             ("serve_load", "HTTP serving under load")
-        write_rows(results_dir(args.results_dir), f"{name}.json", [asdict(p) for p in phases])
-        write_block(Path(args.results), name, f"{title} (`benchmarks/serve_load.py"
-                    f"{' --attack' if args.attack else ''}`)", block)
+        publish(args, name, f"{title} (`benchmarks/serve_load.py"
+                f"{' --attack' if args.attack else ''}`)", block, [asdict(p) for p in phases])
     return 1 if errors else 0
 
 
