@@ -2,16 +2,15 @@
 
 * the fused conv block and the pool-before-ReLU order against the textbook block;
 * task-parallel meta-gradients (2 workers) and the serial per-task path against an
-  independent plain-PyTorch loop over a model in the textbook layer order
-  (``tests/oracles.py``), for every algorithm; the vmap path of MAML on an MLP against the
-  same loop;
+  independent reference (``tests/oracles.py``: each task's meta-gradient on its own, then
+  their mean) over a model in the textbook layer order, for every algorithm; the vmap
+  paths on an MLP against the same reference;
 * the peers of ``metafit bench`` agree with metafit (so the speed table compares equal work).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -42,23 +41,19 @@ def small_problem(algorithm: str, tasks: int = 4, hidden: int = 8, seed: int = 0
     return cfg, model, episodes
 
 
-def metafit_fn(cfg: oracles.Problem, model: nn.Module, episodes: Episodes,
-               workers: int | None = None) -> Callable[[], dict[str, torch.Tensor]]:
+def metafit_grads(cfg: oracles.Problem, model: nn.Module, episodes: Episodes,
+                  workers: int | None = None) -> dict[str, torch.Tensor]:
     """metafit's meta-gradients for ``cfg`` on ``workers`` task threads (None: auto),
-    keyed like ``model.named_parameters()``."""
-    options: dict[str, object] = {}
-    if cfg.algorithm != "protonet":
-        options = {"inner_lr": cfg.inner_lr, "inner_steps": cfg.inner_steps}
+    renamed like ``model.named_parameters()`` (the oracle's names)."""
+    kind = get_algorithm(cfg.algorithm)
+    options: dict[str, object] = {
+        "execution": Execution(cfg.batching if kind.batch_form == "vmap" else "auto", workers)}
+    if kind.adapts_with_steps:
+        options.update(inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps)
     if cfg.algorithm == "reptile":  # the oracle computes no query metrics: nor does this
         options["query_metrics"] = False
-    vmapped = get_algorithm(cfg.algorithm).batch_form == "vmap"
-    options["execution"] = Execution(cfg.batching if vmapped else "auto", workers)
-    algo = build_algorithm(cfg.algorithm, model, **options)
-
-    def run() -> dict[str, torch.Tensor]:
-        grads, _ = algo.meta_gradients(episodes)
-        return {n[len("model."):]: g for n, g in grads.items() if n.startswith("model.")}
-    return run
+    grads, _ = build_algorithm(cfg.algorithm, model, **options).meta_gradients(episodes)
+    return {n.removeprefix("model."): g for n, g in grads.items() if n.startswith("model.")}
 
 
 def assert_grads_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
@@ -129,10 +124,9 @@ def test_region_is_thread_local_and_nests() -> None:
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_parallel_and_serial_meta_gradients_match_a_plain_loop(algorithm: str) -> None:
     cfg, model, episodes = small_problem(algorithm)
-    reference = oracles.loop_fn(cfg, oracles.textbook(model), episodes)()
+    reference = oracles.meta_gradient(cfg, oracles.textbook(model), episodes)
     for workers in (1, 2):
-        fn = metafit_fn(cfg, model, episodes, workers)
-        assert_grads_close(fn(), reference)
+        assert_grads_close(metafit_grads(cfg, model, episodes, workers), reference)
 
 
 def test_parallel_meta_gradients_are_deterministic_and_metrics_keep_task_order() -> None:
@@ -153,8 +147,8 @@ def test_parallel_meta_gradients_are_deterministic_and_metrics_keep_task_order()
 def test_batched_paths_on_an_mlp_match_the_plain_loop(algorithm: str) -> None:
     cfg = oracles.Problem(algorithm, "sinusoid", 2, 6, 1, 5, 5)
     model, episodes = oracles.make_problem(cfg)
-    reference = oracles.loop_fn(cfg, copy.deepcopy(model), episodes)()
-    got = metafit_fn(cfg, model, episodes)()  # vmap over the tasks
+    reference = oracles.meta_gradient(cfg, copy.deepcopy(model), episodes)
+    got = metafit_grads(cfg, model, episodes)  # vmap over the tasks
     assert_grads_close(got, reference, 1e-5)
 
 
@@ -167,7 +161,7 @@ def test_vmap_on_conv4_with_batchnorm_matches_the_loop_in_float64(algorithm: str
     def grads(batching: str) -> dict[str, torch.Tensor]:
         cfg = oracles.Problem(**{**base.__dict__, "batching": batching})
         model, episodes = oracles.to_dtype(*oracles.make_problem(cfg, 0), torch.float64)
-        return metafit_fn(cfg, model, episodes)()
+        return metafit_grads(cfg, model, episodes)
 
     loop, vmap = grads("loop"), grads("vmap")
     assert next(iter(vmap.values())).dtype == torch.float64
