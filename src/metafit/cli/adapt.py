@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from metafit.cli.options import add_classifier_option
+from metafit.cli.options import add_classifier_option, add_model_verb, add_verb
 from metafit.cli.options import write_line as _write
 
 __all__ = ["add_adapt_parser", "add_predict_parser"]
@@ -126,8 +126,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def add_adapt_parser(sub: Any) -> None:
     """Add ``adapt`` to the subparsers ``sub``."""
-    p = sub.add_parser("adapt", help="fine-tune a trained run on your own labelled examples "
-                       "and write an adapted model directory")
+    p = add_verb(sub, "adapt", "fine-tune a trained run on your own labelled examples and "
+                 "write an adapted model directory", _cmd_adapt)
     p.add_argument("run", help="run directory written by `metafit train`")
     p.add_argument("--support", required=True, help="labelled examples: a CSV (text runs; "
                    "the recipe's text and label columns) or a folder of class folders "
@@ -145,14 +145,12 @@ def add_adapt_parser(sub: Any) -> None:
                    "per-batch statistics, as in evaluation")
     add_classifier_option(p, "fit this head instead of the recipe's")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.set_defaults(func=_cmd_adapt)
 
 
 def add_predict_parser(sub: Any) -> None:
     """Add ``predict`` to the subparsers ``sub``."""
-    p = sub.add_parser("predict", help="labels and probabilities of texts or images from an "
-                       "adapted model directory")
-    p.add_argument("model", help="model directory written by `metafit adapt`")
+    p = add_model_verb(sub, "predict", "labels and probabilities of texts or images from an "
+                       "adapted model directory", _cmd_predict)
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="texts (text models) or image "
                    "files / folders of images (image models)")
     p.add_argument("--from-file", metavar="FILE", help="also read inputs from this UTF-8 "
@@ -160,4 +158,3 @@ def add_predict_parser(sub: Any) -> None:
                    "lines: a blank line is an error, except at the end of the file")
     p.add_argument("--json", action="store_true", help="print JSON: a list of {input, "
                    "label, probabilities}")
-    p.set_defaults(func=_cmd_predict)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from metafit.cli.options import add_model_verb
 from metafit.cli.options import write_line as _write
 
 __all__ = ["add_compress_parser", "add_export_parser"]
@@ -120,9 +121,8 @@ def _fraction(text: str) -> float:
 
 def add_compress_parser(sub: Any) -> None:
     """Add ``compress`` to the subparsers ``sub``."""
-    p = sub.add_parser("compress", help="int8 quantization and/or magnitude pruning of an "
-                       "adapted model (size, latency and agreement reported)")
-    p.add_argument("model", help="model directory written by `metafit adapt`")
+    p = add_model_verb(sub, "compress", "int8 quantization and/or magnitude pruning of an "
+                       "adapted model (size, latency and agreement reported)", _cmd_compress)
     p.add_argument("--out", required=True, help="the compressed model directory")
     p.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantization of the "
                    "linear layers")
@@ -137,14 +137,12 @@ def add_compress_parser(sub: Any) -> None:
                    "adapted from)")
     p.add_argument("--data-root", help="with --episodes: the run's data, where it moved")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.set_defaults(func=_cmd_compress)
 
 
 def add_export_parser(sub: Any) -> None:
     """Add ``export`` to the subparsers ``sub``."""
-    p = sub.add_parser("export", help="export an adapted model to ONNX, verified against "
-                       "PyTorch in onnxruntime")
-    p.add_argument("model", help="model directory written by `metafit adapt`")
+    p = add_model_verb(sub, "export", "export an adapted model to ONNX, verified against "
+                       "PyTorch in onnxruntime", _cmd_export)
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", help="output directory (default MODEL-onnx)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed absolute "
@@ -152,4 +150,3 @@ def add_export_parser(sub: Any) -> None:
     p.add_argument("--quantize", choices=["int8"], help="write onnxruntime's dynamic int8 "
                    "quantization of the checked float export (its difference is reported)")
     p.add_argument("--json", action="store_true", help="print the parity report as JSON")
-    p.set_defaults(func=_cmd_export)

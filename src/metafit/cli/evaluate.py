@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from metafit.cli.options import add_classifier_option
+from metafit.cli.options import add_classifier_option, add_verb
 
 __all__ = ["add_evaluate_parser", "add_report_parser"]
 
@@ -53,7 +53,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def add_evaluate_parser(sub: Any) -> None:
     """Add ``evaluate`` to the subparsers ``sub``."""
-    p = sub.add_parser("evaluate", help="evaluate a run on fixed test episodes (mean, 95%% CI)")
+    p = add_verb(sub, "evaluate", "evaluate a run on fixed test episodes (mean, 95%% CI)",
+                 _cmd_evaluate)
     p.add_argument("run", help="run directory written by `metafit train`")
     p.add_argument("--episodes", type=int, help="number of episodes (default: the recipe's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -64,17 +65,15 @@ def add_evaluate_parser(sub: Any) -> None:
                    help="run the body in every episode instead of embedding each distinct "
                         "example once (same result, slower; see metafit.evaluation.feature_cache)")
     add_classifier_option(p, "classify with this head instead of the recipe's")
-    p.set_defaults(func=_cmd_evaluate)
 
 
 def add_report_parser(sub: Any) -> None:
     """Add ``report`` to the subparsers ``sub``."""
-    p = sub.add_parser("report", help="plot runs: training and validation curves, "
-                       "adaptation curves, an example test episode (or sinusoid fits)")
+    p = add_verb(sub, "report", "plot runs: training and validation curves, adaptation "
+                 "curves, an example test episode (or sinusoid fits)", _cmd_report)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: "
                    "curves overlaid)")
     p.add_argument("--out", help="report directory (default RUN/report for one run)")
     p.add_argument("--episodes", type=int, default=100,
                    help="test episodes for the adaptation curve (default 100)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.set_defaults(func=_cmd_report)

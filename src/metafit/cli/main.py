@@ -22,6 +22,7 @@ from metafit._version import __version__
 from metafit.cli.adapt import add_adapt_parser, add_predict_parser
 from metafit.cli.compress import add_compress_parser, add_export_parser
 from metafit.cli.evaluate import add_evaluate_parser, add_report_parser
+from metafit.cli.options import add_verb
 from metafit.cli.recipes import add_data_parser, add_recipes_parser
 from metafit.cli.serve import add_serve_parser
 from metafit.cli.train import add_quickstart_parser, add_train_parser
@@ -46,10 +47,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="meta-training speed vs higher, TorchOpt and a plain "
-                       "loop on identical weights and data (tasks/s, memory, agreement)")
-    _bench_options(p)
-    p.set_defaults(func=_cmd_bench)
+    _bench_options(add_verb(sub, "bench", "meta-training speed vs higher, TorchOpt and a "
+                            "plain loop on identical weights and data (tasks/s, memory, "
+                            "agreement)", _cmd_bench))
 
 
 #: Adds each verb's parser, in the order ``metafit --help`` lists them.

@@ -1,13 +1,43 @@
-"""Options and output shared by several verbs of the ``metafit`` command."""
+"""What the verbs of the ``metafit`` command share: how a verb is added, common arguments
+and options, output."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from metafit.algorithms.heads import CLASSIFIERS
 
-__all__ = ["add_classifier_option", "write_line"]
+__all__ = ["add_classifier_option", "add_model_verb", "add_recipe_arguments", "add_verb",
+           "write_line"]
+
+
+def add_verb(sub: Any, name: str, summary: str, command: Callable[[argparse.Namespace], int]
+             ) -> argparse.ArgumentParser:
+    """Add verb ``name`` to the subparsers ``sub`` (``summary``: its line in ``metafit
+    --help``) and return its parser, which runs ``command`` on the parsed arguments."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=summary)
+    p.set_defaults(func=command)
+    return p
+
+
+def add_model_verb(sub: Any, name: str, summary: str,
+                   command: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """:func:`add_verb` for a verb on an adapted model directory: its first argument is
+    the positional ``model``."""
+    p = add_verb(sub, name, summary, command)
+    p.add_argument("model", help="model directory written by `metafit adapt`")
+    return p
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str, overrides: str) -> None:
+    """The positional ``recipe`` (a name or a YAML path) and its ``key=value``
+    ``overrides`` (any number), as :func:`metafit.config.recipe.load_recipe` takes them;
+    ``recipe`` and ``overrides``: their help."""
+    p.add_argument("recipe", help=recipe)
+    p.add_argument("overrides", nargs="*", help=overrides)
 
 
 def add_classifier_option(p: argparse.ArgumentParser, what: str) -> None:

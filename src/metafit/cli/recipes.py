@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from metafit.cli.options import add_recipe_arguments, add_verb
 from metafit.config.recipe import RecipeError, list_recipes, load_recipe
 from metafit.config.schema import recipe_to_yaml
 
@@ -39,16 +40,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def add_recipes_parser(sub: Any) -> None:
     """Add ``recipes`` to the subparsers ``sub``."""
-    p = sub.add_parser("recipes", help="list the shipped recipes, or show one resolved")
+    p = add_verb(sub, "recipes", "list the shipped recipes, or show one resolved", _cmd_recipes)
     p.add_argument("action", nargs="?", choices=["list", "show"], help="list (default) | show")
     p.add_argument("name", nargs="?", help="recipe name (with show)")
     p.add_argument("overrides", nargs="*", help="key=value overrides (with show)")
-    p.set_defaults(func=_cmd_recipes)
 
 
 def add_data_parser(sub: Any) -> None:
     """Add ``data`` to the subparsers ``sub``."""
-    p = sub.add_parser("data", help="load a recipe's dataset and describe its splits")
-    p.add_argument("recipe", help="recipe name or YAML path")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data_root=DIR")
-    p.set_defaults(func=_cmd_data)
+    p = add_verb(sub, "data", "load a recipe's dataset and describe its splits", _cmd_data)
+    add_recipe_arguments(p, "recipe name or YAML path",
+                         "key=value overrides, e.g. data_root=DIR")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from metafit.cli.options import add_classifier_option
+from metafit.cli.options import add_classifier_option, add_verb
 
 __all__ = ["add_serve_parser"]
 
@@ -84,7 +84,5 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
 
 def add_serve_parser(sub: Any) -> None:
     """Add ``serve`` to the subparsers ``sub``."""
-    p = sub.add_parser("serve", help="serve a run over HTTP: adapt to posted support sets, "
-                       "predict, with API keys and limits (serve extra)")
-    _serve_options(p)
-    p.set_defaults(func=_cmd_serve)
+    _serve_options(add_verb(sub, "serve", "serve a run over HTTP: adapt to posted support "
+                            "sets, predict, with API keys and limits (serve extra)", _cmd_serve))

@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Any
 
+from metafit.cli.options import add_recipe_arguments, add_verb
 from metafit.config.recipe import load_recipe
 
 __all__ = ["add_quickstart_parser", "add_train_parser"]
@@ -49,8 +50,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def add_quickstart_parser(sub: Any) -> None:
     """Add ``quickstart`` to the subparsers ``sub``."""
-    p = sub.add_parser("quickstart", help="meta-train and compare MAML, ProtoNet and "
-                       "baselines on the built-in Glyphs data (a few minutes, no download)")
+    p = add_verb(sub, "quickstart", "meta-train and compare MAML, ProtoNet and baselines on "
+                 "the built-in Glyphs data (a few minutes, no download)", _cmd_quickstart)
     p.add_argument("recipe", nargs="?", help="optional: take the dataset from this recipe "
                    "(name or YAML) instead of the built-in Glyphs")
     p.add_argument("--data-root", help="data directory (Omniglot zips, or the recipe's data)")
@@ -58,15 +59,14 @@ def add_quickstart_parser(sub: Any) -> None:
     p.add_argument("--size", default="default", choices=["default", "tiny"],
                    help="tiny: a seconds-long smoke run")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_quickstart)
 
 
 def add_train_parser(sub: Any) -> None:
     """Add ``train`` to the subparsers ``sub``."""
-    p = sub.add_parser("train", help="meta-train a recipe into a run directory (resumable)")
-    p.add_argument("recipe", help="recipe name (see `metafit recipes`) or YAML path")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. inner_steps=5")
+    p = add_verb(sub, "train", "meta-train a recipe into a run directory (resumable)",
+                 _cmd_train)
+    add_recipe_arguments(p, "recipe name (see `metafit recipes`) or YAML path",
+                         "key=value overrides, e.g. inner_steps=5")
     p.add_argument("--out", help="run directory (default runs/RECIPE); an unfinished run "
                    "there is resumed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train)

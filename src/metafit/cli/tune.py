@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from metafit.cli.options import add_recipe_arguments, add_verb
 from metafit.config.recipe import load_recipe
 
 __all__ = ["add_tune_parser"]
@@ -44,10 +45,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def add_tune_parser(sub: Any) -> None:
     """Add ``tune`` to the subparsers ``sub``."""
-    p = sub.add_parser("tune", help="search hyperparameters and architecture with Optuna "
-                       "over the recipe's search: section (resumable study in SQLite)")
-    p.add_argument("recipe", help="recipe name or YAML path with a search: section")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
+    p = add_verb(sub, "tune", "search hyperparameters and architecture with Optuna over the "
+                 "recipe's search: section (resumable study in SQLite)", _cmd_tune)
+    add_recipe_arguments(p, "recipe name or YAML path with a search: section",
+                         "key=value overrides of the recipe")
     p.add_argument("--trials", type=int, help="finished trials the study should hold; a "
                    "rerun continues to this total (grid: default the grid's size)")
     p.add_argument("--storage", help="SQLAlchemy URL or SQLite path (default "
@@ -66,4 +67,3 @@ def add_tune_parser(sub: Any) -> None:
     p.add_argument("--report", action="store_true", help="write report/: trials.csv, "
                    "optimisation history, parameter importances, intermediate values "
                    "(alone: report only, no new trials)")
-    p.set_defaults(func=_cmd_tune)
