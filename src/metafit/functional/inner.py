@@ -15,24 +15,6 @@ from torch.func import functional_call
 
 from metafit.models.blocks import once_differentiable_region
 
-__all__ = [
-    "Params",
-    "Rates",
-    "accuracy",
-    "adaptation_trajectory",
-    "descent",
-    "final",
-    "forward",
-    "inner_loop",
-    "inner_step",
-    "loss_fn",
-    "minibatch",
-    "score",
-    "sgd_update",
-    "step_rate",
-    "task_loss",
-]
-
 Params = dict[str, Tensor]
 """Parameter name (as in ``module.named_parameters()``) -> tensor."""
 
