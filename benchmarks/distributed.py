@@ -95,10 +95,10 @@ def command(cfg: Config, mode: Mode, out: Path, data_root: Path | None) -> list[
     if cfg.omniglot:
         args.insert(2, f"data_root={data_root}" if data_root else "dataset=glyphs")
     if mode.procs == 1:
-        return [sys.executable, "-m", "metafit.cli.main", *args]
+        return [sys.executable, "-m", "metafit.cli", *args]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(mode.procs),
             "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-            "-m", "metafit.cli.main", *args]
+            "-m", "metafit.cli", *args]
 
 
 def tasks_per_second(run: Path, meta_batch: int) -> float:

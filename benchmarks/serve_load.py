@@ -100,7 +100,7 @@ def omniglot_pngs(root: Path, characters: int, drawers: int) -> list[list[str]]:
 
 def train_run(out: Path, data_root: Path, iterations: int) -> Path:
     """A few meta-training iterations of the shipped Omniglot 5w1s MAML recipe."""
-    cmd = [sys.executable, "-m", "metafit.cli.main", "train", "omniglot_5w1s_maml",
+    cmd = [sys.executable, "-m", "metafit.cli", "train", "omniglot_5w1s_maml",
            f"data_root={data_root}", f"iterations={iterations}", f"val_every={iterations}",
            "val_episodes=4", f"checkpoint_every={iterations}", "meta_batch=8",
            "--out", str(out), "--no-progress"]
@@ -114,7 +114,7 @@ class Server:
     def __init__(self, run: Path, state: Path, workers: int, queue: int,
                  threads: int | None) -> None:
         env = {**os.environ, "METAFIT_API_KEYS": KEY}
-        self.cmd = [sys.executable, "-m", "metafit.cli.main", "serve", str(run), "--host",
+        self.cmd = [sys.executable, "-m", "metafit.cli", "serve", str(run), "--host",
                     "127.0.0.1", "--port", "0", "--state-dir", str(state), "--workers",
                     str(workers), "--queue", str(queue)]
         if threads:

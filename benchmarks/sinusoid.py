@@ -33,11 +33,11 @@ DEFAULT_ITERATIONS = {"maml": 70000, "fomaml": 70000, "metasgd": 70000, "anil": 
 def train_and_evaluate(algorithm: str, iterations: int, out: Path) -> dict[str, object]:
     run = out / f"sinusoid_{algorithm}"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "metafit.cli.main", "train", f"sinusoid_{algorithm}",
+    subprocess.run([sys.executable, "-m", "metafit.cli", "train", f"sinusoid_{algorithm}",
                     f"iterations={iterations}", "threads=1", "--out", str(run),
                     "--no-progress"], check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    ev = subprocess.run([sys.executable, "-m", "metafit.cli.main", "evaluate", str(run),
+    ev = subprocess.run([sys.executable, "-m", "metafit.cli", "evaluate", str(run),
                          "--episodes", "600", "--steps", "10", "--json"],
                         check=True, capture_output=True, text=True)
     result = json.loads(ev.stdout)

@@ -39,7 +39,7 @@ PLOTS = ("optimization_history", "param_importances", "intermediate_values", "sl
 
 def metafit(*args: str) -> str:
     """Run ``python -m metafit.cli.main ARGS`` and return its standard output."""
-    out = subprocess.run([sys.executable, "-m", "metafit.cli.main", *args], check=True,
+    out = subprocess.run([sys.executable, "-m", "metafit.cli", *args], check=True,
                          stdout=subprocess.PIPE, text=True)
     return out.stdout
 

@@ -14,7 +14,7 @@ from metafit.cli.main import build_parser, main
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("metafit")
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "metafit.cli.main", *args]
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "metafit.cli", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 

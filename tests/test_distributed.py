@@ -256,7 +256,7 @@ def torchrun(args: list[str], tmp: Path,
     env = {**os.environ, "OMP_NUM_THREADS": "1", "METAFIT_DIST_TIMEOUT": "60",
            "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
            "TMPDIR": str(tmp)}
-    program = ["-m", "metafit.cli.main"] if crash_at is None else [CRASH_TRAIN, str(crash_at)]
+    program = ["-m", "metafit.cli"] if crash_at is None else [CRASH_TRAIN, str(crash_at)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            *program, *args]

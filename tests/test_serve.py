@@ -487,7 +487,7 @@ def test_cli_serves_logs_the_url_never_the_key(run: Path, data: Path, tmp_path: 
     keys.chmod(0o600)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "METAFIT_API_KEYS": ""}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metafit.cli.main", "-v", "serve", str(run), "--port", "0",
+        [sys.executable, "-m", "metafit.cli", "-v", "serve", str(run), "--port", "0",
          "--api-key-file", str(keys), "--state-dir", str(tmp_path / "state"), "--threads", "1"],
         stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None

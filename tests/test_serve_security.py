@@ -280,7 +280,7 @@ def test_cli_logs_no_query_string_and_escapes_paths(run: Path, data: Path,
     secret = "q5ecret-key-in-the-query"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "METAFIT_API_KEYS": KEY}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metafit.cli.main", "serve", str(run), "--port", "0",
+        [sys.executable, "-m", "metafit.cli", "serve", str(run), "--port", "0",
          "--state-dir", str(tmp_path / "state"), "--threads", "1"],
         stderr=subprocess.PIPE, text=True, env=env)
     assert proc.stderr is not None

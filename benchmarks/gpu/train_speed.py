@@ -55,7 +55,7 @@ def main() -> int:
         for mode in args.modes:
             out = Path(tmp) / mode.replace(" ", "_").replace("+", "")
             its = args.iterations
-            cmd = [sys.executable, "-m", "metafit.cli.main", "train", args.recipe,
+            cmd = [sys.executable, "-m", "metafit.cli", "train", args.recipe,
                    f"data_root={args.data_root}", f"device={args.device}", f"iterations={its}",
                    "log_every=1", f"val_every={its}", "val_episodes=4",
                    f"checkpoint_every={its}", "checkpoint_minutes=null", *MODES[mode],
