@@ -46,3 +46,36 @@ def test_unknown_key_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> 
 def test_evaluate_a_directory_that_is_no_run(tmp_path, capsys) -> None:
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "is not a metafit run directory" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_options_and_verbose_may_follow_the_verb() -> None:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(["train", "sinusoid_maml", "--out", "X", "-v",
+                                           "iterations=5"])
+    assert args.verbose and args.out == "X" and extra == ["iterations=5"]
+    assert not parser.parse_known_args(["train", "r"])[0].verbose
+    assert parser.parse_known_args(["-v", "train", "r"])[0].verbose
+
+
+def test_overrides_after_options_reach_the_recipe(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "sinusoid_maml", "--out", str(out), "--no-progress",
+                 "iterations=2", "val_every=2", "meta_batch=2", "val_episodes=2"]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["iterations"] == 2 and config["meta_batch"] == 2
+    with pytest.raises(SystemExit):
+        main(["train", "sinusoid_maml", "--bogus"])  # not an override: still an error
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_help_is_fast_and_python_m_metafit_works() -> None:
+    # building every verb's parser imports no torch (`metafit --help` in a fraction of a
+    # second), and `python -m metafit` is the command
+    code = ("import sys; from metafit.cli.main import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+    done = subprocess.run([sys.executable, "-m", "metafit", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "quickstart" in done.stdout

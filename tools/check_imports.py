@@ -31,7 +31,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("training",),
     ("tuning", "deploy"),
     ("server",),
-    ("cli",),
+    ("cli", "__main__"),
 ]
 
 

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metafit.config.schema import CLASSIFIERS
+
 __all__ = ["CLASSIFIERS", "LogisticHead", "check_classifier", "fit_logistic_head",
            "logistic_logits", "logistic_trajectory"]
 
-#: Test-time classifiers an algorithm may take instead of its own (``None``).
-CLASSIFIERS = ("logistic",)
 
 
 def check_classifier(classifier: str | None, penalty: float, owner: str) -> None:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metafit.algorithms import build_algorithm, get_algorithm
+from metafit.cli.bench_options import PEER_NAMES
 from metafit.cli.bench_problems import BenchConfig, GradFn, Grads, make_problem
 from metafit.episodes import Episodes
 from metafit.execution.cuda_graphs import GraphedMetaGradients
@@ -224,6 +225,7 @@ PEERS: dict[str, Callable[[BenchConfig, nn.Module, Episodes], GradFn]] = {
     "torchopt": torchopt_fn,
     "loop": loop_fn,
 }
+assert tuple(PEERS) == PEER_NAMES  # the options module lists them without importing torch
 IMPLEMENTATIONS: dict[str, Callable[[BenchConfig, nn.Module, Episodes], GradFn]] = {
     "metafit": metafit_fn, **PEERS}
 

@@ -27,7 +27,6 @@ from metafit.cli.recipes import add_data_parser, add_recipes_parser
 from metafit.cli.serve import add_serve_parser
 from metafit.cli.train import add_quickstart_parser, add_train_parser
 from metafit.cli.tune import add_tune_parser
-from metafit.execution.settings import parse_workers
 
 __all__ = ["main", "build_parser"]
 
@@ -35,7 +34,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _bench_options(parser: argparse.ArgumentParser) -> None:
-    from metafit.cli.bench import build_parser as bench_parser
+    from metafit.cli.bench_options import build_parser as bench_parser
 
     bench_parser(parser)
 
@@ -88,14 +87,24 @@ def with_env_workers(overrides: Sequence[str], environ: Mapping[str, str]) -> li
     Raises:
         ValueError: the variable is set to something else.
     """
+    from metafit.execution.settings import parse_workers
+
     workers = parse_workers(environ.get(ENV_WORKERS), ENV_WORKERS)
     return [*overrides, f"task_workers={workers}"] if workers is not None else list(overrides)
+
+
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metafit`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `key=value` overrides after options: `train RECIPE --out X iterations=5`
+        if not hasattr(args, "overrides") or not all(_is_override(e) for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.command in ("train", "tune"):
         try:
             args.overrides = with_env_workers(args.overrides, os.environ)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from metafit.algorithms.heads import CLASSIFIERS
+from metafit.config.schema import CLASSIFIERS
 
 __all__ = ["add_classifier_option", "add_model_verb", "add_recipe_arguments", "add_verb",
            "write_line"]
@@ -20,6 +20,9 @@ def add_verb(sub: Any, name: str, summary: str, command: Callable[[argparse.Name
     --help``) and return its parser, which runs ``command`` on the parsed arguments."""
     p: argparse.ArgumentParser = sub.add_parser(name, help=summary)
     p.set_defaults(func=command)
+    # also after the verb (`metafit train -v ...`); SUPPRESS keeps `metafit -v train` on
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging")
     return p
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from metafit.config.files import RecipeError, short_repr
 
 __all__ = [
+    "CLASSIFIERS",
     "FIELDS",
     "Recipe",
     "check_keys",
@@ -25,6 +26,10 @@ __all__ = [
     "recipe_to_yaml",
 ]
 
+
+#: Test-time classifiers an algorithm may take instead of its own (``None``); the
+#: recipe key ``classifier``.
+CLASSIFIERS = ("logistic",)
 
 DatasetName = Literal["omniglot", "glyphs", "image_folder", "idx", "text_csv", "sinusoid"]
 ModelName = Literal["conv4", "mlp", "resnet12", "resnet18", "text"]
