@@ -169,6 +169,15 @@ class Recipe(BaseModel):
         "meta-training steps have passed since the last save, so a killed run loses at most "
         "that much (null: only every checkpoint_every iterations)")
     tensorboard: bool = False
+    mlflow: bool = Field(
+        False, description="log the run to MLflow (metafit.training.mlflow_logger; the "
+        "track extra): the recipe as parameters, the metrics, the run's files, its status")
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI (sqlite:///..., file:///..., http://...; "
+        "default: MLFLOW_TRACKING_URI, else sqlite:///<parent of the run directory>/"
+        "mlflow.db)")
+    mlflow_experiment: str | None = Field(
+        None, description="MLflow experiment (default: the recipe's name)")
     init_from: str | None = Field(None, description="warm start from a run directory")
     search: dict[str, Any] = Field(default_factory=dict, description="tuning search space")
 

@@ -23,7 +23,8 @@ Every hook of :class:`Callback` does nothing: subclass it and override the hooks
 Callbacks observe; they never change what is trained (stopping a run early is
 :data:`~metafit.training.trainer.ValidationHook`'s job). In a distributed run the callbacks
 run on rank 0 only. What a recipe asks for is added by the trainer itself
-(:func:`default_callbacks`): the metrics file, TensorBoard, the progress bar.
+(:func:`default_callbacks`): the metrics file, TensorBoard, the progress bar; and MLflow
+(:class:`~metafit.training.mlflow_logger.MLflowLogger`, with ``mlflow: true``).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ iterations the algorithm is scored on fixed validation episodes; the best score 
 early. ``checkpoints/last.pt`` holds everything needed to resume exactly
 (:mod:`metafit.runs.checkpoints`), so a resumed deterministic run logs the same metrics as
 an uninterrupted one. What the run reports goes through callbacks
-(:mod:`metafit.training.callbacks`): ``metrics.jsonl``, TensorBoard, the progress bar and
-any the caller adds.
+(:mod:`metafit.training.callbacks`): ``metrics.jsonl``, TensorBoard, the progress bar,
+MLflow (:mod:`metafit.training.mlflow_logger`) and any the caller adds.
 
 Under ``torchrun`` (:mod:`metafit.distributed`, ``docs/distributed.md``) each rank samples
 its share of the meta-batch from its own seeded stream, the meta-gradients are averaged
@@ -54,10 +54,12 @@ from metafit.training.build import (
     torch_settings,
 )
 from metafit.training.callbacks import Callback, default_callbacks, validation_line
+from metafit.training.mlflow_logger import MLflowLogger
 from metafit.training.optim import lr_factor, outer_optimizer, outer_step
 from metafit.training.state import StepClock, TrainState
 
-__all__ = ["Trainer", "TrainState", "ValidationHook", "train", "lr_factor"]
+__all__ = ["Trainer", "TrainState", "ValidationHook", "train", "lr_factor",
+           "tracking_callbacks"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,8 @@ class Trainer:
     a distributed run (default: the initialised process group's, else a single process);
     every rank of the group constructs a ``Trainer`` and calls :meth:`fit`.
     ``callbacks`` are called after the recipe's own (:func:`default_callbacks`: metrics
-    file, TensorBoard, progress bar when ``progress``), on rank 0 only.
+    file, TensorBoard, progress bar when ``progress``) and :func:`tracking_callbacks`
+    (MLflow), on rank 0 only.
     """
 
     def __init__(self, recipe: Recipe, out: str | Path, progress: bool = True,
@@ -105,7 +108,8 @@ class Trainer:
         self.state = TrainState()
         self.higher_is_better = not recipe.is_regression
         self.clock = StepClock(recipe, self.dist)
-        self.callbacks = ([*default_callbacks(self, self.progress), *callbacks]
+        self.callbacks = ([*default_callbacks(self, self.progress),
+                           *tracking_callbacks(recipe), *callbacks]
                           if self.dist.is_main else [])
         self.session = TrainingSession(self.run, self.dist)
 
@@ -271,6 +275,21 @@ class Trainer:
         self.session.set_status(status, **info)
         for callback in self.callbacks:
             callback.on_fit_end(self, status)
+
+
+def tracking_callbacks(recipe: Recipe) -> list[Callback]:
+    """The experiment trackers ``recipe`` asks for: an
+    :class:`~metafit.training.mlflow_logger.MLflowLogger` with ``mlflow: true`` (its
+    ``mlflow_uri`` and ``mlflow_experiment``), for any algorithm (one that is not
+    meta-trained still has parameters, a validation and files to log).
+
+    Raises:
+        ValueError: ``mlflow: true`` and mlflow is not installed (raised while the
+            trainer is built, before the run directory is created).
+    """
+    if not recipe.mlflow:
+        return []
+    return [MLflowLogger(recipe.mlflow_uri, recipe.mlflow_experiment)]
 
 
 def train(recipe: Recipe, out: str | Path, progress: bool = True,

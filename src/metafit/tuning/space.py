@@ -35,7 +35,8 @@ __all__ = ["ParamSpec", "SearchSpace", "parse_search_space", "suggest", "grid_va
 
 #: Recipe keys that name or locate a run rather than shape it.
 UNSEARCHABLE = frozenset({"name", "description", "search", "data_root", "init_from",
-                          "device", "tensorboard"})
+                          "device", "tensorboard", "mlflow", "mlflow_uri",
+                          "mlflow_experiment"})
 
 Kind = Literal["uniform", "loguniform", "int", "categorical"]
 KINDS: tuple[Kind, ...] = ("uniform", "loguniform", "int", "categorical")
