@@ -53,10 +53,12 @@ from pathlib import Path
 from typing import Any
 
 from metafit._version import __version__
+from metafit.config.schema import Recipe
 from metafit.io import atomic_write_text
 from metafit.training.callbacks import Callback, TrainerView
 
 __all__ = ["MLflowLogger", "MLFLOW_STATUS", "MAX_PARAM_LENGTH", "RUN_FILE", "flat_params",
+           "tracking_callbacks",
            "import_mlflow"]
 
 log = logging.getLogger(__name__)
@@ -272,3 +274,18 @@ class MLflowLogger(Callback):
         except Exception as e:  # a tracking store's failure must not end the training
             log.warning("MLflow: could not %s (%s)", what, e, exc_info=not self._warned)
             self._warned = True
+
+
+def tracking_callbacks(recipe: Recipe) -> list[Callback]:
+    """The experiment trackers ``recipe`` asks for: an
+    :class:`~metafit.training.mlflow_logger.MLflowLogger` with ``mlflow: true`` (its
+    ``mlflow_uri`` and ``mlflow_experiment``), for any algorithm (one that is not
+    meta-trained still has parameters, a validation and files to log).
+
+    Raises:
+        ValueError: ``mlflow: true`` and mlflow is not installed (raised while the
+            trainer is built, before the run directory is created).
+    """
+    if not recipe.mlflow:
+        return []
+    return [MLflowLogger(recipe.mlflow_uri, recipe.mlflow_experiment)]

@@ -54,7 +54,7 @@ from metafit.training.build import (
     torch_settings,
 )
 from metafit.training.callbacks import Callback, default_callbacks, validation_line
-from metafit.training.mlflow_logger import MLflowLogger
+from metafit.training.mlflow_logger import tracking_callbacks
 from metafit.training.optim import lr_factor, outer_optimizer, outer_step
 from metafit.training.state import StepClock, TrainState
 
@@ -275,21 +275,6 @@ class Trainer:
         self.session.set_status(status, **info)
         for callback in self.callbacks:
             callback.on_fit_end(self, status)
-
-
-def tracking_callbacks(recipe: Recipe) -> list[Callback]:
-    """The experiment trackers ``recipe`` asks for: an
-    :class:`~metafit.training.mlflow_logger.MLflowLogger` with ``mlflow: true`` (its
-    ``mlflow_uri`` and ``mlflow_experiment``), for any algorithm (one that is not
-    meta-trained still has parameters, a validation and files to log).
-
-    Raises:
-        ValueError: ``mlflow: true`` and mlflow is not installed (raised while the
-            trainer is built, before the run directory is created).
-    """
-    if not recipe.mlflow:
-        return []
-    return [MLflowLogger(recipe.mlflow_uri, recipe.mlflow_experiment)]
 
 
 def train(recipe: Recipe, out: str | Path, progress: bool = True,
