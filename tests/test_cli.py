@@ -79,3 +79,29 @@ def test_help_is_fast_and_python_m_metafit_works() -> None:
     done = subprocess.run([sys.executable, "-m", "metafit", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "quickstart" in done.stdout
+
+
+def test_every_option_of_every_verb_has_help() -> None:
+    import argparse
+
+    sub = build_parser()._subparsers._group_actions[0]  # type: ignore[union-attr]
+    missing = [(verb, action.option_strings or action.dest)
+               for verb, parser in sub.choices.items() for action in parser._actions
+               if not action.help and not isinstance(action, argparse._HelpAction)]
+    assert missing == []
+
+
+def test_recipe_keys_are_listed_described_and_documented(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from metafit.config.keys import key_rows, keys_markdown
+    from metafit.config.schema import FIELDS
+
+    assert [row[0] for row in key_rows()] == list(FIELDS)
+    assert [row[0] for row in key_rows() if not row[3]] == []  # every key says what it does
+    assert main(["recipes", "keys"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == keys_markdown() and "| `inner_lr` | float | 0.4 |" in printed
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "recipes.md").read_text()
+    assert keys_markdown() in docs, "docs/recipes.md is stale: regenerate it"

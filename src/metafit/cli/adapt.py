@@ -9,7 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from metafit.cli.options import add_classifier_option, add_model_verb, add_verb
+from metafit.cli.options import (
+    add_checkpoint_option,
+    add_classifier_option,
+    add_model_verb,
+    add_verb,
+)
 from metafit.cli.options import write_line as _write
 
 __all__ = ["add_adapt_parser", "add_predict_parser"]
@@ -136,7 +141,7 @@ def add_adapt_parser(sub: Any) -> None:
                    "existing model directory there is replaced)")
     p.add_argument("--steps", type=int, help="inner steps (default: the recipe's evaluation "
                    "steps; more steps fit the support set more closely)")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    add_checkpoint_option(p)
     p.add_argument("--classes", help="comma-separated class names, in order (default: the "
                    "sorted labels); a label outside them is an error")
     p.add_argument("--batch-norm", default="support", choices=["support", "batch"],

@@ -130,7 +130,9 @@ def add_compress_parser(sub: Any) -> None:
                    "embedding tables too (8-bit rows)")
     p.add_argument("--prune", type=_fraction, metavar="SPARSITY", help="zero this fraction "
                    "of the conv/linear weights of smallest magnitude (before quantizing)")
-    p.add_argument("--prune-scope", default="global", choices=["global", "layer"])
+    p.add_argument("--prune-scope", default="global", choices=["global", "layer"],
+                   help="global (default): the smallest weights over all layers at once; "
+                   "layer: the same fraction in each layer")
     p.add_argument("--episodes", type=int, help="also measure the accuracy change on this "
                    "many test episodes of the source run (each adapted, then compressed)")
     p.add_argument("--run", help="with --episodes: the run (default: the one the model was "
@@ -143,7 +145,8 @@ def add_export_parser(sub: Any) -> None:
     """Add ``export`` to the subparsers ``sub``."""
     p = add_model_verb(sub, "export", "export an adapted model to ONNX, verified against "
                        "PyTorch in onnxruntime", _cmd_export)
-    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--format", default="onnx", choices=["onnx"],
+                   help="the export format (ONNX, checked for parity in onnxruntime)")
     p.add_argument("--out", help="output directory (default MODEL-onnx)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed absolute "
                    "logit difference in the parity check (default 1e-4)")

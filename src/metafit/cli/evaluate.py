@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from metafit.cli.options import add_classifier_option, add_verb
+from metafit.cli.options import add_checkpoint_option, add_classifier_option, add_verb
 
 __all__ = ["add_evaluate_parser", "add_report_parser"]
 
@@ -57,8 +57,10 @@ def add_evaluate_parser(sub: Any) -> None:
                  _cmd_evaluate)
     p.add_argument("run", help="run directory written by `metafit train`")
     p.add_argument("--episodes", type=int, help="number of episodes (default: the recipe's)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="whose classes the episodes draw from (default: test, the classes "
+                   "meta-training never saw)")
+    add_checkpoint_option(p)
     p.add_argument("--steps", type=int, help="inner steps at test time (default: recipe's)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-feature-cache", action="store_true",
@@ -76,4 +78,5 @@ def add_report_parser(sub: Any) -> None:
     p.add_argument("--out", help="report directory (default RUN/report for one run)")
     p.add_argument("--episodes", type=int, default=100,
                    help="test episodes for the adaptation curve (default 100)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="the split whose evaluation the report plots (default: test)")

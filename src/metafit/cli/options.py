@@ -10,8 +10,8 @@ from typing import Any
 
 from metafit.config.schema import CLASSIFIERS
 
-__all__ = ["add_classifier_option", "add_model_verb", "add_recipe_arguments", "add_verb",
-           "write_line"]
+__all__ = ["add_checkpoint_option", "add_classifier_option", "add_model_verb",
+           "add_recipe_arguments", "add_verb", "write_line"]
 
 
 def add_verb(sub: Any, name: str, summary: str, command: Callable[[argparse.Namespace], int]
@@ -33,6 +33,13 @@ def add_model_verb(sub: Any, name: str, summary: str,
     p = add_verb(sub, name, summary, command)
     p.add_argument("model", help="model directory written by `metafit adapt`")
     return p
+
+
+def add_checkpoint_option(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint best|last``: which checkpoint of a run directory to load."""
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="the run's checkpoint: best (the best validation score, default) or "
+                   "last")
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str, overrides: str) -> None:

@@ -20,8 +20,14 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.name, args.overrides)
         sys.stdout.write(recipe_to_yaml(recipe))
         return 0
+    if args.action == "keys":
+        from metafit.config.keys import keys_markdown
+
+        sys.stdout.write(keys_markdown())
+        return 0
     if args.action not in (None, "list"):
-        raise RecipeError(f"unknown action '{args.action}': use `recipes` or `recipes show NAME`")
+        raise RecipeError(f"unknown action '{args.action}': use `recipes`, `recipes show NAME` "
+                          "or `recipes keys`")
     width = max(len(n) for n in list_recipes())
     for name in list_recipes():
         recipe = load_recipe(name)
@@ -40,8 +46,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def add_recipes_parser(sub: Any) -> None:
     """Add ``recipes`` to the subparsers ``sub``."""
-    p = add_verb(sub, "recipes", "list the shipped recipes, or show one resolved", _cmd_recipes)
-    p.add_argument("action", nargs="?", choices=["list", "show"], help="list (default) | show")
+    p = add_verb(sub, "recipes", "list the shipped recipes, show one resolved, or list every "
+                 "recipe key", _cmd_recipes)
+    p.add_argument("action", nargs="?", choices=["list", "show", "keys"],
+                   help="list (default) | show NAME | keys (every key: type, default, meaning)")
     p.add_argument("name", nargs="?", help="recipe name (with show)")
     p.add_argument("overrides", nargs="*", help="key=value overrides (with show)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from metafit.cli.options import add_classifier_option, add_verb
+from metafit.cli.options import add_checkpoint_option, add_classifier_option, add_verb
 
 __all__ = ["add_serve_parser"]
 
@@ -47,7 +47,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
                    "API keys on a non-loopback address")
     p.add_argument("--state-dir", help="where adaptations are kept (default RUN/adaptations)")
     p.add_argument("--model", help="an adapted model for POST /v1/predict next to a run")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    add_checkpoint_option(p)
     add_classifier_option(p, "fit this head to posted support sets instead of the recipe's")
     p.add_argument("--steps", type=int, help="inner steps when a request names none "
                    "(default: the run's evaluation steps)")

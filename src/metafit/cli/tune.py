@@ -55,8 +55,11 @@ def add_tune_parser(sub: Any) -> None:
                    "sqlite:///OUT/study.db); e.g. postgresql://... for a cluster")
     p.add_argument("--study", help="study name (default: the recipe's name)")
     p.add_argument("--timeout", type=float, help="seconds after which no trial starts")
-    p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "grid"])
-    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "grid"],
+                   help="how trials pick values: TPE (default), random search, or every point "
+                   "of the grid (int and categorical keys only)")
+    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
+                   help="how unpromising trials stop early (default: median; none: never)")
     p.add_argument("--trial-iterations", type=int, help="meta-training iterations per "
                    "trial (default: the recipe's); best.yaml keeps the recipe's")
     p.add_argument("--jobs", type=int, default=1, help="parallel trial processes sharing "

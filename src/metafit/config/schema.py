@@ -40,14 +40,17 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    name: str = "custom"
-    description: str = ""
+    name: str = Field("custom",
+        description="the run's name (default run directory runs/NAME, MLflow experiment)")
+    description: str = Field("", description='one line shown by `metafit recipes`')
 
     # -- data ------------------------------------------------------------------------
-    dataset: DatasetName = "glyphs"
+    dataset: DatasetName = Field("glyphs",
+        description="where the tasks come from (data_root points at its files; glyphs is "
+        "built in)")
     data_root: str | None = Field(None, description="directory or file of the dataset")
-    image_size: int = Field(28, gt=0)
-    channels: Literal[1, 3] = 1
+    image_size: int = Field(28, gt=0, description='images are resized to image_size x image_size')
+    channels: Literal[1, 3] = Field(1, description='1 (greyscale) or 3 (RGB) input channels')
     class_split: tuple[int, int, int] | None = Field(
         None, description="image_folder / text_csv: train, val, test class counts "
         "(default 60/20/20%)")
@@ -62,15 +65,19 @@ class Recipe(BaseModel):
                               "'vinyals' (1200 training characters, the papers' protocol)")
 
     # -- episodes --------------------------------------------------------------------
-    ways: int = Field(5, gt=0)
-    shots: int = Field(1, gt=0)
-    queries: int = Field(15, gt=0)
+    ways: int = Field(5, gt=0, description='classes per training task (N of N-way)')
+    shots: int = Field(1, gt=0,
+        description="labelled examples per class in a task's support set (K of K-shot)")
+    queries: int = Field(15, gt=0,
+        description="examples per class in a task's query set (what the adapted model is "
+        "scored on)")
     test_ways: int | None = Field(None, gt=0, description="default: ways")
     test_shots: int | None = Field(None, gt=0, description="default: shots")
     test_queries: int | None = Field(None, gt=0, description="default: queries")
 
     # -- model -----------------------------------------------------------------------
-    model: ModelName = "conv4"
+    model: ModelName = Field("conv4",
+        description='the backbone (text: a local Hugging Face encoder, text_model)')
     hidden: int = Field(64, gt=0, description="filters (conv4) or units (mlp)")
     depth: int = Field(4, gt=0, description="blocks (conv4) or hidden layers (mlp)")
     strided: bool = Field(False, description="conv4: stride-2 convolutions, no pooling")
@@ -82,7 +89,8 @@ class Recipe(BaseModel):
     label_column: str = Field("category", description="CSV column holding the label")
     max_length: int = Field(64, gt=2, description="tokens per text (longer ones are "
                             "truncated, with a warning)")
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: Literal["mean", "cls"] = Field("mean",
+        description='text models: mean of the token embeddings or the [CLS] token')
     adapt: Literal["full", "top", "head", "lora"] = Field(
         "full", description="what the inner loop adapts and the outer loop meta-learns: "
         "the whole encoder, its top adapt_layers layers, the head only, or LoRA adapters "
@@ -97,11 +105,15 @@ class Recipe(BaseModel):
                              "test episodes stay intact)")
 
     # -- algorithm -------------------------------------------------------------------
-    algorithm: str = "maml"
-    inner_lr: float = Field(0.4, gt=0)
-    inner_steps: int = Field(1, ge=0)
+    algorithm: str = Field("maml",
+        description='a registered algorithm: maml, fomaml, metasgd, anil, reptile, protonet, '
+        'finetune, linear_probe (or your own)')
+    inner_lr: float = Field(0.4, gt=0,
+        description='step size of the inner loop (adaptation to one task)')
+    inner_steps: int = Field(1, ge=0, description='inner steps per task during meta-training')
     eval_inner_steps: int | None = Field(None, ge=0, description="default: inner_steps")
-    first_order: bool = False
+    first_order: bool = Field(False,
+        description='drop second derivatives (FOMAML-style meta-gradients)')
     lslr: bool = Field(False, description="MAML++ per-step per-layer inner rates")
     finetune_layers: int = Field(0, ge=0, description="FineTune: body blocks refit at test")
     inner_batch: int | None = Field(None, gt=0, description="Reptile: examples per inner "
@@ -119,13 +131,15 @@ class Recipe(BaseModel):
                                       "penalty on the head's weights")
 
     # -- outer loop ------------------------------------------------------------------
-    meta_batch: int = Field(32, gt=0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    outer_lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    iterations: int = Field(1000, gt=0)
+    meta_batch: int = Field(32, gt=0, description='tasks per meta-training step')
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam",
+        description='the outer optimizer of the meta-parameters')
+    outer_lr: float = Field(1e-3, gt=0, description="the outer optimizer's learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="the outer optimizer's weight decay")
+    iterations: int = Field(1000, gt=0, description='meta-training steps')
     warmup: int = Field(0, ge=0, description="linear warm-up iterations")
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant",
+        description='the outer learning rate over iterations (after warmup)')
     grad_clip: float | None = Field(None, gt=0, description="max global grad norm")
     task_workers: int | None = Field(
         None, gt=0, description="threads running the tasks of a meta-batch (default: auto, "
@@ -153,22 +167,29 @@ class Recipe(BaseModel):
         "small tasks; MAML, FOMAML, Meta-SGD and ANIL")
 
     # -- validation / evaluation -----------------------------------------------------
-    val_every: int = Field(100, gt=0)
-    val_episodes: int = Field(100, gt=0)
+    val_every: int = Field(100, gt=0,
+        description='iterations between validations (fixed validation episodes)')
+    val_episodes: int = Field(100, gt=0, description='episodes per validation')
     patience: int | None = Field(None, gt=0, description="validations without improvement")
-    test_episodes: int = Field(600, gt=0)
+    test_episodes: int = Field(600, gt=0,
+        description='episodes of `metafit evaluate` (mean with a 95% interval)')
 
     # -- run -------------------------------------------------------------------------
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = Field(0,
+        description="seeds the model, the samplers (train seed, val seed+1, test seed+2) "
+        "and torch")
+    device: str = Field("cpu", description='cpu, cuda or cuda:N')
     threads: int | None = Field(None, gt=0, description="torch threads (default: torch's)")
-    log_every: int = Field(10, gt=0)
-    checkpoint_every: int = Field(100, gt=0)
+    log_every: int = Field(10, gt=0,
+        description='iterations between training records in metrics.jsonl')
+    checkpoint_every: int = Field(100, gt=0,
+        description='iterations between checkpoints/last.pt writes')
     checkpoint_minutes: float | None = Field(
         10.0, gt=0, description="also save checkpoints/last.pt once this many minutes of "
         "meta-training steps have passed since the last save, so a killed run loses at most "
         "that much (null: only every checkpoint_every iterations)")
-    tensorboard: bool = False
+    tensorboard: bool = Field(False,
+        description='also write TensorBoard event files (the track extra)')
     mlflow: bool = Field(
         False, description="log the run to MLflow (metafit.training.mlflow_logger; the "
         "track extra): the recipe as parameters, the metrics, the run's files, its status")
