@@ -90,3 +90,16 @@ def test_protonet_distance_is_a_recipe_key() -> None:
                               distance="cosine", distance_scale=20.0, hidden=8))
     algo = build_algorithm(recipe)
     assert (algo.distance, algo.scale) == ("cosine", 20.0)
+
+
+def test_a_bad_override_is_blamed_on_the_override_not_the_file(tmp_path) -> None:
+    from metafit.config.recipe import RecipeError, load_recipe
+
+    pattern = r"invalid value in the overrides \(ways\): ways: .*'abc'"
+    with pytest.raises(RecipeError, match=pattern) as err:
+        load_recipe("sinusoid_maml", ["ways=abc"])
+    assert ".yaml" not in str(err.value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: sinusoid_maml\nways: 0\n")
+    with pytest.raises(RecipeError, match="invalid values in .*bad.yaml"):  # the file's own
+        load_recipe(str(bad), ["inner_lr=0.1"])

@@ -148,5 +148,5 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | list[str] 
     if overrides:
         check_keys(overrides, "the overrides")
         values.update(overrides)
-    return make_recipe(values, str(path))
+    return make_recipe(values, str(path), overridden=set(overrides or ()))
 

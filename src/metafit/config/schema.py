@@ -10,6 +10,7 @@ nearest valid ones. Finding, reading and overriding recipe files: :mod:`metafit.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Collection
 from typing import Any, Literal
 
 import yaml
@@ -254,18 +255,28 @@ def check_keys(values: dict[Any, Any], where: str) -> None:
             raise RecipeError(f"unknown recipe key {short_repr(key)} in {where}{_nearest(key)}")
 
 
-def make_recipe(values: dict[str, Any], where: str = "the recipe") -> Recipe:
-    """Validate a dict into a :class:`Recipe`, with one readable message per bad key."""
+def make_recipe(values: dict[str, Any], where: str = "the recipe",
+                overridden: Collection[str] = ()) -> Recipe:
+    """Validate a dict into a :class:`Recipe`, with one readable message per bad key; a
+    bad value of a key in ``overridden`` (set on the command line) is blamed on the
+    override, not on ``where`` (the file)."""
     check_keys(values, where)
     try:
         return Recipe(**values)
     except ValidationError as e:
+        mine = [err for err in e.errors() if err["loc"] and err["loc"][0] in overridden]
+        errors = mine or e.errors()
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'recipe'}: {err['msg']}"
             f" (got {short_repr(err.get('input'))})"
-            for err in e.errors()
+            for err in errors
         )
-        raise RecipeError(f"invalid values in {where}: {problems}") from None
+        if mine:
+            keys = ", ".join(sorted({str(err["loc"][0]) for err in mine}))
+            raise RecipeError(f"invalid value in the overrides ({keys}): {problems}") from None
+        with_overrides = f" with the overrides of {', '.join(sorted(overridden))}" \
+            if overridden else ""
+        raise RecipeError(f"invalid values in {where}{with_overrides}: {problems}") from None
 
 
 def recipe_to_yaml(recipe: Recipe, **extra: Any) -> str:
