@@ -105,3 +105,24 @@ def test_recipe_keys_are_listed_described_and_documented(
     assert printed == keys_markdown() and "| `inner_lr` | float | 0.4 |" in printed
     docs = (Path(__file__).resolve().parent.parent / "docs" / "recipes.md").read_text()
     assert keys_markdown() in docs, "docs/recipes.md is stale: regenerate it"
+
+
+def test_threads_on_every_verb_that_computes(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from metafit.cli.options import apply_threads
+
+    parser = build_parser()
+    for argv in (["evaluate", "RUN"], ["report", "RUN"],
+                 ["adapt", "RUN", "--support", "S", "--out", "O"], ["predict", "MODEL", "x"],
+                 ["compress", "MODEL", "--out", "O"], ["export", "MODEL"]):
+        args, _ = parser.parse_known_args([*argv, "--threads", "1"])
+        assert args.torch_threads == 1, argv
+    before = torch.get_num_threads()
+    try:
+        apply_threads(parser.parse_known_args(["evaluate", "RUN", "--threads", "1"])[0])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main(["evaluate", "RUN", "--threads", "0"]) == 2
+    assert "--threads must be a positive count" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from metafit.cli.options import (
     add_checkpoint_option,
     add_classifier_option,
     add_model_verb,
+    add_threads_option,
     add_verb,
 )
 from metafit.cli.options import write_line as _write
@@ -133,6 +134,7 @@ def add_adapt_parser(sub: Any) -> None:
     """Add ``adapt`` to the subparsers ``sub``."""
     p = add_verb(sub, "adapt", "fine-tune a trained run on your own labelled examples and "
                  "write an adapted model directory", _cmd_adapt)
+    add_threads_option(p)
     p.add_argument("run", help="run directory written by `metafit train`")
     p.add_argument("--support", required=True, help="labelled examples: a CSV (text runs; "
                    "the recipe's text and label columns) or a folder of class folders "
@@ -156,6 +158,7 @@ def add_predict_parser(sub: Any) -> None:
     """Add ``predict`` to the subparsers ``sub``."""
     p = add_model_verb(sub, "predict", "labels and probabilities of texts or images from an "
                        "adapted model directory", _cmd_predict)
+    add_threads_option(p)
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="texts (text models) or image "
                    "files / folders of images (image models)")
     p.add_argument("--from-file", metavar="FILE", help="also read inputs from this UTF-8 "

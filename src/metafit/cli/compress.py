@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metafit.cli.options import add_model_verb
+from metafit.cli.options import add_model_verb, add_threads_option
 from metafit.cli.options import write_line as _write
 
 __all__ = ["add_compress_parser", "add_export_parser"]
@@ -123,6 +123,7 @@ def add_compress_parser(sub: Any) -> None:
     """Add ``compress`` to the subparsers ``sub``."""
     p = add_model_verb(sub, "compress", "int8 quantization and/or magnitude pruning of an "
                        "adapted model (size, latency and agreement reported)", _cmd_compress)
+    add_threads_option(p)
     p.add_argument("--out", required=True, help="the compressed model directory")
     p.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantization of the "
                    "linear layers")
@@ -145,6 +146,7 @@ def add_export_parser(sub: Any) -> None:
     """Add ``export`` to the subparsers ``sub``."""
     p = add_model_verb(sub, "export", "export an adapted model to ONNX, verified against "
                        "PyTorch in onnxruntime", _cmd_export)
+    add_threads_option(p)
     p.add_argument("--format", default="onnx", choices=["onnx"],
                    help="the export format (ONNX, checked for parity in onnxruntime)")
     p.add_argument("--out", help="output directory (default MODEL-onnx)")

@@ -6,7 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from metafit.cli.options import add_checkpoint_option, add_classifier_option, add_verb
+from metafit.cli.options import (
+    add_checkpoint_option,
+    add_classifier_option,
+    add_threads_option,
+    add_verb,
+)
 
 __all__ = ["add_evaluate_parser", "add_report_parser"]
 
@@ -55,6 +60,7 @@ def add_evaluate_parser(sub: Any) -> None:
     """Add ``evaluate`` to the subparsers ``sub``."""
     p = add_verb(sub, "evaluate", "evaluate a run on fixed test episodes (mean, 95%% CI)",
                  _cmd_evaluate)
+    add_threads_option(p)
     p.add_argument("run", help="run directory written by `metafit train`")
     p.add_argument("--episodes", type=int, help="number of episodes (default: the recipe's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
@@ -73,6 +79,7 @@ def add_report_parser(sub: Any) -> None:
     """Add ``report`` to the subparsers ``sub``."""
     p = add_verb(sub, "report", "plot runs: training and validation curves, adaptation "
                  "curves, an example test episode (or sinusoid fits)", _cmd_report)
+    add_threads_option(p)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: "
                    "curves overlaid)")
     p.add_argument("--out", help="report directory (default RUN/report for one run)")

@@ -22,7 +22,7 @@ from metafit._version import __version__
 from metafit.cli.adapt import add_adapt_parser, add_predict_parser
 from metafit.cli.compress import add_compress_parser, add_export_parser
 from metafit.cli.evaluate import add_evaluate_parser, add_report_parser
-from metafit.cli.options import add_verb
+from metafit.cli.options import add_verb, apply_threads
 from metafit.cli.recipes import add_data_parser, add_recipes_parser
 from metafit.cli.serve import add_serve_parser
 from metafit.cli.train import add_quickstart_parser, add_train_parser
@@ -127,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(func: Command, args: argparse.Namespace) -> int:
     """``func(args)``, with the command line's messages for bad input and Ctrl-C."""
     try:
+        apply_threads(args)
         return func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
         if os.environ.get("METAFIT_DEBUG"):

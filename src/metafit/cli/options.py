@@ -11,7 +11,8 @@ from typing import Any
 from metafit.config.schema import CLASSIFIERS
 
 __all__ = ["add_checkpoint_option", "add_classifier_option", "add_model_verb",
-           "add_recipe_arguments", "add_verb", "write_line"]
+           "add_recipe_arguments", "add_threads_option", "add_verb", "apply_threads",
+           "write_line"]
 
 
 def add_verb(sub: Any, name: str, summary: str, command: Callable[[argparse.Namespace], int]
@@ -40,6 +41,28 @@ def add_checkpoint_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="the run's checkpoint: best (the best validation score, default) or "
                    "last")
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's intra-op threads for the verb's work (default: torch's)."""
+    p.add_argument("--threads", type=int, default=None, dest="torch_threads",
+                   help="torch threads for this command (default: torch's, one per core)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's thread count from ``--threads``, if the verb has it and it was given.
+
+    Raises:
+        ValueError: not a positive count.
+    """
+    threads = getattr(args, "torch_threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be a positive count, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str, overrides: str) -> None:
