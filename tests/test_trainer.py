@@ -133,7 +133,8 @@ def test_time_budget_stops_and_records_seconds(tmp_path: Path) -> None:
     assert RunDir(run).status()["status"] == "complete"
 
 
-def test_run_directory_contents_and_evaluation(tmp_path: Path) -> None:
+def test_run_directory_contents_and_evaluation(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     root = image_folder(tmp_path / "data")
     run = tmp_path / "run"
     Trainer(classification_recipe(root, "maml"), run, progress=False).fit()
@@ -150,6 +151,11 @@ def test_run_directory_contents_and_evaluation(tmp_path: Path) -> None:
     assert 0.0 <= result.mean <= 1.0 and result.ci95 >= 0
     saved = json.loads((rd.report / "eval_test_best_2steps.json").read_text())
     assert saved["mean"] == pytest.approx(result.mean)
+    capsys.readouterr()
+    shown = evaluate_run(run, "test", episodes=6, progress=True)  # a bar on stderr
+    assert shown.per_episode == result.per_episode
+    err = capsys.readouterr().err
+    assert "evaluating:" in err and "/6 " in err
 
 
 def test_scoring_only_the_curve_ends_gives_the_same_result(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate_run(args.run, split=args.split, episodes=args.episodes,
                               which=args.checkpoint, steps=args.steps, dist=ctx,
                               cache_features=not args.no_feature_cache,
-                              classifier=args.classifier, penalty=args.classifier_penalty)
+                              classifier=args.classifier, penalty=args.classifier_penalty,
+                              progress=not args.no_progress and sys.stderr.isatty())
     finally:
         shutdown(ctx)
     if not ctx.is_main:
@@ -61,6 +62,8 @@ def add_evaluate_parser(sub: Any) -> None:
     p = add_verb(sub, "evaluate", "evaluate a run on fixed test episodes (mean, 95%% CI)",
                  _cmd_evaluate)
     add_threads_option(p)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none either when stderr is not a terminal)")
     p.add_argument("run", help="run directory written by `metafit train`")
     p.add_argument("--episodes", type=int, help="number of episodes (default: the recipe's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],

@@ -153,6 +153,7 @@ def evaluate_run(
     cache_features: bool = True,
     classifier: str | None = None,
     penalty: float | None = None,
+    progress: bool = False,
 ) -> EvalResult:
     """Evaluate a run on fixed episodes of ``split`` and save the result under report/.
 
@@ -164,7 +165,8 @@ def evaluate_run(
     ``classifier``, ``penalty``: as in :func:`load_trained` (the saved result's name then
     ends in the classifier and a penalty other than the default).
     ``episodes``: None for the recipe's ``test_episodes``; ``steps``: None for the
-    algorithm's evaluation steps (0: score before any adaptation).
+    algorithm's evaluation steps (0: score before any adaptation). ``progress``: a progress
+    bar (episodes) on stderr.
 
     Raises:
         ValueError: ``episodes`` not a positive integer or ``steps`` a negative one, before
@@ -178,7 +180,7 @@ def evaluate_run(
                       episodes=recipe.test_episodes if episodes is None else episodes,
                       steps=n_steps, dist=dist,
                       points=None if curve == "full" else [0, n_steps],
-                      cache_features=cache_features)
+                      cache_features=cache_features, progress=progress)
     if not dist.is_main:
         return result
     return record_evaluation(run, result, recipe, split, which)
