@@ -262,7 +262,7 @@ def test_text_input_errors(tmp_path: Path, capsys) -> None:
 def test_build_algorithm_logs_trainable_counts(caplog) -> None:
     recipe = load_recipe("_banking77", {"text_model": str(shared_model_dir()),
                                         "adapt": "lora", "lora_r": 2})
-    with caplog.at_level("INFO", logger="metafit.models.text"):
+    with caplog.at_level("DEBUG", logger="metafit.models.text"):
         algo = build_algorithm(recipe)
     trainable = sum(p.numel() for p in algo.parameters() if p.requires_grad)
     assert f"{trainable:,} of" in caplog.text and "parameters trainable" in caplog.text
@@ -338,3 +338,16 @@ def test_large_batches_run_in_length_chunks_with_the_same_outputs_and_gradients(
     for a, b in zip(whole, chunked, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     assert float(whole[1].abs().sum()) > 0 and float(whole[2].abs().sum()) > 0
+
+
+def test_building_a_text_model_is_quiet_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    # every `metafit predict` builds one: the parameter count is a debug line there
+    # (the trainer states it once at INFO when a run starts)
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="metafit"):
+        text_model(3, shared_model_dir(), adapt="head")
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]
+    with caplog.at_level(logging.DEBUG, logger="metafit"):
+        text_model(3, shared_model_dir(), adapt="head")
+    assert any("parameters trainable" in r.getMessage() for r in caplog.records)

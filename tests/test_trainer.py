@@ -319,3 +319,17 @@ def test_timed_checkpoints_bound_what_a_killed_run_loses(tmp_path: Path) -> None
     # Changing either setting does not block resuming an existing run.
     relaxed = timed.model_copy(update={"checkpoint_minutes": 30.0, "checkpoint_every": 2})
     assert Trainer(relaxed, broken, progress=False).fit().iteration == timed.iterations
+
+
+def test_the_trainer_states_the_trainable_parameters_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from metafit.config.recipe import load_recipe
+
+    recipe = load_recipe("sinusoid_maml", ["iterations=1", "val_every=1", "val_episodes=2",
+                                           "meta_batch=2"])
+    with caplog.at_level("INFO", logger="metafit.training"):
+        trainer = Trainer(recipe, tmp_path / "run", progress=False)
+        trainer.fit()
+    lines = [r.getMessage() for r in caplog.records if "parameters trainable" in r.getMessage()]
+    count = sum(p.numel() for p in trainer.algo.parameters())
+    assert lines == [f"sinusoid_maml: maml mlp, {count:,} of {count:,} parameters trainable"]

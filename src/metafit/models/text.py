@@ -195,6 +195,6 @@ def text_model(out_features: int | None, path: str | Path | None = None,
     model = FewShotModel(body, make_head(width, out_features), width)
     apply_adapt_scope(model, adapt, adapt_layers, lora_r, lora_alpha)
     trainable, total = count_parameters(model)
-    log.info("text model (%s, adapt=%s): %s of %s parameters trainable", pooling, adapt,
+    log.debug("text model (%s, adapt=%s): %s of %s parameters trainable", pooling, adapt,
              f"{trainable:,}", f"{total:,}")
     return model

@@ -252,6 +252,10 @@ class Trainer:
             restore_state(self.algo, start.checkpoint, start.source)
             self._info("warm start from %s", start.source)
         self.session.begin(self.recipe, self.state.iteration)
+        total = sum(p.numel() for p in self.algo.parameters())
+        trainable = sum(p.numel() for p in self.params)
+        self._info("%s: %s %s, %s of %s parameters trainable", self.recipe.name,
+                   self.recipe.algorithm, self.recipe.model, f"{trainable:,}", f"{total:,}")
 
     def _resumable(self) -> Resumable:
         return Resumable(self.algo, self.optimizer, self.scheduler, self.train_sampler,
