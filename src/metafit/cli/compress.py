@@ -131,9 +131,9 @@ def add_compress_parser(sub: Any) -> None:
                    "embedding tables too (8-bit rows)")
     p.add_argument("--prune", type=_fraction, metavar="SPARSITY", help="zero this fraction "
                    "of the conv/linear weights of smallest magnitude (before quantizing)")
-    p.add_argument("--prune-scope", default="global", choices=["global", "layer"],
-                   help="global (default): the smallest weights over all layers at once; "
-                   "layer: the same fraction in each layer")
+    scopes = "global (default): the smallest weights over all layers at once; layer: the " \
+        "same fraction in each layer"
+    p.add_argument("--prune-scope", default="global", choices=["global", "layer"], help=scopes)
     p.add_argument("--episodes", type=int, help="also measure the accuracy change on this "
                    "many test episodes of the source run (each adapted, then compressed)")
     p.add_argument("--run", help="with --episodes: the run (default: the one the model was "

@@ -82,7 +82,6 @@ def add_report_parser(sub: Any) -> None:
     """Add ``report`` to the subparsers ``sub``."""
     p = add_verb(sub, "report", "plot runs: training and validation curves, adaptation "
                  "curves, an example test episode (or sinusoid fits)", _cmd_report)
-    add_threads_option(p)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: "
                    "curves overlaid)")
     p.add_argument("--out", help="report directory (default RUN/report for one run)")
@@ -90,3 +89,4 @@ def add_report_parser(sub: Any) -> None:
                    help="test episodes for the adaptation curve (default 100)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="the split whose evaluation the report plots (default: test)")
+    add_threads_option(p)
