@@ -94,6 +94,16 @@ class Algorithm(nn.Module, ABC):
         """The class's capability flags, ``{name: value}`` for :data:`CAPABILITIES`."""
         return {name: getattr(cls, name) for name in CAPABILITIES}
 
+    @classmethod
+    def check_batching(cls, batching: str) -> None:
+        """Raise ``ValueError`` where ``batching`` (other than ``"auto"``) asks for a choice
+        this class does not offer: only a per-task and a vmapped form give one."""
+        if batching == "auto" or cls.batch_form == "vmap":
+            return
+        raise ValueError(f"batching={batching!r} applies to algorithms with a per-task and a "
+                         f"vmapped form; {cls.__name__} has {cls.batch_form or 'only a per-task'}"
+                         " form (leave batching auto)")
+
     def __init__(
         self, model: nn.Module, inner_steps: int = 0, eval_inner_steps: int | None = None,
         execution: Execution | None = None,
@@ -106,11 +116,7 @@ class Algorithm(nn.Module, ABC):
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps
         self.execution = Execution() if execution is None else execution
-        if self.execution.batching != "auto" and type(self).batch_form != "vmap":
-            raise ValueError(f"batching={self.execution.batching!r} applies to algorithms "
-                             f"with a per-task and a vmapped form; {type(self).__name__} has "
-                             f"{type(self).batch_form or 'only a per-task'} form (leave "
-                             "batching auto)")
+        type(self).check_batching(self.execution.batching)
 
     @property
     def second_order(self) -> bool:

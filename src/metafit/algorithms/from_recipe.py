@@ -99,11 +99,7 @@ def check_recipe_algorithm(recipe: Recipe) -> type[Algorithm]:
             f"algorithm '{recipe.algorithm}' meta-trains a {recipe.ways}-way head, so test_ways "
             f"must equal ways (got test_ways={recipe.eval_ways}); only {free} can change the "
             "number of ways")
-    if recipe.batching != "auto" and cls.batch_form != "vmap":
-        raise ValueError(f"batching={recipe.batching!r} applies to "
-                         f"{', '.join(with_capability('batch_form', 'vmap'))}; algorithm "
-                         f"'{recipe.algorithm}' has no per-task and vmapped forms to choose "
-                         "from (leave batching auto)")
+    cls.check_batching(recipe.batching)  # before the model is built
     if recipe.cuda_graphs and not cls.graphable:
         raise ValueError(f"cuda_graphs works with {', '.join(with_capability('graphable'))}, "
                          f"not algorithm '{recipe.algorithm}' (docs/design.md, 'Speed on a "
