@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FewShotModel", "feature_dim"]
+__all__ = ["FewShotModel", "feature_dim", "count_parameters"]
 
 
 class FewShotModel(nn.Module):
@@ -44,3 +44,9 @@ def feature_dim(body: nn.Module, in_shape: tuple[int, ...]) -> int:
 def make_head(feature_dim: int, out_features: int | None) -> nn.Module:
     """A linear head, or the identity for an embedding network (``out_features=None``)."""
     return nn.Identity() if out_features is None else nn.Linear(feature_dim, out_features)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

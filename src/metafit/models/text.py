@@ -32,7 +32,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-from metafit.models.base import FewShotModel, make_head
+from metafit.models.base import FewShotModel, count_parameters, make_head
 
 __all__ = ["TextBody", "text_model", "apply_adapt_scope", "count_parameters", "AdaptScope",
            "load_encoder", "transformer_layers"]
@@ -175,12 +175,6 @@ def apply_adapt_scope(model: FewShotModel, scope: AdaptScope, layers: int = 2,
     else:
         raise ValueError(f"unknown adapt scope {scope!r}; use full, top, head or lora")
     model.head.requires_grad_(True)
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def text_model(out_features: int | None, path: str | Path | None = None,

@@ -44,6 +44,7 @@ from metafit.distributed import (
 from metafit.episodes import Episodes
 from metafit.evaluation.protocol import evaluate
 from metafit.execution.cuda_graphs import GraphedMetaGradients
+from metafit.models.base import count_parameters
 from metafit.runs.checkpoints import Resumable
 from metafit.runs.directory import RunDir, restore_state
 from metafit.runs.session import TrainingSession
@@ -252,8 +253,7 @@ class Trainer:
             restore_state(self.algo, start.checkpoint, start.source)
             self._info("warm start from %s", start.source)
         self.session.begin(self.recipe, self.state.iteration)
-        total = sum(p.numel() for p in self.algo.parameters())
-        trainable = sum(p.numel() for p in self.params)
+        trainable, total = count_parameters(self.algo)
         self._info("%s: %s %s, %s of %s parameters trainable", self.recipe.name,
                    self.recipe.algorithm, self.recipe.model, f"{trainable:,}", f"{total:,}")
 
