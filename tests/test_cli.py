@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -126,3 +127,33 @@ def test_threads_on_every_verb_that_computes(capsys: pytest.CaptureFixture[str])
         torch.set_num_threads(before)
     assert main(["evaluate", "RUN", "--threads", "0"]) == 2
     assert "--threads must be a positive count" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("blocked", "extra", "verb"), [
+    ("mlflow", "track", ["train", "sinusoid_maml", "iterations=2", "mlflow=true"]),
+    ("torch.utils.tensorboard", "track", ["train", "sinusoid_maml", "iterations=2",
+                                          "tensorboard=true"]),
+    ("peft", "text", ["train", "TEXT", "iterations=2"]),
+    ("optuna", "tune", ["tune", "sinusoid_maml_tune", "--trials", "1"]),
+])
+def test_a_missing_optional_package_names_its_extra_and_leaves_nothing(
+        blocked: str, extra: str, verb: list[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from text_fixtures import sentences, write_csv
+
+    if "TEXT" in verb:  # a text recipe on a small CSV: peft is imported to build the model
+        csv = write_csv(tmp_path / "intents.csv", sentences(12, 20))
+        verb = ["train", "banking77_maml_lora", f"data_root={csv}", "split_classes=false",
+                "iterations=2"]
+    monkeypatch.setitem(sys.modules, blocked, None)  # its import fails
+    out = tmp_path / "out"
+    assert main([*verb, "--out", str(out)]) == 2
+    assert f"metafit[{extra}]" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_closed_output_pipe_is_not_a_traceback() -> None:
+    proc = subprocess.run(f"{sys.executable} -m metafit recipes | head -n 1", shell=True,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

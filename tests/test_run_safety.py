@@ -25,6 +25,7 @@ from metafit.runs.directory import (
 )
 from metafit.runs.lock import RunLockedError
 from metafit.runs.trained import load_trained
+from metafit.training.callbacks import Callback, TrainerView
 from metafit.training.trainer import Trainer
 from test_trainer import (
     assert_same_metrics,
@@ -265,3 +266,52 @@ def test_a_binary_run_config_names_the_file(shared: tuple[Path, Path], tmp_path:
     RunDir(copy).config.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
     with pytest.raises(ValueError, match=r"config.yaml, line 1: not valid UTF-8"):
         load_trained(copy)
+
+
+class _FailAtFirstStep(Callback):
+    """Raises after the first iteration (logged, before any checkpoint): a start that
+    fails after the directory is written."""
+
+    def on_step_end(self, iteration: int, metrics: dict[str, float]) -> None:
+        raise RuntimeError("broken at start")
+
+
+def test_a_missing_tracking_package_leaves_no_run_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(ValueError, match="tensorboard"):
+        Trainer(regression_recipe("maml", iterations=2, tensorboard=True), tmp_path / "run",
+                progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_start_that_failed_before_a_checkpoint_does_not_pin_the_recipe(
+        tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="broken at start"):
+        Trainer(regression_recipe("maml", iterations=2), out, progress=False,
+                callbacks=[_FailAtFirstStep()]).fit()
+    assert RunDir(out).status()["status"] == "failed"  # the failure is recorded...
+    state = Trainer(regression_recipe("maml", iterations=3, inner_lr=0.05), out,
+                    progress=False).fit()  # ...and another recipe may start there
+    assert state.iteration == 3
+    assert RunDir(out).read_recipe().inner_lr == 0.05
+    # no records of the failed start (it logged iteration 1 before failing)
+    assert [r["iteration"] for r in RunDir(out).read_metrics() if r["split"] == "train"] \
+        == [1, 2, 3]
+
+
+def test_a_run_with_a_checkpoint_still_refuses_another_recipe(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    Trainer(regression_recipe("maml", iterations=2), out, progress=False).fit()
+    with pytest.raises(ValueError, match="differs in inner_lr"):
+        Trainer(regression_recipe("maml", iterations=2, inner_lr=0.05), out, progress=False).fit()
+    Trainer(regression_recipe("maml", iterations=2, tensorboard=True), out, progress=False).fit()
+    assert RunDir(out).is_finished()
+
+
+def test_the_files_of_a_failed_start_include_the_mlflow_run_file() -> None:
+    from metafit.runs.session import UNSTARTED_FILES
+    from metafit.training.mlflow_logger import RUN_FILE
+
+    assert RUN_FILE in UNSTARTED_FILES

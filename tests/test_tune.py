@@ -308,3 +308,17 @@ def test_hyperband_and_random_search_run_a_study(tmp_path: Path) -> None:
         assert type(study.pruner).__name__ == "HyperbandPruner"
         assert result.finished == 4 and result.failed == 0
         assert all(sorted(t.intermediate_values)[0] == 2 for t in study.trials)
+
+
+def test_a_study_continues_with_tracking_changed_and_from_an_older_fingerprint(
+        tmp_path: Path) -> None:
+    recipe, db, out = write_recipe(tmp_path), tmp_path / "study.db", tmp_path / "tune"
+    assert tune_cli(recipe, db, out, "--trials", "1") == 0
+    study = load(db)
+    saved = study.user_attrs["fingerprint"]
+    assert "mlflow" not in saved["recipe"] and "tensorboard" not in saved["recipe"]
+    # an older metafit kept the tracking keys in the fingerprint: still the same set-up
+    study.set_user_attr("fingerprint", {**saved, "recipe": {
+        **saved["recipe"], "mlflow": False, "tensorboard": False}})
+    assert tune_cli(recipe, db, out, "--trials", "2", "tensorboard=true") == 0
+    assert len(load(db).trials) == 2

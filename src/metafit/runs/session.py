@@ -19,6 +19,7 @@ process trains into it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from metafit.config.recipe import Recipe
@@ -33,7 +34,15 @@ from metafit.runs.checkpoints import (
 from metafit.runs.directory import RunDir
 from metafit.runs.lock import LOCK_NAME, RunLock
 
-__all__ = ["TrainingSession"]
+__all__ = ["TrainingSession", "UNSTARTED_FILES"]
+
+log = logging.getLogger(__name__)
+
+#: What a start that failed before its first checkpoint leaves in a run directory, removed
+#: by the next start so that it begins afresh with any recipe (``mlflow.json``: the MLflow
+#: run id of :class:`~metafit.training.mlflow_logger.MLflowLogger`, so that a new MLflow
+#: run is created too).
+UNSTARTED_FILES = ("config.yaml", "status.json", "metrics.jsonl", "mlflow.json")
 
 
 class TrainingSession:
@@ -63,7 +72,20 @@ class TrainingSession:
         lock = self.run.lock()
         lock.acquire()
         self._lock = lock
+        self._forget_failed_start()
         return starting_point(self.run, recipe)
+
+    def _forget_failed_start(self) -> None:
+        """Remove what an earlier start left when it failed before its first checkpoint
+        (a missing package, bad data found late, a crash in the first iteration): with no
+        checkpoint there is nothing to resume, so it must not pin the directory to its
+        recipe (rank 0, holding the lock)."""
+        run = self.run
+        if not run.exists() or run.has_checkpoint("last") or run.has_checkpoint("best"):
+            return
+        log.info("%s: an earlier start left no checkpoint; starting afresh", run.path)
+        for name in UNSTARTED_FILES:
+            (run.path / name).unlink(missing_ok=True)
 
     def resume(self, parts: Resumable, start: Start) -> dict[str, Any]:
         """Restore ``parts`` from ``start``'s checkpoint (this rank's random state), cut

@@ -93,23 +93,25 @@ class MetricsFile(Callback):
 class TensorBoard(Callback):
     """Each float of each record as a TensorBoard scalar ``{split}/{key}`` at its
     iteration, in ``log_dir`` (the run's ``tensorboard/``; needs the ``tensorboard``
-    package, checked when the run starts).
+    package, checked when the callback is built: a recipe asking for TensorBoard without
+    it fails before its run directory is created).
 
     Raises:
-        ValueError: (at the start of the run) tensorboard is not installed.
+        ValueError: tensorboard is not installed (the ``track`` extra).
     """
 
     def __init__(self, log_dir: str | Path) -> None:
-        self.log_dir = Path(log_dir)
-        self.writer: Any = None
-
-    def on_fit_start(self, trainer: TrainerView) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             raise ValueError("tensorboard=true needs the tensorboard package "
-                             "(pip install tensorboard)") from e
-        self.writer = SummaryWriter(str(self.log_dir))
+                             "(pip install 'metafit[track]')") from e
+        self._writer_class = SummaryWriter
+        self.log_dir = Path(log_dir)
+        self.writer: Any = None
+
+    def on_fit_start(self, trainer: TrainerView) -> None:
+        self.writer = self._writer_class(str(self.log_dir))
 
     def on_log(self, record: dict[str, Any]) -> None:
         if self.writer is None:

@@ -22,8 +22,11 @@ __all__ = ["RESUMABLE_CHANGES", "MIN_REPORTS", "open_study", "load_existing_stud
            "optuna_module"]
 
 
-#: Recipe keys that may differ when a study is continued (they change speed, not results).
-RESUMABLE_CHANGES = ("threads", "task_workers", "vmap_chunk")
+#: Recipe keys that may differ when a study is continued (they change speed or where the
+#: trials are tracked, not results). Left out of a study's fingerprint, and out of saved
+#: fingerprints when compared, so that studies made before a key joined still continue.
+RESUMABLE_CHANGES = ("threads", "task_workers", "vmap_chunk", "tensorboard", "mlflow",
+                     "mlflow_uri", "mlflow_experiment")
 #: Validations per trial at least (so the pruner has points to compare).
 MIN_REPORTS = 5
 
@@ -68,6 +71,15 @@ def _fingerprint(recipe: Recipe, opts: TuneOptions) -> dict[str, Any]:
     data = recipe.model_dump(exclude=set(RESUMABLE_CHANGES))
     return {"recipe": data, "trial_iterations": _trial_iterations(recipe, opts),
             "sampler": opts.sampler, "pruner": opts.pruner}
+
+
+def _comparable(saved: Any) -> Any:
+    """A saved fingerprint without the keys of :data:`RESUMABLE_CHANGES` (an older
+    metafit kept some of them in it)."""
+    if isinstance(saved, dict) and isinstance(saved.get("recipe"), dict):
+        recipe = {k: v for k, v in saved["recipe"].items() if k not in RESUMABLE_CHANGES}
+        return {**saved, "recipe": recipe}
+    return saved
 
 
 def _trial_iterations(recipe: Recipe, opts: TuneOptions) -> int:
@@ -135,7 +147,7 @@ def open_study(recipe: Recipe, opts: TuneOptions, job: int = 0) -> optuna.Study:
     fingerprint = _fingerprint(recipe, opts)
     if name in existing:
         probe = optuna.load_study(study_name=name, storage=storage)
-        saved = probe.user_attrs.get("fingerprint")
+        saved = _comparable(probe.user_attrs.get("fingerprint"))
         if saved is not None and saved != json.loads(json.dumps(fingerprint)):
             differ = _differences(saved, fingerprint)
             raise ValueError(f"study '{name}' in {url} was made for another set-up (differs "

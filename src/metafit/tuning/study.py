@@ -196,6 +196,7 @@ def tune(recipe: Recipe, opts: TuneOptions) -> TuneResult:
     """
     from metafit.tuning.report import write_best_recipe
 
+    optuna_module()  # without Optuna: a clear error before anything is created
     space = parse_search_space(recipe)
     _target(space, opts)
     if opts.jobs < 1:
