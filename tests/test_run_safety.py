@@ -25,7 +25,7 @@ from metafit.runs.directory import (
 )
 from metafit.runs.lock import RunLockedError
 from metafit.runs.trained import load_trained
-from metafit.training.callbacks import Callback, TrainerView
+from metafit.training.callbacks import Callback
 from metafit.training.trainer import Trainer
 from test_trainer import (
     assert_same_metrics,
