@@ -296,7 +296,7 @@ def test_cli_bench_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None: 
 
     out = tmp_path / "rows.json"
     code = main(["bench", "--quick", "--algorithms", "fomaml", "--problems", "sinusoid",
-                 "--peers", "loop", "--repeats", "1", "--meta-batch", "4", "--json", str(out)])
+                 "--peers", "loop", "--repeats", "1", "--meta-batch", "4", "--json-out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "fomaml sinusoid 10-shot T=4 K=1" in text and "| loop |" in text

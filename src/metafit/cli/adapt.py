@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from metafit.cli.options import (
     add_checkpoint_option,
     add_classifier_option,
+    add_json_option,
     add_model_verb,
     add_threads_option,
     add_verb,
@@ -36,7 +36,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
                **{k: model.info[k] for k in ("algorithm", "steps", "support_size")},
                "support_accuracy": round(float(fit), 4)}
     if args.json:
-        _write(json.dumps(summary))
+        from metafit.cli.results import emit
+
+        emit("adapt", summary)
         return 0
     _write(f"adapted {args.run} ({summary['algorithm']}, {summary['steps']} steps) to "
            f"{len(model.label_names)} classes from {summary['support_size']} examples; "
@@ -123,7 +125,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     rows = model.predict(inputs)
     names = [str(i) for i in inputs]
     if args.json:
-        _write(json.dumps([{"input": n, **r} for n, r in zip(names, rows, strict=True)]))
+        from metafit.cli.results import emit
+
+        emit("predict", [{"input": n, **r} for n, r in zip(names, rows, strict=True)])
     else:
         _write(_table(names, rows))
     return 0
@@ -151,7 +155,7 @@ def add_adapt_parser(sub: Any) -> None:
                    "prediction depends on its input only; default); batch: the algorithm's "
                    "per-batch statistics, as in evaluation")
     add_classifier_option(p, "fit this head instead of the recipe's")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_json_option(p, "a summary (labels, support-set accuracy)")
 
 
 def add_predict_parser(sub: Any) -> None:
@@ -164,5 +168,4 @@ def add_predict_parser(sub: Any) -> None:
     p.add_argument("--from-file", metavar="FILE", help="also read inputs from this UTF-8 "
                    "file, one per line (after any INPUTs), so that outputs line up with its "
                    "lines: a blank line is an error, except at the end of the file")
-    p.add_argument("--json", action="store_true", help="print JSON: a list of {input, "
-                   "label, probabilities}")
+    add_json_option(p, "a list of {input, label, probabilities}")

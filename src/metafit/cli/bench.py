@@ -39,12 +39,14 @@ and cuDNN-autotuning settings on for every implementation alike.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -70,6 +72,7 @@ from metafit.cli.bench_problems import (
     max_relative_difference,
     synchronize,
 )
+from metafit.io import atomic_write_text
 
 __all__ = [
     "AGREEMENT_TOLERANCE",
@@ -209,9 +212,10 @@ def select_configs(args: argparse.Namespace) -> list[BenchConfig]:
     return configs
 
 
-def _say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+def _say(line: str, stream: Any = None) -> None:
+    stream = stream or sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -243,18 +247,23 @@ def run(args: argparse.Namespace) -> int:
                          "--device cuda")
     rows: list[BenchRow] = []
     configs = select_configs(args)
-    _say(f"# {len(configs)} configurations, torch {torch.__version__}, "
-         f"{torch.get_num_threads()} threads")
+    say = functools.partial(_say, stream=sys.stderr if args.json else sys.stdout)
+    say(f"# {len(configs)} configurations, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads")
     for i, cfg in enumerate(configs, 1):
         row = run_config(cfg, args.peers, args.repeats, memory=args.memory)
         rows.append(row)
         best, ratio = row.speedup()
-        _say(f"[{i}/{len(configs)}] {cfg.label}: metafit {row.tasks_per_second('metafit'):.1f} "
-             f"tasks/s, {ratio:.2f}x {best}")
+        say(f"[{i}/{len(configs)}] {cfg.label}: metafit {row.tasks_per_second('metafit'):.1f} "
+            f"tasks/s, {ratio:.2f}x {best}")
         if args.json_out:  # after every row, so an interrupted run keeps what it measured
-            with open(args.json_out, "w") as f:
-                json.dump([r.to_json() for r in rows], f, indent=1)
-    _say("\n" + format_table(rows, args.peers))
+            atomic_write_text(args.json_out, json.dumps([r.to_json() for r in rows], indent=1))
+    say("\n" + format_table(rows, args.peers))
+    if args.json:
+        from metafit.cli.results import emit
+
+        emit("bench", {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "rows": [r.to_json() for r in rows]})
     return 0
 
 

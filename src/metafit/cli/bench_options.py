@@ -44,6 +44,10 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="on CUDA, let cuDNN time its convolution algorithms and keep the "
                              "fastest (torch.backends.cudnn.benchmark), for every "
                              "implementation")
-    parser.add_argument("--json", dest="json_out", default=None,
-                        help="write the rows as JSON to this file")
+    parser.add_argument("--json", action="store_true",
+                        help="print the rows as one line of JSON (schema: docs/cli-json.md); "
+                        "the progress lines and the table go to stderr")
+    parser.add_argument("--json-out", metavar="FILE", default=None,
+                        help="also write the rows as JSON to FILE, after every row (an "
+                        "interrupted run keeps what it measured)")
     return parser

@@ -4,12 +4,11 @@ quantization, pruning) and ``export`` (ONNX); the work is in :mod:`metafit.deplo
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metafit.cli.options import add_model_verb, add_threads_option
+from metafit.cli.options import add_json_option, add_model_verb, add_threads_option
 from metafit.cli.options import write_line as _write
 
 __all__ = ["add_compress_parser", "add_export_parser"]
@@ -71,7 +70,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.episodes is not None:
         figures["test_episodes"] = _episode_figures(args, model, compress)
     if args.json:
-        _write(json.dumps({"out": str(args.out), **figures}))
+        from metafit.cli.results import emit
+
+        emit("compress", {"out": str(args.out), "compression": compressed.compression,
+                          **figures})
         return 0
     _write(f"wrote {args.out} ({compressed.compression})")
     for key, value in figures.items():
@@ -98,7 +100,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(f"ONNX export needs the export extra: pip install 'metafit[export]' "
                          f"({e})") from e
     if args.json:
-        _write(json.dumps(report.to_dict()))
+        from metafit.cli.results import emit
+
+        emit("export", report.to_dict())
         return 0
     _write(f"exported {args.model} to {out}/model.onnx; onnxruntime parity on "
            f"{len(report.batches)} batches {report.batches}: max abs logit difference "
@@ -139,7 +143,7 @@ def add_compress_parser(sub: Any) -> None:
     p.add_argument("--run", help="with --episodes: the run (default: the one the model was "
                    "adapted from)")
     p.add_argument("--data-root", help="with --episodes: the run's data, where it moved")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    add_json_option(p, "the figures")
 
 
 def add_export_parser(sub: Any) -> None:
@@ -154,4 +158,4 @@ def add_export_parser(sub: Any) -> None:
                    "logit difference in the parity check (default 1e-4)")
     p.add_argument("--quantize", choices=["int8"], help="write onnxruntime's dynamic int8 "
                    "quantization of the checked float export (its difference is reported)")
-    p.add_argument("--json", action="store_true", help="print the parity report as JSON")
+    add_json_option(p, "the parity report")

@@ -9,6 +9,7 @@ from typing import Any
 from metafit.cli.options import (
     add_checkpoint_option,
     add_classifier_option,
+    add_json_option,
     add_threads_option,
     add_verb,
 )
@@ -17,8 +18,6 @@ __all__ = ["add_evaluate_parser", "add_report_parser"]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
     from metafit.distributed import init_distributed, shutdown
     from metafit.runs.trained import evaluate_run
 
@@ -34,7 +33,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not ctx.is_main:
         return 0
     if args.json:
-        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        from metafit.cli.results import emit
+
+        emit("evaluate", {**result.to_dict(), "run": str(args.run), "split": args.split,
+                          "checkpoint": args.checkpoint})
         return 0
     penalty = args.classifier_penalty
     where = ", ".join([args.split, args.checkpoint, *filter(None, [
@@ -52,6 +54,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from metafit.runs.report import report_runs
 
     files = report_runs(args.runs, out=args.out, episodes=args.episodes, split=args.split)
+    if args.json:
+        import json
+
+        from metafit.cli.results import emit
+
+        out = files[-1].parent  # report.md, in the report directory
+        emit("report", {"out": str(out), "files": [str(f) for f in files],
+                        "results": json.loads((out / "report.json").read_text())})
+        return 0
     for f in files:
         sys.stdout.write(f"wrote {f}\n")
     return 0
@@ -71,7 +82,7 @@ def add_evaluate_parser(sub: Any) -> None:
                    "meta-training never saw)")
     add_checkpoint_option(p)
     p.add_argument("--steps", type=int, help="inner steps at test time (default: recipe's)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json_option(p)
     p.add_argument("--no-feature-cache", action="store_true",
                    help="run the body in every episode instead of embedding each distinct "
                         "example once (same result, slower; see metafit.evaluation.feature_cache)")
@@ -90,3 +101,4 @@ def add_report_parser(sub: Any) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="the split whose evaluation the report plots (default: test)")
     add_threads_option(p)
+    add_json_option(p, "the files written and each run's evaluation")

@@ -10,7 +10,7 @@ from typing import Any
 
 from metafit.config.schema import CLASSIFIERS
 
-__all__ = ["add_checkpoint_option", "add_classifier_option", "add_model_verb",
+__all__ = ["add_checkpoint_option", "add_classifier_option", "add_json_option", "add_model_verb",
            "add_recipe_arguments", "add_threads_option", "add_verb", "apply_threads",
            "write_line"]
 
@@ -34,6 +34,14 @@ def add_model_verb(sub: Any, name: str, summary: str,
     p = add_verb(sub, name, summary, command)
     p.add_argument("model", help="model directory written by `metafit adapt`")
     return p
+
+
+def add_json_option(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    """``--json``: print ``what`` as one line of JSON on standard output instead of text
+    (its schema: :mod:`metafit.cli.results`, docs/cli-json.md)."""
+    p.add_argument("--json", action="store_true",
+                   help=f"print {what} as one line of JSON (schema: docs/cli-json.md); logs "
+                   "and progress stay on stderr")
 
 
 def add_checkpoint_option(p: argparse.ArgumentParser) -> None:

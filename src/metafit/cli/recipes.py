@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from metafit.cli.options import add_recipe_arguments, add_verb
+from metafit.cli.options import add_json_option, add_recipe_arguments, add_verb
 from metafit.config.recipe import RecipeError, list_recipes, load_recipe
 from metafit.config.schema import recipe_to_yaml
 
@@ -18,27 +18,52 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         if not args.name:
             raise RecipeError("`metafit recipes show` needs a recipe name")
         recipe = load_recipe(args.name, args.overrides)
-        sys.stdout.write(recipe_to_yaml(recipe))
+        if args.json:
+            _emit({"action": "show", "name": recipe.name,
+                   "recipe": recipe.model_dump(mode="json")})
+        else:
+            sys.stdout.write(recipe_to_yaml(recipe))
         return 0
     if args.action == "keys":
-        from metafit.config.keys import keys_markdown
+        from metafit.config.keys import key_rows, keys_markdown
 
-        sys.stdout.write(keys_markdown())
+        if args.json:
+            _emit({"action": "keys", "keys": [
+                dict(zip(("key", "type", "default", "description"), row, strict=True))
+                for row in key_rows()]})
+        else:
+            sys.stdout.write(keys_markdown())
         return 0
     if args.action not in (None, "list"):
         raise RecipeError(f"unknown action '{args.action}': use `recipes`, `recipes show NAME` "
                           "or `recipes keys`")
-    width = max(len(n) for n in list_recipes())
-    for name in list_recipes():
-        recipe = load_recipe(name)
-        sys.stdout.write(f"{name:<{width}}  {recipe.description}\n")
+    described = [(name, load_recipe(name).description) for name in list_recipes()]
+    if args.json:
+        _emit({"action": "list", "recipes": [{"name": n, "description": d}
+                                             for n, d in described]})
+        return 0
+    width = max(len(n) for n, _ in described)
+    for name, description in described:
+        sys.stdout.write(f"{name:<{width}}  {description}\n")
     return 0
 
 
+def _emit(payload: dict[str, Any]) -> None:
+    from metafit.cli.results import emit
+
+    emit("recipes", payload)
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
-    from metafit.data.splits import describe_dataset
+    from metafit.data.splits import describe_dataset, split_summaries
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.json:
+        from metafit.cli.results import emit
+
+        emit("data", {"recipe": recipe.name, "dataset": recipe.dataset,
+                      "data_root": recipe.data_root, "splits": split_summaries(recipe)})
+        return 0
     for line in describe_dataset(recipe):
         sys.stdout.write(line + "\n")
     return 0
@@ -52,6 +77,7 @@ def add_recipes_parser(sub: Any) -> None:
                    help="list (default) | show NAME | keys (every key: type, default, meaning)")
     p.add_argument("name", nargs="?", help="recipe name (with show)")
     p.add_argument("overrides", nargs="*", help="key=value overrides (with show)")
+    add_json_option(p, "the list, the recipe or the keys")
 
 
 def add_data_parser(sub: Any) -> None:
@@ -59,3 +85,4 @@ def add_data_parser(sub: Any) -> None:
     p = add_verb(sub, "data", "load a recipe's dataset and describe its splits", _cmd_data)
     add_recipe_arguments(p, "recipe name or YAML path",
                          "key=value overrides, e.g. data_root=DIR")
+    add_json_option(p, "each split's classes and examples")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from metafit.cli.options import add_recipe_arguments, add_verb
+from metafit.cli.options import add_json_option, add_recipe_arguments, add_verb
 from metafit.config.recipe import load_recipe
 
 __all__ = ["add_tune_parser"]
@@ -16,7 +18,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from metafit.tuning.report import write_report
     from metafit.tuning.setup import load_existing_study
     from metafit.tuning.space import parse_search_space
-    from metafit.tuning.study import TuneOptions, tune
+    from metafit.tuning.study import TuneOptions, summarize, tune
 
     recipe = load_recipe(args.recipe, args.overrides)
     parse_search_space(recipe)  # a bad space fails here, before any storage or trial
@@ -26,8 +28,22 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                        sampler=args.sampler, pruner=args.pruner,
                        trial_iterations=args.trial_iterations, jobs=args.jobs,
                        seed=args.seed)
+    result, files = None, []
     if args.trials is not None or not args.report:
         result = tune(recipe, opts)
+    if args.report:
+        study = load_existing_study(recipe, opts)
+        files = write_report(study, f"{opts.out}/report")
+        if result is None:  # report only: the study as it is
+            best = Path(opts.out) / "best.yaml"
+            result = summarize(study, opts, best if best.is_file() else None)
+    if args.json:
+        from metafit.cli.results import emit
+
+        emit("tune", {**asdict(result), "report_files": [str(f) for f in files]})
+        return 0
+    if args.trials is not None or not args.report:
+        assert result is not None
         best = ("no complete trial yet" if result.best_trial is None else
                 f"best trial {result.best_trial}: {result.best_value:.6g} with "
                 + ", ".join(f"{k}={v}" for k, v in result.best_params.items()))
@@ -37,9 +53,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if result.best_recipe:
             sys.stdout.write(f"best recipe: {result.best_recipe} "
                              f"(metafit train {result.best_recipe})\n")
-    if args.report:
-        for f in write_report(load_existing_study(recipe, opts), f"{opts.out}/report"):
-            sys.stdout.write(f"wrote {f}\n")
+    for f in files:
+        sys.stdout.write(f"wrote {f}\n")
     return 0
 
 
@@ -70,3 +85,4 @@ def add_tune_parser(sub: Any) -> None:
     p.add_argument("--report", action="store_true", help="write report/: trials.csv, "
                    "optimisation history, parameter importances, intermediate values "
                    "(alone: report only, no new trials)")
+    add_json_option(p, "the study's counts and best trial")

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from metafit.config.schema import Recipe
 from metafit.data.base import ClassDataset, TaskFamily, TensorClassDataset
 
-__all__ = ["Split", "load_split", "class_split", "describe_dataset"]
+__all__ = ["Split", "load_split", "class_split", "describe_dataset", "split_summaries"]
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -123,17 +123,32 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
     raise ValueError(f"unknown dataset '{kind}'")
 
 
-def describe_dataset(recipe: Recipe) -> list[str]:
-    """Human-readable lines: classes and examples of each split."""
-    lines = [f"dataset: {recipe.dataset}" + (f" ({recipe.data_root})" if recipe.data_root else "")]
+def split_summaries(recipe: Recipe) -> list[dict[str, Any]]:
+    """One dict per split: ``split``, ``kind`` (``classes`` or ``task_family``), and the
+    number of ``classes``, ``examples``, ``min_per_class``, ``max_per_class`` (None for a
+    task family) or the ``family``'s class name (None for classes)."""
+    out: list[dict[str, Any]] = []
     for split in SPLITS:
         ds = load_split(recipe, split)
         if isinstance(ds, TaskFamily) and not isinstance(ds, ClassDataset):
-            lines.append(f"{split:>5}: task family {type(ds).__name__} (tasks generated)")
+            out.append({"split": split, "kind": "task_family", "classes": None,
+                        "examples": None, "min_per_class": None, "max_per_class": None,
+                        "family": type(ds).__name__})
             continue
         counts = ds.counts
-        lines.append(
-            f"{split:>5}: {len(ds.classes)} classes, {len(ds)} examples "
-            f"({int(counts.min())}-{int(counts.max())} per class)"
-        )
+        out.append({"split": split, "kind": "classes", "classes": len(ds.classes),
+                    "examples": len(ds), "min_per_class": int(counts.min()),
+                    "max_per_class": int(counts.max()), "family": None})
+    return out
+
+
+def describe_dataset(recipe: Recipe) -> list[str]:
+    """Human-readable lines: classes and examples of each split."""
+    lines = [f"dataset: {recipe.dataset}" + (f" ({recipe.data_root})" if recipe.data_root else "")]
+    for s in split_summaries(recipe):
+        if s["kind"] == "task_family":
+            lines.append(f"{s['split']:>5}: task family {s['family']} (tasks generated)")
+        else:
+            lines.append(f"{s['split']:>5}: {s['classes']} classes, {s['examples']} examples "
+                         f"({s['min_per_class']}-{s['max_per_class']} per class)")
     return lines

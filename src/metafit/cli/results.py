@@ -1,0 +1,307 @@
+"""What each verb prints with ``--json``: one pydantic model per verb, the documented schema
+of its output (``docs/cli-json.md`` is generated from them, and a test keeps it equal).
+
+A verb builds its model and :func:`emit` prints it as one line of strict JSON on standard
+output (a NaN or infinite number, e.g. the CI of a single episode, is written as ``null``);
+logs and progress bars go to standard error, so ``metafit VERB ... --json | jq`` works.
+The models forbid unknown keys: a field added to a verb's output is added here first, and
+the test table in ``tests/test_cli_json.py`` validates every verb's real output against
+its model.
+
+``serve`` has no ``--json``: it runs until stopped, and its output is the HTTP API (its
+OpenAPI schema at ``/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+__all__ = ["SCHEMAS", "emit", "schemas_markdown"]
+
+
+#: A number that is ``null`` in the JSON where it is NaN or infinite.
+Real = float | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null", populate_by_name=True)
+
+
+class Evaluation(_Strict):
+    """An evaluation on fixed episodes (:class:`metafit.evaluation.protocol.EvalResult`)."""
+
+    metric: str = Field(description="accuracy (classification) or mse (regression)")
+    mean: Real = Field(description="mean of the metric over the episodes")
+    ci95: Real = Field(description="half-width of its 95% confidence interval (NaN for "
+                        "one episode)")
+    episodes: int
+    steps: int = Field(description="inner steps at test time")
+    per_episode: list[Real] = Field(description="the metric of each episode")
+    curve: list[Real] = Field(description="mean metric after each of curve_steps")
+    curve_ci95: list[Real]
+    ways: int
+    shots: int
+    queries: int = Field(description="queries per class")
+    transductive: bool = Field(description="BatchNorm with the query set's statistics")
+    curve_steps: list[int] = Field(description="the inner step of each curve point")
+    extra: dict[str, Any] = Field(description="method-specific figures")
+
+
+class QuickstartRow(Evaluation):
+    method: str = Field(description="maml, protonet, finetune or scratch")
+    task: str = Field(description="e.g. '5-way 1-shot'")
+
+
+class QuickstartJson(_Strict):
+    """``metafit quickstart --json``."""
+
+    out: str = Field(description="the output directory")
+    size: Literal["default", "tiny"]
+    dataset: str
+    rows: list[QuickstartRow] = Field(description="every method on every task")
+    train_seconds: dict[str, Real] = Field(description="meta-training seconds per method")
+    total_seconds: Real
+    plots: list[str] = Field(description="PNG files in OUT/report")
+    maml_test_steps: dict[str, int] = Field(description="MAML's test-time inner steps per "
+                                            "shot count, chosen on validation episodes")
+    report: str = Field(description="path of results.md")
+
+
+class RecipeEntry(_Strict):
+    name: str
+    description: str
+
+
+class RecipesListJson(_Strict):
+    action: Literal["list"]
+    recipes: list[RecipeEntry]
+
+
+class RecipeShowJson(_Strict):
+    action: Literal["show"]
+    name: str
+    recipe: dict[str, Any] = Field(description="every key of the resolved recipe")
+
+
+class RecipeKey(_Strict):
+    key: str
+    type: str
+    default: str
+    description: str
+
+
+class RecipeKeysJson(_Strict):
+    action: Literal["keys"]
+    keys: list[RecipeKey]
+
+
+class RecipesJson(RootModel[Annotated[RecipesListJson | RecipeShowJson | RecipeKeysJson,
+                                      Field(discriminator="action")]]):
+    """``metafit recipes [list|show NAME|keys] --json``: one of three objects, told apart by
+    ``action``."""
+
+
+class SplitInfo(_Strict):
+    split: Literal["train", "val", "test"]
+    kind: Literal["classes", "task_family"]
+    classes: int | None = Field(description="number of classes (None: a task family)")
+    examples: int | None
+    min_per_class: int | None
+    max_per_class: int | None
+    family: str | None = Field(description="the task family's class (generated tasks)")
+
+
+class DataJson(_Strict):
+    """``metafit data RECIPE --json``."""
+
+    recipe: str
+    dataset: str
+    data_root: str | None
+    splits: list[SplitInfo]
+
+
+class TrainJson(_Strict):
+    """``metafit train RECIPE --json``."""
+
+    run: str = Field(description="the run directory")
+    recipe: str
+    algorithm: str
+    status: str = Field(description="complete, stopped_early, ... (status.json)")
+    iteration: int = Field(description="meta-training iterations done")
+    metric: str = Field(description="the validation metric")
+    best_score: Real = Field(description="best validation score (None: none "
+                                     "scored)")
+    best_iteration: int | None
+    world_size: int = Field(description="processes that trained (torchrun)")
+
+
+class EvaluateJson(Evaluation):
+    """``metafit evaluate RUN --json``: the evaluation, and what was evaluated."""
+
+    run: str
+    split: Literal["train", "val", "test"]
+    checkpoint: Literal["best", "last"]
+
+
+class ReportJson(_Strict):
+    """``metafit report RUN [RUN ...] --json``."""
+
+    out: str = Field(description="the report directory")
+    files: list[str] = Field(description="every file written")
+    results: dict[str, Evaluation] = Field(description="each run's evaluation, by label")
+
+
+class TuneJson(_Strict):
+    """``metafit tune RECIPE --json``."""
+
+    study: str
+    storage: str
+    direction: Literal["minimize", "maximize"]
+    finished: int = Field(description="complete and pruned trials")
+    complete: int
+    pruned: int
+    failed: int
+    best_trial: int | None
+    best_value: Real
+    best_params: dict[str, Any]
+    best_recipe: str | None = Field(description="the best trial's recipe (best.yaml)")
+    report_files: list[str] = Field(description="with --report: the files written")
+
+
+class BenchRowJson(_Strict):
+    config: dict[str, Any] = Field(description="the benchmark configuration")
+    label: str
+    seconds: dict[str, Real] = Field(description="median seconds per meta-batch, by "
+                                      "implementation")
+    agreement: dict[str, Real] = Field(description="largest relative meta-gradient "
+                                        "difference of each peer from metafit")
+    peak_mib: dict[str, Real]
+
+
+class BenchJson(_Strict):
+    """``metafit bench --json``."""
+
+    torch: str
+    threads: int
+    rows: list[BenchRowJson]
+
+
+class AdaptJson(_Strict):
+    """``metafit adapt RUN --support S --out M --json``."""
+
+    out: str
+    kind: Literal["image", "text"]
+    labels: list[str]
+    algorithm: str
+    steps: int
+    support_size: int
+    support_accuracy: Real = Field(description="accuracy on the support set itself")
+
+
+class Prediction(_Strict):
+    input: str = Field(description="the text, or the image file")
+    label: str = Field(description="the most probable label")
+    probabilities: dict[str, Real] = Field(description="every label's probability")
+
+
+class PredictJson(RootModel[list[Prediction]]):
+    """``metafit predict MODEL INPUT ... --json``: one object per input, in order."""
+
+
+class Measure(_Strict):
+    bytes: int = Field(description="weights file size")
+    gzip_bytes: int
+    ms_batch1: Real = Field(description="median latency, one thread, batch 1")
+    ms_batch32: Real
+
+
+class EpisodeAccuracy(_Strict):
+    accuracy: Real
+    ci95: Real
+    delta: Real = Field(description="paired change against the float model")
+    delta_ci95: Real
+
+
+class CompressEpisodes(_Strict):
+    run: str
+    episodes: int
+    float_model: EpisodeAccuracy = Field(alias="float", description="the model as adapted")
+    compressed: EpisodeAccuracy
+
+
+class CompressJson(_Strict):
+    """``metafit compress MODEL --out M --json``."""
+
+    out: str
+    compression: dict[str, Any] = Field(description="what was done: {quantize: int8 | null, "
+                                        "prune: {...} | null}")
+    before: Measure
+    after: Measure
+    sparsity: Real
+    support_agreement: Real = Field(description="fraction of support predictions unchanged")
+    support_max_prob_change: Real
+    test_episodes: CompressEpisodes | None = Field(default=None, description="with --episodes")
+
+
+class ExportJson(_Strict):
+    """``metafit export MODEL --json``: the parity check."""
+
+    path: str
+    max_abs_diff: Real
+    max_prob_diff: Real
+    tolerance: Real
+    batches: list[list[int]]
+    opset: int
+    export_seconds: Real
+    quantized: str | None
+    quantized_max_abs_diff: Real
+    quantized_max_prob_diff: Real
+
+
+#: The output model of each verb with ``--json``, in ``metafit --help``'s order.
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "quickstart": QuickstartJson, "recipes": RecipesJson, "train": TrainJson,
+    "evaluate": EvaluateJson, "report": ReportJson, "tune": TuneJson, "bench": BenchJson,
+    "adapt": AdaptJson, "predict": PredictJson, "compress": CompressJson,
+    "export": ExportJson, "data": DataJson,
+}
+
+
+def emit(verb: str, payload: Any) -> None:
+    """Validate ``payload`` against ``verb``'s model and print it as one line of JSON.
+
+    Raises:
+        pydantic.ValidationError: ``payload`` does not fit the documented schema (a bug).
+    """
+    model = SCHEMAS[verb].model_validate(payload)
+    sys.stdout.write(model.model_dump_json(by_alias=True) + "\n")
+
+
+def schemas_markdown() -> str:
+    """Each verb's JSON Schema as a Markdown section (``docs/cli-json.md``)."""
+    parts = []
+    for verb, model in SCHEMAS.items():
+        doc = (model.__doc__ or "").strip().splitlines()[0]
+        schema = json.dumps(model.model_json_schema(by_alias=True), indent=1,
+                            sort_keys=True)
+        parts.append(f"## `{verb}`\n\n{doc}\n\n```json\n{schema}\n```\n")
+    return "\n".join(parts)
+
+
+HEADER = """# `--json`: what each verb prints
+
+Every verb that produces a result takes `--json` and then prints exactly one line of
+strict JSON on standard output (NaN and infinities are written as `null`); logs and
+progress bars stay on standard error, so `metafit evaluate RUN --json | jq .mean` works.
+`serve` has none: its output is the HTTP API (`/openapi.json`). The schemas below are
+generated from `metafit.cli.results` (`python -m metafit.cli.results > docs/cli-json.md`);
+a test validates every verb's real output against them and keeps this page equal to them.
+
+"""
+
+if __name__ == "__main__":  # pragma: no cover - regenerates docs/cli-json.md
+    sys.stdout.write(HEADER + schemas_markdown())
