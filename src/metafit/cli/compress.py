@@ -8,7 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metafit.cli.options import add_json_option, add_model_verb, add_threads_option
+from metafit.cli.options import (
+    add_json_option,
+    add_model_verb,
+    add_progress_option,
+    add_threads_option,
+    show_progress,
+)
 from metafit.cli.options import write_line as _write
 
 __all__ = ["add_compress_parser", "add_export_parser"]
@@ -48,7 +54,7 @@ def _episode_figures(args: argparse.Namespace, model: Any, compress: Callable[[A
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the no-linear-layer warning, once per episode
         scores = episode_accuracies(adapter, {"compressed": compress}, args.episodes, recipe,
-                                    transductive=False)
+                                    transductive=False, progress=show_progress(args))
     rows = summarise(scores)
     return {"run": str(run), "episodes": args.episodes, **rows}
 
@@ -95,7 +101,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:  # onnx, onnxscript and onnxruntime are imported at module or call time
         from metafit.deploy.onnx_export import export_onnx
 
-        report = export_onnx(model, out, tolerance=args.tolerance, quantize=args.quantize)
+        report = export_onnx(model, out, tolerance=args.tolerance, quantize=args.quantize,
+                             progress=show_progress(args))
     except ImportError as e:
         raise ValueError(f"ONNX export needs the export extra: pip install 'metafit[export]' "
                          f"({e})") from e
@@ -143,6 +150,7 @@ def add_compress_parser(sub: Any) -> None:
     p.add_argument("--run", help="with --episodes: the run (default: the one the model was "
                    "adapted from)")
     p.add_argument("--data-root", help="with --episodes: the run's data, where it moved")
+    add_progress_option(p)
     add_json_option(p, "the figures")
 
 
@@ -158,4 +166,5 @@ def add_export_parser(sub: Any) -> None:
                    "logit difference in the parity check (default 1e-4)")
     p.add_argument("--quantize", choices=["int8"], help="write onnxruntime's dynamic int8 "
                    "quantization of the checked float export (its difference is reported)")
+    add_progress_option(p)
     add_json_option(p, "the parity report")

@@ -10,8 +10,10 @@ from metafit.cli.options import (
     add_checkpoint_option,
     add_classifier_option,
     add_json_option,
+    add_progress_option,
     add_threads_option,
     add_verb,
+    show_progress,
 )
 
 __all__ = ["add_evaluate_parser", "add_report_parser"]
@@ -27,7 +29,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                               which=args.checkpoint, steps=args.steps, dist=ctx,
                               cache_features=not args.no_feature_cache,
                               classifier=args.classifier, penalty=args.classifier_penalty,
-                              progress=not args.no_progress and sys.stderr.isatty())
+                              progress=show_progress(args))
     finally:
         shutdown(ctx)
     if not ctx.is_main:
@@ -53,7 +55,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from metafit.runs.report import report_runs
 
-    files = report_runs(args.runs, out=args.out, episodes=args.episodes, split=args.split)
+    files = report_runs(args.runs, out=args.out, episodes=args.episodes, split=args.split,
+                        progress=show_progress(args))
     if args.json:
         import json
 
@@ -73,8 +76,7 @@ def add_evaluate_parser(sub: Any) -> None:
     p = add_verb(sub, "evaluate", "evaluate a run on fixed test episodes (mean, 95%% CI)",
                  _cmd_evaluate)
     add_threads_option(p)
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (there is none either when stderr is not a terminal)")
+    add_progress_option(p)
     p.add_argument("run", help="run directory written by `metafit train`")
     p.add_argument("--episodes", type=int, help="number of episodes (default: the recipe's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
@@ -101,4 +103,5 @@ def add_report_parser(sub: Any) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="the split whose evaluation the report plots (default: test)")
     add_threads_option(p)
+    add_progress_option(p)
     add_json_option(p, "the files written and each run's evaluation")

@@ -11,8 +11,8 @@ from typing import Any
 from metafit.config.schema import CLASSIFIERS
 
 __all__ = ["add_checkpoint_option", "add_classifier_option", "add_json_option", "add_model_verb",
-           "add_recipe_arguments", "add_threads_option", "add_verb", "apply_threads",
-           "write_line"]
+           "add_progress_option", "add_recipe_arguments", "add_threads_option", "add_verb",
+           "apply_threads", "show_progress", "write_line"]
 
 
 def add_verb(sub: Any, name: str, summary: str, command: Callable[[argparse.Namespace], int]
@@ -42,6 +42,19 @@ def add_json_option(p: argparse.ArgumentParser, what: str = "the result") -> Non
     p.add_argument("--json", action="store_true",
                    help=f"print {what} as one line of JSON (schema: docs/cli-json.md); logs "
                    "and progress stay on stderr")
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    """``--no-progress``: no progress bar (there is none either when stderr is not a
+    terminal: see :func:`show_progress`)."""
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none either when stderr is not a terminal)")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether the verb shows progress bars: not ``--no-progress``, and stderr is a
+    terminal (a log file or a pipe gets the log lines only)."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
 
 
 def add_checkpoint_option(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from metafit.cli.options import add_json_option, add_recipe_arguments, add_verb
+from metafit.cli.options import (
+    add_json_option,
+    add_progress_option,
+    add_recipe_arguments,
+    add_verb,
+    show_progress,
+)
 from metafit.config.recipe import load_recipe
 
 __all__ = ["add_tune_parser"]
@@ -27,7 +33,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                        storage=args.storage, study=name, timeout=args.timeout,
                        sampler=args.sampler, pruner=args.pruner,
                        trial_iterations=args.trial_iterations, jobs=args.jobs,
-                       seed=args.seed)
+                       seed=args.seed, progress=show_progress(args))
     result, files = None, []
     if args.trials is not None or not args.report:
         result = tune(recipe, opts)
@@ -85,4 +91,5 @@ def add_tune_parser(sub: Any) -> None:
     p.add_argument("--report", action="store_true", help="write report/: trials.csv, "
                    "optimisation history, parameter importances, intermediate values "
                    "(alone: report only, no new trials)")
+    add_progress_option(p)
     add_json_option(p, "the study's counts and best trial")

@@ -53,18 +53,23 @@ def summarise(scores: Mapping[str, list[float]], reference: str = "float"
 
 
 def episode_accuracies(adapter: Adapter, variants: Mapping[str, Variant], episodes: int,
-                       recipe: Recipe | None = None, transductive: bool = True
-                       ) -> dict[str, list[float]]:
+                       recipe: Recipe | None = None, transductive: bool = True,
+                       progress: bool = False) -> dict[str, list[float]]:
     """Per-episode query accuracy of the float adapted model (``"float"``) and of each
     variant, over the first ``episodes`` fixed test episodes of ``recipe`` (default: the
     adapter's; pass a copy with another ``data_root`` where the data moved). With
     ``transductive``, models with BatchNorm also report the algorithm's own scoring
-    (batch statistics of the query set) as ``"algorithm (batch BN)"``.
+    (batch statistics of the query set) as ``"algorithm (batch BN)"``. ``progress``: a
+    bar over the episodes on stderr.
     """
+    from tqdm.auto import tqdm
+
     from metafit.runs.trained import split_sampler
 
     scores: dict[str, list[float]] = {}
-    for task in split_sampler(recipe or adapter.recipe, "test").sample(episodes):
+    tasks = split_sampler(recipe or adapter.recipe, "test").sample(episodes)
+    for task in tqdm(tasks, desc="test episodes", unit="task", disable=not progress,
+                     leave=False):
         names = [str(i) for i in range(int(task.support_y.max()) + 1)]
         model = adapter.adapt_tensors(task.support_x, task.support_y, names)
         models = {"float": model, **{n: make(model) for n, make in variants.items()}}

@@ -212,7 +212,7 @@ def _quantized(model: AdaptedModel, path: Path, samples: Tensor, quantize: str,
 
 def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
                 tolerance: float = TOLERANCE, samples: Tensor | None = None,
-                quantize: str | None = None) -> ExportReport:
+                quantize: str | None = None, progress: bool = False) -> ExportReport:
     """Export ``model`` to the ONNX model directory ``out`` after a parity check.
 
     Args:
@@ -221,23 +221,32 @@ def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
         quantize: ``"int8"``: after the float export passes its check, write onnxruntime's
             dynamic int8 quantization of it instead, with its differences from PyTorch
             reported (not gated: rounding is the point).
+        progress: a bar over the stages (export, parity check, quantization) on stderr.
 
     Raises:
         ExportError: a quantized model; no sample inputs; an exporter failure; logits that
             differ from PyTorch's by more than ``tolerance`` (nothing is written).
         ImportError: the ``export`` extra is not installed.
     """
+    from tqdm.auto import tqdm
+
     samples = _check_exportable(model, samples)
     graph, args, names = _graph_and_inputs(model, samples)
-    with tempfile.TemporaryDirectory(prefix="metafit-onnx-") as work:
+    bar = tqdm(total=2 + (quantize is not None), desc="export", unit="stage",
+               disable=not progress, leave=False)
+    with bar, tempfile.TemporaryDirectory(prefix="metafit-onnx-") as work:
         path = Path(work) / "model.onnx"
         start = time.perf_counter()
+        bar.set_postfix_str("torch.onnx.export")
         try:
             _export(graph, args, names, path)
         except Exception as e:  # any exporter failure, with its reason
             raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from e
         seconds = time.perf_counter() - start
+        bar.update()
+        bar.set_postfix_str("parity in onnxruntime")
         logit_diff, prob_diff, shapes = _parity(model, onnx_session(path), samples)
+        bar.update()
         report = ExportReport(str(out), logit_diff, prob_diff, tolerance, shapes,
                               export_seconds=round(seconds, 2))
         if not logit_diff <= tolerance:
@@ -245,7 +254,9 @@ def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
                               f"{logit_diff:.3g} > {tolerance:g} (probabilities by "
                               f"{prob_diff:.3g}); nothing was written")
         if quantize is not None:
+            bar.set_postfix_str(f"{quantize} quantization")
             path = _quantized(model, path, samples, quantize, report)
+            bar.update()
         onnx_bytes = path.read_bytes()
     log.debug("ONNX parity: max abs logit diff %.3g, probability diff %.3g", logit_diff,
              prob_diff)

@@ -27,12 +27,14 @@ Loaded = dict[str, tuple[Path, Recipe, Any]]
 
 
 def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
-                episodes: int = 100, split: str = "test") -> list[Path]:
+                episodes: int = 100, split: str = "test", progress: bool = False
+                ) -> list[Path]:
     """Write the plots of one or more runs (and ``report.md`` listing them) into ``out``
     (default: ``RUN/report`` for a single run); returns the files written.
 
     The adaptation curve evaluates each run's best checkpoint on ``episodes`` fixed
-    episodes of ``split`` (saved as ``eval_*.json`` in the run's report directory).
+    episodes of ``split`` (saved as ``eval_*.json`` in the run's report directory), with a
+    progress bar per run on stderr when ``progress``.
 
     Raises:
         ValueError: no runs, several without ``out``, ``episodes`` not a positive
@@ -55,7 +57,8 @@ def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
     for label, (p, recipe, algo) in loaded.items():
         samplers[label] = split_sampler(recipe, split)  # type: ignore[arg-type]
         results[label] = record_evaluation(
-            p, evaluate(algo, samplers[label], episodes=episodes), recipe, split, "best")
+            p, evaluate(algo, samplers[label], episodes=episodes, progress=progress,
+                        desc=f"evaluating {label}"), recipe, split, "best")
     first_label, (_, recipe0, algo0) = next(iter(loaded.items()))
     task = (f"{recipe0.eval_ways}-way {recipe0.eval_shots}-shot" if not recipe0.is_regression
             else f"{recipe0.eval_shots}-shot regression")

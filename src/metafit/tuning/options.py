@@ -25,6 +25,7 @@ class TuneOptions:
     seed: int | None = None  # default: the recipe's seed
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats
     grace_period: int = 120  # a running trial silent this long is marked FAIL
+    progress: bool = False  # a bar over the trials (Optuna's; the first process only)
 
     def __post_init__(self) -> None:
         """Counts the user gave are checked (0 is an error, never the default)."""

@@ -174,6 +174,7 @@ def run_study(recipe: Recipe, opts: TuneOptions, job: int = 0) -> None:
         return
     stop = optuna.study.MaxTrialsCallback(target, states=finished_states())
     study.optimize(_objective(recipe, space, opts), n_trials=remaining,
+                   show_progress_bar=opts.progress and job == 0,
                    timeout=opts.timeout, callbacks=[stop, _log_trial],
                    catch=(ValueError, RuntimeError, FloatingPointError))
 
