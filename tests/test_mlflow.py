@@ -130,3 +130,80 @@ def test_params_are_flat_strings_within_mlflows_limit() -> None:
                         "g": True, "h": "x" * 600})
     assert flat == {"a": "1", "b": "null", "c": "text", "d.e": "[1, 2]", "d.f": "{}",
                     "g": "true", "h": "x" * (MAX_PARAM_LENGTH - 3) + "..."}
+
+
+def test_an_adapted_model_is_logged_as_an_mlflow_model_beside_its_training_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    from deploy_fixtures import image_run, support_folder
+    from metafit.cli.main import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "run"  # an image run trained with mlflow=true
+    (tmp_path / "run").mkdir()
+    for item in image_run("protonet").iterdir():  # copy the shared fixture run
+        target = run / item.name
+        if item.is_dir():
+            import shutil
+
+            shutil.copytree(item, target)
+        else:
+            target.write_bytes(item.read_bytes())
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
+    client = client_for(uri)
+    experiment = client.create_experiment("tiny", artifact_location=(
+        tmp_path / "mlartifacts").as_uri())
+    training = client.create_run(experiment, run_name="tiny_protonet")
+    client.set_terminated(training.info.run_id)
+    (run / RUN_FILE).write_text(json.dumps({"tracking_uri": uri,
+                                             "run_id": training.info.run_id}))
+    support = support_folder(tmp_path / "support")
+    model = tmp_path / "model"
+    assert main(["adapt", str(run), "--support", str(support), "--out", str(model),
+                 "--mlflow", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["mlflow_model"].startswith("models:/")
+
+    logged = client.search_logged_models(experiment_ids=[experiment])
+    assert [m.source_run_id for m in logged] == [training.info.run_id]
+    assert client.get_run(training.info.run_id).info.status == "FINISHED"
+    mlflow.set_tracking_uri(uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(summary["mlflow_model"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    images = sorted(str(p) for p in (support / "label_2").iterdir())
+    frame = loaded.predict(images)
+    import pandas as pd
+
+    assert loaded.predict(pd.DataFrame({"input": images})).equals(frame)
+    assert list(frame.columns) == ["label", "label_0", "label_1", "label_2"]
+    assert main(["predict", str(model), *images, "--json"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert frame["label"].tolist() == [d["label"] for d in direct]
+    assert frame["label_2"].tolist() == pytest.approx(
+        [d["probabilities"]["label_2"] for d in direct], abs=1e-6)
+    artifacts = {f.path for f in client.list_artifacts(training.info.run_id)}
+    assert not any(p.endswith((".pkl", ".pickle")) for p in artifacts)
+
+
+def test_an_adapted_model_of_an_untracked_run_gets_its_own_mlflow_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow")
+    from deploy_fixtures import image_run, support_folder
+    from metafit.deploy.adapter import Adapter, load_support
+    from metafit.deploy.errors import ModelDirError
+    from metafit.deploy.mlflow_model import log_adapted_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    inputs, labels = load_support(support_folder(tmp_path / "s"), "image")
+    model = Adapter.from_run(image_run()).adapt(inputs, labels).save(tmp_path / "m")
+    uri = log_adapted_model(model, image_run())  # the shared run has no mlflow.json
+    assert uri.startswith("models:/")
+    client = client_for(f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}")
+    [run] = client.search_runs([client.get_experiment_by_name("metafit-adapted")
+                                .experiment_id])
+    assert run.info.run_name == "m"
+    assert run.data.tags["metafit.model_dir"] == str(model.resolve())
+    with pytest.raises(ModelDirError, match="manifest"):
+        log_adapted_model(tmp_path / "s", None)  # not a model directory: refused first

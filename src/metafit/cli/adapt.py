@@ -35,6 +35,11 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     summary = {"out": str(args.out), "kind": model.kind, "labels": model.label_names,
                **{k: model.info[k] for k in ("algorithm", "steps", "support_size")},
                "support_accuracy": round(float(fit), 4)}
+    if args.mlflow or args.mlflow_uri:
+        from metafit.deploy.mlflow_model import log_adapted_model
+
+        summary["mlflow_model"] = log_adapted_model(args.out, args.run,
+                                                    tracking_uri=args.mlflow_uri)
     if args.json:
         from metafit.cli.results import emit
 
@@ -43,6 +48,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     _write(f"adapted {args.run} ({summary['algorithm']}, {summary['steps']} steps) to "
            f"{len(model.label_names)} classes from {summary['support_size']} examples; "
            f"support-set accuracy {100 * float(fit):.1f}%\nmodel directory: {args.out}")
+    if "mlflow_model" in summary:
+        _write(f"MLflow model: {summary['mlflow_model']} (mlflow.pyfunc.load_model)")
     return 0
 
 
@@ -155,6 +162,12 @@ def add_adapt_parser(sub: Any) -> None:
                    "prediction depends on its input only; default); batch: the algorithm's "
                    "per-batch statistics, as in evaluation")
     add_classifier_option(p, "fit this head instead of the recipe's")
+    p.add_argument("--mlflow", action="store_true", help="also log the model directory to "
+                   "MLflow as a pyfunc model (track extra), in the training run's MLflow run "
+                   "when it was trained with mlflow=true, else in a new run")
+    p.add_argument("--mlflow-uri", metavar="URI", help="the tracking URI to log to (implies "
+                   "--mlflow; default: the training run's store, MLFLOW_TRACKING_URI, or "
+                   "sqlite:///<parent of OUT>/mlflow.db)")
     add_json_option(p, "a summary (labels, support-set accuracy)")
 
 

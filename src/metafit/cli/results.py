@@ -200,6 +200,8 @@ class AdaptJson(_Strict):
     steps: int
     support_size: int
     support_accuracy: Real = Field(description="accuracy on the support set itself")
+    mlflow_model: str | None = Field(default=None, description="with --mlflow: the "
+                                     "logged model's URI (mlflow.pyfunc.load_model)")
 
 
 class Prediction(_Strict):

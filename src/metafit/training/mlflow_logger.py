@@ -57,9 +57,8 @@ from metafit.config.schema import Recipe
 from metafit.io import atomic_write_text
 from metafit.training.callbacks import Callback, TrainerView
 
-__all__ = ["MLflowLogger", "MLFLOW_STATUS", "MAX_PARAM_LENGTH", "RUN_FILE", "flat_params",
-           "tracking_callbacks",
-           "import_mlflow"]
+__all__ = ["MLflowLogger", "MLFLOW_STATUS", "MAX_PARAM_LENGTH", "RUN_FILE", "default_uri",
+           "experiment_id", "flat_params", "import_mlflow", "tracking_callbacks"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +125,23 @@ def sqlite_artifacts(uri: str) -> str | None:
     return (Path(db).parent / "mlartifacts").resolve().as_uri()
 
 
+def experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of experiment ``name`` in ``client``'s store (at ``uri``), created if needed
+    (artifacts of a local SQLite store's beside its file)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=sqlite_artifacts(uri)))
+    except MlflowException:
+        found = client.get_experiment_by_name(name)  # created meanwhile
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
 class MLflowLogger(Callback):
     """Logs the run to MLflow (module docstring): ``tracking_uri`` (default: MLflow's
     ``MLFLOW_TRACKING_URI``, else ``sqlite:///<parent of RUN>/mlflow.db``), ``experiment``
@@ -164,8 +180,8 @@ class MLflowLogger(Callback):
             self._log_changed_params(params)
             log.info("MLflow: continuing run %s in %s", saved, uri)
         else:
-            experiment_id = self._experiment_id(self.experiment or recipe.name, uri)
-            run = self.client.create_run(experiment_id, run_name=recipe.name, tags={
+            experiment = experiment_id(self.client, self.experiment or recipe.name, uri)
+            run = self.client.create_run(experiment, run_name=recipe.name, tags={
                 "metafit.run_dir": str(self.run_path.resolve()),
                 "metafit.version": __version__})
             self.run_id = run.info.run_id
@@ -231,23 +247,6 @@ class MLflowLogger(Callback):
                         run_id, path, uri)
             return None
         return run_id
-
-    def _experiment_id(self, name: str, uri: str) -> str:
-        """The id of experiment ``name``, created if needed (artifacts of a local SQLite
-        store's beside its file)."""
-        from mlflow.exceptions import MlflowException
-
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return str(found.experiment_id)
-        try:
-            return str(self.client.create_experiment(
-                name, artifact_location=sqlite_artifacts(uri)))
-        except MlflowException:
-            found = self.client.get_experiment_by_name(name)  # created meanwhile
-            if found is None:
-                raise
-            return str(found.experiment_id)
 
     def _log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param

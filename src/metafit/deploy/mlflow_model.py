@@ -1,0 +1,85 @@
+"""An adapted model directory logged to MLflow as a model (``metafit adapt --mlflow``).
+
+The directory goes in as an artifact of a ``pyfunc`` model built from code
+(:mod:`metafit.deploy.mlflow_pyfunc`): MLflow stores the code file, not a pickle, and
+``mlflow.pyfunc.load_model(uri).predict(inputs)`` loads the directory with
+:meth:`AdaptedModel.load <metafit.deploy.adapted.AdaptedModel.load>` (its manifest and
+checksums checked as for any model directory).
+
+Which MLflow run it joins, first that applies: the training run's own, named in
+``RUN/mlflow.json`` (the run was trained with ``mlflow: true``), so that the adapted model
+sits beside the metrics it came from; else a new run named after the model directory in
+the experiment named after the recipe, in ``tracking_uri``, else MLflow's
+``MLFLOW_TRACKING_URI``, else ``sqlite:///<parent of MODEL>/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from metafit._version import __version__
+from metafit.training.mlflow_logger import RUN_FILE, default_uri, experiment_id, import_mlflow
+
+__all__ = ["log_adapted_model"]
+
+log = logging.getLogger(__name__)
+
+CODE = Path(__file__).with_name("mlflow_pyfunc.py")
+
+
+def _target(model_dir: Path, run_dir: Path | None, tracking_uri: str | None,
+            experiment: str) -> tuple[str, str]:
+    """``(tracking URI, run id)`` of the MLflow run the model joins (module docstring)."""
+    from mlflow import MlflowClient
+    from mlflow.environment_variables import MLFLOW_TRACKING_URI
+
+    saved = run_dir / RUN_FILE if run_dir is not None else None
+    if tracking_uri is None and saved is not None and saved.is_file():
+        try:
+            named = json.loads(saved.read_text(encoding="utf-8"))
+            return str(named["tracking_uri"]), str(named["run_id"])
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("MLflow: %s is unreadable (%s); logging to a new run", saved, e)
+    uri = tracking_uri
+    if uri is None and not MLFLOW_TRACKING_URI.is_set():
+        uri = default_uri(model_dir)
+    client = MlflowClient(tracking_uri=uri)
+    uri = client.tracking_uri
+    run = client.create_run(experiment_id(client, experiment, uri), run_name=model_dir.name,
+                            tags={"metafit.model_dir": str(model_dir.resolve()),
+                                  "metafit.version": __version__})
+    return uri, run.info.run_id
+
+
+def log_adapted_model(model_dir: str | Path, run_dir: str | Path | None = None,
+                      tracking_uri: str | None = None, experiment: str = "metafit-adapted",
+                      name: str = "adapted_model") -> str:
+    """Log the model directory ``model_dir`` as the MLflow pyfunc model ``name`` (module
+    docstring: which run); returns the model's URI for ``mlflow.pyfunc.load_model``.
+
+    Raises:
+        ValueError: mlflow is not installed (names the ``track`` extra).
+        ModelDirError: ``model_dir`` is not a valid model directory (checked first).
+    """
+    mlflow = import_mlflow()
+    from metafit.deploy.adapted import AdaptedModel
+
+    model_dir = Path(model_dir)
+    AdaptedModel.load(model_dir)  # a broken directory fails here, before MLflow
+    uri, run_id = _target(model_dir, None if run_dir is None else Path(run_dir),
+                          tracking_uri, experiment)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=name, python_model=str(CODE),
+                artifacts={"model_dir": str(model_dir)},
+                pip_requirements=[f"metafit=={__version__}", f"mlflow=={mlflow.__version__}"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    log.info("MLflow: logged %s as model %s (run %s in %s)", model_dir, info.model_uri,
+             run_id, uri)
+    return str(info.model_uri)
