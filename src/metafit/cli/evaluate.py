@@ -20,6 +20,12 @@ __all__ = ["add_evaluate_parser", "add_report_parser"]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if (Path(args.run) / "manifest.json").is_file() or args.test or args.support:
+        from metafit.cli.score import score_test_set
+
+        return score_test_set(args)
     from metafit.distributed import init_distributed, shutdown
     from metafit.runs.trained import evaluate_run
 
@@ -37,8 +43,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         from metafit.cli.results import emit
 
-        emit("evaluate", {**result.to_dict(), "run": str(args.run), "split": args.split,
-                          "checkpoint": args.checkpoint})
+        emit("evaluate", {**result.to_dict(), "protocol": "episodes", "run": str(args.run),
+                          "split": args.split, "checkpoint": args.checkpoint})
         return 0
     penalty = args.classifier_penalty
     where = ", ".join([args.split, args.checkpoint, *filter(None, [
@@ -73,11 +79,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def add_evaluate_parser(sub: Any) -> None:
     """Add ``evaluate`` to the subparsers ``sub``."""
-    p = add_verb(sub, "evaluate", "evaluate a run on fixed test episodes (mean, 95%% CI)",
-                 _cmd_evaluate)
+    p = add_verb(sub, "evaluate", "evaluate a run on fixed test episodes (mean, 95%% CI), "
+                 "or a model on your own labelled test set (--test)", _cmd_evaluate)
     add_threads_option(p)
     add_progress_option(p)
-    p.add_argument("run", help="run directory written by `metafit train`")
+    p.add_argument("run", help="run directory written by `metafit train`, or a model "
+                   "directory written by `metafit adapt` (with --test)")
+    p.add_argument("--test", metavar="PATH", help="your labelled test set (a CSV for text, "
+                   "a folder of class folders for images): accuracy with a 95%% interval, "
+                   "macro-F1, per-class scores, confusion, calibration")
+    p.add_argument("--support", metavar="PATH", help="with a run and --test: adapt the run "
+                   "to these labelled examples first (as `metafit adapt` does), then score")
+    p.add_argument("--out", metavar="DIR", help="with --test: also write test_report.json "
+                   "and the confusion and reliability figures into DIR")
     p.add_argument("--episodes", type=int, help="number of episodes (default: the recipe's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="whose classes the episodes draw from (default: test, the classes "

@@ -139,12 +139,59 @@ class TrainJson(_Strict):
     world_size: int = Field(description="processes that trained (torchrun)")
 
 
-class EvaluateJson(Evaluation):
-    """``metafit evaluate RUN --json``: the evaluation, and what was evaluated."""
+class EpisodesJson(Evaluation):
+    """``metafit evaluate RUN`` on the benchmark's fixed episodes."""
 
+    protocol: Literal["episodes"]
     run: str
     split: Literal["train", "val", "test"]
     checkpoint: Literal["best", "last"]
+
+
+class ClassScoreJson(_Strict):
+    name: str
+    precision: Real
+    recall: Real
+    f1: Real
+    support: int = Field(description="test examples of the class")
+    predicted: int = Field(description="times the class was predicted")
+
+
+class ReliabilityJson(_Strict):
+    low: Real
+    high: Real
+    count: int
+    confidence: Real = Field(description="mean top probability in the bin (null: empty)")
+    accuracy: Real
+
+
+class TestSetJson(_Strict):
+    """``metafit evaluate MODEL_DIR --test T`` (or ``RUN --support S --test T``): the
+    user's own labelled test set (:mod:`metafit.evaluation.classification`)."""
+
+    protocol: Literal["test_set"]
+    model: str = Field(description="the model directory, or the run adapted on --support")
+    test: str = Field(description="the test set's path")
+    examples: int
+    accuracy: Real
+    accuracy_low: Real = Field(description="Wilson 95% interval, low end")
+    accuracy_high: Real
+    macro_f1: Real
+    ece: Real = Field(description="expected calibration error (15 equal-width bins)")
+    classes: list[str]
+    per_class: list[ClassScoreJson]
+    confusion: list[list[int]] = Field(description="rows: true class, columns: predicted")
+    confused_pairs: list[dict[str, Any]] = Field(description="{true, predicted, count}, "
+                                                 "most frequent first")
+    reliability: list[ReliabilityJson]
+    extra: dict[str, Any]
+    files: list[str] = Field(description="with --out: the files written")
+
+
+class EvaluateJson(RootModel[Annotated[EpisodesJson | TestSetJson,
+                                       Field(discriminator="protocol")]]):
+    """``metafit evaluate ... --json``: fixed episodes of a run (``protocol: episodes``) or
+    the user's own test set (``protocol: test_set``)."""
 
 
 class ReportJson(_Strict):

@@ -1,0 +1,74 @@
+"""``metafit evaluate MODEL_DIR --test T`` and ``metafit evaluate RUN --support S --test T``:
+the user's own labelled test set (the work is in :mod:`metafit.deploy.scoring`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from metafit.cli.options import show_progress, write_line
+
+__all__ = ["score_test_set"]
+
+
+def _model(args: argparse.Namespace) -> Any:
+    """The model to score: the model directory, or the run adapted on ``--support``."""
+    from metafit.deploy.adapted import AdaptedModel
+    from metafit.deploy.adapter import Adapter
+    from metafit.deploy.preprocess import load_support
+
+    path = Path(args.run)
+    if (path / "manifest.json").is_file():
+        if args.support:
+            raise ValueError(f"{path} is a model directory, already adapted: --support is "
+                             "for a run directory")
+        return AdaptedModel.load(path)
+    if not args.support:
+        raise ValueError(f"{path} is a run directory: give --support PATH (your labelled "
+                         "examples) to adapt it before scoring --test, or score a model "
+                         "directory written by `metafit adapt`")
+    adapter = Adapter.from_run(path, args.checkpoint, args.classifier, args.classifier_penalty)
+    inputs, labels = load_support(args.support, adapter.kind, adapter.recipe.text_column,
+                                  adapter.recipe.label_column)
+    return adapter.adapt(inputs, labels, steps=args.steps)
+
+
+def score_test_set(args: argparse.Namespace) -> int:
+    """Score the model (:func:`_model`) on ``--test``; print the summary, or ``--json``."""
+    from metafit.deploy.scoring import score_model
+
+    if not args.test:
+        raise ValueError(f"{args.run} is a model directory: give --test PATH, your labelled "
+                         "test set, to score it")
+    model = _model(args)
+    report = score_model(model, args.test, progress=show_progress(args))
+    files: list[str] = []
+    if args.out:
+        from metafit.io import atomic_write_text
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "test_report.json", json.dumps(report.to_dict(), indent=1))
+        files.append(str(out / "test_report.json"))
+    payload = {"protocol": "test_set", "model": str(args.run), "test": str(args.test),
+               **report.to_dict(), "files": files}
+    if args.json:
+        from metafit.cli.results import emit
+
+        emit("evaluate", payload)
+        return 0
+    write_line(f"{args.run} on {args.test}: {report.summary()}")
+    width = max(len(c.name) for c in report.per_class)
+    write_line(f"{'class':<{width}}  precision  recall  f1     support")
+    for c in report.per_class:
+        write_line(f"{c.name:<{width}}  {c.precision:9.3f}  {c.recall:6.3f}  {c.f1:.3f}  "
+                   f"{c.support:7d}")
+    if report.confused_pairs:
+        write_line("most confused: " + ", ".join(
+            f"{p['true']} -> {p['predicted']} ({p['count']})"
+            for p in report.confused_pairs[:5]))
+    for f in files:
+        write_line(f"wrote {f}")
+    return 0

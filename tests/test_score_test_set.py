@@ -1,0 +1,77 @@
+"""``metafit evaluate MODEL_DIR --test T`` and ``RUN --support S --test T``: the user's own
+labelled test set, scored as predict would score it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploy_fixtures import image_run, support_folder, text_run
+from metafit.cli.main import main
+from metafit.cli.results import SCHEMAS
+from metafit.deploy.adapted import AdaptedModel
+from text_fixtures import sentences, write_csv
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("score")
+    support = support_folder(root / "support", classes=3, per_class=2)
+    assert main(["adapt", str(image_run()), "--support", str(support), "--out",
+                 str(root / "model")]) == 0
+    return root / "model", root
+
+
+def test_a_model_directory_is_scored_as_predict_predicts(image_model, tmp_path, capsys
+                                                         ) -> None:
+    model, _ = image_model
+    test = support_folder(tmp_path / "test", classes=3, per_class=4)  # other draws too
+    capsys.readouterr()
+    assert main(["evaluate", str(model), "--test", str(test), "--json", "--out",
+                 str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    SCHEMAS["evaluate"].model_validate_json(out)
+    report = json.loads(out)
+    assert report["protocol"] == "test_set" and report["examples"] == 12
+    files = sorted(str(p) for p in test.rglob("*.png"))
+    rows = AdaptedModel.load(model).predict([Path(f) for f in files])
+    truth = [Path(f).parent.name for f in files]
+    hits = sum(r["label"] == t for r, t in zip(rows, truth, strict=True))
+    assert report["accuracy"] == pytest.approx(hits / 12)
+    assert sum(map(sum, report["confusion"])) == 12
+    assert report["accuracy_low"] <= report["accuracy"] <= report["accuracy_high"]
+    assert json.loads((tmp_path / "rep" / "test_report.json").read_text())["examples"] == 12
+
+
+def test_a_run_is_adapted_on_the_support_set_then_scored(image_model, capsys) -> None:
+    model, root = image_model
+    support = root / "support"
+    capsys.readouterr()
+    assert main(["evaluate", str(model), "--test", str(support), "--json"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(image_run()), "--support", str(support), "--test",
+                 str(support), "--json"]) == 0
+    adapted = json.loads(capsys.readouterr().out)
+    assert adapted["confusion"] == direct["confusion"]  # the same model, built in memory
+
+
+def test_text_test_set_and_its_errors(tmp_path: Path, capsys) -> None:
+    support = write_csv(tmp_path / "support.csv", sentences(3, 3, seed=1))
+    model = tmp_path / "model"
+    assert main(["adapt", str(text_run()), "--support", str(support), "--out", str(model),
+                 "--steps", "40"]) == 0
+    test = write_csv(tmp_path / "test.csv", sentences(3, 5, seed=2))
+    capsys.readouterr()
+    assert main(["evaluate", str(model), "--test", str(test)]) == 0
+    printed = capsys.readouterr().out
+    assert "macro-F1" in printed and "intent_2" in printed
+    stranger = write_csv(tmp_path / "stranger.csv", sentences(5, 2, seed=3))
+    assert main(["evaluate", str(model), "--test", str(stranger)]) == 2
+    err = capsys.readouterr().err
+    assert "'intent_3', 'intent_4' are not classes of the model" in err
+    assert main(["evaluate", str(model)]) == 2
+    assert "give --test PATH" in capsys.readouterr().err
+    assert main(["evaluate", str(text_run()), "--test", str(test)]) == 2
+    assert "give --support PATH" in capsys.readouterr().err
