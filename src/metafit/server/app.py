@@ -1,10 +1,12 @@
 """The FastAPI application: routes, error bodies, middlewares (see docs/serve.md).
 
 Middlewares, outermost first: access log (path only, escaped), metrics (counts every
-response, refused ones too), API key (401), body size and time (413, 408). The routes
-then parse and validate the body (JSON: :mod:`metafit.server.bodies`; image files as
-multipart/form-data: :mod:`metafit.server.forms`; 415, 422), a large one in a worker
-thread.
+response, refused ones too), security headers (nosniff, a Content-Security-Policy), API
+key (401), body size and time (413, 408). The routes then parse and validate the body
+(JSON: :mod:`metafit.server.bodies`; image files as multipart/form-data:
+:mod:`metafit.server.forms`; 415, 422), a large one in a worker thread. ``GET /`` serves
+the page to try the model (:mod:`metafit.server.page`). Swagger UI and ReDoc are off: they
+load their scripts from a CDN; ``/openapi.json`` is served.
 """
 
 from __future__ import annotations
@@ -25,9 +27,15 @@ from metafit._version import __version__
 from metafit.server.bodies import json_body, parse_body
 from metafit.server.errors import ApiError, public_message
 from metafit.server.forms import FormSpec, Upload, is_multipart, parse_form
-from metafit.server.guards import ApiKeyMiddleware, BodyLimitMiddleware
+from metafit.server.guards import (
+    OPEN_PATHS,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    SecurityHeadersMiddleware,
+)
 from metafit.server.logs import AccessLogMiddleware
 from metafit.server.metrics import CONTENT_TYPE, MetricsMiddleware
+from metafit.server.page import add_page_routes, page_paths
 from metafit.server.schemas import (
     AdaptationRequest,
     AdaptationResponse,
@@ -78,16 +86,20 @@ def create_app(settings: ServerSettings) -> FastAPI:
         service.close()
 
     app = FastAPI(title="metafit", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # their pages load scripts from a CDN
                   description="Adapt a meta-trained model to a few labelled examples and "
                   "classify with it. See docs/serve.md.")
     app.state.service = service
     _open_routes(app, service)
+    add_page_routes(app)
     _api_routes(app, service, _security(settings))
     _error_handlers(app)
     _document_bodies(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        timeout=settings.body_timeout)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys,
+                       open_paths=OPEN_PATHS | page_paths())
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics, routes=app.routes)
     app.add_middleware(AccessLogMiddleware)
     return app
