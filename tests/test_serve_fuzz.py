@@ -9,6 +9,7 @@ requests must be refused (401); and the server must log no error. Deterministic
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 from collections.abc import Callable
@@ -80,9 +81,15 @@ def test_schemathesis_finds_no_failure(run: Path, tmp_path: Path,
         made = server.client.post("/v1/adaptations", json=support(data), headers=AUTH).json()
         schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
         failures: list[str] = []
-        bodies = {"/v1/adaptations": support(data),
-                  "/v1/adaptations/{adaptation_id}/predict": {"inputs": [
-                      {"image": PNG_EXAMPLE}, {"image": png(data, 0, 4)}], "labels": ["c0"]}}
+        files = [base64.b64decode(png(data, c, i)) for c in (0, 5) for i in range(2)]
+        bodies = {"/v1/adaptations": [
+            ("application/json", support(data)),
+            ("multipart/form-data", {"label": ["c0", "c0", "c5", "c5"], "file": files})],
+                  "/v1/adaptations/{adaptation_id}/predict": [
+            ("application/json", {"inputs": [{"image": PNG_EXAMPLE},
+                                             {"image": png(data, 0, 4)}], "labels": ["c0"]}),
+            ("multipart/form-data", {"file": [base64.b64decode(PNG_EXAMPLE), files[0]],
+                                     "labels": ["c0"]})]}
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) == 7
 
@@ -95,18 +102,20 @@ def test_schemathesis_finds_no_failure(run: Path, tmp_path: Path,
 
         own_id = {"adaptation_id": made["id"]}
         for op in operations:
-            # (mode, headers, examples, fixed path parameters, fixed body)
+            # (mode, headers, examples, fixed path parameters, fixed body and its type)
             plans: list[tuple[GenerationMode, dict[str, str], int, dict[str, str] | None,
                               Any]] = [(GenerationMode.POSITIVE, KEYS, EXAMPLES, None, None),
                                        (GenerationMode.NEGATIVE, KEYS, EXAMPLES, None, None),
                                        (GenerationMode.POSITIVE, {}, 5, None, None)]
             if "{adaptation_id}" in op.path and op.method.upper() != "DELETE":
                 plans.append((GenerationMode.POSITIVE, KEYS, EXAMPLES, own_id, None))
-            if op.method.upper() == "POST" and op.path in bodies:  # a body the model takes
-                plans.append((GenerationMode.POSITIVE, KEYS, 3, own_id, bodies[op.path]))
-            for mode, headers, examples, path, body in plans:
+            if op.method.upper() == "POST":  # bodies the model takes, as JSON and as a form
+                plans += [(GenerationMode.POSITIVE, KEYS, 3, own_id, fixed)
+                          for fixed in bodies.get(op.path, [])]
+            for mode, headers, examples, path, fixed in plans:
+                given_body = {} if fixed is None else {"media_type": fixed[0], "body": fixed[1]}
                 strategy = op.as_strategy(generation_mode=mode, path_parameters=path,
-                                          **({} if body is None else {"body": body}))
+                                          **given_body)
                 failure = fuzz(strategy, examples, call(headers))
                 if failure:
                     failures.append(f"{op.method.upper()} {op.path} {mode.value} "

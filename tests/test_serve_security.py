@@ -36,7 +36,7 @@ import uvicorn  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import settings as hsettings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from PIL import Image, ImageFile  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from metafit.cli.main import main  # noqa: E402
 from metafit.server import ServerSettings, load_api_keys  # noqa: E402
@@ -87,20 +87,6 @@ def bomb() -> str:
     Image.new("1", (BOMB_SIDE, BOMB_SIDE)).save(buf, "PNG")
     assert len(buf.getvalue()) < 50_000
     return base64.b64encode(buf.getvalue()).decode()
-
-
-@pytest.fixture
-def decoded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The size of every image whose pixels PIL decodes from now on."""
-    sizes: list[tuple[int, int]] = []
-    load = ImageFile.ImageFile.load
-
-    def spy(self: ImageFile.ImageFile) -> Any:
-        sizes.append(self.size)
-        return load(self)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
-    return sizes
 
 
 class GuardedServer(LiveServer):

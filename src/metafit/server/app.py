@@ -1,9 +1,12 @@
 """The FastAPI application: routes, error bodies, middlewares (see docs/serve.md).
 
 Middlewares, outermost first: access log (path only, escaped), metrics (counts every
-response, refused ones too), API key (401), body size and time (413, 408). The routes
-then parse and validate the JSON body in a worker thread (:mod:`metafit.server.bodies`:
-415, 422), so the event loop never parses a body.
+response, refused ones too), security headers (nosniff, a Content-Security-Policy), API
+key (401), body size and time (413, 408). The routes then parse and validate the body
+(JSON: :mod:`metafit.server.bodies`; image files as multipart/form-data:
+:mod:`metafit.server.forms`; 415, 422), a large one in a worker thread. ``GET /`` serves
+the page to try the model (:mod:`metafit.server.page`). Swagger UI and ReDoc are off: they
+load their scripts from a CDN; ``/openapi.json`` is served.
 """
 
 from __future__ import annotations
@@ -23,18 +26,27 @@ from pydantic.json_schema import models_json_schema
 from metafit._version import __version__
 from metafit.server.bodies import json_body, parse_body
 from metafit.server.errors import ApiError, public_message
-from metafit.server.guards import ApiKeyMiddleware, BodyLimitMiddleware
+from metafit.server.forms import FormSpec, Upload, is_multipart, parse_form
+from metafit.server.guards import (
+    OPEN_PATHS,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    SecurityHeadersMiddleware,
+)
 from metafit.server.logs import AccessLogMiddleware
 from metafit.server.metrics import CONTENT_TYPE, MetricsMiddleware
+from metafit.server.page import add_page_routes, page_paths
 from metafit.server.schemas import (
     AdaptationRequest,
     AdaptationResponse,
+    AdaptationUpload,
     ErrorBody,
     Health,
     PredictRequest,
     PredictResponse,
+    PredictUpload,
 )
-from metafit.server.service import Service, describe
+from metafit.server.service import TEXT_AS_JSON, Service, describe
 from metafit.server.settings import ServerSettings
 
 __all__ = ["create_app"]
@@ -42,7 +54,8 @@ __all__ = ["create_app"]
 M = TypeVar("M", bound=BaseModel)
 
 #: Request bodies read by the routes themselves: added to the OpenAPI components.
-BODIES: tuple[type[BaseModel], ...] = (AdaptationRequest, PredictRequest)
+BODIES: tuple[type[BaseModel], ...] = (AdaptationRequest, PredictRequest, AdaptationUpload,
+                                       PredictUpload)
 
 
 def _errors(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
@@ -54,7 +67,8 @@ def _errors(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
 KEY = _errors({401: "missing or invalid API key"})
 BODY = _errors({408: "request body not received in time",
                 413: "request body over the size limit",
-                415: "body not sent as application/json",
+                415: "body not sent as application/json (or, image files, as "
+                     "multipart/form-data); a file part not declared as PNG or JPEG",
                 422: "malformed body; too many examples, inputs or pixels; a bad support set"})
 ID = _errors({404: "no such id", 500: "a stored adaptation cannot be read"})
 
@@ -72,16 +86,20 @@ def create_app(settings: ServerSettings) -> FastAPI:
         service.close()
 
     app = FastAPI(title="metafit", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # their pages load scripts from a CDN
                   description="Adapt a meta-trained model to a few labelled examples and "
                   "classify with it. See docs/serve.md.")
     app.state.service = service
     _open_routes(app, service)
+    add_page_routes(app)
     _api_routes(app, service, _security(settings))
     _error_handlers(app)
     _document_bodies(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        timeout=settings.body_timeout)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys,
+                       open_paths=OPEN_PATHS | page_paths())
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics, routes=app.routes)
     app.add_middleware(AccessLogMiddleware)
     return app
@@ -102,6 +120,24 @@ async def _read(request: Request, service: Service, model: type[M],
     if len(raw) <= INLINE_BODY_BYTES:
         return parse_body(raw, content_type, model, limits)
     return await anyio.to_thread.run_sync(parse_body, raw, content_type, model, limits,
+                                          limiter=service.parse_limiter)
+
+
+async def _read_either(request: Request, service: Service, model: type[M],
+                       limits: Mapping[str, int], form: FormSpec) -> M | Upload:
+    """The body as ``model`` (JSON, :func:`_read`), or as an :class:`Upload` when it is
+    sent as ``multipart/form-data`` (image servers only: a text server answers 415),
+    parsed as ``form`` allows (:func:`metafit.server.forms.parse_form`; in a worker
+    thread past :data:`INLINE_BODY_BYTES`)."""
+    content_type = request.headers.get("content-type", "")
+    if not is_multipart(content_type):
+        return await _read(request, service, model, limits)
+    if service.kind != "image":
+        raise ApiError(415, f"this server classifies text: {TEXT_AS_JSON}")
+    raw = await request.body()
+    if len(raw) <= INLINE_BODY_BYTES:
+        return parse_form(raw, content_type, form)
+    return await anyio.to_thread.run_sync(parse_form, raw, content_type, form,
                                           limiter=service.parse_limiter)
 
 
@@ -144,29 +180,34 @@ def _api_routes(app: FastAPI, service: Service, security: list[Any]) -> None:
     would hide their templates from the metrics)."""
     settings = service.settings
     # the lists a body may hold, bounded while it is parsed (labels: no model adapted
-    # here has more labels than support examples)
+    # here has more labels than support examples); a form's parts likewise
     examples = {"examples": settings.max_examples}
     inputs = {"inputs": settings.max_inputs, "labels": settings.max_examples}
-    _adaptation_routes(app, service, security, examples)
-    _prediction_routes(app, service, security, inputs)
+    support_form = FormSpec(files=settings.max_examples, noun="examples", label_field="label",
+                            labels=settings.max_examples, paired=True, steps=True)
+    inputs_form = FormSpec(files=settings.max_inputs, noun="inputs", label_field="labels",
+                           labels=settings.max_examples, paired=False)
+    _adaptation_routes(app, service, security, examples, support_form)
+    _prediction_routes(app, service, security, inputs, inputs_form)
 
 
 def _adaptation_routes(app: FastAPI, service: Service, security: list[Any],
-                       examples: dict[str, int]) -> None:
+                       examples: dict[str, int], form: FormSpec) -> None:
     """``POST``, ``GET`` and ``DELETE`` of ``/v1/adaptations``; ``examples``: the bounded
-    lists of an adaptation body."""
+    lists of an adaptation body; ``form``: the parts of its multipart form."""
 
     @app.post("/v1/adaptations", status_code=201, response_model=AdaptationResponse,
               dependencies=security, tags=["adaptations"],
-              openapi_extra=json_body(AdaptationRequest), responses={
+              openapi_extra=json_body(AdaptationRequest, AdaptationUpload), responses={
                   **KEY, **BODY, **_errors({
                       409: "the server serves a model, not a run",
                       500: "the adaptation failed unexpectedly",
                       503: "adaptation queue full (see Retry-After)"})})
     async def create_adaptation(request: Request, response: Response) -> AdaptationResponse:
-        """Adapt the run to a support set (an AdaptationRequest body); the adapted
-        model is kept on disk under the returned id (it survives a restart)."""
-        body = await _read(request, service, AdaptationRequest, examples)
+        """Adapt the run to a support set (an AdaptationRequest body, or for images an
+        AdaptationUpload form); the adapted model is kept on disk under the returned id
+        (it survives a restart)."""
+        body = await _read_either(request, service, AdaptationRequest, examples, form)
         result = await service.adapt(body)
         response.headers["Location"] = f"/v1/adaptations/{result.id}"
         return result
@@ -186,27 +227,29 @@ def _adaptation_routes(app: FastAPI, service: Service, security: list[Any],
 
 
 def _prediction_routes(app: FastAPI, service: Service, security: list[Any],
-                       inputs: dict[str, int]) -> None:
+                       inputs: dict[str, int], form: FormSpec) -> None:
     """The two prediction routes and ``/metrics``; ``inputs``: the bounded lists of a
-    prediction body."""
+    prediction body; ``form``: the parts of its multipart form."""
 
     @app.post("/v1/adaptations/{adaptation_id}/predict", response_model=PredictResponse,
               dependencies=security, tags=["predictions"],
-              openapi_extra=json_body(PredictRequest), responses={**KEY, **BODY, **ID})
+              openapi_extra=json_body(PredictRequest, PredictUpload),
+              responses={**KEY, **BODY, **ID})
     async def predict_adapted(adaptation_id: str, request: Request) -> PredictResponse:
-        """Classify inputs (a PredictRequest body) with an adaptation made by
-        ``POST /v1/adaptations``."""
-        body = await _read(request, service, PredictRequest, inputs)
+        """Classify inputs (a PredictRequest body, or for images a PredictUpload form)
+        with an adaptation made by ``POST /v1/adaptations``."""
+        body = await _read_either(request, service, PredictRequest, inputs, form)
         model = await service.adaptation(adaptation_id)
         return await service.predict(model, body)
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=security,
-              tags=["predictions"], openapi_extra=json_body(PredictRequest),
+              tags=["predictions"], openapi_extra=json_body(PredictRequest, PredictUpload),
               responses={**KEY, **BODY, **_errors({409: "no pre-adapted model served"})})
     async def predict(request: Request) -> PredictResponse:
-        """Classify inputs (a PredictRequest body) with the served pre-adapted
-        model (a model directory, or ``--model`` next to a run)."""
-        body = await _read(request, service, PredictRequest, inputs)
+        """Classify inputs (a PredictRequest body, or for images a PredictUpload form)
+        with the served pre-adapted model (a model directory, or ``--model`` next to a
+        run)."""
+        body = await _read_either(request, service, PredictRequest, inputs, form)
         return await service.predict(service.served_model(), body)
 
     @app.get("/metrics", response_class=Response, dependencies=security,

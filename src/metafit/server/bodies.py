@@ -58,7 +58,7 @@ def parse_body(raw: bytes, content_type: str, model: type[M],
     """
     if not is_json(content_type):
         raise ApiError(415, "the request body must be JSON, sent with 'Content-Type: "
-                       "application/json'")
+                       "application/json' (image files: multipart/form-data)")
     data = load_object(raw, limits)
     try:
         return model.model_validate(data)
@@ -167,8 +167,15 @@ def validation_errors(errors: Any) -> list[dict[str, Any]]:
              "type": str(e.get("type", ""))} for e in errors]
 
 
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
+def json_body(model: type[BaseModel], form: type[BaseModel] | None = None
+              ) -> dict[str, Any]:
     """``openapi_extra`` declaring ``model`` (a component schema) as the required JSON
-    body of a route that reads its body itself."""
-    return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+    body of a route that reads its body itself; and ``form``, if given, as the same
+    route's ``multipart/form-data`` body (its ``file`` parts: PNG or JPEG files)."""
+    content: dict[str, Any] = {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+    if form is not None:
+        content["multipart/form-data"] = {
+            "schema": {"$ref": f"#/components/schemas/{form.__name__}"},
+            "encoding": {"file": {"contentType": "image/png, image/jpeg"}}}
+    return {"requestBody": {"required": True, "content": content}}

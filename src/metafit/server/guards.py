@@ -1,7 +1,9 @@
 """ASGI middlewares that refuse a request before the application parses it: a missing or
-wrong API key (401), a body over the size limit (413) or too slow to arrive (408).
+wrong API key (401), a body over the size limit (413) or too slow to arrive (408); and
+the one that sets the browser's security headers on every response.
 
-Both answer with the same JSON shape as the application's errors: ``{"detail": "..."}``.
+Both refusing middlewares answer with the same JSON shape as the application's errors:
+``{"detail": "..."}``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from metafit.server.logs import clean
 
-__all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "OPEN_PATHS"]
+__all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "SecurityHeadersMiddleware",
+           "OPEN_PATHS", "API_CSP"]
 
 log = logging.getLogger(__name__)
 
-# Paths anyone may read: the health check and the API's own description.
-OPEN_PATHS = frozenset({"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# Paths anyone may read: the health check and the API's own description (the page and its
+# files are added by the app).
+OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
+
+#: The Content-Security-Policy of a response that sets none (the API's JSON and text):
+#: a browser opening one loads nothing from it and does not frame it.
+API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 
 
 async def send_error(send: Send, status: int, detail: str,
@@ -46,17 +54,47 @@ def presented_key(scope: Scope) -> bytes | None:
     return None
 
 
+class SecurityHeadersMiddleware:
+    """Adds ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer`` to
+    every HTTP response, and :data:`API_CSP` to a response without a
+    Content-Security-Policy of its own (the page sets its own)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {bytes(name).lower() for name, _ in headers}
+                headers += [(b"x-content-type-options", b"nosniff"),
+                            (b"referrer-policy", b"no-referrer")]
+                if b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", API_CSP))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class ApiKeyMiddleware:
-    """401 for HTTP requests outside :data:`OPEN_PATHS` without a valid key.
+    """401 for HTTP requests outside ``open_paths`` (default :data:`OPEN_PATHS`) without a
+    valid key.
 
     Keys are compared with :func:`hmac.compare_digest` against every configured key (no
     early exit), and neither the presented nor the configured keys are ever logged. Keys
     are read from headers only: a query string is never consulted (nor logged).
     """
 
-    def __init__(self, app: ASGIApp, keys: Collection[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: Collection[str],
+                 open_paths: Collection[str] = OPEN_PATHS) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
+        self.open_paths = frozenset(open_paths)
 
     def valid(self, key: bytes | None) -> bool:
         if key is None:
@@ -65,7 +103,7 @@ class ApiKeyMiddleware:
         return any(matches)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or not self.keys or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
         if self.valid(presented_key(scope)):

@@ -72,7 +72,7 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000,
         name = f"[{host}]" if ":" in host else host
         url = f"http://{name}:{sock.getsockname()[1]}"
         service = app.state.service
-        log.info("serving %s (%s %s) at %s: docs %s/docs, adaptations in %s, %s",
+        log.info("serving %s (%s %s) at %s: page %s/, adaptations in %s, %s",
                  settings.target, service.kind, service.mode, url, url,
                  settings.adaptations_dir if service.mode == "run" else "-",
                  f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "NO API KEY")

@@ -1,6 +1,8 @@
 """Request and response bodies of the HTTP API (pydantic: they are the OpenAPI schema).
 
-Text runs take sentences, image runs take base64-encoded PNG or JPEG files. Unknown
+Text runs take sentences, image runs take base64-encoded PNG or JPEG files in JSON, or
+the files themselves as ``multipart/form-data`` (:class:`AdaptationUpload`,
+:class:`PredictUpload`: they describe the forms, which :mod:`metafit.server.forms` reads). Unknown
 fields are refused (422), so a misspelt ``lable`` is an error, not an ignored key.
 """
 
@@ -9,14 +11,16 @@ from __future__ import annotations
 from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
 __all__ = ["TextExample", "ImageExample", "ImageInput", "AdaptationRequest",
-           "AdaptationResponse", "PredictRequest", "Prediction", "PredictResponse",
-           "Health", "Label", "ErrorItem", "ErrorBody"]
+           "AdaptationUpload", "AdaptationResponse", "PredictRequest", "PredictUpload",
+           "Prediction", "PredictResponse", "Health", "Label", "ErrorItem", "ErrorBody"]
 
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Text = Annotated[str, StringConstraints(min_length=1)]
 Base64 = Annotated[str, StringConstraints(min_length=1)]
+File = Annotated[bytes, Field(description="a PNG or JPEG file")]
 T = TypeVar("T")
 # A list of at least one item (on each member of a union of lists, so that the schema
 # says minItems: a constraint on the union itself came out as a string's minLength).
@@ -63,6 +67,16 @@ class AdaptationRequest(_Body):
                               description="inner steps (default: the server's)")
 
 
+class AdaptationUpload(_Body):
+    """A support set of images as ``multipart/form-data``: the i-th ``label`` part names
+    the class of the i-th ``file`` part (``curl -F label=cat -F file=@cat1.png ...``)."""
+
+    label: NonEmpty[Label] = Field(description="one class name per file, in the same order")
+    file: NonEmpty[File] = Field(description="the images: PNG or JPEG files")
+    steps: int | SkipJsonSchema[None] = Field(
+        default=None, ge=0, description="inner steps (default: the server's)")
+
+
 class AdaptationResponse(BaseModel):
     """An adaptation kept on the server: predict with ``POST /v1/adaptations/{id}/predict``."""
 
@@ -85,6 +99,16 @@ class PredictRequest(_Body):
         default=None, min_length=1,
         description="candidate labels: predict only among these (probabilities renormalised "
         "over them); a label the model does not know is a 422")
+
+
+class PredictUpload(_Body):
+    """Images to classify as ``multipart/form-data``: ``file`` parts, optionally
+    ``labels`` parts restricting the prediction to some of the model's labels."""
+
+    file: NonEmpty[File] = Field(description="the images: PNG or JPEG files")
+    labels: list[Label] | SkipJsonSchema[None] = Field(
+        default=None, min_length=1,
+        description="candidate labels, one per part (as PredictRequest's labels)")
 
 
 class Prediction(BaseModel):

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -20,7 +21,8 @@ from anyio import CapacityLimiter
 from metafit.deploy import AdaptedModel, Adapter, InputError, ModelDirError, SupportError
 from metafit.server.bodies import too_many
 from metafit.server.errors import ApiError, public_message
-from metafit.server.limits import decode_images
+from metafit.server.forms import FILE, Upload
+from metafit.server.limits import check_images, decode_images
 from metafit.server.metrics import Metrics
 from metafit.server.pool import AdaptationPool, PoolFull
 from metafit.server.schemas import (
@@ -36,9 +38,12 @@ from metafit.server.schemas import (
 from metafit.server.settings import ServerSettings
 from metafit.server.store import AdaptationStore, UnknownAdaptation
 
-__all__ = ["Service", "ApiError", "describe"]
+__all__ = ["Service", "ApiError", "describe", "TEXT_AS_JSON"]
 
 log = logging.getLogger(__name__)
+
+#: How a text server wants its inputs, for the 415 to a form.
+TEXT_AS_JSON = "send the sentences as JSON (multipart/form-data is for image files)"
 
 
 class Service:
@@ -92,20 +97,26 @@ class Service:
 
     # adaptation ------------------------------------------------------------------------
 
-    async def adapt(self, req: AdaptationRequest) -> AdaptationResponse:
-        """Adapt the run to ``req``'s support set in a worker; save and return it."""
+    async def adapt(self, req: AdaptationRequest | Upload) -> AdaptationResponse:
+        """Adapt the run to ``req``'s support set (JSON, or an uploaded form) in a worker;
+        save and return it."""
         adapter = self.adapter
         if adapter is None:
             raise ApiError(409, "this server serves an adapted model and cannot adapt: start "
                            "`metafit serve` on a run directory to post support sets")
         s = self.settings
-        if len(req.examples) > s.max_examples:
-            raise ApiError(422, too_many("examples", len(req.examples), s.max_examples))
+        count = len(req.files) if isinstance(req, Upload) else len(req.examples)
+        if count > s.max_examples:
+            raise ApiError(422, too_many("examples", count, s.max_examples))
         steps = s.steps if req.steps is None else req.steps
         if steps is not None and steps > s.max_steps:
             raise ApiError(422, f"steps={steps}: the server allows at most {s.max_steps}")
-        inputs = await self._prepare(req.examples, "examples")
-        labels = [e.label for e in req.examples]
+        if isinstance(req, Upload):
+            inputs = await self._check_files(req.files, "support set: ")
+            labels = req.labels
+        else:
+            inputs = await self._prepare(req.examples, "examples")
+            labels = [e.label for e in req.examples]
         adaptation_id = self.store.new_id()
 
         def job() -> tuple[AdaptedModel, float]:
@@ -171,20 +182,28 @@ class Service:
             raise ApiError(404, f"no adaptation with id {adaptation_id!r}") from None
         log.info("adaptation %s deleted", adaptation_id)
 
-    async def predict(self, model: AdaptedModel, req: PredictRequest) -> PredictResponse:
-        """Classify ``req.inputs`` with ``model`` (in a thread: the event loop stays free)."""
-        if len(req.inputs) > self.settings.max_inputs:
-            raise ApiError(422, too_many("inputs", len(req.inputs), self.settings.max_inputs))
-        candidates = self._candidates(model, req.labels)
+    async def predict(self, model: AdaptedModel, req: PredictRequest | Upload
+                      ) -> PredictResponse:
+        """Classify ``req``'s inputs (JSON, or uploaded image files) with ``model`` (in a
+        thread: the event loop stays free)."""
+        if isinstance(req, Upload):
+            where, decode = FILE, partial(self._files, req.files)
+            count = len(req.files)
+        else:
+            where, decode = "inputs", partial(self._decode, req.inputs, "inputs")
+            count = len(req.inputs)
+        if count > self.settings.max_inputs:
+            raise ApiError(422, too_many("inputs", count, self.settings.max_inputs))
+        candidates = self._candidates(model, req.labels or None)
 
         def decode_and_predict() -> list[dict[str, Any]]:  # one trip to a worker thread
-            return model.predict(self._decode(req.inputs, "inputs"))
+            return model.predict(decode())
 
         try:
             raw = await anyio.to_thread.run_sync(decode_and_predict,
                                                  limiter=self.predict_limiter)
         except InputError as e:
-            raise ApiError(422, public_message(f"inputs: {e}")) from None
+            raise ApiError(422, public_message(f"{where}: {e}")) from None
         self.metrics.predictions.inc(len(raw))
         return PredictResponse(predictions=[_restrict(p, candidates) for p in raw])
 
@@ -196,6 +215,20 @@ class Service:
         if unknown:
             raise ApiError(422, f"unknown labels {unknown}: the model predicts {known}")
         return labels
+
+    async def _check_files(self, files: Sequence[bytes], prefix: str) -> list[bytes]:
+        """:meth:`_files` in a thread (image headers)."""
+        return await anyio.to_thread.run_sync(self._files, files, prefix,
+                                              limiter=self.parse_limiter)
+
+    def _files(self, files: Sequence[bytes], prefix: str = "") -> list[bytes]:
+        """Uploaded image ``files`` (the form's ``file`` parts), once each is a PNG or JPEG
+        within the pixel caps (checked from their headers), or a 422."""
+        if self.kind != "image":  # the routes refuse forms to a text server before this
+            raise ApiError(415, f"this server classifies text: {TEXT_AS_JSON}")
+        s = self.settings
+        return check_images(((f"{FILE}[{i}]", f) for i, f in enumerate(files)), FILE,
+                            s.max_image_pixels, s.max_request_pixels, prefix)
 
     async def _prepare(self, items: Sequence[object], where: str) -> list[Any]:
         """:meth:`_decode` in a thread (base64 and image headers)."""
