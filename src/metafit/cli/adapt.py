@@ -29,12 +29,13 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     model = adapt_run(args.run, args.support, args.out, steps=args.steps,
                       which=args.checkpoint, classes=classes, batch_norm=args.batch_norm,
-                      classifier=args.classifier, penalty=args.classifier_penalty)
+                      classifier=args.classifier, penalty=args.classifier_penalty,
+                      calibrate=args.calibrate)
     assert model.support is not None
     fit = (model.logits(model.support[0]).argmax(-1) == model.support[1]).float().mean()
     summary = {"out": str(args.out), "kind": model.kind, "labels": model.label_names,
                **{k: model.info[k] for k in ("algorithm", "steps", "support_size")},
-               "support_accuracy": round(float(fit), 4)}
+               "support_accuracy": round(float(fit), 4), "temperature": model.temperature}
     if args.mlflow or args.mlflow_uri:
         from metafit.deploy.mlflow_model import log_adapted_model
 
@@ -162,6 +163,9 @@ def add_adapt_parser(sub: Any) -> None:
                    "prediction depends on its input only; default); batch: the algorithm's "
                    "per-batch statistics, as in evaluation")
     add_classifier_option(p, "fit this head instead of the recipe's")
+    p.add_argument("--calibrate", action="store_true", help="fit a temperature for the "
+                   "probabilities on held-out folds of the support set (needs a class with "
+                   "two examples; costs up to 10 extra adaptations); labels do not change")
     p.add_argument("--mlflow", action="store_true", help="also log the model directory to "
                    "MLflow as a pyfunc model (track extra), in the training run's MLflow run "
                    "when it was trained with mlflow=true, else in a new run")

@@ -247,6 +247,8 @@ class AdaptJson(_Strict):
     steps: int
     support_size: int
     support_accuracy: Real = Field(description="accuracy on the support set itself")
+    temperature: Real = Field(description="probabilities are softmax(logits / temperature); "
+                              "1 unless --calibrate")
     mlflow_model: str | None = Field(default=None, description="with --mlflow: the "
                                      "logged model's URI (mlflow.pyfunc.load_model)")
 

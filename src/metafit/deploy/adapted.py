@@ -24,6 +24,7 @@ written by metafit before safetensors) are read with ``torch.load(weights_only=T
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from metafit.deploy.modeldir import resolve, write_model_dir
 from metafit.deploy.preprocess import Preprocessor
 from metafit.deploy.reading import CONTENT, ENCODER, read_adapted
 from metafit.deploy.weights import save_tensors
+from metafit.evaluation.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE
 from metafit.models.base import FewShotModel
 
 __all__ = ["AdaptedModel", "Prediction", "ENCODER"]
@@ -56,7 +58,9 @@ class AdaptedModel:
         recipe: the run's recipe (architecture and preprocessing).
         arch: the architecture (head, ways, features, batch_norm).
         preprocessor: inputs -> model tensors.
-        info: how it was adapted (algorithm, steps, support counts, source run, ...).
+        info: how it was adapted (algorithm, steps, support counts, source run, ...;
+            ``temperature``: the calibration of :mod:`metafit.deploy.calibrate`, 1 when
+            absent).
         assets: extra files of the directory (text: ``encoder/...``), path -> bytes.
         support: the preprocessed support set ``(x [S, *x], y [S])``, or None.
         compression: ``{"quantize": "int8" | None, "prune": {...} | None}``.
@@ -78,6 +82,16 @@ class AdaptedModel:
         self.assets = dict(assets or {})
         self.support = support
         self.compression = dict(compression or {"quantize": None, "prune": None})
+        t = self.info.get("temperature", 1.0)
+        if (not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t)
+                or not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+            raise ValueError(f"model.json: adaptation.temperature must be a number in "
+                             f"[{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {t!r}")
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature ``T``: probabilities are ``softmax(logits / T)``."""
+        return float(self.info.get("temperature", 1.0))
 
     @property
     def kind(self) -> str:
@@ -109,8 +123,10 @@ class AdaptedModel:
         return torch.cat([self.module(x[i:i + batch]) for i in range(0, len(x), batch)])
 
     def predict_proba(self, inputs: Any) -> Tensor:
-        """Class probabilities ``[M, N]`` (softmax of the logits) of M texts or images."""
-        return torch.softmax(self.logits(self.preprocess(inputs)), dim=-1)  # [M, N]
+        """Class probabilities ``[M, N]`` (``softmax(logits / T)``, :attr:`temperature`)
+        of M texts or images."""
+        logits = self.logits(self.preprocess(inputs))  # [M, N]
+        return torch.softmax(logits / self.temperature, dim=-1)
 
     def predict(self, inputs: Any) -> list[Prediction]:
         """One ``{"label", "probabilities"}`` per input (the most probable label)."""
