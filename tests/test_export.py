@@ -51,6 +51,7 @@ def test_image_export_matches_pytorch_in_onnxruntime(image_model, tmp_path, caps
     np.testing.assert_allclose(logits, image_model.logits(x).numpy(), rtol=0, atol=1e-4)
     spec = json.loads((out / "model.json").read_text())
     assert spec["labels"] == image_model.label_names and spec["inputs"] == ["images"]
+    assert spec["temperature"] == 1.0 and "/ temperature" in spec["probabilities"]
 
 
 def test_text_export_has_dynamic_batch_and_sequence_axes(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ based exporter, the default since torch 2.9), opset 18, with a dynamic batch axi
 * text: inputs ``input_ids`` and ``attention_mask`` int64 ``[batch, sequence]`` (dynamic
   sequence length too) -> ``logits [batch, N]``.
 
-Probabilities are ``softmax(logits)``. Before anything is written, the ONNX model runs in
+Probabilities are ``softmax(logits / temperature)``, the model's calibration temperature
+(``model.json``: ``temperature``, 1 unless adapted with ``--calibrate``). Before anything is written, the ONNX model runs in
 onnxruntime on sample inputs (the stored support set: one batch, and a single example
 for the dynamic axes) and its logits are compared with PyTorch's: the largest absolute
 difference is reported, and an export whose difference exceeds ``tolerance`` (1e-4) fails
@@ -261,7 +262,9 @@ def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
     log.debug("ONNX parity: max abs logit diff %.3g, probability diff %.3g", logit_diff,
              prob_diff)
     spec = {**model.spec(), "runtime": "onnx", "inputs": names, "outputs": ["logits"],
-            "probabilities": "softmax(logits, axis=-1)", "onnx_quantization": quantize}
+            "temperature": model.temperature,
+            "probabilities": "softmax(logits / temperature, axis=-1)",
+            "onnx_quantization": quantize}
     files = {"model.onnx": onnx_bytes,
              "model.json": (json.dumps(spec, indent=1) + "\n").encode(),
              "export.json": (json.dumps(report.to_dict(), indent=1) + "\n").encode(),
