@@ -1,8 +1,16 @@
 """Meta-reinforcement learning (docs/rl.md, coming with the rest of the package).
 
-* :mod:`.policies`: Gaussian and categorical MLP policies, run per task by ``vmap``.
+* :mod:`.env` (the family / environment contract), :mod:`.tasks` (seeded task sampler
+  with fixed evaluation tasks);
+* families: :mod:`.nav2d` (2D navigation), :mod:`.bandit` (Bernoulli bandits),
+  :mod:`.tabular` (random tabular MDPs, exact policy evaluation);
+* :mod:`.trajectories` (the batch type, ``[H, T, B, ...]``), :mod:`.policies`
+  (Gaussian and categorical MLPs, run per task by ``vmap``), :mod:`.rollout`.
 """
 
+from metafit.rl.bandit import Bandit, BanditEnv, bandit_expected_return
+from metafit.rl.env import ActionSpace, MDPFamily, StepResult, TaskParams, TensorEnv
+from metafit.rl.nav2d import Nav2d, Nav2dEnv
 from metafit.rl.policies import (
     CategoricalMLPPolicy,
     GaussianMLPPolicy,
@@ -10,11 +18,31 @@ from metafit.rl.policies import (
     per_task,
     policy_output,
 )
+from metafit.rl.rollout import rollout
+from metafit.rl.tabular import TabularEnv, TabularMDP, tabular_expected_return
+from metafit.rl.tasks import TaskSampler
+from metafit.rl.trajectories import Trajectories
 
 __all__ = [
+    "ActionSpace",
+    "Bandit",
+    "BanditEnv",
     "CategoricalMLPPolicy",
     "GaussianMLPPolicy",
+    "MDPFamily",
+    "Nav2d",
+    "Nav2dEnv",
     "Policy",
+    "StepResult",
+    "TabularEnv",
+    "TabularMDP",
+    "TaskParams",
+    "TaskSampler",
+    "TensorEnv",
+    "Trajectories",
+    "bandit_expected_return",
     "per_task",
     "policy_output",
+    "rollout",
+    "tabular_expected_return",
 ]
