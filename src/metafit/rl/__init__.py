@@ -5,10 +5,14 @@
 * families: :mod:`.nav2d` (2D navigation), :mod:`.bandit` (Bernoulli bandits),
   :mod:`.tabular` (random tabular MDPs, exact policy evaluation);
 * :mod:`.trajectories` (the batch type, ``[H, T, B, ...]``), :mod:`.policies`
-  (Gaussian and categorical MLPs, run per task by ``vmap``), :mod:`.rollout`.
+  (Gaussian and categorical MLPs, run per task by ``vmap``), :mod:`.rollout`;
+* :mod:`.returns` (discounted returns, GAE), :mod:`.baseline` (linear feature baseline),
+  :mod:`.advantages`.
 """
 
+from metafit.rl.advantages import with_advantages
 from metafit.rl.bandit import Bandit, BanditEnv, bandit_expected_return
+from metafit.rl.baseline import baseline_features, fit_linear_baseline, linear_baseline_values
 from metafit.rl.env import ActionSpace, MDPFamily, StepResult, TaskParams, TensorEnv
 from metafit.rl.nav2d import Nav2d, Nav2dEnv
 from metafit.rl.policies import (
@@ -18,6 +22,7 @@ from metafit.rl.policies import (
     per_task,
     policy_output,
 )
+from metafit.rl.returns import discounted_returns, gae, masked_mean, masked_normalize
 from metafit.rl.rollout import rollout
 from metafit.rl.tabular import TabularEnv, TabularMDP, tabular_expected_return
 from metafit.rl.tasks import TaskSampler
@@ -41,8 +46,16 @@ __all__ = [
     "TensorEnv",
     "Trajectories",
     "bandit_expected_return",
+    "baseline_features",
+    "discounted_returns",
+    "fit_linear_baseline",
+    "gae",
+    "linear_baseline_values",
+    "masked_mean",
+    "masked_normalize",
     "per_task",
     "policy_output",
     "rollout",
     "tabular_expected_return",
+    "with_advantages",
 ]
