@@ -7,14 +7,18 @@
 * :mod:`.trajectories` (the batch type, ``[H, T, B, ...]``), :mod:`.policies`
   (Gaussian and categorical MLPs, run per task by ``vmap``), :mod:`.rollout`;
 * :mod:`.returns` (discounted returns, GAE), :mod:`.baseline` (linear feature baseline),
-  :mod:`.advantages`.
+  :mod:`.advantages`, :mod:`.objectives` (REINFORCE, TRPO surrogate and KL);
+* :mod:`.inner` (one inner step for T tasks), :mod:`.maml` (:class:`MAMLRL`).
 """
 
 from metafit.rl.advantages import with_advantages
 from metafit.rl.bandit import Bandit, BanditEnv, bandit_expected_return
 from metafit.rl.baseline import baseline_features, fit_linear_baseline, linear_baseline_values
 from metafit.rl.env import ActionSpace, MDPFamily, StepResult, TaskParams, TensorEnv
+from metafit.rl.inner import inner_update
+from metafit.rl.maml import MAMLRL, MetaEpisode
 from metafit.rl.nav2d import Nav2d, Nav2dEnv
+from metafit.rl.objectives import Surrogate, reinforce_losses, surrogate_losses
 from metafit.rl.policies import (
     CategoricalMLPPolicy,
     GaussianMLPPolicy,
@@ -34,11 +38,14 @@ __all__ = [
     "BanditEnv",
     "CategoricalMLPPolicy",
     "GaussianMLPPolicy",
+    "MAMLRL",
     "MDPFamily",
+    "MetaEpisode",
     "Nav2d",
     "Nav2dEnv",
     "Policy",
     "StepResult",
+    "Surrogate",
     "TabularEnv",
     "TabularMDP",
     "TaskParams",
@@ -50,12 +57,15 @@ __all__ = [
     "discounted_returns",
     "fit_linear_baseline",
     "gae",
+    "inner_update",
     "linear_baseline_values",
     "masked_mean",
     "masked_normalize",
     "per_task",
     "policy_output",
+    "reinforce_losses",
     "rollout",
+    "surrogate_losses",
     "tabular_expected_return",
     "with_advantages",
 ]
