@@ -14,6 +14,9 @@ Layout, lowest first:
   :mod:`.advantages`, :mod:`.objectives` (REINFORCE, TRPO surrogate and KL);
 * :mod:`.inner` (one inner step for T tasks), :mod:`.maml` (:class:`MAMLRL`),
   :mod:`.trpo` (conjugate gradient, line search), :mod:`.evaluation`.
+
+Gymnasium (the ``rl`` extra) is needed only by :mod:`.gym_envs`, which this package does
+not import.
 """
 
 from metafit.rl.advantages import with_advantages
