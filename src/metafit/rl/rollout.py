@@ -25,9 +25,9 @@ def rollout(env: TensorEnv, policy: Policy, params: Mapping[str, Tensor], trajec
     """``trajectories`` (B) episodes of ``env.horizon`` steps in each of the env's T tasks,
     task i acting with ``params`` row i (``[T, *param]``, :func:`~metafit.rl.policies.per_task`).
 
-    Returns a :class:`Trajectories` ``[H, T, B, ...]`` without a graph. A trajectory whose
-    episode terminates keeps stepping (the env ignores nothing) but its later steps are
-    masked out and their rewards zeroed.
+    Returns a :class:`Trajectories` ``[H, T, B, ...]`` without a graph. After an episode
+    terminates, its environment keeps stepping with the rest of the batch (one op for
+    all), but those steps are masked out and their rewards zeroed.
     """
     if trajectories < 1:
         raise ValueError(f"trajectories must be positive, got {trajectories}")
