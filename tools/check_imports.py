@@ -20,12 +20,14 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 #: Lowest first. Packages and top-level modules on one line share a floor. ``execution``
 #: sits below ``algorithms``: it runs any algorithm's per-task and batch functions through
 #: a structural contract (``execution/program.py``), so the algorithms can call it.
+#: ``rl`` shares the algorithms' floor: meta-RL's maths (environments, policies, MAML-RL,
+#: TRPO) built on ``functional``; evaluation and training above will drive it.
 FLOORS: list[tuple[str, ...]] = [
     ("_version", "episodes", "io", "distributed", "config"),
     ("models",),
     ("data", "functional"),
     ("execution",),
-    ("algorithms",),
+    ("algorithms", "rl"),
     ("evaluation",),
     ("runs",),
     ("training",),

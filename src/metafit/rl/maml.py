@@ -1,0 +1,168 @@
+"""MAML for reinforcement learning (Finn et al. 2017, "Model-Agnostic Meta-Learning for
+Fast Adaptation of Deep Networks", sec. 5.3) and its first-order variant.
+
+A meta-RL *episode* of T tasks interleaves rollouts and adaptation (DESIGN.md §8)::
+
+    theta_0 = theta                                    (one copy per task, [T, *param])
+    for k in 0..K-1:
+        support_k ~ pi_{theta_k}                       rollout, B trajectories per task
+        theta_{k+1} = theta_k - alpha grad REINFORCE(theta_k; support_k)
+    query ~ pi_{theta_K}
+
+:meth:`MAMLRL.sample` runs that loop without an outer graph and returns a
+:class:`MetaEpisode`; :meth:`MAMLRL.adapted` replays the inner steps on the stored
+support trajectories with the graph back to the live parameters, and
+:meth:`MAMLRL.surrogate` scores the query trajectories with the result. The outer step is
+either :func:`metafit.rl.trpo.trpo_step` (MAML-TRPO, as in the paper and pytorch-maml-rl)
+or any torch optimizer on :meth:`MAMLRL.meta_gradients`. As in the paper, the meta-gradient
+does not differentiate the support trajectories' sampling distribution (the term ProMP,
+Rothfuss et al. 2019, adds back).
+
+``inner_steps=0`` gives plain policy-gradient training on the task distribution: the
+"pretrained" baseline of the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from metafit.functional import Params, Rates
+from metafit.rl.advantages import with_advantages
+from metafit.rl.env import TensorEnv
+from metafit.rl.inner import inner_update
+from metafit.rl.objectives import Surrogate, reinforce_losses, surrogate_losses
+from metafit.rl.policies import Policy, per_task
+from metafit.rl.rollout import rollout
+from metafit.rl.trajectories import Trajectories
+
+__all__ = ["MAMLRL", "MetaEpisode"]
+
+
+@dataclass(frozen=True)
+class MetaEpisode:
+    """One meta-batch of T tasks: ``supports[k]`` sampled with the parameters after k inner
+    steps, ``query`` with the parameters after all of them; every batch ``[H, T, B, ...]``
+    carries advantages."""
+
+    supports: tuple[Trajectories, ...]
+    query: Trajectories
+
+    def returns(self) -> Tensor:
+        """Mean undiscounted return per task after 0..K inner steps: ``[T, K+1]``."""
+        batches = (*self.supports, self.query)
+        return torch.stack([b.returns().mean(dim=-1) for b in batches], dim=1)
+
+
+class MAMLRL(nn.Module):
+    """MAML with a policy-gradient inner loop; owns the policy (parameter names start with
+    ``"policy."``).
+
+    Args:
+        policy: the :class:`~metafit.rl.policies.Policy` to meta-train.
+        inner_lr: the inner step size alpha (0.1 for 2D navigation, pytorch-maml-rl).
+        inner_steps: inner steps K during meta-training (1 in the paper's experiments).
+        first_order: detach the inner gradients (first-order MAML).
+        gamma, gae_lambda: discount and GAE lambda of the advantages (0.99, 1.0).
+        normalize_advantages: standardise each task's advantages.
+        baseline_reg: ridge coefficient of the linear feature baseline.
+    """
+
+    def __init__(self, policy: Policy, inner_lr: float = 0.1, inner_steps: int = 1,
+                 first_order: bool = False, gamma: float = 0.99, gae_lambda: float = 1.0,
+                 normalize_advantages: bool = True, baseline_reg: float = 1e-5) -> None:
+        super().__init__()
+        if inner_steps < 0:
+            raise ValueError(f"inner_steps must be non-negative, got {inner_steps}")
+        self.policy = policy
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.first_order = first_order
+        self.gamma, self.gae_lambda = gamma, gae_lambda
+        self.normalize_advantages = normalize_advantages
+        self.baseline_reg = baseline_reg
+
+    @property
+    def rates(self) -> Rates:
+        """The inner learning rates (one scalar)."""
+        return Rates(self.inner_lr)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """``named_parameters()`` restricted to those with ``requires_grad``."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def initial_params(self, num_tasks: int, graph: bool = True) -> Params:
+        """The policy's parameters, one copy per task ``[T, *param]``: a view of the live
+        parameters (``graph``) or detached."""
+        params: dict[str, Tensor] = dict(self.policy.named_parameters())
+        if not graph:
+            params = {n: p.detach() for n, p in params.items()}
+        return per_task(params, num_tasks)
+
+    def process(self, trajectories: Trajectories) -> Trajectories:
+        """``trajectories`` with their advantages (baseline fitted on them)."""
+        return with_advantages(trajectories, self.gamma, self.gae_lambda,
+                               self.normalize_advantages, baseline_reg=self.baseline_reg)
+
+    def inner_step(self, params: Params, support: Trajectories, step: int, graph: bool
+                   ) -> Params:
+        """One policy-gradient step of every task on its ``support`` trajectories.
+        ``graph``: keep the graph of the inner gradient (unless ``first_order``)."""
+        def losses(p: Params) -> Tensor:
+            return reinforce_losses(self.policy, p, support)  # [T]
+
+        return inner_update(params, losses, step, self.rates,
+                            create_graph=graph and not self.first_order)
+
+    def sample(self, env: TensorEnv, trajectories: int, generator: torch.Generator,
+               steps: int | None = None) -> MetaEpisode:
+        """Roll out and adapt ``steps`` times (default ``inner_steps``) in ``env``'s T
+        tasks, ``trajectories`` per task and step, without an outer graph."""
+        steps = self.inner_steps if steps is None else steps
+        params = self.initial_params(env.num_tasks, graph=False)
+        supports = []
+        for k in range(steps):
+            support = self.process(rollout(env, self.policy, params, trajectories, generator))
+            supports.append(support)
+            params = _detached(self.inner_step(params, support, k, graph=False))
+        query = self.process(rollout(env, self.policy, params, trajectories, generator))
+        return MetaEpisode(tuple(supports), query)
+
+    def adapted(self, episode: MetaEpisode, graph: bool = True) -> Params:
+        """The per-task parameters after the episode's inner steps, replayed from the live
+        parameters: with the graph back to them (``graph``) or detached."""
+        params = self.initial_params(episode.query.num_tasks, graph=graph)
+        for k, support in enumerate(episode.supports):
+            params = self.inner_step(params, support, k, graph=graph)
+            if not graph:
+                params = _detached(params)
+        return params
+
+    def surrogate(self, episode: MetaEpisode, old: Tensor | None = None, graph: bool = True
+                  ) -> Surrogate:
+        """The outer surrogate and KL on the query trajectories (see
+        :func:`~metafit.rl.objectives.surrogate_losses`); ``graph=False`` evaluates it
+        without an outer graph (line searches)."""
+        params = self.adapted(episode, graph=graph)
+        with torch.set_grad_enabled(graph):
+            return surrogate_losses(self.policy, params, episode.query, old)
+
+    def meta_gradients(self, episode: MetaEpisode
+                       ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Gradients of the mean surrogate loss (the policy gradient at the adapted
+        parameters, carried back through the inner loop), keyed like
+        :meth:`trainable_parameters`, and metrics. Writes no ``.grad``."""
+        params = self.trainable_parameters()
+        loss = self.surrogate(episode).loss
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True,
+                                    materialize_grads=True)
+        returns = episode.returns()  # [T, K+1]
+        metrics = {"loss": float(loss.detach()), "return_before": float(returns[:, 0].mean()),
+                   "return_after": float(returns[:, -1].mean())}
+        return {n: g.detach() for n, g in zip(params, grads, strict=True)}, metrics
+
+
+def _detached(params: Params) -> Params:
+    return {n: p.detach() for n, p in params.items()}
