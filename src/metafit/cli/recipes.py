@@ -20,7 +20,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.name, args.overrides)
         if args.json:
             _emit({"action": "show", "name": recipe.name,
-                   "recipe": recipe.model_dump(mode="json")})
+                   "recipe": recipe.applicable_dump(mode="json")})
         else:
             sys.stdout.write(recipe_to_yaml(recipe))
         return 0
@@ -29,7 +29,8 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
         if args.json:
             _emit({"action": "keys", "keys": [
-                dict(zip(("key", "type", "default", "description"), row, strict=True))
+                dict(zip(("key", "type", "default", "description", "recipes"), row,
+                         strict=True))
                 for row in key_rows()]})
         else:
             sys.stdout.write(keys_markdown())

@@ -84,7 +84,8 @@ class RecipesListJson(_Strict):
 class RecipeShowJson(_Strict):
     action: Literal["show"]
     name: str
-    recipe: dict[str, Any] = Field(description="every key of the resolved recipe")
+    recipe: dict[str, Any] = Field(description="every key of the resolved recipe that "
+                                   "applies to its dataset")
 
 
 class RecipeKey(_Strict):
@@ -92,6 +93,8 @@ class RecipeKey(_Strict):
     type: str
     default: str
     description: str
+    recipes: str = Field(description="the recipes that may set it: all, supervised, "
+                         "meta-RL, or one task family (rl_bandit, rl_tabular)")
 
 
 class RecipeKeysJson(_Strict):

@@ -28,6 +28,7 @@ from metafit.config.files import (
 from metafit.config.schema import (
     Recipe,
     check_keys,
+    check_scope,
     make_recipe,
     recipe_to_yaml,
 )
@@ -136,8 +137,10 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | list[str] 
     """Load a shipped recipe by name, or a YAML file by path, and apply overrides.
 
     Raises:
-        RecipeError: unknown recipe, unknown key (with the nearest valid keys), bad YAML,
-            or a value that fails validation (naming the key).
+        RecipeError: unknown recipe, unknown key (with the nearest valid keys), a key that
+            does not apply to the dataset (a meta-RL key in a supervised recipe or the
+            reverse, :func:`~metafit.config.schema.check_scope`), bad YAML, or a value
+            that fails validation (naming the key).
     """
     path = _resolve(str(name_or_path))
     values = _read(path)
@@ -147,6 +150,9 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | list[str] 
         overrides = parse_overrides(overrides)
     if overrides:
         check_keys(overrides, "the overrides")
-        values.update(overrides)
+    dataset = (overrides or {}).get("dataset", values.get("dataset"))
+    check_scope(overrides or {}, "the overrides", dataset)
+    check_scope(values, str(path), dataset)
+    values.update(overrides or {})
     return make_recipe(values, str(path), overridden=set(overrides or ()))
 

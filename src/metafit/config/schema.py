@@ -21,8 +21,15 @@ from metafit.config.files import RecipeError, short_repr
 __all__ = [
     "CLASSIFIERS",
     "FIELDS",
+    "RL_DATASETS",
+    "RL_KEYS",
+    "SHARED_KEYS",
+    "SUPERVISED_DATASETS",
     "Recipe",
     "check_keys",
+    "check_scope",
+    "key_applies",
+    "scope_label",
     "make_recipe",
     "recipe_to_yaml",
 ]
@@ -32,7 +39,15 @@ __all__ = [
 #: recipe key ``classifier``.
 CLASSIFIERS = ("logistic",)
 
-DatasetName = Literal["omniglot", "glyphs", "image_folder", "idx", "text_csv", "sinusoid"]
+DatasetName = Literal["omniglot", "glyphs", "image_folder", "idx", "text_csv", "sinusoid",
+                      "rl_nav2d", "rl_bandit", "rl_tabular"]
+SUPERVISED_DATASETS = ("omniglot", "glyphs", "image_folder", "idx", "text_csv", "sinusoid")
+#: The meta-RL task families (:mod:`metafit.rl`): 2D navigation, Bernoulli bandits,
+#: random tabular MDPs.
+RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular")
+#: Algorithms of a meta-RL recipe: MAML-TRPO, second order or first order. They are not
+#: registered supervised algorithms (docs/rl.md), so their names differ from those.
+RL_ALGORITHMS = ("maml_trpo", "fomaml_trpo")
 ModelName = Literal["conv4", "mlp", "resnet12", "resnet18", "text"]
 
 
@@ -48,7 +63,8 @@ class Recipe(BaseModel):
     # -- data ------------------------------------------------------------------------
     dataset: DatasetName = Field("glyphs",
         description="where the tasks come from (data_root points at its files; glyphs is "
-        "built in)")
+        "built in); rl_nav2d, rl_bandit, rl_tabular: a meta-RL task family (docs/rl.md), "
+        "whose recipes take the meta-RL keys and the shared ones only")
     data_root: str | None = Field(None, description="directory or file of the dataset")
     image_size: int = Field(28, gt=0, description='images are resized to image_size x image_size')
     channels: Literal[1, 3] = Field(1, description='1 (greyscale) or 3 (RGB) input channels')
@@ -108,7 +124,8 @@ class Recipe(BaseModel):
     # -- algorithm -------------------------------------------------------------------
     algorithm: str = Field("maml",
         description='a registered algorithm: maml, fomaml, metasgd, anil, reptile, protonet, '
-        'finetune, linear_probe (or your own)')
+        'finetune, linear_probe (or your own); meta-RL recipes name theirs: maml_trpo or '
+        'fomaml_trpo (first order)')
     inner_lr: float = Field(0.4, gt=0,
         description='step size of the inner loop (adaptation to one task)')
     inner_steps: int = Field(1, ge=0, description='inner steps per task during meta-training')
@@ -167,13 +184,45 @@ class Recipe(BaseModel):
         "CUDA graph (metafit.execution.cuda_graphs): no kernel-launch overhead, the fast path for "
         "small tasks; MAML, FOMAML, Meta-SGD and ANIL")
 
+    # -- meta-RL (datasets rl_nav2d, rl_bandit, rl_tabular; docs/rl.md) ----------------
+    horizon: int | None = Field(None, gt=0, description="meta-RL: steps per episode "
+                                "(default: the family's: rl_nav2d 100, rl_bandit 10, "
+                                "rl_tabular 10)")
+    arms: int = Field(5, ge=2, description="rl_bandit: arms of each bandit")
+    states: int = Field(10, gt=0, description="rl_tabular: states of each MDP")
+    actions: int = Field(5, ge=2, description="rl_tabular: actions of each MDP")
+    trajectories: int = Field(20, gt=0, description="meta-RL: trajectories sampled per task "
+                              "for each inner step and for the query (pytorch-maml-rl's "
+                              "fast_batch_size); meta_batch is the number of tasks")
+    policy_hidden: tuple[int, ...] = Field((64, 64), description="meta-RL: widths of the "
+                                           "policy MLP's hidden layers")
+    policy_activation: Literal["tanh", "relu"] = Field("tanh", description="meta-RL: the "
+                                                       "policy MLP's nonlinearity")
+    gamma: float = Field(0.99, gt=0, le=1, description="meta-RL: discount of the returns "
+                         "and advantages")
+    gae_lambda: float = Field(1.0, ge=0, le=1, description="meta-RL: GAE lambda of the "
+                              "advantages (1: Monte-Carlo returns minus the baseline)")
+    max_kl: float = Field(0.01, gt=0, description="meta-RL: TRPO's trust region, the "
+                          "largest mean KL between the query policies before and after an "
+                          "outer step")
+    cg_iters: int = Field(10, gt=0, description="meta-RL: conjugate-gradient iterations of "
+                          "the TRPO step")
+    cg_damping: float = Field(1e-5, ge=0, description="meta-RL: damping added to the KL's "
+                              "Hessian-vector products")
+    ls_max_steps: int = Field(15, gt=0, description="meta-RL: tries of TRPO's backtracking "
+                              "line search (no update if none passes)")
+    ls_backtrack_ratio: float = Field(0.8, gt=0, lt=1, description="meta-RL: the step's "
+                                      "shrink factor between line-search tries")
+
     # -- validation / evaluation -----------------------------------------------------
     val_every: int = Field(100, gt=0,
         description='iterations between validations (fixed validation episodes)')
-    val_episodes: int = Field(100, gt=0, description='episodes per validation')
+    val_episodes: int = Field(100, gt=0, description='episodes per validation (meta-RL: '
+                              'fixed validation tasks)')
     patience: int | None = Field(None, gt=0, description="validations without improvement")
     test_episodes: int = Field(600, gt=0,
-        description='episodes of `metafit evaluate` (mean with a 95% interval)')
+        description='episodes of `metafit evaluate` (mean with a 95% interval; meta-RL: '
+        'fixed test tasks)')
 
     # -- run -------------------------------------------------------------------------
     seed: int = Field(0,
@@ -220,7 +269,26 @@ class Recipe(BaseModel):
         if self.classifier is not None and self.is_regression:
             raise ValueError(f"classifier '{self.classifier}' is for classification; "
                              f"dataset '{self.dataset}' is a regression problem")
+        foreign = [key for key in FIELDS if not key_applies(key, self.dataset)
+                   and getattr(self, key) != _DEFAULTS[key]]
+        if foreign:
+            raise ValueError(_scope_message(foreign[0], self.dataset))
+        if self.is_rl:
+            self._check_rl()
         return self
+
+    def _check_rl(self) -> None:
+        """The meta-RL recipe's own constraints."""
+        if self.algorithm not in RL_ALGORITHMS:
+            raise ValueError(f"algorithm '{self.algorithm}' is not a meta-RL algorithm; "
+                             f"dataset '{self.dataset}' trains with one of "
+                             f"{', '.join(RL_ALGORITHMS)} (MAML-TRPO)")
+        if self.device != "cpu":
+            raise ValueError(f"meta-RL recipes run on the CPU for now, not device "
+                             f"'{self.device}' (docs/rl.md)")
+        if not self.policy_hidden or min(self.policy_hidden) < 1:
+            raise ValueError(f"policy_hidden must be one or more positive widths, got "
+                             f"{list(self.policy_hidden)}")
 
     # -- derived values --------------------------------------------------------------
     @property
@@ -239,8 +307,99 @@ class Recipe(BaseModel):
     def is_regression(self) -> bool:
         return self.dataset == "sinusoid"
 
+    @property
+    def is_rl(self) -> bool:
+        """Whether the recipe meta-trains a policy on a task family (:data:`RL_DATASETS`)."""
+        return self.dataset in RL_DATASETS
+
+    @property
+    def rl_first_order(self) -> bool:
+        """Meta-RL: whether the meta-gradient drops second derivatives (``fomaml_trpo``,
+        or ``first_order``)."""
+        return self.first_order or self.algorithm == RL_ALGORITHMS[1]
+
+    def applicable_dump(self, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """``model_dump`` of the keys that apply to this recipe's dataset
+        (:func:`key_applies`): what ``config.yaml``, checkpoints and ``recipes show``
+        hold. A supervised recipe's dump is the same as before meta-RL keys existed."""
+        return {k: v for k, v in self.model_dump(mode=mode).items()
+                if key_applies(k, self.dataset)}
+
 
 FIELDS: tuple[str, ...] = tuple(Recipe.model_fields)
+_DEFAULTS: dict[str, Any] = {k: info.get_default(call_default_factory=True)
+                             for k, info in Recipe.model_fields.items()}
+
+#: Keys every recipe may set, supervised or meta-RL.
+SHARED_KEYS: tuple[str, ...] = (
+    "name", "description", "dataset", "algorithm", "inner_lr", "inner_steps",
+    "eval_inner_steps", "first_order", "meta_batch", "iterations", "time_budget",
+    "val_every", "val_episodes", "patience", "test_episodes", "seed", "device", "threads",
+    "log_every", "checkpoint_every", "checkpoint_minutes", "tensorboard", "mlflow",
+    "mlflow_uri", "mlflow_experiment",
+)
+
+#: Meta-RL keys and the datasets each applies to; every key neither here nor in
+#: :data:`SHARED_KEYS` is a supervised key.
+RL_KEYS: dict[str, tuple[str, ...]] = {
+    "horizon": RL_DATASETS, "arms": ("rl_bandit",), "states": ("rl_tabular",),
+    "actions": ("rl_tabular",), "trajectories": RL_DATASETS, "policy_hidden": RL_DATASETS,
+    "policy_activation": RL_DATASETS, "gamma": RL_DATASETS, "gae_lambda": RL_DATASETS,
+    "max_kl": RL_DATASETS, "cg_iters": RL_DATASETS, "cg_damping": RL_DATASETS,
+    "ls_max_steps": RL_DATASETS, "ls_backtrack_ratio": RL_DATASETS,
+}
+
+
+def _scope(key: str) -> tuple[str, ...]:
+    """The datasets whose recipes may set ``key``."""
+    if key in SHARED_KEYS:
+        return (*SUPERVISED_DATASETS, *RL_DATASETS)
+    return RL_KEYS.get(key, SUPERVISED_DATASETS)
+
+
+def scope_label(key: str) -> str:
+    """Which recipes may set ``key``: ``all``, ``supervised``, ``meta-RL`` or the one
+    dataset it belongs to (``rl_bandit``)."""
+    scope = _scope(key)
+    if scope == SUPERVISED_DATASETS:
+        return "supervised"
+    if scope == RL_DATASETS:
+        return "meta-RL"
+    return ", ".join(scope) if len(scope) < len(SUPERVISED_DATASETS + RL_DATASETS) else "all"
+
+
+def key_applies(key: str, dataset: str) -> bool:
+    """Whether a recipe of ``dataset`` may set ``key`` (supervised keys on supervised
+    datasets, meta-RL keys on their families, shared keys everywhere)."""
+    return dataset in _scope(key)
+
+
+def _scope_message(key: str, dataset: str, where: str | None = None) -> str:
+    scope = _scope(key)
+    if scope == SUPERVISED_DATASETS:
+        owner = "supervised recipes"
+    elif scope == RL_DATASETS:
+        owner = f"meta-RL recipes (datasets {', '.join(RL_DATASETS)})"
+    else:
+        owner = f"dataset {', '.join(scope)}"
+    kind = "a meta-RL task family" if dataset in RL_DATASETS else "supervised"
+    said = f"key '{key}'" if where is None else f"key '{key}' in {where}"
+    return (f"{said} is for {owner} only; dataset '{dataset}' is {kind} "
+            "(`metafit recipes keys` says which keys apply where)")
+
+
+def check_scope(values: dict[Any, Any], where: str, dataset: object = None) -> None:
+    """Raise :class:`RecipeError` for a key in ``values`` (a recipe file's keys, overrides,
+    a run's ``config.yaml``) that does not apply to ``dataset`` (default: theirs) even at
+    its default value (:func:`key_applies`); ``where`` names them. An unknown dataset is
+    left to the schema's own message."""
+    if dataset is None:
+        dataset = values.get("dataset", _DEFAULTS["dataset"])
+    if not isinstance(dataset, str) or dataset not in (*SUPERVISED_DATASETS, *RL_DATASETS):
+        return
+    for key in values:
+        if key in FIELDS and not key_applies(key, dataset):
+            raise RecipeError(_scope_message(key, dataset, where))
 
 
 def _nearest(key: object) -> str:
@@ -280,6 +439,7 @@ def make_recipe(values: dict[str, Any], where: str = "the recipe",
 
 
 def recipe_to_yaml(recipe: Recipe, **extra: Any) -> str:
-    """The recipe as YAML (every key, resolved), with ``extra`` keys first."""
-    data = {**extra, **recipe.model_dump()}
+    """The recipe as YAML (every key that applies to its dataset, resolved:
+    :meth:`Recipe.applicable_dump`), with ``extra`` keys first."""
+    data = {**extra, **recipe.applicable_dump()}
     return yaml.safe_dump(data, sort_keys=False)

@@ -87,6 +87,9 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
     kind = recipe.dataset
+    if recipe.is_rl:
+        raise ValueError(f"dataset '{kind}' is a meta-RL task family: it has no examples "
+                         "to load (its tasks are MDPs, metafit.rl)")
     if kind == "sinusoid":
         from metafit.data.sinusoid import Sinusoid
 

@@ -91,7 +91,7 @@ def training_checkpoint(parts: Resumable, counters: dict[str, Any],
         "sampler": parts.sampler.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "state": counters,
-        "recipe": parts.recipe.model_dump(),
+        "recipe": parts.recipe.applicable_dump(),
         "num_train_classes": parts.num_train_classes,
     }
     if dist.enabled:

@@ -38,6 +38,7 @@ from torch import nn
 
 from metafit._version import __version__
 from metafit.config.recipe import Recipe, make_recipe, read_yaml_mapping, recipe_to_yaml
+from metafit.config.schema import check_scope
 from metafit.io import atomic_save, atomic_write_text, refusal_reason
 from metafit.runs.digest import content_digest
 from metafit.runs.lock import RunLock
@@ -117,6 +118,7 @@ class RunDir:
             raise FileNotFoundError(f"{self.path} is not a metafit run directory (no config.yaml)")
         values = read_yaml_mapping(self.config, "run config")
         values.pop("metafit_version", None)
+        check_scope(values, str(self.config))
         return make_recipe(values, str(self.config))
 
     def status(self) -> dict[str, Any]:

@@ -172,7 +172,7 @@ class MLflowLogger(Callback):
         self.client = MlflowClient(tracking_uri=uri)
         uri = self.client.tracking_uri  # as resolved by MLflow
         recipe = trainer.recipe
-        params = flat_params(recipe.model_dump(mode="json"))
+        params = flat_params(recipe.applicable_dump(mode="json"))
         saved = self._saved_run(uri)
         if saved is not None:
             self.run_id = saved

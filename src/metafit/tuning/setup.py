@@ -68,7 +68,7 @@ def finished_states() -> tuple[Any, ...]:
 
 
 def _fingerprint(recipe: Recipe, opts: TuneOptions) -> dict[str, Any]:
-    data = recipe.model_dump(exclude=set(RESUMABLE_CHANGES))
+    data = {k: v for k, v in recipe.applicable_dump().items() if k not in RESUMABLE_CHANGES}
     return {"recipe": data, "trial_iterations": _trial_iterations(recipe, opts),
             "sampler": opts.sampler, "pruner": opts.pruner}
 

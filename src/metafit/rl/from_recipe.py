@@ -1,0 +1,67 @@
+"""Build what a meta-RL recipe describes: its task family, its policy and its MAML-TRPO
+learner (the counterpart of :mod:`metafit.algorithms.from_recipe` for the datasets
+``rl_nav2d``, ``rl_bandit`` and ``rl_tabular``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from metafit.config.schema import Recipe
+from metafit.rl.bandit import Bandit
+from metafit.rl.env import MDPFamily
+from metafit.rl.maml import MAMLRL
+from metafit.rl.nav2d import Nav2d
+from metafit.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Policy
+from metafit.rl.tabular import TabularMDP
+from metafit.rl.trpo import TRPOSettings
+
+__all__ = ["build_family", "build_policy", "build_rl_algorithm", "trpo_settings"]
+
+
+def build_family(recipe: Recipe) -> MDPFamily:
+    """The recipe's task family, with its ``horizon`` where set (else the family's own:
+    navigation 100, bandits and tabular MDPs 10).
+
+    Raises:
+        ValueError: the recipe's dataset is not a meta-RL family.
+    """
+    options: dict[str, Any] = {} if recipe.horizon is None else {"horizon": recipe.horizon}
+    if recipe.dataset == "rl_nav2d":
+        return Nav2d(**options)
+    if recipe.dataset == "rl_bandit":
+        return Bandit(arms=recipe.arms, **options)
+    if recipe.dataset == "rl_tabular":
+        return TabularMDP(states=recipe.states, actions=recipe.actions, **options)
+    raise ValueError(f"dataset '{recipe.dataset}' is not a meta-RL task family")
+
+
+def build_policy(recipe: Recipe, family: MDPFamily) -> Policy:
+    """A freshly initialised policy for ``family``'s spaces (Gaussian for continuous
+    actions, categorical for discrete ones), its weights drawn from a generator seeded
+    with ``recipe.seed`` (torch's global stream is left alone)."""
+    generator = torch.Generator().manual_seed(recipe.seed)
+    space = family.action_space
+    if space.kind == "continuous":
+        return GaussianMLPPolicy(family.obs_dim, space.dim, hidden=recipe.policy_hidden,
+                                 nonlinearity=recipe.policy_activation, generator=generator)
+    return CategoricalMLPPolicy(family.obs_dim, space.dim, hidden=recipe.policy_hidden,
+                                nonlinearity=recipe.policy_activation, generator=generator)
+
+
+def build_rl_algorithm(recipe: Recipe, family: MDPFamily | None = None) -> MAMLRL:
+    """MAML (second order, or first order for ``fomaml_trpo`` / ``first_order``) around
+    :func:`build_policy`, with the recipe's inner rate and steps, discount and GAE
+    lambda."""
+    family = build_family(recipe) if family is None else family
+    return MAMLRL(build_policy(recipe, family), inner_lr=recipe.inner_lr,
+                  inner_steps=recipe.inner_steps, first_order=recipe.rl_first_order,
+                  gamma=recipe.gamma, gae_lambda=recipe.gae_lambda)
+
+
+def trpo_settings(recipe: Recipe) -> TRPOSettings:
+    """The recipe's TRPO outer step (trust region, conjugate gradient, line search)."""
+    return TRPOSettings(max_kl=recipe.max_kl, cg_iters=recipe.cg_iters,
+                        cg_damping=recipe.cg_damping, ls_max_steps=recipe.ls_max_steps,
+                        ls_backtrack_ratio=recipe.ls_backtrack_ratio)

@@ -1,0 +1,125 @@
+"""Meta-RL recipes: the shipped ones, and the keys each kind of recipe may set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metafit.config.recipe import RecipeError, load_recipe
+from metafit.config.schema import RL_KEYS, Recipe, make_recipe, recipe_to_yaml
+from metafit.rl import Bandit, CategoricalMLPPolicy, GaussianMLPPolicy, Nav2d, TabularMDP
+from metafit.rl.from_recipe import build_family, build_rl_algorithm, trpo_settings
+
+RL_RECIPES = ("rl_nav2d_maml", "rl_nav2d_fomaml", "rl_bandit_maml", "rl_tabular_maml")
+
+
+def test_the_nav2d_recipe_is_the_reference_configuration() -> None:
+    r = load_recipe("rl_nav2d_maml")
+    assert r.is_rl and not r.rl_first_order
+    assert (r.meta_batch, r.trajectories, r.horizon, r.inner_lr, r.inner_steps, r.max_kl,
+            r.iterations) == (20, 20, 100, 0.1, 1, 0.01, 500)
+    fo = load_recipe("rl_nav2d_fomaml")
+    assert fo.rl_first_order and fo.algorithm == "fomaml_trpo"
+    assert fo.model_dump(exclude={"name", "description", "algorithm"}) == \
+        r.model_dump(exclude={"name", "description", "algorithm"})
+
+
+@pytest.mark.parametrize("name,family,policy", [
+    ("rl_nav2d_maml", Nav2d, GaussianMLPPolicy), ("rl_bandit_maml", Bandit, CategoricalMLPPolicy),
+    ("rl_tabular_maml", TabularMDP, CategoricalMLPPolicy)])
+def test_each_rl_recipe_builds_its_family_policy_and_trpo(name: str, family: type,
+                                                          policy: type) -> None:
+    r = load_recipe(name)
+    fam = build_family(r)
+    assert isinstance(fam, family) and fam.horizon == r.horizon
+    algo = build_rl_algorithm(r, fam)
+    assert isinstance(algo.policy, policy) and algo.inner_lr == r.inner_lr
+    assert trpo_settings(r).max_kl == r.max_kl
+    again = build_rl_algorithm(r, fam)  # seeded: the same initial policy
+    for (n, p), (_, q) in zip(algo.state_dict().items(), again.state_dict().items(),
+                              strict=True):
+        assert bool((p == q).all()), n
+
+
+def test_a_family_horizon_defaults_to_the_familys_own() -> None:
+    r = make_recipe({"dataset": "rl_bandit", "algorithm": "maml_trpo", "arms": 3})
+    assert r.horizon is None and build_family(r).horizon == Bandit().horizon
+    assert build_family(r).action_space.dim == 3
+
+
+@pytest.mark.parametrize("override,owner", [
+    ("horizon=5", "meta-RL recipes"), ("trajectories=20", "meta-RL recipes"),
+    ("max_kl=0.01", "meta-RL recipes")])
+def test_rl_keys_are_refused_on_a_supervised_recipe(override: str, owner: str) -> None:
+    with pytest.raises(RecipeError, match=rf"'{override.split('=')[0]}' in the overrides is "
+                                          rf"for {owner}.*'sinusoid' is supervised"):
+        load_recipe("sinusoid_maml", [override])  # even at the default value
+
+
+@pytest.mark.parametrize("override", ["ways=5", "model=mlp", "optimizer=adam", "outer_lr=0.1"])
+def test_supervised_keys_are_refused_on_an_rl_recipe(override: str) -> None:
+    key = override.split("=")[0]
+    with pytest.raises(RecipeError, match=rf"'{key}' in the overrides is for supervised "
+                                          r"recipes only; dataset 'rl_nav2d' is a meta-RL"):
+        load_recipe("rl_nav2d_maml", [override])
+
+
+def test_family_keys_are_refused_on_other_families(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"'arms' in the overrides is for dataset "
+                                          r"rl_bandit only"):
+        load_recipe("rl_nav2d_maml", ["arms=3"])
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: rl_bandit_maml\nstates: 4\n")
+    with pytest.raises(RecipeError, match=rf"'states' in {mine} is for dataset rl_tabular"):
+        load_recipe(mine)
+
+
+def test_recipe_files_name_the_file_of_a_foreign_key(tmp_path: Path) -> None:
+    sup = tmp_path / "sup.yaml"
+    sup.write_text("base: sinusoid_maml\ngamma: 0.9\n")
+    with pytest.raises(RecipeError, match=rf"'gamma' in {sup} is for meta-RL"):
+        load_recipe(sup)
+    # switching a recipe's dataset leaves its file's keys foreign
+    with pytest.raises(RecipeError, match=r"'horizon' in .*rl_nav2d_maml.yaml is for meta-RL"):
+        load_recipe("rl_nav2d_maml", ["dataset=sinusoid"])
+
+
+def test_values_built_in_code_are_checked_too() -> None:
+    with pytest.raises(RecipeError, match=r"key 'shots' is for supervised recipes"):
+        make_recipe({"dataset": "rl_tabular", "shots": 3})
+    with pytest.raises(RecipeError, match=r"key 'gae_lambda' is for meta-RL"):
+        make_recipe({"dataset": "glyphs", "gae_lambda": 0.9})
+    with pytest.raises(RecipeError, match=r"algorithm 'protonet' is not a meta-RL "
+                                          r"algorithm.*maml_trpo, fomaml_trpo"):
+        make_recipe({"dataset": "rl_nav2d", "algorithm": "protonet"})
+    with pytest.raises(RecipeError, match=r"algorithm 'maml' is not a meta-RL"):
+        make_recipe({"dataset": "rl_nav2d"})  # the supervised default: name it
+    with pytest.raises(RecipeError, match=r"run on the CPU"):
+        make_recipe({"dataset": "rl_nav2d", "algorithm": "maml_trpo", "device": "cuda"})
+    with pytest.raises(RecipeError, match=r"policy_hidden"):
+        make_recipe({"dataset": "rl_nav2d", "algorithm": "maml_trpo",
+                     "policy_hidden": [8, 0]})
+    with pytest.raises(RecipeError, match=r"gamma"):
+        load_recipe("rl_nav2d_maml", ["gamma=1.5"])
+
+
+def test_a_supervised_recipe_dumps_and_validates_as_before() -> None:
+    sup = load_recipe("omniglot_5w1s_maml")
+    written = yaml.safe_load(recipe_to_yaml(sup))
+    assert not set(written) & set(RL_KEYS)
+    assert list(written) == [k for k in Recipe.model_fields if k not in RL_KEYS]
+    # a full model_dump round trip (what tuning does) still validates, both kinds
+    assert make_recipe(sup.model_dump()) == sup
+    rl = load_recipe("rl_bandit_maml")
+    assert make_recipe(rl.model_dump()) == rl
+
+
+@pytest.mark.parametrize("name", RL_RECIPES)
+def test_an_rl_recipe_dumps_only_its_own_keys_and_reads_back(name: str) -> None:
+    r = load_recipe(name)
+    written = yaml.safe_load(recipe_to_yaml(r))
+    assert "ways" not in written and "model" not in written and "optimizer" not in written
+    assert ("arms" in written) == (r.dataset == "rl_bandit")
+    assert make_recipe(written) == r
