@@ -35,7 +35,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from metafit.distributed import init_distributed, shutdown
-    from metafit.training.trainer import Trainer
+    from metafit.training.trainer import make_trainer
 
     recipe = load_recipe(args.recipe, args.overrides)
     out = args.out or f"runs/{recipe.name}"
@@ -43,7 +43,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not ctx.is_main:
         log.setLevel(logging.WARNING)  # rank 0 reports progress for every rank
     try:
-        state = Trainer(recipe, out, progress=not args.no_progress, dist=ctx).fit()
+        state = make_trainer(recipe, out, progress=not args.no_progress, dist=ctx).fit()
     finally:
         shutdown(ctx)
     if ctx.is_main and args.json:
@@ -53,7 +53,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         emit("train", {"run": str(out), "recipe": recipe.name, "algorithm": recipe.algorithm,
                        "status": RunDir(out).status().get("status", "missing"),
                        "iteration": state.iteration,
-                       "metric": "mse" if recipe.is_regression else "accuracy",
+                       "metric": "return" if recipe.is_rl else
+                       "mse" if recipe.is_regression else "accuracy",
                        "best_score": state.best_score,
                        "best_iteration": None if state.best_score is None
                        else state.best_iteration,

@@ -27,7 +27,7 @@ from metafit.distributed import SINGLE, DistContext, all_gather_object, shard
 from metafit.evaluation.feature_cache import cached_body
 from metafit.functional import loss_fn, score
 
-__all__ = ["EvalResult", "evaluate", "ci95", "scratch_baseline", "curve_points"]
+__all__ = ["EvalResult", "Scores", "evaluate", "ci95", "scratch_baseline", "curve_points"]
 
 
 def curve_points(steps: int, dense: int = 10) -> list[int]:
@@ -49,12 +49,14 @@ def ci95(values: Tensor) -> float:
 
 
 @dataclass
-class EvalResult:
-    """Mean and 95% CI of ``metric`` over ``episodes`` fixed test tasks.
+class Scores:
+    """Mean and 95% CI of ``metric`` over ``episodes`` fixed test tasks: what every
+    evaluation reports (supervised episodes here, meta-RL tasks in
+    :mod:`metafit.evaluation.rl`).
 
     ``per_episode [episodes]``: the metric of each task after ``steps`` inner steps.
-    ``curve [P]`` / ``curve_ci95 [P]``: mean (and CI) after ``curve_steps [P]`` inner
-    steps (0..steps, all of them for short adaptations; see :func:`curve_points`).
+    ``curve [P]`` / ``curve_ci95 [P]``: mean (and CI) after each scored number of inner
+    steps (``curve_steps``, in the subclasses).
     """
 
     metric: str
@@ -65,6 +67,14 @@ class EvalResult:
     per_episode: list[float]
     curve: list[float]
     curve_ci95: list[float]
+
+
+@dataclass
+class EvalResult(Scores):
+    """:class:`Scores` of supervised episodes: ``curve_steps [P]`` are 0..steps, all of
+    them for short adaptations (see :func:`curve_points`); ``ways``, ``shots`` and
+    ``queries`` describe the episodes."""
+
     ways: int
     shots: int
     queries: int

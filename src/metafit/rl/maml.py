@@ -70,6 +70,10 @@ class MAMLRL(nn.Module):
         baseline_reg: ridge coefficient of the linear feature baseline.
     """
 
+    #: Meta-trained (as the supervised algorithms' capability flag says; the trainers and
+    #: callbacks read it).
+    meta_trained = True
+
     def __init__(self, policy: Policy, inner_lr: float = 0.1, inner_steps: int = 1,
                  first_order: bool = False, gamma: float = 0.99, gae_lambda: float = 1.0,
                  normalize_advantages: bool = True, baseline_reg: float = 1e-5) -> None:

@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +51,7 @@ class SurrogateProgram(Protocol):
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]: ...
 
-    def surrogate(self, episode: object, old: Tensor | None = None, graph: bool = True
+    def surrogate(self, episode: Any, old: Tensor | None = None, graph: bool = True
                   ) -> Surrogate: ...
 
 

@@ -51,12 +51,16 @@ class Resumable:
 
     ``params``: the trainable meta-parameters (compared across the ranks of a distributed
     run before every save); ``recipe`` and ``num_train_classes`` are recorded to rebuild
-    the algorithm later (:func:`metafit.runs.trained.load_trained`).
+    the algorithm later (:func:`metafit.runs.trained.load_trained`). ``optimizer``: a
+    torch optimizer, or any outer step with a state (meta-RL's TRPO step has an empty
+    one); ``scheduler``: its learning-rate schedule, ``None`` for none (saved as ``{}``).
+    ``sampler``: the training tasks' stream (an ``EpisodeSampler``, or meta-RL's
+    ``TaskSampler`` with its rollouts' generator).
     """
 
     algorithm: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Stateful
+    optimizer: Stateful
+    scheduler: Stateful | None
     sampler: Stateful
     params: list[nn.Parameter]
     recipe: Recipe
@@ -87,7 +91,7 @@ def training_checkpoint(parts: Resumable, counters: dict[str, Any],
     payload = {
         "algorithm": parts.algorithm.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict(),
+        "scheduler": {} if parts.scheduler is None else parts.scheduler.state_dict(),
         "sampler": parts.sampler.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "state": counters,
@@ -128,7 +132,8 @@ def restore_training_checkpoint(parts: Resumable, ckpt: dict[str, Any], source: 
             f"(torchrun --nproc_per_node/--nnodes), or train into a new --out")
     restore_state(parts.algorithm, ckpt, source)
     parts.optimizer.load_state_dict(ckpt["optimizer"])
-    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    if parts.scheduler is not None:
+        parts.scheduler.load_state_dict(ckpt["scheduler"])
     own = ckpt["rank_states"][dist.rank] if dist.enabled else ckpt
     parts.sampler.load_state_dict(own["sampler"])
     torch.set_rng_state(own["torch_rng"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from metafit.data.sampler import EpisodeSampler
 from metafit.data.splits import Split, load_split
 from metafit.distributed import SINGLE, DistContext
 from metafit.evaluation.protocol import EvalResult, evaluate
+from metafit.evaluation.rl import RLEvalResult
 from metafit.io import atomic_write_text
 from metafit.runs.directory import RunDir, check_architecture, load_checkpoint, restore_state
 
@@ -26,6 +27,8 @@ __all__ = ["load_trained", "evaluate_run", "split_sampler", "record_evaluation",
 # Sampler seeds per split, offset from the recipe's seed: the trainer samples training
 # tasks with seed, validates on fixed episodes with seed + 1; tests use seed + 2.
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "test": 2}
+
+Result = TypeVar("Result", EvalResult, RLEvalResult)
 
 
 def check_count(name: str, value: int | None, minimum: int = 1, default: str = "") -> None:
@@ -54,10 +57,16 @@ def load_trained(run: str | Path, which: str = "best", device: str | None = None
         CheckpointError: the checkpoint is missing, corrupt or of another architecture.
         RecipeError: an invalid classifier or penalty, or a penalty for a run without a
             test-time classifier.
-        ValueError: a classifier the run's algorithm does not take.
+        ValueError: a classifier the run's algorithm does not take; a meta-RL run (read
+            by :func:`metafit.runs.rl.load_rl_trained`).
     """
     rd = RunDir(run)
-    recipe = with_classifier(rd.read_recipe(), classifier, penalty, str(run))
+    recipe = rd.read_recipe()
+    if recipe.is_rl:
+        raise ValueError(f"{run} is a meta-RL run (dataset '{recipe.dataset}'): `metafit "
+                         "evaluate` scores it (metafit.runs.rl); adapting, serving and "
+                         "reports take supervised runs")
+    recipe = with_classifier(recipe, classifier, penalty, str(run))
     path = rd.trained_checkpoint(which)
     ckpt = load_checkpoint(path)
     classes = ckpt.get("num_train_classes")
@@ -125,9 +134,9 @@ def split_sampler(recipe: Recipe, split: Split, dataset: Any = None,
                           recipe.eval_queries, seed=recipe.seed + SPLIT_SEED_OFFSET[split])
 
 
-def record_evaluation(run: str | Path, result: EvalResult, recipe: Recipe, split: str,
-                      which: str) -> EvalResult:
-    """Tag ``result`` with where it comes from and save it as
+def record_evaluation(run: str | Path, result: Result, recipe: Recipe, split: str,
+                      which: str) -> Result:
+    """Tag ``result`` (episodes, or meta-RL tasks) with where it comes from and save it as
     ``run/report/eval_{split}_{which}_{steps}steps.json`` (``..._{tag}.json`` for a
     recipe with a test-time classifier, :func:`classifier_tag`); returns it."""
     result.extra.update(run=str(run), split=split, checkpoint=which,

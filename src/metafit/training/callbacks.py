@@ -33,7 +33,8 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from metafit.algorithms.base import Algorithm
+from torch import nn
+
 from metafit.config.recipe import Recipe
 from metafit.runs.directory import RunDir
 from metafit.training.state import TrainState
@@ -41,13 +42,17 @@ from metafit.training.state import TrainState
 __all__ = ["Callback", "TrainerView", "MetricsFile", "TensorBoard", "ProgressBar",
            "default_callbacks", "validation_line"]
 
-#: Step metrics shown beside the progress bar.
-SHOWN = ("loss", "accuracy", "mse")
+#: Step metrics shown beside the progress bar (``return_after``: meta-RL's return after
+#: adaptation on the training tasks).
+SHOWN = ("loss", "accuracy", "mse", "return_after")
 
 
 class TrainerView(Protocol):
     """What a hook may read of the trainer that calls it
-    (:class:`~metafit.training.trainer.Trainer`): read it, never change it."""
+    (:class:`~metafit.training.trainer.Trainer`, :class:`~metafit.training.rl.RLTrainer`):
+    read it, never change it. ``algo`` is the learner: a supervised
+    :class:`~metafit.algorithms.base.Algorithm` or a meta-RL :class:`~metafit.rl.MAMLRL`;
+    both say whether they are ``meta_trained``."""
 
     @property
     def recipe(self) -> Recipe: ...
@@ -59,7 +64,7 @@ class TrainerView(Protocol):
     def state(self) -> TrainState: ...
 
     @property
-    def algo(self) -> Algorithm: ...
+    def algo(self) -> nn.Module: ...
 
 
 class Callback:
@@ -171,7 +176,7 @@ def default_callbacks(trainer: TrainerView, progress: bool) -> list[Callback]:
     meta-trains (one that does not has no training curve), TensorBoard with
     ``tensorboard: true`` and a progress bar with ``progress``."""
     callbacks: list[Callback] = [MetricsFile(trainer.run.metrics)]
-    curve = trainer.algo.meta_trained
+    curve = bool(trainer.algo.meta_trained)
     if curve and trainer.recipe.tensorboard:
         callbacks.append(TensorBoard(trainer.run.path / "tensorboard"))
     if curve and progress:

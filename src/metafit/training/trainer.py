@@ -1,6 +1,9 @@
-"""The meta-training loop.
+"""Meta-training a supervised recipe: :class:`Trainer`, and :func:`make_trainer`, which
+picks it or the meta-RL trainer (:class:`~metafit.training.rl.RLTrainer`) for a recipe.
 
-One loop serves every algorithm: each iteration samples a meta-batch of episodes, asks the
+The loop itself (sessions, records, validation, checkpoints, time budget, callbacks) is
+:class:`~metafit.training.loop.TrainingLoop`'s, shared by both. One loop serves every
+supervised algorithm: each iteration samples a meta-batch of episodes, asks the
 algorithm for its meta-gradients (``{name: tensor}``), clips them by global norm, and lets
 any torch optimizer step on them (:mod:`metafit.training.optim`). Every ``val_every``
 iterations the algorithm is scored on fixed validation episodes; the best score is kept as
@@ -21,10 +24,8 @@ only be resumed with the same number of processes.
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,64 +34,44 @@ import torch
 from metafit.algorithms.base import Algorithm
 from metafit.algorithms.from_recipe import build_algorithm
 from metafit.config.recipe import Recipe
-from metafit.distributed import (
-    DistContext,
-    all_reduce_mean,
-    broadcast_module,
-    current_context,
-    rank_seed,
-    run_on_main,
-)
+from metafit.distributed import DistContext, all_reduce_mean, broadcast_module, rank_seed
 from metafit.episodes import Episodes
 from metafit.evaluation.protocol import evaluate
 from metafit.execution.cuda_graphs import GraphedMetaGradients
-from metafit.models.base import count_parameters
 from metafit.runs.checkpoints import Resumable
-from metafit.runs.directory import RunDir, restore_state
-from metafit.runs.session import TrainingSession
-from metafit.training.build import (
-    frozen_body_cache,
-    meta_batch_shares,
-    samplers,
-    torch_settings,
-)
-from metafit.training.callbacks import Callback, default_callbacks, validation_line
+from metafit.training.build import frozen_body_cache, meta_batch_shares, samplers
+from metafit.training.callbacks import Callback
+from metafit.training.loop import TrainingLoop, ValidationHook
 from metafit.training.mlflow_logger import tracking_callbacks
 from metafit.training.optim import lr_factor, outer_optimizer, outer_step
-from metafit.training.state import StepClock, TrainState
+from metafit.training.rl import RLTrainer
+from metafit.training.state import TrainState
 
-__all__ = ["Trainer", "TrainState", "ValidationHook", "train", "lr_factor",
+__all__ = ["Trainer", "TrainState", "ValidationHook", "make_trainer", "train", "lr_factor",
            "tracking_callbacks"]
 
-log = logging.getLogger(__name__)
 
-#: Called after each validation with (iteration, score); returning True stops the run
-#: (status ``stopped_early``, reason ``stopped_by_hook``), e.g. a tuning pruner. In a
-#: distributed run rank 0's answer is the one every rank follows.
-ValidationHook = Callable[[int, float], bool]
-
-
-class Trainer:
-    """Meta-trains ``recipe`` into the run directory ``out``.
+class Trainer(TrainingLoop):
+    """Meta-trains a supervised ``recipe`` into the run directory ``out``.
 
     Everything that can fail on bad input (data, episode sizes, algorithm options) is built
     in ``__init__``, before the run directory is created. ``dist``: this process's place in
     a distributed run (default: the initialised process group's, else a single process);
     every rank of the group constructs a ``Trainer`` and calls :meth:`fit`.
-    ``callbacks`` are called after the recipe's own (:func:`default_callbacks`: metrics
-    file, TensorBoard, progress bar when ``progress``) and :func:`tracking_callbacks`
-    (MLflow), on rank 0 only.
+    ``callbacks`` are called after the recipe's own
+    (:func:`~metafit.training.callbacks.default_callbacks`: metrics file, TensorBoard,
+    progress bar when ``progress``) and :func:`tracking_callbacks` (MLflow), on rank 0
+    only. The loop itself is :class:`~metafit.training.loop.TrainingLoop`'s;
+    a meta-RL recipe takes :class:`~metafit.training.rl.RLTrainer` (:func:`make_trainer`).
     """
 
-    def __init__(self, recipe: Recipe, out: str | Path, progress: bool = True,
-                 dist: DistContext | None = None,
-                 on_validation: ValidationHook | None = None,
-                 callbacks: Sequence[Callback] = ()) -> None:
-        self.dist = current_context() if dist is None else dist
-        self.recipe, self.run = recipe, RunDir(out)
-        self.progress = progress and self.dist.is_main
-        self.on_validation = on_validation
-        torch_settings(recipe)
+    algo: Algorithm
+
+    def _build(self) -> None:
+        recipe = self.recipe
+        if recipe.is_rl:
+            raise ValueError(f"dataset '{recipe.dataset}' is a meta-RL task family: train it "
+                             "with metafit.training.rl.RLTrainer (make_trainer picks it)")
         self.shares = meta_batch_shares(recipe, self.dist)
         self.train_sampler, self.val_sampler, self.num_train_classes = samplers(
             recipe, self.dist.rank)
@@ -106,82 +87,22 @@ class Trainer:
             raise ValueError(f"algorithm '{recipe.algorithm}' has no trainable parameters "
                              "with this recipe (adapt scope, frozen layers)")
         self.optimizer, self.scheduler = outer_optimizer(recipe, self.params)
-        self.state = TrainState()
         self.higher_is_better = not recipe.is_regression
-        self.clock = StepClock(recipe, self.dist)
-        self.callbacks = ([*default_callbacks(self, self.progress),
-                           *tracking_callbacks(recipe), *callbacks]
-                          if self.dist.is_main else [])
-        self.session = TrainingSession(self.run, self.dist)
 
-    def fit(self) -> TrainState:
-        """Train to ``iterations`` (or early stop); returns the final counters.
+    def _train_record(self) -> dict[str, Any]:
+        return {"lr": self.optimizer.param_groups[0]["lr"]}
 
-        An exception or Ctrl-C leaves ``status.json`` at ``failed`` / ``interrupted`` (never
-        ``complete``); training again into the same directory resumes from ``last.pt``.
-
-        Raises:
-            RunLockedError: another process is training into the directory.
-        """
-        try:
-            self._prepare_dir()
-            try:
-                for callback in self.callbacks:
-                    callback.on_fit_start(self)
-                status, info = self._train() if self.algo.meta_trained else self._no_training()
-            except KeyboardInterrupt:
-                self._finish("interrupted", iteration=self.state.iteration)
-                raise
-            except Exception as e:
-                self._finish("failed", iteration=self.state.iteration, error=repr(e))
-                raise
-            self._finish(status, **info)
-            return self.state
-        finally:
-            self.session.release()
-
-    def _train(self) -> tuple[str, dict[str, Any]]:
-        """Meta-train to ``iterations``: the final status and what ``status.json`` says."""
-        r, st = self.recipe, self.state
-        t0 = time.perf_counter()
-        self.clock.saved(st)
-        stop = "time_budget" if self.clock.out_of_time(st) else ""  # resumed, no time left
-        self.algo.train()
+    @contextmanager
+    def _train_context(self) -> Iterator[None]:
+        """The feature cache of a frozen body, around the session's iterations."""
         with frozen_body_cache(self.algo.model) as cache:
             if cache is not None:
                 self._info("%s: the body is frozen; its features of each example are "
-                           "computed once and reused across iterations", r.name)
-            while st.iteration < r.iterations and not stop:
-                stop = self._iteration()
-        return ("stopped_early" if stop else "complete"), dict(
-            iteration=st.iteration, best_iteration=st.best_iteration, best_score=st.best_score,
-            reason=stop or None, train_seconds=round(st.train_seconds, 2),
-            seconds_this_session=round(time.perf_counter() - t0, 2))
+                           "computed once and reused across iterations", self.recipe.name)
+            yield
 
-    def _iteration(self) -> str:
-        """One iteration: step, log, validate, save; why to stop now (``""``: go on)."""
-        r, st = self.recipe, self.state
-        metrics = self.clock.timed(st, self._step)
-        st.iteration += 1
-        st.accumulate(metrics)
-        out_of_time = self.clock.out_of_time(st)
-        last = st.iteration == r.iterations or out_of_time
-        if st.iteration % r.log_every == 0 or last:
-            self._log({**st.take_window(), "iteration": st.iteration, "split": "train",
-                       "lr": self.optimizer.param_groups[0]["lr"],
-                       "seconds": round(st.train_seconds, 3)})
-        stop = self._validation() if st.iteration % r.val_every == 0 or last else ""
-        if (st.iteration % r.checkpoint_every == 0 or stop or last
-                or self.clock.checkpoint_due(st)):
-            self._save("last")
-            self.clock.saved(st)
-        for callback in self.callbacks:
-            callback.on_step_end(st.iteration, metrics)
-        if out_of_time and not stop:
-            self._info("%s: time budget of %g s reached at iteration %d", r.name,
-                       r.time_budget, st.iteration)
-            stop = "time_budget"
-        return stop
+    def _learner_name(self) -> str:
+        return f"{self.recipe.algorithm} {self.recipe.model}"
 
     def _step(self) -> dict[str, float]:
         """One meta-training step on this rank's share of a fresh meta-batch."""
@@ -212,81 +133,30 @@ class Trainer:
                           dist=self.dist)
         return {result.metric: result.mean, "ci95": result.ci95}
 
-    def _validation(self) -> str:
-        """Validate, log, keep the best; why to stop (``patience``, ``stopped_by_hook``)."""
-        r, st = self.recipe, self.state
-        val = self.validate()
-        self._log({"iteration": st.iteration, "split": "val",
-                   "seconds": round(st.train_seconds, 3), **val})
-        score = next(iter(val.values()))
-        if st.record_validation(score, self.higher_is_better):
-            self._save("best")
-        stop = "patience" if r.patience and st.since_best >= r.patience else ""
-        hook = self.on_validation
-        if not stop and hook and run_on_main(lambda: hook(st.iteration, score), self.dist):
-            stop = "stopped_by_hook"  # rank 0's answer, followed by every rank
-        if not self.progress:  # else the progress bar shows it
-            self._info("%s: %s", r.name, validation_line(st.iteration, val))
-        return stop
-
-    def _no_training(self) -> tuple[str, dict[str, Any]]:
-        """An algorithm with nothing to meta-train: validate once and save."""
-        st = self.state
-        val = self.validate()
-        self._log({"iteration": 0, "split": "val", "seconds": 0.0, **val})
-        st.best_score, st.best_iteration = next(iter(val.values())), 0
-        self._save("best")
-        self._save("last")
-        self._info("%s: %s is not meta-trained; validation %s", self.recipe.name,
-                   self.recipe.algorithm, ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
-        return "complete", dict(iteration=0, best_iteration=0, best_score=st.best_score,
-                                reason="not meta-trained", train_seconds=0.0)
-
-    # -- the run directory ---------------------------------------------------------------
-    def _prepare_dir(self) -> None:
-        """Create or resume the run directory (:class:`~metafit.runs.session.TrainingSession`)."""
-        start = self.session.open(self.recipe)
-        if start.kind == "resume":
-            self.state = TrainState(**self.session.resume(self._resumable(), start))
-            self._info("resumed %s at iteration %d", self.run.path, self.state.iteration)
-        elif start.kind == "warm" and start.checkpoint is not None:
-            restore_state(self.algo, start.checkpoint, start.source)
-            self._info("warm start from %s", start.source)
-        self.session.begin(self.recipe, self.state.iteration)
-        trainable, total = count_parameters(self.algo)
-        self._info("%s: %s %s, %s of %s parameters trainable", self.recipe.name,
-                   self.recipe.algorithm, self.recipe.model, f"{trainable:,}", f"{total:,}")
-
     def _resumable(self) -> Resumable:
         return Resumable(self.algo, self.optimizer, self.scheduler, self.train_sampler,
                          self.params, self.recipe, self.num_train_classes)
 
-    def _save(self, which: str) -> None:
-        """Write ``checkpoints/{which}.pt`` (collective: every rank calls it)."""
-        self.session.save(which, self._resumable(), asdict(self.state))
 
-    def _log(self, record: dict[str, Any]) -> None:
-        for callback in self.callbacks:
-            callback.on_log(record)
-
-    def _info(self, message: str, *args: Any) -> None:
-        """Log ``message`` at INFO on rank 0 (which reports for every rank)."""
-        if self.dist.is_main:
-            log.info(message, *args)
-
-    def _finish(self, status: str, **info: Any) -> None:
-        """Record the final ``status`` in ``status.json`` and tell the callbacks."""
-        self.session.set_status(status, **info)
-        for callback in self.callbacks:
-            callback.on_fit_end(self, status)
+def make_trainer(recipe: Recipe, out: str | Path, progress: bool = True,
+                 dist: DistContext | None = None,
+                 on_validation: ValidationHook | None = None,
+                 callbacks: Sequence[Callback] = ()) -> TrainingLoop:
+    """The trainer of ``recipe``: :class:`Trainer`, or
+    :class:`~metafit.training.rl.RLTrainer` for a meta-RL task family (arguments as for
+    :class:`Trainer`)."""
+    cls: type[TrainingLoop] = RLTrainer if recipe.is_rl else Trainer
+    return cls(recipe, out, progress=progress, dist=dist, on_validation=on_validation,
+               callbacks=callbacks)
 
 
 def train(recipe: Recipe, out: str | Path, progress: bool = True,
           dist: DistContext | None = None,
           on_validation: ValidationHook | None = None,
           callbacks: Sequence[Callback] = ()) -> TrainState:
-    """Meta-train ``recipe`` into ``out`` (resuming if ``out`` holds an unfinished run);
-    ``dist`` as for :class:`Trainer`; ``on_validation(iteration, score)`` returning True
-    stops the run early; ``callbacks`` are added to the recipe's own."""
-    return Trainer(recipe, out, progress=progress, dist=dist, on_validation=on_validation,
-                   callbacks=callbacks).fit()
+    """Meta-train ``recipe`` into ``out`` (resuming if ``out`` holds an unfinished run) with
+    :func:`make_trainer`'s trainer; ``dist`` as for :class:`Trainer`;
+    ``on_validation(iteration, score)`` returning True stops the run early; ``callbacks``
+    are added to the recipe's own."""
+    return make_trainer(recipe, out, progress=progress, dist=dist,
+                        on_validation=on_validation, callbacks=callbacks).fit()

@@ -1,0 +1,109 @@
+"""Meta-training a meta-RL recipe: MAML-TRPO (Finn et al. 2017, sec. 5.3) in the shared
+loop.
+
+:class:`RLTrainer` is a :class:`~metafit.training.loop.TrainingLoop`: the run directory,
+resume, records, validation, best/last checkpoints, time budget and callbacks are the
+supervised trainer's. Its step is the meta-RL one (docs/rl.md): draw ``meta_batch`` tasks
+from the recipe's family, sample ``trajectories`` per task with the policy, adapt with
+``inner_steps`` policy-gradient steps, sample again with the adapted policies, and take
+one TRPO step on the meta-objective (:func:`~metafit.rl.trpo.trpo_step`). Validation is
+the return after adaptation on fixed validation tasks
+(:func:`~metafit.evaluation.rl.evaluate_rl`).
+
+Every random draw of training comes from the :class:`~metafit.rl.TaskSampler`'s two
+generators (tasks, rollouts), which a checkpoint saves with the policy; validation draws
+from a fresh stream of its own. A run resumed from ``last.pt`` therefore samples the same
+tasks and trajectories and logs the same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metafit.evaluation.rl import evaluate_rl
+from metafit.rl.from_recipe import build_family, build_rl_algorithm, trpo_settings
+from metafit.rl.maml import MAMLRL, MetaEpisode
+from metafit.rl.trpo import TRPOSettings, trpo_step
+from metafit.runs.checkpoints import Resumable
+from metafit.runs.rl import rl_eval_steps, rl_sampler
+from metafit.training.loop import TrainingLoop
+
+__all__ = ["RLTrainer", "TRPOOuterStep"]
+
+
+class TRPOOuterStep:
+    """The TRPO outer step, in the optimizer's place of a checkpoint
+    (:class:`~metafit.runs.checkpoints.Resumable`): it writes the parameters itself and
+    keeps no state from one step to the next, so its state is empty."""
+
+    def __init__(self, settings: TRPOSettings) -> None:
+        self.settings = settings
+
+    def step(self, algo: MAMLRL, episode: MetaEpisode) -> dict[str, float]:
+        """One TRPO step of ``algo``'s parameters on ``episode``; its metrics."""
+        return trpo_step(algo, episode, self.settings)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], /) -> None:
+        """Nothing to restore (see the class docstring)."""
+
+
+class RLTrainer(TrainingLoop):
+    """Meta-trains a meta-RL ``recipe`` (datasets ``rl_nav2d``, ``rl_bandit``,
+    ``rl_tabular``) into the run directory ``out``; arguments as for
+    :class:`~metafit.training.trainer.Trainer`. One process only (no ``torchrun`` yet).
+
+    Training records hold, averaged over ``log_every`` steps: ``loss`` (the surrogate
+    loss before the step), ``loss_after``, ``kl`` (mean KL between the query policies
+    before and after the step), ``step_fraction`` and ``line_search_steps`` (0 and
+    ``ls_max_steps``: no step was accepted), ``grad_norm``, and ``return_before`` /
+    ``return_after`` (the mean return of the training tasks' trajectories before and after
+    adaptation). Validation records: ``return`` after adaptation and its ``ci95``.
+    """
+
+    algo: MAMLRL
+
+    def _build(self) -> None:
+        r = self.recipe
+        if not r.is_rl:
+            raise ValueError(f"dataset '{r.dataset}' is not a meta-RL task family; train it "
+                             "with metafit.training.trainer.Trainer")
+        if self.dist.enabled:
+            raise ValueError("meta-RL recipes train in one process; run `metafit train` "
+                             "without torchrun")
+        self.family = build_family(r)
+        self.tasks = rl_sampler(r, "train", self.family)
+        self.val_tasks = rl_sampler(r, "val", self.family)
+        self.algo = build_rl_algorithm(r, self.family)
+        self.outer = TRPOOuterStep(trpo_settings(r))
+
+    def _learner_name(self) -> str:
+        r = self.recipe
+        widths = "-".join(str(w) for w in r.policy_hidden)
+        return f"{r.algorithm} ({'first' if r.rl_first_order else 'second'} order), " \
+               f"{r.policy_activation} policy {widths}"
+
+    def _step(self) -> dict[str, float]:
+        """One MAML-TRPO step on a fresh meta-batch of tasks."""
+        r = self.recipe
+        env = self.family.env(self.tasks.sample(r.meta_batch))
+        episode = self.algo.sample(env, r.trajectories, self.tasks.rollouts)
+        m = self.outer.step(self.algo, episode)
+        returns = episode.returns().mean(dim=0)  # [inner_steps + 1]
+        return {"loss": m["loss_before"], "loss_after": m["loss_after"], "kl": m["kl_after"],
+                "step_fraction": m["step_fraction"],
+                "line_search_steps": m["line_search_steps"], "grad_norm": m["grad_norm"],
+                "return_before": float(returns[0]), "return_after": float(returns[-1])}
+
+    def validate(self) -> dict[str, Any]:
+        """The return after adaptation on the fixed validation tasks, with its 95% CI."""
+        r = self.recipe
+        result = evaluate_rl(self.algo, self.val_tasks, episodes=r.val_episodes,
+                             steps=rl_eval_steps(r), trajectories=r.trajectories)
+        return {result.metric: result.mean, "ci95": result.ci95}
+
+    def _resumable(self) -> Resumable:
+        params = list(self.algo.trainable_parameters().values())
+        return Resumable(self.algo, self.outer, None, self.tasks, params, self.recipe, None)
