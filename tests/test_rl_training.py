@@ -1,8 +1,9 @@
-"""Meta-RL in the run directory: training, exact resume, evaluation, and run directories
-from strangers."""
+"""Meta-RL in the run directory: training, exact resume, evaluation from the command line,
+and run directories from strangers."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from metafit.runs.rl import evaluate_rl_run, load_rl_trained
 from metafit.runs.trained import load_trained
 from metafit.training.rl import RLTrainer
 from metafit.training.trainer import Trainer, make_trainer
+from test_cli_json import run_json
+from test_run_safety import poisoned
 from test_trainer import interrupt_at
 
 #: Overrides that make any shipped RL recipe a run of about a second.
@@ -92,6 +95,28 @@ def test_time_budget_stops_an_rl_run(tmp_path: Path) -> None:
     assert status["status"] == "stopped_early"
 
 
+@pytest.mark.parametrize("name", ["rl_nav2d_maml", "rl_bandit_maml"])
+def test_cli_trains_and_evaluates_an_rl_recipe(tmp_path: Path, name: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    trained = run_json(capsys, "train", name, "--out", str(out), "--no-progress", *TINY)
+    assert trained["status"] == "complete" and trained["metric"] == "return"
+    assert trained["best_iteration"] in (2, 4)
+    result = run_json(capsys, "evaluate", str(out), "--steps", "2")
+    assert result["protocol"] == "rl" and result["metric"] == "return"
+    assert result["episodes"] == 3 and result["curve_steps"] == [0, 1, 2]
+    assert result["mean"] == result["curve"][-1] == pytest.approx(
+        sum(result["per_episode"]) / 3)
+    assert result["family"] == name.removesuffix("_maml") and result["horizon"] == 5
+    saved = json.loads((out / "report" / "eval_test_best_2steps.json").read_text())
+    assert saved["per_episode"] == result["per_episode"]
+    # the same tasks and noise every time: the evaluation is reproducible
+    assert run_json(capsys, "evaluate", str(out), "--steps", "2")["mean"] == result["mean"]
+    assert main(["evaluate", str(out), "--episodes", "2", "--checkpoint", "last"]) == 0
+    text = capsys.readouterr().out
+    assert "return after 0..3 adaptation steps: 0: " in text and "2 tasks x 3 trajectories" \
+        in text
+
 
 def test_validation_and_test_tasks_are_fixed_and_distinct(nav_run: Path) -> None:
     a = evaluate_rl_run(nav_run, "val", episodes=3)  # the recipe's 3 evaluation steps
@@ -109,6 +134,8 @@ def test_each_kind_of_run_refuses_the_other_kinds_paths(
         load_trained(nav_run)
     assert main(["report", str(nav_run)]) == 2
     assert "is a meta-RL run" in capsys.readouterr().err
+    assert main(["evaluate", str(nav_run), "--classifier", "logistic"]) == 2
+    assert "meta-RL run" in capsys.readouterr().err
     with pytest.raises(ValueError, match="meta-RL task family: train it with"):
         Trainer(tiny(), tmp_path / "a", progress=False)
     with pytest.raises(ValueError, match="'glyphs' is not a meta-RL task family"):
@@ -120,6 +147,18 @@ def test_each_kind_of_run_refuses_the_other_kinds_paths(
         load_rl_trained(supervised.path)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
+
+def test_a_pickled_payload_in_an_rl_checkpoint_never_runs(nav_run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    copy, marker = poisoned(nav_run, tmp_path)
+    assert main(["evaluate", str(copy), "--episodes", "2"]) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err
+    assert "never loads" in err and "best.pt" in err
+    with pytest.raises(CheckpointError, match="never loads"):
+        RLTrainer(tiny(), copy, progress=False).fit()  # resuming refuses it too
+    assert not marker.exists()
 
 
 def test_a_forged_rl_config_is_refused_before_it_is_allocated(nav_run: Path,

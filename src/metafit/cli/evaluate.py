@@ -26,6 +26,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from metafit.cli.score import score_test_set
 
         return score_test_set(args)
+    if _is_rl_run(args.run):
+        return _evaluate_rl(args)
     from metafit.distributed import init_distributed, shutdown
     from metafit.runs.trained import evaluate_run
 
@@ -58,6 +60,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_rl_run(run: str) -> bool:
+    """Whether ``run`` holds a meta-RL run (anything unreadable is left to the episode
+    path's own messages)."""
+    from metafit.runs.directory import RunDir
+
+    try:
+        return RunDir(run).read_recipe().is_rl
+    except (OSError, ValueError):
+        return False
+
+
+def _evaluate_rl(args: argparse.Namespace) -> int:
+    """``metafit evaluate RUN`` of a meta-RL run: the return after 0..steps adaptation
+    steps on fixed tasks (:func:`metafit.runs.rl.evaluate_rl_run`)."""
+    from metafit.runs.rl import evaluate_rl_run
+
+    if args.classifier is not None or args.classifier_penalty is not None:
+        raise ValueError(f"{args.run} is a meta-RL run: a test-time classifier applies to "
+                         "classification runs only")
+    result = evaluate_rl_run(args.run, split=args.split, episodes=args.episodes,
+                             which=args.checkpoint, steps=args.steps)
+    if args.json:
+        from metafit.cli.results import emit
+
+        emit("evaluate", {**result.to_dict(), "protocol": "rl", "run": str(args.run),
+                          "split": args.split, "checkpoint": args.checkpoint})
+        return 0
+    curve = ", ".join(f"{s}: {v:.2f} +- {c:.2f}" for s, v, c in
+                      zip(result.curve_steps, result.curve, result.curve_ci95, strict=True))
+    sys.stdout.write(f"{args.run} [{args.split}, {args.checkpoint}]: {result.summary()}\n"
+                     f"return after 0..{result.steps} adaptation steps: {curve}\n")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from metafit.runs.report import report_runs
 
@@ -79,7 +115,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def add_evaluate_parser(sub: Any) -> None:
     """Add ``evaluate`` to the subparsers ``sub``."""
-    p = add_verb(sub, "evaluate", "evaluate a run on fixed test episodes (mean, 95%% CI), "
+    p = add_verb(sub, "evaluate", "evaluate a run on fixed test episodes (mean, 95%% CI; a "
+                 "meta-RL run: the return after 0..k adaptation steps on fixed test tasks), "
                  "or a model on your own labelled test set (--test)", _cmd_evaluate)
     add_threads_option(p)
     add_progress_option(p)
@@ -92,7 +129,8 @@ def add_evaluate_parser(sub: Any) -> None:
                    "to these labelled examples first (as `metafit adapt` does), then score")
     p.add_argument("--out", metavar="DIR", help="with --test: also write test_report.json "
                    "and the confusion and reliability figures into DIR")
-    p.add_argument("--episodes", type=int, help="number of episodes (default: the recipe's)")
+    p.add_argument("--episodes", type=int, help="number of episodes, or tasks of a meta-RL "
+                   "run (default: the recipe's test_episodes)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="whose classes the episodes draw from (default: test, the classes "
                    "meta-training never saw)")

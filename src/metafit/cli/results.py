@@ -31,10 +31,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="null", populate_by_name=True)
 
 
-class Evaluation(_Strict):
-    """An evaluation on fixed episodes (:class:`metafit.evaluation.protocol.EvalResult`)."""
+class _Scores(_Strict):
+    """What every evaluation on fixed tasks reports."""
 
-    metric: str = Field(description="accuracy (classification) or mse (regression)")
+    metric: str = Field(description="accuracy (classification), mse (regression) or "
+                        "return (meta-RL)")
     mean: Real = Field(description="mean of the metric over the episodes")
     ci95: Real = Field(description="half-width of its 95% confidence interval (NaN for "
                         "one episode)")
@@ -43,6 +44,11 @@ class Evaluation(_Strict):
     per_episode: list[Real] = Field(description="the metric of each episode")
     curve: list[Real] = Field(description="mean metric after each of curve_steps")
     curve_ci95: list[Real]
+
+
+class Evaluation(_Scores):
+    """An evaluation on fixed episodes (:class:`metafit.evaluation.protocol.EvalResult`)."""
+
     ways: int
     shots: int
     queries: int = Field(description="queries per class")
@@ -151,6 +157,22 @@ class EpisodesJson(Evaluation):
     checkpoint: Literal["best", "last"]
 
 
+class RLEpisodesJson(_Scores):
+    """``metafit evaluate RUN`` of a meta-RL run on fixed held-out tasks
+    (:class:`metafit.evaluation.rl.RLEvalResult`): an episode is one task, adapted from
+    its own sampled trajectories; the metric is the mean undiscounted return."""
+
+    curve_steps: list[int] = Field(description="the adaptation step of each curve point")
+    trajectories: int = Field(description="trajectories sampled per task and step")
+    horizon: int = Field(description="steps per trajectory")
+    family: str = Field(description="the task family (the recipe's dataset)")
+    extra: dict[str, Any] = Field(description="where the result comes from")
+    protocol: Literal["rl"]
+    run: str
+    split: Literal["train", "val", "test"]
+    checkpoint: Literal["best", "last"]
+
+
 class ClassScoreJson(_Strict):
     name: str
     precision: Real
@@ -191,10 +213,11 @@ class TestSetJson(_Strict):
     files: list[str] = Field(description="with --out: the files written")
 
 
-class EvaluateJson(RootModel[Annotated[EpisodesJson | TestSetJson,
+class EvaluateJson(RootModel[Annotated[EpisodesJson | TestSetJson | RLEpisodesJson,
                                        Field(discriminator="protocol")]]):
-    """``metafit evaluate ... --json``: fixed episodes of a run (``protocol: episodes``) or
-    the user's own test set (``protocol: test_set``)."""
+    """``metafit evaluate ... --json``: fixed episodes of a run (``protocol: episodes``),
+    the user's own test set (``protocol: test_set``), or fixed tasks of a meta-RL run
+    (``protocol: rl``)."""
 
 
 class ReportJson(_Strict):
