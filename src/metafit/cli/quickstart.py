@@ -244,7 +244,8 @@ def _steps_on_validation(algo: Any, recipe: Recipe, size: QuickstartSize) -> dic
 
 def _plots(report: Path, rows: list[Row], runs: dict[str, RunDir],
            maml: Any, sampler: EpisodeSampler, class_names: list[str]) -> list[Path]:
-    from metafit.runs.plots import plot_adaptation, plot_episode, plot_results, plot_training
+    from metafit.runs.episode_plots import plot_episode
+    from metafit.runs.plots import plot_adaptation, plot_results, plot_training
 
     plots = [plot_results(rows, report / "results.png",
                           title="Unseen test classes: accuracy (95% CI)"),

@@ -15,7 +15,8 @@ from metafit.data.sampler import EpisodeSampler
 from metafit.evaluation.protocol import EvalResult, evaluate
 from metafit.io import atomic_write_text
 from metafit.runs.directory import RunDir
-from metafit.runs.plots import plot_adaptation, plot_episode, plot_sinusoid, plot_training
+from metafit.runs.episode_plots import plot_episode
+from metafit.runs.plots import plot_adaptation, plot_sinusoid, plot_training
 from metafit.runs.trained import check_count, load_trained, record_evaluation, split_sampler
 
 __all__ = ["report_runs"]
