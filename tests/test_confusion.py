@@ -10,6 +10,8 @@ import torch
 
 from metafit.evaluation.confusion import Predictions, predict_episodes
 from metafit.evaluation.protocol import evaluate
+from metafit.runs.confusion_plot import confusion_figure
+from metafit.runs.figures import pyplot
 from metafit.runs.trained import load_trained, split_sampler
 from metafit.training.trainer import Trainer
 from test_trainer import classification_recipe, image_folder
@@ -52,3 +54,10 @@ def test_confusion_over_evaluation_episodes_matches_the_protocol(trained: Path) 
                                minlength=max(ids) + 1)[ids]
     assert counts.sum(1).tolist() == per_class.tolist()  # every query in its class's row
     assert preds.accuracy == pytest.approx(evaluate(algo, sampler, episodes=7).mean, abs=1e-6)
+    names = sampler.dataset.classes  # type: ignore[union-attr]
+    fig = confusion_figure(preds, names, title="maml")
+    drawn = [int(t.get_text()) for t in fig.axes[0].texts if t.get_gid() == "count"]
+    assert sum(drawn) == queries  # the numbers in the cells are the counts
+    ticks = [t.get_text() for t in fig.axes[1].get_yticklabels()]  # the class matrix
+    assert ticks == [names[c] for c in ids]  # rows named by class, in id order
+    pyplot().close(fig)

@@ -11,10 +11,11 @@ and ``metafit quickstart``).
   of support shots instead.
 - ``results.png``: grouped bars of test accuracy (95% CI) per task and method, with chance.
 
-Episode figures: :mod:`metafit.runs.episode_plots`; sinusoid fits:
-:mod:`metafit.runs.sinusoid_plot`. Series of a few points get markers and integer axes;
-each function takes a ``banner`` of caveats to write across the top. Everything is
-drawn with matplotlib's non-interactive Agg backend; nothing is shown.
+Episode figures and confusion matrices: :mod:`metafit.runs.episode_plots`,
+:mod:`metafit.runs.confusion_plot`; sinusoid fits: :mod:`metafit.runs.sinusoid_plot`.
+Series of a few points get markers and integer axes; runs too short to trust get a
+warning banner (:mod:`metafit.runs.caveats`). Everything is drawn with matplotlib's
+non-interactive Agg backend; nothing is shown.
 """
 
 from __future__ import annotations
