@@ -12,8 +12,8 @@ based exporter, the default since torch 2.9), opset 18, with a dynamic batch axi
 Probabilities are ``softmax(logits / temperature)``, the model's calibration temperature
 (``model.json``: ``temperature``, 1 unless adapted with ``--calibrate``). Before anything
 is written, the ONNX model runs in onnxruntime on sample inputs (the stored support set:
-one batch, and a single example for the dynamic axes) and its logits are compared with PyTorch's: the largest absolute
-difference is reported, and an export whose difference exceeds ``tolerance`` (1e-4) fails
+one batch, and a single example for the dynamic axes) and its logits are compared with
+PyTorch's: the largest absolute difference is reported, and an export whose difference exceeds ``tolerance`` (1e-4) fails
 with :class:`ExportError`, leaving no output directory. int8-quantized PyTorch modules
 cannot be exported (torch.onnx has no translation of PyTorch's dynamic quantized linear
 kernels): export the float model instead, optionally with ``quantize="int8"``, which
