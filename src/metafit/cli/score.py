@@ -50,8 +50,11 @@ def score_test_set(args: argparse.Namespace) -> int:
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        from metafit.runs.test_set_plots import plot_test_set
+
         atomic_write_text(out / "test_report.json", json.dumps(report.to_dict(), indent=1))
         files.append(str(out / "test_report.json"))
+        files += [str(p) for p in plot_test_set(report, out, title=Path(args.test).name)]
     payload = {"protocol": "test_set", "model": str(args.run), "test": str(args.test),
                **report.to_dict(), "files": files}
     if args.json:

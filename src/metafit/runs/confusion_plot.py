@@ -21,7 +21,7 @@ from metafit.evaluation.confusion import Predictions
 from metafit.runs.episode_plots import display_name
 from metafit.runs.figures import finish, pyplot, save_figure
 
-__all__ = ["confusion_figure", "plot_confusion", "MAX_NAMED", "MAX_ANNOTATED"]
+__all__ = ["confusion_figure", "matrix_panel", "plot_confusion", "MAX_NAMED", "MAX_ANNOTATED"]
 
 #: A class-name matrix is drawn for at most this many classes (else the top mistakes).
 MAX_NAMED = 30
@@ -29,7 +29,7 @@ MAX_NAMED = 30
 MAX_ANNOTATED = 12
 
 
-def _matrix(ax: Any, counts: Tensor, labels: Sequence[str], fig: Any) -> None:
+def matrix_panel(ax: Any, counts: Tensor, labels: Sequence[str], fig: Any) -> None:
     """Row-normalised colours of ``counts [C, C]``, the counts written in small ones."""
     rows = counts.sum(1, keepdim=True).clamp(min=1)
     shown = ax.imshow((counts / rows).numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
@@ -71,7 +71,7 @@ def confusion_figure(preds: Predictions, class_names: Sequence[str] | None,
                              gridspec_kw={"width_ratios": [1, 1.7 if big else 1.35]}
                              if named else None)
     ways = [str(k) for k in range(preds.ways)]
-    _matrix(axes[0, 0], preds.by_position(), ways, fig)
+    matrix_panel(axes[0, 0], preds.by_position(), ways, fig)
     axes[0, 0].set(xlabel="predicted label", ylabel="true label",
                    title="By in-episode label (classes drawn at random\nper episode: a "
                          "heavy column = a bias towards that output)")
@@ -81,7 +81,7 @@ def confusion_figure(preds: Predictions, class_names: Sequence[str] | None,
         ax = axes[0, 1]
         if len(seen) <= MAX_NAMED:
             ids, counts = preds.by_class()
-            _matrix(ax, counts, [display_name(class_names[c], 42, 1) for c in ids], fig)
+            matrix_panel(ax, counts, [display_name(class_names[c], 42, 1) for c in ids], fig)
             ax.set(xlabel="taken for", ylabel="true class")
             ax.set_title(f"By true class ({len(seen)} classes; a cell can only fill where "
                          "both classes met in an episode)", fontsize=8)
