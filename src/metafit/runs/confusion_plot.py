@@ -100,4 +100,5 @@ def confusion_figure(preds: Predictions, class_names: Sequence[str] | None,
 def plot_confusion(preds: Predictions, class_names: Sequence[str] | None, path: str | Path,
                    title: str = "Confusion", banner: Sequence[str] = ()) -> Path:
     """Write :func:`confusion_figure` to ``path``."""
-    return save_figure(confusion_figure(preds, class_names, title, banner), Path(path))
+    return save_figure(confusion_figure(preds, class_names, title, banner), Path(path),
+                       bbox_inches="tight")  # long class names below the matrix stay in

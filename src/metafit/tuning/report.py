@@ -172,8 +172,13 @@ def plot_validation_curves(study: optuna.Study) -> Any:
     ordered = sorted(values)
     low, high = ordered[0], ordered[int(0.9 * (len(ordered) - 1))]
     if low > 0:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_yscale("log")
         ax.set_ylim(low / 1.2, max(high, low) * 1.5)
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # "6", "0.3": not "6 x 10^0"
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.plot([], [], color="tab:blue", label="complete")
     ax.plot([], [], color="0.6", label="pruned")
     integer_axis(ax, iterations)
