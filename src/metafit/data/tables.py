@@ -1,0 +1,75 @@
+"""Tables of labelled examples in any of the formats metafit reads, by the file's suffix:
+
+- ``.csv``: :mod:`metafit.data.csv_rows` (a header row; line numbers in errors);
+- ``.jsonl`` / ``.ndjson``: :mod:`metafit.data.jsonl_rows` (one JSON object a line);
+
+Every reader gives the same :class:`~metafit.data.rows.Rows`; :func:`text_rows` then
+checks that each input is a non-empty text. Each file's
+size is checked against ``max_bytes`` before it is read, and every problem is reported
+at once, naming the file and the lines or rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from metafit.data.errors import DatasetError
+from metafit.data.rows import MAX_TABLE_BYTES, Problems, Rows
+
+__all__ = ["SUFFIXES", "is_table", "read_table", "text_rows"]
+
+#: File suffixes read as tables (and their readers' names, for messages).
+SUFFIXES = {".csv": "CSV", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines"}
+
+
+def is_table(path: Path) -> bool:
+    """Whether ``path`` is a table file by its suffix."""
+    return path.suffix.lower() in SUFFIXES and not path.is_dir()
+
+
+def read_table(path: str | Path, input_column: str, label_column: str, lenient: bool = False,
+               max_bytes: int = MAX_TABLE_BYTES) -> Rows:
+    """The rows of the table at ``path``, the input cells as the file holds them.
+
+    ``lenient``: CSV only, skip rows with another number of fields than the header.
+
+    Raises:
+        DatasetError: an unknown suffix, a missing file, or any problem of the format's
+            reader (naming the file and the lines or rows).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        from metafit.data.csv_rows import read_csv
+
+        return read_csv(path, input_column, label_column, lenient, max_bytes)
+    if suffix in (".jsonl", ".ndjson"):
+        from metafit.data.jsonl_rows import read_jsonl
+
+        return read_jsonl(path, input_column, label_column, max_bytes)
+    raise DatasetError(f"{path}: unknown table format {suffix or '(no suffix)'!r}; metafit "
+                       f"reads {', '.join(SUFFIXES)} files")
+
+
+def text_rows(path: str | Path, text_column: str, label_column: str, lenient: bool = False,
+              max_bytes: int = MAX_TABLE_BYTES) -> Rows:
+    """The rows of a table of labelled texts: each input a stripped, non-empty string.
+
+    Raises:
+        DatasetError: as :func:`read_table`, and inputs that are not strings or are
+            empty, naming the lines or rows.
+    """
+    rows = read_table(path, text_column, label_column, lenient, max_bytes)
+    problems = Problems(rows.path, rows.unit)
+    texts: list[str] = []
+    for cell, place in zip(rows.inputs, rows.places, strict=True):
+        text = cell.strip() if isinstance(cell, str) else ""
+        if not isinstance(cell, str):
+            problems.add(f"{text_column!r} that is not a string", place)
+        elif not text:
+            problems.add(f"empty {text_column!r}", place)
+        texts.append(text)
+    problems.raise_any()
+    return replace(rows, inputs=texts)
+
