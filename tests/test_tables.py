@@ -1,18 +1,26 @@
-"""Tables of labelled examples in every format (JSON Lines here; CSV has
-tests/test_text_csv.py): the same rows from each, strict errors naming the file and the
-lines or rows, size caps checked first."""
+"""Tables of labelled examples in every format (JSON Lines, Parquet, ``datasets``
+directories; CSV has tests/test_text_csv.py): the same rows from each, strict errors
+naming the file and the lines or rows, size caps checked first."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from metafit.data.errors import DatasetError
 from metafit.data.tables import read_table, text_rows
 from metafit.data.text_csv import TextCSV
-from table_fixtures import write_jsonl
+from table_fixtures import write_arrow_dir, write_jsonl, write_parquet
+
+
+@pytest.fixture
+def pa():  # type: ignore[no-untyped-def]
+    """pyarrow (the data extra); the tests of Parquet and Arrow are skipped without it."""
+    return pytest.importorskip("pyarrow")
 
 TEXTS = ["card not here", "lost my card", "hello there", "where is it"]
 LABELS = ["arrival", "lost", "greeting", "arrival"]
@@ -76,7 +84,129 @@ def test_jsonl_size_cap_and_bytes_checked_before_parsing(tmp_path: Path) -> None
         read_table(path, "text", "category")
 
 
-def test_unknown_suffix(tmp_path: Path) -> None:
+def test_unknown_suffix_and_plain_directory(tmp_path: Path) -> None:
     (tmp_path / "t.tsv").write_text("text\tcategory\n", encoding="utf-8")
-    with pytest.raises(DatasetError, match=r"unknown table format '.tsv'.*\.jsonl"):
+    with pytest.raises(DatasetError, match=r"unknown table format '.tsv'.*\.parquet"):
         read_table(tmp_path / "t.tsv", "text", "category")
+    with pytest.raises(DatasetError, match="not one written by datasets' save_to_disk"):
+        read_table(tmp_path, "text", "category")
+
+
+# -- Parquet -----------------------------------------------------------------------------
+
+def test_parquet_texts_with_string_integer_and_categorical_labels(pa: Any, tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "t.parquet", {"text": TEXTS, "category": LABELS})
+    rows = text_rows(path, "text", "category")
+    assert rows.inputs == TEXTS and rows.labels == LABELS
+    assert rows.places == [0, 1, 2, 3] and rows.unit == "row"
+    ints = write_parquet(tmp_path / "i.parquet", {"text": TEXTS, "label": [2, 0, 1, 2]})
+    assert read_table(ints, "text", "label").labels == ["2", "0", "1", "2"]
+    codes = pa.array(LABELS).dictionary_encode()  # a pandas categorical's form
+    cats = write_parquet(tmp_path / "c.parquet", {"text": TEXTS, "category": codes})
+    assert read_table(cats, "text", "category").labels == LABELS
+    assert TextCSV(path).classes == ["arrival", "greeting", "lost"]
+
+
+def test_parquet_nulls_and_empty_labels_name_the_rows(pa: Any, tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "t.parquet", {"text": ["a", None, "c", " "],
+                                                  "category": ["x", "y", None, ""]})
+    with pytest.raises(DatasetError) as e:
+        text_rows(path, "text", "category")
+    msg = str(e.value)
+    assert "null 'text' on row(s) 1" in msg and "null 'category' on row(s) 2" in msg
+    assert "empty 'category' on row(s) 3" in msg
+    path = write_parquet(tmp_path / "t.parquet", {"text": ["a", " "], "category": ["x", "y"]})
+    with pytest.raises(DatasetError, match=r"empty 'text' on row\(s\) 1"):
+        text_rows(path, "text", "category")
+
+
+def test_parquet_wrong_types_missing_columns_and_not_parquet(pa: Any, tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "t.parquet", {"text": ["a"], "score": [0.5]})
+    with pytest.raises(DatasetError, match=r"\['category'\] not found.*\['text', 'score'\]"):
+        read_table(path, "text", "category")
+    with pytest.raises(DatasetError, match="column 'score' has type double; a label column"):
+        read_table(path, "text", "score")
+    with pytest.raises(DatasetError, match="column 'score' has type double; an input column"):
+        read_table(path, "score", "text")
+    fake = tmp_path / "fake.parquet"
+    fake.write_bytes(b"not parquet at all")
+    with pytest.raises(DatasetError, match="fake.parquet: cannot read it as Parquet"):
+        read_table(fake, "text", "category")
+
+
+def test_parquet_declared_uncompressed_size_is_capped(pa: Any, tmp_path: Path) -> None:
+    path = write_parquet(tmp_path / "z.parquet", {"text": ["a" * 20_000] * 50,
+                                                  "category": ["x"] * 50})
+    size = path.stat().st_size
+    assert size < 5_000  # compresses to almost nothing
+    with pytest.raises(DatasetError, match=r"declare \d+ bytes uncompressed, over the limit"):
+        read_table(path, "text", "category", max_bytes=size + 1_000)
+
+
+def test_pyarrow_missing_or_too_old_names_the_extra(pa: Any, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_parquet(tmp_path / "t.parquet", {"text": ["a"], "category": ["x"]})
+    monkeypatch.setattr(pa, "__version__", "14.0.0")
+    with pytest.raises(DatasetError, match=r"pyarrow >= 15 \(found 14.0.0.*CVE-2023-47248"):
+        read_table(path, "text", "category")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow now fails
+    with pytest.raises(DatasetError, match=r"needs pyarrow \(the data extra: pip install"):
+        read_table(path, "text", "category")
+
+
+# -- datasets directories ----------------------------------------------------------------
+
+def test_save_to_disk_directory_with_class_label_names(pa: Any, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    ds = datasets.Dataset.from_dict({"text": TEXTS, "label": [1, 0, 0, 1]}, features=features)
+    ds.save_to_disk(str(tmp_path / "ds"))
+    rows = text_rows(tmp_path / "ds", "text", "label")
+    assert rows.inputs == TEXTS and rows.labels == ["pos", "neg", "neg", "pos"]
+    assert TextCSV(tmp_path / "ds", label_column="label").classes == ["neg", "pos"]
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DatasetError, match=r"DatasetDict \(splits \['train', 'test'\]\).*dd/train"):
+        read_table(tmp_path / "dd", "text", "label")
+    assert read_table(tmp_path / "dd" / "test", "text", "label").labels[0] == "pos"
+
+
+def test_arrow_directory_several_files_and_label_outside_names(pa: Any, tmp_path: Path) -> None:
+    features = {"label": {"names": ["a", "b"], "_type": "ClassLabel"}}
+    root = write_arrow_dir(tmp_path / "ds", {"text": ["x", "y"], "label": [0, 1]}, features,
+                           files=["data-00000-of-00002.arrow", "data-00001-of-00002.arrow"])
+    rows = read_table(root, "text", "label")
+    assert rows.inputs == ["x", "y", "x", "y"] and rows.labels == ["a", "b", "a", "b"]
+    assert rows.places == [0, 1, 2, 3]
+    bad = write_arrow_dir(tmp_path / "bad", {"text": ["x", "y", "z"], "label": [0, 2, -1]},
+                          features)
+    with pytest.raises(DatasetError, match=r"'label' outside its 2 class names on row\(s\) 1, 2"):
+        read_table(bad, "text", "label")
+
+
+@pytest.mark.parametrize("name", ["../outside.arrow", "/etc/passwd", "sub/data.arrow",
+                                  "data.pkl"])
+def test_arrow_directory_data_files_must_be_plain_names(pa: Any, tmp_path: Path, name: str) -> None:
+    root = write_arrow_dir(tmp_path / "ds", {"text": ["x"], "label": ["a"]})
+    (root / "state.json").write_text(json.dumps({"_data_files": [{"filename": name}]}))
+    with pytest.raises(DatasetError, match="is not a plain \\*.arrow file name"):
+        read_table(root, "text", "label")
+
+
+def test_arrow_directory_refuses_links_out_missing_and_big_files(pa: Any, tmp_path: Path) -> None:
+    outside = write_arrow_dir(tmp_path / "elsewhere", {"text": ["x"], "label": ["a"]})
+    root = write_arrow_dir(tmp_path / "ds", {"text": ["x"], "label": ["a"]})
+    data = root / "data-00000-of-00001.arrow"
+    data.unlink()
+    data.symlink_to(outside / "data-00000-of-00001.arrow")
+    with pytest.raises(DatasetError, match="listed in state.json but not a file in"):
+        read_table(root, "text", "label")
+    data.unlink()
+    with pytest.raises(DatasetError, match="listed in state.json but not a file in"):
+        read_table(root, "text", "label")
+    root = write_arrow_dir(tmp_path / "big", {"text": ["x" * 5000], "label": ["a"]})
+    with pytest.raises(DatasetError, match="big: .* bytes, over the limit of 1000"):
+        read_table(root, "text", "label", max_bytes=1000)
+    (root / "state.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="state.json: not valid JSON"):
+        read_table(root, "text", "label")

@@ -2,7 +2,8 @@
 share: a size cap checked before a file is read, UTF-8 decoding that names the line of a
 bad byte, and one error listing every faulty line or row.
 
-A reader (:mod:`~metafit.data.csv_rows`, :mod:`~metafit.data.jsonl_rows`) returns
+A reader (:mod:`~metafit.data.csv_rows`, :mod:`~metafit.data.jsonl_rows`,
+:mod:`~metafit.data.parquet_rows`, :mod:`~metafit.data.arrow_dir_rows`) returns
 :class:`Rows`: the cells of the input column (texts, image paths or encoded images, as
 the file holds them), the labels as strings, and where each row is (a line of a text
 file, counted from 1; a row of a Parquet or Arrow table, counted from 0, as pyarrow and

@@ -2,6 +2,9 @@
 
 - ``.csv``: :mod:`metafit.data.csv_rows` (a header row; line numbers in errors);
 - ``.jsonl`` / ``.ndjson``: :mod:`metafit.data.jsonl_rows` (one JSON object a line);
+- ``.parquet``: :mod:`metafit.data.parquet_rows` (pyarrow, the ``data`` extra);
+- a directory written by ``datasets.Dataset.save_to_disk``:
+  :mod:`metafit.data.arrow_dir_rows` (pyarrow; ``datasets`` itself is not needed).
 
 Every reader gives the same :class:`~metafit.data.rows.Rows`; :func:`text_rows` then
 checks that each input is a non-empty text. Each file's
@@ -20,12 +23,15 @@ from metafit.data.rows import MAX_TABLE_BYTES, Problems, Rows
 __all__ = ["SUFFIXES", "is_table", "read_table", "text_rows"]
 
 #: File suffixes read as tables (and their readers' names, for messages).
-SUFFIXES = {".csv": "CSV", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines"}
+SUFFIXES = {".csv": "CSV", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines",
+            ".parquet": "Parquet"}
 
 
 def is_table(path: Path) -> bool:
-    """Whether ``path`` is a table file by its suffix."""
-    return path.suffix.lower() in SUFFIXES and not path.is_dir()
+    """Whether ``path`` is a table file by its suffix, or a ``datasets`` directory."""
+    from metafit.data.arrow_dir_rows import is_datasets_dir
+
+    return (path.suffix.lower() in SUFFIXES and not path.is_dir()) or is_datasets_dir(path)
 
 
 def read_table(path: str | Path, input_column: str, label_column: str, lenient: bool = False,
@@ -38,7 +44,14 @@ def read_table(path: str | Path, input_column: str, label_column: str, lenient: 
         DatasetError: an unknown suffix, a missing file, or any problem of the format's
             reader (naming the file and the lines or rows).
     """
+    from metafit.data.arrow_dir_rows import is_datasets_dir, read_arrow_dir
+
     path = Path(path)
+    if path.is_dir():
+        if not is_datasets_dir(path):
+            raise DatasetError(f"{path} is a directory without state.json or "
+                               "dataset_dict.json: not one written by datasets' save_to_disk")
+        return read_arrow_dir(path, input_column, label_column, max_bytes)
     suffix = path.suffix.lower()
     if suffix == ".csv":
         from metafit.data.csv_rows import read_csv
@@ -48,8 +61,13 @@ def read_table(path: str | Path, input_column: str, label_column: str, lenient: 
         from metafit.data.jsonl_rows import read_jsonl
 
         return read_jsonl(path, input_column, label_column, max_bytes)
+    if suffix == ".parquet":
+        from metafit.data.parquet_rows import read_parquet
+
+        return read_parquet(path, input_column, label_column, max_bytes)
     raise DatasetError(f"{path}: unknown table format {suffix or '(no suffix)'!r}; metafit "
-                       f"reads {', '.join(SUFFIXES)} files")
+                       f"reads {', '.join(SUFFIXES)} files and directories written by "
+                       "datasets' save_to_disk")
 
 
 def text_rows(path: str | Path, text_column: str, label_column: str, lenient: bool = False,
