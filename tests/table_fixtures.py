@@ -5,9 +5,13 @@ or by hand with pyarrow (the same files ``save_to_disk`` writes: ``state.json``,
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:
@@ -47,3 +51,13 @@ def write_arrow_dir(root: Path, columns: dict[str, Any], features: dict[str, Any
                                             encoding="utf-8")
     return root
 
+
+def png(value: int, size: int = 6, rgb: bool = False) -> bytes:
+    """A small PNG of one grey level (or one colour, red = ``value``)."""
+    shape = (size, size, 3) if rgb else (size, size)
+    pixels = np.full(shape, value, dtype=np.uint8)
+    if rgb:
+        pixels[..., 1:] = 0
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()

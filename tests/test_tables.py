@@ -1,6 +1,7 @@
 """Tables of labelled examples in every format (JSON Lines, Parquet, ``datasets``
 directories; CSV has tests/test_text_csv.py): the same rows from each, strict errors
-naming the file and the lines or rows, size caps checked first."""
+naming the file and the lines or rows, size caps checked first, and image paths that
+cannot lead out of the table's folder."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from typing import Any
 import pytest
 
 from metafit.data.errors import DatasetError
-from metafit.data.tables import read_table, text_rows
+from metafit.data.tables import image_rows, read_table, text_rows
 from metafit.data.text_csv import TextCSV
-from table_fixtures import write_arrow_dir, write_jsonl, write_parquet
+from table_fixtures import png, write_arrow_dir, write_jsonl, write_parquet
 
 
 @pytest.fixture
@@ -210,3 +211,61 @@ def test_arrow_directory_refuses_links_out_missing_and_big_files(pa: Any, tmp_pa
     (root / "state.json").write_text("{not json")
     with pytest.raises(DatasetError, match="state.json: not valid JSON"):
         read_table(root, "text", "label")
+
+
+# -- image columns -----------------------------------------------------------------------
+
+def image_files(folder: Path) -> None:
+    (folder / "img").mkdir(parents=True)
+    for i in range(2):
+        (folder / "img" / f"{i}.png").write_bytes(png(40 * i))
+
+
+def test_image_paths_relative_to_the_table_and_bytes_cells(pa: Any, tmp_path: Path) -> None:
+    image_files(tmp_path)
+    (tmp_path / "t.csv").write_text("image,label\nimg/0.png,a\n ./img/1.png ,b\n")
+    rows = image_rows(tmp_path / "t.csv", "image", "label")
+    assert rows.inputs == [(tmp_path / "img" / f"{i}.png").resolve() for i in range(2)]
+    blobs = write_parquet(tmp_path / "b.parquet", {"image": [png(1), png(2)],
+                                                   "label": ["a", "b"]})
+    assert image_rows(blobs, "image", "label").inputs == [png(1), png(2)]
+    hf = pa.array([{"bytes": png(3), "path": "/elsewhere/x.png"},
+                   {"bytes": None, "path": "img/1.png"}])  # a Hugging Face Image column
+    mixed = write_arrow_dir(tmp_path / "ds", {"image": hf, "label": ["a", "b"]})
+    (mixed / "img").mkdir()
+    (mixed / "img" / "1.png").write_bytes(png(9))
+    got = image_rows(mixed, "image", "label").inputs  # paths from the directory itself
+    assert got == [png(3), (mixed / "img" / "1.png").resolve()]
+
+
+def test_image_paths_cannot_leave_the_folder_unless_allowed(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png(7))
+    data = tmp_path / "data"
+    image_files(data)
+    (data / "img" / "link.png").symlink_to(secret)
+    path = write_jsonl(data / "t.jsonl", [
+        {"image": "img/0.png", "label": "a"},  # 1
+        {"image": "../secret.png", "label": "a"},  # 2: out of the folder
+        {"image": str(secret), "label": "a"},  # 3: absolute
+        {"image": "img/link.png", "label": "b"},  # 4: a link leading out
+        {"image": "img/missing.png", "label": "b"},  # 5
+        {"image": "img", "label": "b"},  # 6: a directory
+        {"image": 5, "label": "b"},  # 7
+        {"image": "a\u0000b", "label": "b"},  # 8
+        {"image": "../nowhere/x.png", "label": "b"},  # 9: out, and not there either
+    ])
+    with pytest.raises(DatasetError) as e:
+        image_rows(path, "image", "label")
+    msg = str(e.value)
+    assert "leading out of the table's folder on line(s) 2, 4, 9" in msg
+    assert "an absolute image path on line(s) 3" in msg
+    assert "not a file on line(s) 5, 6" in msg and "neither a path nor" in msg
+    assert "the system cannot use on line(s) 8" in msg
+    assert f"relative paths are read from {data.resolve()}" in msg
+    assert "absolute_image_paths" in msg
+    trusted = write_jsonl(data / "ok.jsonl", [{"image": "../secret.png", "label": "a"},
+                                              {"image": str(secret), "label": "a"},
+                                              {"image": "img/link.png", "label": "b"}])
+    rows = image_rows(trusted, "image", "label", absolute_paths=True)
+    assert rows.inputs == [secret.resolve()] * 3

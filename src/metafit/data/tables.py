@@ -7,7 +7,8 @@
   :mod:`metafit.data.arrow_dir_rows` (pyarrow; ``datasets`` itself is not needed).
 
 Every reader gives the same :class:`~metafit.data.rows.Rows`; :func:`text_rows` then
-checks that each input is a non-empty text. Each file's
+checks that each input is a non-empty text, :func:`image_rows` that each is encoded image
+bytes or a path that is safe to open (:mod:`metafit.data.image_sources`). Each file's
 size is checked against ``max_bytes`` before it is read, and every problem is reported
 at once, naming the file and the lines or rows.
 """
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from metafit.data.errors import DatasetError
 from metafit.data.rows import MAX_TABLE_BYTES, Problems, Rows
 
-__all__ = ["SUFFIXES", "is_table", "read_table", "text_rows"]
+__all__ = ["SUFFIXES", "image_rows", "is_table", "read_table", "text_rows"]
 
 #: File suffixes read as tables (and their readers' names, for messages).
 SUFFIXES = {".csv": "CSV", ".jsonl": "JSON Lines", ".ndjson": "JSON Lines",
@@ -91,3 +93,32 @@ def text_rows(path: str | Path, text_column: str, label_column: str, lenient: bo
     problems.raise_any()
     return replace(rows, inputs=texts)
 
+
+def image_rows(path: str | Path, image_column: str, label_column: str,
+               absolute_paths: bool = False, max_bytes: int = MAX_TABLE_BYTES) -> Rows:
+    """The rows of a table of labelled images: each input encoded image bytes, or the
+    resolved path of an image file (see :mod:`metafit.data.image_sources`; relative paths
+    are taken from the folder holding the table, or from a ``datasets`` directory itself).
+
+    Raises:
+        DatasetError: as :func:`read_table`, and image cells that are empty, of another
+            type, absolute or leading out of the folder (unless ``absolute_paths``), or
+            naming no file: the file, the problem and its lines or rows.
+    """
+    from metafit.data.image_sources import image_source
+
+    rows = read_table(path, image_column, label_column, max_bytes=max_bytes)
+    folder = rows.path if rows.path.is_dir() else rows.path.parent
+    base = folder.resolve()
+    problems = Problems(rows.path, rows.unit)
+    sources: list[Any] = []
+    for cell, place in zip(rows.inputs, rows.places, strict=True):
+        source, problem = image_source(cell, base, absolute_paths)
+        if problem is not None:
+            problems.add(problem, place)
+        sources.append(source)
+    hint = "" if absolute_paths else (
+        f" (relative paths are read from {base} and must stay inside it; allow other paths "
+        "only for a table you trust: absolute_image_paths)")
+    problems.raise_any(hint if any("path" in p for p in problems.found) else "")
+    return replace(rows, inputs=sources)
