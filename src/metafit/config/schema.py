@@ -21,6 +21,7 @@ from metafit.config.files import RecipeError, short_repr
 __all__ = [
     "CLASSIFIERS",
     "FIELDS",
+    "TEXT_DATASETS",
     "Recipe",
     "check_keys",
     "make_recipe",
@@ -32,7 +33,10 @@ __all__ = [
 #: recipe key ``classifier``.
 CLASSIFIERS = ("logistic",)
 
-DatasetName = Literal["omniglot", "glyphs", "image_folder", "idx", "text_csv", "sinusoid"]
+DatasetName = Literal["omniglot", "glyphs", "image_folder", "image_table", "idx", "text_table",
+                      "text_csv", "sinusoid"]
+#: The datasets of labelled texts (``text_csv``: the former name of ``text_table``).
+TEXT_DATASETS = ("text_table", "text_csv")
 ModelName = Literal["conv4", "mlp", "resnet12", "resnet18", "text"]
 
 
@@ -48,16 +52,18 @@ class Recipe(BaseModel):
     # -- data ------------------------------------------------------------------------
     dataset: DatasetName = Field("glyphs",
         description="where the tasks come from (data_root points at its files; glyphs is "
-        "built in)")
+        "built in): text_table (text_csv, its former name) and image_table read a CSV, "
+        "JSON Lines or Parquet file or a datasets save_to_disk directory (docs/data.md)")
     data_root: str | None = Field(None, description="directory or file of the dataset")
     image_size: int = Field(28, gt=0, description='images are resized to image_size x image_size')
     channels: Literal[1, 3] = Field(1, description='1 (greyscale) or 3 (RGB) input channels')
     class_split: tuple[int, int, int] | None = Field(
-        None, description="image_folder / text_csv: train, val, test class counts "
-        "(default 60/20/20%)")
-    split_seed: int = Field(0, description="image_folder / text_csv: seed of the class "
-                            "shuffle before the split")
-    split_classes: bool = Field(True, description="image_folder / text_csv: false: every "
+        None, description="image_folder / image_table / text_table: train, val, test class "
+        "counts (default 60/20/20%)")
+    split_seed: int = Field(0, description="image_folder / image_table / text_table: seed of "
+                            "the class shuffle before the split")
+    split_classes: bool = Field(True, description="image_folder / image_table / text_table: "
+                                "false: every "
                                 "split is the whole dataset (a fixed label set, e.g. "
                                 "BANKING77's K-shot protocol; validation is then not "
                                 "held out)")
@@ -83,11 +89,20 @@ class Recipe(BaseModel):
     depth: int = Field(4, gt=0, description="blocks (conv4) or hidden layers (mlp)")
     strided: bool = Field(False, description="conv4: stride-2 convolutions, no pooling")
 
-    # -- text (model: text, dataset: text_csv) --------------------------------------
+    # -- table columns (dataset: text_table, image_table) ---------------------------
+    text_column: str = Field("text", description="text_table: the column holding the text")
+    label_column: str = Field("category", description="text_table / image_table: the column "
+                              "holding the label (a string, or an integer)")
+    image_column: str = Field("image", description="image_table: the column holding each "
+                              "image, encoded (bytes) or as a path relative to the table's "
+                              "folder")
+    absolute_image_paths: bool = Field(
+        False, description="image_table: also accept absolute image paths and paths leading "
+        "out of the table's folder (only for a table you trust)")
+
+    # -- text (model: text, dataset: text_table) ------------------------------------
     text_model: str | None = Field(None, description="local Hugging Face model directory "
                                    "(default: the packaged all-MiniLM-L6-v2)")
-    text_column: str = Field("text", description="CSV column holding the text")
-    label_column: str = Field("category", description="CSV column holding the label")
     max_length: int = Field(64, gt=2, description="tokens per text (longer ones are "
                             "truncated, with a warning)")
     pooling: Literal["mean", "cls"] = Field("mean",
@@ -207,9 +222,9 @@ class Recipe(BaseModel):
     def _check(self) -> Recipe:
         if self.dataset == "sinusoid" and self.model != "mlp":
             raise ValueError("dataset 'sinusoid' needs model 'mlp'")
-        if (self.dataset == "text_csv") != (self.model == "text"):
-            raise ValueError("dataset 'text_csv' and model 'text' go together (got dataset "
-                             f"'{self.dataset}', model '{self.model}')")
+        if (self.dataset in TEXT_DATASETS) != (self.model == "text"):
+            raise ValueError("dataset 'text_table' (or 'text_csv') and model 'text' go "
+                             f"together (got dataset '{self.dataset}', model '{self.model}')")
         if self.adapt != "full" and self.model != "text":
             raise ValueError(f"adapt '{self.adapt}' is for text models; other models adapt "
                              "all their parameters (ANIL adapts the head)")

@@ -4,7 +4,8 @@ Splits are always by class (test classes are never seen in meta-training):
 
 - ``omniglot``: by alphabet (see :mod:`metafit.data.omniglot`).
 - ``glyphs``: the dataset's own deterministic class split.
-- ``image_folder`` / ``text_csv``: classes sorted by name, permuted with
+- ``image_folder`` / ``image_table`` / ``text_table`` (``text_csv``): classes sorted by
+  name, permuted with
   ``Random(split_seed)``, then 60% / 20% / 20% (at least one class each; ``class_split``
   gives the counts) for train / val / test; ``split_classes=false`` makes every split the
   whole dataset (a fixed label set).
@@ -19,7 +20,7 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
-from metafit.config.schema import Recipe
+from metafit.config.schema import TEXT_DATASETS, Recipe
 from metafit.data.base import ClassDataset, TaskFamily, TensorClassDataset
 
 __all__ = ["Split", "load_split", "class_split", "describe_dataset", "split_summaries"]
@@ -59,16 +60,26 @@ def _split_ids(recipe: Recipe, num_classes: int, split: Split) -> list[int]:
     return class_split(num_classes, split, recipe.split_seed, recipe.class_split)
 
 
-def _csv_path(recipe: Recipe) -> Path:
-    """A text recipe's CSV: ``data_root`` itself, or ``data_root/train.csv``."""
+def _table_path(recipe: Recipe) -> Path:
+    """A table recipe's table: ``data_root`` itself (a file or a ``datasets`` directory),
+    the ``train`` split of a ``DatasetDict`` directory, or the one ``data_root/train.*``
+    table file (``.csv``, ``.jsonl``, ``.ndjson``, ``.parquet``)."""
+    from metafit.data.arrow_dir_rows import DATASET_DICT, STATE
+    from metafit.data.tables import SUFFIXES
+
     root = _need_root(recipe)
-    if root.is_file():
+    if root.is_file() or (root / STATE).is_file():
         return root
-    path = root / "train.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"data_root '{root}' is a directory without train.csv; "
-                                "give the CSV file itself")
-    return path
+    if (root / DATASET_DICT).is_file() and (root / "train" / STATE).is_file():
+        return root / "train"
+    found = [root / f"train{s}" for s in SUFFIXES if (root / f"train{s}").is_file()]
+    if len(found) != 1:
+        what = "several" if found else "no"
+        raise FileNotFoundError(
+            f"data_root '{root.resolve()}' is a directory with {what} train table "
+            f"(train{', train'.join(SUFFIXES)}) and is not a datasets directory; give the "
+            "table itself")
+    return found[0]
 
 
 def _need_root(recipe: Recipe) -> Path:
@@ -113,10 +124,17 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
         full = ImageFolder(_need_root(recipe), image_size=recipe.image_size,
                            channels=recipe.channels)
         return full.subset(_split_ids(recipe, full.num_classes, split))
-    if kind == "text_csv":
+    if kind == "image_table":
+        from metafit.data.image_table import ImageTable
+
+        full = ImageTable(_table_path(recipe), recipe.image_column, recipe.label_column,
+                          image_size=recipe.image_size, channels=recipe.channels,
+                          absolute_paths=recipe.absolute_image_paths)
+        return full.subset(_split_ids(recipe, full.num_classes, split))
+    if kind in TEXT_DATASETS:
         from metafit.data.text_csv import TextCSV
 
-        text = TextCSV(_csv_path(recipe), text_column=recipe.text_column,
+        text = TextCSV(_table_path(recipe), text_column=recipe.text_column,
                        label_column=recipe.label_column)
         part = text.subset(_split_ids(recipe, len(text.classes), split))
         return part.tokenize(recipe.text_model, recipe.max_length)
