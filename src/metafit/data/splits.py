@@ -16,6 +16,7 @@ Splits are always by class (test classes are never seen in meta-training):
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any, Literal
@@ -76,20 +77,28 @@ def _table_path(recipe: Recipe) -> Path:
     if len(found) != 1:
         what = "several" if found else "no"
         raise FileNotFoundError(
-            f"data_root '{root.resolve()}' is a directory with {what} train table "
+            f"data_root '{root}' is a directory with {what} train table "
             f"(train{', train'.join(SUFFIXES)}) and is not a datasets directory; give the "
             "table itself")
     return found[0]
 
 
+#: How a relative data_root is resolved, said in the errors about a missing one.
+ROOT_RULES = ("a relative data_root is taken from the folder of the recipe file that sets "
+              "it; in a shipped recipe, from $METAFIT_DATA, else the current directory; on "
+              "the command line, from the current directory")
+
+
 def _need_root(recipe: Recipe) -> Path:
+    """``data_root`` as an absolute path (``~`` expanded), checked to exist."""
     if not recipe.data_root:
         raise ValueError(
             f"dataset '{recipe.dataset}' needs data_root=PATH (a directory or file holding it)"
         )
-    root = Path(recipe.data_root).expanduser()
+    root = Path(os.path.abspath(Path(recipe.data_root).expanduser()))
     if not root.exists():
-        raise FileNotFoundError(f"data_root '{root}' does not exist")
+        given = "" if recipe.data_root == str(root) else f" ('{recipe.data_root}')"
+        raise FileNotFoundError(f"data_root {root}{given} does not exist ({ROOT_RULES})")
     return root
 
 
@@ -162,7 +171,8 @@ def split_summaries(recipe: Recipe) -> list[dict[str, Any]]:
 
 def describe_dataset(recipe: Recipe) -> list[str]:
     """Human-readable lines: classes and examples of each split."""
-    lines = [f"dataset: {recipe.dataset}" + (f" ({recipe.data_root})" if recipe.data_root else "")]
+    root = f" ({_need_root(recipe)})" if recipe.data_root else ""
+    lines = [f"dataset: {recipe.dataset}{root}"]
     for s in split_summaries(recipe):
         if s["kind"] == "task_family":
             lines.append(f"{s['split']:>5}: task family {s['family']} (tasks generated)")
