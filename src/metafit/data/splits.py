@@ -21,10 +21,13 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
+from torch import Tensor
+
 from metafit.config.schema import TEXT_DATASETS, Recipe
 from metafit.data.base import ClassDataset, TaskFamily, TensorClassDataset
 
-__all__ = ["Split", "load_split", "class_split", "describe_dataset", "split_summaries"]
+__all__ = ["Split", "load_split", "class_split", "data_report", "describe_dataset",
+           "split_summaries", "split_warnings"]
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -150,33 +153,72 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
     raise ValueError(f"unknown dataset '{kind}'")
 
 
+def _counts_and_summaries(recipe: Recipe) -> list[tuple[dict[str, Any], Tensor | None]]:
+    """Each split's summary (see :func:`split_summaries`) and its examples per class
+    (None for a task family)."""
+    out: list[tuple[dict[str, Any], Tensor | None]] = []
+    for split in SPLITS:
+        ds = load_split(recipe, split)
+        if isinstance(ds, TaskFamily) and not isinstance(ds, ClassDataset):
+            out.append(({"split": split, "kind": "task_family", "classes": None,
+                         "examples": None, "min_per_class": None, "max_per_class": None,
+                         "family": type(ds).__name__}, None))
+            continue
+        counts = ds.counts
+        out.append(({"split": split, "kind": "classes", "classes": len(ds.classes),
+                     "examples": len(ds), "min_per_class": int(counts.min()),
+                     "max_per_class": int(counts.max()), "family": None}, counts))
+    return out
+
+
 def split_summaries(recipe: Recipe) -> list[dict[str, Any]]:
     """One dict per split: ``split``, ``kind`` (``classes`` or ``task_family``), and the
     number of ``classes``, ``examples``, ``min_per_class``, ``max_per_class`` (None for a
     task family) or the ``family``'s class name (None for classes)."""
-    out: list[dict[str, Any]] = []
-    for split in SPLITS:
-        ds = load_split(recipe, split)
-        if isinstance(ds, TaskFamily) and not isinstance(ds, ClassDataset):
-            out.append({"split": split, "kind": "task_family", "classes": None,
-                        "examples": None, "min_per_class": None, "max_per_class": None,
-                        "family": type(ds).__name__})
-            continue
-        counts = ds.counts
-        out.append({"split": split, "kind": "classes", "classes": len(ds.classes),
-                    "examples": len(ds), "min_per_class": int(counts.min()),
-                    "max_per_class": int(counts.max()), "family": None})
-    return out
+    return [summary for summary, _ in _counts_and_summaries(recipe)]
+
+
+def split_warnings(recipe: Recipe, split: Split, counts: Tensor) -> list[str]:
+    """What keeps ``split`` (``counts [C]``: examples per class) from giving the recipe's
+    episodes: fewer classes than a task's ways, or classes with fewer examples than a task
+    takes from each (``shots + queries``; validation and test: the evaluation ones),
+    which the sampler never draws, and which may leave too few classes to draw from."""
+    train = split == "train"
+    ways = recipe.ways if train else recipe.eval_ways
+    shots = recipe.shots if train else recipe.eval_shots
+    queries = recipe.queries if train else recipe.eval_queries
+    need, classes = shots + queries, len(counts)
+    if classes < ways:
+        return [f"{split}: {classes} class(es), fewer than the {ways} ways of a task: no "
+                f"{split} episode can be drawn"]
+    short = int((counts < need).sum())
+    if not short:
+        return []
+    what = (f"{split}: {short} of {classes} classes have fewer than shots + queries = "
+            f"{shots} + {queries} = {need} examples")
+    if classes - short < ways:
+        return [f"{what}; only {classes - short} can be drawn, fewer than the {ways} ways of "
+                f"a task: no {split} episode can be drawn"]
+    return [f"{what} and are never drawn"]
+
+
+def data_report(recipe: Recipe) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`split_summaries` and every split's :func:`split_warnings`."""
+    report = _counts_and_summaries(recipe)
+    warnings = [w for summary, counts in report if counts is not None
+                for w in split_warnings(recipe, summary["split"], counts)]
+    return [summary for summary, _ in report], warnings
 
 
 def describe_dataset(recipe: Recipe) -> list[str]:
-    """Human-readable lines: classes and examples of each split."""
+    """Human-readable lines: classes and examples of each split, then any warnings."""
     root = f" ({_need_root(recipe)})" if recipe.data_root else ""
     lines = [f"dataset: {recipe.dataset}{root}"]
-    for s in split_summaries(recipe):
+    summaries, warnings = data_report(recipe)
+    for s in summaries:
         if s["kind"] == "task_family":
             lines.append(f"{s['split']:>5}: task family {s['family']} (tasks generated)")
         else:
             lines.append(f"{s['split']:>5}: {s['classes']} classes, {s['examples']} examples "
                          f"({s['min_per_class']}-{s['max_per_class']} per class)")
-    return lines
+    return lines + [f"warning: {w}" for w in warnings]
