@@ -37,6 +37,8 @@ DatasetName = Literal["omniglot", "glyphs", "image_folder", "image_table", "idx"
                       "text_csv", "sinusoid"]
 #: The datasets of labelled texts (``text_csv``: the former name of ``text_table``).
 TEXT_DATASETS = ("text_table", "text_csv")
+#: The datasets ``split_scheme: all_classes`` splits by example.
+ALL_CLASSES_DATASETS = ("omniglot", "image_folder", "image_table", *TEXT_DATASETS)
 ModelName = Literal["conv4", "mlp", "resnet12", "resnet18", "text"]
 
 
@@ -61,15 +63,23 @@ class Recipe(BaseModel):
         None, description="image_folder / image_table / text_table: train, val, test class "
         "counts (default 60/20/20%)")
     split_seed: int = Field(0, description="image_folder / image_table / text_table: seed of "
-                            "the class shuffle before the split")
+                            "the class shuffle before the split; Omniglot: of its alphabet or "
+                            "character shuffle; all_classes: of each class's examples")
     split_classes: bool = Field(True, description="image_folder / image_table / text_table: "
                                 "false: every "
                                 "split is the whole dataset (a fixed label set, e.g. "
                                 "BANKING77's K-shot protocol; validation is then not "
                                 "held out)")
     rotations: bool = Field(True, description="Omniglot: rotations by 90/180/270 as classes")
-    split_scheme: str = Field("alphabet", description="Omniglot: 'alphabet', 'standard' or "
-                              "'vinyals' (1200 training characters, the papers' protocol)")
+    split_scheme: Literal["alphabet", "standard", "vinyals", "all_classes"] = Field(
+        "alphabet", description="Omniglot: 'alphabet', 'standard' or 'vinyals' (1200 "
+        "training characters, the papers' protocol), held-out classes; any of omniglot, "
+        "image_folder, image_table, text_table: 'all_classes' meta-trains on every class "
+        "and validates and tests on held-out examples of them (holdout_fraction; test "
+        "figures are then not about unseen classes); other datasets ignore the other values")
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="split_scheme all_classes: the fraction of each class's "
+        "examples held out of meta-training, half for val and half for test")
 
     # -- episodes --------------------------------------------------------------------
     ways: int = Field(5, gt=0, description='classes per training task (N of N-way)')
@@ -230,12 +240,26 @@ class Recipe(BaseModel):
                              "all their parameters (ANIL adapts the head)")
         if self.text_mask and self.model != "text":
             raise ValueError(f"text_mask is for text models, not model '{self.model}'")
+        if self.split_scheme == "all_classes":
+            self._check_all_classes()
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ValueError(f"cuda_graphs needs a CUDA device, not device '{self.device}'")
         if self.classifier is not None and self.is_regression:
             raise ValueError(f"classifier '{self.classifier}' is for classification; "
                              f"dataset '{self.dataset}' is a regression problem")
         return self
+
+    def _check_all_classes(self) -> None:
+        if self.dataset not in ALL_CLASSES_DATASETS:
+            raise ValueError(f"split_scheme 'all_classes' is for datasets "
+                             f"{', '.join(ALL_CLASSES_DATASETS)}, not '{self.dataset}'")
+        if not self.split_classes:
+            raise ValueError("split_scheme 'all_classes' already puts every class in every "
+                             "split; split_classes=false would add the held-out examples "
+                             "back to training: drop one of the two")
+        if self.class_split is not None:
+            raise ValueError("class_split counts classes per split; split_scheme "
+                             "'all_classes' splits each class's examples (holdout_fraction)")
 
     # -- derived values --------------------------------------------------------------
     @property

@@ -9,6 +9,8 @@ Splits are always by class (test classes are never seen in meta-training):
   ``Random(split_seed)``, then 60% / 20% / 20% (at least one class each; ``class_split``
   gives the counts) for train / val / test; ``split_classes=false`` makes every split the
   whole dataset (a fixed label set).
+- ``split_scheme: all_classes`` (Omniglot and the four above): every class in every
+  split, its examples divided between them (:mod:`metafit.data.holdout`).
 - ``idx``: the MNIST family serves as *test* tasks for models meta-trained elsewhere:
   every split is the whole label set.
 - ``sinusoid``: one task family; each split is a differently seeded sampler over it.
@@ -62,6 +64,17 @@ def _split_ids(recipe: Recipe, num_classes: int, split: Split) -> list[int]:
     if not recipe.split_classes:
         return list(range(num_classes))
     return class_split(num_classes, split, recipe.split_seed, recipe.class_split)
+
+
+def _part(recipe: Recipe, full: Any, split: Split) -> Any:
+    """``split`` of ``full`` (a TensorClassDataset or TextCSV): its classes, or under
+    ``all_classes`` its examples of every class."""
+    if recipe.split_scheme == "all_classes":
+        from metafit.data.holdout import holdout_examples
+
+        return full.take(holdout_examples(full.classes, full.counts, split, recipe.split_seed,
+                                          recipe.holdout_fraction))
+    return full.subset(_split_ids(recipe, len(full.classes), split))
 
 
 def _table_path(recipe: Recipe) -> Path:
@@ -123,7 +136,8 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
 
         return Omniglot(_need_root(recipe), image_size=recipe.image_size,
                         rotations=recipe.rotations, split=split,
-                        split_scheme=recipe.split_scheme)
+                        split_scheme=recipe.split_scheme, seed=recipe.split_seed,
+                        holdout=recipe.holdout_fraction)
     if kind == "idx":
         from metafit.data.idx import IDX
 
@@ -135,20 +149,20 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
 
         full = ImageFolder(_need_root(recipe), image_size=recipe.image_size,
                            channels=recipe.channels)
-        return full.subset(_split_ids(recipe, full.num_classes, split))
+        return _part(recipe, full, split)
     if kind == "image_table":
         from metafit.data.image_table import ImageTable
 
         full = ImageTable(_table_path(recipe), recipe.image_column, recipe.label_column,
                           image_size=recipe.image_size, channels=recipe.channels,
                           absolute_paths=recipe.absolute_image_paths)
-        return full.subset(_split_ids(recipe, full.num_classes, split))
+        return _part(recipe, full, split)
     if kind in TEXT_DATASETS:
         from metafit.data.text_csv import TextCSV
 
         text = TextCSV(_table_path(recipe), text_column=recipe.text_column,
                        label_column=recipe.label_column)
-        part = text.subset(_split_ids(recipe, len(text.classes), split))
+        part = _part(recipe, text, split)
         return part.tokenize(recipe.text_model, recipe.max_length)
     raise ValueError(f"unknown dataset '{kind}'")
 

@@ -168,5 +168,20 @@ class TextCSV:
             new.tokens = self.tokens[rows][new._order]  # [N', L], in the new order
         return new
 
+    def take(self, index: Tensor) -> TextCSV:
+        """A dataset of the texts at the global indices ``index [M]``, over the classes
+        that keep any (renumbered 0.. in order)."""
+        rows = torch.as_tensor(index, dtype=torch.long).tolist()
+        kept = sorted({int(self.targets[i]) for i in rows})
+        remap = {c: j for j, c in enumerate(kept)}
+        new = object.__new__(TextCSV)
+        new.path = self.path
+        targets = torch.tensor([remap[int(self.targets[i])] for i in rows], dtype=torch.long)
+        new._set([self.texts[i] for i in rows], targets, [self.classes[c] for c in kept],
+                 [self.lines[i] for i in rows])
+        if self.tokens is not None:
+            new.tokens = self.tokens[torch.tensor(rows, dtype=torch.long)][new._order]
+        return new
+
     def __repr__(self) -> str:
         return f"TextCSV({str(self.path)!r}, classes={self.num_classes}, examples={len(self)})"
