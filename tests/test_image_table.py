@@ -107,3 +107,17 @@ def test_a_datasets_directory_of_hugging_face_images(tmp_path: Path) -> None:
     assert table.data[:, 0, 0, 0].tolist() == [5, 7, 6, 8]  # grouped by class
     (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
     assert ImageTable(root, image_size=6).num_classes == 2  # state.json wins
+
+
+def test_absolute_image_paths_is_a_recipe_key(tmp_path: Path) -> None:
+    folder_and_rows(tmp_path / "imgs")
+    rows = [{"image": str(tmp_path / "imgs" / c / f"{i}.png"), "y": c}
+            for c, values in CLASSES.items() for i in range(len(values))]
+    (tmp_path / "table").mkdir()
+    write_jsonl(tmp_path / "table" / "t.jsonl", rows)
+    values = {"dataset": "image_table", "model": "conv4", "image_size": 4, "label_column": "y",
+              "data_root": str(tmp_path / "table" / "t.jsonl"), "split_classes": False}
+    with pytest.raises(DatasetError, match=r"an absolute image path on line\(s\) 1, 2, 3"):
+        load_split(load_recipe("sinusoid_maml", values), "train")
+    trusted = load_recipe("sinusoid_maml", {**values, "absolute_image_paths": True})
+    assert load_split(trusted, "train").counts.tolist() == [2, 3, 2]
