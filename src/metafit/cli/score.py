@@ -30,8 +30,9 @@ def _model(args: argparse.Namespace) -> Any:
                          "examples) to adapt it before scoring --test, or score a model "
                          "directory written by `metafit adapt`")
     adapter = Adapter.from_run(path, args.checkpoint, args.classifier, args.classifier_penalty)
-    inputs, labels = load_support(args.support, adapter.kind, adapter.recipe.text_column,
-                                  adapter.recipe.label_column)
+    recipe = adapter.recipe
+    inputs, labels = load_support(args.support, adapter.kind, recipe.text_column,
+                                  recipe.label_column, recipe.image_column)
     return adapter.adapt(inputs, labels, steps=args.steps)
 
 
