@@ -405,3 +405,35 @@ def test_compress_cli_reports_size_latency_and_test_episode_accuracy(image_model
     assert AdaptedModel.load(out).compression["prune"]["sparsity"] == figures["sparsity"]
     assert main(["compress", str(source), "--out", str(tmp_path / "x")]) == 2
     assert "nothing to do" in capsys.readouterr().err
+
+
+def test_compress_cli_prints_a_table_not_python_dicts(image_model, tmp_path, capsys) -> None:
+    source = image_model.save(tmp_path / "model")
+    assert main(["compress", str(source), "--prune", "0.5", "--out", str(tmp_path / "p"),
+                 "--episodes", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    text = "\n".join(lines)
+    assert "{" not in text and "}" not in text and "'" not in text
+    assert lines[0].endswith("(pruned 50% of the conv/linear weights (global))")
+    assert lines[1].split() == ["before", "after", "change"]
+    rows = {ln.split("  ")[1].strip(): ln for ln in lines[2:6]}
+    assert set(rows) == {"weights", "weights, gzipped", "latency, batch 1", "latency, batch 32"}
+    assert "sparsity: 50.0% of the conv/linear weights are zero" in text
+    assert any(ln.strip().startswith("float ") and "+-" in ln for ln in lines)
+    assert any(ln.strip().startswith("compressed ") and "change" in ln for ln in lines)
+
+
+def test_compress_figures_as_lines() -> None:
+    from metafit.cli.compress_table import describe_compression, figures_lines
+
+    figures = {"before": {"bytes": 4096, "gzip_bytes": 3000, "ms_batch1": 0.5, "ms_batch32": 2.0},
+               "after": {"bytes": 1024, "gzip_bytes": 900, "ms_batch1": 0.25, "ms_batch32": 2.0},
+               "sparsity": 0.25, "support_agreement": 1.0, "support_max_prob_change": 0.01}
+    lines = figures_lines(figures)
+    assert lines[1].split() == ["weights", "4.00", "KiB", "1.00", "KiB", "-75.0%"]
+    assert lines[3].split() == ["latency,", "batch", "1", "0.500", "ms", "0.250", "ms", "-50.0%"]
+    assert lines[4].endswith("+0.0%")
+    assert describe_compression({"quantize": "int8", "quantize_embeddings": True,
+                                 "prune": None}) == \
+        "int8 dynamic quantization of the linear layers and embedding tables"
+    assert describe_compression({"quantize": None, "prune": None}) == "not compressed"

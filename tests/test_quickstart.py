@@ -35,6 +35,8 @@ def test_quickstart_tiny_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureF
     assert results["plots"] == plots
     assert set(results["maml_test_steps"]) == {"1-shot", "5-shot"}
     assert "chosen on validation" in report
+    assert "{" not in report and "Meta-training time: maml " in report  # no dict syntax
+    assert "> **Warning:** meta-trained for fewer than 100 iterations: maml (4)" in report
     for name in plots:
         assert f"]({name})" in report
         with Image.open(out / "report" / name) as im:

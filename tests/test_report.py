@@ -37,7 +37,8 @@ def test_image_report_of_two_runs(tmp_path: Path) -> None:
     out = tmp_path / "report"
     files = report_runs(runs, out=out, episodes=5)
     names = {f.name for f in files}
-    assert names == {"training.png", "adaptation.png", "episode.png", "report.md"}
+    per_run = {f"{kind}_{a}.png" for kind in ("confusion", "episode") for a in ("maml", "protonet")}
+    assert names == {"training.png", "adaptation.png", "report.md", "index.html"} | per_run
     for f in files:
         if f.suffix == ".png":
             width, height = _png(f)
@@ -47,7 +48,11 @@ def test_image_report_of_two_runs(tmp_path: Path) -> None:
     assert summary["maml"]["curve_steps"] == [0, 1, 2]  # eval_inner_steps=2
     assert summary["maml"]["episodes"] == 5
     text = (out / "report.md").read_text()
-    assert "![episode](episode.png)" in text and "protonet" in text
+    for name in per_run:  # every run of the comparison has its episode and confusion
+        assert f"]({name})" in text
+    assert "protonet" in text and "{" not in text
+    confusion = json.loads((out / "confusion_protonet.json").read_text())
+    assert sum(map(sum, confusion["by_label"])) == confusion["queries"] == 5 * 2 * 2
 
 
 def test_sinusoid_report_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,7 +60,8 @@ def test_sinusoid_report_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture[s
     Trainer(regression_recipe("maml"), run, progress=False).fit()
     assert main(["report", str(run), "--episodes", "4"]) == 0
     printed = capsys.readouterr().out
-    for name in ("training.png", "adaptation.png", "sinusoid.png", "report.md"):
+    for name in ("training.png", "adaptation.png", "sinusoid_maml.png", "report.md",
+                 "index.html"):
         assert f"wrote {run / 'report' / name}" in printed
         if name.endswith(".png"):
             _png(run / "report" / name)

@@ -43,6 +43,16 @@ def test_each_rl_recipe_builds_its_family_policy_and_trpo(name: str, family: typ
         assert bool((p == q).all()), n
 
 
+def test_every_dataset_is_supervised_or_a_task_family() -> None:
+    from typing import get_args
+
+    from metafit.config import schema
+
+    names = get_args(Recipe.model_fields["dataset"].annotation)
+    assert sorted(names) == sorted(schema.SUPERVISED_DATASETS + schema.RL_DATASETS)
+    assert not set(schema.SUPERVISED_DATASETS) & set(schema.RL_DATASETS)
+
+
 def test_a_family_horizon_defaults_to_the_familys_own() -> None:
     r = make_recipe({"dataset": "rl_bandit", "algorithm": "maml_trpo", "arms": 3})
     assert r.horizon is None and build_family(r).horizon == Bandit().horizon

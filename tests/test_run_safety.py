@@ -276,15 +276,6 @@ class _FailAtFirstStep(Callback):
         raise RuntimeError("broken at start")
 
 
-def test_a_missing_tracking_package_leaves_no_run_directory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
-    with pytest.raises(ValueError, match="tensorboard"):
-        Trainer(regression_recipe("maml", iterations=2, tensorboard=True), tmp_path / "run",
-                progress=False)
-    assert not (tmp_path / "run").exists()
-
-
 def test_a_start_that_failed_before_a_checkpoint_does_not_pin_the_recipe(
         tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -152,3 +152,15 @@ def test_uint8_images_become_floats_in_unit_range() -> None:
     assert 0.0 <= float(eps.support_x.min()) and float(eps.support_x.max()) <= 1.0
     # targets are already grouped, so example 0 of class 0 is data[0]; invert=True flips it
     assert torch.allclose(ds.examples(0)[0], 1.0 - data[0].float() / 255.0)
+
+
+def test_fixed_indices_name_the_examples_of_the_fixed_episodes() -> None:
+    ds = index_dataset(uneven=True)
+    sampler = EpisodeSampler(ds, 4, 2, 3, seed=5)
+    index, episodes = sampler.fixed_indices(6), sampler.fixed(6)
+    assert index.support_x.dtype == torch.long and index.query_x.shape == (6, 12)
+    assert torch.equal(ds.gather(index.support_x), episodes.support_x)
+    assert torch.equal(ds.gather(index.query_x), episodes.query_x)
+    for name in ("support_y", "query_y", "classes"):
+        assert torch.equal(getattr(index, name), getattr(episodes, name))
+    assert torch.equal(sampler.fixed(6).query_x, episodes.query_x)  # the stream is unmoved

@@ -43,6 +43,27 @@ def test_a_model_directory_is_scored_as_predict_predicts(image_model, tmp_path, 
     assert sum(map(sum, report["confusion"])) == 12
     assert report["accuracy_low"] <= report["accuracy"] <= report["accuracy_high"]
     assert json.loads((tmp_path / "rep" / "test_report.json").read_text())["examples"] == 12
+    assert sorted(Path(f).name for f in report["files"]) == [
+        "confusion.png", "reliability.png", "test_report.json"]
+
+
+def test_the_test_set_figures_show_every_count_and_bin() -> None:
+    import torch
+
+    from metafit.evaluation.classification import score_probabilities
+    from metafit.runs.test_set_plots import confusion_test_figure, reliability_figure
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (60,), generator=g)
+    probs = (torch.randn(60, 4, generator=g) + 2 * torch.nn.functional.one_hot(labels, 4)
+             ).softmax(1)
+    report = score_probabilities(probs, labels, ["alpha", "beta", "gamma", "delta"])
+    ax = confusion_test_figure(report).axes[0]
+    cells = [int(t.get_text()) for t in ax.texts if t.get_gid() == "count"]
+    assert sum(cells) == 60 and len(cells) == 16
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["alpha", "beta", "gamma", "delta"]
+    top, bottom = reliability_figure(report).axes[:2]
+    assert sum(p.get_height() for p in bottom.patches) == 60
 
 
 def test_a_run_is_adapted_on_the_support_set_then_scored(image_model, capsys) -> None:

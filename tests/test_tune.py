@@ -322,3 +322,36 @@ def test_a_study_continues_with_tracking_changed_and_from_an_older_fingerprint(
         **saved["recipe"], "mlflow": False, "tensorboard": False}})
     assert tune_cli(recipe, db, out, "--trials", "2", "tensorboard=true") == 0
     assert len(load(db).trials) == 2
+
+
+@pytest.mark.parametrize(("trials", "caveat"), [(3, True), (10, False)])
+def test_plots_of_few_trials_carry_a_caveat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            trials: int, caveat: bool) -> None:
+    import metafit.runs.figures as figures
+    from metafit.tuning.report import MIN_TRIALS, write_report
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_user_attr("metric", "mse")
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("inner_lr", 0.001, 0.1, log=True)
+        trial.report(x, 1)
+        return (x - 0.01) ** 2
+
+    study.optimize(objective, n_trials=trials)
+    drawn: dict[str, list[str]] = {}
+    save = figures.save_figure
+
+    def spy(fig: Any, path: Path, **kwargs: Any) -> Path:
+        drawn[Path(path).name] = figures.banner_texts(fig)
+        return save(fig, path, **kwargs)
+
+    monkeypatch.setattr(figures, "save_figure", spy)
+    write_report(study, tmp_path / "report")
+    assert {"optimization_history.png", "slice.png", "intermediate_values.png"} <= set(drawn)
+    for name, banner in drawn.items():
+        if caveat:
+            assert len(banner) == 1, name
+            assert f"only {trials} complete trials (fewer than {MIN_TRIALS})" in banner[0]
+        else:
+            assert banner == [], name

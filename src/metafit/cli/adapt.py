@@ -30,7 +30,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     model = adapt_run(args.run, args.support, args.out, steps=args.steps,
                       which=args.checkpoint, classes=classes, batch_norm=args.batch_norm,
                       classifier=args.classifier, penalty=args.classifier_penalty,
-                      calibrate=args.calibrate)
+                      calibrate=args.calibrate,
+                      absolute_image_paths=args.absolute_image_paths)
     assert model.support is not None
     fit = (model.logits(model.support[0]).argmax(-1) == model.support[1]).float().mean()
     summary = {"out": str(args.out), "kind": model.kind, "labels": model.label_names,
@@ -148,9 +149,13 @@ def add_adapt_parser(sub: Any) -> None:
                  "write an adapted model directory", _cmd_adapt)
     add_threads_option(p)
     p.add_argument("run", help="run directory written by `metafit train`")
-    p.add_argument("--support", required=True, help="labelled examples: a CSV (text runs; "
-                   "the recipe's text and label columns) or a folder of class folders "
-                   "(image runs: SUPPORT/<label>/<image>)")
+    p.add_argument("--support", required=True, help="labelled examples: a table (.csv, "
+                   ".jsonl, .parquet or a datasets directory) with the recipe's text or "
+                   "image column and label column, or, for image runs, a folder of class "
+                   "folders (SUPPORT/<label>/<image>); docs/data.md")
+    p.add_argument("--absolute-image-paths", action="store_true", help="let the support "
+                   "table's image paths be absolute or lead out of its folder (only for a "
+                   "table you trust)")
     p.add_argument("--out", required=True, help="model directory to write (atomically; an "
                    "existing model directory there is replaced)")
     p.add_argument("--steps", type=int, help="inner steps (default: the recipe's evaluation "

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from metafit.cli.compress_table import describe_compression, figures_lines
 from metafit.cli.options import (
     add_json_option,
     add_model_verb,
@@ -81,15 +82,15 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         emit("compress", {"out": str(args.out), "compression": compressed.compression,
                           **figures})
         return 0
-    _write(f"wrote {args.out} ({compressed.compression})")
-    for key, value in figures.items():
-        if key != "test_episodes":
-            _write(f"  {key}: {value}")
+    _write(f"wrote {args.out} ({describe_compression(compressed.compression)})")
+    for line in figures_lines(figures):
+        _write(line)
     if args.episodes is not None:
         test = figures["test_episodes"]
         _write(f"  accuracy on {test['episodes']} test episodes of {test['run']} (each adapted, "
-               f"then compressed the same way): float {describe(test['float'])}; "
-               f"compressed {describe(test['compressed'])}")
+               f"then compressed the same way):")
+        for name in ("float", "compressed"):
+            _write(f"    {name:<10}  {describe(test[name])}")
     return 0
 
 

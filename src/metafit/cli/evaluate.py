@@ -104,7 +104,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         from metafit.cli.results import emit
 
-        out = files[-1].parent  # report.md, in the report directory
+        out = files[-1].parent  # index.html, in the report directory
         emit("report", {"out": str(out), "files": [str(f) for f in files],
                         "results": json.loads((out / "report.json").read_text())})
         return 0
@@ -146,12 +146,14 @@ def add_evaluate_parser(sub: Any) -> None:
 def add_report_parser(sub: Any) -> None:
     """Add ``report`` to the subparsers ``sub``."""
     p = add_verb(sub, "report", "plot runs: training and validation curves, adaptation "
-                 "curves, an example test episode (or sinusoid fits)", _cmd_report)
+                 "curves, confusion matrices and an example test episode per run (or "
+                 "sinusoid fits), in report.md and index.html", _cmd_report)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: "
                    "curves overlaid)")
     p.add_argument("--out", help="report directory (default RUN/report for one run)")
     p.add_argument("--episodes", type=int, default=100,
-                   help="test episodes for the adaptation curve (default 100)")
+                   help="test episodes for the results, adaptation curves and confusion "
+                   "matrices (default 100)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="the split whose evaluation the report plots (default: test)")
     add_threads_option(p)

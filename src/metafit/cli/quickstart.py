@@ -36,6 +36,7 @@ from metafit.data.sampler import EpisodeSampler
 from metafit.data.splits import load_split
 from metafit.evaluation.protocol import EvalResult, evaluate, scratch_baseline
 from metafit.io import atomic_write_text
+from metafit.runs.caveats import short_run_caveats
 from metafit.runs.directory import RunDir
 from metafit.runs.trained import load_trained, split_sampler
 from metafit.training.trainer import Trainer
@@ -66,8 +67,9 @@ SIZES = {
 
 
 #: Recipe keys that say which data the quickstart runs on (taken from a user's recipe).
-DATA_KEYS = ("dataset", "data_root", "image_size", "channels", "rotations", "split_scheme")
-IMAGE_DATASETS = ("glyphs", "omniglot", "image_folder", "idx")
+DATA_KEYS = ("dataset", "data_root", "image_size", "channels", "rotations", "split_scheme",
+             "holdout_fraction", "image_column", "label_column", "absolute_image_paths")
+IMAGE_DATASETS = ("glyphs", "omniglot", "image_folder", "image_table", "idx")
 #: One row of the results table: (method, task, result).
 Row = tuple[str, str, EvalResult]
 
@@ -157,8 +159,10 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "default",
     total = round(time.perf_counter() - t0, 1)
     table = _table(rows)
     report = out / "report"
-    plots = _plots(report, rows, {n: RunDir(out / "runs" / n) for n in recipes},
-                   trained["maml"], samplers[1], list(getattr(test_ds, "classes", [])))
+    runs = {n: RunDir(out / "runs" / n) for n in recipes}
+    warnings = short_run_caveats(runs, min(r.episodes for _, _, r in rows))
+    plots = _plots(report, rows, runs, trained, samplers[1],
+                   list(getattr(test_ds, "classes", [])), warnings)
     results = {
         "rows": [{"method": m, "task": t, **r.to_dict()} for m, t, r in rows],
         "train_seconds": seconds, "total_seconds": total, "size": size,
@@ -167,7 +171,7 @@ def quickstart(out: str | Path = "runs/quickstart", size: str = "default",
     }
     atomic_write_text(report / "results.json", json.dumps(results, indent=1))
     _write_markdown(report / "results.md", recipes["maml"], table, plots, seconds, total,
-                    maml_steps)
+                    maml_steps, warnings)
     results["table"] = table
     return results
 
@@ -211,17 +215,20 @@ def _test(recipes: dict[str, Recipe], trained: dict[str, Any], maml_steps: dict[
 
 
 def _write_markdown(path: Path, maml: Recipe, table: str, plots: list[Path],
-                    seconds: dict[str, float], total: float, maml_steps: dict[int, int]) -> None:
-    """``results.md``: what ran on which data, the table, the plots."""
+                    seconds: dict[str, float], total: float, maml_steps: dict[int, int],
+                    warnings: list[str]) -> None:
+    """``results.md``: the warnings, what ran on which data, the table, the plots."""
     where = ("built-in Glyphs characters" if maml.dataset == "glyphs"
              else f"{maml.dataset} data in {maml.data_root}")
     images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
+    warned = "".join(f"> **Warning:** {w}\n\n" for w in warnings)
+    trained = ", ".join(f"{name} {s:g} s" for name, s in seconds.items())
     atomic_write_text(path, (
-        f"# metafit quickstart\n\n{where}; test classes unseen in training; the same "
-        f"fixed test episodes for every method, 15 queries per class.\nTraining seconds: "
-        f"{seconds}; total {total} s.\nMAML's test-time inner steps, chosen on validation "
-        f"episodes: {maml_steps[1]} (1-shot), {maml_steps[5]} (5-shot).\n\n{table}\n\n"
-        f"{images}\n"))
+        f"# metafit quickstart\n\n{warned}{where}; test classes unseen in training; the "
+        f"same fixed test episodes for every method, 15 queries per class.\nMeta-training "
+        f"time: {trained}; {total:g} s in all.\nMAML's test-time inner steps, chosen on "
+        f"validation episodes: {maml_steps[1]} (1-shot), {maml_steps[5]} (5-shot).\n\n"
+        f"{table}\n\n{images}\n"))
 
 
 def _steps_on_validation(algo: Any, recipe: Recipe, size: QuickstartSize) -> dict[int, int]:
@@ -242,18 +249,26 @@ def _steps_on_validation(algo: Any, recipe: Recipe, size: QuickstartSize) -> dic
     return chosen
 
 
-def _plots(report: Path, rows: list[Row], runs: dict[str, RunDir],
-           maml: Any, sampler: EpisodeSampler, class_names: list[str]) -> list[Path]:
-    from metafit.runs.plots import plot_adaptation, plot_episode, plot_results, plot_training
+def _plots(report: Path, rows: list[Row], runs: dict[str, RunDir], trained: dict[str, Any],
+           sampler: EpisodeSampler, class_names: list[str], warnings: list[str]) -> list[Path]:
+    """The figures, each with ``warnings`` as a banner; methods without inner steps and the
+    scratch baseline are levels on the adaptation plots."""
+    from metafit.runs.episode_plots import plot_episode
+    from metafit.runs.plots import plot_adaptation, plot_results, plot_training
 
-    plots = [plot_results(rows, report / "results.png",
+    levels = {name: "no inner steps" for name, algo in trained.items()
+              if not type(algo).capabilities()["adapts_with_steps"]}
+    levels["scratch"] = "a network trained on the support set alone"
+    plots = [plot_results(rows, report / "results.png", banner=warnings,
                           title="Unseen test classes: accuracy (95% CI)"),
-             plot_training(runs, report / "training.png")]
+             plot_training(runs, report / "training.png", banner=warnings)]
     for task in dict.fromkeys(t for _, t, _ in rows):
         tag = task.replace("5-way ", "5w").replace("-shot", "s")
         plots.append(plot_adaptation({m: r for m, t, r in rows if t == task},
-                                     report / f"adaptation_{tag}.png",
-                                     title=f"Adaptation on unseen classes, {task}"))
-    plots.append(plot_episode(maml, sampler.fixed(1)[0], class_names, report / "episode.png",
-                              title="MAML, 5-way 1-shot"))
+                                     report / f"adaptation_{tag}.png", levels=levels,
+                                     title=f"Adaptation on unseen classes, {task}",
+                                     banner=warnings))
+    plots.append(plot_episode(trained["maml"], sampler.fixed(1)[0], class_names,
+                              report / "episode.png", title="MAML, 5-way 1-shot",
+                              banner=warnings))
     return plots

@@ -56,14 +56,16 @@ def _emit(payload: dict[str, Any]) -> None:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from metafit.data.splits import describe_dataset, split_summaries
+    from metafit.data.splits import data_report, describe_dataset
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.json:
         from metafit.cli.results import emit
 
+        summaries, warnings = data_report(recipe)
         emit("data", {"recipe": recipe.name, "dataset": recipe.dataset,
-                      "data_root": recipe.data_root, "splits": split_summaries(recipe)})
+                      "data_root": recipe.data_root, "splits": summaries,
+                      "warnings": warnings})
         return 0
     for line in describe_dataset(recipe):
         sys.stdout.write(line + "\n")
@@ -83,7 +85,8 @@ def add_recipes_parser(sub: Any) -> None:
 
 def add_data_parser(sub: Any) -> None:
     """Add ``data`` to the subparsers ``sub``."""
-    p = add_verb(sub, "data", "load a recipe's dataset and describe its splits", _cmd_data)
+    p = add_verb(sub, "data", "load a recipe's dataset, describe its splits, warn when one is "
+                 "too small", _cmd_data)
     add_recipe_arguments(p, "recipe name or YAML path",
                          "key=value overrides, e.g. data_root=DIR")
-    add_json_option(p, "each split's classes and examples")
+    add_json_option(p, "each split's classes and examples, and the warnings")

@@ -131,6 +131,9 @@ class DataJson(_Strict):
     dataset: str
     data_root: str | None
     splits: list[SplitInfo]
+    warnings: list[str] = Field(description="what keeps a split from giving the recipe's "
+                                "tasks: fewer classes than ways, classes with fewer examples "
+                                "than shots + queries (never drawn)")
 
 
 class TrainJson(_Strict):

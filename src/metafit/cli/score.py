@@ -30,8 +30,9 @@ def _model(args: argparse.Namespace) -> Any:
                          "examples) to adapt it before scoring --test, or score a model "
                          "directory written by `metafit adapt`")
     adapter = Adapter.from_run(path, args.checkpoint, args.classifier, args.classifier_penalty)
-    inputs, labels = load_support(args.support, adapter.kind, adapter.recipe.text_column,
-                                  adapter.recipe.label_column)
+    recipe = adapter.recipe
+    inputs, labels = load_support(args.support, adapter.kind, recipe.text_column,
+                                  recipe.label_column, recipe.image_column)
     return adapter.adapt(inputs, labels, steps=args.steps)
 
 
@@ -50,8 +51,11 @@ def score_test_set(args: argparse.Namespace) -> int:
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        from metafit.runs.test_set_plots import plot_test_set
+
         atomic_write_text(out / "test_report.json", json.dumps(report.to_dict(), indent=1))
         files.append(str(out / "test_report.json"))
+        files += [str(p) for p in plot_test_set(report, out, title=Path(args.test).name)]
     payload = {"protocol": "test_set", "model": str(args.run), "test": str(args.test),
                **report.to_dict(), "files": files}
     if args.json:

@@ -41,15 +41,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         study = load_existing_study(recipe, opts)
         files = write_report(study, f"{opts.out}/report")
         if result is None:  # report only: the study as it is
-            best = Path(opts.out) / "best.yaml"
-            result = summarize(study, opts, best if best.is_file() else None)
+            best_yaml = Path(opts.out) / "best.yaml"
+            result = summarize(study, opts, best_yaml if best_yaml.is_file() else None)
+    assert result is not None  # tune() ran, or --report summarised the study
     if args.json:
         from metafit.cli.results import emit
 
         emit("tune", {**asdict(result), "report_files": [str(f) for f in files]})
         return 0
     if args.trials is not None or not args.report:
-        assert result is not None
         best = ("no complete trial yet" if result.best_trial is None else
                 f"best trial {result.best_trial}: {result.best_value:.6g} with "
                 + ", ".join(f"{k}={v}" for k, v in result.best_params.items()))

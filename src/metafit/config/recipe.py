@@ -5,11 +5,19 @@
 A YAML recipe may start with ``base: OTHER`` to inherit every key of another recipe (a
 shipped name or a path relative to the file) and override some. Unknown keys are errors
 naming the key and the nearest valid ones.
+
+A relative ``data_root`` is made absolute where it is written (:func:`resolve_data_root`):
+in a recipe file, against that file's folder; in a shipped recipe, against
+``$METAFIT_DATA`` when it is set, else against the current directory; on the command
+line, against the current directory. A loaded recipe, and so every ``config.yaml`` and
+``best.yaml`` written from one, names its data by an absolute path that reads the same
+from any folder.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,7 @@ from metafit.config.schema import (
 
 __all__ = [
     "Recipe",
+    "DATA_ENV",
     "RecipeError",
     "list_recipes",
     "load_recipe",
@@ -43,7 +52,12 @@ __all__ = [
     "parse_yaml_mapping",
     "read_yaml_mapping",
     "recipe_to_yaml",
+    "resolve_data_root",
 ]
+
+#: The environment variable naming the folder that holds the shipped recipes' data
+#: (``omniglot/``, ``banking77/``).
+DATA_ENV = "METAFIT_DATA"
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -104,6 +118,32 @@ def _resolve(name_or_path: str, relative_to: Path | None = None) -> Path:
     raise RecipeError(f"no recipe named or at {shown!r}{hint}")  # repr: one line
 
 
+def _is_shipped(path: Path) -> bool:
+    try:
+        return path.resolve().parent == _recipe_dir().resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def resolve_data_root(data_root: Any, path: Path | None) -> Any:
+    """``data_root`` as written in the recipe file ``path`` (None: on the command line),
+    made absolute where it is a relative path: against ``path``'s folder; for a shipped
+    recipe against ``$METAFIT_DATA`` when it is set; else against the current directory.
+    Absolute paths, ``~`` paths and values that are not strings are returned as they are
+    (``~`` is expanded when the data are read)."""
+    if not isinstance(data_root, str) or not data_root.strip():
+        return data_root
+    given = Path(data_root)
+    if given.is_absolute() or data_root.startswith("~"):
+        return data_root
+    folder: str | Path = "."
+    if path is not None and _is_shipped(path):
+        folder = Path(os.environ.get(DATA_ENV) or ".").expanduser()
+    elif path is not None:
+        folder = path.parent
+    return str(Path(os.path.abspath(folder)) / given)
+
+
 def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The keys of the recipe file ``path`` merged over those of its ``base`` chain;
     ``chain``: the files that inherit from it, the first being the one asked for."""
@@ -119,6 +159,8 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     base = raw.pop("base", None)
     raw.pop("metafit_version", None)  # written into a run's resolved config
     check_keys(raw, where)
+    if "data_root" in raw:
+        raw["data_root"] = resolve_data_root(raw["data_root"], path)
     if base is None:
         return raw
     if isinstance(base, (list, dict, bool)):
@@ -135,6 +177,10 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
 def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | list[str] | None = None
                 ) -> Recipe:
     """Load a shipped recipe by name, or a YAML file by path, and apply overrides.
+
+    A relative ``data_root`` is made absolute against the folder of the file that sets it
+    (for a shipped recipe ``$METAFIT_DATA``, when set), or against the current directory
+    (a shipped recipe without ``$METAFIT_DATA``; ``overrides``).
 
     Raises:
         RecipeError: unknown recipe, unknown key (with the nearest valid keys), a key that
@@ -154,5 +200,7 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | list[str] 
     check_scope(overrides or {}, "the overrides", dataset)
     check_scope(values, str(path), dataset)
     values.update(overrides or {})
+    if overrides and "data_root" in overrides:
+        values["data_root"] = resolve_data_root(overrides["data_root"], None)
     return make_recipe(values, str(path), overridden=set(overrides or ()))
 

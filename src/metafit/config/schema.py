@@ -25,6 +25,7 @@ __all__ = [
     "RL_KEYS",
     "SHARED_KEYS",
     "SUPERVISED_DATASETS",
+    "TEXT_DATASETS",
     "Recipe",
     "check_keys",
     "check_scope",
@@ -39,15 +40,20 @@ __all__ = [
 #: recipe key ``classifier``.
 CLASSIFIERS = ("logistic",)
 
-DatasetName = Literal["omniglot", "glyphs", "image_folder", "idx", "text_csv", "sinusoid",
-                      "rl_nav2d", "rl_bandit", "rl_tabular"]
-SUPERVISED_DATASETS = ("omniglot", "glyphs", "image_folder", "idx", "text_csv", "sinusoid")
+DatasetName = Literal["omniglot", "glyphs", "image_folder", "image_table", "idx", "text_table",
+                      "text_csv", "sinusoid", "rl_nav2d", "rl_bandit", "rl_tabular"]
+SUPERVISED_DATASETS = ("omniglot", "glyphs", "image_folder", "image_table", "idx",
+                       "text_table", "text_csv", "sinusoid")
 #: The meta-RL task families (:mod:`metafit.rl`): 2D navigation, Bernoulli bandits,
 #: random tabular MDPs.
 RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular")
 #: Algorithms of a meta-RL recipe: MAML-TRPO, second order or first order. They are not
 #: registered supervised algorithms (docs/rl.md), so their names differ from those.
 RL_ALGORITHMS = ("maml_trpo", "fomaml_trpo")
+#: The datasets of labelled texts (``text_csv``: the former name of ``text_table``).
+TEXT_DATASETS = ("text_table", "text_csv")
+#: The datasets ``split_scheme: all_classes`` splits by example.
+ALL_CLASSES_DATASETS = ("omniglot", "image_folder", "image_table", *TEXT_DATASETS)
 ModelName = Literal["conv4", "mlp", "resnet12", "resnet18", "text"]
 
 
@@ -63,23 +69,34 @@ class Recipe(BaseModel):
     # -- data ------------------------------------------------------------------------
     dataset: DatasetName = Field("glyphs",
         description="where the tasks come from (data_root points at its files; glyphs is "
-        "built in); rl_nav2d, rl_bandit, rl_tabular: a meta-RL task family (docs/rl.md), "
-        "whose recipes take the meta-RL keys and the shared ones only")
+        "built in): text_table (text_csv, its former name) and image_table read a CSV, "
+        "JSON Lines or Parquet file or a datasets save_to_disk directory (docs/data.md); "
+        "rl_nav2d, rl_bandit, rl_tabular: a meta-RL task family (docs/rl.md), whose "
+        "recipes take the meta-RL keys and the shared ones only")
     data_root: str | None = Field(None, description="directory or file of the dataset")
     image_size: int = Field(28, gt=0, description='images are resized to image_size x image_size')
     channels: Literal[1, 3] = Field(1, description='1 (greyscale) or 3 (RGB) input channels')
     class_split: tuple[int, int, int] | None = Field(
-        None, description="image_folder / text_csv: train, val, test class counts "
-        "(default 60/20/20%)")
-    split_seed: int = Field(0, description="image_folder / text_csv: seed of the class "
-                            "shuffle before the split")
-    split_classes: bool = Field(True, description="image_folder / text_csv: false: every "
+        None, description="image_folder / image_table / text_table: train, val, test class "
+        "counts (default 60/20/20%)")
+    split_seed: int = Field(0, description="image_folder / image_table / text_table: seed of "
+                            "the class shuffle before the split; Omniglot: of its alphabet or "
+                            "character shuffle; all_classes: of each class's examples")
+    split_classes: bool = Field(True, description="image_folder / image_table / text_table: "
+                                "false: every "
                                 "split is the whole dataset (a fixed label set, e.g. "
                                 "BANKING77's K-shot protocol; validation is then not "
                                 "held out)")
     rotations: bool = Field(True, description="Omniglot: rotations by 90/180/270 as classes")
-    split_scheme: str = Field("alphabet", description="Omniglot: 'alphabet', 'standard' or "
-                              "'vinyals' (1200 training characters, the papers' protocol)")
+    split_scheme: Literal["alphabet", "standard", "vinyals", "all_classes"] = Field(
+        "alphabet", description="Omniglot: 'alphabet', 'standard' or 'vinyals' (1200 "
+        "training characters, the papers' protocol), held-out classes; any of omniglot, "
+        "image_folder, image_table, text_table: 'all_classes' meta-trains on every class "
+        "and validates and tests on held-out examples of them (holdout_fraction; test "
+        "figures are then not about unseen classes); other datasets ignore the other values")
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="split_scheme all_classes: the fraction of each class's "
+        "examples held out of meta-training, half for val and half for test")
 
     # -- episodes --------------------------------------------------------------------
     ways: int = Field(5, gt=0, description='classes per training task (N of N-way)')
@@ -99,11 +116,20 @@ class Recipe(BaseModel):
     depth: int = Field(4, gt=0, description="blocks (conv4) or hidden layers (mlp)")
     strided: bool = Field(False, description="conv4: stride-2 convolutions, no pooling")
 
-    # -- text (model: text, dataset: text_csv) --------------------------------------
+    # -- table columns (dataset: text_table, image_table) ---------------------------
+    text_column: str = Field("text", description="text_table: the column holding the text")
+    label_column: str = Field("category", description="text_table / image_table: the column "
+                              "holding the label (a string, or an integer)")
+    image_column: str = Field("image", description="image_table: the column holding each "
+                              "image, encoded (bytes) or as a path relative to the table's "
+                              "folder")
+    absolute_image_paths: bool = Field(
+        False, description="image_table: also accept absolute image paths and paths leading "
+        "out of the table's folder (only for a table you trust)")
+
+    # -- text (model: text, dataset: text_table) ------------------------------------
     text_model: str | None = Field(None, description="local Hugging Face model directory "
                                    "(default: the packaged all-MiniLM-L6-v2)")
-    text_column: str = Field("text", description="CSV column holding the text")
-    label_column: str = Field("category", description="CSV column holding the label")
     max_length: int = Field(64, gt=2, description="tokens per text (longer ones are "
                             "truncated, with a warning)")
     pooling: Literal["mean", "cls"] = Field("mean",
@@ -256,14 +282,16 @@ class Recipe(BaseModel):
     def _check(self) -> Recipe:
         if self.dataset == "sinusoid" and self.model != "mlp":
             raise ValueError("dataset 'sinusoid' needs model 'mlp'")
-        if (self.dataset == "text_csv") != (self.model == "text"):
-            raise ValueError("dataset 'text_csv' and model 'text' go together (got dataset "
-                             f"'{self.dataset}', model '{self.model}')")
+        if (self.dataset in TEXT_DATASETS) != (self.model == "text"):
+            raise ValueError("dataset 'text_table' (or 'text_csv') and model 'text' go "
+                             f"together (got dataset '{self.dataset}', model '{self.model}')")
         if self.adapt != "full" and self.model != "text":
             raise ValueError(f"adapt '{self.adapt}' is for text models; other models adapt "
                              "all their parameters (ANIL adapts the head)")
         if self.text_mask and self.model != "text":
             raise ValueError(f"text_mask is for text models, not model '{self.model}'")
+        if self.split_scheme == "all_classes":
+            self._check_all_classes()
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ValueError(f"cuda_graphs needs a CUDA device, not device '{self.device}'")
         if self.classifier is not None and self.is_regression:
@@ -289,6 +317,18 @@ class Recipe(BaseModel):
         if not self.policy_hidden or min(self.policy_hidden) < 1:
             raise ValueError(f"policy_hidden must be one or more positive widths, got "
                              f"{list(self.policy_hidden)}")
+
+    def _check_all_classes(self) -> None:
+        if self.dataset not in ALL_CLASSES_DATASETS:
+            raise ValueError(f"split_scheme 'all_classes' is for datasets "
+                             f"{', '.join(ALL_CLASSES_DATASETS)}, not '{self.dataset}'")
+        if not self.split_classes:
+            raise ValueError("split_scheme 'all_classes' already puts every class in every "
+                             "split; split_classes=false would add the held-out examples "
+                             "back to training: drop one of the two")
+        if self.class_split is not None:
+            raise ValueError("class_split counts classes per split; split_scheme "
+                             "'all_classes' splits each class's examples (holdout_fraction)")
 
     # -- derived values --------------------------------------------------------------
     @property

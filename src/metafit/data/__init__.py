@@ -5,6 +5,7 @@ from metafit.data.errors import DatasetError
 from metafit.data.glyphs import Glyphs
 from metafit.data.idx import IDX
 from metafit.data.image_folder import ImageFolder
+from metafit.data.image_table import ImageTable
 from metafit.data.omniglot import Omniglot
 from metafit.data.sinusoid import Sinusoid
 from metafit.data.text_csv import TextCSV
@@ -15,6 +16,7 @@ __all__ = [
     "Glyphs",
     "IDX",
     "ImageFolder",
+    "ImageTable",
     "Omniglot",
     "Sinusoid",
     "TaskFamily",

@@ -158,6 +158,17 @@ class TensorClassDataset:
             [self.classes[c] for c in ids.tolist()],
         )
 
+    def take(self, index: Tensor) -> TensorClassDataset:
+        """A dataset of the examples at the global indices ``index [M]`` (sorted, so the
+        examples stay grouped), over the classes that keep any (renumbered 0.. in order)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        targets = self.targets[index]  # [M]
+        kept = torch.unique(targets)  # sorted
+        remap = torch.full((self.num_classes,), -1, dtype=torch.long)
+        remap[kept] = torch.arange(len(kept))
+        return TensorClassDataset(self.data[index], remap[targets],
+                                  [self.classes[c] for c in kept.tolist()])
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(classes={self.num_classes}, examples={len(self)}, "

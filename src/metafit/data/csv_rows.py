@@ -1,7 +1,9 @@
 """Reading the rows of a CSV file of labelled texts, strictly: UTF-8 (a leading byte-order
 mark is ignored), a header naming the text and label columns, every other non-blank row
 with as many fields as the header, no empty text or label. Every problem is reported at
-once, naming the file and the line numbers. Used by :class:`metafit.data.text_csv.TextCSV`.
+once, naming the file and the line numbers. The file's size is checked against a cap
+before it is read. Used by :class:`metafit.data.text_csv.TextCSV` and, through
+:func:`read_csv`, by :mod:`metafit.data.tables`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from metafit.data.errors import DatasetError
+from metafit.data.rows import MAX_TABLE_BYTES, SHOW, Rows, read_utf8
 
-__all__ = ["SHOW", "line_numbers", "read_rows"]
-
-SHOW = 10  # line numbers shown in an error message before "... (N in all)"
+__all__ = ["SHOW", "line_numbers", "read_csv", "read_rows"]
 
 
 def line_numbers(numbers: Sequence[int]) -> str:
@@ -27,13 +28,6 @@ def line_numbers(numbers: Sequence[int]) -> str:
     if len(numbers) > SHOW:
         shown += f", ... ({len(numbers)} lines in all)"
     return shown
-
-
-def _line_of(raw: bytes, offset: int) -> int:
-    """The line (1-based) holding byte ``offset`` of ``raw``, counting line ends as the
-    :mod:`csv` reader does (``\\n``, ``\\r\\n`` or a lone ``\\r``)."""
-    head = raw[:offset]
-    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
 
 
 @dataclass
@@ -48,8 +42,16 @@ class _Rows:
     wrong: list[int] = field(default_factory=list)  # another number of fields than the header
 
 
+def read_csv(path: Path, input_column: str, label_column: str, lenient: bool = False,
+             max_bytes: int = MAX_TABLE_BYTES) -> Rows:
+    """The rows of the CSV as :class:`~metafit.data.rows.Rows` (see :func:`read_rows`)."""
+    texts, labels, lines = read_rows(path, input_column, label_column, lenient, max_bytes)
+    return Rows(path, list(texts), labels, lines, "line")
+
+
 def read_rows(
-    path: Path, text_column: str, label_column: str, lenient: bool = False
+    path: Path, text_column: str, label_column: str, lenient: bool = False,
+    max_bytes: int = MAX_TABLE_BYTES,
 ) -> tuple[list[str], list[str], list[int]]:
     """Parse the CSV: ``(texts, labels, line numbers)`` of each data row, in file order.
 
@@ -57,28 +59,15 @@ def read_rows(
     header is an error (a comma in an unquoted text shifts the label); with ``lenient`` it
     is skipped with a warning naming the lines.
 
-    Raises :class:`DatasetError` naming ``path`` and the offending line numbers.
+    Raises :class:`DatasetError` naming ``path`` and the offending line numbers (or its
+    size, over ``max_bytes``).
     """
-    reader = csv.reader(io.StringIO(_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_utf8(path, max_bytes), newline=""))
     names = _header(reader, path, text_column, label_column)
     rows = _records(reader, path, len(names), names.index(text_column),
                     names.index(label_column), lenient)
     _check(rows, path, names, text_column, label_column, lenient)
     return rows.texts, rows.labels, rows.lines
-
-
-def _text(path: Path) -> str:
-    """The file decoded as UTF-8 (a leading byte-order mark dropped)."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DatasetError(
-            f"{path}, line {_line_of(raw, e.start)}: not valid UTF-8 (byte "
-            f"{raw[e.start]:#04x} at offset {e.start}); re-encode the file as UTF-8"
-        ) from e
 
 
 def _header(reader: Any, path: Path, text_column: str, label_column: str) -> list[str]:

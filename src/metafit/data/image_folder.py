@@ -28,7 +28,7 @@ from metafit.data.base import TensorClassDataset
 from metafit.data.errors import DatasetError
 from metafit.io import cached, file_fingerprint
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "decode_image", "fingerprint_files",
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "decode_image", "fingerprint_files", "image_mode",
            "list_class_folders", "MAX_IMAGE_PIXELS", "ImageTooLarge", "check_pixels",
            "image_dimensions"]
 
@@ -144,6 +144,20 @@ def fingerprint_files(paths: Sequence[Path]) -> str:
     return f"{len(paths)}:{h.hexdigest()}"
 
 
+def image_mode(channels: int, image_size: int, source: Path) -> str:
+    """The PIL mode of ``channels`` (``"L"`` or ``"RGB"``), after checking both settings.
+
+    Raises:
+        DatasetError: ``channels`` not 1 or 3 (naming ``source``).
+        ValueError: ``image_size`` not a positive integer.
+    """
+    if channels not in (1, 3):
+        raise DatasetError(f"channels must be 1 or 3, got {channels!r} (for {source})")
+    if not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    return "L" if channels == 1 else "RGB"
+
+
 def _visible(name: str) -> bool:
     return not name.startswith(".")
 
@@ -213,15 +227,11 @@ class ImageFolder(TensorClassDataset):
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
     ) -> None:
         root = Path(root)
-        if channels not in (1, 3):
-            raise DatasetError(f"channels must be 1 or 3, got {channels!r} (for {root})")
-        if not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        mode = image_mode(channels, image_size, root)
         files, class_of = list_class_folders(root, extensions)
         names = sorted(set(class_of))
         index = {c: i for i, c in enumerate(names)}
         targets = [index[c] for c in class_of]
-        mode = "L" if channels == 1 else "RGB"
 
         def build() -> dict[str, torch.Tensor]:
             log.info("decoding %d images from %s", len(files), root)

@@ -31,6 +31,11 @@ Splits are by alphabet (a character and its rotations go where its alphabet goes
   official zips, sorted and shuffled with ``random.Random(seed)``; the first 1200 are for
   meta-training (1100 ``train`` and 100 ``val`` here), the remaining 423 are ``test``.
   Splits are by character, so one alphabet spans splits. Needs both full zips.
+- ``split_scheme="all_classes"``: every character of every source in every split, its
+  drawings divided between them (:mod:`metafit.data.holdout`, ``holdout`` of them held
+  out, half for ``val``, half for ``test``); a drawing's rotations go where it goes. For
+  the model you deploy: meta-training sees every character, and test scores are about
+  new drawings of seen characters, not about unseen ones.
 """
 
 
@@ -49,7 +54,7 @@ from metafit.io import cached
 __all__ = ["OMNIGLOT_SETS", "Omniglot", "split_alphabets"]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-SCHEMES: tuple[str, ...] = ("alphabet", "standard", "vinyals")
+SCHEMES: tuple[str, ...] = ("alphabet", "standard", "vinyals", "all_classes")
 #: Characters of the ``vinyals`` protocol's train (+ val) split; the rest are test.
 VINYALS_TRAIN, VINYALS_VAL = 1100, 100
 _ROTATIONS: tuple[str, ...] = ("", "/rot90", "/rot180", "/rot270")
@@ -81,6 +86,8 @@ def _scheme_splits(
     characters: list[str], origins: list[str], scheme: str, seed: int
 ) -> dict[str, list[str]]:
     """The characters (``"Alphabet/characterNN"``) of each split under ``scheme``."""
+    if scheme == "all_classes":
+        return {split: sorted(characters) for split in SPLITS}
     if scheme == "vinyals":
         if len(characters) < VINYALS_TRAIN + VINYALS_VAL + 1:
             raise ValueError(f"split_scheme='vinyals' needs the full Omniglot zips (1623 "
@@ -111,6 +118,20 @@ def _scheme_splits(
 
 
 
+def _drawings(data: torch.Tensor, targets: torch.Tensor, characters: list[str], split: str,
+              seed: int, holdout: float) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """``split``'s drawings of every character under ``all_classes`` (``data [N, 1, s, s]``
+    grouped by character, ``targets [N]``), and the characters that keep any."""
+    from metafit.data.holdout import holdout_examples
+
+    order = torch.argsort(targets, stable=True)  # grouped by character (already, as decoded)
+    data, targets = data[order], targets[order]
+    counts = torch.bincount(targets, minlength=len(characters))  # [C]
+    index = holdout_examples(characters, counts, split, seed, holdout)  # [n]
+    targets = targets[index]
+    return data[index], targets, torch.unique(targets).tolist()
+
+
 class Omniglot(TensorClassDataset):
     """Omniglot characters as classes (see the module docstring for sources and splits).
 
@@ -119,8 +140,10 @@ class Omniglot(TensorClassDataset):
         image_size: side of the square images (28 in the few-shot literature).
         rotations: add the 90/180/270-degree rotations of each character as classes.
         split: ``None`` (all classes), ``"train"``, ``"val"`` or ``"test"``.
-        split_scheme: ``"alphabet"`` or ``"standard"``.
-        seed: seeds the alphabet shuffle of the split.
+        split_scheme: ``"alphabet"``, ``"standard"``, ``"vinyals"`` or ``"all_classes"``.
+        seed: seeds the alphabet (or character, or drawing) shuffle of the split.
+        holdout: ``all_classes``: the fraction of each character's drawings held out of
+            ``train``, half for ``val``, half for ``test``.
         cache: read/write the decoded images from/to the on-disk cache.
 
     Attributes:
@@ -145,6 +168,7 @@ class Omniglot(TensorClassDataset):
         split_scheme: str = "alphabet",
         seed: int = 0,
         cache: bool = True,
+        holdout: float = 0.2,
     ) -> None:
         if split is not None and split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: None, {', '.join(SPLITS)}")
@@ -179,6 +203,8 @@ class Omniglot(TensorClassDataset):
                 )
             chosen = set(self.character_splits[split])
             keep = [i for i, c in enumerate(characters) if c in chosen]
+        if split is not None and split_scheme == "all_classes":
+            data, targets, keep = _drawings(data, targets, characters, split, seed, holdout)
         remap = torch.full((len(characters),), -1, dtype=torch.long)
         remap[keep] = torch.arange(len(keep))
         new_targets = remap[targets]  # [N]

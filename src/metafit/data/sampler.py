@@ -133,12 +133,25 @@ class EpisodeSampler:
             self._fixed_cache[n] = self._draw(n, self.fixed_generator())
         return self._fixed_cache[n]
 
+    def fixed_indices(self, n: int) -> Episodes:
+        """The episodes of :meth:`fixed` with the dataset's global example indices in place
+        of the examples (``support_x [n, N*K]``, ``query_x [n, N*Q]``, long): what a
+        report needs to show the raw examples (a text dataset's sentences) behind them.
+
+        Raises:
+            ValueError: a task family (its examples are generated, not indexed).
+        """
+        _check_positive(n=n)
+        if self.is_task_family:
+            raise ValueError("a task family's examples have no dataset indices")
+        return self._draw(n, self.fixed_generator(), gather=False)
+
     def fixed_generator(self) -> torch.Generator:
         """A fresh generator of the stream :meth:`fixed` draws from (a task family's task
         parameters, e.g. sinusoid amplitudes and phases, are its first draws)."""
         return torch.Generator().manual_seed(self.seed ^ _FIXED_STREAM)
 
-    def _draw(self, n: int, gen: torch.Generator) -> Episodes:
+    def _draw(self, n: int, gen: torch.Generator, gather: bool = True) -> Episodes:
         if self.is_task_family:
             fam: TaskFamily = self.dataset  # type: ignore[assignment]
             return fam.sample_episodes(n, self.shots, self.queries, gen)
@@ -164,9 +177,9 @@ class EpisodeSampler:
         s_lab = labels.expand(n, n_way, k).reshape(n, n_way * k).gather(1, s_order)
         q_lab = labels.expand(n, n_way, q).reshape(n, n_way * q).gather(1, q_order)
         return Episodes(
-            support_x=ds.gather(s_idx),  # [T, N*K, *x]
+            support_x=ds.gather(s_idx) if gather else s_idx,  # [T, N*K, *x]
             support_y=s_lab,  # [T, N*K]
-            query_x=ds.gather(q_idx),  # [T, N*Q, *x]
+            query_x=ds.gather(q_idx) if gather else q_idx,  # [T, N*Q, *x]
             query_y=q_lab,  # [T, N*Q]
             classes=classes,  # [T, N]
         )

@@ -1,12 +1,15 @@
-"""Labelled text from a CSV file, grouped by class: BANKING77's ``text,category`` format
+"""Labelled text from a table, grouped by class: BANKING77's ``text,category`` CSV format
 (Casanueva et al. 2020, "Efficient Intent Detection with Dual Sentence Encoders") or any
-CSV, by column names.
+CSV, JSON Lines or Parquet file or ``datasets`` directory, by column names (the format by
+the file's suffix: :mod:`metafit.data.tables`).
 
-The file is read once with the :mod:`csv` module (quoted fields may hold commas, quotes
+A CSV file is read once with the :mod:`csv` module (quoted fields may hold commas, quotes
 and newlines), as UTF-8 (a leading byte-order mark is ignored). Texts and labels are
 stripped of surrounding whitespace. Blank lines are skipped; every other row must have
 as many fields as the header (a comma in an unquoted text would otherwise shift the
-label), unless ``lenient=True`` skips such rows with a warning. Examples are then
+label), unless ``lenient=True`` skips such rows with a warning. The other formats are
+read as strictly (:mod:`metafit.data.tables`); their ``lines`` are the line (JSON Lines)
+or the row counted from 0 (Parquet, ``datasets``) of each text. Examples are then
 grouped by class, so global index ``i`` is ``texts[i]`` and the examples of class ``c``
 are ``offsets[c] .. offsets[c] + counts[c] - 1``, as
 :class:`~metafit.data.base.ClassDataset` requires.
@@ -26,8 +29,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from metafit.data.csv_rows import SHOW, line_numbers, read_rows
 from metafit.data.errors import DatasetError
+from metafit.data.rows import MAX_TABLE_BYTES, SHOW
+from metafit.data.tables import text_rows
 
 __all__ = ["TextCSV"]
 
@@ -35,23 +39,26 @@ log = logging.getLogger(__name__)
 
 
 class TextCSV:
-    """Text examples from a CSV file, grouped by class (a ``ClassDataset``).
+    """Text examples from a table, grouped by class (a ``ClassDataset``).
 
     Args:
-        path: the CSV file (UTF-8, with a header row).
+        path: a ``.csv`` (UTF-8, with a header row), ``.jsonl`` or ``.parquet`` file, or a
+            directory written by ``datasets``' ``save_to_disk``.
         text_column: the column holding the text.
         label_column: the column holding the class name.
         classes: the class names, in the order that fixes their ids; every label in the
             file must be one of them (a class absent from the file gets 0 examples). By
             default, the sorted distinct labels.
-        lenient: skip rows with more or fewer fields than the header, with a warning
-            naming the file and their lines, instead of failing on them.
+        lenient: CSV only: skip rows with more or fewer fields than the header, with a
+            warning naming the file and their lines, instead of failing on them.
+        max_bytes: the largest file read (checked before reading).
 
     Attributes:
         classes: ``C`` class names; ``counts [C]``, ``offsets [C]`` (long).
         texts: ``N`` texts, grouped by class (``texts[i]`` is global index ``i``).
         targets: ``[N]`` class id of each text (long); ``labels``: its class name.
-        lines: the CSV line on which each text's record starts.
+        lines: the line on which each text's record starts (the row, from 0, of a
+            Parquet file or ``datasets`` directory).
 
     Raises:
         DatasetError: (a ``ValueError``) a missing file, bytes that are not UTF-8, a missing
@@ -67,9 +74,11 @@ class TextCSV:
         label_column: str = "category",
         classes: Sequence[str] | None = None,
         lenient: bool = False,
+        max_bytes: int = MAX_TABLE_BYTES,
     ) -> None:
         self.path = Path(path)
-        texts, labels, lines = read_rows(self.path, text_column, label_column, lenient)
+        rows = text_rows(self.path, text_column, label_column, lenient, max_bytes)
+        texts, labels, lines = rows.inputs, rows.labels, rows.places
         if classes is None:
             names = sorted(set(labels))
         else:
@@ -82,8 +91,8 @@ class TextCSV:
         if unknown:
             bad = sorted({lab for _, lab in unknown})
             raise DatasetError(
-                f"{self.path}: label(s) {bad[:SHOW]} not in the given classes, on line(s) "
-                f"{line_numbers([ln for ln, _ in unknown])}"
+                f"{self.path}: label(s) {bad[:SHOW]} not in the given classes, on "
+                f"{rows.where([ln for ln, _ in unknown])}"
             )
         targets = torch.tensor([ids[lab] for lab in labels], dtype=torch.long)  # [N]
         self._set(texts, targets, names, lines)
@@ -157,6 +166,21 @@ class TextCSV:
                                            int(self.offsets[c] + self.counts[c]))
                               for c in ids]) if ids else torch.zeros(0, dtype=torch.long)
             new.tokens = self.tokens[rows][new._order]  # [N', L], in the new order
+        return new
+
+    def take(self, index: Tensor) -> TextCSV:
+        """A dataset of the texts at the global indices ``index [M]``, over the classes
+        that keep any (renumbered 0.. in order)."""
+        rows = torch.as_tensor(index, dtype=torch.long).tolist()
+        kept = sorted({int(self.targets[i]) for i in rows})
+        remap = {c: j for j, c in enumerate(kept)}
+        new = object.__new__(TextCSV)
+        new.path = self.path
+        targets = torch.tensor([remap[int(self.targets[i])] for i in rows], dtype=torch.long)
+        new._set([self.texts[i] for i in rows], targets, [self.classes[c] for c in kept],
+                 [self.lines[i] for i in rows])
+        if self.tokens is not None:
+            new.tokens = self.tokens[torch.tensor(rows, dtype=torch.long)][new._order]
         return new
 
     def __repr__(self) -> str:

@@ -10,16 +10,17 @@ based exporter, the default since torch 2.9), opset 18, with a dynamic batch axi
   sequence length too) -> ``logits [batch, N]``.
 
 Probabilities are ``softmax(logits / temperature)``, the model's calibration temperature
-(``model.json``: ``temperature``, 1 unless adapted with ``--calibrate``). Before anything is written, the ONNX model runs in
-onnxruntime on sample inputs (the stored support set: one batch, and a single example
-for the dynamic axes) and its logits are compared with PyTorch's: the largest absolute
-difference is reported, and an export whose difference exceeds ``tolerance`` (1e-4) fails
-with :class:`ExportError`, leaving no output directory. int8-quantized PyTorch modules
-cannot be exported (torch.onnx has no translation of PyTorch's dynamic quantized linear
-kernels): export the float model instead, optionally with ``quantize="int8"``, which
-writes onnxruntime's dynamic int8 quantization of the checked float export
-(``onnxruntime.quantization.quantize_dynamic``: int8 weights of the matrix products) and
-reports, without gating, how far its logits are from PyTorch's float ones.
+(``model.json``: ``temperature``, 1 unless adapted with ``--calibrate``). Before anything
+is written, the ONNX model runs in onnxruntime on sample inputs (the stored support set:
+one batch, and a single example for the dynamic axes) and its logits are compared with
+PyTorch's: the largest absolute difference is reported, and an export whose difference
+exceeds ``tolerance`` (1e-4) fails with :class:`ExportError`, leaving no output directory.
+int8-quantized PyTorch modules cannot be exported (torch.onnx has no translation of
+PyTorch's dynamic quantized linear kernels): export the float model instead, optionally
+with ``quantize="int8"``, which writes onnxruntime's dynamic int8 quantization of the
+checked float export (``onnxruntime.quantization.quantize_dynamic``: int8 weights of the
+matrix products) and reports, without gating, how far its logits are from PyTorch's float
+ones.
 
 The output is a model directory (atomic, with a manifest): ``model.onnx`` (one file, the
 weights inside: protobuf's 2 GB limit is far above these models), ``model.json``

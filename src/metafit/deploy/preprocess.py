@@ -213,35 +213,49 @@ def preprocessor_from_spec(spec: dict[str, Any], root: Path) -> Preprocessor:
 
 
 def load_support(path: str | os.PathLike[str], kind: str, text_column: str = "text",
-                 label_column: str = "category") -> tuple[list[Any], list[str]]:
+                 label_column: str = "category", image_column: str = "image",
+                 absolute_paths: bool = False) -> tuple[list[Any], list[str]]:
     """A support set from disk: ``(inputs, labels)``.
 
-    ``kind="text"``: a CSV with a header holding ``text_column`` and ``label_column``
-    (UTF-8; the recipe's column names); inputs are the texts. ``kind="image"``: a folder
-    of class folders ``path/<label>/<image file>``; inputs are the file paths.
+    A table (by suffix: ``.csv``, ``.jsonl``, ``.ndjson``, ``.parquet``; or a directory
+    written by ``datasets``' ``save_to_disk``) holds a label column and, for
+    ``kind="text"``, a text column (inputs: the texts) or, for ``kind="image"``, an image
+    column of encoded images or of paths relative to the table's folder (inputs: bytes or
+    resolved paths; a path leading out of the folder, or an absolute one, is refused
+    unless ``absolute_paths``). ``kind="image"`` also takes a folder of class folders
+    ``path/<label>/<image file>`` (inputs: the file paths). Images are decoded later, by
+    the preprocessor, with its pixel cap.
 
     Raises:
-        SupportError: a missing file or folder, missing columns, empty texts or labels,
-            no class folders or an empty one (the message names the file and lines).
+        SupportError: a missing file or folder, an unknown suffix, missing columns, empty
+            texts or labels, bad image cells, no class folders or an empty one (the message
+            names the file and lines or rows).
     """
+    from metafit.data.tables import is_table
+
     path = Path(path)
+    if kind in ("text", "image") and not path.exists():
+        raise SupportError(f"{path}: no such file or folder")
     try:
         if kind == "text":
             from metafit.data.text_csv import TextCSV
 
-            if path.is_dir():
-                raise SupportError(f"{path} is a directory; a text support set is a CSV file "
-                                   f"with columns {text_column!r} and {label_column!r}")
+            if path.is_dir() and not is_table(path):
+                raise SupportError(f"{path} is a directory; a text support set is a table "
+                                   "(.csv, .jsonl, .parquet or a datasets directory) with "
+                                   f"columns {text_column!r} and {label_column!r}")
             data = TextCSV(path, text_column=text_column, label_column=label_column)
             return list(data.texts), list(data.labels)
         if kind == "image":
-            from metafit.data.image_folder import list_class_folders
+            if path.is_dir() and not is_table(path):
+                from metafit.data.image_folder import list_class_folders
 
-            if not path.is_dir():
-                raise SupportError(f"{path} is not a directory; an image support set is a "
-                                   "folder of class folders (<label>/<image file>)")
-            files, labels = list_class_folders(path)
-            return list(files), labels
+                files, labels = list_class_folders(path)
+                return list(files), labels
+            from metafit.data.tables import image_rows
+
+            rows = image_rows(path, image_column, label_column, absolute_paths)
+            return rows.inputs, rows.labels
     except (DatasetError, FileNotFoundError) as e:
         raise SupportError(str(e)) from e
     raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")

@@ -7,7 +7,8 @@ score), and their Python form.
     print(report.summary()); report.per_class; report.confusion
 
 The test set is read like a support set (:func:`~metafit.deploy.preprocess.load_support`:
-the recipe's text and label columns, or ``TEST/<label>/<image>``); a test label the model
+a CSV, JSONL or Parquet table or a ``datasets`` directory with the recipe's columns, or
+``TEST/<label>/<image>``); a test label the model
 does not know is an error naming it, before any prediction. The model scores the test
 set exactly as ``predict`` and the server would (its BatchNorm setting, one input at a time
 in effect: predictions depend on the input only for ``batch_norm="support"`` models), in
@@ -47,7 +48,8 @@ def read_test_set(model: AdaptedModel, path: str | os.PathLike[str]
         SupportError: the file or folder is missing or malformed (names it and the lines).
     """
     recipe = model.recipe
-    return load_support(path, model.kind, recipe.text_column, recipe.label_column)
+    return load_support(path, model.kind, recipe.text_column, recipe.label_column,
+                        recipe.image_column)
 
 
 def score_inputs(model: AdaptedModel, inputs: Sequence[Any], labels: Sequence[str],

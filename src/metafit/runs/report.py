@@ -1,40 +1,67 @@
-"""``metafit report RUN [RUN ...]``: the plots of one or more runs (see
-:mod:`metafit.runs.plots`) with ``report.md`` and ``report.json`` listing their test results.
+"""``metafit report RUN [RUN ...]``: the figures of one or more runs with ``report.md``,
+``index.html`` (the same page, self-contained) and ``report.json`` (their test results).
+
+Figures (:mod:`metafit.runs.plots` and the modules it names): ``training.png``,
+``adaptation.png``, and for every run ``confusion_<run>.png`` and ``episode_<run>.png``
+(images or sentences; ``sinusoid_<run>.png`` for sinusoid regression), plus
+``confusion_<run>.json`` (the counts). Runs too short to trust (:mod:`metafit.runs.caveats`)
+are named in a banner on every figure and a warning at the top of both pages.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from metafit.config.schema import Recipe
 from metafit.data.sampler import EpisodeSampler
+from metafit.evaluation.confusion import Predictions, predict_episodes
 from metafit.evaluation.protocol import EvalResult, evaluate
 from metafit.io import atomic_write_text
+from metafit.runs.caveats import short_run_caveats
 from metafit.runs.directory import RunDir
-from metafit.runs.plots import plot_adaptation, plot_episode, plot_sinusoid, plot_training
+from metafit.runs.plots import plot_adaptation, plot_training
+from metafit.runs.report_examples import run_examples
+from metafit.runs.report_page import ReportPage, Section, Table, to_html, to_markdown
 from metafit.runs.trained import check_count, load_trained, record_evaluation, split_sampler
 
-__all__ = ["report_runs"]
+__all__ = ["report_runs", "shot_counts"]
 
 log = logging.getLogger(__name__)
 
-#: label -> (run directory, its recipe, its trained algorithm)
-Loaded = dict[str, tuple[Path, Recipe, Any]]
+
+@dataclass
+class Evaluated:
+    """One run of the report: where it is, what it is, and how it scored."""
+
+    path: Path
+    recipe: Recipe
+    algo: Any
+    sampler: EpisodeSampler
+    result: EvalResult
+    slug: str  # the run's part of file names
+
+    @property
+    def adapts_with_steps(self) -> bool:
+        return bool(type(self.algo).capabilities()["adapts_with_steps"])
 
 
 def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
                 episodes: int = 100, split: str = "test", progress: bool = False
                 ) -> list[Path]:
-    """Write the plots of one or more runs (and ``report.md`` listing them) into ``out``
-    (default: ``RUN/report`` for a single run); returns the files written.
+    """Write the figures of one or more runs, ``report.md``, ``index.html`` and
+    ``report.json`` into ``out`` (default: ``RUN/report`` for a single run); returns the
+    figures and the two pages.
 
-    The adaptation curve evaluates each run's best checkpoint on ``episodes`` fixed
-    episodes of ``split`` (saved as ``eval_*.json`` in the run's report directory), with a
-    progress bar per run on stderr when ``progress``.
+    Every run's best checkpoint is evaluated on ``episodes`` fixed episodes of ``split``
+    (saved as ``eval_*.json`` in the run's report directory), with a progress bar per
+    evaluation on stderr when ``progress``; its confusion matrix and example episode come
+    from the same episodes.
 
     Raises:
         ValueError: no runs, several without ``out``, ``episodes`` not a positive
@@ -50,66 +77,115 @@ def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
         out = RunDir(paths[0]).report
     out = Path(out)
     loaded = _load(paths)
-    written = [plot_training({k: RunDir(p) for k, (p, _, _) in loaded.items()},
-                             out / "training.png")]
-    results: dict[str, EvalResult] = {}
-    samplers: dict[str, EpisodeSampler] = {}
-    for label, (p, recipe, algo) in loaded.items():
-        samplers[label] = split_sampler(recipe, split)  # type: ignore[arg-type]
-        results[label] = record_evaluation(
-            p, evaluate(algo, samplers[label], episodes=episodes, progress=progress,
-                        desc=f"evaluating {label}"), recipe, split, "best")
-    first_label, (_, recipe0, algo0) = next(iter(loaded.items()))
-    task = (f"{recipe0.eval_ways}-way {recipe0.eval_shots}-shot" if not recipe0.is_regression
-            else f"{recipe0.eval_shots}-shot regression")
-    written.append(plot_adaptation(results, out / "adaptation.png",
-                                   title=f"Adaptation on {split} tasks ({task})"))
-    written += _example_plot(first_label, recipe0, algo0, samplers[first_label], out)
-    _write_summary(out, loaded, results, written)
-    return [*written, out / "report.md"]
+    dirs = {label: RunDir(p) for label, (p, _, _) in loaded.items()}
+    banner = short_run_caveats(dirs, episodes)
+    runs_ = {label: _evaluate(label, p, recipe, algo, split, episodes, progress)
+             for label, (p, recipe, algo) in loaded.items()}
+    page = ReportPage("metafit report", warnings=banner)
+    page.sections.append(_results_section(runs_, split))
+    curves = Section("Training and adaptation", figures=[
+        ("training.png", "Meta-training loss and validation metric against iteration")])
+    plot_training(dirs, out / "training.png", banner)
+    curves.figures.append(_adaptation(runs_, out, split, episodes, banner, progress))
+    page.sections.append(curves)
+    for label, run in runs_.items():
+        page.sections.append(_run_section(label, run, out, episodes, banner))
+    atomic_write_text(out / "report.md", to_markdown(page))
+    atomic_write_text(out / "index.html", to_html(page))
+    summary = {label: r.result.to_dict() for label, r in runs_.items()}
+    atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
+    log.info("report written to %s", out)
+    return [*(out / name for name in page.figures()), out / "report.md", out / "index.html"]
 
 
-def _load(paths: list[Path]) -> Loaded:
-    """Each run's recipe and best algorithm, labelled by algorithm (``maml'`` for a second
-    MAML run).
+def _load(paths: list[Path]) -> dict[str, tuple[Path, Recipe, Any]]:
+    """Each run's recipe and best algorithm, labelled by algorithm (``maml-2`` for a
+    second MAML run).
 
     Raises:
         ValueError: classification and regression runs together.
     """
-    loaded: Loaded = {}
+    loaded: dict[str, tuple[Path, Recipe, Any]] = {}
     for p in paths:
         recipe, algo = load_trained(p)
-        label = recipe.algorithm
+        label, n = recipe.algorithm, 1
         while label in loaded:
-            label = f"{label}'"
+            n += 1
+            label = f"{recipe.algorithm}-{n}"
         loaded[label] = (p, recipe, algo)
     if len({r.is_regression for _, r, _ in loaded.values()}) > 1:
         raise ValueError("cannot plot classification and regression runs together")
     return loaded
 
 
-def _example_plot(label: str, recipe: Recipe, algo: Any, sampler: EpisodeSampler,
-                  out: Path) -> list[Path]:
-    """The first run's example: its sinusoid fits, or one test episode of images."""
+def _evaluate(label: str, path: Path, recipe: Recipe, algo: Any, split: str,
+              episodes: int, progress: bool) -> Evaluated:
+    sampler = split_sampler(recipe, split)  # type: ignore[arg-type]
+    result = record_evaluation(path, evaluate(algo, sampler, episodes=episodes,
+                                              progress=progress, desc=f"evaluating {label}"),
+                               recipe, split, "best")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+    return Evaluated(path, recipe, algo, sampler, result, slug)
+
+
+def _task(recipe: Recipe) -> str:
     if recipe.is_regression:
-        if recipe.dataset == "sinusoid":
-            return [plot_sinusoid(algo, sampler, out / "sinusoid.png")]
-        return []
-    episode = sampler.fixed(1)[0]
-    if episode.support_x.dim() == 4:  # images [B, C, H, W]
-        return [plot_episode(algo, episode, sampler.dataset.classes,  # type: ignore[union-attr]
-                             out / "episode.png", title=label)]
-    return []
+        return f"{recipe.eval_shots}-shot regression"
+    return f"{recipe.eval_ways}-way {recipe.eval_shots}-shot"
 
 
-def _write_summary(out: Path, loaded: Loaded, results: dict[str, EvalResult],
-                   written: list[Path]) -> None:
-    """``report.md`` (a table of the runs' results and the plots) and ``report.json``."""
-    lines = ["# metafit report", "", "| run | algorithm | result |", "|---|---|---|"]
-    for label, (p, _, _) in loaded.items():
-        lines.append(f"| {p} | {label} | {results[label].summary()} |")
-    lines += [""] + [f"![{f.stem}]({f.name})" for f in written]
-    summary = {label: r.to_dict() for label, r in results.items()}
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
-    atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
-    log.info("report written to %s", out)
+def _results_section(runs: dict[str, Evaluated], split: str) -> Section:
+    """The table of the runs' results."""
+    rows = []
+    for label, r in runs.items():
+        scale, unit = (100.0, " %") if r.result.metric == "accuracy" else (1.0, "")
+        rows.append([label, str(r.path), _task(r.recipe), r.result.metric,
+                     f"{scale * r.result.mean:.2f}{unit}", f"+- {scale * r.result.ci95:.2f}",
+                     str(r.result.episodes),
+                     str(r.result.steps) if r.adapts_with_steps else "none (no inner steps)"])
+    return Section(f"Results on {split} episodes", tables=[Table(
+        ["run", "directory", "task", "metric", "mean", "95% CI", "episodes", "inner steps"],
+        rows)])
+
+
+def shot_counts(sampler: EpisodeSampler, candidates: Sequence[int] = (1, 2, 5, 10)
+                ) -> list[int]:
+    """The shot counts among ``candidates`` and the sampler's own whose episodes the data
+    can fill (``ways`` classes with ``shots + queries`` examples each)."""
+    counts = sampler.dataset.counts  # type: ignore[union-attr]
+    wanted = sorted(set(candidates) | {sampler.shots})
+    return [k for k in wanted
+            if int((counts >= k + sampler.queries).sum()) >= sampler.ways]
+
+
+def _adaptation(runs: dict[str, Evaluated], out: Path, split: str, episodes: int,
+                banner: Sequence[str], progress: bool) -> tuple[str, str]:
+    """``adaptation.png``: against inner steps, or against shots when no run takes steps."""
+    first = next(iter(runs.values()))
+    levels = {label: "no inner steps" for label, r in runs.items() if not r.adapts_with_steps}
+    shots: dict[str, dict[int, EvalResult]] = {}
+    if len(levels) == len(runs) and not first.recipe.is_regression:
+        for label, r in runs.items():
+            shots[label] = {k: evaluate(r.algo, split_sampler(
+                r.recipe, split, r.sampler.dataset, shots=k),  # type: ignore[arg-type]
+                episodes=episodes, progress=progress, desc=f"{label} {k}-shot")
+                for k in shot_counts(r.sampler)}
+    plot_adaptation({k: r.result for k, r in runs.items()}, out / "adaptation.png",
+                    title=f"Adaptation on {split} tasks ({_task(first.recipe)})",
+                    levels=levels, shots=shots, banner=banner)
+    what = ("test accuracy against support shots (no run adapts with inner steps)" if shots
+            else "test metric after 0..S inner steps (95% CI band)")
+    return "adaptation.png", f"Adaptation: {what}"
+
+
+def _run_section(label: str, run: Evaluated, out: Path, episodes: int,
+                 banner: Sequence[str]) -> Section:
+    """One run's confusion matrix and example episode (or sinusoid fits)."""
+    section = Section(f"Run {label} ({run.path})")
+    preds: Predictions | None = None
+    if not run.recipe.is_regression:
+        preds = predict_episodes(run.algo, run.sampler.fixed(episodes))
+    figures, tables, text = run_examples(label, run.slug, run.algo, run.sampler, preds, out,
+                                         banner)
+    section.figures, section.tables, section.text = figures, tables, text
+    return section

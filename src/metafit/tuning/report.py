@@ -10,6 +10,8 @@
 - ``report/intermediate_values.png``: validation score against iteration for every
   trial, pruned ones in grey, the best in red: what the pruner saw.
 - ``report/slice.png``: the value against each searched key.
+
+With fewer than :data:`MIN_TRIALS` complete trials, every plot says so across its top.
 """
 
 from __future__ import annotations
@@ -31,9 +33,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from metafit.tuning.options import TuneOptions
 
-__all__ = ["write_best_recipe", "write_report", "best_recipe"]
+__all__ = ["write_best_recipe", "write_report", "best_recipe", "few_trials_caveat",
+           "MIN_TRIALS"]
 
 log = logging.getLogger(__name__)
+
+#: A study with fewer complete trials gets a caveat on every plot: fANOVA importances and
+#: slices need many trials spread over the space before they say which keys matter.
+MIN_TRIALS = 10
 
 
 def best_recipe(study: optuna.Study, recipe: Recipe) -> Recipe | None:
@@ -88,8 +95,22 @@ def _write_trials_csv(study: optuna.Study, path: Path) -> Path:
     return path
 
 
-def _plot(draw: Any, study: optuna.Study, path: Path, **kwargs: Any) -> Path | None:
-    from metafit.runs.plots import pyplot, save_figure
+def few_trials_caveat(study: optuna.Study) -> list[str]:
+    """The caveat every plot of a study with fewer than :data:`MIN_TRIALS` complete trials
+    carries (empty otherwise)."""
+    from optuna.trial import TrialState
+
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if done >= MIN_TRIALS:
+        return []
+    return [f"only {done} complete trial{'s' if done != 1 else ''} (fewer than "
+            f"{MIN_TRIALS}): too few to rank settings or judge which keys matter; read "
+            "these plots as anecdotes."]
+
+
+def _plot(draw: Any, study: optuna.Study, path: Path, banner: list[str] | None = None,
+          **kwargs: Any) -> Path | None:
+    from metafit.runs.figures import finish, pyplot, save_figure
 
     try:
         ax = draw(study, **kwargs)
@@ -100,7 +121,20 @@ def _plot(draw: Any, study: optuna.Study, path: Path, **kwargs: Any) -> Path | N
     axes = ax if not hasattr(ax, "figure") else [ax]
     fig = _first(axes).figure
     fig.set_size_inches(max(6.4, fig.get_size_inches()[0]), 4.8)
+    finish(fig, banner or [], tight=False)
     return save_figure(fig, path, bbox_inches="tight")
+
+
+def _plot_history(study: optuna.Study, **kwargs: Any) -> Any:
+    """Optuna's optimization history (every trial's value and the best so far), with
+    trial numbers as integer ticks."""
+    from optuna.visualization import matplotlib as vis
+
+    from metafit.runs.figures import integer_axis
+
+    ax = vis.plot_optimization_history(study, **kwargs)
+    integer_axis(ax, [t.number for t in study.trials])
+    return ax
 
 
 def _first(axes: Any) -> Any:
@@ -114,7 +148,7 @@ def plot_validation_curves(study: optuna.Study) -> Any:
     """Every trial's validation score against iteration (what the pruner compared):
     complete trials in blue, pruned ones in grey, the best in red; a log scale clipped
     to the range that matters, so one diverged trial does not flatten the others."""
-    from metafit.runs.plots import pyplot
+    from metafit.runs.figures import integer_axis, pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
@@ -123,6 +157,7 @@ def plot_validation_curves(study: optuna.Study) -> Any:
               if math.isfinite(v)]
     if not values:
         raise ValueError("no trial reported a validation score")
+    iterations: list[int] = []
     for t in study.trials:
         if not t.intermediate_values:
             continue
@@ -133,13 +168,20 @@ def plot_validation_curves(study: optuna.Study) -> Any:
                  {"color": "tab:blue", "lw": 1.0, "alpha": 0.6} if t.state.name == "COMPLETE"
                  else {"color": "0.6", "lw": 0.8, "alpha": 0.7})
         ax.plot(steps, ys, marker=".", **style)
+        iterations += steps
     ordered = sorted(values)
     low, high = ordered[0], ordered[int(0.9 * (len(ordered) - 1))]
     if low > 0:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_yscale("log")
         ax.set_ylim(low / 1.2, max(high, low) * 1.5)
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # "6", "0.3": not "6 x 10^0"
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.plot([], [], color="tab:blue", label="complete")
     ax.plot([], [], color="0.6", label="pruned")
+    integer_axis(ax, iterations)
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"validation {_metric(study)}")
     ax.set_title(f"Validation curves of the {len(study.trials)} trials")
@@ -158,7 +200,8 @@ def write_report(study: optuna.Study, out: str | Path) -> list[Path]:
     """Write the trials CSV and the plots into ``out``; returns the files written.
 
     Plots that need more than the study has (importances need two complete trials with
-    different values) are skipped with a warning.
+    different values) are skipped with a warning; with fewer than :data:`MIN_TRIALS`
+    complete trials every plot carries a caveat across its top.
     """
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as vis
@@ -169,7 +212,7 @@ def write_report(study: optuna.Study, out: str | Path) -> list[Path]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     finite = [t for t in complete if t.value is not None and math.isfinite(t.value)]
     plots: list[tuple[Any, str, dict[str, Any]]] = [
-        (vis.plot_optimization_history, "optimization_history.png",
+        (_plot_history, "optimization_history.png",
          {"target_name": _metric(study)}),
         (plot_validation_curves, "intermediate_values.png", {}),
         (vis.plot_slice, "slice.png", {"target_name": _metric(study)}),
@@ -179,6 +222,9 @@ def write_report(study: optuna.Study, out: str | Path) -> list[Path]:
                          {"target_name": _metric(study)}))
     else:
         log.warning("skipped param_importances.png: it needs two complete trials")
+    caveat = few_trials_caveat(study)
+    if caveat:
+        log.warning("tuning report: %s", caveat[0])
     import optuna
 
     verbosity = optuna.logging.get_verbosity()
@@ -188,7 +234,7 @@ def write_report(study: optuna.Study, out: str | Path) -> list[Path]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             for draw, name, kwargs in plots:
-                written = _plot(draw, study, out / name, **kwargs)
+                written = _plot(draw, study, out / name, caveat, **kwargs)
                 if written is not None:
                     files.append(written)
     finally:
