@@ -82,9 +82,9 @@ def confusion_figure(preds: Predictions, class_names: Sequence[str] | None,
         if len(seen) <= MAX_NAMED:
             ids, counts = preds.by_class()
             matrix_panel(ax, counts, [display_name(class_names[c], 42, 1) for c in ids], fig)
-            ax.set(xlabel="taken for", ylabel="true class")
-            ax.set_title(f"By true class ({len(seen)} classes; a cell can only fill where "
-                         "both classes met in an episode)", fontsize=8)
+            ax.set(xlabel="taken for")  # no y label: long names push it onto the left panel
+            ax.set_title(f"By true class, one row each ({len(seen)} classes; a cell can only "
+                         "fill where both classes met in an episode)", fontsize=8)
         else:
             _mistakes(ax, preds, class_names)
             ax.set_title(f"Most frequent mistakes ({len(seen)} classes drawn: too many "
