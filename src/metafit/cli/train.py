@@ -77,7 +77,7 @@ def add_quickstart_parser(sub: Any) -> None:
     p.add_argument("--data-root", help="data directory (Omniglot zips, or the recipe's data)")
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--size", default="default", choices=["default", "tiny"],
-                   help="tiny: a smoke run of about 10 s on 2 CPU cores (4 iterations per "
+                   help="tiny: a smoke run of about 12 s on 2 CPU cores (4 iterations per "
                    "method, 10 test episodes: the numbers mean nothing); default: a few "
                    "minutes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
