@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from metafit.episodes import Episodes
+from metafit.evaluation.classification import confusion_counts
 from metafit.evaluation.feature_cache import cached_body
 from metafit.functional.inner import final
 
@@ -56,7 +57,7 @@ class Predictions:
 
     def by_position(self) -> Tensor:
         """``[N, N]`` counts: row = true in-episode label, column = predicted label."""
-        return _count(self.true.flatten(), self.pred.flatten(), self.ways)
+        return confusion_counts(self.true.flatten(), self.pred.flatten(), self.ways)
 
     def class_ids(self) -> tuple[Tensor, Tensor]:
         """``(true, pred)`` dataset class ids of every query, each ``[E, N*Q]``.
@@ -81,7 +82,7 @@ class Predictions:
         true, pred = self.class_ids()
         index = torch.full((int(max(seen)) + 1,), -1, dtype=torch.long)
         index[torch.tensor(seen)] = torch.arange(len(seen))
-        return seen, _count(index[true.flatten()], index[pred.flatten()], len(seen))
+        return seen, confusion_counts(index[true.flatten()], index[pred.flatten()], len(seen))
 
     def confused_pairs(self, top: int = 10) -> list[tuple[int, int, int]]:
         """The ``top`` most frequent mistakes as ``(true class id, predicted class id,
@@ -93,12 +94,6 @@ class Predictions:
             pairs[(t, p)] = pairs.get((t, p), 0) + 1
         ranked = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
         return [(t, p, n) for (t, p), n in ranked[:top]]
-
-
-def _count(true: Tensor, pred: Tensor, size: int) -> Tensor:
-    """``[size, size]`` long counts of the pairs ``(true[i], pred[i])``."""
-    flat = true.long() * size + pred.long()
-    return torch.bincount(flat, minlength=size * size).reshape(size, size)
 
 
 def predict_episodes(algo: Any, episodes: Episodes, steps: int | None = None,
