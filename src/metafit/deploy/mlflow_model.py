@@ -20,7 +20,12 @@ import logging
 from pathlib import Path
 
 from metafit._version import __version__
-from metafit.training.mlflow_logger import RUN_FILE, default_uri, experiment_id, import_mlflow
+from metafit.training.mlflow_logger import (
+    RUN_FILE,
+    experiment_id,
+    import_mlflow,
+    tracking_client,
+)
 
 __all__ = ["log_adapted_model"]
 
@@ -32,9 +37,6 @@ CODE = Path(__file__).with_name("mlflow_pyfunc.py")
 def _target(model_dir: Path, run_dir: Path | None, tracking_uri: str | None,
             experiment: str) -> tuple[str, str]:
     """``(tracking URI, run id)`` of the MLflow run the model joins (module docstring)."""
-    from mlflow import MlflowClient
-    from mlflow.environment_variables import MLFLOW_TRACKING_URI
-
     saved = run_dir / RUN_FILE if run_dir is not None else None
     if tracking_uri is None and saved is not None and saved.is_file():
         try:
@@ -42,11 +44,7 @@ def _target(model_dir: Path, run_dir: Path | None, tracking_uri: str | None,
             return str(named["tracking_uri"]), str(named["run_id"])
         except (ValueError, KeyError, TypeError) as e:
             log.warning("MLflow: %s is unreadable (%s); logging to a new run", saved, e)
-    uri = tracking_uri
-    if uri is None and not MLFLOW_TRACKING_URI.is_set():
-        uri = default_uri(model_dir)
-    client = MlflowClient(tracking_uri=uri)
-    uri = client.tracking_uri
+    client, uri = tracking_client(tracking_uri, model_dir)
     run = client.create_run(experiment_id(client, experiment, uri), run_name=model_dir.name,
                             tags={"metafit.model_dir": str(model_dir.resolve()),
                                   "metafit.version": __version__})

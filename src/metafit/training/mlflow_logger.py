@@ -58,7 +58,8 @@ from metafit.io import atomic_write_text
 from metafit.training.callbacks import Callback, TrainerView
 
 __all__ = ["MLflowLogger", "MLFLOW_STATUS", "MAX_PARAM_LENGTH", "RUN_FILE", "default_uri",
-           "experiment_id", "flat_params", "import_mlflow", "tracking_callbacks"]
+           "experiment_id", "flat_params", "import_mlflow", "tracking_callbacks",
+           "tracking_client"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,20 @@ def default_uri(run_path: Path) -> str:
     return f"sqlite:///{(run_path.resolve().parent / 'mlflow.db').as_posix()}"
 
 
+def tracking_client(tracking_uri: str | None, beside: Path) -> tuple[Any, str]:
+    """An ``MlflowClient`` of the store to log to and its URI as MLflow resolved it:
+    ``tracking_uri``, else MLflow's ``MLFLOW_TRACKING_URI``, else :func:`default_uri`
+    beside ``beside`` (a run or model directory)."""
+    from mlflow import MlflowClient
+    from mlflow.environment_variables import MLFLOW_TRACKING_URI
+
+    uri = tracking_uri
+    if uri is None and not MLFLOW_TRACKING_URI.is_set():
+        uri = default_uri(beside)
+    client = MlflowClient(tracking_uri=uri)
+    return client, client.tracking_uri
+
+
 def sqlite_artifacts(uri: str) -> str | None:
     """For a local SQLite store (``sqlite:///PATH``), the ``mlartifacts`` folder beside
     its file as a ``file://`` URI; else None (the store's own default)."""
@@ -162,15 +177,8 @@ class MLflowLogger(Callback):
 
     # -- hooks ------------------------------------------------------------------------
     def on_fit_start(self, trainer: TrainerView) -> None:
-        from mlflow import MlflowClient
-        from mlflow.environment_variables import MLFLOW_TRACKING_URI
-
         self.run_path = trainer.run.path
-        uri = self.tracking_uri
-        if uri is None and not MLFLOW_TRACKING_URI.is_set():
-            uri = default_uri(self.run_path)
-        self.client = MlflowClient(tracking_uri=uri)
-        uri = self.client.tracking_uri  # as resolved by MLflow
+        self.client, uri = tracking_client(self.tracking_uri, self.run_path)
         recipe = trainer.recipe
         params = flat_params(recipe.applicable_dump(mode="json"))
         saved = self._saved_run(uri)
