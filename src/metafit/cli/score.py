@@ -16,8 +16,7 @@ __all__ = ["score_test_set"]
 def _model(args: argparse.Namespace) -> Any:
     """The model to score: the model directory, or the run adapted on ``--support``."""
     from metafit.deploy.adapted import AdaptedModel
-    from metafit.deploy.adapter import Adapter
-    from metafit.deploy.preprocess import load_support
+    from metafit.deploy.adapter import adapt_run
 
     path = Path(args.run)
     if (path / "manifest.json").is_file():
@@ -29,11 +28,8 @@ def _model(args: argparse.Namespace) -> Any:
         raise ValueError(f"{path} is a run directory: give --support PATH (your labelled "
                          "examples) to adapt it before scoring --test, or score a model "
                          "directory written by `metafit adapt`")
-    adapter = Adapter.from_run(path, args.checkpoint, args.classifier, args.classifier_penalty)
-    recipe = adapter.recipe
-    inputs, labels = load_support(args.support, adapter.kind, recipe.text_column,
-                                  recipe.label_column, recipe.image_column)
-    return adapter.adapt(inputs, labels, steps=args.steps)
+    return adapt_run(path, args.support, None, steps=args.steps, which=args.checkpoint,
+                     classifier=args.classifier, penalty=args.classifier_penalty)
 
 
 def score_test_set(args: argparse.Namespace) -> int:

@@ -245,17 +245,18 @@ class Adapter:
 
 
 def adapt_run(run: str | os.PathLike[str], support_path: str | os.PathLike[str],
-              out: str | os.PathLike[str], steps: int | None = None, which: str = "best",
+              out: str | os.PathLike[str] | None, steps: int | None = None,
+              which: str = "best",
               classes: Sequence[str] | None = None, batch_norm: BatchNormMode = "support",
               classifier: str | None = None, penalty: float | None = None,
               calibrate: bool = False, absolute_image_paths: bool = False) -> AdaptedModel:
     """Adapt ``run`` to the support set at ``support_path`` (a table with the recipe's
     text or image column and label column; for image runs also a folder of class folders,
-    :func:`load_support`) and save the model directory ``out`` (atomically). Returns the
-    adapted model. ``classifier``, ``penalty``: as in :meth:`Adapter.from_run`;
-    ``calibrate``: fit the temperature of its probabilities on held-out folds of the
-    support set (:mod:`metafit.deploy.calibrate`); ``absolute_image_paths``: trust the
-    table's image paths to name any file."""
+    :func:`load_support`) and save the model directory ``out`` (atomically; None: keep it
+    in memory only). Returns the adapted model. ``classifier``, ``penalty``: as in
+    :meth:`Adapter.from_run`; ``calibrate``: fit the temperature of its probabilities on
+    held-out folds of the support set (:mod:`metafit.deploy.calibrate`);
+    ``absolute_image_paths``: trust the table's image paths to name any file."""
     adapter = Adapter.from_run(run, which, classifier, penalty)
     recipe = adapter.recipe
     inputs, labels = load_support(support_path, adapter.kind, recipe.text_column,
@@ -266,5 +267,6 @@ def adapt_run(run: str | os.PathLike[str], support_path: str | os.PathLike[str],
         from metafit.deploy.calibrate import calibrate as fit
 
         model = fit(model, adapter.adapt_tensors)
-    model.save(out)
+    if out is not None:
+        model.save(out)
     return model
