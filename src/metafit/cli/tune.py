@@ -35,7 +35,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                        trial_iterations=args.trial_iterations, jobs=args.jobs,
                        seed=args.seed, progress=show_progress(args))
     result, files = None, []
-    if args.trials is not None or not args.report:
+    run_trials = args.trials is not None or not args.report  # --report alone: no trials
+    if run_trials:
         result = tune(recipe, opts)
     if args.report:
         study = load_existing_study(recipe, opts)
@@ -49,7 +50,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
         emit("tune", {**asdict(result), "report_files": [str(f) for f in files]})
         return 0
-    if args.trials is not None or not args.report:
+    if run_trials:
         best = ("no complete trial yet" if result.best_trial is None else
                 f"best trial {result.best_trial}: {result.best_value:.6g} with "
                 + ", ".join(f"{k}={v}" for k, v in result.best_params.items()))
