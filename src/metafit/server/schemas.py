@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 from pydantic.json_schema import SkipJsonSchema
 
 __all__ = ["TextExample", "ImageExample", "ImageInput", "AdaptationRequest",
@@ -22,6 +22,10 @@ Text = Annotated[str, StringConstraints(min_length=1)]
 Base64 = Annotated[str, StringConstraints(min_length=1)]
 File = Annotated[bytes, Field(description="a PNG or JPEG file")]
 T = TypeVar("T")
+#: The description of an adaptation's ``calibrate`` option.
+CALIBRATE = ("fit a temperature T for the probabilities, softmax(logits / T), on held-out "
+             "folds of the support set (as `metafit adapt --calibrate`; one extra "
+             "adaptation per fold, at most 10); labels do not change")
 # A list of at least one item (on each member of a union of lists, so that the schema
 # says minItems: a constraint on the union itself came out as a string's minLength).
 NonEmpty = Annotated[list[T], Field(min_length=1)]
@@ -65,6 +69,7 @@ class AdaptationRequest(_Body):
         description="labelled examples, all text or all images")
     steps: int | None = Field(default=None, ge=0,
                               description="inner steps (default: the server's)")
+    calibrate: StrictBool = Field(default=False, description=CALIBRATE)
 
 
 class AdaptationUpload(_Body):
@@ -75,6 +80,7 @@ class AdaptationUpload(_Body):
     file: NonEmpty[File] = Field(description="the images: PNG or JPEG files")
     steps: int | SkipJsonSchema[None] = Field(
         default=None, ge=0, description="inner steps (default: the server's)")
+    calibrate: bool = Field(default=False, description=CALIBRATE + " ('true' or 'false')")
 
 
 class AdaptationResponse(BaseModel):
@@ -86,6 +92,9 @@ class AdaptationResponse(BaseModel):
     algorithm: str | None = Field(default=None, description="the run's algorithm")
     examples: int | None = Field(default=None, description="support examples it was adapted on")
     steps: int | None = Field(default=None, description="inner steps it took")
+    temperature: float | None = Field(
+        default=None, description="T of its probabilities, softmax(logits / T): 1 unless "
+        "adapted with calibrate (which keeps 1 when no class has two examples)")
     seconds: float | None = Field(default=None, description="time the adaptation took (in "
                                   "the response to POST only)")
 
