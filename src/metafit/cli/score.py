@@ -60,6 +60,10 @@ def score_test_set(args: argparse.Namespace) -> int:
         emit("evaluate", payload)
         return 0
     write_line(f"{args.run} on {args.test}: {report.summary()}")
+    if report.open_set is not None:
+        from metafit.evaluation.openset import OpenSetReport
+
+        write_line(OpenSetReport(**report.open_set).summary())
     width = max(len(c.name) for c in report.per_class)
     write_line(f"{'class':<{width}}  precision  recall  f1     support")
     for c in report.per_class:
