@@ -214,6 +214,14 @@ def test_adapt_predict_and_evaluate_on_the_command_line(tmp_path: Path, capsys) 
     assert 0.0 <= open_set["auroc"] <= 1.0 and open_set["recall"] == 0.95
     assert main(["evaluate", str(out), "--test", str(test)]) == 0
     assert "none of these (prototype): out-of-scope recall" in capsys.readouterr().out
+    # a run adapted in memory on --support, with --reject, scores the same rows
+    assert main(["evaluate", str(image_run("protonet")), "--support", str(support),
+                 "--test", str(test), "--reject", "prototype", "--reject-recall", "0.9",
+                 "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)["open_set"]
+    assert again["out_of_scope"] == 3 and again["auroc"] == pytest.approx(open_set["auroc"])
+    assert main(["evaluate", str(out), "--test", str(test), "--reject"]) == 2
+    assert "already adapted" in capsys.readouterr().err
 
 
 def test_the_cli_refuses_reject_options_it_cannot_honour(tmp_path: Path, capsys) -> None:
@@ -341,3 +349,26 @@ def test_the_mlflow_pyfunc_returns_the_unknown_label(adapter: Adapter, model: Ad
     assert frame.loc[0, "label"] == "unknown" and bool(frame.loc[0, "rejected"])
     wrapper.model = model  # no reject setting: the columns of before
     assert list(wrapper.predict(None, [str(far)]).columns) == ["label", *model.label_names]
+
+
+def test_a_text_models_reject_score_exports_with_parity(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from deploy_fixtures import text_recipe
+    from metafit.algorithms.from_recipe import build_algorithm
+    from metafit.deploy import onnx_export
+    from text_fixtures import sentences
+
+    recipe = text_recipe("protonet", distance="cosine", distance_scale=20.0)
+    rows = sentences(3, 2, seed=5)
+    adapter = Adapter(recipe, build_algorithm(recipe))
+    model = adapter.adapt([t for t, _ in rows], [lab for _, lab in rows])
+    fitted = fit_on_support(model, adapter.adapt_tensors, reject=RejectRequest("nearest"))
+    assert fitted.reject is not None and fitted.reject.fitted["held_out"] == 6
+    report = onnx_export.export_onnx(fitted, tmp_path / "onnx")
+    assert report.max_score_diff is not None and report.max_score_diff <= 1e-4
+    session = onnx_export.onnx_session(tmp_path / "onnx" / "model.onnx")
+    texts = ["please help with my card alpha2 gamma2", "why delta0"]  # other lengths
+    feeds = onnx_export.onnx_feeds("text", fitted.preprocess(texts), pad_id=0)
+    scores = session.run(["reject_score"], feeds)[0]
+    np.testing.assert_allclose(scores, fitted.reject_scores(texts).numpy(), atol=1e-5)

@@ -18,12 +18,12 @@ from metafit.cli.options import (
 )
 from metafit.cli.options import write_line as _write
 
-__all__ = ["add_adapt_parser", "add_predict_parser"]
+__all__ = ["add_adapt_parser", "add_predict_parser", "add_reject_options", "reject_request"]
 
 _TABLE_CLASSES = 3  # most probable classes shown per row of the table
 
 
-def _reject_request(args: argparse.Namespace) -> Any:
+def reject_request(args: argparse.Namespace) -> Any:
     """The ``--reject`` options as a :class:`~metafit.deploy.reject.RejectRequest`, or None.
 
     Raises:
@@ -52,7 +52,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
                       classifier=args.classifier, penalty=args.classifier_penalty,
                       calibrate=args.calibrate,
                       absolute_image_paths=args.absolute_image_paths,
-                      reject=_reject_request(args))
+                      reject=reject_request(args))
     assert model.support is not None
     fit = (model.logits(model.support[0]).argmax(-1) == model.support[1]).float().mean()
     summary = {"out": str(args.out), "kind": model.kind, "labels": model.label_names,
