@@ -48,7 +48,7 @@ class FormSpec:
             ``labels``: candidate labels of a prediction).
         labels: most ``label_field`` parts.
         paired: whether each file needs its own label (a support set).
-        steps: whether a ``steps`` field is accepted.
+        steps: whether ``steps`` and ``reject`` fields are accepted (a support set).
     """
 
     files: int
@@ -62,11 +62,13 @@ class FormSpec:
 @dataclass(frozen=True)
 class Upload:
     """A parsed form: the files' bytes in order, the labels (one per file for a support
-    set; a prediction's candidates, possibly none) and ``steps`` if given."""
+    set; a prediction's candidates, possibly none), ``steps`` if given, and ``reject``
+    (a support set's "none of these" options as JSON text, checked by the service)."""
 
     files: list[bytes]
     labels: list[str] = field(default_factory=list)
     steps: int | None = None
+    reject: str | None = None
 
 
 def is_multipart(content_type: str) -> bool:
@@ -118,7 +120,9 @@ class _Parts:
         self.fields: dict[str, list[bytes]] = {FILE: [], spec.label_field: []}
         if spec.steps:
             self.fields["steps"] = []
-        self.limits = {FILE: spec.files, spec.label_field: spec.labels, "steps": 1}
+            self.fields["reject"] = []
+        self.limits = {FILE: spec.files, spec.label_field: spec.labels, "steps": 1,
+                       "reject": 1}
         self.ended = False
         self._header: list[bytes] = [b"", b""]
         self._headers: dict[bytes, bytes] = {}
@@ -160,8 +164,8 @@ class _Parts:
         count = len(self.fields[self._name]) + 1
         limit = self.limits[self._name]
         if count > limit:
-            if self._name == "steps":
-                raise _error(["steps"], "given more than once", "value_error")
+            if self._name in ("steps", "reject"):
+                raise _error([self._name], "given more than once", "value_error")
             noun = self.spec.noun if self._name == FILE else "labels"
             raise ApiError(422, f"{self._name}: {too_many(noun, f'more than {limit}', limit)}")
         if self._name == FILE:
@@ -203,7 +207,8 @@ class _Parts:
                 steps = _STEPS.validate_python(self._text("steps", 0))
             except ValidationError as e:
                 raise _error(["steps"], e.errors()[0]["msg"], e.errors()[0]["type"]) from None
-        return Upload(files=files, labels=labels, steps=steps)
+        reject = self._text("reject", 0) if self.fields.get("reject") else None
+        return Upload(files=files, labels=labels, steps=steps, reject=reject)
 
     def _labels(self, name: str) -> list[str]:
         texts = [self._text(name, i) for i in range(len(self.fields[name]))]
