@@ -104,7 +104,7 @@ class AdaptationUpload(_Body):
         default=None, ge=0, description="inner steps (default: the server's)")
     reject: str | SkipJsonSchema[None] = Field(
         default=None, description="a 'none of these' setting: RejectOptions as JSON text "
-        "(-F 'reject={\"score\": \"max_prob\"}')")
+        "(-F 'reject={\"score\": \"max_logit\"}')")
 
 
 class RejectInfo(BaseModel):
