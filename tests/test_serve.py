@@ -240,6 +240,14 @@ def test_calibrate_stores_and_applies_a_temperature(settings: ServerSettings, da
                 row, abs=1e-6)
             assert p["label"] == q["label"]  # a temperature never changes the label
             assert p["probabilities"] != pytest.approx(q["probabilities"], abs=1e-4)
+        # with a reject setting too: one pass of folds serves both, the same T
+        r = server.client.post("/v1/adaptations", json={
+            **body, "calibrate": True, "reject": {"score": "max_prob"}}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        both = r.json()
+        assert both["temperature"] == pytest.approx(t, rel=1e-9)
+        assert both["reject"]["score"] == "max_prob" and both["reject"]["threshold"] is not None
+        assert both["reject"]["fitted"]["held_out"] == 9
         # one example per class: nothing to hold out, T stays 1 and the reason is kept
         r = server.client.post("/v1/adaptations", json={**support(data, (0, 5), 1),
                                                         "calibrate": True}, headers=AUTH)

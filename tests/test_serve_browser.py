@@ -241,16 +241,18 @@ def test_the_page_shows_an_unknown_answer_and_a_refused_key(
     assert page.input_value("#model") == made.json()["id"]
     page.locator("#queries input[type=file]").set_input_files(shapes["square"][3])
 
-    # the "none of these" answer is designed elsewhere: shown if a prediction carries it
+    # a "none of these" answer (an adaptation with a reject setting), as the API sends it
     def abstaining(route: Any) -> None:
         route.fulfill(status=200, content_type="application/json", body=json.dumps(
-            {"predictions": [{"label": "square", "probabilities": labels, "unknown": True}]}))
+            {"predictions": [{"label": "unknown", "probabilities": labels, "score": 0.12,
+                              "rejected": True}]}))
 
     page.route("**/predict", abstaining)
     page.click("#classify")
     page.wait_for_selector("#results .top-label")
     assert page.text_content("#results .top-label.unknown") == "unknown"
-    assert "none of these classes (closest: square)" in page.text_content("#results .answer")
+    assert "none of these classes (reject score 0.120; closest: square)" in \
+        page.text_content("#results .answer")
     page.unroute("**/predict")
 
     page.uncheck("#remember")

@@ -18,9 +18,29 @@ from metafit.cli.options import (
 )
 from metafit.cli.options import write_line as _write
 
-__all__ = ["add_adapt_parser", "add_predict_parser"]
+__all__ = ["add_adapt_parser", "add_predict_parser", "add_reject_options", "reject_request"]
 
 _TABLE_CLASSES = 3  # most probable classes shown per row of the table
+
+
+def reject_request(args: argparse.Namespace) -> Any:
+    """The ``--reject`` options as a :class:`~metafit.deploy.reject.RejectRequest`, or None.
+
+    Raises:
+        ValueError: ``--reject-recall``, ``--reject-threshold`` or ``--reject-label``
+            without ``--reject``, or values out of bounds.
+    """
+    from metafit.deploy.reject import DEFAULT_REJECT_SCORE, DEFAULT_UNKNOWN_LABEL, RejectRequest
+
+    if args.reject is None:
+        given = [f"--reject-{n}" for n in ("recall", "threshold", "label")
+                 if getattr(args, f"reject_{n}") is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} need(s) --reject [SCORE]")
+        return None
+    return RejectRequest(args.reject or DEFAULT_REJECT_SCORE, args.reject_recall,
+                         args.reject_threshold,
+                         DEFAULT_UNKNOWN_LABEL if args.reject_label is None else args.reject_label)
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
@@ -31,12 +51,14 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
                       which=args.checkpoint, classes=classes, batch_norm=args.batch_norm,
                       classifier=args.classifier, penalty=args.classifier_penalty,
                       calibrate=args.calibrate,
-                      absolute_image_paths=args.absolute_image_paths)
+                      absolute_image_paths=args.absolute_image_paths,
+                      reject=reject_request(args))
     assert model.support is not None
     fit = (model.logits(model.support[0]).argmax(-1) == model.support[1]).float().mean()
     summary = {"out": str(args.out), "kind": model.kind, "labels": model.label_names,
                **{k: model.info[k] for k in ("algorithm", "steps", "support_size")},
-               "support_accuracy": round(float(fit), 4), "temperature": model.temperature}
+               "support_accuracy": round(float(fit), 4), "temperature": model.temperature,
+               "reject": None if model.reject is None else model.reject.to_dict()}
     if args.mlflow or args.mlflow_uri:
         from metafit.deploy.mlflow_model import log_adapted_model
 
@@ -50,9 +72,25 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     _write(f"adapted {args.run} ({summary['algorithm']}, {summary['steps']} steps) to "
            f"{len(model.label_names)} classes from {summary['support_size']} examples; "
            f"support-set accuracy {100 * float(fit):.1f}%\nmodel directory: {args.out}")
+    if model.reject is not None:
+        _write(_reject_line(model.reject))
     if "mlflow_model" in summary:
         _write(f"MLflow model: {summary['mlflow_model']} (mlflow.pyfunc.load_model)")
     return 0
+
+
+def _reject_line(reject: Any) -> str:
+    """One line saying what gets the unknown label."""
+    if reject.threshold is None:
+        return (f"none of these: {reject.score} scores are reported but no threshold was "
+                f"fitted ({reject.fitted.get('reason', 'none given')}); nothing is "
+                f"labelled {reject.label!r}")
+    how = reject.fitted.get("how", "")
+    if "held_out" in reject.fitted:
+        how += (f": {reject.fitted['held_out']} examples, recall "
+                f"{100 * reject.fitted.get('held_out_recall', 0):.1f}%")
+    return (f"none of these: {reject.score} below {reject.threshold:.4g} is labelled "
+            f"{reject.label!r} ({how})")
 
 
 def _read_lines(from_file: str) -> list[str]:
@@ -116,13 +154,22 @@ def _inputs(model_kind: str, items: list[str], from_file: str | None) -> list[An
 
 
 def _table(names: list[str], rows: list[dict[str, Any]]) -> str:
+    """One line per input: the label, the top probability and the next classes; with a
+    reject setting, the reject score, and for an unknown answer the closest class."""
     width = min(max(len(n) for n in names), 60)
-    lines = [f"{'input':<{width}}  label  (probability; next classes)"]
+    scored = bool(rows) and "score" in rows[0]
+    head = "label  [reject score]  " if scored else "label  "
+    lines = [f"{'input':<{width}}  {head}(probability; next classes)"]
     for name, row in zip(names, rows, strict=True):
         ranked = sorted(row["probabilities"].items(), key=lambda kv: -kv[1])
         others = ", ".join(f"{k} {v:.3f}" for k, v in ranked[1:_TABLE_CLASSES])
         shown = name if len(name) <= width else name[:width - 3] + "..."
-        lines.append(f"{shown:<{width}}  {row['label']}  ({ranked[0][1]:.3f}; {others})")
+        label = row["label"]
+        if scored:
+            label += f"  [{row['score']:.4g}]"
+        top = f"{ranked[0][0]} {ranked[0][1]:.3f}" if row.get("rejected") else \
+            f"{ranked[0][1]:.3f}"
+        lines.append(f"{shown:<{width}}  {label}  ({top}; {others})")
     return "\n".join(lines)
 
 
@@ -171,6 +218,7 @@ def add_adapt_parser(sub: Any) -> None:
     p.add_argument("--calibrate", action="store_true", help="fit a temperature for the "
                    "probabilities on held-out folds of the support set (needs a class with "
                    "two examples; costs up to 10 extra adaptations); labels do not change")
+    add_reject_options(p)
     p.add_argument("--mlflow", action="store_true", help="also log the model directory to "
                    "MLflow as a pyfunc model (track extra), in the training run's MLflow run "
                    "when it was trained with mlflow=true, else in a new run")
@@ -178,6 +226,25 @@ def add_adapt_parser(sub: Any) -> None:
                    "--mlflow; default: the training run's store, MLFLOW_TRACKING_URI, or "
                    "sqlite:///<parent of OUT>/mlflow.db)")
     add_json_option(p, "a summary (labels, support-set accuracy)")
+
+
+def add_reject_options(p: argparse.ArgumentParser) -> None:
+    """``--reject [SCORE]`` and its threshold options (``adapt``). The score names and
+    defaults are written out here because building the parser imports no torch;
+    tests/test_reject.py keeps them equal to :mod:`metafit.deploy.reject`'s."""
+    p.add_argument("--reject", nargs="?", const="", metavar="SCORE", help="'none of "
+                   "these': label inputs whose reject score is below a threshold as unknown; "
+                   "SCORE: max_prob, max_logit, energy, prototype or nearest (default: the "
+                   "shipped default, docs/deploy.md)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--reject-recall", type=float, metavar="R", help="with --reject: fit "
+                       "the threshold that keeps this fraction of held-out support examples "
+                       "(default 0.95; needs a class with two examples; shares --calibrate's "
+                       "extra adaptations)")
+    group.add_argument("--reject-threshold", type=float, metavar="X", help="with --reject: "
+                       "this threshold instead of a fitted one")
+    p.add_argument("--reject-label", metavar="NAME", help="with --reject: the unknown "
+                   "label (default 'unknown'; not a class name)")
 
 
 def add_predict_parser(sub: Any) -> None:
@@ -190,4 +257,4 @@ def add_predict_parser(sub: Any) -> None:
     p.add_argument("--from-file", metavar="FILE", help="also read inputs from this UTF-8 "
                    "file, one per line (after any INPUTs), so that outputs line up with its "
                    "lines: a blank line is an error, except at the end of the file")
-    add_json_option(p, "a list of {input, label, probabilities}")
+    add_json_option(p, "a list of {input, label, probabilities, score, rejected}")

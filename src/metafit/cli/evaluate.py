@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from metafit.cli.adapt import add_reject_options
 from metafit.cli.options import (
     add_checkpoint_option,
     add_classifier_option,
@@ -22,6 +23,9 @@ __all__ = ["add_evaluate_parser", "add_report_parser"]
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if args.reject is not None and not args.test:
+        raise ValueError("--reject scores a test set's out-of-scope rows: use it with a run, "
+                         "--support S and --test T")
     if (Path(args.run) / "manifest.json").is_file() or args.test or args.support:
         from metafit.cli.score import score_test_set
 
@@ -127,6 +131,7 @@ def add_evaluate_parser(sub: Any) -> None:
                    "macro-F1, per-class scores, confusion, calibration")
     p.add_argument("--support", metavar="PATH", help="with a run and --test: adapt the run "
                    "to these labelled examples first (as `metafit adapt` does), then score")
+    add_reject_options(p)
     p.add_argument("--out", metavar="DIR", help="with --test: also write test_report.json "
                    "and the confusion and reliability figures into DIR")
     p.add_argument("--episodes", type=int, help="number of episodes, or tasks of a meta-RL "

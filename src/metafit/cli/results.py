@@ -193,6 +193,35 @@ class ReliabilityJson(_Strict):
     accuracy: Real
 
 
+class OpenSetJson(_Strict):
+    """Test rows whose label is no class of the model, taken as out-of-scope because the
+    model has a reject setting (:class:`metafit.evaluation.openset.OpenSetReport`); every
+    rate has a Wilson 95% interval (``_low``, ``_high``)."""
+
+    score: str = Field(description="the model's reject score")
+    in_scope: int = Field(description="test rows of the model's classes")
+    out_of_scope: int = Field(description="test rows of other labels")
+    threshold: Real = Field(description="the model's threshold (null: none fitted)")
+    in_scope_recall: Real = Field(description="in-scope rows accepted at the threshold")
+    in_scope_recall_low: Real
+    in_scope_recall_high: Real
+    accepted_accuracy: Real = Field(description="in-scope rows accepted with their true "
+                                    "label")
+    accepted_accuracy_low: Real
+    accepted_accuracy_high: Real
+    out_of_scope_recall: Real = Field(description="out-of-scope rows rejected at the "
+                                      "threshold")
+    out_of_scope_recall_low: Real
+    out_of_scope_recall_high: Real
+    auroc: Real = Field(description="in-scope vs out-of-scope scores (1: perfectly apart)")
+    recall: Real = Field(description="the in-scope recall of false_accepts (0.95)")
+    false_accepts: Real = Field(description="out-of-scope rows accepted at the threshold "
+                                "keeping `recall` of the in-scope rows (set on this test "
+                                "set)")
+    false_accepts_low: Real
+    false_accepts_high: Real
+
+
 class TestSetJson(_Strict):
     """``metafit evaluate MODEL_DIR --test T`` (or ``RUN --support S --test T``): the
     user's own labelled test set (:mod:`metafit.evaluation.classification`)."""
@@ -213,6 +242,9 @@ class TestSetJson(_Strict):
                                                  "most frequent first")
     reliability: list[ReliabilityJson]
     extra: dict[str, Any]
+    open_set: OpenSetJson | None = Field(default=None, description="with out-of-scope test "
+                                         "rows and a model with a reject setting; the "
+                                         "other figures cover the in-scope rows only")
     files: list[str] = Field(description="with --out: the files written")
 
 
@@ -266,6 +298,19 @@ class BenchJson(_Strict):
     rows: list[BenchRowJson]
 
 
+class RejectJson(_Strict):
+    """A model's reject setting (:mod:`metafit.deploy.reject`)."""
+
+    score: str = Field(description="max_prob, max_logit, energy, prototype or nearest")
+    threshold: Real = Field(description="inputs scoring below it get `label` (null: none "
+                            "fitted, nothing rejected)")
+    recall: Real = Field(description="the target in-scope recall it was fitted for (null: "
+                         "given)")
+    label: str = Field(description="the unknown label")
+    fitted: dict[str, Any] = Field(description="how: held-out folds, counts, the held-out "
+                                   "recall; or why no threshold was fitted")
+
+
 class AdaptJson(_Strict):
     """``metafit adapt RUN --support S --out M --json``."""
 
@@ -278,14 +323,21 @@ class AdaptJson(_Strict):
     support_accuracy: Real = Field(description="accuracy on the support set itself")
     temperature: Real = Field(description="probabilities are softmax(logits / temperature); "
                               "1 unless --calibrate")
+    reject: RejectJson | None = Field(default=None, description="with --reject: the "
+                                      "'none of these' setting stored in model.json")
     mlflow_model: str | None = Field(default=None, description="with --mlflow: the "
                                      "logged model's URI (mlflow.pyfunc.load_model)")
 
 
 class Prediction(_Strict):
     input: str = Field(description="the text, or the image file")
-    label: str = Field(description="the most probable label")
+    label: str = Field(description="the most probable label, or the unknown label of a "
+                       "rejected input")
     probabilities: dict[str, Real] = Field(description="every label's probability")
+    score: Real = Field(default=None, description="the reject score (higher: more like the "
+                        "classes; null without a reject setting)")
+    rejected: bool | None = Field(default=None, description="whether the score is below "
+                                  "the threshold (null without a reject setting)")
 
 
 class PredictJson(RootModel[list[Prediction]]):
@@ -340,6 +392,8 @@ class ExportJson(_Strict):
     quantized: str | None
     quantized_max_abs_diff: Real
     quantized_max_prob_diff: Real
+    max_score_diff: Real = Field(default=None, description="with a reject setting: the "
+                                 "largest reject_score difference (gated like the logits)")
 
 
 #: The output model of each verb with ``--json``, in ``metafit --help``'s order.

@@ -15,21 +15,25 @@ __all__ = ["score_test_set"]
 
 def _model(args: argparse.Namespace) -> Any:
     """The model to score: the model directory, or the run adapted on ``--support``."""
+    from metafit.cli.adapt import reject_request
     from metafit.deploy.adapted import AdaptedModel
     from metafit.deploy.adapter import adapt_run
 
     path = Path(args.run)
+    reject = reject_request(args)
     if (path / "manifest.json").is_file():
-        if args.support:
-            raise ValueError(f"{path} is a model directory, already adapted: --support is "
-                             "for a run directory")
+        if args.support or reject is not None:
+            raise ValueError(f"{path} is a model directory, already adapted: --support and "
+                             "--reject are for a run directory (the model directory keeps "
+                             "the reject setting it was adapted with)")
         return AdaptedModel.load(path)
     if not args.support:
         raise ValueError(f"{path} is a run directory: give --support PATH (your labelled "
                          "examples) to adapt it before scoring --test, or score a model "
                          "directory written by `metafit adapt`")
     return adapt_run(path, args.support, None, steps=args.steps, which=args.checkpoint,
-                     classifier=args.classifier, penalty=args.classifier_penalty)
+                     classifier=args.classifier, penalty=args.classifier_penalty,
+                     reject=reject)
 
 
 def score_test_set(args: argparse.Namespace) -> int:
@@ -60,6 +64,10 @@ def score_test_set(args: argparse.Namespace) -> int:
         emit("evaluate", payload)
         return 0
     write_line(f"{args.run} on {args.test}: {report.summary()}")
+    if report.open_set is not None:
+        from metafit.evaluation.openset import OpenSetReport
+
+        write_line(OpenSetReport(**report.open_set).summary())
     width = max(len(c.name) for c in report.per_class)
     write_line(f"{'class':<{width}}  precision  recall  f1     support")
     for c in report.per_class:

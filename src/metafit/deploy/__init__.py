@@ -5,7 +5,9 @@ export them to ONNX with a parity check. See docs/deploy.md.
 Submodules: :mod:`.adapter` (:class:`Adapter`), :mod:`.adapted` (:class:`AdaptedModel`),
 :mod:`.preprocess`, :mod:`.materialise`, :mod:`.modeldir`, :mod:`.compress`,
 :mod:`.onnx_export`, :mod:`.episodes` (accuracy of compressed models on a run's test
-episodes), :mod:`.commands` (the CLI verbs).
+episodes), :mod:`.calibrate` (temperature and reject threshold fitted on held-out support
+folds), :mod:`.reject` ("none of these": the reject setting), :mod:`.commands` (the CLI
+verbs).
 """
 
 from metafit.deploy.adapted import AdaptedModel, Prediction

@@ -6,7 +6,8 @@ A model directory (written atomically, :mod:`metafit.deploy.modeldir`)::
     MODEL_DIR/
       manifest.json   format, version, library version, size + sha256 of every file (last)
       model.json      kind, label names, architecture, preprocessing, how it was adapted,
-                      compression
+                      compression, the reject setting ("none of these", or null:
+                      :mod:`metafit.deploy.reject`)
       weights.safetensors  the module's state_dict (:mod:`metafit.deploy.weights`)
       recipe.yaml     the run's recipe and the library version
       support.safetensors  the preprocessed support set {"x": [S, *x], "y": [S]} (export
@@ -38,14 +39,18 @@ from metafit.deploy.errors import InputError
 from metafit.deploy.modeldir import resolve, write_model_dir
 from metafit.deploy.preprocess import Preprocessor
 from metafit.deploy.reading import CONTENT, ENCODER, read_adapted
+from metafit.deploy.reject import RejectScorer, RejectSetting
 from metafit.deploy.weights import save_tensors
 from metafit.evaluation.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE
+from metafit.evaluation.openset import FEATURE_SCORES
 from metafit.models.base import FewShotModel
 
 __all__ = ["AdaptedModel", "Prediction", "ENCODER"]
 
 Prediction = dict[str, Any]
-"""``{"label": str, "probabilities": {label name: float}}``."""
+"""``{"label": str, "probabilities": {label name: float}}``; with a reject setting also
+``"score": float`` (the reject score) and ``"rejected": bool`` (``label`` is then the
+unknown label)."""
 
 
 class AdaptedModel:
@@ -64,13 +69,20 @@ class AdaptedModel:
         assets: extra files of the directory (text: ``encoder/...``), path -> bytes.
         support: the preprocessed support set ``(x [S, *x], y [S])``, or None.
         compression: ``{"quantize": "int8" | None, "prune": {...} | None}``.
+        reject: the "none of these" setting (:mod:`metafit.deploy.reject`), or None.
+
+    Raises:
+        ValueError: label names that do not fit the head, a temperature out of range, a
+            reject setting out of bounds, whose label is a class name, or with a feature
+            score but no stored support set.
     """
 
     def __init__(self, module: FewShotModel, label_names: list[str], recipe: Recipe,
                  arch: dict[str, Any], preprocessor: Preprocessor, info: dict[str, Any],
                  assets: dict[str, bytes] | None = None,
                  support: tuple[Tensor, Tensor] | None = None,
-                 compression: dict[str, Any] | None = None) -> None:
+                 compression: dict[str, Any] | None = None,
+                 reject: RejectSetting | None = None) -> None:
         if len(label_names) != int(arch["ways"]):
             raise ValueError(f"{len(label_names)} label names for a {arch['ways']}-way model")
         self.module = module.eval()
@@ -87,6 +99,27 @@ class AdaptedModel:
                 or not MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
             raise ValueError(f"model.json: adaptation.temperature must be a number in "
                              f"[{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {t!r}")
+        if reject is not None:
+            reject.check(self.label_names)
+            if reject.score in FEATURE_SCORES and support is None:
+                raise ValueError(f"model.json: reject.score {reject.score!r} compares "
+                                 "inputs with the support set, and the model has none "
+                                 "stored")
+        self.reject = reject
+        self._scorer: RejectScorer | None = None
+
+    def derived(self, **changes: Any) -> AdaptedModel:
+        """A copy of this model with some constructor arguments replaced (``module``,
+        ``info``, ``compression``, ``reject``, ...); the rest are shared."""
+        args: dict[str, Any] = {
+            "module": self.module, "label_names": self.label_names, "recipe": self.recipe,
+            "arch": self.arch, "preprocessor": self.preprocessor, "info": self.info,
+            "assets": self.assets, "support": self.support, "compression": self.compression,
+            "reject": self.reject}
+        unknown = sorted(set(changes) - set(args))
+        if unknown:
+            raise TypeError(f"AdaptedModel has no argument(s) {unknown}")
+        return AdaptedModel(**{**args, **changes})
 
     @property
     def temperature(self) -> float:
@@ -122,6 +155,54 @@ class AdaptedModel:
             batch = max(len(x), 1)
         return torch.cat([self.module(x[i:i + batch]) for i in range(0, len(x), batch)])
 
+    @torch.no_grad()
+    def features(self, x: Tensor, batch: int = 256) -> Tensor:
+        """Body features ``[M, F]`` of model inputs ``x [M, *x]``, batched as
+        :meth:`logits`."""
+        if self.arch.get("batch_norm") == "batch":
+            batch = max(len(x), 1)
+        return torch.cat([self.module.body(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+    def scorer(self) -> RejectScorer:
+        """The reject score of :attr:`reject` as a module ``(logits, features) -> [B]``,
+        its support references computed once from the stored support set.
+
+        Raises:
+            ValueError: the model has no reject setting.
+        """
+        if self.reject is None:
+            raise ValueError("the model has no reject setting (adapt with --reject)")
+        if self._scorer is None:
+            support = self.support
+            feats = labels = None
+            if support is not None and self.reject.score in FEATURE_SCORES:
+                feats, labels = self.features(support[0]), support[1]  # [S, F], [S]
+            self._scorer = RejectScorer(self.reject.score, self.temperature, feats, labels)
+        return self._scorer
+
+    @torch.no_grad()
+    def logits_and_scores(self, x: Tensor, batch: int = 256) -> tuple[Tensor, Tensor]:
+        """Logits ``[M, N]`` and reject scores ``[M]`` of model inputs ``x [M, *x]`` (one
+        body pass; batched as :meth:`logits`).
+
+        Raises:
+            ValueError: the model has no reject setting.
+        """
+        scorer = self.scorer()
+        if self.arch.get("batch_norm") == "batch":
+            batch = max(len(x), 1)
+        logits, scores = [], []
+        for i in range(0, len(x), batch):
+            features = self.module.body(x[i:i + batch])  # [b, F]
+            logits.append(self.module.head(features))  # [b, N]
+            scores.append(scorer(logits[-1], features))  # [b]
+        return torch.cat(logits), torch.cat(scores)
+
+    def reject_scores(self, inputs: Any) -> Tensor:
+        """Reject scores ``[M]`` of M texts or images (higher = more like the known
+        classes; :attr:`reject`'s score)."""
+        return self.logits_and_scores(self.preprocess(inputs))[1]
+
     def predict_proba(self, inputs: Any) -> Tensor:
         """Class probabilities ``[M, N]`` (``softmax(logits / T)``, :attr:`temperature`)
         of M texts or images."""
@@ -129,13 +210,26 @@ class AdaptedModel:
         return torch.softmax(logits / self.temperature, dim=-1)
 
     def predict(self, inputs: Any) -> list[Prediction]:
-        """One ``{"label", "probabilities"}`` per input (the most probable label)."""
-        probs = self.predict_proba(inputs)  # [M, N]
-        out = []
+        """One ``{"label", "probabilities"}`` per input (the most probable label); with a
+        reject setting also ``"score"`` and ``"rejected"``, and the unknown label for an
+        input scoring below the threshold."""
+        x = self.preprocess(inputs)
+        if self.reject is None:
+            logits, scores = self.logits(x), None
+        else:
+            logits, scores = self.logits_and_scores(x)  # [M, N], [M]
+        probs = torch.softmax(logits / self.temperature, dim=-1)  # [M, N]
+        out: list[Prediction] = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
             out.append({"label": self.label_names[best],
                         "probabilities": dict(zip(self.label_names, row, strict=True))})
+        if self.reject is not None and scores is not None:
+            for p, score, rejected in zip(out, scores.tolist(),
+                                          self.reject.rejects(scores).tolist(), strict=True):
+                p.update(score=score, rejected=rejected)
+                if rejected:
+                    p["label"] = self.reject.label
         return out
 
     # -- persistence ------------------------------------------------------------------
@@ -143,7 +237,9 @@ class AdaptedModel:
         """The content of ``model.json``."""
         return {"kind": self.kind, "labels": self.label_names, "architecture": self.arch,
                 "preprocessing": self.preprocessor.spec(), "adaptation": self.info,
-                "compression": self.compression, "metafit_version": __version__}
+                "compression": self.compression,
+                "reject": None if self.reject is None else self.reject.to_dict(),
+                "metafit_version": __version__}
 
     def files(self) -> dict[str, bytes]:
         """Every file of the model directory but the manifest: path -> bytes."""

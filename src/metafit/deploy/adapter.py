@@ -40,6 +40,7 @@ from metafit.deploy.preprocess import (
     load_support,
     preprocessor_for,
 )
+from metafit.deploy.reject import RejectRequest
 from metafit.execution.threads import share_parameters
 
 __all__ = ["Adapter", "adapt_run", "MIN_SHOTS", "check_labels"]
@@ -249,24 +250,27 @@ def adapt_run(run: str | os.PathLike[str], support_path: str | os.PathLike[str],
               which: str = "best",
               classes: Sequence[str] | None = None, batch_norm: BatchNormMode = "support",
               classifier: str | None = None, penalty: float | None = None,
-              calibrate: bool = False, absolute_image_paths: bool = False) -> AdaptedModel:
+              calibrate: bool = False, absolute_image_paths: bool = False,
+              reject: RejectRequest | None = None) -> AdaptedModel:
     """Adapt ``run`` to the support set at ``support_path`` (a table with the recipe's
     text or image column and label column; for image runs also a folder of class folders,
     :func:`load_support`) and save the model directory ``out`` (atomically; None: keep it
     in memory only). Returns the adapted model. ``classifier``, ``penalty``: as in
     :meth:`Adapter.from_run`; ``calibrate``: fit the temperature of its probabilities on
     held-out folds of the support set (:mod:`metafit.deploy.calibrate`);
-    ``absolute_image_paths``: trust the table's image paths to name any file."""
+    ``absolute_image_paths``: trust the table's image paths to name any file; ``reject``:
+    a "none of these" setting (:mod:`metafit.deploy.reject`), its threshold fitted on the
+    same held-out folds as the calibration."""
     adapter = Adapter.from_run(run, which, classifier, penalty)
     recipe = adapter.recipe
     inputs, labels = load_support(support_path, adapter.kind, recipe.text_column,
                                   recipe.label_column, recipe.image_column,
                                   absolute_image_paths)
     model = adapter.adapt(inputs, labels, steps, classes, batch_norm)
-    if calibrate:
-        from metafit.deploy.calibrate import calibrate as fit
+    if calibrate or reject is not None:
+        from metafit.deploy.calibrate import fit_on_support
 
-        model = fit(model, adapter.adapt_tensors)
+        model = fit_on_support(model, adapter.adapt_tensors, calibrate, reject)
     if out is not None:
         model.save(out)
     return model

@@ -48,9 +48,7 @@ __all__ = ["quantize", "prune", "is_quantized", "quiet_quantization", "prepare_s
 
 
 def _derived(model: AdaptedModel, module: nn.Module, **compression: Any) -> AdaptedModel:
-    return AdaptedModel(module, model.label_names, model.recipe, model.arch,  # type: ignore[arg-type]
-                        model.preprocessor, model.info, model.assets, model.support,
-                        {**model.compression, **compression})
+    return model.derived(module=module, compression={**model.compression, **compression})
 
 
 def quantize(model: AdaptedModel, embeddings: bool = False) -> AdaptedModel:

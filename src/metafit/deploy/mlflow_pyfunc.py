@@ -7,7 +7,9 @@ nothing is pickled (see :func:`metafit.deploy.mlflow_model.log_adapted_model`).
     model.predict(["a.png", "b.png"])                       # image models: file paths
 
 ``predict`` returns a pandas DataFrame, one row per input: ``label`` (the most probable
-class) and one probability column per class, in the model's label order. Loading needs
+class; with a reject setting, the unknown label for an input scoring below the threshold),
+with a reject setting ``reject_score`` and ``rejected``, and one probability column per
+class, in the model's label order. Loading needs
 metafit installed beside MLflow.
 """
 
@@ -43,8 +45,11 @@ class AdaptedPyfunc(PythonModel):  # type: ignore[misc]
         else:
             inputs = items
         rows = self.model.predict(inputs)
-        return pd.DataFrame([{"label": r["label"], **r["probabilities"]} for r in rows],
-                            columns=["label", *self.model.label_names])
+        flags = [] if self.model.reject is None else ["reject_score", "rejected"]
+        return pd.DataFrame([{"label": r["label"], "reject_score": r.get("score"),
+                              "rejected": r.get("rejected"), **r["probabilities"]}
+                             for r in rows],
+                            columns=["label", *flags, *self.model.label_names])
 
 
 mlflow.models.set_model(AdaptedPyfunc())

@@ -7,7 +7,11 @@ based exporter, the default since torch 2.9), opset 18, with a dynamic batch axi
 * images: input ``images`` float32 ``[batch, C, S, S]`` (preprocessed as in
   ``model.json``) -> ``logits [batch, N]``;
 * text: inputs ``input_ids`` and ``attention_mask`` int64 ``[batch, sequence]`` (dynamic
-  sequence length too) -> ``logits [batch, N]``.
+  sequence length too) -> ``logits [batch, N]``;
+* a model with a reject setting ("none of these", :mod:`metafit.deploy.reject`) has a
+  second output ``reject_score [batch]`` (its score, computed in the graph from the logits
+  and the body features; feature scores carry the support references as a constant):
+  an input scoring below ``model.json``'s ``reject.threshold`` gets ``reject.label``.
 
 Probabilities are ``softmax(logits / temperature)``, the model's calibration temperature
 (``model.json``: ``temperature``, 1 unless adapted with ``--calibrate``). Before anything
@@ -53,7 +57,8 @@ from metafit.deploy.modeldir import write_model_dir
 from metafit.models.text import TextBody
 from metafit.models.tokenizer import trim
 
-__all__ = ["ExportReport", "export_onnx", "onnx_session", "onnx_feeds", "TOLERANCE", "OPSET"]
+__all__ = ["ExportReport", "export_onnx", "onnx_session", "onnx_feeds", "output_names",
+           "TOLERANCE", "OPSET"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,8 @@ class ExportReport:
     quantized: str | None = None
     quantized_max_abs_diff: float | None = None
     quantized_max_prob_diff: float | None = None
+    #: with a reject setting: the largest ``reject_score`` difference (gated like logits)
+    max_score_diff: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,26 +93,57 @@ class ExportReport:
 
 class _TextGraph(nn.Module):
     """``(input_ids [B, L], attention_mask [B, L]) -> logits [B, N]`` of a text model:
-    the body's pure encode path (no trim), then the head."""
+    the body's pure encode path (no trim), then the head; with a ``scorer``, also the
+    reject scores ``[B]``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, scorer: nn.Module | None = None) -> None:
         super().__init__()
         self.body = cast(TextBody, model.body)
         self.head = cast(nn.Module, model.head)
+        self.scorer = scorer
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.head(self.body.encode(input_ids, attention_mask))  # [B, N]
+    def forward(self, input_ids: Tensor, attention_mask: Tensor
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        features = self.body.encode(input_ids, attention_mask)  # [B, F]
+        logits = self.head(features)  # [B, N]
+        if self.scorer is None:
+            return logits
+        return logits, self.scorer(logits, features)  # [B, N], [B]
+
+
+class _ScoredGraph(nn.Module):
+    """``images [B, *x] -> (logits [B, N], reject scores [B])``: one body pass."""
+
+    def __init__(self, model: nn.Module, scorer: nn.Module) -> None:
+        super().__init__()
+        self.body = cast(nn.Module, model.body)
+        self.head = cast(nn.Module, model.head)
+        self.scorer = scorer
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.body(images)  # [B, F]
+        logits = self.head(features)  # [B, N]
+        return logits, self.scorer(logits, features)
 
 
 def _graph_and_inputs(model: AdaptedModel, x: Tensor) -> tuple[nn.Module, tuple[Tensor, ...],
                                                                list[str]]:
     """The module to export, example inputs from ``x [B, *x]`` and the input names."""
+    scorer = None if model.reject is None else model.scorer()
     if model.kind == "text":
         pad = int(model.preprocessor.spec()["pad_id"])
         ids = trim(x, pad)  # [B, L']
-        return _TextGraph(model.module), (ids, (ids != pad).long()), ["input_ids",
-                                                                       "attention_mask"]
+        return _TextGraph(model.module, scorer), (ids, (ids != pad).long()), [
+            "input_ids", "attention_mask"]
+    if scorer is not None:
+        return _ScoredGraph(model.module, scorer), (x,), ["images"]
     return model.module, (x,), ["images"]
+
+
+def output_names(model: AdaptedModel) -> list[str]:
+    """The ONNX outputs of ``model``'s export: ``logits``, and ``reject_score`` with a
+    reject setting."""
+    return ["logits"] if model.reject is None else ["logits", "reject_score"]
 
 
 def onnx_feeds(model_kind: str, x: Tensor, pad_id: int = 0) -> dict[str, np.ndarray]:
@@ -127,7 +165,8 @@ def onnx_session(path: str | os.PathLike[str], threads: int | None = None) -> An
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _export(graph: nn.Module, args: tuple[Tensor, ...], names: list[str], path: Path) -> None:
+def _export(graph: nn.Module, args: tuple[Tensor, ...], names: list[str], path: Path,
+            outputs: list[str]) -> None:
     batch = torch.export.Dim("batch")
     axes: dict[int, Any] = {0: batch}
     if len(args) == 2:  # text: a dynamic sequence axis, shared by ids and mask
@@ -142,29 +181,41 @@ def _export(graph: nn.Module, args: tuple[Tensor, ...], names: list[str], path: 
             lg.setLevel(logging.ERROR)
         try:
             torch.onnx.export(graph, args, str(path), input_names=names,
-                              output_names=["logits"], opset_version=OPSET, dynamo=True,
+                              output_names=outputs, opset_version=OPSET, dynamo=True,
                               dynamic_shapes=dims, verbose=False, external_data=False)
         finally:
             for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
 
 
-def _parity(model: AdaptedModel, session: Any, x: Tensor) -> tuple[float, float, list[list[int]]]:
-    """Max abs logit and probability differences over the sample batches of ``x``."""
+def _parity(model: AdaptedModel, session: Any, x: Tensor
+            ) -> tuple[float, float, list[list[int]], float | None]:
+    """Max abs logit, probability and (with a reject setting) reject-score differences
+    over the sample batches of ``x``."""
     pad = int(model.preprocessor.spec().get("pad_id", 0))
     logit_diff = prob_diff = 0.0
+    score_diff: float | None = None
     shapes = []
     for batch in (x, x[:1]):  # a batch, and one example (other batch and sequence sizes)
         feeds = onnx_feeds(model.kind, batch, pad)
-        ours = model.logits(batch)  # [B, N]
-        theirs = torch.from_numpy(session.run(["logits"], feeds)[0])  # [B, N]
+        ran = session.run(output_names(model), feeds)
+        if model.reject is None:
+            ours = model.logits(batch)  # [B, N]
+        else:
+            ours, scores = model.logits_and_scores(batch)  # [B, N], [B]
+            got = torch.from_numpy(ran[1])  # [B]
+            if got.shape != scores.shape:
+                raise ExportError(f"the ONNX model returned reject scores of shape "
+                                  f"{tuple(got.shape)}, PyTorch {tuple(scores.shape)}")
+            score_diff = max(score_diff or 0.0, float((got - scores).abs().max()))
+        theirs = torch.from_numpy(ran[0])  # [B, N]
         if theirs.shape != ours.shape:
             raise ExportError(f"the ONNX model returned logits of shape {tuple(theirs.shape)}, "
                               f"PyTorch {tuple(ours.shape)}")
         logit_diff = max(logit_diff, float((theirs - ours).abs().max()))
         prob_diff = max(prob_diff, float((theirs.softmax(-1) - ours.softmax(-1)).abs().max()))
         shapes.append(list(next(iter(feeds.values())).shape))
-    return logit_diff, prob_diff, shapes
+    return logit_diff, prob_diff, shapes, score_diff
 
 
 def _quantize_onnx(source: Path, target: Path) -> None:
@@ -206,7 +257,7 @@ def _quantized(model: AdaptedModel, path: Path, samples: Tensor, quantize: str,
         raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
     target = path.with_name("model.int8.onnx")
     _quantize_onnx(path, target)
-    q_logit, q_prob, _ = _parity(model, onnx_session(target), samples)
+    q_logit, q_prob, _, _ = _parity(model, onnx_session(target), samples)
     report.quantized = quantize
     report.quantized_max_abs_diff, report.quantized_max_prob_diff = q_logit, q_prob
     return target
@@ -241,20 +292,24 @@ def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
         start = time.perf_counter()
         bar.set_postfix_str("torch.onnx.export")
         try:
-            _export(graph, args, names, path)
+            _export(graph, args, names, path, output_names(model))
         except Exception as e:  # any exporter failure, with its reason
             raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from e
         seconds = time.perf_counter() - start
         bar.update()
         bar.set_postfix_str("parity in onnxruntime")
-        logit_diff, prob_diff, shapes = _parity(model, onnx_session(path), samples)
+        logit_diff, prob_diff, shapes, score_diff = _parity(model, onnx_session(path), samples)
         bar.update()
         report = ExportReport(str(out), logit_diff, prob_diff, tolerance, shapes,
-                              export_seconds=round(seconds, 2))
+                              export_seconds=round(seconds, 2), max_score_diff=score_diff)
         if not logit_diff <= tolerance:
             raise ExportError(f"ONNX parity check failed: logits differ from PyTorch's by up to "
                               f"{logit_diff:.3g} > {tolerance:g} (probabilities by "
                               f"{prob_diff:.3g}); nothing was written")
+        if score_diff is not None and not score_diff <= tolerance:
+            raise ExportError(f"ONNX parity check failed: reject scores differ from "
+                              f"PyTorch's by up to {score_diff:.3g} > {tolerance:g}; nothing "
+                              "was written")
         if quantize is not None:
             bar.set_postfix_str(f"{quantize} quantization")
             path = _quantized(model, path, samples, quantize, report)
@@ -262,7 +317,7 @@ def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
         onnx_bytes = path.read_bytes()
     log.debug("ONNX parity: max abs logit diff %.3g, probability diff %.3g", logit_diff,
              prob_diff)
-    spec = {**model.spec(), "runtime": "onnx", "inputs": names, "outputs": ["logits"],
+    spec = {**model.spec(), "runtime": "onnx", "inputs": names, "outputs": output_names(model),
             "temperature": model.temperature,
             "probabilities": "softmax(logits / temperature, axis=-1)",
             "onnx_quantization": quantize}

@@ -26,6 +26,7 @@ from metafit.deploy.errors import ModelDirError
 from metafit.deploy.materialise import build_module, encoder_config
 from metafit.deploy.modeldir import read_model_dir
 from metafit.deploy.preprocess import Preprocessor, TextPreprocessor, preprocessor_from_spec
+from metafit.deploy.reject import RejectSetting
 from metafit.deploy.weights import load_tensors
 from metafit.io import refusal_reason
 
@@ -48,6 +49,7 @@ def read_adapted(root: Path) -> dict[str, Any]:
     manifest, files = read_model_dir(root, CONTENT)
     try:
         spec = _checked_spec(json.loads(files["model.json"]))
+        reject = _reject(spec)
         values = parse_yaml_mapping(files["recipe.yaml"], root / "recipe.yaml")
         values.pop("metafit_version", None)
         recipe = make_recipe(values, str(root / "recipe.yaml"))
@@ -65,7 +67,7 @@ def read_adapted(root: Path) -> dict[str, Any]:
         return {"module": module, "label_names": spec["labels"], "recipe": recipe,
                 "arch": spec["architecture"], "preprocessor": prep,
                 "info": spec["adaptation"], "assets": assets, "support": support,
-                "compression": spec["compression"]}
+                "compression": spec["compression"], "reject": reject}
     except ModelDirError:
         raise
     except (KeyError, ValueError, RuntimeError, TypeError, OSError) as e:
@@ -87,6 +89,13 @@ def _checked_spec(spec: object) -> dict[str, Any]:
     if not all(isinstance(name, str) for name in spec["labels"]):
         raise ValueError("model.json: every label must be a string")
     return spec
+
+
+def _reject(spec: dict[str, Any]) -> RejectSetting | None:
+    """The reject setting of ``model.json`` (absent or null: none), checked field by field
+    (:meth:`RejectSetting.from_dict <metafit.deploy.reject.RejectSetting.from_dict>`)."""
+    value = spec.get("reject")
+    return None if value is None else RejectSetting.from_dict(value, spec["labels"])
 
 
 def _tensors(files: dict[str, bytes], version: int, root: Path

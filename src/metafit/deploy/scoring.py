@@ -9,7 +9,11 @@ score), and their Python form.
 The test set is read like a support set (:func:`~metafit.deploy.preprocess.load_support`:
 a CSV, JSONL or Parquet table or a ``datasets`` directory with the recipe's columns, or
 ``TEST/<label>/<image>``); a test label the model
-does not know is an error naming it, before any prediction. The model scores the test
+does not know is an error naming it, before any prediction, unless the model has a reject
+setting ("none of these", :mod:`metafit.deploy.reject`): then such rows are
+*out-of-scope*, the classification figures cover the in-scope rows, and
+:class:`~metafit.evaluation.openset.OpenSetReport` adds the out-of-scope recall at the
+stored threshold, the AUROC and the false accepts at 95% in-scope recall. The model scores the test
 set exactly as ``predict`` and the server would (its BatchNorm setting, one input at a time
 in effect: predictions depend on the input only for ``batch_norm="support"`` models), in
 chunks of :data:`CHUNK` inputs so that a large test set is never decoded at once. The
@@ -30,6 +34,7 @@ from metafit.deploy.adapted import AdaptedModel
 from metafit.deploy.errors import SupportError
 from metafit.deploy.preprocess import load_support
 from metafit.evaluation.classification import TestSetReport, score_probabilities
+from metafit.evaluation.openset import score_open_set
 
 __all__ = ["CHUNK", "read_test_set", "score_inputs", "score_model"]
 
@@ -57,26 +62,43 @@ def score_inputs(model: AdaptedModel, inputs: Sequence[Any], labels: Sequence[st
     """Score ``model`` on ``inputs`` with true ``labels`` (class names).
 
     Raises:
-        SupportError: no inputs, lengths that differ, or labels the model does not know
-            (all of them named, before any prediction).
+        SupportError: no inputs, lengths that differ, labels the model does not know (all
+            of them named, before any prediction) when it has no reject setting, or no
+            in-scope row.
     """
     if len(inputs) == 0 or len(inputs) != len(labels):
         raise SupportError(f"{where}: {len(inputs)} inputs and {len(labels)} labels; need "
                            "the same number, at least one")
     index = {name: i for i, name in enumerate(model.label_names)}
     unknown = sorted(set(labels) - set(index))
-    if unknown:
+    if unknown and model.reject is None:
         shown = ", ".join(repr(u) for u in unknown[:10])
         more = f" ({len(unknown)} in all)" if len(unknown) > 10 else ""
         raise SupportError(f"{where}: label(s) {shown}{more} are not classes of the model "
+                           f"({', '.join(model.label_names)}); a model adapted with --reject "
+                           "scores such rows as out-of-scope")
+    if unknown and len(unknown) == len(set(labels)):
+        raise SupportError(f"{where}: no row has a label of the model's classes "
                            f"({', '.join(model.label_names)})")
-    chunks = []
+    probs_chunks, score_chunks = [], []
     for start in tqdm(range(0, len(inputs), CHUNK), desc="scoring", unit="chunk",
                       disable=not progress, leave=False):
-        chunks.append(model.predict_proba(list(inputs[start:start + CHUNK])))  # [c, N]
-    probs = torch.cat(chunks)  # [M, N]
-    y = torch.tensor([index[label] for label in labels])  # [M]
-    report = score_probabilities(probs, y, model.label_names)
+        x = model.preprocess(list(inputs[start:start + CHUNK]))
+        if model.reject is None:
+            logits = model.logits(x)  # [c, N]
+        else:
+            logits, scores = model.logits_and_scores(x)  # [c, N], [c]
+            score_chunks.append(scores)
+        probs_chunks.append(torch.softmax(logits / model.temperature, dim=-1))
+    probs = torch.cat(probs_chunks)  # [M, N]
+    known = torch.tensor([label in index for label in labels])  # [M]
+    y = torch.tensor([index.get(label, -1) for label in labels])  # [M]
+    report = score_probabilities(probs[known], y[known], model.label_names)
+    if model.reject is not None and unknown:
+        scores = torch.cat(score_chunks)  # [M]
+        correct = probs[known].argmax(-1) == y[known]
+        report.open_set = score_open_set(model.reject.score, scores[known], scores[~known],
+                                         correct, model.reject.threshold).to_dict()
     report.extra["batch_norm"] = model.arch.get("batch_norm", "none")
     log.debug("scored %d examples: %s", len(y), report.summary())
     return report

@@ -98,6 +98,10 @@ class TestSetReport:
     confused_pairs: list[dict[str, Any]]
     reliability: list[ReliabilityBin]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: out-of-scope rows scored by a reject setting
+    #: (:meth:`metafit.evaluation.openset.OpenSetReport.to_dict`); the figures above
+    #: then cover the in-scope rows only
+    open_set: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,7 +35,7 @@ FILE_TYPES = frozenset({"image/png", "image/jpeg", "application/octet-stream"})
 _LABELS = TypeAdapter(list[Label])
 _STEPS = TypeAdapter(Annotated[int, Field(ge=0)])
 #: The optional single-valued fields a form may hold (:class:`FormSpec` says which).
-_OPTIONS = ("steps", "calibrate")
+_OPTIONS = ("steps", "calibrate", "reject")
 #: The texts a boolean field may hold (strict, as JSON's ``true`` and ``false``).
 _BOOLEANS = {"true": True, "false": False}
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,62}/[\w.+-]{1,63}")
@@ -52,7 +52,7 @@ class FormSpec:
             ``labels``: candidate labels of a prediction).
         labels: most ``label_field`` parts.
         paired: whether each file needs its own label (a support set).
-        steps: whether a ``steps`` field is accepted.
+        steps: whether ``steps`` and ``reject`` fields are accepted (a support set).
         calibrate: whether a ``calibrate`` field (``true`` or ``false``) is accepted.
     """
 
@@ -68,13 +68,15 @@ class FormSpec:
 @dataclass(frozen=True)
 class Upload:
     """A parsed form: the files' bytes in order, the labels (one per file for a support
-    set; a prediction's candidates, possibly none), ``steps`` if given and ``calibrate``
-    (false unless given as ``true``)."""
+    set; a prediction's candidates, possibly none), ``steps`` if given, ``calibrate``
+    (false unless given as ``true``), and ``reject`` (a support set's "none of these"
+    options as JSON text, checked by the service)."""
 
     files: list[bytes]
     labels: list[str] = field(default_factory=list)
     steps: int | None = None
     calibrate: bool = False
+    reject: str | None = None
 
 
 def is_multipart(content_type: str) -> bool:
@@ -125,9 +127,11 @@ class _Parts:
     def __init__(self, spec: FormSpec) -> None:
         self.spec = spec
         self.fields: dict[str, list[bytes]] = {FILE: [], spec.label_field: []}
-        for option in _OPTIONS:
-            if getattr(spec, option):
-                self.fields[option] = []
+        if spec.steps:
+            self.fields["steps"] = []
+            self.fields["reject"] = []
+        if spec.calibrate:
+            self.fields["calibrate"] = []
         self.limits = {FILE: spec.files, spec.label_field: spec.labels,
                        **dict.fromkeys(_OPTIONS, 1)}
         self.ended = False
@@ -221,7 +225,9 @@ class _Parts:
                 raise _error(["calibrate"], "Input should be 'true' or 'false'",
                              "bool_parsing")
             calibrate = _BOOLEANS[text]
-        return Upload(files=files, labels=labels, steps=steps, calibrate=calibrate)
+        reject = self._text("reject", 0) if self.fields.get("reject") else None
+        return Upload(files=files, labels=labels, steps=steps, calibrate=calibrate,
+                      reject=reject)
 
     def _labels(self, name: str) -> list[str]:
         texts = [self._text(name, i) for i in range(len(self.fields[name]))]

@@ -8,12 +8,23 @@ fields are refused (422), so a misspelt ``lable`` is an error, not an ignored ke
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, Self, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
-__all__ = ["TextExample", "ImageExample", "ImageInput", "AdaptationRequest",
+from metafit.deploy.reject import DEFAULT_RECALL, DEFAULT_REJECT_SCORE, DEFAULT_UNKNOWN_LABEL
+from metafit.evaluation.openset import RejectScore
+
+__all__ = ["TextExample", "ImageExample", "ImageInput", "RejectOptions", "RejectInfo",
+           "AdaptationRequest",
            "AdaptationUpload", "AdaptationResponse", "PredictRequest", "PredictUpload",
            "Prediction", "PredictResponse", "Health", "Label", "ErrorItem", "ErrorBody"]
 
@@ -62,6 +73,27 @@ class ImageInput(_Body):
                           examples=[PNG_EXAMPLE])
 
 
+class RejectOptions(_Body):
+    """"None of these": label inputs whose reject score is below a threshold as unknown.
+    The threshold keeps ``recall`` of held-out support examples (costs up to 10 extra
+    adaptations; needs a class with two examples), or is given."""
+
+    score: RejectScore = Field(default=cast(RejectScore, DEFAULT_REJECT_SCORE),
+                               description="the reject score")
+    recall: float | None = Field(default=None, gt=0, le=1, description="target in-scope "
+                                 f"recall of the fitted threshold (default {DEFAULT_RECALL})")
+    threshold: float | None = Field(default=None, allow_inf_nan=False,
+                                    description="a given threshold instead of a fitted one")
+    label: Label = Field(default=DEFAULT_UNKNOWN_LABEL, description="the unknown label (not "
+                         "a class name)")
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> Self:
+        if self.recall is not None and self.threshold is not None:
+            raise ValueError("give recall or threshold, not both")
+        return self
+
+
 class AdaptationRequest(_Body):
     """A support set: at least one example of each of two or more classes."""
 
@@ -70,6 +102,8 @@ class AdaptationRequest(_Body):
     steps: int | None = Field(default=None, ge=0,
                               description="inner steps (default: the server's)")
     calibrate: StrictBool = Field(default=False, description=CALIBRATE)
+    reject: RejectOptions | None = Field(default=None, description="a 'none of these' "
+                                         "setting (default: none)")
 
 
 class AdaptationUpload(_Body):
@@ -81,6 +115,22 @@ class AdaptationUpload(_Body):
     steps: int | SkipJsonSchema[None] = Field(
         default=None, ge=0, description="inner steps (default: the server's)")
     calibrate: bool = Field(default=False, description=CALIBRATE + " ('true' or 'false')")
+    reject: str | SkipJsonSchema[None] = Field(
+        default=None, description="a 'none of these' setting: RejectOptions as JSON text "
+        "(-F 'reject={\"score\": \"max_logit\"}')")
+
+
+class RejectInfo(BaseModel):
+    """The reject setting of an adaptation."""
+
+    score: str
+    threshold: float | None = Field(description="inputs scoring below it get `label` (null: "
+                                    "none fitted, nothing rejected)")
+    recall: float | None = Field(description="the target recall it was fitted for (null: "
+                                 "given)")
+    label: str = Field(description="the unknown label")
+    fitted: dict[str, Any] = Field(description="how it was fitted (held-out folds, counts, "
+                                   "held-out recall) or why not")
 
 
 class AdaptationResponse(BaseModel):
@@ -97,6 +147,8 @@ class AdaptationResponse(BaseModel):
         "adapted with calibrate (which keeps 1 when no class has two examples)")
     seconds: float | None = Field(default=None, description="time the adaptation took (in "
                                   "the response to POST only)")
+    reject: RejectInfo | None = Field(default=None, description="its 'none of these' "
+                                      "setting, if any")
 
 
 class PredictRequest(_Body):
@@ -121,10 +173,16 @@ class PredictUpload(_Body):
 
 
 class Prediction(BaseModel):
-    """The predicted label of one input and the probability of every label."""
+    """The predicted label of one input and the probability of every label; with a reject
+    setting, its reject score and whether it was rejected (then ``label`` is the unknown
+    label)."""
 
     label: str
     probabilities: dict[str, float]
+    score: float | None = Field(default=None, description="the reject score (higher: more "
+                                "like the classes; null without a reject setting)")
+    rejected: bool | None = Field(default=None, description="whether the score is below the "
+                                  "threshold (null without a reject setting)")
 
 
 class PredictResponse(BaseModel):

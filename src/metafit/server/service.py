@@ -17,9 +17,11 @@ from typing import Any
 
 import anyio.to_thread
 from anyio import CapacityLimiter
+from pydantic import ValidationError
 
 from metafit.deploy import AdaptedModel, Adapter, InputError, ModelDirError, SupportError
-from metafit.deploy.calibrate import calibrate
+from metafit.deploy.calibrate import fit_on_support
+from metafit.deploy.reject import RejectRequest
 from metafit.server.bodies import too_many
 from metafit.server.errors import ApiError, public_message
 from metafit.server.forms import FILE, Upload
@@ -34,6 +36,8 @@ from metafit.server.schemas import (
     Prediction,
     PredictRequest,
     PredictResponse,
+    RejectInfo,
+    RejectOptions,
     TextExample,
 )
 from metafit.server.settings import ServerSettings
@@ -101,8 +105,9 @@ class Service:
     async def adapt(self, req: AdaptationRequest | Upload) -> AdaptationResponse:
         """Adapt the run to ``req``'s support set (JSON, or an uploaded form) in a worker,
         with ``req.calibrate`` calibrating its probabilities as ``metafit adapt
-        --calibrate`` does (:func:`metafit.deploy.calibrate.calibrate`, in the same
-        worker); save and return it."""
+        --calibrate`` does and ``req.reject`` fitting a "none of these" threshold, both
+        on the same held-out folds (:func:`metafit.deploy.calibrate.fit_on_support`, in
+        the same worker); save and return it."""
         adapter = self.adapter
         if adapter is None:
             raise ApiError(409, "this server serves an adapted model and cannot adapt: start "
@@ -120,13 +125,14 @@ class Service:
         else:
             inputs = await self._prepare(req.examples, "examples")
             labels = [e.label for e in req.examples]
+        reject = _reject_request(req.reject, labels)
         adaptation_id = self.store.new_id()
 
         def job() -> tuple[AdaptedModel, float]:
             start = time.perf_counter()
             model = adapter.adapt(inputs, labels, steps=steps)
-            if req.calibrate:
-                model = calibrate(model, adapter.adapt_tensors)
+            if req.calibrate or reject is not None:  # held-out folds: up to 10 more
+                model = fit_on_support(model, adapter.adapt_tensors, req.calibrate, reject)
             seconds = time.perf_counter() - start
             self.store.put(adaptation_id, model)
             return model, seconds
@@ -261,25 +267,47 @@ class Service:
         return texts
 
 
+def _reject_request(options: RejectOptions | str | None, labels: Sequence[str]
+                    ) -> RejectRequest | None:
+    """The reject setting a request asks for (a form sends it as JSON text), or a 422:
+    malformed options, or an unknown label that is also a class name."""
+    if options is None:
+        return None
+    if isinstance(options, str):
+        try:
+            options = RejectOptions.model_validate_json(options)
+        except ValidationError as e:
+            raise ApiError(422, [{"loc": ["body", "reject", *err["loc"]], "msg": err["msg"],
+                                  "type": err["type"]} for err in e.errors()]) from None
+    if options.label in set(labels):
+        raise ApiError(422, f"reject.label {options.label!r} is also a class name: the "
+                       "unknown label must differ from every class")
+    return RejectRequest(options.score, options.recall, options.threshold, options.label)
+
+
 def describe(adaptation_id: str, model: AdaptedModel, seconds: float | None = None
              ) -> AdaptationResponse:
     """The public description of an adaptation (not its source paths)."""
     info = model.info
+    reject = None if model.reject is None else RejectInfo(**model.reject.to_dict())
     return AdaptationResponse(
         id=adaptation_id, kind=model.kind, labels=list(model.label_names),
         algorithm=info.get("algorithm"), examples=info.get("support_size"),
         steps=info.get("steps"), temperature=model.temperature,
-        seconds=None if seconds is None else round(seconds, 4))
+        seconds=None if seconds is None else round(seconds, 4), reject=reject)
 
 
 def _restrict(raw: dict[str, Any], candidates: list[str] | None) -> Prediction:
-    """``raw`` (``{"label", "probabilities"}``) as a :class:`Prediction`, predicted among
-    ``candidates`` only (their probabilities renormalised) when given."""
+    """``raw`` (:data:`metafit.deploy.adapted.Prediction`) as a :class:`Prediction`,
+    predicted among ``candidates`` only (their probabilities renormalised) when given; a
+    rejected input keeps the unknown label (its score is over all the classes)."""
     probs = {str(k): float(v) for k, v in raw["probabilities"].items()}
+    flags = {"score": raw.get("score"), "rejected": raw.get("rejected")}
     if candidates is None:
-        return Prediction(label=str(raw["label"]), probabilities=probs)
+        return Prediction(label=str(raw["label"]), probabilities=probs, **flags)
     kept = {k: probs[k] for k in candidates}
     total = math.fsum(kept.values())
     if total > 0:
         kept = {k: v / total for k, v in kept.items()}
-    return Prediction(label=max(kept, key=lambda k: kept[k]), probabilities=kept)
+    label = str(raw["label"]) if raw.get("rejected") else max(kept, key=lambda k: kept[k])
+    return Prediction(label=label, probabilities=kept, **flags)

@@ -11,8 +11,6 @@
   const ID_PATTERN = /^[0-9a-f]{32}$/;
   // fields a prediction may carry to say "none of these classes" (another issue designs
   // it): shown when present, never computed here
-  const ABSTAIN_FIELDS = ["unknown", "abstain"];
-
   const state = {
     key: "",
     kind: null, // "image" or "text", from /healthz
@@ -340,21 +338,22 @@
     }
   }
 
-  /** The prediction's "none of these" field, if it carries one: [name, value]. */
-  function abstention(prediction) {
-    const name = ABSTAIN_FIELDS.find((f) => Object.prototype.hasOwnProperty.call(prediction, f));
-    return name === undefined ? null : [name, prediction[name]];
+  /** The most probable class of a prediction. */
+  function closest(prediction) {
+    return Object.entries(prediction.probabilities).sort((a, b) => b[1] - a[1])[0][0];
   }
 
+  /** The label; with a reject setting ("none of these") the reject score, and for a
+   * rejected input (its label is then the unknown label) the closest class. */
   function answer(prediction) {
     const box = el("div", { class: "answer" });
-    const flag = abstention(prediction);
-    if (flag && flag[1] === true) {
-      box.append(el("span", { class: "top-label unknown", text: "unknown" }),
-        el("span", { class: "muted", text: ` none of these classes (closest: ${prediction.label})` }));
+    const scored = typeof prediction.score === "number";
+    if (prediction.rejected === true) {
+      box.append(el("span", { class: "top-label unknown", text: prediction.label }),
+        el("span", { class: "muted", text: ` none of these classes (reject score ${prediction.score.toPrecision(3)}; closest: ${closest(prediction)})` }));
     } else {
       box.append(el("span", { class: "top-label", text: prediction.label }));
-      if (flag) box.append(el("span", { class: "muted", text: ` ${flag[0]}: ${JSON.stringify(flag[1])}` }));
+      if (scored) box.append(el("span", { class: "muted", text: ` reject score ${prediction.score.toPrecision(3)}` }));
     }
     return box;
   }
