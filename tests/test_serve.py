@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -205,6 +206,58 @@ def test_a_served_run_adapts_with_the_chosen_classifier(settings: ServerSettings
         server.stop()
 
 
+def test_calibrate_stores_and_applies_a_temperature(settings: ServerSettings, data: Path,
+                                                   protonet_run: Path) -> None:
+    server = LiveServer(replace(settings, target=protonet_run))
+    try:
+        body = support(data, (0, 5, 7), shots=3)
+        plain = server.client.post("/v1/adaptations", json=body, headers=AUTH).json()
+        assert plain["temperature"] == 1.0  # the default: not calibrated
+        assert "calibration" not in AdaptedModel.load(
+            settings.adaptations_dir / plain["id"]).info
+        r = server.client.post("/v1/adaptations", json={**body, "calibrate": True},
+                               headers=AUTH)
+        assert r.status_code == 201, r.text
+        made = r.json()
+        t = made["temperature"]
+        assert t != pytest.approx(1.0) and made["labels"] == plain["labels"]
+        model = AdaptedModel.load(settings.adaptations_dir / made["id"])
+        assert model.temperature == t
+        assert model.info["calibration"]["folds"] == 3  # 3 shots: 3 folds
+        assert server.client.get(f"/v1/adaptations/{made['id']}", headers=AUTH) \
+            .json()["temperature"] == t
+        inputs = [base64.b64decode(x["image"]) for x in queries(data)["inputs"]]
+        expected = torch.softmax(model.logits(model.preprocess(inputs)) / t, dim=-1)
+        results = {}
+        for which in (plain, made):
+            r = server.client.post(f"/v1/adaptations/{which['id']}/predict",
+                                   json=queries(data), headers=AUTH)
+            assert r.status_code == 200, r.text
+            results[which["id"]] = r.json()["predictions"]
+        for p, q, row in zip(results[made["id"]], results[plain["id"]], expected.tolist(),
+                             strict=True):
+            assert [p["probabilities"][n] for n in made["labels"]] == pytest.approx(
+                row, abs=1e-6)
+            assert p["label"] == q["label"]  # a temperature never changes the label
+            assert p["probabilities"] != pytest.approx(q["probabilities"], abs=1e-4)
+        # with a reject setting too: one pass of folds serves both, the same T
+        r = server.client.post("/v1/adaptations", json={
+            **body, "calibrate": True, "reject": {"score": "max_prob"}}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        both = r.json()
+        assert both["temperature"] == pytest.approx(t, rel=1e-9)
+        assert both["reject"]["score"] == "max_prob" and both["reject"]["threshold"] is not None
+        assert both["reject"]["fitted"]["held_out"] == 9
+        # one example per class: nothing to hold out, T stays 1 and the reason is kept
+        r = server.client.post("/v1/adaptations", json={**support(data, (0, 5), 1),
+                                                        "calibrate": True}, headers=AUTH)
+        assert r.status_code == 201 and r.json()["temperature"] == 1.0, r.text
+        one = AdaptedModel.load(settings.adaptations_dir / r.json()["id"])
+        assert one.info["calibration"]["method"] == "none"
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
                                      {"X-API-Key": KEY + "x"}, {"Authorization": KEY}])
 def test_requests_without_a_valid_key_get_401(live: LiveServer, data: Path,
@@ -234,6 +287,9 @@ def _bodies(data: Path) -> list[tuple[str, Any, str]]:
         ("/v1/adaptations", {"examples": [{**one, "lable": "c0"}]}, "extra"),
         ("/v1/adaptations", {**support(data), "steps": "many"}, "integer"),
         ("/v1/adaptations", {**support(data), "steps": 6}, "at most 5"),
+        ("/v1/adaptations", {**support(data), "calibrate": "true"}, "valid boolean"),
+        ("/v1/adaptations", {**support(data), "calibrate": 1}, "valid boolean"),
+        ("/v1/adaptations", {**support(data), "calibrate": None}, "valid boolean"),
         ("/v1/adaptations", support(data, (0,), 3), "single class"),
         ("/v1/adaptations", support(data, (0, 1, 2), 1), "2-way head"),
         ("/v1/adaptations", support(data, (0, 1, 2, 3, 4, 5, 6), 3), "at most 20"),

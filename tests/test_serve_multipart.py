@@ -33,7 +33,7 @@ from test_serve import (  # noqa: E402
 from test_trainer import image_folder  # noqa: E402
 
 SUPPORT = FormSpec(files=4, noun="examples", label_field="label", labels=4, paired=True,
-                   steps=True)
+                   steps=True, calibrate=True)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,32 @@ def test_a_form_adapts_and_predicts_as_json_does(live: LiveServer, data: Path) -
     form["data"]["steps"] = "3"
     r = live.client.post("/v1/adaptations", **form, headers=AUTH)
     assert r.status_code == 201 and r.json()["steps"] == 3, r.text
+
+
+def test_a_form_asks_for_calibration(live: LiveServer, data: Path) -> None:
+    form = support_form(data, shots=3)
+    plain = live.client.post("/v1/adaptations", **form, headers=AUTH).json()
+    assert plain["temperature"] == 1.0
+    form["data"]["calibrate"] = "true"
+    r = live.client.post("/v1/adaptations", **form, headers=AUTH)
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert made["temperature"] != pytest.approx(1.0)
+    as_json = live.client.post("/v1/adaptations", json={**support(data, shots=3),
+                                                        "calibrate": True}, headers=AUTH)
+    assert as_json.json()["temperature"] == made["temperature"]  # the same fit
+    form["data"]["calibrate"] = "false"
+    assert live.client.post("/v1/adaptations", **form, headers=AUTH) \
+        .json()["temperature"] == 1.0
+    for bad in ("True", "1", "on", "yes", "", ["true", "true"]):
+        form["data"]["calibrate"] = bad
+        r = live.client.post("/v1/adaptations", **form, headers=AUTH)
+        assert r.status_code == 422, (bad, r.text)
+        assert r.json()["detail"][0]["loc"] == ["body", "calibrate"], r.text
+    r = live.client.post(f"/v1/adaptations/{made['id']}/predict", files=query_files(data),
+                         data={"calibrate": "true"}, headers=AUTH)
+    assert r.status_code == 422 and "Extra inputs" in str(r.json()["detail"])
+    assert len(list(live.app.state.service.store.root.iterdir())) == 4
 
 
 def test_a_served_model_predicts_from_a_form(live: LiveServer, data: Path,
@@ -229,6 +255,11 @@ def test_a_form_over_a_limit_is_refused_before_the_rest_is_parsed(data: Path) ->
                      part("file", one), part("steps", b"2")]) + f"--{boundary}--\r\n".encode()
     upload = parse_form(good, content_type, SUPPORT)
     assert upload.labels == ["a", "b"] and upload.files == [one, one] and upload.steps == 2
+    assert upload.calibrate is False
+    closing = f"--{boundary}--\r\n".encode()
+    upload = parse_form(good[:-len(closing)] + part("calibrate", b"true") + closing,
+                        content_type, SUPPORT)
+    assert upload.calibrate is True and upload.steps == 2
     with pytest.raises(ApiError) as e:  # the same form without its closing boundary
         parse_form(good[:-len(boundary) - 6], content_type, SUPPORT)
     assert e.value.detail[0]["type"] == "multipart_invalid"  # type: ignore[index]

@@ -184,7 +184,8 @@ def _api_routes(app: FastAPI, service: Service, security: list[Any]) -> None:
     examples = {"examples": settings.max_examples}
     inputs = {"inputs": settings.max_inputs, "labels": settings.max_examples}
     support_form = FormSpec(files=settings.max_examples, noun="examples", label_field="label",
-                            labels=settings.max_examples, paired=True, steps=True)
+                            labels=settings.max_examples, paired=True, steps=True,
+                            calibrate=True)
     inputs_form = FormSpec(files=settings.max_inputs, noun="inputs", label_field="labels",
                            labels=settings.max_examples, paired=False)
     _adaptation_routes(app, service, security, examples, support_form)

@@ -34,6 +34,10 @@ FILE_TYPES = frozenset({"image/png", "image/jpeg", "application/octet-stream"})
 
 _LABELS = TypeAdapter(list[Label])
 _STEPS = TypeAdapter(Annotated[int, Field(ge=0)])
+#: The optional single-valued fields a form may hold (:class:`FormSpec` says which).
+_OPTIONS = ("steps", "calibrate", "reject")
+#: The texts a boolean field may hold (strict, as JSON's ``true`` and ``false``).
+_BOOLEANS = {"true": True, "false": False}
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,62}/[\w.+-]{1,63}")
 
 
@@ -49,6 +53,7 @@ class FormSpec:
         labels: most ``label_field`` parts.
         paired: whether each file needs its own label (a support set).
         steps: whether ``steps`` and ``reject`` fields are accepted (a support set).
+        calibrate: whether a ``calibrate`` field (``true`` or ``false``) is accepted.
     """
 
     files: int
@@ -57,17 +62,20 @@ class FormSpec:
     labels: int
     paired: bool
     steps: bool = False
+    calibrate: bool = False
 
 
 @dataclass(frozen=True)
 class Upload:
     """A parsed form: the files' bytes in order, the labels (one per file for a support
-    set; a prediction's candidates, possibly none), ``steps`` if given, and ``reject``
-    (a support set's "none of these" options as JSON text, checked by the service)."""
+    set; a prediction's candidates, possibly none), ``steps`` if given, ``calibrate``
+    (false unless given as ``true``), and ``reject`` (a support set's "none of these"
+    options as JSON text, checked by the service)."""
 
     files: list[bytes]
     labels: list[str] = field(default_factory=list)
     steps: int | None = None
+    calibrate: bool = False
     reject: str | None = None
 
 
@@ -89,7 +97,8 @@ def parse_form(raw: bytes, content_type: str, spec: FormSpec) -> Upload:
         ApiError: 415, a file part declaring a type other than :data:`FILE_TYPES`
             (naming the part, ``file[2]``); 422, no boundary, malformed multipart
             (``multipart_invalid``), an unknown or repeated field, a field over its
-            count, text that is not UTF-8, an invalid label or ``steps``, a missing
+            count, text that is not UTF-8, an invalid label, ``steps`` or ``calibrate``
+            (only ``true`` and ``false`` are booleans), a missing
             field, or (``spec.paired``) not one label per file.
     """
     _, options = parse_options_header(content_type)
@@ -121,8 +130,10 @@ class _Parts:
         if spec.steps:
             self.fields["steps"] = []
             self.fields["reject"] = []
-        self.limits = {FILE: spec.files, spec.label_field: spec.labels, "steps": 1,
-                       "reject": 1}
+        if spec.calibrate:
+            self.fields["calibrate"] = []
+        self.limits = {FILE: spec.files, spec.label_field: spec.labels,
+                       **dict.fromkeys(_OPTIONS, 1)}
         self.ended = False
         self._header: list[bytes] = [b"", b""]
         self._headers: dict[bytes, bytes] = {}
@@ -164,7 +175,7 @@ class _Parts:
         count = len(self.fields[self._name]) + 1
         limit = self.limits[self._name]
         if count > limit:
-            if self._name in ("steps", "reject"):
+            if self._name in _OPTIONS:
                 raise _error([self._name], "given more than once", "value_error")
             noun = self.spec.noun if self._name == FILE else "labels"
             raise ApiError(422, f"{self._name}: {too_many(noun, f'more than {limit}', limit)}")
@@ -207,8 +218,16 @@ class _Parts:
                 steps = _STEPS.validate_python(self._text("steps", 0))
             except ValidationError as e:
                 raise _error(["steps"], e.errors()[0]["msg"], e.errors()[0]["type"]) from None
+        calibrate = False
+        if self.fields.get("calibrate"):
+            text = self._text("calibrate", 0)
+            if text not in _BOOLEANS:
+                raise _error(["calibrate"], "Input should be 'true' or 'false'",
+                             "bool_parsing")
+            calibrate = _BOOLEANS[text]
         reject = self._text("reject", 0) if self.fields.get("reject") else None
-        return Upload(files=files, labels=labels, steps=steps, reject=reject)
+        return Upload(files=files, labels=labels, steps=steps, calibrate=calibrate,
+                      reject=reject)
 
     def _labels(self, name: str) -> list[str]:
         texts = [self._text(name, i) for i in range(len(self.fields[name]))]

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Self, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from metafit.deploy.reject import DEFAULT_RECALL, DEFAULT_REJECT_SCORE, DEFAULT_UNKNOWN_LABEL
@@ -26,6 +33,10 @@ Text = Annotated[str, StringConstraints(min_length=1)]
 Base64 = Annotated[str, StringConstraints(min_length=1)]
 File = Annotated[bytes, Field(description="a PNG or JPEG file")]
 T = TypeVar("T")
+#: The description of an adaptation's ``calibrate`` option.
+CALIBRATE = ("fit a temperature T for the probabilities, softmax(logits / T), on held-out "
+             "folds of the support set (as `metafit adapt --calibrate`; one extra "
+             "adaptation per fold, at most 10); labels do not change")
 # A list of at least one item (on each member of a union of lists, so that the schema
 # says minItems: a constraint on the union itself came out as a string's minLength).
 NonEmpty = Annotated[list[T], Field(min_length=1)]
@@ -90,6 +101,7 @@ class AdaptationRequest(_Body):
         description="labelled examples, all text or all images")
     steps: int | None = Field(default=None, ge=0,
                               description="inner steps (default: the server's)")
+    calibrate: StrictBool = Field(default=False, description=CALIBRATE)
     reject: RejectOptions | None = Field(default=None, description="a 'none of these' "
                                          "setting (default: none)")
 
@@ -102,6 +114,7 @@ class AdaptationUpload(_Body):
     file: NonEmpty[File] = Field(description="the images: PNG or JPEG files")
     steps: int | SkipJsonSchema[None] = Field(
         default=None, ge=0, description="inner steps (default: the server's)")
+    calibrate: bool = Field(default=False, description=CALIBRATE + " ('true' or 'false')")
     reject: str | SkipJsonSchema[None] = Field(
         default=None, description="a 'none of these' setting: RejectOptions as JSON text "
         "(-F 'reject={\"score\": \"max_logit\"}')")
@@ -129,6 +142,9 @@ class AdaptationResponse(BaseModel):
     algorithm: str | None = Field(default=None, description="the run's algorithm")
     examples: int | None = Field(default=None, description="support examples it was adapted on")
     steps: int | None = Field(default=None, description="inner steps it took")
+    temperature: float | None = Field(
+        default=None, description="T of its probabilities, softmax(logits / T): 1 unless "
+        "adapted with calibrate (which keeps 1 when no class has two examples)")
     seconds: float | None = Field(default=None, description="time the adaptation took (in "
                                   "the response to POST only)")
     reject: RejectInfo | None = Field(default=None, description="its 'none of these' "

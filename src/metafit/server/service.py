@@ -103,8 +103,11 @@ class Service:
     # adaptation ------------------------------------------------------------------------
 
     async def adapt(self, req: AdaptationRequest | Upload) -> AdaptationResponse:
-        """Adapt the run to ``req``'s support set (JSON, or an uploaded form) in a worker;
-        save and return it."""
+        """Adapt the run to ``req``'s support set (JSON, or an uploaded form) in a worker,
+        with ``req.calibrate`` calibrating its probabilities as ``metafit adapt
+        --calibrate`` does and ``req.reject`` fitting a "none of these" threshold, both
+        on the same held-out folds (:func:`metafit.deploy.calibrate.fit_on_support`, in
+        the same worker); save and return it."""
         adapter = self.adapter
         if adapter is None:
             raise ApiError(409, "this server serves an adapted model and cannot adapt: start "
@@ -128,8 +131,8 @@ class Service:
         def job() -> tuple[AdaptedModel, float]:
             start = time.perf_counter()
             model = adapter.adapt(inputs, labels, steps=steps)
-            if reject is not None:  # held-out folds: up to 10 more adaptations
-                model = fit_on_support(model, adapter.adapt_tensors, reject=reject)
+            if req.calibrate or reject is not None:  # held-out folds: up to 10 more
+                model = fit_on_support(model, adapter.adapt_tensors, req.calibrate, reject)
             seconds = time.perf_counter() - start
             self.store.put(adaptation_id, model)
             return model, seconds
@@ -157,8 +160,9 @@ class Service:
             self.metrics.in_flight.dec()
         self.metrics.adaptations.labels("ok").inc()
         self.metrics.adaptation_seconds.observe(seconds)
-        log.info("adaptation %s: %d examples, %d labels, %s steps, %.2f s", adaptation_id,
-                 len(labels), len(model.label_names), model.info.get("steps"), seconds)
+        log.info("adaptation %s: %d examples, %d labels, %s steps, temperature %.3g, "
+                 "%.2f s", adaptation_id, len(labels), len(model.label_names),
+                 model.info.get("steps"), model.temperature, seconds)
         return describe(adaptation_id, model, seconds)
 
     # prediction ------------------------------------------------------------------------
@@ -289,8 +293,8 @@ def describe(adaptation_id: str, model: AdaptedModel, seconds: float | None = No
     return AdaptationResponse(
         id=adaptation_id, kind=model.kind, labels=list(model.label_names),
         algorithm=info.get("algorithm"), examples=info.get("support_size"),
-        steps=info.get("steps"), seconds=None if seconds is None else round(seconds, 4),
-        reject=reject)
+        steps=info.get("steps"), temperature=model.temperature,
+        seconds=None if seconds is None else round(seconds, 4), reject=reject)
 
 
 def _restrict(raw: dict[str, Any], candidates: list[str] | None) -> Prediction:

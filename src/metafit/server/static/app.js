@@ -207,6 +207,7 @@
     }
     if (groups.length < 2) throw new Error("give at least two classes, each with a name and examples");
     const steps = $("steps").value.trim();
+    const calibrate = $("calibrate").checked;
     if (state.kind === "image") {
       const form = new FormData();
       for (const g of groups) {
@@ -216,10 +217,12 @@
         }
       }
       if (steps) form.append("steps", steps);
+      if (calibrate) form.append("calibrate", "true");
       return form;
     }
     const body = { examples: groups.flatMap((g) => g.examples.map((text) => ({ text, label: g.label }))) };
     if (steps) body.steps = Number(steps);
+    if (calibrate) body.calibrate = true;
     return body;
   }
 
@@ -237,7 +240,8 @@
     try {
       const made = await api("POST", "/v1/adaptations", body);
       remember(made);
-      const how = made.steps ? `${made.algorithm}, ${made.steps} inner steps` : made.algorithm;
+      let how = made.steps ? `${made.algorithm}, ${made.steps} inner steps` : made.algorithm;
+      if (made.temperature !== null && made.temperature !== 1) how += `, temperature ${made.temperature.toFixed(2)}`;
       setStatus("adapt-status", `Adapted to ${made.labels.length} classes from ${made.examples} examples`
         + ` in ${made.seconds} s (${how}): adaptation ${made.id}.`, "ok");
     } catch (e) {
