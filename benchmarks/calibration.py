@@ -38,7 +38,7 @@ import torch
 from common import add_output_options, append_row, cpu_only, load_average, results_dir
 
 from metafit.deploy.adapter import Adapter
-from metafit.deploy.calibrate import calibrate
+from metafit.deploy.calibrate import calibrate, held_out
 from metafit.evaluation.calibration import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
@@ -70,12 +70,17 @@ def _at_min(t: float) -> bool:
     return t < MIN_TEMPERATURE * 1.01
 
 
-#: The temperatures scored, from the fitted one: none (before), the fitted one (after),
-#: and a diagnostic, not what ``--calibrate`` does: the fit reset to 1 where it hit the
-#: lower bound.
-SETTINGS: dict[str, Callable[[float], float]] = {
-    "before": lambda t: 1.0, "after": lambda t: t,
-    "after_bound_reset": lambda t: 1.0 if _at_min(t) else t}
+#: The temperature rules scored per episode, from the held-out support logits: none
+#: (``before``), what ``--calibrate`` stores (``after``: the library's MAP fit), and for
+#: comparison maximum likelihood (``ml``, the fit before the prior) and the MAP fit with
+#: other prior scales.
+RULES: dict[str, Callable[[torch.Tensor, torch.Tensor], float] | None] = {
+    "before": lambda logits, labels: 1.0,
+    "after": None,  # calibrate(...).temperature
+    "ml": lambda logits, labels: fit_temperature(logits, labels, prior_scale=None),
+    "map_0.25": lambda logits, labels: fit_temperature(logits, labels, prior_scale=0.25),
+    "map_0.5": lambda logits, labels: fit_temperature(logits, labels, prior_scale=0.5),
+    "map_1": lambda logits, labels: fit_temperature(logits, labels, prior_scale=1.0)}
 
 
 def measure(run: str, classifier: str | None, episodes: int, shots: int,
@@ -84,9 +89,10 @@ def measure(run: str, classifier: str | None, episodes: int, shots: int,
     adapter = Adapter.from_run(run, classifier=classifier)
     recipe = adapter.recipe
     tasks = split_sampler(recipe, "test", shots=shots).sample(episodes)
-    logits_all, labels_all, temps = [], [], []
+    logits_all, labels_all = [], []
+    temps: dict[str, list[float]] = {name: [] for name in RULES}
     scores: dict[str, dict[str, list[float]]] = {
-        name: {"ece": [], "accuracy": []} for name in SETTINGS}
+        name: {"ece": [], "accuracy": []} for name in RULES}
     start = time.perf_counter()
     for i, task in enumerate(tasks):
         if i % 10 == 0:
@@ -96,38 +102,35 @@ def measure(run: str, classifier: str | None, episodes: int, shots: int,
         model = adapter.adapt_tensors(task.support_x, task.support_y, names)
         logits = model.logits(task.query_x).double()  # [M, N]
         y = task.query_y
-        t = calibrate(model, adapter.adapt_tensors, folds).temperature
-        temps.append(t)
-        for name, temperature in SETTINGS.items():
-            probs = torch.softmax(logits / temperature(t), dim=-1)
+        held = held_out(model, adapter.adapt_tensors, folds)
+        for name, rule in RULES.items():
+            t = (calibrate(model, adapter.adapt_tensors, folds, held=held).temperature
+                 if rule is None else rule(held.logits, held.labels))
+            temps[name].append(t)
+            probs = torch.softmax(logits / t, dim=-1)
             scores[name]["ece"].append(_ece(probs, y))
             scores[name]["accuracy"].append(float((probs.argmax(-1) == y).double().mean()))
         logits_all.append(logits)
         labels_all.append(y)
     seconds = time.perf_counter() - start
+    episodes_run = len(tasks)
     logits, labels = torch.cat(logits_all), torch.cat(labels_all)
     row: dict[str, Any] = {
         "run": run, "classifier": classifier or recipe.classifier,
         "recipe": recipe.name, "algorithm": recipe.algorithm,
         "ways": recipe.eval_ways, "shots": shots, "queries_per_class": recipe.eval_queries,
         "episodes": len(tasks), "queries": len(labels), "bins": BINS, "folds": folds,
-        "seconds": round(seconds, 1), "temperatures": temps,
-        "temperature_median": statistics.median(temps),
-        "temperature_quartiles": [float(q) for q in torch.tensor(temps).quantile(
-            torch.tensor([0.25, 0.75], dtype=torch.float32)).tolist()],
-        "temperature_above_1": sum(t > 1 for t in temps) / len(temps),
-        # the search's bounds: every held-out example right (T -> 0) or wrong (T -> inf)
-        "temperature_at_min": sum(map(_at_min, temps)) / len(temps),
-        "temperature_at_max": sum(t > MAX_TEMPERATURE / 1.01 for t in temps) / len(temps),
+        "seconds": round(seconds, 1), "temperatures": temps["after"],
+        "temperatures_by_rule": temps,
     }
     # the one temperature best for these queries (fitted on them: a bound, not a method)
-    oracle = fit_temperature(logits, labels)
+    oracle = fit_temperature(logits, labels, prior_scale=None)
     row["oracle"] = {"temperature": oracle,
                      "ece_pooled": _ece(torch.softmax(logits / oracle, dim=-1), labels),
                      "nll": nll(logits, labels, oracle)}
-    for name, temperature in SETTINGS.items():
-        scale = torch.cat([torch.full((len(y), 1), temperature(t), dtype=torch.float64)
-                           for y, t in zip(labels_all, temps, strict=True)])  # [M, 1]
+    for name in RULES:
+        scale = torch.cat([torch.full((len(y), 1), t, dtype=torch.float64)
+                           for y, t in zip(labels_all, temps[name], strict=True)])  # [M, 1]
         ece_mean, ece_ci = _mean_ci(scores[name]["ece"])
         acc_mean, acc_ci = _mean_ci(scores[name]["accuracy"])
         diffs = [a - b for a, b in zip(scores[name]["ece"], scores["before"]["ece"],
@@ -141,7 +144,15 @@ def measure(run: str, classifier: str | None, episodes: int, shots: int,
                      "accuracy": acc_mean, "accuracy_ci95": acc_ci,
                      "accuracy_changed_episodes": sum(
                          a != b for a, b in zip(scores[name]["accuracy"],
-                                                scores["before"]["accuracy"], strict=True))}
+                                                scores["before"]["accuracy"], strict=True)),
+                     "temperature_median": statistics.median(temps[name]),
+                     "temperature_quartiles": [float(q) for q in torch.tensor(
+                         temps[name]).quantile(torch.tensor([0.25, 0.75])).tolist()],
+                     # the search's bounds: every held-out example right (T -> 0, without
+                     # a prior) or wrong (T -> inf)
+                     "temperature_at_min": sum(map(_at_min, temps[name])) / episodes_run,
+                     "temperature_at_max": sum(
+                         t > MAX_TEMPERATURE / 1.01 for t in temps[name]) / episodes_run}
     return row
 
 
@@ -150,33 +161,36 @@ def _pct(x: float) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The Markdown tables of ``rows``: before and after ``--calibrate``, then the
-    diagnostics (the fits at the lower bound reset to 1; one temperature fitted on the
-    queries)."""
+    """The Markdown tables of ``rows``: before and after ``--calibrate``, then every
+    temperature rule (maximum likelihood, the MAP fit at three prior scales) and one
+    temperature fitted on the queries themselves (a bound, not a method)."""
     out = ["| row | episodes | accuracy (%) | ECE pooled (%) before -> after | ECE per "
            "episode (%) before -> after | paired change | NLL before -> after | median T "
            "(IQR) | fits at T = 0.01 |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         b, a = r["before"], r["after"]
-        q1, q3 = r["temperature_quartiles"]
+        q1, q3 = a["temperature_quartiles"]
         out.append(
             f"| {r['name']} | {r['episodes']} | {_pct(b['accuracy'])} ± "
             f"{_pct(b['accuracy_ci95'])} | {_pct(b['ece_pooled'])} -> {_pct(a['ece_pooled'])}"
             f" | {_pct(b['ece_episode_mean'])} ± {_pct(b['ece_episode_ci95'])} -> "
             f"{_pct(a['ece_episode_mean'])} ± {_pct(a['ece_episode_ci95'])} | "
             f"{100 * a['ece_change_mean']:+.1f} ± {_pct(a['ece_change_ci95'])} | "
-            f"{b['nll']:.3f} -> {a['nll']:.3f} | {r['temperature_median']:.2f} "
-            f"({q1:.2f}-{q3:.2f}) | {r['temperature_at_min']:.0%} |")
-    out += ["", "| row | bound fits reset to T = 1: ECE pooled, per episode (paired change), "
-            "NLL | one T fitted on the queries: T, ECE pooled, NLL |", "|---|---|---|"]
+            f"{b['nll']:.3f} -> {a['nll']:.3f} | {a['temperature_median']:.2f} "
+            f"({q1:.2f}-{q3:.2f}) | {a['temperature_at_min']:.0%} |")
+    rules = [name for name in RULES if name not in ("before", "after")]
+    out += ["", "| row | " + " | ".join(f"{name}: ECE pooled, NLL, median T, at 0.01"
+                                         for name in rules)
+            + " | one T fitted on the queries: T, ECE pooled, NLL |",
+            "|---|" + "---|" * (len(rules) + 1)]
     for r in rows:
-        g, o = r["after_bound_reset"], r["oracle"]
-        out.append(
-            f"| {r['name']} | {_pct(g['ece_pooled'])}, {_pct(g['ece_episode_mean'])} "
-            f"({100 * g['ece_change_mean']:+.1f} ± {_pct(g['ece_change_ci95'])}), "
-            f"{g['nll']:.3f} | {o['temperature']:.2f}, {_pct(o['ece_pooled'])}, "
-            f"{o['nll']:.3f} |")
+        cells = [f"{_pct(r[n]['ece_pooled'])}, {r[n]['nll']:.3f}, "
+                 f"{r[n]['temperature_median']:.2f}, {r[n]['temperature_at_min']:.0%}"
+                 for n in rules]
+        o = r["oracle"]
+        out.append(f"| {r['name']} | " + " | ".join(cells)
+                   + f" | {o['temperature']:.2f}, {_pct(o['ece_pooled'])}, {o['nll']:.3f} |")
     return "\n".join(out)
 
 

@@ -4,6 +4,7 @@ predict applies (labels unchanged)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,30 @@ def test_the_fit_recovers_the_temperature_that_generated_the_labels() -> None:
     t = fit_temperature(logits, labels)
     assert t == pytest.approx(2.5, rel=0.05)
     assert nll(logits, labels, t) <= min(nll(logits, labels, s) for s in (1.0, 2.0, 3.0))
+
+
+def test_a_perfect_held_out_set_does_not_drive_the_temperature_to_zero() -> None:
+    """Every held-out example right: maximum likelihood runs to the lower bound, the MAP
+    fit (the default) stays within a factor 2.5 of 1."""
+    logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.5], [0.2, 0.1, 4.0]] * 5)
+    labels = torch.tensor([0, 1, 2] * 5)
+    assert fit_temperature(logits, labels, prior_scale=None) < 0.011
+    t = fit_temperature(logits, labels)
+    assert 0.4 < t < 1.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_map_fit_is_the_minimum_of_its_objective(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(30, 4, generator=g, dtype=torch.float64) * 4
+    labels = torch.randint(0, 4, (30,), generator=g)
+    t = fit_temperature(logits, labels, prior_scale=0.5)
+
+    def objective(s: float) -> float:
+        return 30 * nll(logits, labels, s) + math.log(s) ** 2 / (2 * 0.25)
+
+    grid = [math.exp(-4.6 + 9.2 * i / 4000) for i in range(4001)]
+    assert objective(t) <= min(objective(s) for s in grid) + 1e-9
 
 
 @pytest.mark.parametrize("counts", [[2, 2, 2], [5, 1, 3], [12, 12], [1, 1, 1]])
