@@ -212,8 +212,10 @@ def add_adapt_parser(sub: Any) -> None:
                    "sorted labels); a label outside them is an error")
     p.add_argument("--batch-norm", default="support", choices=["support", "batch"],
                    help="support: freeze the support set's BatchNorm statistics (a "
-                   "prediction depends on its input only; default); batch: the algorithm's "
-                   "per-batch statistics, as in evaluation")
+                   "prediction depends on its input only; default, chosen by "
+                   "benchmarks/batchnorm.py); batch: the algorithm's per-batch statistics, "
+                   "as in transductive evaluation (`metafit evaluate --batch-norm "
+                   "transductive`)")
     add_classifier_option(p, "fit this head instead of the recipe's")
     p.add_argument("--calibrate", action="store_true", help="fit a temperature for the "
                    "probabilities on held-out folds of the support set (needs a class with "

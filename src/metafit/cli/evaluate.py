@@ -33,15 +33,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if _is_rl_run(args.run):
         return _evaluate_rl(args)
     from metafit.distributed import init_distributed, shutdown
+    from metafit.evaluation.protocol import BatchNormSetting
     from metafit.runs.trained import evaluate_run
 
     ctx = init_distributed("cpu")  # under torchrun: episodes split across the processes
+    choices: dict[str, list[BatchNormSetting]] = {
+        "deployed": ["support"], "transductive": ["batch"], "both": ["support", "batch"]}
+    settings = choices[args.batch_norm]
+    results = []
     try:
-        result = evaluate_run(args.run, split=args.split, episodes=args.episodes,
-                              which=args.checkpoint, steps=args.steps, dist=ctx,
-                              cache_features=not args.no_feature_cache,
-                              classifier=args.classifier, penalty=args.classifier_penalty,
-                              progress=show_progress(args))
+        for setting in settings:
+            result = evaluate_run(args.run, split=args.split, episodes=args.episodes,
+                                  which=args.checkpoint, steps=args.steps, dist=ctx,
+                                  cache_features=not args.no_feature_cache,
+                                  classifier=args.classifier,
+                                  penalty=args.classifier_penalty,
+                                  progress=show_progress(args), batch_norm=setting)
+            results.append(result)
+            if result.batch_norm == "none":  # no BatchNorm: every setting is this one
+                break
     finally:
         shutdown(ctx)
     if not ctx.is_main:
@@ -49,19 +59,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         from metafit.cli.results import emit
 
-        emit("evaluate", {**result.to_dict(), "protocol": "episodes", "run": str(args.run),
-                          "split": args.split, "checkpoint": args.checkpoint})
+        other = results[1].to_dict() if len(results) > 1 else None
+        emit("evaluate", {**results[0].to_dict(), "protocol": "episodes",
+                          "run": str(args.run), "split": args.split,
+                          "checkpoint": args.checkpoint, "other_setting": other})
         return 0
     penalty = args.classifier_penalty
     where = ", ".join([args.split, args.checkpoint, *filter(None, [
         args.classifier, None if penalty is None else f"penalty {penalty:g}"])])
-    sys.stdout.write(f"{args.run} [{where}]: {result.summary()}\n")
-    scale = 100.0 if result.metric == "accuracy" else 1.0
-    curve = ", ".join(f"{s}: {v * scale:.2f}"
-                      for s, v in zip(result.curve_steps, result.curve, strict=True))
-    sys.stdout.write(f"after 0..{result.steps} inner steps: {curve}\n"
-                     f"BatchNorm: batch statistics, transductive over each query set\n")
+    for result in results:
+        scale = 100.0 if result.metric == "accuracy" else 1.0
+        curve = ", ".join(f"{s}: {v * scale:.2f}"
+                          for s, v in zip(result.curve_steps, result.curve, strict=True))
+        sys.stdout.write(f"{args.run} [{where}]: {result.summary()}\n"
+                         f"after 0..{result.steps} inner steps: {curve}\n"
+                         f"BatchNorm: {BATCH_NORM_LINES[result.batch_norm]}\n")
     return 0
+
+
+#: What the text output says about each BatchNorm setting of a result.
+BATCH_NORM_LINES = {
+    "support": "deployed setting: each query normalised with its support set's statistics "
+               "(as `metafit adapt` models predict)",
+    "batch": "transductive: batch statistics over each query set (not what a deployed "
+             "model scores; --batch-norm deployed)",
+    "none": "none (the model has no BatchNorm: deployed and transductive are the same)",
+}
 
 
 def _is_rl_run(run: str) -> bool:
@@ -146,6 +169,13 @@ def add_evaluate_parser(sub: Any) -> None:
                    help="run the body in every episode instead of embedding each distinct "
                         "example once (same result, slower; see metafit.evaluation.feature_cache)")
     add_classifier_option(p, "classify with this head instead of the recipe's")
+    p.add_argument("--batch-norm", default="deployed",
+                   choices=["deployed", "transductive", "both"],
+                   help="how queries are normalised by models with BatchNorm: deployed "
+                   "(default: the support set's statistics, each query on its own, as the "
+                   "model `metafit adapt` writes predicts), transductive (each query set "
+                   "as one batch with its own statistics, the MAML papers' protocol), or "
+                   "both (two evaluations, each labelled)")
 
 
 def add_report_parser(sub: Any) -> None:

@@ -52,9 +52,14 @@ class Evaluation(_Scores):
     ways: int
     shots: int
     queries: int = Field(description="queries per class")
-    transductive: bool = Field(description="BatchNorm with the query set's statistics")
+    transductive: bool = Field(description="BatchNorm with the query set's statistics "
+                               "(batch_norm == 'batch')")
     curve_steps: list[int] = Field(description="the inner step of each curve point")
     extra: dict[str, Any] = Field(description="method-specific figures")
+    batch_norm: Literal["support", "batch", "none"] = Field(
+        description="the queries' BatchNorm statistics: support (each "
+        "query with its support set's, as a deployed model predicts), batch (the query "
+        "set's, transductive) or none (the model has no BatchNorm)")
 
 
 class QuickstartRow(Evaluation):
@@ -158,6 +163,10 @@ class EpisodesJson(Evaluation):
     run: str
     split: Literal["train", "val", "test"]
     checkpoint: Literal["best", "last"]
+    other_setting: Evaluation | None = Field(
+        default=None, description="with --batch-norm both (and a model with BatchNorm): "
+        "the same episodes with the transductive setting (batch_norm 'batch'); the "
+        "object itself is the deployed setting")
 
 
 class RLEpisodesJson(_Scores):

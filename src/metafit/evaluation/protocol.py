@@ -6,28 +6,41 @@ classification, mean squared error for regression. The 95% interval is
 ``1.96 * std / sqrt(n)`` over episodes (the convention of Finn et al. 2017 and Snell et al.
 2017). The adaptation curve gives the metric after 0, 1, ..., S inner steps.
 
-BatchNorm: models normalise with batch statistics (no running statistics). The query set
-of a task is scored as one batch, so evaluation is *transductive* (query statistics are
-shared across the query set of one task, as in the MAML paper's protocol); results say so.
+BatchNorm: models normalise with batch statistics (no running statistics). With
+``batch_norm="batch"`` (the default here, and what validation during training uses) the
+query set of a task is scored as one batch, so evaluation is *transductive* (query
+statistics are shared across the query set of one task, as in the MAML paper's protocol).
+``batch_norm="support"`` scores every query as a deployed model does
+(:mod:`metafit.deploy.materialise`): normalised with the support set's statistics under the
+adapted parameters, independently of the other queries
+(:mod:`metafit.evaluation.batch_norm`). Results say which (``"none"``: the model has no
+BatchNorm, and both settings are the same).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from metafit.data.sampler import EpisodeSampler
 from metafit.distributed import SINGLE, DistContext, all_gather_object, shard
+from metafit.episodes import Episodes
+from metafit.evaluation.batch_norm import deployed_logits, has_batch_norm
 from metafit.evaluation.feature_cache import cached_body
 from metafit.functional import loss_fn, score
 
-__all__ = ["EvalResult", "Scores", "evaluate", "ci95", "scratch_baseline", "curve_points"]
+__all__ = ["EvalResult", "Scores", "evaluate", "ci95", "scratch_baseline", "curve_points",
+           "deployed_curve", "BatchNormSetting"]
+
+#: How evaluation normalises the query inputs of models with BatchNorm: ``"batch"`` (the
+#: query set's statistics, transductive) or ``"support"`` (the support set's: deployed).
+BatchNormSetting = Literal["batch", "support"]
 
 
 def curve_points(steps: int, dense: int = 10) -> list[int]:
@@ -78,9 +91,12 @@ class EvalResult(Scores):
     ways: int
     shots: int
     queries: int
-    transductive: bool = True
+    transductive: bool = True  # batch_norm == "batch"
     curve_steps: list[int] = field(default_factory=list)  # the step of each curve point
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the queries' BatchNorm statistics: "batch" (query set, transductive), "support"
+    #: (the support set's, as deployed) or "none" (the model has no BatchNorm)
+    batch_norm: str = "batch"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +121,7 @@ def evaluate(
     dist: DistContext = SINGLE,
     points: Sequence[int] | None = None,
     cache_features: bool = True,
+    batch_norm: BatchNormSetting = "batch",
 ) -> EvalResult:
     """Evaluate ``algo`` on ``sampler.fixed(episodes)``.
 
@@ -129,26 +146,68 @@ def evaluate(
             parameters (:mod:`metafit.evaluation.feature_cache`: all of them when adaptation leaves
             the body fixed; the same result up to float rounding). Classification only
             (regression inputs do not recur). ``False`` runs the body every time.
+        batch_norm: ``"batch"``: each query set is one batch with its own BatchNorm
+            statistics (transductive); ``"support"``: each query is normalised with the
+            support set's statistics, as the model ``metafit adapt`` deploys scores it
+            (:func:`deployed_curve`; a forward pass of support + queries per scored step).
+            Models without BatchNorm are scored the same either way (``"none"``).
 
     Raises:
-        ValueError: ``points`` outside ``0..steps`` or without ``steps``.
+        ValueError: ``points`` outside ``0..steps`` or without ``steps``; an unknown
+            ``batch_norm``.
     """
+    if batch_norm not in ("batch", "support"):
+        raise ValueError(f"batch_norm must be 'batch' or 'support', got {batch_norm!r}")
     if steps is None:
         steps = int(algo.default_eval_steps)
     tasks = sampler.fixed(episodes)
     chosen = _points(steps, points)
     at = None if len(chosen) == steps + 1 else chosen
     mine = shard(episodes, dist.rank, dist.world_size)
+    setting = batch_norm if has_batch_norm(algo.model) else "none"
     was_training = algo.training
     algo.eval()
     cache = (cached_body(algo.model) if cache_features and not tasks.is_regression
              else nullcontext())
+    if setting == "support":
+        def scores(chunk: Episodes) -> Tensor:
+            return deployed_curve(algo, chunk, steps, at)
+    else:
+        def scores(chunk: Episodes) -> Tensor:
+            return algo.adaptation_curve(chunk, steps, at=at)  # type: ignore[no-any-return]
     with cache:
-        curves = _curves(algo, tasks, mine, steps, at, len(chosen), batch, desc,
+        curves = _curves(algo, scores, tasks, mine, len(chosen), batch, desc,
                          show=progress and dist.is_main)
     algo.train(was_training)
     curve = torch.cat(all_gather_object(curves, dist))  # [episodes, P], in order
-    return _result(curve, sampler, tasks.is_regression, steps, chosen)
+    result = _result(curve, sampler, tasks.is_regression, steps, chosen)
+    result.batch_norm, result.transductive = setting, setting == "batch"
+    return result
+
+
+def deployed_curve(algo: Any, episodes: Episodes, steps: int,
+                   at: Sequence[int] | None = None) -> Tensor:
+    """:meth:`~metafit.algorithms.base.Algorithm.adaptation_curve` with every query
+    scored as the deployed model scores it: after adaptation, each query is normalised at
+    every BatchNorm layer with the support set's statistics under the adapted parameters
+    (:func:`~metafit.evaluation.batch_norm.deployed_logits`), so its score depends on it
+    alone. The adaptation itself is the algorithm's (support-set batch statistics).
+    ``[T, steps+1]``, or ``[T, len(at)]`` after the steps ``at``."""
+    algo.check_episodes(episodes)
+    wanted = set(range(steps + 1) if at is None else at)
+    rows: list[Tensor] = []
+    with torch.no_grad():
+        for task in episodes:
+            curve = [  # each learner is used at once, before the next step
+                score(deployed_logits(algo.model,
+                                      algo.make_learner(params, task.support_y, copy=False),
+                                      task.support_x, task.query_x), task.query_y)  # []
+                for s, (params, _) in enumerate(
+                    algo.trajectory(task.support_x, task.support_y, steps))
+                if s in wanted
+            ]
+            rows.append(torch.stack(curve))  # [P]
+    return torch.stack(rows)  # [T, P]
 
 
 def _points(steps: int, points: Sequence[int] | None) -> list[int]:
@@ -160,11 +219,11 @@ def _points(steps: int, points: Sequence[int] | None) -> list[int]:
     return chosen
 
 
-def _curves(algo: Any, tasks: Any, mine: range, steps: int, at: list[int] | None,
+def _curves(algo: Any, scores: Callable[[Episodes], Tensor], tasks: Any, mine: range,
             width: int, batch: int, desc: str, show: bool) -> Tensor:
-    """The metric of the episodes ``mine`` of ``tasks`` after each scored step (``at``;
-    None: every step), adapted ``batch`` at a time: ``[len(mine), width]`` float64 on the
-    CPU; ``show``: a progress bar titled ``desc``."""
+    """The metric of the episodes ``mine`` of ``tasks`` after each scored step
+    (``scores(chunk) -> [t, width]``), adapted ``batch`` at a time: ``[len(mine), width]``
+    float64 on the CPU; ``show``: a progress bar titled ``desc``."""
     from tqdm.auto import tqdm
 
     device = next(algo.parameters(), torch.empty(0)).device  # the episodes go where algo is
@@ -173,7 +232,7 @@ def _curves(algo: Any, tasks: Any, mine: range, steps: int, at: list[int] | None
               leave=False) as progress:
         for start in range(mine.start, mine.stop, batch):
             chunk = tasks[start : min(start + batch, mine.stop)].to(device)
-            curves.append(algo.adaptation_curve(chunk, steps, at=at).detach().double().cpu())
+            curves.append(scores(chunk).detach().double().cpu())
             progress.update(curves[-1].shape[0])  # curves[-1]: [t, P]
     return torch.cat(curves)  # [len(mine), P]
 

@@ -16,7 +16,7 @@ from metafit.config.schema import Recipe, make_recipe
 from metafit.data.sampler import EpisodeSampler
 from metafit.data.splits import Split, load_split
 from metafit.distributed import SINGLE, DistContext
-from metafit.evaluation.protocol import EvalResult, evaluate
+from metafit.evaluation.protocol import BatchNormSetting, EvalResult, evaluate
 from metafit.evaluation.rl import RLEvalResult
 from metafit.io import atomic_write_text
 from metafit.runs.directory import RunDir, check_architecture, load_checkpoint, restore_state
@@ -138,7 +138,9 @@ def record_evaluation(run: str | Path, result: Result, recipe: Recipe, split: st
                       which: str) -> Result:
     """Tag ``result`` (episodes, or meta-RL tasks) with where it comes from and save it as
     ``run/report/eval_{split}_{which}_{steps}steps.json`` (``..._{tag}.json`` for a
-    recipe with a test-time classifier, :func:`classifier_tag`); returns it."""
+    recipe with a test-time classifier, :func:`classifier_tag`; ``..._transductive.json``
+    for query-batch BatchNorm statistics, the other setting of a model with BatchNorm
+    having the plain name); returns it."""
     result.extra.update(run=str(run), split=split, checkpoint=which,
                         algorithm=recipe.algorithm)
     suffix = ""
@@ -146,6 +148,8 @@ def record_evaluation(run: str | Path, result: Result, recipe: Recipe, split: st
         result.extra.update(classifier=recipe.classifier,
                             classifier_penalty=recipe.classifier_penalty)
         suffix = f"_{classifier_tag(recipe)}"
+    if getattr(result, "batch_norm", "none") == "batch":
+        suffix += "_transductive"
     atomic_write_text(RunDir(run).report / f"eval_{split}_{which}_{result.steps}steps"
                       f"{suffix}.json", json.dumps(result.to_dict(), indent=1))
     return result
@@ -163,8 +167,15 @@ def evaluate_run(
     classifier: str | None = None,
     penalty: float | None = None,
     progress: bool = False,
+    batch_norm: BatchNormSetting = "support",
 ) -> EvalResult:
     """Evaluate a run on fixed episodes of ``split`` and save the result under report/.
+
+    ``batch_norm``: ``"support"`` (default) scores each query as the model that ``metafit
+    adapt`` deploys does (the support set's BatchNorm statistics; the figure a user gets);
+    ``"batch"`` scores each query set as one batch with its own statistics (transductive,
+    the MAML paper's protocol, what validation during training reports). See
+    :func:`~metafit.evaluation.protocol.evaluate`; models without BatchNorm: the same.
 
     ``dist``: in a distributed run the episodes are split across the ranks and gathered
     (:func:`~metafit.evaluation.protocol.evaluate`); every rank returns the result, rank 0 saves it.
@@ -189,7 +200,8 @@ def evaluate_run(
                       episodes=recipe.test_episodes if episodes is None else episodes,
                       steps=n_steps, dist=dist,
                       points=None if curve == "full" else [0, n_steps],
-                      cache_features=cache_features, progress=progress)
+                      cache_features=cache_features, progress=progress,
+                      batch_norm=batch_norm)
     if not dist.is_main:
         return result
     return record_evaluation(run, result, recipe, split, which)
