@@ -47,7 +47,11 @@ def test_image_report_of_two_runs(tmp_path: Path) -> None:
     assert set(summary) == {"maml", "protonet"}
     assert summary["maml"]["curve_steps"] == [0, 1, 2]  # eval_inner_steps=2
     assert summary["maml"]["episodes"] == 5
+    # scored as deployed, like `metafit evaluate RUN`, and saying so
+    assert summary["maml"]["batch_norm"] == "support"
+    assert summary["maml"]["transductive"] is False
     text = (out / "report.md").read_text()
+    assert "BatchNorm as deployed" in text
     for name in per_run:  # every run of the comparison has its episode and confusion
         assert f"]({name})" in text
     assert "protonet" in text and "{" not in text

@@ -121,8 +121,10 @@ def _load(paths: list[Path]) -> dict[str, tuple[Path, Recipe, Any]]:
 def _evaluate(label: str, path: Path, recipe: Recipe, algo: Any, split: str,
               episodes: int, progress: bool) -> Evaluated:
     sampler = split_sampler(recipe, split)  # type: ignore[arg-type]
+    # the setting a deployed model uses, as `metafit evaluate RUN` (BatchNorm: support)
     result = record_evaluation(path, evaluate(algo, sampler, episodes=episodes,
-                                              progress=progress, desc=f"evaluating {label}"),
+                                              progress=progress, desc=f"evaluating {label}",
+                                              batch_norm="support"),
                                recipe, split, "best")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
     return Evaluated(path, recipe, algo, sampler, result, slug)
@@ -143,7 +145,12 @@ def _results_section(runs: dict[str, Evaluated], split: str) -> Section:
                      f"{scale * r.result.mean:.2f}{unit}", f"+- {scale * r.result.ci95:.2f}",
                      str(r.result.episodes),
                      str(r.result.steps) if r.adapts_with_steps else "none (no inner steps)"])
-    return Section(f"Results on {split} episodes", tables=[Table(
+    settings = {r.result.batch_norm for r in runs.values()}
+    text = ("BatchNorm as deployed: every query normalised with its support set's "
+            "statistics, as `metafit adapt` writes the model (`metafit evaluate RUN "
+            "--batch-norm both` adds the transductive figure)." if "support" in settings
+            else "")
+    return Section(f"Results on {split} episodes", text=text, tables=[Table(
         ["run", "directory", "task", "metric", "mean", "95% CI", "episodes", "inner steps"],
         rows)])
 
@@ -168,7 +175,8 @@ def _adaptation(runs: dict[str, Evaluated], out: Path, split: str, episodes: int
         for label, r in runs.items():
             shots[label] = {k: evaluate(r.algo, split_sampler(
                 r.recipe, split, r.sampler.dataset, shots=k),  # type: ignore[arg-type]
-                episodes=episodes, progress=progress, desc=f"{label} {k}-shot")
+                episodes=episodes, progress=progress, desc=f"{label} {k}-shot",
+                batch_norm="support")
                 for k in shot_counts(r.sampler)}
     plot_adaptation({k: r.result for k, r in runs.items()}, out / "adaptation.png",
                     title=f"Adaptation on {split} tasks ({_task(first.recipe)})",
