@@ -315,6 +315,8 @@ def test_the_server_adapts_with_a_reject_setting_and_answers_unknown(
         assert far["label"] == "other" and far["rejected"] is True
         assert far["score"] < made["reject"]["threshold"]
         assert first["rejected"] is False and first["label"] in ("label_1", "label_2")
+        metrics = server.client.get("/metrics", headers=AUTH).text
+        assert "metafit_predictions_unknown_total 1.0" in metrics  # the far input only
         r = post("/v1/adaptations", json={"examples": examples}, headers=AUTH)
         plain = r.json()
         assert plain["reject"] is None

@@ -48,6 +48,9 @@ class Metrics:
         self.in_flight = Gauge("metafit_adaptations_in_flight", "Adaptations running or "
                                "queued", registry=r)
         self.predictions = Counter("metafit_predictions", "Inputs classified", registry=r)
+        self.unknown = Counter("metafit_predictions_unknown", "Inputs answered with the "
+                               "unknown label ('none of these': a reject score below the "
+                               "model's threshold)", registry=r)
         self.models_loaded = Gauge("metafit_models_loaded", "Adapted models held in memory",
                                    registry=r)
 

@@ -217,6 +217,7 @@ class Service:
         except InputError as e:
             raise ApiError(422, public_message(f"{where}: {e}")) from None
         self.metrics.predictions.inc(len(raw))
+        self.metrics.unknown.inc(sum(bool(p.get("rejected")) for p in raw))
         return PredictResponse(predictions=[_restrict(p, candidates) for p in raw])
 
     def _candidates(self, model: AdaptedModel, labels: list[str] | None) -> list[str] | None:
