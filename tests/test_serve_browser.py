@@ -206,7 +206,8 @@ def test_the_page_adapts_to_images_and_classifies(browser: Any, live: LiveServer
         shutil.copyfile(shot, os.environ["METAFIT_PAGE_SCREENSHOT"])
     assert page.evaluate("sessionStorage.length + localStorage.length") == 0
     assert KEY not in page.url and "/v1/adaptations" in " ".join(w.urls)
-    page.check("#calibrate")  # the same classes again, calibrated
+    page.check("#calibrate")  # the same classes again, calibrated and rejecting
+    page.check("#reject")
     page.click("#adapt")
     page.wait_for_selector("#model option:nth-child(3)", state="attached")  # one more
     page.wait_for_selector("#adapt-status.ok, #adapt-status.error")
@@ -216,6 +217,8 @@ def test_the_page_adapts_to_images_and_classifies(browser: Any, live: LiveServer
     assert made["temperature"] != 1
     status = page.text_content("#adapt-status")
     assert f"temperature {made['temperature']:.2f}" in status, status
+    assert made["reject"]["label"] == "unknown" and made["reject"]["threshold"] is not None
+    assert f"none of these: {made['reject']['score']} below" in status, status
     w.close()
 
 

@@ -208,6 +208,7 @@
     if (groups.length < 2) throw new Error("give at least two classes, each with a name and examples");
     const steps = $("steps").value.trim();
     const calibrate = $("calibrate").checked;
+    const reject = $("reject").checked;
     if (state.kind === "image") {
       const form = new FormData();
       for (const g of groups) {
@@ -218,11 +219,13 @@
       }
       if (steps) form.append("steps", steps);
       if (calibrate) form.append("calibrate", "true");
+      if (reject) form.append("reject", "{}");
       return form;
     }
     const body = { examples: groups.flatMap((g) => g.examples.map((text) => ({ text, label: g.label }))) };
     if (steps) body.steps = Number(steps);
     if (calibrate) body.calibrate = true;
+    if (reject) body.reject = {};
     return body;
   }
 
@@ -242,6 +245,7 @@
       remember(made);
       let how = made.steps ? `${made.algorithm}, ${made.steps} inner steps` : made.algorithm;
       if (made.temperature !== null && made.temperature !== 1) how += `, temperature ${made.temperature.toFixed(2)}`;
+      if (made.reject && made.reject.threshold !== null) how += `, none of these: ${made.reject.score} below ${made.reject.threshold.toPrecision(3)}`;
       setStatus("adapt-status", `Adapted to ${made.labels.length} classes from ${made.examples} examples`
         + ` in ${made.seconds} s (${how}): adaptation ${made.id}.`, "ok");
     } catch (e) {
