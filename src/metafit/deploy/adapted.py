@@ -151,17 +151,20 @@ class AdaptedModel:
     def logits(self, x: Tensor, batch: int = 256) -> Tensor:
         """Logits ``[M, N]`` of model inputs ``x [M, *x]``, in batches of ``batch`` (one
         batch with ``batch_norm="batch"``, whose outputs depend on the batch)."""
+        return torch.cat([self.module(part) for part in self._batches(x, batch)])
+
+    def _batches(self, x: Tensor, batch: int) -> list[Tensor]:
+        """``x [M, *x]`` cut into batches of ``batch`` rows, or one batch with
+        ``batch_norm="batch"`` (outputs then depend on the batch)."""
         if self.arch.get("batch_norm") == "batch":
             batch = max(len(x), 1)
-        return torch.cat([self.module(x[i:i + batch]) for i in range(0, len(x), batch)])
+        return [x[i:i + batch] for i in range(0, len(x), batch)]
 
     @torch.no_grad()
     def features(self, x: Tensor, batch: int = 256) -> Tensor:
         """Body features ``[M, F]`` of model inputs ``x [M, *x]``, batched as
         :meth:`logits`."""
-        if self.arch.get("batch_norm") == "batch":
-            batch = max(len(x), 1)
-        return torch.cat([self.module.body(x[i:i + batch]) for i in range(0, len(x), batch)])
+        return torch.cat([self.module.body(part) for part in self._batches(x, batch)])
 
     def scorer(self) -> RejectScorer:
         """The reject score of :attr:`reject` as a module ``(logits, features) -> [B]``,
@@ -189,11 +192,9 @@ class AdaptedModel:
             ValueError: the model has no reject setting.
         """
         scorer = self.scorer()
-        if self.arch.get("batch_norm") == "batch":
-            batch = max(len(x), 1)
         logits, scores = [], []
-        for i in range(0, len(x), batch):
-            features = self.module.body(x[i:i + batch])  # [b, F]
+        for part in self._batches(x, batch):
+            features = self.module.body(part)  # [b, F]
             logits.append(self.module.head(features))  # [b, N]
             scores.append(scorer(logits[-1], features))  # [b]
         return torch.cat(logits), torch.cat(scores)
