@@ -106,6 +106,12 @@ def knn_score(features: Tensor, support: Tensor, k: int) -> Tensor:
     return sims.topk(min(k, sims.shape[1]), dim=-1).values.mean(-1)
 
 
+def _shrunk(cov: Tensor, shrink: float) -> Tensor:
+    """A covariance ``[F, F]`` shrunk towards ``tr/F * I`` by ``shrink``."""
+    dim = cov.shape[0]
+    return (1 - shrink) * cov + shrink * torch.trace(cov) / dim * torch.eye(dim, dtype=cov.dtype)
+
+
 def mahalanobis_score(features: Tensor, support: Tensor, labels: Tensor, shrink: float,
                       relative: bool = False) -> Tensor:
     """Minus the smallest Mahalanobis distance ``[M]`` to a class mean of the normalised
@@ -115,16 +121,12 @@ def mahalanobis_score(features: Tensor, support: Tensor, labels: Tensor, shrink:
     n = int(labels.max()) + 1
     means = class_prototypes(s, labels.long(), n)  # [N, F]
     centred = s - means[labels.long()]
-    cov = centred.T @ centred / max(1, len(s) - n)  # [F, F]
-    dim = cov.shape[0]
-    cov = (1 - shrink) * cov + shrink * torch.trace(cov) / dim * torch.eye(dim, dtype=cov.dtype)
-    prec = torch.linalg.inv(cov)
+    prec = torch.linalg.inv(_shrunk(centred.T @ centred / max(1, len(s) - n), shrink))
     diff = f[:, None, :] - means[None]  # [M, N, F]
     d = torch.einsum("mnf,fg,mng->mn", diff, prec, diff).amin(-1)  # [M]
     if relative:
         mu = s.mean(0)
-        c0 = (s - mu).T @ (s - mu) / max(1, len(s) - 1)
-        c0 = (1 - shrink) * c0 + shrink * torch.trace(c0) / dim * torch.eye(dim, dtype=c0.dtype)
+        c0 = _shrunk((s - mu).T @ (s - mu) / max(1, len(s) - 1), shrink)
         g = f - mu
         d = d - torch.einsum("mf,fg,mg->m", g, torch.linalg.inv(c0), g)
     return -d
