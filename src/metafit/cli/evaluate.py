@@ -48,7 +48,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                   cache_features=not args.no_feature_cache,
                                   classifier=args.classifier,
                                   penalty=args.classifier_penalty,
-                                  progress=show_progress(args), batch_norm=setting)
+                                  progress=show_progress(args), batch_norm=setting,
+                                  episode_scheme=args.episode_scheme)
             results.append(result)
             if result.batch_norm == "none":  # no BatchNorm: every setting is this one
                 break
@@ -66,6 +67,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     penalty = args.classifier_penalty
     where = ", ".join([args.split, args.checkpoint, *filter(None, [
+        results[0].extra.get("episode_scheme"),
         args.classifier, None if penalty is None else f"penalty {penalty:g}"])])
     for result in results:
         scale = 100.0 if result.metric == "accuracy" else 1.0
@@ -169,6 +171,10 @@ def add_evaluate_parser(sub: Any) -> None:
                    help="run the body in every episode instead of embedding each distinct "
                         "example once (same result, slower; see metafit.evaluation.feature_cache)")
     add_classifier_option(p, "classify with this head instead of the recipe's")
+    p.add_argument("--episode-scheme", choices=["random", "within_alphabet"],
+                   help="Omniglot runs: score on these episodes instead of the recipe's "
+                   "(within_alphabet: Lake et al.'s one-shot task, one alphabet per "
+                   "episode, support and queries from different drawers, no rotations)")
     p.add_argument("--batch-norm", default="deployed",
                    choices=["deployed", "transductive", "both"],
                    help="how queries are normalised by models with BatchNorm: deployed "

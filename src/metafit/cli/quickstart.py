@@ -31,7 +31,7 @@ from typing import Any
 
 from metafit.algorithms.from_recipe import build_model
 from metafit.config.recipe import load_recipe
-from metafit.config.schema import Recipe, make_recipe
+from metafit.config.schema import IMAGE_DATASETS, Recipe, make_recipe
 from metafit.data.sampler import EpisodeSampler
 from metafit.data.splits import load_split
 from metafit.evaluation.protocol import EvalResult, evaluate, scratch_baseline
@@ -69,7 +69,6 @@ SIZES = {
 #: Recipe keys that say which data the quickstart runs on (taken from a user's recipe).
 DATA_KEYS = ("dataset", "data_root", "image_size", "channels", "rotations", "split_scheme",
              "holdout_fraction", "image_column", "label_column", "absolute_image_paths")
-IMAGE_DATASETS = ("glyphs", "omniglot", "image_folder", "image_table", "idx")
 #: One row of the results table: (method, task, result).
 Row = tuple[str, str, EvalResult]
 

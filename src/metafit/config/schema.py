@@ -52,6 +52,8 @@ RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular")
 RL_ALGORITHMS = ("maml_trpo", "fomaml_trpo")
 #: The datasets of labelled texts (``text_csv``: the former name of ``text_table``).
 TEXT_DATASETS = ("text_table", "text_csv")
+#: The datasets of images (``augment`` applies to them).
+IMAGE_DATASETS = ("omniglot", "glyphs", "image_folder", "image_table", "idx")
 #: The datasets ``split_scheme: all_classes`` splits by example.
 ALL_CLASSES_DATASETS = ("omniglot", "image_folder", "image_table", *TEXT_DATASETS)
 ModelName = Literal["conv4", "mlp", "resnet12", "resnet18", "text"]
@@ -97,6 +99,11 @@ class Recipe(BaseModel):
     holdout_fraction: float = Field(
         0.2, gt=0, lt=1, description="split_scheme all_classes: the fraction of each class's "
         "examples held out of meta-training, half for val and half for test")
+    episode_scheme: Literal["random", "within_alphabet"] = Field(
+        "random", description="Omniglot: 'within_alphabet' draws every episode's classes "
+        "from one alphabet, its support from some drawers and its queries from others, "
+        "and keeps rotations out of validation and test episodes (Lake et al. 2015's "
+        "one-shot task; metafit.data.within); 'random': classes from anywhere")
 
     # -- episodes --------------------------------------------------------------------
     ways: int = Field(5, gt=0, description='classes per training task (N of N-way)')
@@ -146,6 +153,13 @@ class Recipe(BaseModel):
                              "word-piece of a meta-training episode is replaced by the "
                              "tokenizer's mask token with this probability (validation and "
                              "test episodes stay intact)")
+    augment: Literal["none", "affine"] = Field(
+        "none", description="image augmentation of meta-training episodes: 'affine' "
+        "distorts every support and query image with its own random rotation, shear, "
+        "scale and shift (Koch et al. 2015's ranges; metafit.data.augment); validation "
+        "and test episodes stay intact")
+    augment_strength: float = Field(1.0, gt=0, le=3, description="augment: affine: "
+                                    "multiplies the ranges of the distortions")
 
     # -- algorithm -------------------------------------------------------------------
     algorithm: str = Field("maml",
@@ -290,8 +304,14 @@ class Recipe(BaseModel):
                              "all their parameters (ANIL adapts the head)")
         if self.text_mask and self.model != "text":
             raise ValueError(f"text_mask is for text models, not model '{self.model}'")
+        if self.augment != "none" and self.dataset not in IMAGE_DATASETS:
+            raise ValueError(f"augment '{self.augment}' is for image datasets "
+                             f"({', '.join(IMAGE_DATASETS)}), not '{self.dataset}'")
         if self.split_scheme == "all_classes":
             self._check_all_classes()
+        if self.episode_scheme != "random" and self.dataset != "omniglot":
+            raise ValueError(f"episode_scheme '{self.episode_scheme}' is for dataset "
+                             f"'omniglot' (alphabets and drawers), not '{self.dataset}'")
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ValueError(f"cuda_graphs needs a CUDA device, not device '{self.device}'")
         if self.classifier is not None and self.is_regression:

@@ -118,18 +118,20 @@ def _scheme_splits(
 
 
 
-def _drawings(data: torch.Tensor, targets: torch.Tensor, characters: list[str], split: str,
-              seed: int, holdout: float) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def _drawings(data: torch.Tensor, targets: torch.Tensor, drawers: torch.Tensor,
+              characters: list[str], split: str, seed: int, holdout: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     """``split``'s drawings of every character under ``all_classes`` (``data [N, 1, s, s]``
-    grouped by character, ``targets [N]``), and the characters that keep any."""
+    grouped by character, ``targets [N]``, ``drawers [N]``), and the characters that keep
+    any."""
     from metafit.data.holdout import holdout_examples
 
     order = torch.argsort(targets, stable=True)  # grouped by character (already, as decoded)
-    data, targets = data[order], targets[order]
+    data, targets, drawers = data[order], targets[order], drawers[order]
     counts = torch.bincount(targets, minlength=len(characters))  # [C]
     index = holdout_examples(characters, counts, split, seed, holdout)  # [n]
     targets = targets[index]
-    return data[index], targets, torch.unique(targets).tolist()
+    return data[index], targets, drawers[index], torch.unique(targets).tolist()
 
 
 class Omniglot(TensorClassDataset):
@@ -151,6 +153,10 @@ class Omniglot(TensorClassDataset):
         alphabets: the alphabets of this split (sorted); ``alphabet_splits``: the
             ``{"train"|"val"|"test": [alphabet, ...]}`` assignment of the scheme.
         num_characters, num_images: characters and images of this split, unrotated.
+        drawers: ``long [num_examples]``, who drew each example (0..19 from the file name
+            ``NNNN_DD.png``; -1 for another name): Lake et al.'s within-alphabet episodes
+            take the support and the queries from different drawers
+            (:mod:`metafit.data.within`).
         sources: the zips/folders read.
 
     Raises:
@@ -182,10 +188,11 @@ class Omniglot(TensorClassDataset):
         if split is not None and split_scheme in ("standard", "vinyals") and missing:
             raise ValueError(f"split_scheme={split_scheme!r} needs {' and '.join(missing)} "
                              f"in {root}")
-        key = [f"size={image_size}"] + [f"{n}={source_key(p)}" for n, p in sources]
+        key = [f"size={image_size}", "drawers"] + [f"{n}={source_key(p)}" for n, p in sources]
         decoded = cached("omniglot", key, lambda: decode_sources(sources, image_size),
                          enabled=cache)
         data, targets = decoded["data"], decoded["targets"]  # [N, 1, s, s], [N]
+        drawers = decoded["drawers"]  # [N]
         characters: list[str] = decoded["characters"]
         alphabet_of = [c.split("/")[0] for c in characters]
         self.character_splits = _scheme_splits(characters, decoded["origins"], split_scheme,
@@ -204,12 +211,14 @@ class Omniglot(TensorClassDataset):
             chosen = set(self.character_splits[split])
             keep = [i for i, c in enumerate(characters) if c in chosen]
         if split is not None and split_scheme == "all_classes":
-            data, targets, keep = _drawings(data, targets, characters, split, seed, holdout)
+            data, targets, drawers, keep = _drawings(data, targets, drawers, characters,
+                                                     split, seed, holdout)
         remap = torch.full((len(characters),), -1, dtype=torch.long)
         remap[keep] = torch.arange(len(keep))
         new_targets = remap[targets]  # [N]
         mask = new_targets >= 0
         data, new_targets = data[mask], new_targets[mask]  # [n, 1, s, s], [n]
+        drawers = drawers[mask]  # [n]
         names = [characters[i] for i in keep]
         self.root, self.split, self.split_scheme, self.seed = root, split, split_scheme, seed
         self.sources = [str(p) for _, p in sources]
@@ -219,5 +228,8 @@ class Omniglot(TensorClassDataset):
         if rotations:
             data = torch.cat([torch.rot90(data, k, dims=(2, 3)) for k in range(4)])
             new_targets = torch.cat([new_targets * 4 + k for k in range(4)])  # [4n]
+            drawers = drawers.repeat(4)  # [4n]
             names = [n + r for n in names for r in _ROTATIONS]
-        super().__init__(data, new_targets, names, invert=True)
+        order = torch.argsort(new_targets, stable=True)  # the order the base class keeps
+        super().__init__(data[order], new_targets[order], names, invert=True)
+        self.drawers = drawers[order]  # [num_examples], aligned with self.data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import zipfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,7 +23,7 @@ from metafit.data.errors import DatasetError
 from metafit.data.image_folder import decode_image, fingerprint_files
 from metafit.io import file_fingerprint
 
-__all__ = ["OMNIGLOT_SETS", "decode_sources", "find_sources", "source_key"]
+__all__ = ["OMNIGLOT_SETS", "decode_sources", "drawer_of", "find_sources", "source_key"]
 
 log = logging.getLogger("metafit.data.omniglot")  # under the dataset's name
 
@@ -48,6 +49,13 @@ def find_sources(root: Path) -> list[tuple[str, Path]]:
         looked = ", ".join(f"{n}.zip or {n}/" for n in OMNIGLOT_SETS)
         raise FileNotFoundError(f"no Omniglot data in {root}: looked for {looked}")
     return found
+
+
+def drawer_of(file: str) -> int:
+    """The drawer of an Omniglot file ``NNNN_DD.png`` (character ``NNNN`` drawn by the
+    ``DD``-th of its alphabet's 20 drawers) as ``DD - 1``; -1 for another name."""
+    found = re.fullmatch(r"\d+_(\d+)\.png", file, flags=re.IGNORECASE)
+    return int(found.group(1)) - 1 if found else -1
 
 
 def _parse(parts: list[str]) -> Key | None:
@@ -90,8 +98,9 @@ def source_key(path: Path) -> str:
 
 def decode_sources(sources: list[tuple[str, Path]], image_size: int) -> dict[str, Any]:
     """Decode every (deduplicated) image of ``sources``: ``data uint8 [N, 1, s, s]``,
-    ``targets [N]`` (character index), ``characters`` names, ``origins`` (the sets each
-    character appears in, ``|``-joined)."""
+    ``targets [N]`` (character index), ``drawers [N]`` (long: :func:`drawer_of` each
+    file), ``characters`` names, ``origins`` (the sets each character appears in,
+    ``|``-joined)."""
     where: dict[Key, tuple[Path, str]] = {}
     origins: dict[tuple[str, str], set[str]] = {}
     for set_name, path in sources:
@@ -123,6 +132,7 @@ def decode_sources(sources: list[tuple[str, Path]], image_size: int) -> dict[str
     return {
         "data": torch.from_numpy(data).unsqueeze(1),  # [N, 1, s, s]
         "targets": torch.tensor(targets, dtype=torch.long),  # [N]
+        "drawers": torch.tensor([drawer_of(k[2]) for k in keys], dtype=torch.long),  # [N]
         "characters": [f"{a}/{c}" for a, c in characters],
         "origins": ["|".join(sorted(origins[c])) for c in characters],
     }

@@ -10,6 +10,12 @@ over tasks or images:
    keys past a class's size set to +inf);
 3. a random order of the examples within the support set and within the query set.
 
+Two options restrict the draw (Lake et al. 2015's within-alphabet one-shot task):
+``groups [C]`` (a group id per class) makes every task take its classes from one group,
+chosen uniformly among the groups with at least ``ways`` drawable classes; ``slots [E]``
+(a slot per example, e.g. who drew it) makes every class of a task take its support from
+the same ``shots`` slots and its queries from ``queries`` other slots, drawn per task.
+
 ``sample(n)`` advances the sampler's generator (so successive calls give fresh tasks and a
 sampler rebuilt with the same seed gives the same sequence); ``fixed(n)`` derives a
 separate generator from the seed alone, so it returns the same evaluation episodes in
@@ -54,10 +60,16 @@ class EpisodeSampler:
         seed: seeds both ``sample`` (a running stream) and ``fixed`` (a stream of its own).
         transform: augmentation of what ``sample`` draws (never of ``fixed``), called as
             ``transform(episodes, generator)`` with the running generator.
+        groups: ``long [C]``, the group of each class: a task's classes share a group.
+        slots: ``long [E]``, the slot (0..D-1) of each example: a task's support comes
+            from ``shots`` slots and its queries from ``queries`` others, the same for all
+            its classes; every drawable class must hold each slot exactly once.
 
     Raises:
         ValueError: on a non-positive number, ``ways`` above the number of classes, or
-            fewer than ``ways`` classes holding ``shots + queries`` examples.
+            fewer than ``ways`` classes holding ``shots + queries`` examples; with
+            ``groups``, no group holding ``ways`` such classes; with ``slots``, fewer than
+            ``shots + queries`` slots or a class without exactly one example per slot.
     """
 
     def __init__(
@@ -68,6 +80,8 @@ class EpisodeSampler:
         queries: int = 15,
         seed: int = 0,
         transform: EpisodeTransform | None = None,
+        groups: torch.Tensor | None = None,
+        slots: torch.Tensor | None = None,
     ) -> None:
         self.dataset = dataset
         self.is_task_family = isinstance(dataset, TaskFamily) and not isinstance(
@@ -80,8 +94,17 @@ class EpisodeSampler:
         self.generator = torch.Generator().manual_seed(self.seed)
         self.transform = transform
         self._fixed_cache: dict[int, Episodes] = {}
+        self._group_of: torch.Tensor | None = None  # [C_ok] group of each drawable class
+        self._slot_table: torch.Tensor | None = None  # [C, D] example of class c in slot d
+        if (groups is not None or slots is not None) and self.is_task_family:
+            raise ValueError("groups and slots restrict the classes of a dataset; a task "
+                             "family has none")
         if not self.is_task_family:
             self._validate(dataset)  # type: ignore[arg-type]
+            if groups is not None:
+                self._validate_groups(dataset, groups)  # type: ignore[arg-type]
+            if slots is not None:
+                self._validate_slots(dataset, slots)  # type: ignore[arg-type]
 
     def _validate(self, ds: ClassDataset) -> None:
         num_classes = len(ds.classes)
@@ -107,6 +130,44 @@ class EpisodeSampler:
                           f"queries = {need} examples and are never sampled: {named}",
                           stacklevel=3)
         self._max_count = int(ds.counts.max())
+
+    def _validate_groups(self, ds: ClassDataset, groups: torch.Tensor) -> None:
+        groups = torch.as_tensor(groups, dtype=torch.long)
+        if groups.shape != (len(ds.classes),):
+            raise ValueError(f"groups must hold one group id per class ({len(ds.classes)}), "
+                             f"got shape {tuple(groups.shape)}")
+        self._group_of = groups[self._eligible]  # [C_ok]
+        ids, sizes = torch.unique(self._group_of, return_counts=True)
+        self._groups_ok = ids[sizes >= self.ways]  # [G_ok]
+        if not len(self._groups_ok):
+            raise ValueError(f"ways={self.ways} classes from one group are needed, but the "
+                             f"largest group holds {int(sizes.max()) if len(sizes) else 0} "
+                             "drawable classes")
+
+    def _validate_slots(self, ds: ClassDataset, slots: torch.Tensor) -> None:
+        slots = torch.as_tensor(slots, dtype=torch.long)
+        if slots.shape != (len(ds),):
+            raise ValueError(f"slots must hold one slot per example ({len(ds)}), got shape "
+                             f"{tuple(slots.shape)}")
+        width = int(slots.max()) + 1 if len(slots) else 0
+        if width < self.shots + self.queries:
+            raise ValueError(f"shots + queries = {self.shots + self.queries} slots are "
+                             f"needed per class, but the examples have {width}")
+        classes = torch.repeat_interleave(torch.arange(len(ds.classes)), ds.counts)  # [E]
+        table = torch.full((len(ds.classes), width), -1, dtype=torch.long)
+        filled = torch.zeros(len(ds.classes), width, dtype=torch.long)
+        ok = slots >= 0
+        table[classes[ok], slots[ok]] = torch.arange(len(ds))[ok]
+        filled.index_put_((classes[ok], slots[ok]), torch.ones_like(slots[ok]),
+                          accumulate=True)
+        wrong = (filled != 1).any(1) | (ds.counts != width)  # [C]
+        bad = self._eligible[wrong[self._eligible]].tolist()
+        if bad:
+            raise ValueError(
+                f"every class must hold exactly one example in each of the {width} slots; "
+                f"{len(bad)} do not, e.g. '{ds.classes[bad[0]]}' (slots "
+                f"{slots[classes == bad[0]].tolist()})")
+        self._slot_table = table  # [C, D]
 
     # -- state (explicit, for checkpoint/resume) -------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -159,15 +220,25 @@ class EpisodeSampler:
         n_way, k, q = self.ways, self.shots, self.queries
         eligible = self._eligible
         # 1. classes: the `ways` largest of uniform keys = a uniform random ordered subset.
+        if self._group_of is not None:  # one group per task; its classes only
+            pick = self._groups_ok[torch.randint(len(self._groups_ok), (n,), generator=gen)]
         keys = torch.rand(n, len(eligible), generator=gen)  # [T, C_ok]
+        if self._group_of is not None:
+            keys.masked_fill_(self._group_of.unsqueeze(0) != pick.unsqueeze(1), -1.0)
         classes = eligible[keys.topk(n_way, dim=1, sorted=True).indices]  # [T, N]
         # 2. examples: k+q distinct positions within each chosen class.
-        counts = ds.counts[classes]  # [T, N]
-        ex_keys = torch.rand(n, n_way, self._max_count, generator=gen)  # [T, N, M]
-        pos = torch.arange(self._max_count)  # [M]
-        ex_keys.masked_fill_(pos >= counts.unsqueeze(-1), float("inf"))
-        local = ex_keys.argsort(dim=-1)[..., : k + q]  # [T, N, K+Q]
-        index = ds.offsets[classes].unsqueeze(-1) + local  # [T, N, K+Q]
+        if self._slot_table is not None:  # support slots, then query slots, per task
+            width = self._slot_table.shape[1]
+            chosen = torch.rand(n, width, generator=gen).argsort(dim=1)[:, : k + q]  # [T, K+Q]
+            index = self._slot_table[classes].gather(  # [T, N, K+Q]
+                2, chosen.unsqueeze(1).expand(n, n_way, k + q))
+        else:
+            counts = ds.counts[classes]  # [T, N]
+            ex_keys = torch.rand(n, n_way, self._max_count, generator=gen)  # [T, N, M]
+            pos = torch.arange(self._max_count)  # [M]
+            ex_keys.masked_fill_(pos >= counts.unsqueeze(-1), float("inf"))
+            local = ex_keys.argsort(dim=-1)[..., : k + q]  # [T, N, K+Q]
+            index = ds.offsets[classes].unsqueeze(-1) + local  # [T, N, K+Q]
         labels = torch.arange(n_way).view(1, n_way, 1)  # [1, N, 1]
         # 3. shuffle the order of examples inside the support and the query set.
         s_order = torch.rand(n, n_way * k, generator=gen).argsort(dim=1)  # [T, N*K]

@@ -38,11 +38,16 @@ def training_transform(recipe: Recipe) -> EpisodeTransform | None:
 
     ``text_mask``: masked-token augmentation of a text model's episodes
     (:class:`~metafit.models.tokenizer.TokenMasker`; support texts first, then query
-    texts).
+    texts). ``augment: affine``: a random affine distortion of every image
+    (:class:`~metafit.data.augment.RandomAffine`, ranges times ``augment_strength``).
 
     Raises:
         ModelDirError: ``text_mask`` with a tokenizer that has no mask token.
     """
+    if recipe.augment == "affine":
+        from metafit.data.augment import RandomAffine
+
+        return RandomAffine(strength=recipe.augment_strength)
     if not recipe.text_mask:
         return None
     return TokenMasker(recipe.text_model, recipe.text_mask).episodes

@@ -129,9 +129,13 @@ def split_sampler(recipe: Recipe, split: Split, dataset: Any = None,
     """The fixed-episode sampler of ``split`` for ``recipe``: its evaluation ways, shots and
     queries (``shots`` overrides), seeded ``recipe.seed + SPLIT_SEED_OFFSET[split]``.
     ``dataset``: the split's data when already loaded (default: :func:`load_split`)."""
+    from metafit.data.within import sampler_options
+
     data = load_split(recipe, split) if dataset is None else dataset
+    data, groups, slots = sampler_options(recipe.episode_scheme, data, train=False)
     return EpisodeSampler(data, recipe.eval_ways, recipe.eval_shots if shots is None else shots,
-                          recipe.eval_queries, seed=recipe.seed + SPLIT_SEED_OFFSET[split])
+                          recipe.eval_queries, seed=recipe.seed + SPLIT_SEED_OFFSET[split],
+                          groups=groups, slots=slots)
 
 
 def record_evaluation(run: str | Path, result: Result, recipe: Recipe, split: str,
@@ -150,6 +154,9 @@ def record_evaluation(run: str | Path, result: Result, recipe: Recipe, split: st
         suffix = f"_{classifier_tag(recipe)}"
     if getattr(result, "batch_norm", "none") == "batch":
         suffix += "_transductive"
+    if getattr(recipe, "episode_scheme", "random") != "random":
+        result.extra.update(episode_scheme=recipe.episode_scheme)
+        suffix += f"_{recipe.episode_scheme}"
     atomic_write_text(RunDir(run).report / f"eval_{split}_{which}_{result.steps}steps"
                       f"{suffix}.json", json.dumps(result.to_dict(), indent=1))
     return result
@@ -168,6 +175,7 @@ def evaluate_run(
     penalty: float | None = None,
     progress: bool = False,
     batch_norm: BatchNormSetting = "support",
+    episode_scheme: str | None = None,
 ) -> EvalResult:
     """Evaluate a run on fixed episodes of ``split`` and save the result under report/.
 
@@ -184,6 +192,9 @@ def evaluate_run(
     ``cache_features``: as in :func:`~metafit.evaluation.protocol.evaluate`.
     ``classifier``, ``penalty``: as in :func:`load_trained` (the saved result's name then
     ends in the classifier and a penalty other than the default).
+    ``episode_scheme``: None for the recipe's, or ``"within_alphabet"`` / ``"random"``
+    to score the run on those episodes (:mod:`metafit.data.within`; the saved result's
+    name then ends in the scheme when it is not ``random``).
     ``episodes``: None for the recipe's ``test_episodes``; ``steps``: None for the
     algorithm's evaluation steps (0: score before any adaptation). ``progress``: a progress
     bar (episodes) on stderr.
@@ -195,6 +206,9 @@ def evaluate_run(
     check_count("episodes", episodes, default="the recipe's test_episodes")
     check_count("steps", steps, minimum=0, default="the recipe's evaluation steps")
     recipe, algo = load_trained(run, which, classifier=classifier, penalty=penalty)
+    if episode_scheme is not None and episode_scheme != recipe.episode_scheme:
+        recipe = make_recipe({**recipe.model_dump(), "episode_scheme": episode_scheme},
+                             f"{run} with episode_scheme={episode_scheme!r}")
     n_steps = int(cast(Any, algo).default_eval_steps) if steps is None else int(steps)
     result = evaluate(algo, split_sampler(recipe, split),
                       episodes=recipe.test_episodes if episodes is None else episodes,

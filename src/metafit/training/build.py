@@ -14,6 +14,7 @@ from metafit.data.base import ClassDataset
 from metafit.data.sampler import EpisodeSampler
 from metafit.data.splits import load_split
 from metafit.data.transforms import training_transform
+from metafit.data.within import sampler_options
 from metafit.distributed import DistContext, rank_seed, shard_sizes
 from metafit.evaluation.feature_cache import cached_body
 from metafit.runs.trained import split_sampler
@@ -31,9 +32,11 @@ def samplers(recipe: Recipe, rank: int) -> tuple[EpisodeSampler, EpisodeSampler,
             examples).
     """
     train_ds, val_ds = load_split(recipe, "train"), load_split(recipe, "val")
+    train_ds, groups, slots = sampler_options(recipe.episode_scheme, train_ds, train=True)
     train_sampler = EpisodeSampler(train_ds, recipe.ways, recipe.shots, recipe.queries,
                                    seed=rank_seed(recipe.seed, rank),
-                                   transform=training_transform(recipe))
+                                   transform=training_transform(recipe), groups=groups,
+                                   slots=slots)
     classes = len(train_ds.classes) if isinstance(train_ds, ClassDataset) else None
     return train_sampler, split_sampler(recipe, "val", val_ds), classes
 
