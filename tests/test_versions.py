@@ -5,6 +5,7 @@ directories loading unchanged, and distinct versions from concurrent writers."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from deploy_fixtures import image_run, pattern, support_folder
+from metafit.cli.main import main
 from metafit.deploy import AdaptedModel, Adapter, ModelDirError, SupportError
 from metafit.deploy.calibrate import fit_on_support
 from metafit.deploy.reject import RejectRequest
@@ -170,4 +172,36 @@ def test_update_from_a_moved_run_needs_the_run(tmp_path: Path, adapter: Adapter)
         update_from_file(home, new)
     number, _ = update_from_file(home, new, run=image_run())
     assert number == 2 and os.path.isdir(version_dir(home, 2))
+
+def test_cli_update_versions_rollback_and_evaluate(tmp_path: Path, capsys) -> None:
+    run = image_run()
+    out = tmp_path / "model"
+    assert main(["adapt", str(run), "--support", str(support_folder(tmp_path / "s1", 2, 2)),
+                 "--out", str(out), "--calibrate"]) == 0
+    new = support_folder(tmp_path / "s2", 3, 2)
+    capsys.readouterr()
+    assert main(["adapt", "--update", str(out), "--support", str(new), "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["version"] == 2 and made["parent"] == 1 and made["support_size"] == 10
+    assert made["labels"] == ["label_0", "label_1", "label_2"] and made["out"] == str(out)
+    assert main(["versions", str(out), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["current"] == 2 and [v["version"] for v in listed["versions"]] == [1, 2]
+    assert main(["versions", str(out), "--use", "1"]) == 0
+    assert "version 1 is now current" in capsys.readouterr().out
+    assert AdaptedModel.load(out).label_names == ["label_0", "label_1"]
+    test = support_folder(tmp_path / "test", 3, 3)
+    assert main(["evaluate", str(out), "--test", str(test), "--versions", "all",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows["protocol"] == "versions" and [r["version"] for r in rows["rows"]] == [1, 2]
+    assert rows["rows"][1]["accuracy"] >= rows["rows"][0]["accuracy"]  # knows label_2
+    assert rows["rows"][0]["current"] and not rows["rows"][1]["current"]
+    assert main(["evaluate", str(out), "--test", str(test), "--versions", "2"]) == 0
+    assert "version" in capsys.readouterr().out
+    assert main(["versions", str(out), "--use", "9"]) == 2
+    assert "no version 9" in capsys.readouterr().err
+    assert main(["adapt", "--update", str(out), "--support", str(new), "--out", "x"]) == 2
+    assert "--out" in capsys.readouterr().err
+
 
