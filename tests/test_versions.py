@@ -152,7 +152,7 @@ def test_concurrent_updates_serialise(home: Path, adapter: Adapter) -> None:
     batches = [images(range(2), 1, first=4), images(range(2), 1, first=5)]
     done: list[int] = []
     threads = [threading.Thread(target=lambda b=b: done.append(update_model(
-        home, *b, adapter)[0])) for b in batches]
+        home, b[0], b[1], adapter)[0])) for b in batches]
     for t in threads:
         t.start()
     for t in threads:
