@@ -152,6 +152,26 @@ def test_bad_examples_and_rollbacks_are_refused(live: LiveServer, data: Path) ->
     assert set(body["content"]) == {"application/json", "multipart/form-data"}
 
 
+def test_a_server_of_other_settings_cannot_update(settings: ServerSettings,
+                                                  data: Path) -> None:
+    """A server sharing the store with another classifier refuses the update (409),
+    writing nothing, rather than mixing two heads in one adaptation."""
+    first = LiveServer(settings)
+    try:
+        made = first.client.post("/v1/adaptations", json=support(data), headers=AUTH).json()
+    finally:
+        first.stop()
+    other = LiveServer(replace(settings, classifier="logistic"))
+    try:
+        r = other.client.post(f"/v1/adaptations/{made['id']}/examples",
+                              json=examples(data, (0,), (2,)), headers=AUTH)
+        assert r.status_code == 409 and "another run" in r.json()["detail"]
+        versions = other.client.get(f"/v1/adaptations/{made['id']}/versions", headers=AUTH)
+        assert len(versions.json()["versions"]) == 1
+    finally:
+        other.stop()
+
+
 def test_a_model_server_follows_the_versions_of_its_directory(
         settings: ServerSettings, data: Path, tmp_path: Path) -> None:
     first = LiveServer(settings)

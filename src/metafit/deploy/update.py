@@ -34,9 +34,15 @@ from metafit.deploy.preprocess import load_support
 from metafit.deploy.reject import RejectRequest
 from metafit.deploy.versions import add_version, current_version, update_lock
 
-__all__ = ["update_model", "update_from_file", "adapter_for", "refit_requests"]
+__all__ = ["update_model", "update_from_file", "adapter_for", "refit_requests",
+           "RunMismatch"]
 
 log = logging.getLogger(__name__)
+
+
+class RunMismatch(ModelDirError):
+    """The run given to update a model is not the one it was adapted from (its recipe, or
+    the shape of its inputs, differs)."""
 
 
 def adapter_for(model: AdaptedModel, run: str | os.PathLike[str] | None = None) -> Adapter:
@@ -99,7 +105,7 @@ def _union(adapter: Adapter, parent: AdaptedModel, inputs: Sequence[Any],
                            "('none of these'), not a class")
     new_x = adapter.preprocessor(list(inputs), SupportError)  # [M, *x]
     if new_x.shape[1:] != old_x.shape[1:] or new_x.dtype != old_x.dtype:
-        raise ModelDirError(f"the stored support set holds inputs of shape "
+        raise RunMismatch(f"the stored support set holds inputs of shape "
                             f"{tuple(old_x.shape[1:])}, the run makes "
                             f"{tuple(new_x.shape[1:])}: the run is not the one the model "
                             "was adapted from")
@@ -125,7 +131,8 @@ def update_model(home: str | os.PathLike[str], inputs: Sequence[Any], labels: Se
 
     Raises:
         SupportError: bad examples (names the label or input).
-        ModelDirError: ``home`` is missing or corrupt; the run does not fit the model.
+        ModelDirError: ``home`` is missing or corrupt.
+        RunMismatch: the run is not the one the model was adapted from.
         ValueError: the run cannot be found; the model has no stored support set.
     """
     home = Path(home)
@@ -134,7 +141,7 @@ def update_model(home: str | os.PathLike[str], inputs: Sequence[Any], labels: Se
         parent = AdaptedModel.load(home, parent_number)
         adapter = adapter_for(parent, run) if adapter is None else adapter
         if adapter.recipe != parent.recipe:
-            raise ModelDirError(f"{home} was adapted from another run (its recipe differs "
+            raise RunMismatch(f"{home} was adapted from another run (its recipe differs "
                                 "from the run's): add examples with the run it came from")
         x, y, names, added = _union(adapter, parent, inputs, labels)
         if steps is None and type(adapter.algo).adapts_with_steps:

@@ -247,7 +247,7 @@ def _version_routes(app: FastAPI, service: Service, security: list[Any],
               response_model=AdaptationResponse, dependencies=security,
               tags=["adaptations"], openapi_extra=json_body(ExamplesRequest, ExamplesUpload),
               responses={**KEY, **BODY, **ID, **_errors({
-                  409: "the server serves a model, not a run",
+                  409: "the server serves a model, not a run; or not the adaptation's run",
                   503: "adaptation queue full (see Retry-After)"})})
     async def add_examples(adaptation_id: str, request: Request) -> AdaptationResponse:
         """Add labelled examples (of its classes or new ones; an ExamplesRequest body, or

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from metafit.deploy import AdaptedModel, Adapter, InputError, ModelDirError, SupportError
 from metafit.deploy.calibrate import fit_on_support
 from metafit.deploy.reject import RejectRequest
+from metafit.deploy.update import RunMismatch
 from metafit.deploy.versions import current_version
 from metafit.server.bodies import too_many
 from metafit.server.errors import ApiError, public_message
@@ -191,7 +192,13 @@ class Service:
 
         def job() -> tuple[tuple[int, AdaptedModel], float]:
             start = time.perf_counter()
-            made = self.store.update(adaptation_id, inputs, labels, adapter, req.steps)
+            try:
+                made = self.store.update(adaptation_id, inputs, labels, adapter, req.steps)
+            except RunMismatch as e:
+                log.warning("adaptation %s: %s", adaptation_id, e)
+                raise ApiError(409, "this adaptation was made from another run, or with "
+                               "another checkpoint or classifier, than this server serves: "
+                               "add examples through a server of its own run") from None
             return made, time.perf_counter() - start
 
         try:
@@ -207,7 +214,8 @@ class Service:
                    ) -> tuple[T, float]:
         """Run an adaptation ``job`` (its result and seconds) in the worker pool, counted in
         the metrics: 503 when the pool is full, 422 for a bad support set, 500 for
-        anything else (logged); :class:`UnknownAdaptation` passes through."""
+        anything else (logged); :class:`UnknownAdaptation` and an :class:`ApiError` of
+        the job pass through."""
         s = self.settings
         try:
             future = self.pool.submit(job)
@@ -223,7 +231,7 @@ class Service:
         except SupportError as e:
             self.metrics.adaptations.labels("failed").inc()
             raise ApiError(422, public_message(f"support set: {e}")) from None
-        except UnknownAdaptation:
+        except (UnknownAdaptation, ApiError):
             self.metrics.adaptations.labels("failed").inc()
             raise
         except Exception:

@@ -203,13 +203,19 @@ class AdaptationStore:
         against other processes updating it at the same time).
 
         Raises:
-            UnknownAdaptation: no such adaptation.
+            UnknownAdaptation: no such adaptation (also: deleted meanwhile).
             SupportError: bad examples.
+            RunMismatch: ``adapter``'s run is not the one the adaptation came from.
         """
         path = self.path(adaptation_id)
         if not path.is_dir():
             raise UnknownAdaptation(adaptation_id)
-        version, model = update_model(path, inputs, labels, adapter, steps)
+        try:
+            version, model = update_model(path, inputs, labels, adapter, steps)
+        except ModelDirError:
+            if not path.is_dir():  # deleted by another process meanwhile
+                raise UnknownAdaptation(adaptation_id) from None
+            raise
         make_private(path)
         self._remember((adaptation_id, version), model)
         return version, model
