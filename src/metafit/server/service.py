@@ -125,19 +125,9 @@ class Service:
         if adapter is None:
             raise ApiError(409, "this server serves an adapted model and cannot adapt: start "
                            "`metafit serve` on a run directory to post support sets")
-        s = self.settings
-        count = len(req.files) if isinstance(req, Upload) else len(req.examples)
-        if count > s.max_examples:
-            raise ApiError(422, too_many("examples", count, s.max_examples))
-        steps = s.steps if req.steps is None else req.steps
-        if steps is not None and steps > s.max_steps:
-            raise ApiError(422, f"steps={steps}: the server allows at most {s.max_steps}")
-        if isinstance(req, Upload):
-            inputs = await self._check_files(req.files, "support set: ")
-            labels = req.labels
-        else:
-            inputs = await self._prepare(req.examples, "examples")
-            labels = [e.label for e in req.examples]
+        steps = self.settings.steps if req.steps is None else req.steps
+        self._check_counts(req, steps)
+        inputs, labels = await self._examples(req)
         reject = _reject_request(req.reject, labels)
         adaptation_id = self.store.new_id()
 
@@ -168,27 +158,17 @@ class Service:
         if adapter is None:
             raise ApiError(409, "this server serves an adapted model and cannot adapt: start "
                            "`metafit serve` on a run directory to add examples")
-        s = self.settings
         if isinstance(req, Upload) and (req.reject is not None or req.calibrate):
             raise ApiError(422, "examples keep the adaptation's calibration and 'none of "
                            "these' setting (refitted on the new support set): send no "
                            "'reject' or 'calibrate'")
-        count = len(req.files) if isinstance(req, Upload) else len(req.examples)
-        if count > s.max_examples:
-            raise ApiError(422, too_many("examples", count, s.max_examples))
-        if req.steps is not None and req.steps > s.max_steps:
-            raise ApiError(422, f"steps={req.steps}: the server allows at most {s.max_steps}")
-        current = await self.adaptation(adaptation_id)
-        held = int(current.info.get("support_size") or 0)
-        if held + count > s.max_examples:
+        count = self._check_counts(req, req.steps)
+        most = self.settings.max_examples
+        held = int((await self.adaptation(adaptation_id)).info.get("support_size") or 0)
+        if held + count > most:
             raise ApiError(422, f"the adaptation holds {held} examples: {count} more would "
-                           f"pass the server's {s.max_examples} per adaptation")
-        if isinstance(req, Upload):
-            inputs = await self._check_files(req.files, "support set: ")
-            labels = req.labels
-        else:
-            inputs = await self._prepare(req.examples, "examples")
-            labels = [e.label for e in req.examples]
+                           f"pass the server's {most} per adaptation")
+        inputs, labels = await self._examples(req)
 
         def job() -> tuple[tuple[int, AdaptedModel], float]:
             start = time.perf_counter()
@@ -209,6 +189,26 @@ class Service:
                  "%.2f s", adaptation_id, version, len(labels), model.info["support_size"],
                  len(model.label_names), seconds)
         return describe(adaptation_id, model, seconds, version=version)
+
+    def _check_counts(self, req: AdaptationRequest | ExamplesRequest | Upload,
+                      steps: int | None) -> int:
+        """The number of examples ``req`` holds, once it and ``steps`` are within the
+        server's limits (else a 422)."""
+        s = self.settings
+        count = len(req.files) if isinstance(req, Upload) else len(req.examples)
+        if count > s.max_examples:
+            raise ApiError(422, too_many("examples", count, s.max_examples))
+        if steps is not None and steps > s.max_steps:
+            raise ApiError(422, f"steps={steps}: the server allows at most {s.max_steps}")
+        return count
+
+    async def _examples(self, req: AdaptationRequest | ExamplesRequest | Upload
+                        ) -> tuple[list[Any], list[str]]:
+        """The inputs (texts, or checked image files) and labels of a support set."""
+        if isinstance(req, Upload):
+            return await self._check_files(req.files, "support set: "), req.labels
+        return (await self._prepare(req.examples, "examples"),
+                [e.label for e in req.examples])
 
     async def _run(self, job: Callable[[], tuple[T, float]], adaptation_id: str
                    ) -> tuple[T, float]:
@@ -247,14 +247,7 @@ class Service:
 
     async def versions(self, adaptation_id: str) -> VersionsResponse:
         """Every version of an adaptation."""
-        try:
-            rows = await anyio.to_thread.run_sync(self.store.versions, adaptation_id)
-        except UnknownAdaptation:
-            raise ApiError(404, f"no adaptation with id {adaptation_id!r}") from None
-        except ModelDirError:
-            log.exception("adaptation %s: versions cannot be read", adaptation_id)
-            raise ApiError(500, f"adaptation {adaptation_id} is stored but cannot be read "
-                           "(the server log has the cause)") from None
+        rows = await self._stored(self.store.versions, adaptation_id)
         current = next((r.version for r in rows if r.current), None)
         if current is None:  # deleted, or no complete version (cannot be served)
             raise ApiError(404, f"no adaptation with id {adaptation_id!r}")
@@ -267,18 +260,11 @@ class Service:
         """Serve version ``req.version`` of an adaptation from now on (every server sharing
         the store follows on its next request)."""
         try:
-            version, model = await anyio.to_thread.run_sync(self.store.rollback,
-                                                            adaptation_id, req.version)
-        except UnknownAdaptation:
-            raise ApiError(404, f"no adaptation with id {adaptation_id!r}") from None
+            version, model = await self._stored(self.store.rollback, adaptation_id,
+                                                req.version)
         except UnknownVersion:
             raise ApiError(404, f"adaptation {adaptation_id} has no version "
                            f"{req.version}") from None
-        except ModelDirError:
-            log.exception("adaptation %s version %d cannot be loaded", adaptation_id,
-                          req.version)
-            raise ApiError(500, f"adaptation {adaptation_id} is stored but cannot be loaded "
-                           "(the server log has the cause)") from None
         log.info("adaptation %s: version %d is current", adaptation_id, version)
         return describe(adaptation_id, model, version=version)
 
@@ -291,12 +277,18 @@ class Service:
     async def current(self, adaptation_id: str) -> tuple[int, AdaptedModel]:
         """The version of ``adaptation_id`` served now and its model (the pointer read from
         disk on every call; loaded in a thread when not cached)."""
+        return await self._stored(self.store.get_version, adaptation_id)
+
+    async def _stored(self, call: Callable[..., T], adaptation_id: str, *args: Any) -> T:
+        """``call(adaptation_id, *args)``, a method of the store, in a thread: a 404 for
+        an unknown (or deleted) id, a 500 (the cause logged) for a stored adaptation that
+        cannot be read."""
         try:
-            return await anyio.to_thread.run_sync(self.store.get_version, adaptation_id)
+            return await anyio.to_thread.run_sync(call, adaptation_id, *args)
         except UnknownAdaptation:
             raise ApiError(404, f"no adaptation with id {adaptation_id!r}") from None
         except ModelDirError:
-            log.exception("adaptation %s cannot be loaded", adaptation_id)
+            log.exception("adaptation %s cannot be read", adaptation_id)
             raise ApiError(500, f"adaptation {adaptation_id} is stored but cannot be loaded "
                            "(the server log has the cause)") from None
 
