@@ -111,6 +111,10 @@ def test_adapt_predict_compress_export_json(tmp_path: Path, capsys) -> None:
     adapt = run_json(capsys, "adapt", str(image_run()), "--support", str(support), "--out",
                      str(model))
     assert adapt["labels"] == ["label_0", "label_1", "label_2"]
+    update = run_json(capsys, "adapt", "--update", str(model), "--support", str(support))
+    assert update["version"] == 2 and update["support_size"] == 12
+    versions = run_json(capsys, "versions", str(model))
+    assert versions["current"] == 2 and len(versions["versions"]) == 2
     predict = run_json(capsys, "predict", str(model), str(support / "label_1"))
     assert len(predict) == 2 and all(abs(sum(p["probabilities"].values()) - 1) < 1e-5
                                      for p in predict)

@@ -89,9 +89,14 @@ def test_schemathesis_finds_no_failure(run: Path, tmp_path: Path,
             ("application/json", {"inputs": [{"image": PNG_EXAMPLE},
                                              {"image": png(data, 0, 4)}], "labels": ["c0"]}),
             ("multipart/form-data", {"file": [base64.b64decode(PNG_EXAMPLE), files[0]],
-                                     "labels": ["c0"]})]}
+                                     "labels": ["c0"]})],
+                  "/v1/adaptations/{adaptation_id}/examples": [
+            ("application/json", {"examples": support(data)["examples"][:1]}),
+            ("multipart/form-data", {"label": ["c5"], "file": files[2:3]})],
+                  "/v1/adaptations/{adaptation_id}/rollback": [
+            ("application/json", {"version": 1})]}
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) == 7
+        assert len(operations) == 10
 
         def call(headers: dict[str, str]) -> Callable[[Any], None]:
             def send(case: Any) -> None:

@@ -1,5 +1,6 @@
 """The verbs that fit a run to a user's examples and use the result: ``adapt`` (writes a
-model directory) and ``predict`` (the work is in :mod:`metafit.deploy`)."""
+model directory, or with ``--update`` a new version of one), ``predict`` and ``versions``
+(the work is in :mod:`metafit.deploy`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from metafit.cli.options import (
 )
 from metafit.cli.options import write_line as _write
 
-__all__ = ["add_adapt_parser", "add_predict_parser", "add_reject_options", "reject_request"]
+__all__ = ["add_adapt_parser", "add_predict_parser", "add_versions_parser",
+           "add_reject_options", "reject_request"]
 
 _TABLE_CLASSES = 3  # most probable classes shown per row of the table
 
@@ -43,9 +45,70 @@ def reject_request(args: argparse.Namespace) -> Any:
                          DEFAULT_UNKNOWN_LABEL if args.reject_label is None else args.reject_label)
 
 
+#: ``adapt`` options an update does not take: it keeps what the current version has.
+_NOT_WITH_UPDATE = ("out", "classes", "classifier", "classifier_penalty", "calibrate",
+                    "reject", "mlflow", "mlflow_uri")
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    """``metafit adapt [RUN] --update MODEL --support NEW``: a new version of MODEL adapted
+    on its support set plus NEW (:func:`metafit.deploy.update.update_from_file`)."""
+    from metafit.deploy.update import update_from_file
+
+    given = [f"--{n.replace('_', '-')}" for n in _NOT_WITH_UPDATE
+             if getattr(args, n) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: not with --update, which writes a new version "
+                         "into MODEL and keeps its classes' order, classifier, calibration "
+                         "and reject setting (refitted on the new support set)")
+    number, model = update_from_file(args.update, args.support, run=args.run,
+                                     steps=args.steps,
+                                     absolute_image_paths=args.absolute_image_paths)
+    update = model.info["update"]
+    summary = {**_summary(model, args.update), "version": number, "parent": update["parent"]}
+    new = update["new_classes"]
+    return _report(args, model, summary, (
+        f"{args.update}: version {number} (from version {update['parent']} + "
+        f"{update['added']} examples{f'; new classes {new}' if new else ''}): "
+        f"{len(model.label_names)} classes from {summary['support_size']} examples; "
+        f"support-set accuracy {100 * summary['support_accuracy']:.1f}%"))
+
+
+def _report(args: argparse.Namespace, model: Any, summary: dict[str, Any], text: str
+            ) -> int:
+    """Print ``adapt``'s ``summary`` as JSON (``--json``), or ``text`` and the reject and
+    MLflow lines."""
+    if args.json:
+        from metafit.cli.results import emit
+
+        emit("adapt", summary)
+        return 0
+    _write(text)
+    if model.reject is not None:
+        _write(_reject_line(model.reject))
+    if "mlflow_model" in summary:
+        _write(f"MLflow model: {summary['mlflow_model']} (mlflow.pyfunc.load_model)")
+    return 0
+
+
+def _summary(model: Any, out: str) -> dict[str, Any]:
+    """What ``adapt`` reports of an adapted ``model`` written to ``out``."""
+    assert model.support is not None
+    fit = (model.logits(model.support[0]).argmax(-1) == model.support[1]).float().mean()
+    return {"out": str(out), "kind": model.kind, "labels": model.label_names,
+            **{k: model.info[k] for k in ("algorithm", "steps", "support_size")},
+            "support_accuracy": round(float(fit), 4), "temperature": model.temperature,
+            "reject": None if model.reject is None else model.reject.to_dict()}
+
+
 def _cmd_adapt(args: argparse.Namespace) -> int:
     from metafit.deploy.adapter import adapt_run
 
+    if args.update:
+        return _cmd_update(args)
+    if args.run is None or args.out is None:
+        raise ValueError("give the run directory and --out MODEL_DIR (or --update MODEL to "
+                         "add examples to an adapted model)")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     model = adapt_run(args.run, args.support, args.out, steps=args.steps,
                       which=args.checkpoint, classes=classes, batch_norm=args.batch_norm,
@@ -53,30 +116,17 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
                       calibrate=args.calibrate,
                       absolute_image_paths=args.absolute_image_paths,
                       reject=reject_request(args))
-    assert model.support is not None
-    fit = (model.logits(model.support[0]).argmax(-1) == model.support[1]).float().mean()
-    summary = {"out": str(args.out), "kind": model.kind, "labels": model.label_names,
-               **{k: model.info[k] for k in ("algorithm", "steps", "support_size")},
-               "support_accuracy": round(float(fit), 4), "temperature": model.temperature,
-               "reject": None if model.reject is None else model.reject.to_dict()}
+    summary = _summary(model, args.out)
     if args.mlflow or args.mlflow_uri:
         from metafit.deploy.mlflow_model import log_adapted_model
 
         summary["mlflow_model"] = log_adapted_model(args.out, args.run,
                                                     tracking_uri=args.mlflow_uri)
-    if args.json:
-        from metafit.cli.results import emit
-
-        emit("adapt", summary)
-        return 0
-    _write(f"adapted {args.run} ({summary['algorithm']}, {summary['steps']} steps) to "
-           f"{len(model.label_names)} classes from {summary['support_size']} examples; "
-           f"support-set accuracy {100 * float(fit):.1f}%\nmodel directory: {args.out}")
-    if model.reject is not None:
-        _write(_reject_line(model.reject))
-    if "mlflow_model" in summary:
-        _write(f"MLflow model: {summary['mlflow_model']} (mlflow.pyfunc.load_model)")
-    return 0
+    return _report(args, model, summary, (
+        f"adapted {args.run} ({summary['algorithm']}, {summary['steps']} steps) to "
+        f"{len(model.label_names)} classes from {summary['support_size']} examples; "
+        f"support-set accuracy {100 * summary['support_accuracy']:.1f}%\n"
+        f"model directory: {args.out}"))
 
 
 def _reject_line(reject: Any) -> str:
@@ -195,7 +245,12 @@ def add_adapt_parser(sub: Any) -> None:
     p = add_verb(sub, "adapt", "fine-tune a trained run on your own labelled examples and "
                  "write an adapted model directory", _cmd_adapt)
     add_threads_option(p)
-    p.add_argument("run", help="run directory written by `metafit train`")
+    p.add_argument("run", nargs="?", help="run directory written by `metafit train` (with "
+                   "--update: only if it has moved since MODEL was adapted)")
+    p.add_argument("--update", metavar="MODEL", help="add the --support examples (existing "
+                   "or new classes) to the adapted model MODEL: adapt again on its support "
+                   "set plus them and write a new version of MODEL, which becomes current "
+                   "(`metafit versions MODEL` lists them; docs/deploy.md)")
     p.add_argument("--support", required=True, help="labelled examples: a table (.csv, "
                    ".jsonl, .parquet or a datasets directory) with the recipe's text or "
                    "image column and label column, or, for image runs, a folder of class "
@@ -203,8 +258,8 @@ def add_adapt_parser(sub: Any) -> None:
     p.add_argument("--absolute-image-paths", action="store_true", help="let the support "
                    "table's image paths be absolute or lead out of its folder (only for a "
                    "table you trust)")
-    p.add_argument("--out", required=True, help="model directory to write (atomically; an "
-                   "existing model directory there is replaced)")
+    p.add_argument("--out", help="model directory to write (atomically; an existing model "
+                   "directory there is replaced, versions and all); required without --update")
     p.add_argument("--steps", type=int, help="inner steps (default: the recipe's evaluation "
                    "steps; more steps fit the support set more closely)")
     add_checkpoint_option(p)
@@ -227,7 +282,7 @@ def add_adapt_parser(sub: Any) -> None:
     p.add_argument("--mlflow-uri", metavar="URI", help="the tracking URI to log to (implies "
                    "--mlflow; default: the training run's store, MLFLOW_TRACKING_URI, or "
                    "sqlite:///<parent of OUT>/mlflow.db)")
-    add_json_option(p, "a summary (labels, support-set accuracy)")
+    add_json_option(p, "a summary (labels, support-set accuracy; with --update the version)")
 
 
 def add_reject_options(p: argparse.ArgumentParser) -> None:
@@ -260,3 +315,42 @@ def add_predict_parser(sub: Any) -> None:
                    "file, one per line (after any INPUTs), so that outputs line up with its "
                    "lines: a blank line is an error, except at the end of the file")
     add_json_option(p, "a list of {input, label, probabilities, score, rejected}")
+
+
+def _cmd_versions(args: argparse.Namespace) -> int:
+    from metafit.deploy.versions import list_versions, set_current
+
+    if args.use is not None:
+        set_current(args.model, args.use)
+    rows = list_versions(args.model)
+    current = next((r.version for r in rows if r.current), None)
+    if args.json:
+        from metafit.cli.results import emit
+
+        emit("versions", {"model": str(args.model), "current": current,
+                          "versions": [r.to_dict() for r in rows]})
+        return 0
+    if args.use is not None:
+        _write(f"{args.model}: version {args.use} is now current")
+    _write(f"{'':2}{'version':>7}  {'created':<25}  {'parent':>6}  {'added':>5}  "
+           f"{'support':>7}  classes")
+    for r in rows:
+        names = ", ".join(r.classes[:6]) + (f", ... ({len(r.classes)})"
+                                            if len(r.classes) > 6 else "")
+        _write(f"{'*' if r.current else '':2}{r.version:>7}  {r.created:<25}  "
+               f"{'' if r.parent is None else r.parent:>6}  "
+               f"{'' if r.added is None else r.added:>5}  "
+               f"{'' if r.support_size is None else r.support_size:>7}  {names}")
+    return 0
+
+
+def add_versions_parser(sub: Any) -> None:
+    """Add ``versions`` to the subparsers ``sub``."""
+    p = add_model_verb(sub, "versions", "list the versions of an adapted model (written by "
+                       "`metafit adapt --update`), or choose the one it serves (--use: "
+                       "rollback)", _cmd_versions)
+    p.add_argument("--use", type=int, metavar="N", help="serve version N from now on "
+                   "(rollback, or forward again): predict, evaluate, serve and export then "
+                   "load it; servers sharing the directory follow on their next request")
+    add_json_option(p, "{model, current, versions: [{version, created, classes, "
+                    "support_size, parent, added, current}]}")

@@ -26,6 +26,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.reject is not None and not args.test:
         raise ValueError("--reject scores a test set's out-of-scope rows: use it with a run, "
                          "--support S and --test T")
+    if args.versions and not args.test:
+        raise ValueError("--versions compares versions of a model directory on a test set: "
+                         "give --test PATH")
     if (Path(args.run) / "manifest.json").is_file() or args.test or args.support:
         from metafit.cli.score import score_test_set
 
@@ -154,6 +157,9 @@ def add_evaluate_parser(sub: Any) -> None:
     p.add_argument("--test", metavar="PATH", help="your labelled test set (a CSV for text, "
                    "a folder of class folders for images): accuracy with a 95%% interval, "
                    "macro-F1, per-class scores, confusion, calibration")
+    p.add_argument("--versions", metavar="all|N,M", help="with a model directory and "
+                   "--test: score these versions of it (`metafit adapt --update`), one row "
+                   "each; rows of classes a version lacks count as its errors")
     p.add_argument("--support", metavar="PATH", help="with a run and --test: adapt the run "
                    "to these labelled examples first (as `metafit adapt` does), then score")
     add_reject_options(p)

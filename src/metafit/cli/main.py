@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from metafit._version import __version__
-from metafit.cli.adapt import add_adapt_parser, add_predict_parser
+from metafit.cli.adapt import add_adapt_parser, add_predict_parser, add_versions_parser
 from metafit.cli.compress import add_compress_parser, add_export_parser
 from metafit.cli.evaluate import add_evaluate_parser, add_report_parser
 from metafit.cli.options import add_verb, apply_threads
@@ -55,8 +55,8 @@ def _add_bench_parser(sub: Any) -> None:
 VERBS: tuple[Callable[[Any], None], ...] = (
     add_quickstart_parser, add_recipes_parser, add_train_parser, add_evaluate_parser,
     add_report_parser, add_tune_parser, _add_bench_parser, add_adapt_parser,
-    add_predict_parser, add_compress_parser, add_export_parser, add_serve_parser,
-    add_data_parser,
+    add_predict_parser, add_versions_parser, add_compress_parser, add_export_parser,
+    add_serve_parser, add_data_parser,
 )
 
 

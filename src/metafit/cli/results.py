@@ -257,11 +257,41 @@ class TestSetJson(_Strict):
     files: list[str] = Field(description="with --out: the files written")
 
 
-class EvaluateJson(RootModel[Annotated[EpisodesJson | TestSetJson | RLEpisodesJson,
+class VersionScoreJson(_Strict):
+    """One version of a model directory scored on the test set."""
+
+    version: int
+    current: bool = Field(description="whether it is the version the model serves")
+    classes: list[str]
+    support_size: int | None = Field(description="examples it was adapted on")
+    examples: int = Field(description="test rows")
+    known: int = Field(description="test rows of classes this version predicts")
+    accuracy: Real = Field(description="over every test row; rows of classes the version "
+                           "lacks count as errors")
+    accuracy_low: Real = Field(description="Wilson 95% interval, low end")
+    accuracy_high: Real
+    known_accuracy: Real = Field(description="over the rows of its own classes")
+    macro_f1: Real = Field(description="over the rows of its own classes")
+    ece: Real
+
+
+class VersionsTestJson(_Strict):
+    """``metafit evaluate MODEL_DIR --test T --versions all|N,M``: the model's versions
+    on one test set."""
+
+    protocol: Literal["versions"]
+    model: str
+    test: str
+    rows: list[VersionScoreJson] = Field(description="one per version, in the order asked")
+
+
+class EvaluateJson(RootModel[Annotated[EpisodesJson | TestSetJson | RLEpisodesJson
+                                       | VersionsTestJson,
                                        Field(discriminator="protocol")]]):
     """``metafit evaluate ... --json``: fixed episodes of a run (``protocol: episodes``),
-    the user's own test set (``protocol: test_set``), or fixed tasks of a meta-RL run
-    (``protocol: rl``)."""
+    the user's own test set (``protocol: test_set``), fixed tasks of a meta-RL run
+    (``protocol: rl``), or versions of a model directory on a test set (``protocol:
+    versions``)."""
 
 
 class ReportJson(_Strict):
@@ -336,6 +366,29 @@ class AdaptJson(_Strict):
                                       "'none of these' setting stored in model.json")
     mlflow_model: str | None = Field(default=None, description="with --mlflow: the "
                                      "logged model's URI (mlflow.pyfunc.load_model)")
+    version: int | None = Field(default=None, description="with --update: the version "
+                                "written (now current)")
+    parent: int | None = Field(default=None, description="with --update: the version it "
+                               "was updated from")
+
+
+class VersionJson(_Strict):
+    version: int
+    created: str = Field(description="when it was written (ISO 8601, UTC)")
+    classes: list[str]
+    support_size: int | None = Field(description="examples it was adapted on")
+    parent: int | None = Field(description="the version it was updated from (null: the "
+                               "first)")
+    added: int | None = Field(description="examples the update added")
+    current: bool
+
+
+class VersionsJson(_Strict):
+    """``metafit versions MODEL --json``: every version of an adapted model."""
+
+    model: str
+    current: int | None = Field(description="the version that loads")
+    versions: list[VersionJson]
 
 
 class Prediction(_Strict):
@@ -409,7 +462,8 @@ class ExportJson(_Strict):
 SCHEMAS: dict[str, type[BaseModel]] = {
     "quickstart": QuickstartJson, "recipes": RecipesJson, "train": TrainJson,
     "evaluate": EvaluateJson, "report": ReportJson, "tune": TuneJson, "bench": BenchJson,
-    "adapt": AdaptJson, "predict": PredictJson, "compress": CompressJson,
+    "adapt": AdaptJson, "predict": PredictJson, "versions": VersionsJson,
+    "compress": CompressJson,
     "export": ExportJson, "data": DataJson,
 }
 

@@ -43,6 +43,8 @@ def score_test_set(args: argparse.Namespace) -> int:
     if not args.test:
         raise ValueError(f"{args.run} is a model directory: give --test PATH, your labelled "
                          "test set, to score it")
+    if args.versions:
+        return _score_versions(args)
     model = _model(args)
     report = score_model(model, args.test, progress=show_progress(args))
     files: list[str] = []
@@ -79,4 +81,55 @@ def score_test_set(args: argparse.Namespace) -> int:
             for p in report.confused_pairs[:5]))
     for f in files:
         write_line(f"wrote {f}")
+    return 0
+
+
+def parse_versions(text: str) -> list[int] | None:
+    """``--versions``: ``all`` (None) or comma-separated version numbers.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if text.strip() == "all":
+        return None
+    try:
+        numbers = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--versions takes 'all' or version numbers like 1,3; got "
+                         f"{text!r}") from None
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"--versions names a version twice: {text!r}")
+    return numbers
+
+
+def _score_versions(args: argparse.Namespace) -> int:
+    """``metafit evaluate MODEL --test T --versions all|N,M``: one row per version
+    (:func:`metafit.deploy.scoring.score_versions`)."""
+    from metafit.deploy.scoring import score_versions
+
+    if not (Path(args.run) / "manifest.json").is_file():
+        raise ValueError(f"{args.run} is not a model directory: --versions compares the "
+                         "versions of one written by `metafit adapt`")
+    if args.support or args.out or args.reject is not None:
+        raise ValueError("--versions takes no --support, --reject or --out: it scores the "
+                         "model directory's own versions")
+    rows = score_versions(args.run, args.test, parse_versions(args.versions),
+                          progress=show_progress(args))
+    if args.json:
+        from metafit.cli.results import emit
+
+        emit("evaluate", {"protocol": "versions", "model": str(args.run),
+                          "test": str(args.test), "rows": rows})
+        return 0
+    write_line(f"{args.run} on {args.test} ({rows[0]['examples']} examples; rows of "
+               "classes a version lacks count as errors):")
+    write_line(f"{'':2}{'version':>7}  {'classes':>7}  {'support':>7}  {'known':>5}  "
+               f"{'accuracy (95% CI)':<22}  {'known acc':>9}  {'macro-F1':>8}  {'ECE':>5}")
+    for r in rows:
+        ci = (f"{100 * r['accuracy']:.2f}% ({100 * r['accuracy_low']:.1f}-"
+              f"{100 * r['accuracy_high']:.1f})")
+        write_line(f"{'*' if r['current'] else '':2}{r['version']:>7}  "
+                   f"{len(r['classes']):>7}  {r['support_size'] or '':>7}  {r['known']:>5}  "
+                   f"{ci:<22}  {100 * r['known_accuracy']:>8.2f}%  {r['macro_f1']:>8.3f}  "
+                   f"{r['ece']:>5.3f}")
     return 0

@@ -13,6 +13,8 @@ A model directory (written atomically, :mod:`metafit.deploy.modeldir`)::
       support.safetensors  the preprocessed support set {"x": [S, *x], "y": [S]} (export
                       parity checks and compression use it)
       encoder/        text models: the encoder's config.json and tokenizer files
+      versions/, current  after updates: later versions and the one that loads
+                      (:mod:`metafit.deploy.versions`)
 
 The module is rebuilt from ``recipe.yaml`` + ``model.json`` (+ ``encoder/config.json``)
 and the weights alone: neither the run directory nor the pretrained encoder is needed.
@@ -35,11 +37,12 @@ from torch import Tensor
 
 from metafit._version import __version__
 from metafit.config.schema import Recipe, recipe_to_yaml
-from metafit.deploy.errors import InputError
+from metafit.deploy.errors import InputError, ModelDirError
 from metafit.deploy.modeldir import resolve, write_model_dir
 from metafit.deploy.preprocess import Preprocessor
 from metafit.deploy.reading import CONTENT, ENCODER, read_adapted
 from metafit.deploy.reject import RejectScorer, RejectSetting
+from metafit.deploy.versions import current_dir, version_dir, version_numbers
 from metafit.deploy.weights import save_tensors
 from metafit.evaluation.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE
 from metafit.evaluation.openset import FEATURE_SCORES
@@ -266,13 +269,20 @@ class AdaptedModel:
         return write_model_dir(path, self.files(), CONTENT)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> AdaptedModel:
-        """Read a model directory written by :meth:`save`.
+    def load(cls, path: str | os.PathLike[str], version: int | None = None) -> AdaptedModel:
+        """Read a model directory written by :meth:`save`: its current version when it
+        has been updated (:mod:`metafit.deploy.versions`; a directory never updated is
+        its own version 1), or version ``version``.
 
         Raises:
             ModelDirError: a missing, incomplete or corrupt directory (no manifest, a file
                 missing or failing its checksum, an unknown format version, weights that do
                 not fit the stored architecture).
         """
-        return cls(**read_adapted(resolve(path)))
+        root = resolve(path)
+        if version is None:
+            return cls(**read_adapted(current_dir(root)))
+        if version not in version_numbers(root):
+            raise ModelDirError(f"{root} has no version {version}")
+        return cls(**read_adapted(version_dir(root, version)))
 

@@ -51,7 +51,7 @@ from metafit.deploy.manifest import (
 )
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_model_dir", "read_model_dir",
-           "resolve", "sha256", "check_manifest", "check_file_name"]
+           "read_listed_file", "resolve", "sha256", "check_manifest", "check_file_name"]
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +211,8 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def read_model_dir(path: Path, content: str | None = None
-                   ) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The manifest of the model directory ``path`` and the bytes of every file it lists,
-    verified (present, with its size and sha256).
-
-    Raises:
-        ModelDirError: no such directory, no or unreadable manifest (an incomplete
-            directory), another format or an unknown version, ``content`` differs, or a
-            file missing or changed.
-    """
+def _manifest(path: Path, content: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checked manifest of the model directory ``path`` and its file entries."""
     if not path.is_dir():
         raise ModelDirError(f"model directory {path} does not exist")
     file = path / MANIFEST
@@ -233,12 +225,40 @@ def read_model_dir(path: Path, content: str | None = None
         manifest = json.loads(file.read_bytes())
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelDirError(f"{file} is not valid JSON: {e}") from e
-    entries = check_manifest(manifest, str(file), content)
-    files: dict[str, bytes] = {}
-    for rel, entry in entries.items():
-        data = _read_listed(path, rel, entry["bytes"])
-        if len(data) != entry["bytes"] or sha256(data) != entry["sha256"]:
-            raise ModelDirError(f"{path}: {rel} does not match its checksum in {MANIFEST} "
-                                "(changed or corrupt)")
-        files[rel] = data
-    return manifest, files
+    return manifest, check_manifest(manifest, str(file), content)
+
+
+def _verified(path: Path, rel: str, entry: dict[str, Any]) -> bytes:
+    data = _read_listed(path, rel, entry["bytes"])
+    if len(data) != entry["bytes"] or sha256(data) != entry["sha256"]:
+        raise ModelDirError(f"{path}: {rel} does not match its checksum in {MANIFEST} "
+                            "(changed or corrupt)")
+    return data
+
+
+def read_listed_file(path: Path, rel: str, content: str | None = None
+                     ) -> tuple[dict[str, Any], bytes]:
+    """The manifest of the model directory ``path`` and the verified bytes of one file
+    it lists, ``rel`` (reading ``model.json`` without the weights).
+
+    Raises:
+        ModelDirError: as :func:`read_model_dir`, or ``rel`` is not listed.
+    """
+    manifest, entries = _manifest(path, content)
+    if rel not in entries:
+        raise ModelDirError(f"{path}: {MANIFEST} lists no {rel}")
+    return manifest, _verified(path, rel, entries[rel])
+
+
+def read_model_dir(path: Path, content: str | None = None
+                   ) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest of the model directory ``path`` and the bytes of every file it lists,
+    verified (present, with its size and sha256).
+
+    Raises:
+        ModelDirError: no such directory, no or unreadable manifest (an incomplete
+            directory), another format or an unknown version, ``content`` differs, or a
+            file missing or changed.
+    """
+    manifest, entries = _manifest(path, content)
+    return manifest, {rel: _verified(path, rel, entry) for rel, entry in entries.items()}

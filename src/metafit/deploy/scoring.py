@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,10 +34,14 @@ from tqdm.auto import tqdm
 from metafit.deploy.adapted import AdaptedModel
 from metafit.deploy.errors import SupportError
 from metafit.deploy.preprocess import load_support
-from metafit.evaluation.classification import TestSetReport, score_probabilities
+from metafit.evaluation.classification import (
+    TestSetReport,
+    score_probabilities,
+    wilson_interval,
+)
 from metafit.evaluation.openset import score_open_set
 
-__all__ = ["CHUNK", "read_test_set", "score_inputs", "score_model"]
+__all__ = ["CHUNK", "read_test_set", "score_inputs", "score_model", "score_versions"]
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +115,50 @@ def score_model(model: AdaptedModel, test_path: str | os.PathLike[str],
     (:func:`score_inputs`)."""
     inputs, labels = read_test_set(model, test_path)
     return score_inputs(model, inputs, labels, progress, where=str(test_path))
+
+
+def score_versions(home: str | os.PathLike[str], test_path: str | os.PathLike[str],
+                   versions: Sequence[int] | None = None, progress: bool = False
+                   ) -> list[dict[str, Any]]:
+    """Score versions of the model directory ``home`` (:mod:`metafit.deploy.versions`;
+    ``versions`` None: all) on one test set, one row per version: ``version``,
+    ``current``, ``classes``, ``support_size``, ``examples`` (test rows), ``known`` (rows
+    of classes the version predicts), ``accuracy`` over every row, rows of classes it
+    does not know counting as errors, with its Wilson 95% interval, and the figures of
+    :func:`score_inputs` on its known rows (``known_accuracy``, ``macro_f1``, ``ece``).
+    An early version that lacks a class added later is thus compared on the same rows.
+
+    Raises:
+        ValueError: a version ``home`` does not hold.
+        SupportError: a malformed test set; no row of a version's classes.
+    """
+    from metafit.deploy.versions import current_version, version_numbers
+
+    have = version_numbers(Path(home))
+    wanted = have if versions is None else list(versions)
+    missing = [n for n in wanted if n not in have]
+    if missing:
+        raise ValueError(f"{home} has no version(s) {missing} (versions: "
+                         f"{', '.join(map(str, have))})")
+    now = current_version(Path(home))
+    rows: list[dict[str, Any]] = []
+    inputs: list[Any] | None = None
+    labels: list[str] = []
+    for n in wanted:
+        model = AdaptedModel.load(home, n)
+        if inputs is None:
+            inputs, labels = read_test_set(model, test_path)
+        keep = [i for i, label in enumerate(labels)
+                if label in model.label_names or model.reject is not None]
+        report = score_inputs(model, [inputs[i] for i in keep], [labels[i] for i in keep],
+                              progress, where=f"{test_path} (version {n})")
+        known = sum(label in model.label_names for label in labels)
+        correct = round(report.accuracy * report.examples)
+        low, high = wilson_interval(correct, len(labels))
+        rows.append({"version": n, "current": n == now, "classes": model.label_names,
+                     "support_size": model.info.get("support_size"),
+                     "examples": len(labels), "known": known,
+                     "accuracy": correct / len(labels), "accuracy_low": low,
+                     "accuracy_high": high, "known_accuracy": report.accuracy,
+                     "macro_f1": report.macro_f1, "ece": report.ece})
+    return rows

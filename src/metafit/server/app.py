@@ -41,10 +41,14 @@ from metafit.server.schemas import (
     AdaptationResponse,
     AdaptationUpload,
     ErrorBody,
+    ExamplesRequest,
+    ExamplesUpload,
     Health,
     PredictRequest,
     PredictResponse,
     PredictUpload,
+    RollbackRequest,
+    VersionsResponse,
 )
 from metafit.server.service import TEXT_AS_JSON, Service, describe
 from metafit.server.settings import ServerSettings
@@ -55,7 +59,8 @@ M = TypeVar("M", bound=BaseModel)
 
 #: Request bodies read by the routes themselves: added to the OpenAPI components.
 BODIES: tuple[type[BaseModel], ...] = (AdaptationRequest, PredictRequest, AdaptationUpload,
-                                       PredictUpload)
+                                       PredictUpload, ExamplesRequest, ExamplesUpload,
+                                       RollbackRequest)
 
 
 def _errors(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
@@ -188,7 +193,11 @@ def _api_routes(app: FastAPI, service: Service, security: list[Any]) -> None:
                             calibrate=True)
     inputs_form = FormSpec(files=settings.max_inputs, noun="inputs", label_field="labels",
                            labels=settings.max_examples, paired=False)
+    examples_form = FormSpec(files=settings.max_examples, noun="examples",
+                             label_field="label", labels=settings.max_examples, paired=True,
+                             steps=True)
     _adaptation_routes(app, service, security, examples, support_form)
+    _version_routes(app, service, security, examples, examples_form)
     _prediction_routes(app, service, security, inputs, inputs_form)
 
 
@@ -216,8 +225,10 @@ def _adaptation_routes(app: FastAPI, service: Service, security: list[Any],
     @app.get("/v1/adaptations/{adaptation_id}", response_model=AdaptationResponse,
              dependencies=security, tags=["adaptations"], responses={**KEY, **ID})
     async def get_adaptation(adaptation_id: str) -> AdaptationResponse:
-        """What a kept adaptation predicts: its labels, kind, algorithm, steps."""
-        return describe(adaptation_id, await service.adaptation(adaptation_id))
+        """What a kept adaptation predicts: its labels, kind, algorithm, steps, and the
+        version served."""
+        version, model = await service.current(adaptation_id)
+        return describe(adaptation_id, model, version=version)
 
     @app.delete("/v1/adaptations/{adaptation_id}", status_code=204, dependencies=security,
                 tags=["adaptations"], responses={**KEY, **ID})
@@ -225,6 +236,43 @@ def _adaptation_routes(app: FastAPI, service: Service, security: list[Any],
         """Remove a kept adaptation from memory and disk."""
         await anyio.to_thread.run_sync(service.delete, adaptation_id)
         return Response(status_code=204)
+
+
+def _version_routes(app: FastAPI, service: Service, security: list[Any],
+                    examples: dict[str, int], form: FormSpec) -> None:
+    """Examples added to an adaptation (a new version), its versions, rollback;
+    ``examples`` and ``form``: as :func:`_adaptation_routes`'."""
+
+    @app.post("/v1/adaptations/{adaptation_id}/examples", status_code=201,
+              response_model=AdaptationResponse, dependencies=security,
+              tags=["adaptations"], openapi_extra=json_body(ExamplesRequest, ExamplesUpload),
+              responses={**KEY, **BODY, **ID, **_errors({
+                  409: "the server serves a model, not a run; or not the adaptation's run",
+                  503: "adaptation queue full (see Retry-After)"})})
+    async def add_examples(adaptation_id: str, request: Request) -> AdaptationResponse:
+        """Add labelled examples (of its classes or new ones; an ExamplesRequest body, or
+        for images an ExamplesUpload form) to an adaptation: the run is adapted again on
+        its support set plus these, with its calibration and 'none of these' setting
+        refitted, into a new version that is served from now on."""
+        body = await _read_either(request, service, ExamplesRequest, examples, form)
+        return await service.add_examples(adaptation_id, body)
+
+    @app.get("/v1/adaptations/{adaptation_id}/versions", response_model=VersionsResponse,
+             dependencies=security, tags=["adaptations"], responses={**KEY, **ID})
+    async def list_versions(adaptation_id: str) -> VersionsResponse:
+        """Every version of an adaptation, oldest first, and the one served."""
+        return await service.versions(adaptation_id)
+
+    @app.post("/v1/adaptations/{adaptation_id}/rollback", response_model=AdaptationResponse,
+              dependencies=security, tags=["adaptations"],
+              openapi_extra=json_body(RollbackRequest), responses={
+                  **KEY, **BODY, **_errors({404: "no such id or version",
+                                            500: "a stored adaptation cannot be read"})})
+    async def rollback(adaptation_id: str, request: Request) -> AdaptationResponse:
+        """Serve another version of an adaptation from now on (an earlier one: a
+        rollback; a later one: forward again)."""
+        body = await _read(request, service, RollbackRequest, {})
+        return await service.rollback(adaptation_id, body)
 
 
 def _prediction_routes(app: FastAPI, service: Service, security: list[Any],
@@ -240,18 +288,21 @@ def _prediction_routes(app: FastAPI, service: Service, security: list[Any],
         """Classify inputs (a PredictRequest body, or for images a PredictUpload form)
         with an adaptation made by ``POST /v1/adaptations``."""
         body = await _read_either(request, service, PredictRequest, inputs, form)
-        model = await service.adaptation(adaptation_id)
-        return await service.predict(model, body)
+        version, model = await service.current(adaptation_id)
+        return await service.predict(model, body, version)
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=security,
               tags=["predictions"], openapi_extra=json_body(PredictRequest, PredictUpload),
-              responses={**KEY, **BODY, **_errors({409: "no pre-adapted model served"})})
+              responses={**KEY, **BODY, **_errors({
+                  409: "no pre-adapted model served",
+                  500: "the served model cannot be loaded"})})
     async def predict(request: Request) -> PredictResponse:
         """Classify inputs (a PredictRequest body, or for images a PredictUpload form)
         with the served pre-adapted model (a model directory, or ``--model`` next to a
         run)."""
         body = await _read_either(request, service, PredictRequest, inputs, form)
-        return await service.predict(service.served_model(), body)
+        version, model = await service.served_model()
+        return await service.predict(model, body, version)
 
     @app.get("/metrics", response_class=Response, dependencies=security,
              tags=["operations"], responses={200: {"content": {CONTENT_TYPE: {}}}, **KEY})

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StringConstraints,
     model_validator,
 )
@@ -24,7 +25,8 @@ from metafit.deploy.reject import DEFAULT_RECALL, DEFAULT_REJECT_SCORE, DEFAULT_
 from metafit.evaluation.openset import RejectScore
 
 __all__ = ["TextExample", "ImageExample", "ImageInput", "RejectOptions", "RejectInfo",
-           "AdaptationRequest",
+           "AdaptationRequest", "ExamplesRequest", "ExamplesUpload", "RollbackRequest",
+           "VersionDescription", "VersionsResponse",
            "AdaptationUpload", "AdaptationResponse", "PredictRequest", "PredictUpload",
            "Prediction", "PredictResponse", "Health", "Label", "ErrorItem", "ErrorBody"]
 
@@ -120,6 +122,36 @@ class AdaptationUpload(_Body):
         "(-F 'reject={\"score\": \"max_logit\"}')")
 
 
+class ExamplesRequest(_Body):
+    """Labelled examples to add to an adaptation (of its classes or new ones): the server
+    adapts again on its support set plus these into a new version, with the same
+    calibration and "none of these" setting refitted."""
+
+    examples: NonEmpty[TextExample] | NonEmpty[ImageExample] = Field(
+        description="labelled examples, all text or all images")
+    steps: int | None = Field(default=None, ge=0,
+                              description="inner steps (default: those of the current "
+                              "version)")
+
+
+class ExamplesUpload(_Body):
+    """Labelled images to add to an adaptation, as ``multipart/form-data``: the i-th
+    ``label`` part names the class of the i-th ``file`` part."""
+
+    label: NonEmpty[Label] = Field(description="one class name per file, in the same order")
+    file: NonEmpty[File] = Field(description="the images: PNG or JPEG files")
+    steps: int | SkipJsonSchema[None] = Field(
+        default=None, ge=0, description="inner steps (default: those of the current "
+        "version)")
+
+
+class RollbackRequest(_Body):
+    """The version of an adaptation to serve from now on (an earlier one: a rollback)."""
+
+    version: StrictInt = Field(ge=1, le=9999, description="a version number listed by GET "
+                               "/v1/adaptations/{id}/versions")
+
+
 class RejectInfo(BaseModel):
     """The reject setting of an adaptation."""
 
@@ -149,6 +181,31 @@ class AdaptationResponse(BaseModel):
                                   "the response to POST only)")
     reject: RejectInfo | None = Field(default=None, description="its 'none of these' "
                                       "setting, if any")
+    version: int | None = Field(default=None, description="the version described (1: as "
+                                "first adapted; each POST of examples adds one)")
+    parent: int | None = Field(default=None, description="the version it was updated from "
+                               "(null: the first)")
+
+
+class VersionDescription(BaseModel):
+    """One version of an adaptation."""
+
+    version: int
+    created: str = Field(description="when it was written (ISO 8601, UTC)")
+    labels: list[str] = Field(description="the class names it predicts")
+    examples: int | None = Field(description="support examples it was adapted on")
+    parent: int | None = Field(description="the version it was updated from (null: the "
+                               "first)")
+    added: int | None = Field(description="examples the update added (null: the first)")
+    current: bool = Field(description="whether it is the version served")
+
+
+class VersionsResponse(BaseModel):
+    """Every version of an adaptation, oldest first."""
+
+    id: str
+    current: int = Field(description="the version served")
+    versions: list[VersionDescription]
 
 
 class PredictRequest(_Body):
@@ -189,6 +246,8 @@ class PredictResponse(BaseModel):
     """One prediction per input, in order."""
 
     predictions: list[Prediction]
+    version: int | None = Field(default=None, description="the version of the adaptation "
+                                "(or of the served model directory) that answered")
 
 
 class Health(BaseModel):

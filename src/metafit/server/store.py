@@ -2,7 +2,14 @@
 
 ``state_dir/<id>/`` is written by ``AdaptedModel.save`` (atomic), so a model is either
 complete on disk or absent; a restarted server finds every earlier adaptation there and
-loads it on its first use.
+loads it on its first use. Added examples write new versions into it
+(:mod:`metafit.deploy.versions`: ``versions/vNNNN/`` and the ``current`` pointer).
+
+Nothing lives only in memory, so several servers can share one ``state_dir`` (docs/serve.md,
+"Several servers, one store"): the cache is keyed by (id, version), and every request
+re-reads the adaptation's ``current`` pointer (one small read; a ``stat`` when the
+adaptation was never updated), so a version written or chosen by another process is served
+on the next request, and an adaptation another process deleted is a 404 here too.
 
 Clients' support sets are kept readable by the server's user only: the root is made mode
 0700 before anything is written into it (so nothing inside is reachable by others at any
@@ -23,12 +30,16 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from metafit.deploy import AdaptedModel
+from metafit.deploy import AdaptedModel, Adapter, ModelDirError
+from metafit.deploy.update import update_model
+from metafit.deploy.versions import VersionInfo, current_version, list_versions, set_current
 
-__all__ = ["AdaptationStore", "UnknownAdaptation", "STALE_SECONDS", "make_private"]
+__all__ = ["AdaptationStore", "UnknownAdaptation", "UnknownVersion", "STALE_SECONDS",
+           "make_private"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +52,10 @@ STALE_SECONDS = 60.0
 
 class UnknownAdaptation(KeyError):
     """No adaptation with this id (or an id that cannot be one)."""
+
+
+class UnknownVersion(KeyError):
+    """The adaptation has no such version."""
 
 
 class AdaptationStore:
@@ -59,7 +74,7 @@ class AdaptationStore:
                  on_size: Callable[[int], None] | None = None) -> None:
         self.root = Path(root)
         self.capacity = capacity
-        self._cache: OrderedDict[str, AdaptedModel] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], AdaptedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._on_size = on_size
         if self.root.is_dir():
@@ -113,7 +128,7 @@ class AdaptationStore:
         self._make_root()
         model.save(path)
         make_private(path)
-        self._remember(adaptation_id, model)
+        self._remember((adaptation_id, 1), model)
 
     def _make_root(self) -> None:
         """Create ``root`` with mode 0700, or restrict an existing one to it.
@@ -138,45 +153,132 @@ class AdaptationStore:
                     "0700): it holds clients' support sets", self.root, mode)
         os.chmod(self.root, 0o700)
 
+    def current(self, adaptation_id: str) -> int:
+        """The version of ``adaptation_id`` served now, read from disk (module docstring).
+
+        Raises:
+            UnknownAdaptation: no such adaptation (also: deleted by another process).
+            ModelDirError: its version pointer is corrupt.
+        """
+        path = self.path(adaptation_id)
+        if not path.is_dir():
+            self._forget(adaptation_id)
+            raise UnknownAdaptation(adaptation_id)
+        return current_version(path)
+
     def get(self, adaptation_id: str) -> AdaptedModel:
-        """The model of ``adaptation_id``, loaded from disk if it is not held.
+        """The current model of ``adaptation_id`` (:meth:`get_version`)."""
+        return self.get_version(adaptation_id)[1]
+
+    def get_version(self, adaptation_id: str) -> tuple[int, AdaptedModel]:
+        """The version of ``adaptation_id`` served now and its model, loaded from disk if
+        it is not held.
 
         Raises:
             UnknownAdaptation: no such adaptation.
             ModelDirError: its directory exists but cannot be read as a model.
         """
-        path = self.path(adaptation_id)
+        version = self.current(adaptation_id)
+        key = (adaptation_id, version)
         with self._lock:
-            model = self._cache.get(adaptation_id)
+            model = self._cache.get(key)
             if model is not None:
-                self._cache.move_to_end(adaptation_id)
-                return model
+                self._cache.move_to_end(key)
+                return version, model
+        path = self.path(adaptation_id)
+        try:
+            model = AdaptedModel.load(path, version)
+        except ModelDirError:
+            if not path.is_dir():  # deleted by another process while being read
+                raise UnknownAdaptation(adaptation_id) from None
+            raise
+        log.debug("loaded adaptation %s version %d from %s", adaptation_id, version, path)
+        self._remember(key, model)
+        return version, model
+
+    def update(self, adaptation_id: str, inputs: Sequence[Any], labels: Sequence[str],
+               adapter: Adapter, steps: int | None = None) -> tuple[int, AdaptedModel]:
+        """Add labelled examples to ``adaptation_id`` and adapt it again into a new
+        version, served from now on (:func:`metafit.deploy.update.update_model`; safe
+        against other processes updating it at the same time).
+
+        Raises:
+            UnknownAdaptation: no such adaptation (also: deleted meanwhile).
+            SupportError: bad examples.
+            RunMismatch: ``adapter``'s run is not the one the adaptation came from.
+        """
+        path = self.path(adaptation_id)
         if not path.is_dir():
             raise UnknownAdaptation(adaptation_id)
-        model = AdaptedModel.load(path)
-        log.debug("loaded adaptation %s from %s", adaptation_id, path)
-        self._remember(adaptation_id, model)
-        return model
+        try:
+            version, model = update_model(path, inputs, labels, adapter, steps)
+        except ModelDirError:
+            if not path.is_dir():  # deleted by another process meanwhile
+                raise UnknownAdaptation(adaptation_id) from None
+            raise
+        make_private(path)
+        self._remember((adaptation_id, version), model)
+        return version, model
 
-    def delete(self, adaptation_id: str) -> None:
-        """Forget ``adaptation_id`` and remove its directory.
+    def rollback(self, adaptation_id: str, version: int) -> tuple[int, AdaptedModel]:
+        """Serve ``version`` of ``adaptation_id`` from now on; returns it and its model.
+
+        Raises:
+            UnknownAdaptation: no such adaptation.
+            UnknownVersion: it has no such version.
+        """
+        path = self.path(adaptation_id)
+        if not path.is_dir():
+            raise UnknownAdaptation(adaptation_id)
+        try:
+            set_current(path, version)
+        except ValueError:
+            raise UnknownVersion(version) from None
+        return self.get_version(adaptation_id)
+
+    def versions(self, adaptation_id: str) -> list[VersionInfo]:
+        """Every version of ``adaptation_id`` (:func:`metafit.deploy.versions.
+        list_versions`).
 
         Raises:
             UnknownAdaptation: no such adaptation.
         """
         path = self.path(adaptation_id)
-        with self._lock:
-            self._cache.pop(adaptation_id, None)
-            size = len(self._cache)
         if not path.is_dir():
             raise UnknownAdaptation(adaptation_id)
-        shutil.rmtree(path)
+        return list_versions(path)
+
+    def delete(self, adaptation_id: str) -> None:
+        """Forget ``adaptation_id`` and remove its directory, every version with it.
+
+        Raises:
+            UnknownAdaptation: no such adaptation.
+        """
+        path = self.path(adaptation_id)
+        size = self._forget(adaptation_id)
+        if not path.is_dir():
+            raise UnknownAdaptation(adaptation_id)
+        # renamed away first (one atomic step: every process sees it gone at once, never
+        # half removed), then removed; a leftover is a stale temporary directory
+        doomed = path.with_name(f".{adaptation_id}.tmp-deleted-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:  # another process deleted it first
+            raise UnknownAdaptation(adaptation_id) from None
+        shutil.rmtree(doomed, ignore_errors=True)
         self._report(size)
 
-    def _remember(self, adaptation_id: str, model: AdaptedModel) -> None:
+    def _forget(self, adaptation_id: str) -> int:
+        """Drop every cached version of ``adaptation_id``; the cache's size after."""
         with self._lock:
-            self._cache[adaptation_id] = model
-            self._cache.move_to_end(adaptation_id)
+            for key in [k for k in self._cache if k[0] == adaptation_id]:
+                del self._cache[key]
+            return len(self._cache)
+
+    def _remember(self, key: tuple[str, int], model: AdaptedModel) -> None:
+        with self._lock:
+            self._cache[key] = model
+            self._cache.move_to_end(key)
             while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)
             size = len(self._cache)

@@ -1,0 +1,331 @@
+"""Versions of an adapted model directory: continual updates, listing, rollback.
+
+Every model directory written by :meth:`AdaptedModel.save
+<metafit.deploy.adapted.AdaptedModel.save>` is *version 1* of itself. An update
+(:func:`metafit.deploy.update.update_model`) adds a complete model directory beside it and
+a pointer naming the version to serve::
+
+    MODEL/                 version 1: the model directory as `metafit adapt` wrote it
+      manifest.json, model.json, weights.safetensors, support.safetensors, ...
+      versions/v0002/      version 2: an ordinary, complete model directory (its own
+      versions/v0003/        manifest, weights and support set: the union it was adapted on)
+      current              "3\\n": the version that loads (absent: version 1)
+      .lock                taken (fcntl) while one update or rollback runs
+
+So a directory written before versions existed loads unchanged (no ``current``: version
+1), and an older metafit reading a versioned directory still finds a complete model (the
+first version) at its root.
+
+Why it is safe with several processes, also on a shared file system (docs/serve.md):
+
+* **A version appears whole or not at all.** It is written with ``AdaptedModel.save`` into
+  a staging directory ``versions/.new-XXXX`` (itself written atomically), then claimed by
+  ``rename(staging, versions/vNNNN)``. ``rename`` of a directory onto an existing
+  non-empty directory fails (``ENOTEMPTY``/``EEXIST``), and every claimed version is
+  non-empty, so two writers can never claim the same number: the loser takes the next.
+  ``rename`` is one atomic operation on a local file system and on an NFS server.
+* **The pointer is replaced, never edited**: written to ``current.tmp-XXXX``, fsynced,
+  then ``os.replace``-d over ``current``. A reader sees the old number or the new one.
+  Readers re-read it on every request (one small read), so a cache keyed by (model,
+  version) never serves a version another process has replaced.
+* **Updates of one model are serialised** by an exclusive ``fcntl.lockf`` lock on
+  ``MODEL/.lock`` (plus a lock per directory inside a process: POSIX locks are per
+  process), held from reading the current version to moving the pointer, so a second
+  update builds on the first instead of losing its examples. POSIX locks are released by
+  the kernel when a process dies (no stale lock files), and NFS carries them (NLM on
+  NFSv3, natively on NFSv4). Without working locks the versions stay distinct and
+  uncorrupted (the rename rule above), but two simultaneous updates may each build on the
+  same parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from metafit.deploy.errors import ModelDirError
+from metafit.deploy.modeldir import MANIFEST, read_listed_file
+from metafit.deploy.modeldir import _fsync_dir as fsync_dir
+
+__all__ = ["CURRENT", "VERSIONS", "MAX_VERSION", "VersionInfo", "version_dir",
+           "current_version", "current_dir", "version_numbers", "list_versions",
+           "set_current", "add_version", "update_lock", "is_version_home"]
+
+log = logging.getLogger(__name__)
+
+CURRENT = "current"
+VERSIONS = "versions"
+LOCK = ".lock"
+#: The highest version number (four digits in the directory name).
+MAX_VERSION = 9999
+_VERSION_DIR = re.compile(r"v(\d{4})")
+_STAGING = re.compile(r"\.new-[0-9a-f]{8}(\.tmp-.+)?")
+_POINTER = re.compile(rb"\s*(\d{1,4})\s*")
+#: Age (s) past which a staging directory left by a killed writer is removed.
+STALE_SECONDS = 60.0
+
+
+class Saves(Protocol):
+    """What writes itself as a model directory (an :class:`~metafit.deploy.adapted.
+    AdaptedModel`; this module sits below it)."""
+
+    def save(self, path: str | os.PathLike[str]) -> Path: ...
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version of a model directory (:func:`list_versions`).
+
+    Attributes:
+        version: its number (1: the directory's root).
+        created: when it was written (ISO 8601, UTC; its manifest's ``created``).
+        classes: the label names it predicts.
+        support_size: labelled examples it was adapted on.
+        parent: the version it was updated from (None: version 1).
+        added: examples the update added (None: version 1).
+        current: whether it is the version that loads.
+    """
+
+    version: int
+    created: str
+    classes: list[str]
+    support_size: int | None
+    parent: int | None
+    added: int | None
+    current: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_number(n: object) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_VERSION:
+        raise ValueError(f"a version is a number from 1 to {MAX_VERSION}, got {n!r}")
+    return n
+
+
+def version_dir(home: Path, n: int) -> Path:
+    """The model directory of version ``n`` of ``home`` (``home`` itself for 1)."""
+    _check_number(n)
+    return Path(home) if n == 1 else Path(home) / VERSIONS / f"v{n:04d}"
+
+
+def is_version_home(path: Path) -> bool:
+    """Whether ``path`` is a model directory that has been updated (holds a pointer)."""
+    return (Path(path) / CURRENT).is_file()
+
+
+def current_version(home: Path) -> int:
+    """The version of ``home`` that loads: the number in ``current``, or 1 without it.
+
+    Raises:
+        ModelDirError: ``current`` is not a version number.
+    """
+    home = Path(home)
+    try:
+        fd = os.open(home / CURRENT, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return 1  # never updated (reading it says whether it is a model directory)
+    except OSError as e:
+        raise ModelDirError(f"{home / CURRENT} cannot be read ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(64)
+    found = _POINTER.fullmatch(raw)
+    n = int(found.group(1)) if found else 0
+    if not 1 <= n <= MAX_VERSION:
+        raise ModelDirError(f"{home / CURRENT} must hold a version number 1..{MAX_VERSION}, "
+                            f"got {raw[:20]!r}")
+    return n
+
+
+def current_dir(home: Path) -> Path:
+    """The model directory of ``home``'s current version (:func:`current_version`)."""
+    return version_dir(home, current_version(home))
+
+
+def version_numbers(home: Path) -> list[int]:
+    """The complete versions of ``home``, in order (a version being written, or left
+    incomplete by a killed writer, is not listed: it has no manifest yet)."""
+    home = Path(home)
+    numbers = [1] if (home / MANIFEST).is_file() else []
+    folder = home / VERSIONS
+    if folder.is_dir() and not folder.is_symlink():
+        for entry in folder.iterdir():
+            found = _VERSION_DIR.fullmatch(entry.name)
+            if (found and not entry.is_symlink() and (entry / MANIFEST).is_file()
+                    and int(found.group(1)) >= 2):
+                numbers.append(int(found.group(1)))
+    return sorted(numbers)
+
+
+def list_versions(home: Path) -> list[VersionInfo]:
+    """Every complete version of ``home`` (:func:`version_numbers`), read from its manifest
+    and verified ``model.json`` only (no weights are read).
+
+    Raises:
+        ModelDirError: ``home`` is no model directory; a version's manifest or
+            ``model.json`` is corrupt.
+    """
+    home = Path(home)
+    now = current_version(home)
+    out = []
+    for n in version_numbers(home):
+        where = version_dir(home, n)
+        manifest, raw = read_listed_file(where, "model.json", "adapted")
+        try:
+            spec = json.loads(raw)
+            info = spec.get("adaptation", {}) if isinstance(spec, dict) else {}
+            labels = spec["labels"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ModelDirError(f"{where}/model.json is not a model description") from None
+        update = info.get("update") if isinstance(info, dict) else None
+        update = update if isinstance(update, dict) else {}
+        size = info.get("support_size") if isinstance(info, dict) else None
+        out.append(VersionInfo(
+            version=n, created=str(manifest.get("created", "")),
+            classes=[str(c) for c in labels] if isinstance(labels, list) else [],
+            support_size=size if isinstance(size, int) else None,
+            parent=update.get("parent") if isinstance(update.get("parent"), int) else None,
+            added=update.get("added") if isinstance(update.get("added"), int) else None,
+            current=n == now))
+    return out
+
+
+def _write_pointer(home: Path, n: int) -> None:
+    """Replace ``home/current`` with ``n`` atomically (temp file, fsync, rename)."""
+    tmp = home / f"{CURRENT}.tmp-{secrets.token_hex(4)}"
+    try:
+        with tmp.open("wb") as f:
+            f.write(f"{n}\n".encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, home / CURRENT)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(home)
+
+
+def set_current(home: Path, n: int) -> None:
+    """Serve version ``n`` of ``home`` from now on (a rollback, or a roll forward), under
+    :func:`update_lock`.
+
+    Raises:
+        ValueError: ``n`` is not a complete version of ``home``.
+        ModelDirError: ``home`` is no model directory.
+    """
+    home = Path(home)
+    _check_number(n)
+    with update_lock(home):
+        have = version_numbers(home)
+        if n not in have:
+            raise ValueError(f"{home} has no version {n} (versions: "
+                             f"{', '.join(map(str, have)) or 'none'})")
+        _write_pointer(home, n)
+    log.info("%s: version %d is current", home, n)
+
+
+_LOCAL_LOCKS: dict[str, threading.Lock] = {}
+_LOCAL_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def update_lock(home: Path) -> Iterator[None]:
+    """Hold the update lock of ``home`` (module docstring): a lock per directory in this
+    process, then an exclusive ``fcntl.lockf`` on ``home/.lock`` (where the platform
+    has it).
+
+    Raises:
+        ModelDirError: ``home`` is no model directory.
+    """
+    home = Path(home)
+    if not (home / MANIFEST).is_file():
+        raise ModelDirError(f"model directory {home} does not exist (or has no {MANIFEST})")
+    key = os.path.realpath(home)
+    with _LOCAL_GUARD:
+        local = _LOCAL_LOCKS.setdefault(key, threading.Lock())
+    with local:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: the process lock only
+            yield
+            return
+        fd = os.open(home / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                     0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _remove_stale_staging(folder: Path, older_than: float = STALE_SECONDS) -> None:
+    """Remove staging directories of killed writers (``versions/.new-*``) older than
+    ``older_than`` seconds."""
+    now = time.time()
+    for entry in folder.iterdir():
+        if (_STAGING.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
+                and now - entry.lstat().st_mtime > older_than):
+            log.warning("removing %s, left by an interrupted update", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def add_version(home: Path, model: Saves, make_current: bool = True) -> int:
+    """Write ``model`` as the next version of ``home`` (module docstring: staged, then
+    claimed by ``rename``) and, with ``make_current``, point ``current`` at it. Call it
+    under :func:`update_lock` so that the parent read before is still current.
+
+    Returns:
+        The new version's number.
+
+    Raises:
+        ModelDirError: ``home`` is no model directory, or it holds :data:`MAX_VERSION`
+            versions.
+    """
+    home = Path(home)
+    if not (home / MANIFEST).is_file():
+        raise ModelDirError(f"model directory {home} does not exist (or has no {MANIFEST})")
+    folder = home / VERSIONS
+    folder.mkdir(exist_ok=True)
+    if folder.is_symlink():
+        raise ModelDirError(f"{folder} is a symbolic link; model directories hold plain "
+                            "directories only")
+    _remove_stale_staging(folder)
+    staging = folder / f".new-{secrets.token_hex(4)}"
+    model.save(staging)
+    try:
+        n = max(version_numbers(home), default=1) + 1
+        while True:
+            if n > MAX_VERSION:
+                raise ModelDirError(f"{home} holds {MAX_VERSION} versions, the most a "
+                                    "model directory can")
+            try:
+                os.rename(staging, version_dir(home, n))
+                break
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                n += 1  # another writer claimed n first
+        fsync_dir(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if make_current:
+        _write_pointer(home, n)
+    log.info("%s: wrote version %d", home, n)
+    return n

@@ -1,0 +1,207 @@
+"""Versions of an adapted model directory: an update adapts again on the union of the
+stored support set and new examples (existing and new classes) into a new version, refits
+what the old one had fitted (temperature, reject threshold), rollback, version-less
+directories loading unchanged, and distinct versions from concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from deploy_fixtures import image_run, pattern, support_folder
+from metafit.cli.main import main
+from metafit.deploy import AdaptedModel, Adapter, ModelDirError, SupportError
+from metafit.deploy.calibrate import fit_on_support
+from metafit.deploy.reject import RejectRequest
+from metafit.deploy.update import update_from_file, update_model
+from metafit.deploy.versions import (
+    CURRENT,
+    add_version,
+    current_version,
+    list_versions,
+    set_current,
+    version_dir,
+)
+
+
+@pytest.fixture(scope="module")
+def adapter() -> Adapter:
+    return Adapter.from_run(image_run())
+
+
+def images(classes: range, per_class: int, first: int = 0) -> tuple[list, list[str]]:
+    """uint8 images of the deploy fixtures' classes and their labels ``label_c``."""
+    xs, ys = [], []
+    for c in classes:
+        for i in range(first, first + per_class):
+            xs.append(pattern(c, i))
+            ys.append(f"label_{c}")
+    return xs, ys
+
+
+@pytest.fixture
+def home(adapter: Adapter, tmp_path: Path) -> Path:
+    """Version 1: 2 classes, 2 examples each, calibrated, with a reject setting."""
+    xs, ys = images(range(2), 2)
+    model = adapter.adapt(xs, ys)
+    model = fit_on_support(model, adapter.adapt_tensors, True, RejectRequest(recall=0.9))
+    return model.save(tmp_path / "model")
+
+
+def test_a_version_less_directory_is_version_one(home: Path) -> None:
+    assert not (home / CURRENT).exists()
+    assert current_version(home) == 1
+    [only] = list_versions(home)
+    assert (only.version, only.parent, only.current, only.support_size) == (1, None, True, 4)
+    assert only.classes == ["label_0", "label_1"]
+
+
+def test_update_adds_examples_and_classes_and_refits(home: Path, adapter: Adapter) -> None:
+    before = AdaptedModel.load(home)
+    xs, ys = images(range(3), 2, first=2)  # more of the two classes, and a new one
+    number, model = update_model(home, xs, ys, adapter)
+    assert number == 2 and current_version(home) == 2
+    loaded = AdaptedModel.load(home)
+    assert loaded.label_names == ["label_0", "label_1", "label_2"] == model.label_names
+    assert loaded.info["support_size"] == 10
+    assert loaded.info["update"]["parent"] == 1 and loaded.info["update"]["added"] == 6
+    assert loaded.info["update"]["new_classes"] == ["label_2"]
+    assert loaded.support is not None and before.support is not None
+    assert torch.equal(loaded.support[0][:4], before.support[0])  # the old examples first
+    # refitted on the union: the calibration and the reject threshold at the same recall
+    assert loaded.info["calibration"]["held_out"] == 10
+    assert loaded.reject is not None and before.reject is not None
+    assert loaded.reject.recall == before.reject.recall == 0.9
+    assert loaded.reject.fitted["held_out"] == 10
+    assert loaded.predict([pattern(2, 7)])[0]["label"] == "label_2"
+    # version 1 is untouched and still loads on its own
+    assert AdaptedModel.load(home, 1).label_names == ["label_0", "label_1"]
+    rows = list_versions(home)
+    assert [(r.version, r.parent, r.added, r.current) for r in rows] == [
+        (1, None, None, False), (2, 1, 6, True)]
+
+
+def test_rollback_and_roll_forward(home: Path, adapter: Adapter) -> None:
+    update_model(home, *images(range(3), 1, first=2), adapter)
+    set_current(home, 1)
+    assert AdaptedModel.load(home).label_names == ["label_0", "label_1"]
+    number, model = update_model(home, *images(range(2), 1, first=3), adapter)
+    assert number == 3 and model.info["update"]["parent"] == 1  # built on what was served
+    assert model.label_names == ["label_0", "label_1"]
+    set_current(home, 2)
+    assert len(AdaptedModel.load(home).label_names) == 3
+    with pytest.raises(ValueError, match="no version 7"):
+        set_current(home, 7)
+    with pytest.raises(ValueError, match="1 to 9999"):
+        set_current(home, 0)
+
+
+def test_bad_updates_are_refused_and_write_nothing(home: Path, adapter: Adapter) -> None:
+    with pytest.raises(SupportError, match="label must be a non-empty string"):
+        update_model(home, [pattern(0, 5)], [""], adapter)
+    with pytest.raises(SupportError, match="1 inputs but 2 labels"):
+        update_model(home, [pattern(0, 5)], ["label_0", "label_1"], adapter)
+    with pytest.raises(SupportError, match="unknown label"):
+        update_model(home, [pattern(0, 5)], ["unknown"], adapter)  # the reject label
+    with pytest.raises(SupportError):
+        update_model(home, [b"not an image"], ["label_0"], adapter)
+    assert current_version(home) == 1 and not list((home / "versions").glob("v*"))
+
+
+def test_a_corrupt_pointer_is_named(home: Path) -> None:
+    (home / CURRENT).write_text("seven\n")
+    with pytest.raises(ModelDirError, match="version number"):
+        AdaptedModel.load(home)
+    (home / CURRENT).write_text("5\n")  # no such version
+    with pytest.raises(ModelDirError, match="does not exist"):
+        AdaptedModel.load(home)
+
+
+def test_concurrent_writers_claim_distinct_versions(home: Path) -> None:
+    """Writers without the lock (as on a file system without working locks) still get
+    distinct, complete versions: the rename claim."""
+    model = AdaptedModel.load(home)
+    numbers: list[int] = []
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            numbers.append(add_version(home, model, make_current=False))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and sorted(numbers) == [2, 3, 4, 5]
+    for n in numbers:
+        assert AdaptedModel.load(home, n).label_names == model.label_names
+    assert not [p for p in (home / "versions").iterdir() if p.name.startswith(".")]
+
+
+def test_concurrent_updates_serialise(home: Path, adapter: Adapter) -> None:
+    """Two updates at once: the lock makes the second build on the first, so no
+    examples are lost."""
+    batches = [images(range(2), 1, first=4), images(range(2), 1, first=5)]
+    done: list[int] = []
+    threads = [threading.Thread(target=lambda b=b: done.append(update_model(
+        home, b[0], b[1], adapter)[0])) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(done) == [2, 3]
+    assert AdaptedModel.load(home).info["support_size"] == 8
+    assert [r.parent for r in list_versions(home)] == [None, 1, 2]
+
+
+def test_update_from_a_moved_run_needs_the_run(tmp_path: Path, adapter: Adapter) -> None:
+    xs, ys = images(range(2), 2)
+    model = adapter.adapt(xs, ys)
+    model.info["source"] = {"run": str(tmp_path / "gone"), "checkpoint": "best"}
+    home = model.save(tmp_path / "m")
+    new = support_folder(tmp_path / "new", 2, 1)
+    with pytest.raises(ValueError, match="is not there"):
+        update_from_file(home, new)
+    number, _ = update_from_file(home, new, run=image_run())
+    assert number == 2 and os.path.isdir(version_dir(home, 2))
+
+def test_cli_update_versions_rollback_and_evaluate(tmp_path: Path, capsys) -> None:
+    run = image_run()
+    out = tmp_path / "model"
+    assert main(["adapt", str(run), "--support", str(support_folder(tmp_path / "s1", 2, 2)),
+                 "--out", str(out), "--calibrate"]) == 0
+    new = support_folder(tmp_path / "s2", 3, 2)
+    capsys.readouterr()
+    assert main(["adapt", "--update", str(out), "--support", str(new), "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["version"] == 2 and made["parent"] == 1 and made["support_size"] == 10
+    assert made["labels"] == ["label_0", "label_1", "label_2"] and made["out"] == str(out)
+    assert main(["versions", str(out), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["current"] == 2 and [v["version"] for v in listed["versions"]] == [1, 2]
+    assert main(["versions", str(out), "--use", "1"]) == 0
+    assert "version 1 is now current" in capsys.readouterr().out
+    assert AdaptedModel.load(out).label_names == ["label_0", "label_1"]
+    test = support_folder(tmp_path / "test", 3, 3)
+    assert main(["evaluate", str(out), "--test", str(test), "--versions", "all",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows["protocol"] == "versions" and [r["version"] for r in rows["rows"]] == [1, 2]
+    assert rows["rows"][1]["accuracy"] >= rows["rows"][0]["accuracy"]  # knows label_2
+    assert rows["rows"][0]["current"] and not rows["rows"][1]["current"]
+    assert main(["evaluate", str(out), "--test", str(test), "--versions", "2"]) == 0
+    assert "version" in capsys.readouterr().out
+    assert main(["versions", str(out), "--use", "9"]) == 2
+    assert "no version 9" in capsys.readouterr().err
+    assert main(["adapt", "--update", str(out), "--support", str(new), "--out", "x"]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
