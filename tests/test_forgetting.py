@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from metafit.cli.main import main
 from metafit.evaluation.protocol import evaluate
 from metafit.runs.directory import RunDirError
 from metafit.runs.forgetting import FORGETTING_FILE, measure_forgetting, read_forgetting
@@ -40,7 +41,8 @@ def warm_pair(tmp_path: Path) -> tuple[Path, Path]:
     return old, new
 
 
-def test_warm_started_run_reports_before_and_after(tmp_path: Path) -> None:
+def test_warm_started_run_reports_before_and_after(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     old, new = warm_pair(tmp_path)
     figure = json.loads((new / FORGETTING_FILE).read_text())
     assert figure["status"] == "measured"
@@ -68,6 +70,10 @@ def test_warm_started_run_reports_before_and_after(tmp_path: Path) -> None:
     assert "## Forgetting (previous run's test tasks)" in text
     assert f"{100 * figure['before']['mean']:.2f} % +- " in text
     assert f"{100 * figure['delta']['mean']:+.2f} % +- " in text
+    assert main(["evaluate", str(new), "--episodes", "2"]) == 0  # shows the file's figure
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("forgetting (previous run's test tasks, from forgetting.json): "
+                           f"accuracy before {100 * figure['before']['mean']:.2f} % +- ")
 
 
 def test_missing_previous_data_warns_and_skips(tmp_path: Path,

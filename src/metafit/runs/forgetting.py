@@ -42,7 +42,7 @@ from metafit.runs.directory import RunDir, RunDirError, load_checkpoint, restore
 from metafit.runs.trained import check_count, load_trained, split_sampler
 
 __all__ = ["FORGETTING_FILE", "check_previous_run", "measure_forgetting",
-           "record_forgetting", "read_forgetting"]
+           "record_forgetting", "read_forgetting", "figure_text", "summary"]
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +138,27 @@ def record_forgetting(run: str | Path, episodes: int | None = None,
                   "reason": f"the previous run's data cannot be read: {e}"}
     atomic_write_text(RunDir(run).path / FORGETTING_FILE, json.dumps(figure, indent=1))
     if figure["status"] == "measured":
-        log.info("%s: on the previous run's test tasks, %s %s before, %s after (%s)", run,
-                 figure["metric"], _figure(figure["before"]), _figure(figure["after"]),
-                 _figure(figure["delta"], sign=True))
+        log.info("%s: forgetting (previous run's test tasks): %s", run, summary(figure))
     return figure
 
 
-def _figure(value: dict[str, float], sign: bool = False) -> str:
-    """``"97.12 +- 0.45"`` (``"+1.20 +- 0.30"`` with ``sign``), in points."""
-    return f"{100 * value['mean']:{'+' if sign else ''}.2f} +- {100 * value['ci95']:.2f}"
+def figure_text(figure: dict[str, Any], key: str, sign: bool = False) -> str:
+    """``figure[key]`` (``before``, ``after`` or ``delta``) as text: ``"93.50 % +- 1.20"``
+    for an accuracy (in percent; ``"+1.20 % +- 0.30"`` with ``sign``), else the metric's own
+    value."""
+    value = figure[key]
+    scale, unit = (100.0, " %") if figure.get("metric") == "accuracy" else (1.0, "")
+    return (f"{scale * value['mean']:{'+' if sign else ''}.2f}{unit} +- "
+            f"{scale * value['ci95']:.2f}")
+
+
+def summary(figure: dict[str, Any]) -> str:
+    """One line of a :func:`read_forgetting` figure (or why it was skipped)."""
+    if figure["status"] != "measured":
+        return f"not measured ({figure.get('reason', '')})"
+    return (f"{figure.get('metric')} before {figure_text(figure, 'before')}, after "
+            f"{figure_text(figure, 'after')}, delta {figure_text(figure, 'delta', True)} "
+            f"({figure['episodes']} test episodes of {figure.get('previous_run')})")
 
 
 def read_forgetting(run: str | Path) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from metafit.evaluation.protocol import EvalResult, evaluate
 from metafit.io import atomic_write_text
 from metafit.runs.caveats import short_run_caveats
 from metafit.runs.directory import RunDir
-from metafit.runs.forgetting import read_forgetting, record_forgetting
+from metafit.runs.forgetting import figure_text, read_forgetting, record_forgetting
 from metafit.runs.plots import plot_adaptation, plot_training
 from metafit.runs.report_examples import run_examples
 from metafit.runs.report_page import ReportPage, Section, Table, to_html, to_markdown
@@ -175,8 +175,8 @@ def _forgetting_section(runs: dict[str, Evaluated], episodes: int,
             continue
         task = (f"{figure.get('ways')}-way {figure.get('shots')}-shot, "
                 f"{figure['episodes']} episodes")
-        rows.append([label, str(figure["previous_run"]), task, _figure_cell(figure, "before"),
-                     _figure_cell(figure, "after"), _figure_cell(figure, "delta", "+")])
+        rows.append([label, str(figure["previous_run"]), task, figure_text(figure, "before"),
+                     figure_text(figure, "after"), figure_text(figure, "delta", sign=True)])
     if not rows:
         return None
     return Section("Forgetting (previous run's test tasks)", text=(
@@ -186,13 +186,6 @@ def _forgetting_section(runs: dict[str, Evaluated], episodes: int,
         "episodes). From forgetting.json in each run directory."), tables=[Table(
             ["run", "previous run", "previous test tasks", "before", "after", "delta"],
             rows)])
-
-
-def _figure_cell(figure: dict[str, Any], key: str, sign: str = "") -> str:
-    """``"93.50 % +- 1.20"`` for ``figure[key]`` (an accuracy in percent)."""
-    scale, unit = (100.0, " %") if figure.get("metric") == "accuracy" else (1.0, "")
-    value = figure[key]
-    return f"{scale * value['mean']:{sign}.2f}{unit} +- {scale * value['ci95']:.2f}"
 
 
 def shot_counts(sampler: EpisodeSampler, candidates: Sequence[int] = (1, 2, 5, 10)
