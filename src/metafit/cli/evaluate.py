@@ -79,7 +79,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{args.run} [{where}]: {result.summary()}\n"
                          f"after 0..{result.steps} inner steps: {curve}\n"
                          f"BatchNorm: {BATCH_NORM_LINES[result.batch_norm]}\n")
+    sys.stdout.write(_forgetting_line(args.run))
     return 0
+
+
+def _forgetting_line(run: str) -> str:
+    """For a warm-started run, the line of its ``forgetting.json`` (written by training,
+    :mod:`metafit.runs.forgetting`; not recomputed here); ``""`` for other runs."""
+    from metafit.runs.forgetting import read_forgetting, summary
+
+    figure = read_forgetting(run)
+    if figure is None:
+        return ""
+    return f"forgetting (previous run's test tasks, from forgetting.json): {summary(figure)}\n"
 
 
 #: What the text output says about each BatchNorm setting of a result.

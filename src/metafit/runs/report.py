@@ -25,6 +25,7 @@ from metafit.evaluation.protocol import EvalResult, evaluate
 from metafit.io import atomic_write_text
 from metafit.runs.caveats import short_run_caveats
 from metafit.runs.directory import RunDir
+from metafit.runs.forgetting import figure_text, read_forgetting, record_forgetting
 from metafit.runs.plots import plot_adaptation, plot_training
 from metafit.runs.report_examples import run_examples
 from metafit.runs.report_page import ReportPage, Section, Table, to_html, to_markdown
@@ -83,6 +84,9 @@ def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
              for label, (p, recipe, algo) in loaded.items()}
     page = ReportPage("metafit report", warnings=banner)
     page.sections.append(_results_section(runs_, split))
+    forgetting = _forgetting_section(runs_, episodes, progress)
+    if forgetting is not None:
+        page.sections.append(forgetting)
     curves = Section("Training and adaptation", figures=[
         ("training.png", "Meta-training loss and validation metric against iteration")])
     plot_training(dirs, out / "training.png", banner)
@@ -153,6 +157,35 @@ def _results_section(runs: dict[str, Evaluated], split: str) -> Section:
     return Section(f"Results on {split} episodes", text=text, tables=[Table(
         ["run", "directory", "task", "metric", "mean", "95% CI", "episodes", "inner steps"],
         rows)])
+
+
+def _forgetting_section(runs: dict[str, Evaluated], episodes: int,
+                        progress: bool) -> Section | None:
+    """The warm-started runs' accuracy on their previous run's test tasks before and after
+    (``forgetting.json``, :mod:`metafit.runs.forgetting`; measured on ``episodes`` episodes
+    and written where a run has none yet); ``None`` when no run was warm-started."""
+    rows = []
+    for label, r in runs.items():
+        if not r.recipe.init_from:
+            continue
+        figure = read_forgetting(r.path) or record_forgetting(r.path, episodes, progress)
+        if figure["status"] != "measured":
+            rows.append([label, str(figure.get("previous_run", "")), "-", "-", "-",
+                         f"not measured: {figure.get('reason', '')}"])
+            continue
+        task = (f"{figure.get('ways')}-way {figure.get('shots')}-shot, "
+                f"{figure['episodes']} episodes")
+        rows.append([label, str(figure["previous_run"]), task, figure_text(figure, "before"),
+                     figure_text(figure, "after"), figure_text(figure, "delta", sign=True)])
+    if not rows:
+        return None
+    return Section("Forgetting (previous run's test tasks)", text=(
+        "A warm-started run (init_from) scored on the fixed test episodes of the run it "
+        "started from: before = the warm-start weights, after = this run's best; delta = "
+        "after - before, with the 95% CI of the per-episode differences (the same "
+        "episodes). From forgetting.json in each run directory."), tables=[Table(
+            ["run", "previous run", "previous test tasks", "before", "after", "delta"],
+            rows)])
 
 
 def shot_counts(sampler: EpisodeSampler, candidates: Sequence[int] = (1, 2, 5, 10)

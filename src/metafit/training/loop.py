@@ -114,6 +114,10 @@ class TrainingLoop:
         """What the start-of-run line calls the learner (``maml conv4``)."""
         return self.recipe.algorithm
 
+    def _after_training(self) -> None:
+        """Work on the finished checkpoints before the final status is written (every
+        rank calls it; the supervised trainer measures a warm start's forgetting)."""
+
     # -- the loop ------------------------------------------------------------------------
     def fit(self) -> TrainState:
         """Train to ``iterations`` (or early stop); returns the final counters.
@@ -131,6 +135,7 @@ class TrainingLoop:
                     callback.on_fit_start(self)
                 status, info = (self._train() if self.algo.meta_trained
                                 else self._no_training())
+                self._after_training()
             except KeyboardInterrupt:
                 self._finish("interrupted", iteration=self.state.iteration)
                 raise

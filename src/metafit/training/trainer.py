@@ -24,6 +24,7 @@ only be resumed with the same number of processes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +40,8 @@ from metafit.episodes import Episodes
 from metafit.evaluation.protocol import evaluate
 from metafit.execution.cuda_graphs import GraphedMetaGradients
 from metafit.runs.checkpoints import Resumable
+from metafit.runs.directory import RunDirError
+from metafit.runs.forgetting import check_previous_run, record_forgetting
 from metafit.training.build import frozen_body_cache, meta_batch_shares, samplers
 from metafit.training.callbacks import Callback
 from metafit.training.loop import TrainingLoop, ValidationHook
@@ -72,6 +75,8 @@ class Trainer(TrainingLoop):
         if recipe.is_rl:
             raise ValueError(f"dataset '{recipe.dataset}' is a meta-RL task family: train it "
                              "with metafit.training.rl.RLTrainer (make_trainer picks it)")
+        if recipe.init_from and not self.run.exists():  # a new run that will warm-start
+            check_previous_run(recipe.init_from)
         self.shares = meta_batch_shares(recipe, self.dist)
         self.train_sampler, self.val_sampler, self.num_train_classes = samplers(
             recipe, self.dist.rank)
@@ -103,6 +108,19 @@ class Trainer(TrainingLoop):
 
     def _learner_name(self) -> str:
         return f"{self.recipe.algorithm} {self.recipe.model}"
+
+    def _after_training(self) -> None:
+        """A warm-started run (``init_from``): the previous run's test accuracy before and
+        after, in ``forgetting.json`` (:mod:`metafit.runs.forgetting`; rank 0). What
+        cannot be read of the previous run by now is a warning, not a failed run."""
+        if not self.recipe.init_from or not self.dist.is_main:
+            return
+        try:
+            record_forgetting(self.run.path, progress=self.progress)
+        except (OSError, RunDirError) as e:
+            logging.getLogger(__name__).warning(
+                "%s: forgetting not measured: the previous run %s cannot be read (%s)",
+                self.run.path, self.recipe.init_from, e)
 
     def _step(self) -> dict[str, float]:
         """One meta-training step on this rank's share of a fresh meta-batch."""
