@@ -28,18 +28,25 @@ ALGORITHMS = ["protonet", "finetune", "linear_probe"]
 
 
 def objective(z: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-              penalty: float) -> torch.Tensor:
-    return F.cross_entropy(z @ weight.T + bias, y) + penalty * weight.pow(2).sum()
+              penalty: float, balanced: bool = False) -> torch.Tensor:
+    """The mean cross-entropy (``balanced``: each class's mean, averaged over classes)
+    plus the penalty, written out without ``cross_entropy``'s class weights."""
+    losses = -(z @ weight.T + bias).log_softmax(-1).gather(1, y[:, None])[:, 0]  # [B]
+    if balanced:
+        fit = torch.stack([losses[y == c].mean() for c in torch.unique(y)]).mean()
+    else:
+        fit = losses.mean()
+    return fit + penalty * weight.pow(2).sum()
 
 
-def newton(features: torch.Tensor, y: torch.Tensor, ways: int, penalty: float
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def newton(features: torch.Tensor, y: torch.Tensor, ways: int, penalty: float,
+           balanced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The same objective minimised by Newton's method on the full Hessian (float64)."""
     z = F.normalize(features, dim=-1)
     size = ways * z.shape[1]
 
     def f(theta: torch.Tensor) -> torch.Tensor:
-        return objective(z, y, theta[:size].view(ways, -1), theta[size:], penalty)
+        return objective(z, y, theta[:size].view(ways, -1), theta[size:], penalty, balanced)
 
     theta = torch.zeros(size + ways, dtype=torch.float64)
     for _ in range(30):
@@ -64,6 +71,31 @@ def test_lbfgs_reaches_the_newton_optimum(penalty: float) -> None:
     torch.testing.assert_close(weight, w_ref, rtol=0, atol=2e-4)
     torch.testing.assert_close(bias, b_ref, rtol=0, atol=2e-4)
     assert not weight.requires_grad and weight.shape == (4, 5) and bias.shape == (4,)
+
+
+def test_an_unequal_support_set_is_fitted_class_balanced() -> None:
+    torch.manual_seed(2)
+    y = torch.tensor([0] * 9 + [1] * 3 + [2])  # a class added with one example
+    x = torch.randn(13, 5, dtype=torch.float64) + 1.5 * F.one_hot(y, 5).double()
+    weight, bias = fit_logistic_head(x, y, 3, 1e-3)
+    w_ref, b_ref = newton(x, y, 3, 1e-3, balanced=True)
+    z = F.normalize(x, dim=-1)
+    gap = float(objective(z, y, weight, bias, 1e-3, True)
+                - objective(z, y, w_ref, b_ref, 1e-3, True))
+    assert abs(gap) < 1e-8
+    torch.testing.assert_close(weight, w_ref, rtol=0, atol=1e-3)
+    torch.testing.assert_close(bias, b_ref, rtol=0, atol=1e-3)
+    unbalanced = objective(z, y, *newton(x, y, 3, 1e-3), 1e-3, True)
+    assert float(unbalanced) > float(objective(z, y, weight, bias, 1e-3, True)) + 1e-3
+    # mirrored classes, 10 examples against 1: the midpoint is a tie only when balanced
+    a = torch.tensor([[1.0, 0.2], [1.0, -0.2]], dtype=torch.float64)
+    x2 = torch.cat([a.repeat(5, 1), torch.tensor([[0.2, 1.0]], dtype=torch.float64)])
+    y2 = torch.tensor([0] * 10 + [1])
+    w2, b2 = fit_logistic_head(x2, y2, 2, 1e-2)
+    middle = logistic_logits(torch.tensor([[1.0, 1.0]], dtype=torch.float64), w2, b2)
+    plain = newton(x2, y2, 2, 1e-2)
+    middle_plain = logistic_logits(torch.tensor([[1.0, 1.0]], dtype=torch.float64), *plain)
+    assert float(middle.softmax(-1)[0, 1]) > float(middle_plain.softmax(-1)[0, 1]) + 0.1
 
 
 def test_a_larger_penalty_gives_smaller_weights_and_the_fit_is_deterministic() -> None:

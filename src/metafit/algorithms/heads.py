@@ -13,6 +13,14 @@ The objective, for support features ``f_i [F]`` with labels ``y_i``::
 
 is convex; L-BFGS with a strong-Wolfe line search solves it from zero in a few dozen
 iterations for a few hundred examples.
+
+When the classes of the support set have different numbers of examples (a model updated
+with one example of a new class beside five of each old one), the mean is *class
+balanced*: example ``i`` weighs ``1 / n_{y_i}``, so every class counts as much in the
+objective (King & Zeng 2001's prior correction; scikit-learn's ``class_weight=
+"balanced"``). Without it the bias learns the class frequencies of the support set, and
+a class added with one example is rarely predicted (measured: benchmarks/RESULTS.md,
+"Continual updates"). A balanced support set gets the plain mean, unchanged.
 """
 
 from __future__ import annotations
@@ -72,9 +80,18 @@ def fit_logistic_head(features: Tensor, labels: Tensor, ways: int, penalty: floa
     solver = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter,
                                line_search_fn="strong_wolfe")
 
+    counts = torch.bincount(labels, minlength=ways)  # [N]
+    present = counts[counts > 0]
+    balance = None  # equal classes: the plain mean
+    if len(present) and int(present.min()) != int(present.max()):
+        balance = torch.where(counts > 0, 1.0 / counts.clamp(min=1), 0.0).to(z.dtype)  # [N]
+        # cross_entropy's weighted mean divides by the sum of the examples' weights:
+        # sum_i l_i / n_{y_i} / (number of present classes)
+
     def closure() -> Tensor:
         solver.zero_grad()
-        loss = F.cross_entropy(F.linear(z, weight, bias), labels) + penalty * weight.pow(2).sum()
+        fit = F.cross_entropy(F.linear(z, weight, bias), labels, weight=balance)
+        loss = fit + penalty * weight.pow(2).sum()
         loss.backward()
         return loss
 
