@@ -209,6 +209,8 @@ def test_an_adapted_model_directory_predicts_alone(family: str, algorithm: str, 
     path = model.save(tmp_path / "model")
     assert (path / "encoder" / PROCESSOR_FILE).is_file()
     assert (path / "encoder" / "config.json").is_file()
+    spec = json.loads((path / "model.json").read_text())["preprocessing"]
+    assert spec["in_model"]["mean"] == list(model.module.body.processing.mean)
     loaded = AdaptedModel.load(path)
     queries = [inputs[i] for i in (keep[4], keep[10])]
     x = loaded.preprocess(queries)

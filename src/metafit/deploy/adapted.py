@@ -235,9 +235,16 @@ class AdaptedModel:
 
     # -- persistence ------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
-        """The content of ``model.json``."""
+        """The content of ``model.json``. An image encoder's own preprocessing (resize,
+        crop, normalisation: part of the module, so of its ONNX export too) is described
+        under ``preprocessing.in_model``."""
+        preprocessing = self.preprocessor.spec()
+        processing = getattr(self.module.body, "processing", None)
+        if processing is not None:
+            preprocessing["in_model"] = {**processing.to_dict(),
+                                         "processor": ENCODER + "preprocessor_config.json"}
         return {"kind": self.kind, "labels": self.label_names, "architecture": self.arch,
-                "preprocessing": self.preprocessor.spec(), "adaptation": self.info,
+                "preprocessing": preprocessing, "adaptation": self.info,
                 "compression": self.compression,
                 "reject": None if self.reject is None else self.reject.to_dict(),
                 "metafit_version": __version__}
