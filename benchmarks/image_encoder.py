@@ -251,7 +251,7 @@ def table(rows: list[dict[str, Any]], pre: dict[str, Any], extra: dict[str, Any]
         f"Encoder: ViT (4 layers, width 64, patch 7, 28x28 RGB), pretrained by metafit on "
         f"the {pre['classes']} Glyphs training characters (ProtoNet, 20-way 5-shot, "
         f"{pre['iterations']} iterations, {pre['seconds']:.0f} s; best Glyphs validation "
-        f"5-way 1-shot {100 * pre['best_val_accuracy']:.1f}%), its encoder saved with "
+        f"5-way 5-shot {100 * pre['best_val_accuracy']:.1f}%), its encoder saved with "
         "`save_pretrained` and loaded back by directory (`model: image_encoder`, "
         "`image_model: DIR`): the path of a downloaded checkpoint.", "",
         "| row | meta-training s | 5-way 1-shot | 5-way 5-shot |", "|---|---|---|---|"]
