@@ -12,7 +12,8 @@ A model directory (written atomically, :mod:`metafit.deploy.modeldir`)::
       recipe.yaml     the run's recipe and the library version
       support.safetensors  the preprocessed support set {"x": [S, *x], "y": [S]} (export
                       parity checks and compression use it)
-      encoder/        text models: the encoder's config.json and tokenizer files
+      encoder/        text models: the encoder's config.json and tokenizer files;
+                      image_encoder: its config.json and preprocessor_config.json
 
 The module is rebuilt from ``recipe.yaml`` + ``model.json`` (+ ``encoder/config.json``)
 and the weights alone: neither the run directory nor the pretrained encoder is needed.
