@@ -38,6 +38,12 @@ def build_model(recipe: Recipe) -> nn.Module:
         return text_model(out, recipe.text_model, pooling=recipe.pooling, adapt=recipe.adapt,
                           adapt_layers=recipe.adapt_layers, lora_r=recipe.lora_r,
                           lora_alpha=recipe.lora_alpha, dropout=recipe.text_dropout)
+    if recipe.model == "image_encoder":
+        from metafit.models.image_encoder import image_encoder_model
+
+        return image_encoder_model(out, recipe.image_model, adapt=recipe.adapt,
+                                   adapt_layers=recipe.adapt_layers, lora_r=recipe.lora_r,
+                                   lora_alpha=recipe.lora_alpha)
     if recipe.model == "resnet18":
         return resnet18(out_features=out, in_channels=recipe.channels,
                         image_size=recipe.image_size, width=recipe.hidden)

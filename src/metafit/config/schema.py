@@ -56,7 +56,9 @@ TEXT_DATASETS = ("text_table", "text_csv")
 IMAGE_DATASETS = ("omniglot", "glyphs", "image_folder", "image_table", "idx")
 #: The datasets ``split_scheme: all_classes`` splits by example.
 ALL_CLASSES_DATASETS = ("omniglot", "image_folder", "image_table", *TEXT_DATASETS)
-ModelName = Literal["conv4", "mlp", "resnet12", "resnet18", "text"]
+ModelName = Literal["conv4", "mlp", "resnet12", "resnet18", "text", "image_encoder"]
+#: The models built on a pretrained Hugging Face encoder (they take ``adapt`` scopes).
+ENCODER_MODELS = ("text", "image_encoder")
 
 
 class Recipe(BaseModel):
@@ -118,7 +120,8 @@ class Recipe(BaseModel):
 
     # -- model -----------------------------------------------------------------------
     model: ModelName = Field("conv4",
-        description='the backbone (text: a local Hugging Face encoder, text_model)')
+        description='the backbone (text: a local Hugging Face encoder, text_model; '
+        'image_encoder: a local Hugging Face image encoder, image_model)')
     hidden: int = Field(64, gt=0, description="filters (conv4) or units (mlp)")
     depth: int = Field(4, gt=0, description="blocks (conv4) or hidden layers (mlp)")
     strided: bool = Field(False, description="conv4: stride-2 convolutions, no pooling")
@@ -145,7 +148,8 @@ class Recipe(BaseModel):
         "full", description="what the inner loop adapts and the outer loop meta-learns: "
         "the whole encoder, its top adapt_layers layers, the head only, or LoRA adapters "
         "(each with the head)")
-    adapt_layers: int = Field(2, gt=0, description="adapt: top: transformer layers adapted")
+    adapt_layers: int = Field(2, gt=0, description="adapt: top: transformer layers "
+                              "(image_encoder: layers, or ConvNeXt / ResNet stages) adapted")
     lora_r: int = Field(8, gt=0, description="adapt: lora: rank")
     lora_alpha: int = Field(16, gt=0, description="adapt: lora: scale alpha (/ r)")
     text_dropout: float = Field(0.0, ge=0, lt=1, description="encoder dropout")
@@ -160,6 +164,12 @@ class Recipe(BaseModel):
         "and test episodes stay intact")
     augment_strength: float = Field(1.0, gt=0, le=3, description="augment: affine: "
                                     "multiplies the ranges of the distortions")
+
+    # -- image encoders (model: image_encoder; docs/images.md) ------------------------
+    image_model: str | None = Field(None, description="model image_encoder: local Hugging "
+                                    "Face image model directory (config.json, weights, "
+                                    "preprocessor_config.json): ViT, DINOv2, CLIP vision, "
+                                    "ConvNeXt, ResNet")
 
     # -- algorithm -------------------------------------------------------------------
     algorithm: str = Field("maml",
@@ -299,9 +309,14 @@ class Recipe(BaseModel):
         if (self.dataset in TEXT_DATASETS) != (self.model == "text"):
             raise ValueError("dataset 'text_table' (or 'text_csv') and model 'text' go "
                              f"together (got dataset '{self.dataset}', model '{self.model}')")
-        if self.adapt != "full" and self.model != "text":
-            raise ValueError(f"adapt '{self.adapt}' is for text models; other models adapt "
-                             "all their parameters (ANIL adapts the head)")
+        if self.adapt != "full" and self.model not in ENCODER_MODELS:
+            raise ValueError(f"adapt '{self.adapt}' is for text models and image_encoder; "
+                             "other models adapt all their parameters (ANIL adapts the "
+                             "head)")
+        if (self.image_model is not None) != (self.model == "image_encoder"):
+            raise ValueError("model 'image_encoder' and image_model (its local Hugging Face "
+                             "directory) go together (got model "
+                             f"'{self.model}', image_model {self.image_model!r})")
         if self.text_mask and self.model != "text":
             raise ValueError(f"text_mask is for text models, not model '{self.model}'")
         if self.augment != "none" and self.dataset not in IMAGE_DATASETS:

@@ -12,7 +12,8 @@ A model directory (written atomically, :mod:`metafit.deploy.modeldir`)::
       recipe.yaml     the run's recipe and the library version
       support.safetensors  the preprocessed support set {"x": [S, *x], "y": [S]} (export
                       parity checks and compression use it)
-      encoder/        text models: the encoder's config.json and tokenizer files
+      encoder/        text models: the encoder's config.json and tokenizer files;
+                      image_encoder: its config.json and preprocessor_config.json
       versions/, current  after updates: later versions and the one that loads
                       (:mod:`metafit.deploy.versions`)
 
@@ -238,9 +239,16 @@ class AdaptedModel:
 
     # -- persistence ------------------------------------------------------------------
     def spec(self) -> dict[str, Any]:
-        """The content of ``model.json``."""
+        """The content of ``model.json``. An image encoder's own preprocessing (resize,
+        crop, normalisation: part of the module, so of its ONNX export too) is described
+        under ``preprocessing.in_model``."""
+        preprocessing = self.preprocessor.spec()
+        processing = getattr(self.module.body, "processing", None)
+        if processing is not None:
+            preprocessing["in_model"] = {**processing.to_dict(),
+                                         "processor": ENCODER + "preprocessor_config.json"}
         return {"kind": self.kind, "labels": self.label_names, "architecture": self.arch,
-                "preprocessing": self.preprocessor.spec(), "adaptation": self.info,
+                "preprocessing": preprocessing, "adaptation": self.info,
                 "compression": self.compression,
                 "reject": None if self.reject is None else self.reject.to_dict(),
                 "metafit_version": __version__}

@@ -18,6 +18,7 @@ classes ``0..N-1``.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import threading
 from collections import Counter
@@ -130,6 +131,26 @@ def _encoder_assets(algo: Algorithm, tokenizer_dir: Path) -> tuple[dict[str, byt
     return assets, config
 
 
+def _image_encoder_assets(recipe: Recipe, algo: Algorithm) -> tuple[dict[str, bytes], Any]:
+    """``encoder/...`` files of an image_encoder model (the encoder's config as built, and
+    the image processor's config, whose resize and normalisation the body applies) and
+    the :class:`~metafit.models.image_encoder.EncoderSpec` that rebuilds the body."""
+    from metafit.models.image_encoder import (
+        PROCESSOR_FILE,
+        EncoderSpec,
+        check_image_model_dir,
+        read_processing,
+    )
+
+    body = cast(Any, algo.model.body)
+    config = copy.deepcopy(body.encoder.config)
+    _, processor = read_processing(check_image_model_dir(recipe.image_model, weights=False),
+                                   body.processing.channels)
+    assets = {ENCODER + "config.json": config.to_json_string().encode(),
+              ENCODER + PROCESSOR_FILE: json.dumps(processor, indent=1).encode()}
+    return assets, EncoderSpec(config, body.processing)
+
+
 class Adapter:
     """A meta-trained algorithm ready to adapt to support sets.
 
@@ -154,6 +175,8 @@ class Adapter:
         if isinstance(self.preprocessor, TextPreprocessor):
             self._assets, self._text_config = _encoder_assets(algo,
                                                               self.preprocessor.tokenizer_dir)
+        elif recipe.model == "image_encoder":
+            self._assets, self._text_config = _image_encoder_assets(recipe, algo)
 
     @classmethod
     def from_run(cls, run: str | os.PathLike[str], which: str = "best",

@@ -103,16 +103,18 @@ def architecture(learner: Learner, batch_norm: BatchNormMode) -> dict[str, Any]:
     else:
         ways, features = learner.params["head.weight"].shape
         kind = "logistic" if isinstance(head, LogisticHead) else "linear"
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in learner.module.modules())
+    has_bn = bool(_batch_norms(learner.module))
     return {"head": kind, "ways": int(ways), "features": int(features),
             "batch_norm": batch_norm if has_bn else "none", **extra}
 
 
 def _batch_norms(module: nn.Module) -> list[tuple[nn.Module, str, nn.modules.batchnorm._BatchNorm]]:
-    """``(parent, child name, layer)`` of every BatchNorm layer."""
+    """``(parent, child name, layer)`` of every batch-statistics BatchNorm layer (those
+    with running statistics, a pretrained encoder's, keep them)."""
     return [(parent, name, child) for parent in module.modules()
             for name, child in parent.named_children()
-            if isinstance(child, nn.modules.batchnorm._BatchNorm)]
+            if isinstance(child, nn.modules.batchnorm._BatchNorm)
+            and not child.track_running_stats]
 
 
 def _frozen_like(bn: nn.modules.batchnorm._BatchNorm) -> nn.modules.batchnorm._BatchNorm:
@@ -186,14 +188,22 @@ def build_module(arch: Mapping[str, Any], recipe: Recipe, text_config: Any = Non
                  pad_id: int = 0) -> FewShotModel:
     """An untrained module with the structure of an adapted model (load its state dict
     into it): ``recipe``'s body (text: built from the encoder's ``text_config``, see
-    :func:`encoder_config`), the head of ``arch``, and frozen BatchNorm layers for
-    ``arch["batch_norm"] == "support"``. In eval mode."""
+    :func:`encoder_config`; image_encoder: from ``text_config``, an
+    :class:`~metafit.models.image_encoder.EncoderSpec`), the head of ``arch``, and frozen
+    BatchNorm layers for ``arch["batch_norm"] == "support"``. In eval mode."""
     from metafit.algorithms.from_recipe import build_model
 
     if recipe.model == "text":
         if text_config is None:
             raise ValueError("a text model needs its encoder's config")
         body = _text_body(recipe, text_config, pad_id)
+    elif recipe.model == "image_encoder":
+        from metafit.models.image_encoder import EncoderSpec, encoder_from_config
+
+        if not isinstance(text_config, EncoderSpec):
+            raise ValueError("an image_encoder model needs its encoder's config and "
+                             "preprocessing (an EncoderSpec)")
+        body = encoder_from_config(text_config)
     else:
         body = cast(FewShotModel, build_model(recipe.model_copy(update={"ways": 1}))).body
     ways, features = int(arch["ways"]), int(arch["features"])

@@ -191,5 +191,26 @@ def _preprocessing(spec: dict[str, Any], recipe: Recipe, files: dict[str, bytes]
     prep = preprocessor_from_spec(prep_spec, private)
     if isinstance(prep, TextPreprocessor):
         prep.load()  # now, while the private copy exists
-    config = encoder_config(private / ENCODER) if recipe.model == "text" else None
+    config: Any = None
+    if recipe.model == "text":
+        config = encoder_config(private / ENCODER)
+    elif recipe.model == "image_encoder":
+        config = _image_encoder_spec(private / ENCODER)
     return prep, config
+
+
+def _image_encoder_spec(encoder_dir: Path) -> Any:
+    """The :class:`~metafit.models.image_encoder.EncoderSpec` of an image_encoder model
+    directory's verified ``encoder/`` copy (its config.json and preprocessor_config.json,
+    parsed as JSON: no processor class is instantiated)."""
+    from metafit.models.image_encoder import PROCESSOR_FILE, EncoderSpec, ImageProcessing
+
+    config = encoder_config(encoder_dir)
+    processor = json.loads((encoder_dir / PROCESSOR_FILE).read_text())
+    if not isinstance(processor, dict):
+        raise ValueError(f"encoder/{PROCESSOR_FILE} must hold a JSON object")
+    processing = ImageProcessing.from_config(processor, int(getattr(config, "num_channels", 3)))
+    side = max((*(processing.resize or ()), *(processing.crop or ())), default=0)
+    if side > MAX_IMAGE_SIZE:
+        raise ValueError(f"encoder/{PROCESSOR_FILE}: sizes must be at most {MAX_IMAGE_SIZE}")
+    return EncoderSpec(config, processing)

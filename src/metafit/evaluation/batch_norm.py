@@ -37,12 +37,14 @@ BatchNorm layer's input (biased variance, as training-mode BatchNorm uses)."""
 
 
 def batch_norm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """Every BatchNorm layer of ``module``."""
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """Every batch-statistics BatchNorm layer of ``module`` (layers with running
+    statistics, a pretrained image encoder's, normalise every row alike)."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not m.track_running_stats]
 
 
 def has_batch_norm(module: nn.Module) -> bool:
-    """Whether ``module`` holds a BatchNorm layer."""
+    """Whether ``module`` holds a batch-statistics BatchNorm layer."""
     return bool(batch_norm_layers(module))
 
 

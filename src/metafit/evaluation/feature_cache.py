@@ -21,10 +21,11 @@ The body runs itself, uncached, on any call
 * that needs gradients through the body (grad mode on and a parameter requiring grad), or
   runs under ``vmap``;
 
-and the cache is never installed on a body with batch statistics (``BatchNorm``: one
-example's output depends on the rest of the batch, see :mod:`metafit.evaluation.protocol`) or
-active dropout. An in-place change of the body's own parameters (an optimizer step)
-empties it.
+and the cache is never installed on a body with batch statistics (``BatchNorm`` in
+training mode or without running statistics: one example's output depends on the rest of
+the batch, see :mod:`metafit.evaluation.protocol`; a pretrained image encoder's BatchNorm,
+held in eval mode, is cacheable) or active dropout. An in-place change of the body's own
+parameters (an optimizer step) empties it.
 
 Results equal the uncached ones up to float rounding: a row's features are computed in a
 batch of other rows, which may change the last bits of a text encoder's output (another
@@ -57,7 +58,8 @@ def uncacheable_reason(body: nn.Module | None) -> str | None:
     if body is None:
         return "the model has no body"
     for name, m in body.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+                m.training or not m.track_running_stats):
             return f"{name or 'body'} normalises with batch statistics"
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0:
             return f"{name or 'body'} applies dropout (p={m.p})"

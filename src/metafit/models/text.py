@@ -11,16 +11,10 @@ attention twice. Dropout is off by default (``dropout=0``): an inner loop on fiv
 examples is noisy enough, and random layers make the task-parallel path fall back to one
 thread.
 
-What adapts (``adapt``), for every algorithm alike (the inner loop adapts, and the outer
-loop meta-learns, exactly the trainable parameters):
-
-- ``full``: the whole encoder (embeddings included) and the head;
-- ``top``: the top ``adapt_layers`` transformer layers and the head; the rest is frozen;
-- ``head``: the head only (the encoder is a frozen feature extractor);
-- ``lora``: LoRA adapters (Hu et al. 2021, rank ``lora_r``, scale ``lora_alpha / r``) on
-  the attention query and value projections of every layer, via ``peft``, and the head;
-  the encoder's own weights are frozen. The outer loop meta-learns the adapters'
-  initialisation, as in meta-learned LoRA initialisations for few-shot text classification.
+What adapts (``adapt``: full, top, head, lora) is :func:`metafit.models.adapt.
+apply_adapt_scope`, shared with image encoders. With ``lora`` the outer loop meta-learns
+the adapters' initialisation, as in meta-learned LoRA initialisations for few-shot text
+classification.
 """
 
 from __future__ import annotations
@@ -32,6 +26,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
+from metafit.models.adapt import AdaptScope, apply_adapt_scope, transformer_layers
 from metafit.models.base import FewShotModel, count_parameters, make_head
 
 __all__ = ["TextBody", "text_model", "apply_adapt_scope", "count_parameters", "AdaptScope",
@@ -39,7 +34,6 @@ __all__ = ["TextBody", "text_model", "apply_adapt_scope", "count_parameters", "A
 
 log = logging.getLogger(__name__)
 
-AdaptScope = Literal["full", "top", "head", "lora"]
 Pooling = Literal["mean", "cls"]
 
 
@@ -129,52 +123,6 @@ def load_encoder(path: str | Path | None, dropout: float = 0.0) -> tuple[nn.Modu
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()
     return encoder, pad_id(root)
-
-
-def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
-    """The encoder's stack of transformer layers (the longest ``nn.ModuleList``)."""
-    lists = [m for m in encoder.modules() if isinstance(m, nn.ModuleList)]
-    if not lists:
-        raise ValueError(f"{type(encoder).__name__} has no list of transformer layers")
-    return max(lists, key=len)
-
-
-def apply_adapt_scope(model: FewShotModel, scope: AdaptScope, layers: int = 2,
-                      lora_r: int = 8, lora_alpha: int = 16) -> None:
-    """Set which parameters train (``requires_grad``); add LoRA adapters for ``lora``."""
-    body = model.body
-    if not isinstance(body, TextBody):
-        raise ValueError("adapt scopes other than 'full' are for text models")
-    encoder = body.encoder
-    if scope == "full":
-        encoder.requires_grad_(True)
-    elif scope in ("top", "head"):
-        encoder.requires_grad_(False)
-        if scope == "top":
-            stack = transformer_layers(encoder)
-            if not 1 <= layers <= len(stack):
-                raise ValueError(f"adapt_layers={layers}, but the encoder has {len(stack)} "
-                                 "layers")
-            for layer in stack[len(stack) - layers:]:
-                layer.requires_grad_(True)
-    elif scope == "lora":
-        from peft import LoraConfig, inject_adapter_in_model
-
-        encoder.requires_grad_(False)
-        targets = sorted({name.rsplit(".", 1)[-1] for name, m in encoder.named_modules()
-                          if isinstance(m, nn.Linear)} & {"query", "value", "q_proj",
-                                                          "v_proj", "q_lin", "v_lin"})
-        if not targets:
-            raise ValueError("found no attention query/value projections for LoRA in "
-                             f"{type(encoder).__name__}")
-        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0,
-                            target_modules=targets, bias="none")
-        body.encoder = inject_adapter_in_model(config, encoder)
-        for name, p in body.encoder.named_parameters():
-            p.requires_grad_("lora_" in name)
-    else:
-        raise ValueError(f"unknown adapt scope {scope!r}; use full, top, head or lora")
-    model.head.requires_grad_(True)
 
 
 def text_model(out_features: int | None, path: str | Path | None = None,

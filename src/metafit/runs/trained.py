@@ -12,7 +12,7 @@ from torch import nn
 
 from metafit.algorithms.from_recipe import build_algorithm
 from metafit.config.recipe import RecipeError
-from metafit.config.schema import Recipe, make_recipe
+from metafit.config.schema import ENCODER_MODELS, Recipe, make_recipe
 from metafit.data.sampler import EpisodeSampler
 from metafit.data.splits import Split, load_split
 from metafit.distributed import SINGLE, DistContext
@@ -70,7 +70,7 @@ def load_trained(run: str | Path, which: str = "best", device: str | None = None
     path = rd.trained_checkpoint(which)
     ckpt = load_checkpoint(path)
     classes = ckpt.get("num_train_classes")
-    if recipe.model != "text":  # sizes first, on the meta device: a forged config.yaml
+    if recipe.model not in ENCODER_MODELS:  # sizes first, on the meta device: a forged config.yaml
         with torch.device("meta"):  # cannot make this allocate without bound
             check_architecture(build_algorithm(recipe, classes), ckpt["algorithm"], str(path))
     algo = build_algorithm(recipe, classes)
