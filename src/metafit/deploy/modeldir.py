@@ -51,7 +51,7 @@ from metafit.deploy.manifest import (
 )
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_model_dir", "read_model_dir",
-           "resolve", "sha256", "check_manifest", "check_file_name"]
+           "resolve", "sha256", "check_manifest", "check_file_name", "check_replaceable"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,13 @@ def _replaceable(path: Path) -> None:
         return
     raise ModelDirError(f"{path} exists and is not a metafit model directory (no {MANIFEST}); "
                         "refusing to replace it: choose another output path")
+
+
+def check_replaceable(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`ModelDirError` unless :func:`write_model_dir` may write ``path``
+    (absent, an empty directory or a model directory): checked before long work whose
+    result goes there."""
+    _replaceable(Path(path))
 
 
 def _install(tmp: Path, path: Path) -> None:
