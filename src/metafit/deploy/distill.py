@@ -588,14 +588,16 @@ def _split(count: int, share: float, seed: int) -> tuple[Tensor, Tensor]:
 
 def distill(teacher: AdaptedModel, student: str | Student, inputs: Sequence[Any],
             settings: DistillSettings | None = None,
-            progress: Callable[[int, float], None] | None = None
-            ) -> tuple[AdaptedModel, dict[str, Any]]:
+            progress: Callable[[int, float], None] | None = None,
+            teacher_logits: Tensor | None = None) -> tuple[AdaptedModel, dict[str, Any]]:
     """``teacher`` distilled into ``student`` (a spec, :func:`parse_student`) on the
     unlabelled ``inputs`` (texts or images, :func:`read_unlabelled`); the student model
     and a report (sizes, agreement with the teacher on the held-out inputs before and
     after training, the settings, seconds).
 
-    ``progress(step, loss)`` is called after every step.
+    ``progress(step, loss)`` is called after every step. ``teacher_logits [M, N]``: the
+    teacher's logits of ``inputs`` when already computed (several students distilled on
+    the same inputs); otherwise computed here.
 
     Raises:
         ValueError: a quantized teacher (distil the float model), a bad student spec or
@@ -625,7 +627,11 @@ def distill(teacher: AdaptedModel, student: str | Student, inputs: Sequence[Any]
     x_s = x_t if model.preprocessor is teacher.preprocessor else _preprocess(model, inputs)
     log.info("distilling %s into %s on %d unlabelled inputs: teacher's soft labels first",
              teacher, student.spec, len(inputs))
-    z_t = teacher.logits(x_t)  # [M, N]
+    if teacher_logits is not None and teacher_logits.shape != (len(inputs),
+                                                               len(teacher.label_names)):
+        raise ValueError(f"teacher_logits {tuple(teacher_logits.shape)} for {len(inputs)} "
+                         f"inputs and {len(teacher.label_names)} classes")
+    z_t = teacher.logits(x_t) if teacher_logits is None else teacher_logits  # [M, N]
     train, held_out = _split(len(inputs), settings.held_out, settings.seed)
     held = held_out if len(held_out) else train
     where = "held-out unlabelled inputs" if len(held_out) else "unlabelled inputs"
