@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="use only the first N unlabelled sentences (default: all)")
     parser.add_argument("--max-test", type=int, default=None,
                         help="score only the first N test sentences (a smoke run)")
+    parser.add_argument("--students-only", action="store_true", help="no int8 and pruned "
+                        "teacher rows (a second run with other student settings)")
     parser.add_argument("--repeats", type=int, default=15, help="latency rounds")
     parser.add_argument("--work", default="/tmp/bench_distill", help="scratch folder")
     parser.add_argument("--name", default="distill", help="the RESULTS.md block and the "
@@ -142,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
           f"labels of {len(texts)} unlabelled sentences in {label_seconds:.0f} s",
           file=sys.stderr)
 
-    models: dict[str, AdaptedModel] = {"teacher (float)": teacher,
-                                       "teacher int8": quantize(teacher),
-                                       "teacher pruned 30%": prune(teacher, 0.3)}
+    models: dict[str, AdaptedModel] = {"teacher (float)": teacher}
+    if not args.students_only:
+        models.update({"teacher int8": quantize(teacher),
+                       "teacher pruned 30%": prune(teacher, 0.3)})
     reports: dict[str, dict[str, Any]] = {}
     for spec in args.students:
         settings = DistillSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
