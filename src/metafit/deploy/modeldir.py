@@ -51,7 +51,7 @@ from metafit.deploy.manifest import (
 )
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_model_dir", "read_model_dir",
-           "resolve", "sha256", "check_manifest", "check_file_name", "check_replaceable"]
+           "resolve", "sha256", "check_manifest", "check_file_name"]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _replaceable(path: Path) -> None:
 def check_replaceable(path: str | os.PathLike[str]) -> None:
     """Raise :class:`ModelDirError` unless :func:`write_model_dir` may write ``path``
     (absent, an empty directory or a model directory): checked before long work whose
-    result goes there."""
+    result goes there (``compress --distill``)."""
     _replaceable(Path(path))
 
 
