@@ -60,6 +60,29 @@ def _episode_figures(args: argparse.Namespace, model: Any, compress: Callable[[A
     return {"run": str(run), "episodes": args.episodes, **rows}
 
 
+def _distilled(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any]]:
+    """``model`` distilled as ``--distill`` asks (inputs and output checked first)."""
+    from metafit.deploy.distill import DistillSettings, distill, parse_student, read_unlabelled
+    from metafit.deploy.modeldir import check_replaceable
+
+    if args.episodes is not None:
+        raise ValueError("--episodes re-adapts the source run per episode; with --distill "
+                         "it would distil once per episode: measure the student on a test "
+                         "set instead (metafit score)")
+    student = parse_student(args.distill, model)
+    if not args.unlabelled:
+        raise ValueError("--distill needs --unlabelled PATH: a table with a text column, "
+                         "or a folder of images")
+    settings = DistillSettings(steps=args.distill_steps, batch_size=args.distill_batch,
+                               lr=args.distill_lr, temperature=args.distill_temperature,
+                               support_weight=args.support_weight, seed=args.seed,
+                               max_inputs=args.max_unlabelled)
+    inputs = read_unlabelled(args.unlabelled, model.kind, args.text_column,
+                             settings.max_inputs)
+    check_replaceable(args.out)
+    return distill(model, student, inputs, settings)
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from metafit.deploy.adapted import AdaptedModel
     from metafit.deploy.compress import compare
@@ -67,13 +90,23 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from metafit.runs.trained import check_count
 
     check_count("--episodes", args.episodes, default="no accuracy measurement")
-    if not args.quantize and args.prune is None:
-        raise ValueError("nothing to do: give --quantize int8 and/or --prune SPARSITY")
+    if not args.quantize and args.prune is None and not args.distill:
+        raise ValueError("nothing to do: give --distill STUDENT, --quantize int8 and/or "
+                         "--prune SPARSITY")
+    if args.unlabelled and not args.distill:
+        raise ValueError("--unlabelled is for --distill STUDENT")
     model = AdaptedModel.load(args.model)
     compress = _compression(args)
-    compressed = compress(model)
+    report = None
+    if args.distill:
+        student, report = _distilled(args, model)
+        compressed = compress(student)
+    else:
+        compressed = compress(model)
     compressed.save(args.out)
     figures = compare(model, compressed)
+    if report is not None:
+        figures["distill"] = report
     if args.episodes is not None:
         figures["test_episodes"] = _episode_figures(args, model, compress)
     if args.json:
@@ -133,10 +166,36 @@ def _fraction(text: str) -> float:
 
 def add_compress_parser(sub: Any) -> None:
     """Add ``compress`` to the subparsers ``sub``."""
-    p = add_model_verb(sub, "compress", "int8 quantization and/or magnitude pruning of an "
-                       "adapted model (size, latency and agreement reported)", _cmd_compress)
+    p = add_model_verb(sub, "compress", "distillation into a smaller student, int8 "
+                       "quantization and/or magnitude pruning of an adapted model (size, "
+                       "latency and agreement reported)", _cmd_compress)
     add_threads_option(p)
-    p.add_argument("--out", required=True, help="the compressed model directory")
+    p.add_argument("-o", "--out", required=True, help="the compressed model directory")
+    p.add_argument("--distill", metavar="STUDENT", help="train a smaller student on the "
+                   "model's soft labels of --unlabelled inputs (Hinton et al. 2015). Text: "
+                   "layers:N (the first N layers of the model's encoder), layers:0,2,4 (those "
+                   "layers) or a local Hugging Face encoder directory; images: "
+                   "NAME[:HIDDEN[:DEPTH]] (conv4:32, mlp:256). Then --prune/--quantize, if "
+                   "given, apply to the student")
+    p.add_argument("--unlabelled", metavar="PATH", help="with --distill: unlabelled inputs, "
+                   "a table (.csv, .jsonl, .parquet, datasets directory) with a text column, "
+                   "or a folder of images")
+    p.add_argument("--text-column", default="text", help="with --distill: the texts' column "
+                   "(default text)")
+    p.add_argument("--distill-steps", type=int, default=300, help="with --distill: training "
+                   "steps (default 300)")
+    p.add_argument("--distill-batch", type=int, default=32, help="with --distill: inputs per "
+                   "step (default 32)")
+    p.add_argument("--distill-lr", type=float, default=None, help="with --distill: peak "
+                   "learning rate (default 1e-4 text, 1e-3 images)")
+    p.add_argument("--distill-temperature", type=float, default=2.0, help="with --distill: "
+                   "the distillation temperature T (default 2)")
+    p.add_argument("--support-weight", type=float, default=0.0, help="with --distill: weight "
+                   "of the cross entropy on the stored support set's labels (default 0)")
+    p.add_argument("--max-unlabelled", type=int, default=50_000, help="with --distill: most "
+                   "unlabelled inputs accepted (default 50000)")
+    p.add_argument("--seed", type=int, default=0, help="with --distill: seed of the "
+                   "student's fresh weights and of the batches (default 0)")
     p.add_argument("--quantize", choices=["int8"], help="int8 dynamic quantization of the "
                    "linear layers")
     p.add_argument("--quantize-embeddings", action="store_true", help="with --quantize: the "

@@ -18,6 +18,10 @@ def describe_compression(compression: Mapping[str, Any]) -> str:
     """``{"quantize": "int8", "prune": {"amount": 0.5, "scope": "global", ...}}`` ->
     ``"pruned 50% of the conv/linear weights (global), int8 dynamic quantization"``."""
     done = []
+    distilled = compression.get("distill")
+    if distilled:
+        done.append(f"distilled into {distilled.get('student')} "
+                    f"({distilled.get('parameters', {}).get('student', 0):,} parameters)")
     prune = compression.get("prune")
     if prune:
         done.append(f"pruned {100 * float(prune.get('amount', 0.0)):g}% of the conv/linear "
@@ -57,4 +61,10 @@ def figures_lines(figures: Mapping[str, Any]) -> list[str]:
     lines.append(f"  on the stored support set: {100 * figures['support_agreement']:.1f}% "
                  f"of the predictions unchanged, largest probability change "
                  f"{figures['support_max_prob_change']:.4f}")
+    distilled = figures.get("distill")
+    if distilled:
+        lines.append(f"  student {distilled['student']}: {distilled['steps']} steps on "
+                     f"{distilled['trained_on']} unlabelled inputs; agrees with the model on "
+                     f"{100 * distilled['agreement']:.1f}% of {distilled['held_out']} held-out "
+                     f"inputs ({100 * distilled['agreement_before']:.1f}% untrained)")
     return lines

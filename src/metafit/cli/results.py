@@ -439,6 +439,9 @@ class CompressJson(_Strict):
     support_agreement: Real = Field(description="fraction of support predictions unchanged")
     support_max_prob_change: Real
     test_episodes: CompressEpisodes | None = Field(default=None, description="with --episodes")
+    distill: dict[str, Any] | None = Field(default=None, description="with --distill: the "
+                                           "student, its training and its agreement with "
+                                           "the model on held-out unlabelled inputs")
 
 
 class ExportJson(_Strict):

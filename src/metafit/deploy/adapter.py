@@ -44,7 +44,7 @@ from metafit.deploy.preprocess import (
 from metafit.deploy.reject import RejectRequest
 from metafit.execution.threads import share_parameters
 
-__all__ = ["Adapter", "adapt_run", "MIN_SHOTS", "check_labels"]
+__all__ = ["Adapter", "adapt_run", "MIN_SHOTS", "check_labels", "encoder_assets"]
 
 #: Fewest support examples a class may have.
 MIN_SHOTS = 1
@@ -123,12 +123,19 @@ def _encoder_assets(algo: Algorithm, tokenizer_dir: Path) -> tuple[dict[str, byt
     """``encoder/...`` files of a text model (the encoder's config as built, and the
     tokenizer files) and the encoder's config."""
     config = copy.deepcopy(cast(Any, algo.model.body).encoder.config)
+    return encoder_assets(config, tokenizer_dir), config
+
+
+def encoder_assets(config: Any, tokenizer_dir: Path) -> dict[str, bytes]:
+    """``encoder/...`` files of a text model directory: the encoder's ``config`` (a
+    ``transformers`` config) as ``config.json``, and the tokenizer files of
+    ``tokenizer_dir``."""
     assets = {ENCODER + "config.json": config.to_json_string().encode()}
     for f in sorted(tokenizer_dir.iterdir()):
         if f.is_file() and f.name.startswith(_TOKENIZER_PREFIXES) and f.suffix in (
                 ".json", ".txt", ".model"):
             assets[ENCODER + f.name] = f.read_bytes()
-    return assets, config
+    return assets
 
 
 def _image_encoder_assets(recipe: Recipe, algo: Algorithm) -> tuple[dict[str, bytes], Any]:

@@ -160,12 +160,15 @@ def compare(model: AdaptedModel, compressed: AdaptedModel, repeats: int = 20
             ) -> dict[str, Any]:
     """Figures of ``compressed`` against ``model``: size and latency of each
     (:func:`measure`), the sparsity reached, and on the stored support set the fraction of
-    identical predictions and the largest probability change."""
+    identical predictions and the largest probability change. Each model reads its own
+    stored support set when it has one (a distilled student with its own tokenizer holds
+    the same texts as other token ids)."""
     if model.support is None:
         raise ValueError("the model directory has no support set to measure on")
     x = model.support[0]
-    before, after = model.logits(x).softmax(-1), compressed.logits(x).softmax(-1)  # [S, N]
-    return {"before": measure(model, x, repeats), "after": measure(compressed, x, repeats),
+    y = x if compressed.support is None else compressed.support[0]
+    before, after = model.logits(x).softmax(-1), compressed.logits(y).softmax(-1)  # [S, N]
+    return {"before": measure(model, x, repeats), "after": measure(compressed, y, repeats),
             "sparsity": round(sparsity(compressed.module), 4),
             "support_agreement": float((before.argmax(-1) == after.argmax(-1)).float().mean()),
             "support_max_prob_change": float((before - after).abs().max())}

@@ -119,6 +119,13 @@ def _replaceable(path: Path) -> None:
                         "refusing to replace it: choose another output path")
 
 
+def check_replaceable(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`ModelDirError` unless :func:`write_model_dir` may write ``path``
+    (absent, an empty directory or a model directory): checked before long work whose
+    result goes there (``compress --distill``)."""
+    _replaceable(Path(path))
+
+
 def _install(tmp: Path, path: Path) -> None:
     """Move the complete directory ``tmp`` to ``path`` (see the module docstring)."""
     if not path.exists():

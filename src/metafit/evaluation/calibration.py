@@ -40,17 +40,21 @@ PRIOR_SCALE = 0.5
 
 
 def nll(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> float:
-    """Mean negative log-likelihood of ``labels [M]`` under ``softmax(logits [M, N] / T)``."""
+    """Mean negative log-likelihood of ``labels [M]`` under ``softmax(logits [M, N] / T)``;
+    ``labels [M, N]`` (probabilities: soft targets, e.g. a teacher's) give the mean cross
+    entropy from them."""
     scaled = logits.double() / temperature
-    return float(torch.nn.functional.cross_entropy(scaled, labels.long()))
+    target = labels.double() if labels.dim() == 2 else labels.long()
+    return float(torch.nn.functional.cross_entropy(scaled, target))
 
 
 def fit_temperature(logits: Tensor, labels: Tensor, iterations: int = 80,
                     prior_scale: float | None = PRIOR_SCALE) -> float:
     """The ``T`` in [:data:`MIN_TEMPERATURE`, :data:`MAX_TEMPERATURE`] minimising
     ``M * nll(logits, labels, T) + (log T)^2 / (2 prior_scale^2)`` for ``logits [M, N]``
-    (held-out predictions) and ``labels [M]``: the MAP temperature under a Gaussian prior
-    on ``log T`` (module docstring); ``prior_scale=None``: maximum likelihood.
+    (held-out predictions) and ``labels [M]`` (or soft targets ``[M, N]``, see
+    :func:`nll`): the MAP temperature under a Gaussian prior on ``log T`` (module
+    docstring); ``prior_scale=None``: maximum likelihood.
 
     The objective is evaluated on a grid of 121 values of ``log T`` and the best grid
     cell's neighbourhood refined by a golden-section search (``iterations`` steps, to
@@ -59,8 +63,9 @@ def fit_temperature(logits: Tensor, labels: Tensor, iterations: int = 80,
     Raises:
         ValueError: no examples, shapes that disagree, or a ``prior_scale`` <= 0.
     """
-    if logits.dim() != 2 or labels.shape != logits.shape[:1] or len(labels) == 0:
-        raise ValueError(f"need logits [M, N] and labels [M], M >= 1; got "
+    if logits.dim() != 2 or labels.shape not in (logits.shape[:1], logits.shape) or len(
+            labels) == 0:
+        raise ValueError(f"need logits [M, N] and labels [M] or [M, N], M >= 1; got "
                          f"{tuple(logits.shape)} and {tuple(labels.shape)}")
     if prior_scale is not None and not prior_scale > 0:
         raise ValueError(f"prior_scale must be > 0 or None, got {prior_scale}")
