@@ -1,0 +1,110 @@
+"""Trained Omniglot runs scored on Lake et al.'s within-alphabet one-shot task (issue 30).
+
+Each ``NAME=RUN`` is scored, with the checkpoint ``--checkpoint``, on fixed episodes of its
+own recipe's ``val`` or ``test`` split under both episode schemes
+(:mod:`metafit.data.within`): ``random`` (the meta-learning papers' episodes, classes from
+any held-out alphabet, rotations as classes) and ``within_alphabet`` (one alphabet per
+episode, the support drawn by one drawer and the queries by others, no rotations), at each
+``--ways`` with one shot, in the deployed BatchNorm setting (each query normalised with its
+support set's statistics: the figure ``metafit adapt`` models give). Runs of one recipe and
+seed see the same episodes, so every row is also paired with the first run (``--baseline``):
+the mean and 95% CI of the per-episode differences.
+
+    python benchmarks/within_alphabet.py plain=/tmp/w30/A affine=/tmp/w30/B --episodes 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any
+
+import common
+import torch
+
+from metafit.config.schema import make_recipe
+from metafit.evaluation.protocol import evaluate
+from metafit.runs.trained import load_trained, split_sampler
+
+SCHEMES = ("random", "within_alphabet")
+
+
+def score(run: str, which: str, split: str, scheme: str, ways: int, episodes: int
+          ) -> dict[str, Any]:
+    """One run's accuracy on ``episodes`` fixed ``ways``-way 1-shot episodes."""
+    recipe, algo = load_trained(run, which)
+    recipe = make_recipe({**recipe.model_dump(), "episode_scheme": scheme, "test_ways": ways,
+                          "test_shots": 1}, f"{run} ({scheme}, {ways}-way)")
+    start = time.perf_counter()
+    result = evaluate(algo, split_sampler(recipe, split), episodes=episodes,
+                      batch_norm="support")
+    return {"run": run, "checkpoint": which, "split": split, "scheme": scheme, "ways": ways,
+            "episodes": episodes, "accuracy": result.mean, "ci95": result.ci95,
+            "per_episode": result.per_episode, "batch_norm": result.batch_norm,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean and 95% half-width (normal) of ``b - a`` per episode."""
+    d = [y - x for x, y in zip(a, b, strict=True)]
+    return statistics.mean(d), 1.96 * statistics.stdev(d) / len(d) ** 0.5
+
+
+def block(rows: list[dict[str, Any]], baseline: str, command: str) -> str:
+    lines = [f"{common.machine()}; {common.load_average()}. Command: `{command}`. "
+             "Deployed BatchNorm setting; mean ± 95% CI over episodes; the last column "
+             f"pairs each row with `{baseline}` on the same episodes.", "",
+             "| run | split | episodes | ways | accuracy | paired change vs "
+             f"{baseline} (points) |", "|---|---|---|---|---|---|"]
+    base = {(r["split"], r["scheme"], r["ways"]): r for r in rows if r["name"] == baseline}
+    for r in rows:
+        ref = base.get((r["split"], r["scheme"], r["ways"]))
+        change = "-"
+        if ref is not None and r["name"] != baseline:
+            mean, half = paired(ref["per_episode"], r["per_episode"])
+            change = f"{100 * mean:+.2f} ± {100 * half:.2f}"
+        lines.append(f"| {r['name']} | {r['split']} | {r['scheme']} | {r['ways']} | "
+                     f"{100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} | {change} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", metavar="NAME=RUN")
+    p.add_argument("--baseline", help="the run the others are paired with (default: first)")
+    p.add_argument("--checkpoint", default="last", choices=["best", "last"])
+    p.add_argument("--splits", nargs="+", default=["val", "test"])
+    p.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
+    p.add_argument("--ways", type=int, nargs="+", default=[20, 5])
+    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="within_alphabet", help="the RESULTS block's name")
+    common.add_output_options(p)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    named = [tuple(item.split("=", 1)) for item in args.runs]
+    if any(len(item) != 2 for item in named):
+        p.error("runs are NAME=RUN")
+    baseline = args.baseline or named[0][0]
+    rows = []
+    for split in args.splits:
+        for scheme in args.schemes:
+            for ways in args.ways:
+                for name, run in named:
+                    row = {"name": name, **score(run, args.checkpoint, split, scheme, ways,
+                                                 args.episodes)}
+                    rows.append(row)
+                    print(f"{name} {split} {scheme} {ways}-way: "
+                          f"{100 * row['accuracy']:.2f} ± {100 * row['ci95']:.2f} "
+                          f"({row['seconds']} s)", file=sys.stderr)
+    command = "python benchmarks/within_alphabet.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    common.publish(args, args.name, "Omniglot within-alphabet one-shot (issue 30)",
+                   block(rows, baseline, command), rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
