@@ -216,6 +216,26 @@ def test_warm_start_from_an_earlier_run(tmp_path: Path) -> None:
     for (name, p), (_, q) in zip(first.state_dict().items(), warm.algo.state_dict().items(),
                                  strict=True):
         assert torch.equal(p, q), name
+    warm.session.release()
+
+
+def test_a_warm_start_is_validated_before_training_and_can_stay_best(tmp_path: Path) -> None:
+    Trainer(regression_recipe("maml"), tmp_path / "a", progress=False).fit()
+    # a learning rate that can only make things worse: the warm start must stay the best
+    worse = regression_recipe("maml", init_from=str(tmp_path / "a"), outer_lr=10.0,
+                              iterations=3, val_every=3)
+    state = Trainer(worse, tmp_path / "b", progress=False).fit()
+    records = [json.loads(line) for line in
+               (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["split"] == "val"]
+    assert [r["iteration"] for r in val] == [0, 3]
+    assert not val[1]["mse"] <= val[0]["mse"]  # worse (or NaN)
+    assert state.best_iteration == 0
+    _, start = load_trained(tmp_path / "a", "best")
+    _, best = load_trained(tmp_path / "b", "best")
+    for (name, p), (_, q) in zip(start.state_dict().items(), best.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(p, q), name
 
 
 def test_a_different_recipe_into_an_existing_run_is_refused(tmp_path: Path) -> None:

@@ -227,6 +227,11 @@ class TrainingLoop:
             restore_state(self.algo, start.checkpoint, start.source)
             self._info("warm start from %s", start.source)
         self.session.begin(self.recipe, self.state.iteration)
+        if start.kind == "warm" and self.algo.meta_trained:
+            # the starting point competes for best.pt: re-meta-training on new tasks can
+            # only lower the run's own validation score below where it started if the
+            # warm start is never scored (validation episodes are fixed: no RNG drawn)
+            self._validation()
         trainable, total = count_parameters(self.algo)
         self._info("%s: %s, %s of %s parameters trainable", self.recipe.name,
                    self._learner_name(), f"{trainable:,}", f"{total:,}")
