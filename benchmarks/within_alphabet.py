@@ -53,7 +53,7 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
 
 
 def block(rows: list[dict[str, Any]], baseline: str, command: str) -> str:
-    lines = [f"{common.machine()}; {common.load_average()}. Command: `{command}`. "
+    lines = [f"{common.machine()}; load average {common.load_average()}. Command: `{command}`. "
              "Deployed BatchNorm setting; mean ± 95% CI over episodes; the last column "
              f"pairs each row with `{baseline}` on the same episodes.", "",
              "| run | split | episodes | ways | accuracy | paired change vs "
