@@ -8,7 +8,10 @@ episode, the support drawn by one drawer and the queries by others, no rotations
 ``--ways`` with one shot, in the deployed BatchNorm setting (each query normalised with its
 support set's statistics: the figure ``metafit adapt`` models give). Runs of one recipe and
 seed see the same episodes, so every row is also paired with the first run (``--baseline``):
-the mean and 95% CI of the per-episode differences.
+the mean and 95% CI of the per-episode differences. ``--support-augment M`` also scores
+each run with ``M`` randomly distorted copies of every support image added to the support
+set at adaptation (the training distortions, :class:`~metafit.data.augment.RandomAffine`;
+benchmark-local, not a library option).
 
     python benchmarks/within_alphabet.py plain=/tmp/w30/A affine=/tmp/w30/B --episodes 600
 """
@@ -19,27 +22,50 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import common
 import torch
 
 from metafit.config.schema import make_recipe
+from metafit.data.augment import RandomAffine
+from metafit.episodes import Episodes
 from metafit.evaluation.protocol import evaluate
 from metafit.runs.trained import load_trained, split_sampler
 
 SCHEMES = ("random", "within_alphabet")
 
 
-def score(run: str, which: str, split: str, scheme: str, ways: int, episodes: int
-          ) -> dict[str, Any]:
-    """One run's accuracy on ``episodes`` fixed ``ways``-way 1-shot episodes."""
+class AugmentedSupport:
+    """A sampler whose fixed episodes carry ``copies`` randomly distorted copies of every
+    support image beside it (:class:`~metafit.data.augment.RandomAffine`, seeded), the
+    queries unchanged: support-set augmentation at adaptation time, benchmark-local."""
+
+    def __init__(self, sampler: Any, copies: int, seed: int = 0) -> None:
+        self.sampler, self.copies, self.seed = sampler, copies, seed
+        self.ways, self.shots, self.queries = sampler.ways, sampler.shots, sampler.queries
+
+    def fixed(self, n: int) -> Episodes:
+        plain = self.sampler.fixed(n)
+        gen = torch.Generator().manual_seed(self.seed)
+        extra = [RandomAffine().images(plain.support_x, gen) for _ in range(self.copies)]
+        return replace(plain, support_x=torch.cat([plain.support_x, *extra], 1),
+                       support_y=plain.support_y.repeat(1, self.copies + 1))
+
+
+def score(run: str, which: str, split: str, scheme: str, ways: int, episodes: int,
+          copies: int = 0) -> dict[str, Any]:
+    """One run's accuracy on ``episodes`` fixed ``ways``-way 1-shot episodes (``copies``:
+    distorted copies of each support image added at adaptation)."""
     recipe, algo = load_trained(run, which)
     recipe = make_recipe({**recipe.model_dump(), "episode_scheme": scheme, "test_ways": ways,
                           "test_shots": 1}, f"{run} ({scheme}, {ways}-way)")
     start = time.perf_counter()
-    result = evaluate(algo, split_sampler(recipe, split), episodes=episodes,
-                      batch_norm="support")
+    sampler: Any = split_sampler(recipe, split)
+    if copies:
+        sampler = AugmentedSupport(sampler, copies)
+    result = evaluate(algo, sampler, episodes=episodes, batch_norm="support")
     return {"run": run, "checkpoint": which, "split": split, "scheme": scheme, "ways": ways,
             "episodes": episodes, "accuracy": result.mean, "ci95": result.ci95,
             "per_episode": result.per_episode, "batch_norm": result.batch_norm,
@@ -79,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=SCHEMES)
     p.add_argument("--ways", type=int, nargs="+", default=[20, 5])
     p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--support-augment", type=int, default=0, metavar="M",
+                   help="also score each run with M distorted copies of every support "
+                   "image added at adaptation (rows NAME+augM)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="within_alphabet", help="the RESULTS block's name")
     common.add_output_options(p)
@@ -93,12 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         for scheme in args.schemes:
             for ways in args.ways:
                 for name, run in named:
-                    row = {"name": name, **score(run, args.checkpoint, split, scheme, ways,
-                                                 args.episodes)}
-                    rows.append(row)
-                    print(f"{name} {split} {scheme} {ways}-way: "
-                          f"{100 * row['accuracy']:.2f} ± {100 * row['ci95']:.2f} "
-                          f"({row['seconds']} s)", file=sys.stderr)
+                    for copies in sorted({0, args.support_augment}):
+                        label = f"{name}+aug{copies}" if copies else name
+                        row = {"name": label, "support_copies": copies,
+                               **score(run, args.checkpoint, split, scheme, ways,
+                                       args.episodes, copies)}
+                        rows.append(row)
+                        print(f"{label} {split} {scheme} {ways}-way: "
+                              f"{100 * row['accuracy']:.2f} ± {100 * row['ci95']:.2f} "
+                              f"({row['seconds']} s)", file=sys.stderr)
     command = "python benchmarks/within_alphabet.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     common.publish(args, args.name, "Omniglot within-alphabet one-shot (issue 30)",
