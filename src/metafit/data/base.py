@@ -142,14 +142,18 @@ class TensorClassDataset:
         start = int(self.offsets[c])
         return self.gather(torch.arange(start, start + int(self.counts[c])))
 
+    def rows(self, class_ids: Sequence[int]) -> Tensor:
+        """The global indices of the examples of ``class_ids``, class after class in the
+        order given: ``[sum of their counts]`` (long)."""
+        pieces = [torch.arange(int(self.offsets[c]), int(self.offsets[c] + self.counts[c]))
+                  for c in class_ids]
+        return torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.long)
+
     def subset(self, class_ids: Sequence[int]) -> TensorClassDataset:
-        """A dataset over the given classes only (renumbered 0.. in the order given)."""
+        """A dataset over the given classes only (renumbered 0.. in the order given), its
+        examples in the order of :meth:`rows`."""
         ids = torch.as_tensor(list(class_ids), dtype=torch.long)
-        pieces = [
-            torch.arange(int(self.offsets[c]), int(self.offsets[c] + self.counts[c]))
-            for c in ids.tolist()
-        ]
-        index = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.long)
+        index = self.rows(ids.tolist())
         remap = torch.full((self.num_classes,), -1, dtype=torch.long)
         remap[ids] = torch.arange(len(ids))
         return TensorClassDataset(

@@ -54,9 +54,7 @@ def within_alphabet(dataset: Any, keep_rotations: bool) -> tuple[TensorClassData
     ids = [c for c, name in enumerate(dataset.classes)
            if keep_rotations or not name.endswith(_ROTATED)]
     if len(ids) != len(dataset.classes):
-        pieces = [torch.arange(int(dataset.offsets[c]),
-                               int(dataset.offsets[c] + dataset.counts[c])) for c in ids]
-        drawers = drawers[torch.cat(pieces)]  # [E'], in the subset's order
+        drawers = drawers[dataset.rows(ids)]  # [E'], in the subset's order
         dataset = dataset.subset(ids)
     names = [_group_name(name) for name in dataset.classes]
     index = {name: i for i, name in enumerate(sorted(set(names)))}
