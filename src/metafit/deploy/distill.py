@@ -220,11 +220,10 @@ def parse_student(spec: str, teacher: AdaptedModel) -> Student:
 
 def _image_files(root: Path) -> list[Path]:
     """The image files under ``root`` (any depth; hidden names skipped), sorted."""
-    from metafit.data.image_folder import IMAGE_EXTENSIONS
+    from metafit.data.image_folder import IMAGE_EXTENSIONS  # lower case, with the dot
 
-    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in IMAGE_EXTENSIONS}
     return sorted(p for p in root.rglob("*")
-                  if p.is_file() and not p.is_symlink() and p.suffix.lower() in exts
+                  if p.is_file() and not p.is_symlink() and p.suffix.lower() in IMAGE_EXTENSIONS
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
