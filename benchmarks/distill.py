@@ -50,6 +50,7 @@ from metafit.config.recipe import load_recipe
 from metafit.deploy import AdaptedModel, Adapter
 from metafit.deploy.compress import batch_of, prune, quantize, state_size
 from metafit.deploy.distill import DistillSettings, distill
+from metafit.deploy.vocabulary import trim_vocabulary
 from metafit.models.base import count_parameters
 
 
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="score only the first N test sentences (a smoke run)")
     parser.add_argument("--students-only", action="store_true", help="no int8 and pruned "
                         "teacher rows (a second run with other student settings)")
+    parser.add_argument("--trim-vocabulary", action="store_true", help="also every student "
+                        "and the teacher with the token table trimmed to the unlabelled "
+                        "sentences' tokens (metafit.deploy.vocabulary), float and int8")
     parser.add_argument("--repeats", type=int, default=15, help="latency rounds")
     parser.add_argument("--work", default="/tmp/bench_distill", help="scratch folder")
     parser.add_argument("--name", default="distill", help="the RESULTS.md block and the "
@@ -160,14 +164,35 @@ def main(argv: list[str] | None = None) -> int:
         reports[f"student {spec}"] = report
         print(f"{spec}: {report['seconds']} s, held-out agreement {report['agreement']:.3f}",
               file=sys.stderr)
+    floats = {name: model for name, model in models.items()}  # row -> its float model
+    floats["teacher int8"] = teacher
+    vocabulary: dict[str, dict[str, Any]] = {}
     for spec in args.students:
-        models[f"student {spec} + int8+emb"] = quantize(models[f"student {spec}"],
-                                                        embeddings=True)
+        name = f"student {spec}"
+        models[f"{name} + int8+emb"] = quantize(models[name], embeddings=True)
+        floats[f"{name} + int8+emb"] = models[name]
+        if args.trim_vocabulary:
+            trimmed, vocabulary[name] = trim_vocabulary(models[name], texts, seed=args.seed)
+            models[f"{name} + trimmed"] = floats[f"{name} + trimmed"] = trimmed
+            models[f"{name} + trimmed + int8+emb"] = quantize(trimmed, embeddings=True)
+            floats[f"{name} + trimmed + int8+emb"] = trimmed
+    if args.trim_vocabulary:
+        trimmed, vocabulary["teacher"] = trim_vocabulary(teacher, texts, seed=args.seed)
+        models["teacher + trimmed"] = floats["teacher + trimmed"] = trimmed
+        report = vocabulary["teacher"]
+        kept = trimmed.module.body.token_map != trimmed.module.body.token_map[
+            teacher.preprocessor.load().unk_token_id]  # [V] True where a row is kept
+        special = teacher.preprocessor.load().all_special_ids
+        real = ~torch.isin(x_test, torch.tensor(special))  # [M, L]
+        unseen = real & ~kept[x_test]
+        report["test_unseen_token_share"] = float(unseen.sum()) / float(real.sum())
+        report["test_texts_with_unseen"] = float(unseen.any(1).double().mean())
+        print(f"trimmed token table: {report['kept']} of {report['tokenizer']} tokens; "
+              f"{100 * report['test_unseen_token_share']:.2f}% of test.csv's tokens unseen "
+              f"(in {100 * report['test_texts_with_unseen']:.1f}% of its sentences)",
+              file=sys.stderr)
 
     base_pred, base_correct = scores(teacher, x_test, y)
-    floats = {name: models[name.replace(" + int8+emb", "").replace("teacher int8",
-                                                                      "teacher (float)")]
-              for name in models}
     rows = []
     for name, model in models.items():
         pred, correct = scores(model, x_test, y)
@@ -187,12 +212,27 @@ def main(argv: list[str] | None = None) -> int:
               "batch_size": args.batch_size, "lr": args.lr, "temperature": args.temperature,
               "support_weight": args.support_weight, "label_seconds": round(label_seconds, 1),
               "seconds": round(time.perf_counter() - start_all, 1),
-              "load_before": load_before, "load_after": load_average(), "rows": rows}
+              "load_before": load_before, "load_after": load_average(), "rows": rows,
+              "vocabulary": vocabulary.get("teacher")}
     command = "python benchmarks/distill.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = table(result, command)
     print(text)
     publish(args, args.name, "Deployment: distillation (`benchmarks/distill.py`)", text, result)
     return 0
+
+
+def vocabulary_note(r: dict[str, Any]) -> str:
+    """A sentence on the trimmed token table (empty without ``--trim-vocabulary``)."""
+    v = r.get("vocabulary")
+    if not v:
+        return ""
+    return (f" Trimmed rows: the token table cut to the {v['kept']:,} of {v['tokenizer']:,} "
+            f"tokens used by the unlabelled sentences and the support set; "
+            f"{100 * v['test_unseen_token_share']:.2f}% of test.csv's tokens (in "
+            f"{100 * v['test_texts_with_unseen']:.1f}% of its sentences) are not among them "
+            f"and read as [UNK] (estimated beforehand from a held-out tenth of the unlabelled "
+            f"sentences: {100 * v['unseen_token_share']:.2f}% / "
+            f"{100 * v['texts_with_unseen']:.1f}%).")
 
 
 def table(r: dict[str, Any], command: str) -> str:
@@ -203,10 +243,11 @@ def table(r: dict[str, Any], command: str) -> str:
              f"(seed {r['seed']}); {r['unlabelled']} unlabelled train.csv sentences; "
              f"{r['test']} test.csv sentences; students: {r['steps']} steps of "
              f"{r['batch_size']}, lr {r['lr']:g}, T = {r['temperature']:g}, support weight "
-             f"{r['support_weight']:g}. {r['seconds']:.0f} s in all.", "",
+             f"{r['support_weight']:g}. {r['seconds']:.0f} s in all.{vocabulary_note(r)}",
+             "",
              "| variant | accuracy (95% CI) | change vs teacher (paired) | agrees with teacher "
-             "| parameters | size | ms, batch 1 | ms, batch 32 | speed-up, batch 1 / 32 | "
-             "distillation s |", "|---" * 10 + "|"]
+             "| parameters | size | smaller | ms, batch 1 | ms, batch 32 | "
+             "speed-up, batch 1 / 32 | distillation s |", "|---" * 11 + "|"]
     for v in r["rows"]:
         d = v.get("distill") or {}
         seconds = f"{d['seconds']:.0f}" if d else "-"
@@ -214,7 +255,8 @@ def table(r: dict[str, Any], command: str) -> str:
             f"| {v['variant']} | {100 * v['accuracy']:.2f} ± {100 * v['ci95']:.2f} | "
             f"{100 * v['delta']:+.2f} ± {100 * v['delta_ci95']:.2f} | "
             f"{100 * v['agreement']:.1f}% | {v['parameters'] / 1e6:.1f} M | "
-            f"{v['bytes'] / 1e6:.1f} MB | {v['ms_batch1']:.1f} | {v['ms_batch32']:.0f} | "
+            f"{v['bytes'] / 1e6:.1f} MB | {teacher['bytes'] / v['bytes']:.1f}x | "
+            f"{v['ms_batch1']:.1f} | {v['ms_batch32']:.0f} | "
             f"{teacher['ms_batch1'] / v['ms_batch1']:.2f}x / "
             f"{teacher['ms_batch32'] / v['ms_batch32']:.2f}x | {seconds} |")
     return "\n".join(lines)

@@ -144,3 +144,19 @@ def test_onnxruntime_int8_export_is_smaller_and_reported(tmp_path: Path, capsys)
     assert sizes[1] < sizes[0]
     spec = json.loads((tmp_path / "int8" / "model.json").read_text())
     assert spec["onnx_quantization"] == "int8"
+
+
+def test_trimmed_vocabulary_exports_with_its_token_map(tmp_path: Path) -> None:
+    from metafit.deploy.vocabulary import trim_vocabulary
+
+    rows = sentences(3, 2, seed=4)
+    model = Adapter.from_run(text_run()).adapt([t for t, _ in rows], [lab for _, lab in rows])
+    trimmed, report = trim_vocabulary(model, [t for t, _ in sentences(3, 6, seed=8)])
+    assert report["kept"] < report["tokenizer"]
+    assert onnx_export.export_onnx(trimmed, tmp_path / "onnx").max_abs_diff <= 1e-4
+    session = onnx_export.onnx_session(tmp_path / "onnx" / "model.onnx")
+    texts = ["please help with my card alpha2 gamma2", "why delta7 alpha9"]  # unseen words
+    feeds = onnx_export.onnx_feeds("text", trimmed.preprocess(texts), pad_id=0)
+    got = torch.from_numpy(session.run(["logits"], feeds)[0]).softmax(-1)
+    torch.testing.assert_close(got, trimmed.predict_proba(texts), rtol=0, atol=1e-5)
+    assert not torch.allclose(trimmed.predict_proba(texts[1:]), model.predict_proba(texts[1:]))

@@ -83,6 +83,19 @@ def _distilled(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any
     return distill(model, student, inputs, settings)
 
 
+def _trimmed(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any]]:
+    """``model`` with its token table cut to the tokens of ``--unlabelled`` texts."""
+    from metafit.deploy.distill import read_unlabelled
+    from metafit.deploy.modeldir import check_replaceable
+    from metafit.deploy.vocabulary import trim_vocabulary
+
+    if model.kind != "text":
+        raise ValueError("--trim-vocabulary is for text models; this one takes images")
+    texts = read_unlabelled(args.unlabelled, "text", args.text_column, args.max_unlabelled)
+    check_replaceable(args.out)
+    return trim_vocabulary(model, texts, seed=args.seed)
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from metafit.deploy.adapted import AdaptedModel
     from metafit.deploy.compress import compare
@@ -90,23 +103,33 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from metafit.runs.trained import check_count
 
     check_count("--episodes", args.episodes, default="no accuracy measurement")
-    if not args.quantize and args.prune is None and not args.distill:
-        raise ValueError("nothing to do: give --distill STUDENT, --quantize int8 and/or "
-                         "--prune SPARSITY")
-    if args.unlabelled and not args.distill:
-        raise ValueError("--unlabelled is for --distill STUDENT")
+    if (not args.quantize and args.prune is None and not args.distill
+            and not args.trim_vocabulary):
+        raise ValueError("nothing to do: give --distill STUDENT, --trim-vocabulary, "
+                         "--quantize int8 and/or --prune SPARSITY")
+    if args.unlabelled and not (args.distill or args.trim_vocabulary):
+        raise ValueError("--unlabelled is for --distill STUDENT and --trim-vocabulary")
+    if args.trim_vocabulary and not args.unlabelled:
+        raise ValueError("--trim-vocabulary needs --unlabelled PATH: a table of the texts "
+                         "whose tokens to keep")
+    if args.trim_vocabulary and args.episodes is not None:
+        raise ValueError("--episodes re-adapts the source run per episode; with "
+                         "--trim-vocabulary measure on a test set instead (metafit score)")
     model = AdaptedModel.load(args.model)
     compress = _compression(args)
-    report = None
+    report = trimmed = None
+    student = model
     if args.distill:
         student, report = _distilled(args, model)
-        compressed = compress(student)
-    else:
-        compressed = compress(model)
+    if args.trim_vocabulary:
+        student, trimmed = _trimmed(args, student)
+    compressed = compress(student)
     compressed.save(args.out)
     figures = compare(model, compressed)
     if report is not None:
         figures["distill"] = report
+    if trimmed is not None:
+        figures["vocabulary"] = trimmed
     if args.episodes is not None:
         figures["test_episodes"] = _episode_figures(args, model, compress)
     if args.json:
@@ -177,9 +200,13 @@ def add_compress_parser(sub: Any) -> None:
                    "layers) or a local Hugging Face encoder directory; images: "
                    "NAME[:HIDDEN[:DEPTH]] (conv4:32, mlp:256). Then --prune/--quantize, if "
                    "given, apply to the student")
-    p.add_argument("--unlabelled", metavar="PATH", help="with --distill: unlabelled inputs, "
-                   "a table (.csv, .jsonl, .parquet, datasets directory) with a text column, "
-                   "or a folder of images")
+    p.add_argument("--trim-vocabulary", action="store_true", help="text models: keep only "
+                   "the rows of the token table that the --unlabelled texts and the support "
+                   "set use (other tokens read as [UNK]); after --distill, before "
+                   "--prune/--quantize")
+    p.add_argument("--unlabelled", metavar="PATH", help="with --distill or --trim-vocabulary: "
+                   "unlabelled inputs, a table (.csv, .jsonl, .parquet, datasets directory) "
+                   "with a text column, or a folder of images")
     p.add_argument("--text-column", default="text", help="with --distill: the texts' column "
                    "(default text)")
     p.add_argument("--distill-steps", type=int, default=300, help="with --distill: training "

@@ -22,6 +22,10 @@ def describe_compression(compression: Mapping[str, Any]) -> str:
     if distilled:
         done.append(f"distilled into {distilled.get('student')} "
                     f"({distilled.get('parameters', {}).get('student', 0):,} parameters)")
+    vocabulary = compression.get("vocabulary")
+    if vocabulary:
+        done.append(f"token table trimmed to {vocabulary.get('kept', 0):,} of "
+                    f"{vocabulary.get('tokenizer', 0):,} tokens")
     prune = compression.get("prune")
     if prune:
         done.append(f"pruned {100 * float(prune.get('amount', 0.0)):g}% of the conv/linear "
@@ -67,4 +71,15 @@ def figures_lines(figures: Mapping[str, Any]) -> list[str]:
                      f"{distilled['trained_on']} unlabelled inputs; agrees with the model on "
                      f"{100 * distilled['agreement']:.1f}% of {distilled['held_out']} held-out "
                      f"inputs ({100 * distilled['agreement_before']:.1f}% untrained)")
+    vocabulary = figures.get("vocabulary")
+    if vocabulary:
+        share = vocabulary.get("unseen_token_share")
+        estimate = ("" if share is None else
+                    f"; on {vocabulary['held_out_texts']} held-out texts, "
+                    f"{100 * share:.2f}% of the tokens (in "
+                    f"{100 * vocabulary['texts_with_unseen']:.1f}% of the texts) were not "
+                    "among the rest's and would read as [UNK]")
+        lines.append(f"  token table: {vocabulary['kept']:,} of {vocabulary['tokenizer']:,} "
+                     f"tokens kept, from {vocabulary['texts']} texts and the support "
+                     f"set{estimate}")
     return lines

@@ -442,6 +442,11 @@ class CompressJson(_Strict):
     distill: dict[str, Any] | None = Field(default=None, description="with --distill: the "
                                            "student, its training and its agreement with "
                                            "the model on held-out unlabelled inputs")
+    vocabulary: dict[str, Any] | None = Field(default=None, description="with "
+                                              "--trim-vocabulary: tokens kept of the "
+                                              "tokenizer's, parameters before and after, "
+                                              "and the share of held-out texts' tokens not "
+                                              "kept by the rest (read as [UNK])")
 
 
 class ExportJson(_Strict):

@@ -356,6 +356,8 @@ def _text_student(teacher: AdaptedModel, student: Student
     features = int(config.hidden_size)
     arch = {"head": kind, "ways": len(teacher.label_names), "features": features,
             "batch_norm": "none"}
+    if student.kind == "layers" and "vocabulary" in teacher.arch:  # the teacher's trimmed table
+        arch["vocabulary"] = teacher.arch["vocabulary"]
     module = build_module(arch, recipe, config, prep.pad_id)
     return module, arch, recipe, prep, assets, state
 

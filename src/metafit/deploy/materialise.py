@@ -44,7 +44,8 @@ from metafit.algorithms.protonet import PrototypeHead
 from metafit.config.schema import Recipe
 from metafit.models.base import FewShotModel
 
-__all__ = ["BatchNormMode", "architecture", "build_module", "encoder_config",
+__all__ = ["BatchNormMode", "architecture", "build_module", "check_vocabulary_spec",
+           "encoder_config", "MAX_VOCABULARY",
            "freeze_batch_norm", "learner_state", "lora_scalings", "materialise", "merge_lora"]
 
 BatchNormMode = Literal["support", "batch"]
@@ -163,6 +164,36 @@ def encoder_config(encoder_dir: Path) -> Any:
     return AutoConfig.from_pretrained(str(encoder_dir), local_files_only=True)
 
 
+#: Largest tokenizer vocabulary a model directory may declare (multilingual encoders have
+#: about 250,000 tokens).
+MAX_VOCABULARY = 2_000_000
+
+
+def check_vocabulary_spec(spec: object, table_rows: int) -> int:
+    """The tokenizer size of ``architecture.vocabulary`` in ``model.json`` (``spec``),
+    checked against the token table's ``table_rows`` (the encoder config's
+    ``vocab_size``).
+
+    Raises:
+        ValueError: not ``{"kept": K, "tokenizer": V}`` with integers
+            ``1 <= K == table_rows <= V <= MAX_VOCABULARY``.
+    """
+    if not isinstance(spec, Mapping) or set(spec) != {"kept", "tokenizer"}:
+        raise ValueError('model.json: architecture.vocabulary must be {"kept": K, '
+                         '"tokenizer": V}')
+    kept, size = spec["kept"], spec["tokenizer"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (kept, size)):
+        raise ValueError("model.json: architecture.vocabulary.kept and .tokenizer must be "
+                         "integers")
+    if not 1 <= kept <= size <= MAX_VOCABULARY:
+        raise ValueError(f"model.json: architecture.vocabulary needs 1 <= kept <= tokenizer "
+                         f"<= {MAX_VOCABULARY}, got kept {kept}, tokenizer {size}")
+    if kept != table_rows:
+        raise ValueError(f"model.json: architecture.vocabulary.kept is {kept} but "
+                         f"encoder/config.json's vocab_size is {table_rows}")
+    return int(size)
+
+
 def _text_body(recipe: Recipe, config: Any, pad_id: int) -> nn.Module:
     """The text body built from the encoder's ``config`` alone (no pretrained weights are
     read: they come with the state dict)."""
@@ -190,13 +221,18 @@ def build_module(arch: Mapping[str, Any], recipe: Recipe, text_config: Any = Non
     into it): ``recipe``'s body (text: built from the encoder's ``text_config``, see
     :func:`encoder_config`; image_encoder: from ``text_config``, an
     :class:`~metafit.models.image_encoder.EncoderSpec`), the head of ``arch``, and frozen
-    BatchNorm layers for ``arch["batch_norm"] == "support"``. In eval mode."""
+    BatchNorm layers for ``arch["batch_norm"] == "support"``, and a text body's token map
+    for ``arch["vocabulary"]`` (:mod:`metafit.deploy.vocabulary`). In eval mode."""
     from metafit.algorithms.from_recipe import build_model
 
     if recipe.model == "text":
         if text_config is None:
             raise ValueError("a text model needs its encoder's config")
         body = _text_body(recipe, text_config, pad_id)
+        vocabulary = arch.get("vocabulary")
+        if vocabulary is not None:  # a trimmed token table (metafit.deploy.vocabulary)
+            size = check_vocabulary_spec(vocabulary, int(text_config.vocab_size))
+            cast(Any, body).set_token_map(torch.zeros(size, dtype=torch.long))
     elif recipe.model == "image_encoder":
         from metafit.models.image_encoder import EncoderSpec, encoder_from_config
 

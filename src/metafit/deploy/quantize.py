@@ -26,7 +26,20 @@ def quiet_quantization() -> Iterator[None]:
 
 
 def vocabulary_table(module: nn.Module) -> str | None:
-    """Name of the largest ``nn.Embedding`` (a text encoder's token table), if any."""
+    """Name of a text encoder's token table: the input embeddings of a Hugging Face
+    encoder inside ``module``, else the largest ``nn.Embedding`` (None: there is none). A
+    trimmed token table (:mod:`metafit.deploy.vocabulary`) may be smaller than the
+    position table, hence the encoder is asked first."""
+    names = {id(m): n for n, m in module.named_modules()}
+    for m in module.modules():
+        get = getattr(m, "get_input_embeddings", None)
+        if callable(get) and isinstance(m, nn.Module):
+            try:
+                table = get()
+            except NotImplementedError:
+                continue
+            if isinstance(table, nn.Embedding) and id(table) in names:
+                return names[id(table)]
     tables = [(m.num_embeddings * m.embedding_dim, n) for n, m in module.named_modules()
               if isinstance(m, nn.Embedding)]
     return max(tables)[1] if tables else None

@@ -15,7 +15,7 @@ import json
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -63,6 +63,8 @@ def read_adapted(root: Path) -> dict[str, Any]:
             module = build_module(spec["architecture"], recipe, config, pad)
         prepare_structure(module, spec["compression"])
         module.load_state_dict(state, strict=True)
+        if isinstance(prep, TextPreprocessor) and hasattr(module.body, "check_token_map"):
+            cast(Any, module.body).check_token_map(len(prep.load()))  # a trimmed table
         assets = {rel: data for rel, data in files.items() if rel.startswith(ENCODER)}
         return {"module": module, "label_names": spec["labels"], "recipe": recipe,
                 "arch": spec["architecture"], "preprocessor": prep,

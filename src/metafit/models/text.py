@@ -47,7 +47,14 @@ class TextBody(nn.Module):
     (longest first, each chunk cut to its own longest) and comes back in its order: the
     same outputs and gradients, without padding every text to the batch's longest (the
     speed-up: ``benchmarks/text_speed.py``).
+
+    :attr:`token_map` (None unless the vocabulary was trimmed,
+    :mod:`metafit.deploy.vocabulary`): a ``[V]`` long buffer from the tokenizer's ids to
+    the rows of a smaller token table, applied in :meth:`encode` (so ONNX exports carry
+    it); padding and the mask are decided on the tokenizer's ids.
     """
+
+    token_map: Tensor | None
 
     #: The batch is cut to its longest text (control flow on data): no vmap over tasks.
     per_task_only = True
@@ -61,6 +68,30 @@ class TextBody(nn.Module):
         self.encoder = encoder
         self.pooling = pooling
         self.pad_id = pad_id
+        self.register_buffer("token_map", None)
+
+    def set_token_map(self, token_map: Tensor) -> None:
+        """Route the tokenizer's ids through ``token_map [V]`` (long) from now on."""
+        if token_map.dim() != 1 or token_map.dtype != torch.long:
+            raise ValueError("token_map must be a 1-D long tensor")
+        self.token_map = token_map
+
+    def check_token_map(self, tokenizer_size: int) -> None:
+        """Refuse a token map (loaded from a model directory) that could index outside
+        the token table or does not cover every id of a ``tokenizer_size`` tokenizer.
+
+        Raises:
+            ValueError: the problem, in words.
+        """
+        token_map = self.token_map
+        if token_map is None:
+            return
+        rows = int(cast(Any, self.encoder).get_input_embeddings().num_embeddings)
+        if len(token_map) < tokenizer_size:
+            raise ValueError(f"the token map has {len(token_map)} entries but the tokenizer "
+                             f"has {tokenizer_size} tokens")
+        if len(token_map) and (int(token_map.min()) < 0 or int(token_map.max()) >= rows):
+            raise ValueError(f"the token map points outside the {rows}-row token table")
 
     def forward(self, ids: Tensor) -> Tensor:
         """``ids [B, L]`` long -> ``[B, H]``."""
@@ -83,6 +114,8 @@ class TextBody(nn.Module):
         """``ids [B, L]``, ``mask [B, L]`` (1 = token, 0 = padding; long) -> ``[B, H]``:
         the pooled embedding, with no data-dependent control flow (what an ONNX export
         traces, with dynamic batch and sequence axes)."""
+        if self.token_map is not None:
+            ids = self.token_map[ids]  # the tokenizer's ids -> rows of the trimmed table
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         # hidden: [B, L, H]
         if self.pooling == "cls":
