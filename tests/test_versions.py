@@ -205,3 +205,19 @@ def test_cli_update_versions_rollback_and_evaluate(tmp_path: Path, capsys) -> No
     assert "--out" in capsys.readouterr().err
 
 
+
+
+def test_updating_a_compressed_model_warns_that_the_new_version_is_not(
+        adapter: Adapter, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from metafit.deploy.compress import prune
+
+    xs, ys = images(range(2), 2)
+    home = prune(adapter.adapt(xs, ys), 0.5).save(tmp_path / "model")
+    new_xs, new_ys = images(range(2), 1, first=5)
+    with caplog.at_level(logging.WARNING, logger="metafit.deploy.update"):
+        number, model = update_model(home, new_xs, new_ys, adapter)
+    assert number == 2 and "was compressed" in caplog.text
+    assert not model.compression.get("prune")
+    assert AdaptedModel.load(home, 1).compression["prune"]["amount"] == 0.5

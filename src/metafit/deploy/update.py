@@ -152,9 +152,10 @@ def update_model(home: str | os.PathLike[str], inputs: Sequence[Any], labels: Se
         calibrated, reject = refit_requests(parent)
         if calibrated or reject is not None:
             model = fit_on_support(model, adapter.adapt_tensors, calibrated, reject)
-        if parent.compression.get("quantize") or parent.compression.get("prune"):
-            log.warning("%s version %d was compressed; the new version is not (compress it "
-                        "again)", home, parent_number)
+        if any(parent.compression.get(k) for k in ("quantize", "prune", "distill",
+                                                     "vocabulary")):
+            log.warning("%s version %d was compressed; the new version, adapted from the "
+                        "run, is not (compress it again)", home, parent_number)
         model.info["update"] = {"parent": parent_number, "added": len(labels),
                                 "new_classes": added,
                                 "at": datetime.now(UTC).isoformat(timespec="seconds")}
