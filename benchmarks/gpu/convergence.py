@@ -129,14 +129,16 @@ class Result:
     error: str | None = None
 
 
-def one_task(recipe: Recipe, device: str) -> Episodes:
-    """A meta-training task of the recipe's shape (random pixels; for counting FLOPs)."""
+def random_tasks(recipe: Recipe, device: str, tasks: int = 1) -> Episodes:
+    """``tasks`` meta-training tasks of the recipe's shape (random pixels: for counting
+    FLOPs and timing, where the values do not matter)."""
     n, k, q = recipe.ways, recipe.shots, recipe.queries
     shape = (recipe.channels, recipe.image_size, recipe.image_size)
     g = torch.Generator().manual_seed(0)
-    sx, qx = torch.rand(1, n * k, *shape, generator=g), torch.rand(1, n * q, *shape, generator=g)
-    sy = torch.arange(n).repeat_interleave(k)[None]
-    qy = torch.arange(n).repeat_interleave(q)[None]
+    sx = torch.rand(tasks, n * k, *shape, generator=g)
+    qx = torch.rand(tasks, n * q, *shape, generator=g)
+    sy = torch.arange(n).repeat_interleave(k).expand(tasks, -1).clone()
+    qy = torch.arange(n).repeat_interleave(q).expand(tasks, -1).clone()
     return Episodes(sx, sy, qx, qy).to(device)
 
 
@@ -148,7 +150,7 @@ def flops_per_task(recipe: Recipe) -> float:
                                       "cuda_graphs": False, "precision": "float32"})
     algo = build_algorithm(plain).to(recipe.device)
     with FlopCounterMode(display=False) as counter:
-        algo.meta_gradients(one_task(plain, recipe.device))
+        algo.meta_gradients(random_tasks(plain, recipe.device))
     return float(counter.get_total_flops())
 
 
