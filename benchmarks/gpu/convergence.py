@@ -9,7 +9,8 @@ MAML once more in bf16 (the accuracy of ``precision: bf16`` against float32), an
 ProtoNet for its batched speed; evaluates each on 600 test episodes in the deployed
 setting (each query normalised with its support set's BatchNorm statistics, mean and 95%
 CI); and writes ``convergence.json`` and ``convergence.md`` into ``--out`` after every
-row, so a lease that ends early still returns the rows done. It runs in one process
+row, so a lease that ends early still returns the rows done (and each run's
+``metrics.jsonl``, ``status.json`` and ``config.yaml`` under ``runs/``). It runs in one process
 (the Omniglot tensor is decoded once), reads only local files, and exits non-zero when
 any row failed or was skipped.
 
@@ -22,7 +23,7 @@ methods together can have once the machine's start, data decoding, captures and 
 evaluations (Reptile adapts 50 steps per test episode) are paid out of the 10 minutes
 one command may run. So each row runs a cut count (:data:`ROWS`): 10,000 iterations for
 the MAML family (1/6 of the paper's; 59 s for MAML at 5,403 tasks/s, 36 s for FOMAML
-at its measured 8,851), 5,000 for Reptile (1/20) and 2,000 ProtoNet episodes; ``--scale``
+at its measured 8,851), 5,000 for Reptile (1/20) and 1,000 ProtoNet episodes; ``--scale``
 multiplies them all. Each row also gets a ``time_budget`` (1.5x its expected time, and
 never past ``--deadline``), so one slow method cannot eat the lease: a row stopped by it
 says so in its ``stop`` column.
@@ -44,6 +45,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -92,7 +94,7 @@ ROWS: tuple[Row, ...] = (
     Row("anil", "omniglot_5w1s_anil", 10_000, 60_000, "the shipped recipe's, MAML's", 5403,
         graphs=True),
     Row("reptile", "omniglot_5w1s_reptile", 5_000, 100_000, "Nichol et al. 2018", 1000),
-    Row("protonet", "omniglot_5w1s_protonet", 2_000, 60_000, "the shipped recipe's", 300),
+    Row("protonet", "omniglot_5w1s_protonet", 1_000, 60_000, "the shipped recipe's", 300),
     Row("maml bf16", "omniglot_5w1s_maml", 10_000, 60_000, "Finn et al. 2017", 5403,
         overrides=("precision=bf16",), graphs=True),
 )
@@ -171,6 +173,7 @@ def run_row(row: Row, args: argparse.Namespace, budget: float) -> Result:
     result = Result(row.label, row.recipe, recipe.precision, iterations,
                     row.paper_iterations, row.paper)
     out = Path(args.work) / row.label.replace(" ", "_")
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: resuming would skew tasks/s
     try:
         result.flops_per_task = flops_per_task(recipe)
         train(recipe, out, progress=False)
@@ -194,6 +197,12 @@ def run_row(row: Row, args: argparse.Namespace, budget: float) -> Result:
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        keep = Path(args.out) / "runs" / out.name  # the learning curve comes back too
+        if out.is_dir() and keep.resolve() != out.resolve():
+            keep.mkdir(parents=True, exist_ok=True)
+            for name in ("metrics.jsonl", "status.json", "config.yaml"):
+                if (out / name).is_file():
+                    shutil.copy(out / name, keep / name)
     return result
 
 

@@ -7,6 +7,8 @@
 # are counted). One call of at most ~9.5 minutes on a lent GPU; writes under $OUT:
 # convergence.md, convergence.json, convergence.txt (the log), env.txt.
 #   bash benchmarks/gpu/convergence.sh [--scale X]       # GPU: carry .gpu/whl and .gpu/omniglot
+#     (.gpu/whl: benchmarks/gpu/prepare.py; .gpu/omniglot: mkdir -p .gpu/omniglot &&
+#      cp ../shared/data/omniglot/images_background_small*.zip .gpu/omniglot/)
 #   bash benchmarks/gpu/convergence.sh --tiny            # CPU, < 1 minute, the same pipeline
 # --tiny (or CONVERGENCE_TINY=1) reads the Omniglot zips from $OMNIGLOT (default
 # $METAFIT_DATA/omniglot). Nothing is downloaded. Exits non-zero if any step fails.
@@ -27,7 +29,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" >> "$OUT/env.txt" 2>&1
 stamp "setup done"
 rc=0
-timeout 570 python3 benchmarks/gpu/convergence.py --device cuda --data-root .gpu/omniglot \
-  --out "$OUT" --work /tmp/convergence-runs --deadline 540 "$@" > "$OUT/convergence.txt" 2>&1 || rc=$?
+timeout 540 python3 benchmarks/gpu/convergence.py --device cuda --data-root .gpu/omniglot \
+  --out "$OUT" --work /tmp/convergence-runs --deadline 480 "$@" > "$OUT/convergence.txt" 2>&1 || rc=$?
 stamp "convergence done (rc $rc)"
 exit "$rc"
