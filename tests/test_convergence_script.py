@@ -22,11 +22,12 @@ from convergence import ROWS  # noqa: E402
 ALPHABETS = {f"Alpha{i}": 2 for i in range(8)}
 
 
-def run_tiny(tmp_path: Path, data: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+def run_tiny(tmp_path: Path, data: Path, *extra: str
+             ) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "OMNIGLOT": str(data),
            "METAFIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["bash", "benchmarks/gpu/convergence.sh", "--tiny"], cwd=ROOT,
+    done = subprocess.run(["bash", "benchmarks/gpu/convergence.sh", "--tiny", *extra], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     return done, out
 
@@ -65,7 +66,9 @@ def test_tiny_mode_writes_every_row(tiny_run: tuple[subprocess.CompletedProcess[
 
 def test_a_failed_step_fails_the_script(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    done, out = run_tiny(tmp_path, tmp_path / "empty")  # no zips: every row fails to load
+    # no zips: the rows fail to load data (two rows: the script goes on after a failure)
+    done, out = run_tiny(tmp_path, tmp_path / "empty", "--rows", "maml", "reptile")
     assert done.returncode != 0
     rows = json.loads((out / "convergence.json").read_text())["rows"]
-    assert rows and all(r["status"] == "failed" and r["error"] for r in rows)
+    assert [r["label"] for r in rows] == ["maml", "reptile"]
+    assert all(r["status"] == "failed" and r["error"] for r in rows)
