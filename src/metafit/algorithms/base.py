@@ -44,7 +44,10 @@ from metafit.execution.settings import Execution
 from metafit.functional import Params
 from metafit.models.base import FewShotModel
 
-__all__ = ["CAPABILITIES", "Algorithm", "Learner"]
+__all__ = ["CAPABILITIES", "INITIAL_LOSS_SCALE", "Algorithm", "Learner"]
+
+#: The first loss scale of an fp16 run (torch.amp.GradScaler's default, 2**16).
+INITIAL_LOSS_SCALE = 2.0**16
 
 #: The capability flags every algorithm class declares (see :class:`Algorithm`).
 CAPABILITIES = ("meta_trained", "episodic_training", "supports_regression", "fixed_head",
@@ -61,10 +64,19 @@ class Algorithm(nn.Module, ABC):
         inner_steps: inner steps during meta-training (0 where there is no inner loop).
         eval_inner_steps: default steps of :meth:`adapt`; ``None`` means ``inner_steps``.
         execution: how meta-batches run (:class:`~metafit.execution.Execution`; default:
-            auto); it changes speed, never what is computed.
+            auto); it changes speed, never what is computed, except its ``precision``
+            (bf16 / fp16 autocast, :mod:`metafit.execution.precision`).
+
+    With ``precision="fp16"`` the algorithm holds ``loss_scale`` (a ``[]`` float32 buffer,
+    not saved in ``state_dict``, initially :data:`INITIAL_LOSS_SCALE`): the outer loss is
+    differentiated times it and the gradients divided by it in float32, so small
+    gradients do not underflow in float16 (Micikevicius et al. 2018); the trainer
+    adjusts it in place (:class:`metafit.training.optim.DynamicLossScale`), which a
+    captured CUDA graph sees.
     """
 
     name: ClassVar[str] = "algorithm"
+    loss_scale: Tensor | None
     # -- capabilities (class attributes; :data:`CAPABILITIES`) ---------------------------
     #: False for baselines with nothing to meta-train (the trainer then writes the run
     #: directory with the initial model and no steps).
@@ -117,6 +129,11 @@ class Algorithm(nn.Module, ABC):
         self.eval_inner_steps = eval_inner_steps
         self.execution = Execution() if execution is None else execution
         type(self).check_batching(self.execution.batching)
+        if self.execution.precision == "fp16":
+            self.register_buffer("loss_scale", torch.tensor(INITIAL_LOSS_SCALE),
+                                 persistent=False)
+        else:
+            self.loss_scale = None
 
     @property
     def second_order(self) -> bool:
@@ -193,11 +210,17 @@ class Algorithm(nn.Module, ABC):
         return self.gradients_of(loss), loss.detach(), mf.score(out.detach(), task.query_y)
 
     def gradients_of(self, loss: Tensor) -> dict[str, Tensor]:
-        """``d loss / d p`` for every trainable parameter (zeros where unused)."""
+        """``d loss / d p`` for every trainable parameter (zeros where unused); with a
+        ``loss_scale`` (fp16), ``d (scale * loss) / d p`` divided by the scale (an
+        overflow stays infinite, for the trainer to see)."""
         params = self.trainable_parameters()
+        scale = self.loss_scale
         grads = torch.autograd.grad(
-            loss, list(params.values()), allow_unused=True, materialize_grads=True
+            loss, list(params.values()), allow_unused=True, materialize_grads=True,
+            grad_outputs=None if scale is None else scale.to(loss.dtype),
         )
+        if scale is not None:
+            return {n: g.detach() / scale for n, g in zip(params, grads, strict=True)}
         return {n: g.detach() for n, g in zip(params, grads, strict=True)}
 
     @staticmethod

@@ -8,6 +8,7 @@ from metafit.algorithms.base import Algorithm
 from metafit.algorithms.registry import build_algorithm as build_registered
 from metafit.algorithms.registry import get_algorithm, list_algorithms
 from metafit.config.recipe import Recipe
+from metafit.execution.precision import check_precision
 from metafit.execution.settings import Execution
 from metafit.models import conv4, mlp, resnet12, resnet18
 
@@ -52,12 +53,13 @@ def build_model(recipe: Recipe) -> nn.Module:
 
 def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> Algorithm:
     """The recipe's algorithm around a freshly initialised model (seeded by ``recipe.seed``),
-    running meta-batches as the recipe's ``batching``, ``task_workers`` and ``vmap_chunk``
-    say.
+    running meta-batches as the recipe's ``batching``, ``task_workers``, ``vmap_chunk``
+    and ``precision`` say.
 
     Raises:
         ValueError: the recipe asks what the algorithm's capabilities rule out
-            (:func:`check_recipe_algorithm`).
+            (:func:`check_recipe_algorithm`), or a ``precision`` the device cannot run
+            (:func:`~metafit.execution.precision.check_precision`).
     """
     import torch
 
@@ -91,7 +93,9 @@ def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> Alg
                              f"'{recipe.algorithm}' classifies with the head its inner "
                              "loop adapts")
         options.update(classifier=recipe.classifier, penalty=recipe.classifier_penalty)
-    options["execution"] = Execution(recipe.batching, recipe.task_workers, recipe.vmap_chunk)
+    check_precision(recipe.precision, recipe.device)
+    options["execution"] = Execution(recipe.batching, recipe.task_workers, recipe.vmap_chunk,
+                                     recipe.precision)
     return build_registered(recipe.algorithm, model, **options)
 
 

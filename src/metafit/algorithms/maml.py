@@ -10,6 +10,7 @@ meta-gradient = d(mean over tasks of the outer loss)/d theta, through the inner 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -71,7 +72,7 @@ class MAML(Algorithm):
     ) -> None:
         execution = Execution() if execution is None else execution
         if batching != "auto":
-            execution = Execution(batching, execution.workers, execution.vmap_chunk)
+            execution = replace(execution, batching=batching)
         super().__init__(model, inner_steps, eval_inner_steps, execution)
         self.inner_lr = float(inner_lr)
         self.first_order = bool(first_order)

@@ -233,6 +233,12 @@ class Recipe(BaseModel):
         False, description="on a CUDA device, replay each meta-gradient as one captured "
         "CUDA graph (metafit.execution.cuda_graphs): no kernel-launch overhead, the fast path for "
         "small tasks; MAML, FOMAML, Meta-SGD and ANIL")
+    precision: Literal["float32", "tf32", "bf16", "fp16"] = Field(
+        "float32", description="the meta-gradient's floating-point format: float32 (torch's "
+        "defaults), tf32 (CUDA: TF32 matmuls and convolutions), bf16 or fp16 (every forward "
+        "pass of the inner and outer loop under torch.autocast, second order through it; "
+        "fp16 with dynamic loss scaling); a GPU setting: on a CPU bf16 is slower than "
+        "float32 (docs/design.md, 'Mixed precision'). Evaluation stays float32")
 
     # -- meta-RL (datasets rl_nav2d, rl_bandit, rl_tabular; docs/rl.md) ----------------
     horizon: int | None = Field(None, gt=0, description="meta-RL: steps per episode "
@@ -329,6 +335,9 @@ class Recipe(BaseModel):
                              f"'omniglot' (alphabets and drawers), not '{self.dataset}'")
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ValueError(f"cuda_graphs needs a CUDA device, not device '{self.device}'")
+        if self.precision == "tf32" and not self.device.startswith("cuda"):
+            raise ValueError(f"precision 'tf32' needs a CUDA device, not device "
+                             f"'{self.device}' (float32 or bf16 run anywhere)")
         if self.classifier is not None and self.is_regression:
             raise ValueError(f"classifier '{self.classifier}' is for classification; "
                              f"dataset '{self.dataset}' is a regression problem")

@@ -9,7 +9,11 @@ An :class:`Execution` says *how* an algorithm's maths runs, never *what* it comp
 * ``workers``: worker threads for the per-task path (``None``: auto, see
   :func:`metafit.execution.threads.resolve_workers`);
 * ``vmap_chunk``: tasks per vectorised call on the batched path (``None``: the whole
-  meta-batch), bounding its memory.
+  meta-batch), bounding its memory;
+* ``precision``: the floating-point format of the passes (``"float32"``, ``"tf32"``,
+  ``"bf16"``, ``"fp16"``; :mod:`metafit.execution.precision`). The one setting that
+  changes the floats beyond reassociation: bf16 / fp16 round what matmuls and
+  convolutions compute.
 
 The loop and vmap paths compute the same meta-gradients (tested); several workers sum the
 tasks' gradients in another order, so their results equal the serial loop up to float
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from metafit.execution.precision import PRECISIONS, Precision
 
 __all__ = ["BATCHING", "Batching", "Execution", "parse_workers"]
 
@@ -52,6 +58,7 @@ class Execution:
     batching: Batching = "auto"
     workers: int | None = None
     vmap_chunk: int | None = None
+    precision: Precision = "float32"
 
     def __post_init__(self) -> None:
         if self.batching not in BATCHING:
@@ -61,3 +68,6 @@ class Execution:
                                             or self.vmap_chunk < 1):
             raise ValueError(f"vmap_chunk must be a positive integer or None, got "
                              f"{self.vmap_chunk!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got "
+                             f"{self.precision!r}")

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from metafit.episodes import Episode, Episodes
+from metafit.execution.precision import precision_context
 from metafit.execution.program import BatchResult, MetaBatchProgram
 
 __all__ = ["per_task_gradients", "resolve_workers", "share_parameters"]
@@ -63,13 +64,17 @@ def resolve_workers(program: nn.Module, requested: int | None, tasks: int) -> in
 
 
 def share_parameters(replica: nn.Module, module: nn.Module) -> nn.Module:
-    """Point ``replica``'s parameters (a deep copy of ``module``) at ``module``'s storage,
-    with its ``requires_grad`` flags and training mode; returns ``replica``. A replica can
+    """Point ``replica``'s parameters and buffers (a deep copy of ``module``) at
+    ``module``'s storage, with its ``requires_grad`` flags and training mode; returns
+    ``replica``. A replica can
     be used by ``functional_call`` in another thread while ``module`` is in use."""
     for (_, mine), (_, theirs) in zip(replica.named_parameters(), module.named_parameters(),
                                       strict=True):
         mine.data = theirs.data
         mine.requires_grad_(theirs.requires_grad)
+    for (_, mine_b), (_, theirs_b) in zip(replica.named_buffers(), module.named_buffers(),
+                                          strict=True):
+        mine_b.data = theirs_b.data  # an fp16 run's loss scale, updated in place
     return replica.train(module.training)
 
 
@@ -95,6 +100,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 def _run_share(
     replica: nn.Module, tasks: Sequence[Episode], intra_threads: int | None,
+    precision: str = "float32",
 ) -> tuple[dict[str, Tensor], list[Tensor], list[Tensor]]:
     if intra_threads is not None:
         torch.set_num_threads(intra_threads)
@@ -102,7 +108,8 @@ def _run_share(
     losses: list[Tensor] = []
     scores: list[Tensor] = []
     for task in tasks:
-        grads, loss, score = cast(MetaBatchProgram, replica).task_gradients(task)
+        with precision_context(precision, task.support_x.device.type):
+            grads, loss, score = cast(MetaBatchProgram, replica).task_gradients(task)
         for n, g in grads.items():
             if n in total:
                 total[n] += g
@@ -113,23 +120,26 @@ def _run_share(
     return total, losses, scores
 
 
-def per_task_gradients(algorithm: P, episodes: Episodes, workers: int) -> BatchResult:
+def per_task_gradients(algorithm: P, episodes: Episodes, workers: int,
+                       precision: str = "float32") -> BatchResult:
     """Mean over the tasks of ``task_gradients(task)`` (of the algorithm or a replica),
     the mean loss ``[]`` and the per-task scores ``[T]``.
 
     Runs serially in this thread for ``workers=1``, else on that many threads (module
-    docstring).
+    docstring); each task under ``precision``'s autocast
+    (:func:`~metafit.execution.precision.precision_context`), entered in the thread
+    that runs it.
     """
     tasks = list(episodes)
     if workers == 1:
-        shares = [_run_share(algorithm, tasks, None)]
+        shares = [_run_share(algorithm, tasks, None, precision)]
     else:
         replicas = _replicas_of(algorithm, workers)
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             futures = [
-                _pool(workers).submit(_run_share, replica, tasks[w::workers], 1)
+                _pool(workers).submit(_run_share, replica, tasks[w::workers], 1, precision)
                 for w, replica in enumerate(replicas)
             ]
             shares = [f.result() for f in futures]

@@ -163,6 +163,7 @@ def fused_block_applies(block: ConvBlock, x: Tensor) -> bool:
         and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
         and conv.groups == 1 and bn.affine and (bn.training or not bn.track_running_stats)
         and x.device.type == "cpu" and not under_functorch(x)
+        and not torch.is_autocast_enabled("cpu")  # it computes in x's dtype, exactly
     )
 
 

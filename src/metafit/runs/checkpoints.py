@@ -33,7 +33,7 @@ __all__ = ["RESUMABLE_CHANGES", "Stateful", "Resumable", "Start", "training_chec
 #: Recipe keys that may differ when training again into an existing run directory.
 RESUMABLE_CHANGES = ("iterations", "patience", "time_budget", "task_workers",
                      "vmap_chunk", "batching", "checkpoint_every", "checkpoint_minutes",
-                     "cuda_graphs", "cudnn_benchmark", "mlflow", "mlflow_uri",
+                     "cuda_graphs", "cudnn_benchmark", "precision", "mlflow", "mlflow_uri",
                      "mlflow_experiment", "tensorboard")
 
 

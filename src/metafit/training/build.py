@@ -17,6 +17,7 @@ from metafit.data.transforms import training_transform
 from metafit.data.within import sampler_options
 from metafit.distributed import DistContext, rank_seed, shard_sizes
 from metafit.evaluation.feature_cache import cached_body
+from metafit.execution.precision import set_tf32
 from metafit.runs.trained import split_sampler
 
 __all__ = ["samplers", "meta_batch_shares", "torch_settings", "frozen_body_cache"]
@@ -51,12 +52,13 @@ def meta_batch_shares(recipe: Recipe, ctx: DistContext) -> list[int]:
 
 
 def torch_settings(recipe: Recipe) -> None:
-    """The recipe's ``threads`` (if set) and, on CUDA, ``cudnn_benchmark``, for this
-    process."""
+    """The recipe's ``threads`` (if set) and, on CUDA, ``cudnn_benchmark`` and a ``tf32``
+    precision (:func:`~metafit.execution.precision.set_tf32`), for this process."""
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     if recipe.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = recipe.cudnn_benchmark
+    set_tf32(recipe.precision, recipe.device)
 
 
 def frozen_body_cache(model: nn.Module) -> AbstractContextManager[Any]:

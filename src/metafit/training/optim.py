@@ -1,7 +1,8 @@
 """The outer optimizer of meta-training, its learning-rate schedule, and its step.
 
 The algorithm computes meta-gradients; any torch optimizer steps on them (optax-style:
-the algorithm computes, the optimizer updates).
+the algorithm computes, the optimizer updates). An ``fp16`` run's step goes through
+:class:`DynamicLossScale` (dynamic loss scaling).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from metafit.config.recipe import Recipe
 
-__all__ = ["lr_factor", "outer_optimizer", "outer_step"]
+__all__ = ["DynamicLossScale", "lr_factor", "outer_optimizer", "outer_step"]
 
 
 def lr_factor(recipe: Recipe) -> Callable[[int], float]:
@@ -65,3 +66,41 @@ def outer_step(module: nn.Module, grads: dict[str, Tensor], params: list[nn.Para
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
     return norm
+
+
+class DynamicLossScale:
+    """Dynamic loss scaling for ``precision="fp16"`` (Micikevicius et al. 2018; the rule of
+    ``torch.amp.GradScaler``): the algorithm differentiates ``scale * loss`` and divides
+    the gradients by ``scale`` (:meth:`metafit.algorithms.Algorithm.gradients_of`); here,
+    after each meta-gradient, a step whose gradients hold an inf or NaN is skipped and the
+    scale halved, and after ``growth_interval`` finite steps in a row it is doubled.
+
+    ``scale``: the algorithm's ``loss_scale`` buffer ``[]``, updated in place (a captured
+    CUDA graph reads its storage). The scale is not checkpointed: a resumed fp16 run
+    starts again from the initial scale (its first steps may be skipped again).
+    """
+
+    def __init__(self, scale: Tensor, growth_interval: int = 2000, factor: float = 2.0
+                 ) -> None:
+        if growth_interval < 1 or factor <= 1.0:
+            raise ValueError(f"growth_interval must be >= 1 and factor > 1, got "
+                             f"{growth_interval}, {factor}")
+        self.scale, self.growth_interval, self.factor = scale, growth_interval, factor
+        self.finite_steps = 0
+        self.skipped = 0
+
+    def finite(self, grads: dict[str, Tensor]) -> bool:
+        """Whether every gradient is finite (one device read); updates the scale."""
+        values = [g.isfinite().all() for g in grads.values()]
+        ok = bool(torch.stack(values).all()) if values else True
+        with torch.no_grad():
+            if not ok:
+                self.scale.div_(self.factor)
+                self.finite_steps = 0
+                self.skipped += 1
+            else:
+                self.finite_steps += 1
+                if self.finite_steps == self.growth_interval:
+                    self.scale.mul_(self.factor)
+                    self.finite_steps = 0
+        return ok

@@ -46,7 +46,7 @@ from metafit.training.build import frozen_body_cache, meta_batch_shares, sampler
 from metafit.training.callbacks import Callback
 from metafit.training.loop import TrainingLoop, ValidationHook
 from metafit.training.mlflow_logger import tracking_callbacks
-from metafit.training.optim import lr_factor, outer_optimizer, outer_step
+from metafit.training.optim import DynamicLossScale, lr_factor, outer_optimizer, outer_step
 from metafit.training.rl import RLTrainer
 from metafit.training.state import TrainState
 
@@ -92,6 +92,8 @@ class Trainer(TrainingLoop):
             raise ValueError(f"algorithm '{recipe.algorithm}' has no trainable parameters "
                              "with this recipe (adapt scope, frozen layers)")
         self.optimizer, self.scheduler = outer_optimizer(recipe, self.params)
+        scale = self.algo.loss_scale  # precision fp16: dynamic loss scaling
+        self.loss_scale = None if scale is None else DynamicLossScale(scale)
         self.higher_is_better = not recipe.is_regression
 
     def _train_record(self) -> dict[str, Any]:
@@ -133,11 +135,16 @@ class Trainer(TrainingLoop):
     def _update(self, episodes: Episodes) -> dict[str, float]:
         """One outer step on the meta-gradients of ``episodes`` (replayed as a CUDA graph
         with ``cuda_graphs``), averaged over the ranks weighted by their task counts;
-        returns the averaged metrics."""
+        returns the averaged metrics. With ``precision`` fp16 a step whose gradients
+        overflowed is skipped (the schedule waits a step) and ``loss_scale`` reported."""
         grads, metrics = (self.algo.meta_gradients(episodes) if self.graphed is None
                           else self.graphed(episodes))
         count, total = float(len(episodes)), float(sum(self.shares))
         grads, metrics = all_reduce_mean(grads, metrics, count, total, self.dist)
+        if self.loss_scale is not None:  # fp16: skip an overflowed step (every rank alike)
+            metrics["loss_scale"] = float(self.loss_scale.scale)
+            if not self.loss_scale.finite(grads):  # no step, the schedule waits too
+                return {k: float(v) for k, v in metrics.items()}
         norm = outer_step(self.algo, grads, self.params, self.optimizer, self.scheduler,
                           self.recipe.grad_clip)
         if norm is not None:
