@@ -13,11 +13,14 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from metafit.algorithms.finetune import FineTune
 from metafit.algorithms.from_recipe import build_model
 from metafit.algorithms.protonet import ProtoNet
+from metafit.config.files import RecipeError
 from metafit.config.recipe import list_recipes, load_recipe
+from metafit.config.recommend import recommendations
 from metafit.data.base import TensorClassDataset
 from metafit.data.splits import load_split
 from metafit.runs.directory import CheckpointError, RunDir, load_checkpoint
@@ -184,3 +187,44 @@ def test_stage2_refuses_a_body_of_another_width(
     with pytest.raises(CheckpointError, match=r"\(its model.body\) was saved for a "
                        "different architecture"):
         Trainer(recipe, tmp_path / "run", progress=False).fit()
+
+
+def test_the_recommendation_for_characters_is_one_of_the_candidates(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from metafit.cli.main import main
+
+    characters = recommendations()["characters"]
+    assert characters.recommended in characters.candidates
+    assert set(CHARACTER_RECIPES) <= {recipe for c in characters.candidates.values()
+                                      for recipe, _ in c.stages}
+    meta = characters.candidates["meta_baseline"]
+    stages = meta.recipes(600.0, ["/runs/one", "/runs/two"])
+    assert [r.name for r in stages] == [PRETRAIN, META]
+    assert sum(r.time_budget or 0 for r in stages) == pytest.approx(600.0, abs=0.2)
+    assert stages[0].init_from is None and stages[1].init_from == "/runs/one"
+    # the default commands chain through the default run directory
+    assert load_recipe(META).init_from == f"runs/{PRETRAIN}"
+    assert main(["recipes", "recommend"]) == 0
+    printed = capsys.readouterr().out
+    assert f"recommended: {characters.recommended}" in printed
+    assert characters.commands()[0] in printed
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"recommended": "nope"}, "recommended 'nope' is not one of its candidates"),
+    ({"candidates": {"a": {"stages": ["no_such_recipe"]}}}, "'no_such_recipe' is not a "
+     "shipped recipe"),
+    ({"candidates": {"a": {"stages": ["omniglot_20w1s_protonet hiden=3"]}}},
+     "unknown recipe key 'hiden'"),
+    ({"candidates": {"a": {"stages": ["sinusoid_maml", "sinusoid_maml"],
+                           "budget_shares": [0.5, 0.6]}}}, "summing to 1"),
+])
+def test_a_broken_recommendations_file_is_refused(
+        tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    entry: dict[str, Any] = {"description": "d", "recommended": "a",
+                             "candidates": {"a": {"stages": ["sinusoid_maml"]}}}
+    entry.update(change)
+    path = tmp_path / "recommended.yaml"
+    path.write_text(yaml.safe_dump({"task": entry}))
+    with pytest.raises(RecipeError, match=message):
+        recommendations(path)
