@@ -228,3 +228,42 @@ def test_a_broken_recommendations_file_is_refused(
     path.write_text(yaml.safe_dump({"task": entry}))
     with pytest.raises(RecipeError, match=message):
         recommendations(path)
+
+
+def test_the_comparison_script_trains_scores_and_pairs_on_the_same_episodes(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import character_recipes
+
+    common = [
+        "--budget-minutes", "0.01", "--out", str(tmp_path / "runs"),
+        "--candidates", "protonet_affine", "meta_baseline", "--ways", "3", "2",
+        "--episodes", "4", "--results", str(tmp_path / "R.md"),
+        "--results-dir", str(tmp_path / "rows"),
+        "--set", f"data_root={data}", "image_size=16", "hidden=4", "ways=2", "queries=1",
+        "test_ways=2", "test_queries=2", "val_every=2", "val_episodes=2", "test_episodes=2",
+        "meta_batch=1",
+        "iterations=2", "eval_inner_steps=2"]
+    assert character_recipes.main(common) == 0
+    rows = json.loads((tmp_path / "rows" / "character_recipes_0.01min.json").read_text())
+    assert [(r["name"], r["split"], r["ways"]) for r in rows] == [
+        ("protonet_affine", "val", 3), ("meta_baseline", "val", 3),
+        ("protonet_affine", "val", 2), ("meta_baseline", "val", 2)]
+    assert rows[0]["episodes_digest"] == rows[1]["episodes_digest"]  # paired
+    assert rows[0]["episodes_digest"] != rows[2]["episodes_digest"]
+    assert rows[0]["stages"][0]["recipe"] == "omniglot_20w1s_protonet"
+    two = rows[1]["stages"]
+    assert [s["recipe"] for s in two] == [PRETRAIN, META]
+    assert RunDir(two[1]["run"]).read_recipe().init_from == two[0]["run"]
+    assert all(s["status"] == "complete" and s["iterations"] == 2 for s in two)
+    text = (tmp_path / "R.md").read_text()
+    assert "<!-- character_recipes_0.01min:start -->" in text
+    assert "| meta_baseline | val | within_alphabet | 3 |" in text
+    # scoring the test alphabets later reuses the finished runs
+    metrics = Path(two[1]["run"]) / "metrics.jsonl"
+    before = metrics.read_text()
+    assert character_recipes.main([*common, "--split", "test"]) == 0
+    assert metrics.read_text() == before
+    tested = json.loads((tmp_path / "rows" / "character_recipes_0.01min_test.json")
+                        .read_text())
+    assert {r["split"] for r in tested} == {"test"}
