@@ -33,7 +33,7 @@ from typing import Any, Literal, cast
 
 import common
 import torch
-from within_alphabet import SCHEMES, paired, score
+from within_alphabet import SCHEMES, score, table
 
 from metafit.config.recommend import Candidate, recommendations
 from metafit.config.schema import make_recipe
@@ -99,17 +99,7 @@ def block(rows: list[dict[str, Any]], baseline: str, command: str, budget: float
     for name, done in stages.items():
         said = "; ".join(f"`{s['recipe']}` ({s['iterations']}, {s['status']})" for s in done)
         lines.append(f"| {name} | {said} |")
-    lines += ["", "| candidate | split | episodes | ways | accuracy | paired change vs "
-              f"{baseline} (points) |", "|---|---|---|---|---|---|"]
-    base = {(r["split"], r["scheme"], r["ways"]): r for r in rows if r["name"] == baseline}
-    for r in rows:
-        ref = base.get((r["split"], r["scheme"], r["ways"]))
-        change = "-"
-        if ref is not None and r["name"] != baseline:
-            mean, half = paired(ref["per_episode"], r["per_episode"])
-            change = f"{100 * mean:+.2f} ± {100 * half:.2f}"
-        lines.append(f"| {r['name']} | {r['split']} | {r['scheme']} | {r['ways']} | "
-                     f"{100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} | {change} |")
+    lines += ["", *table(rows, baseline, "candidate")]
     return "\n".join(lines)
 
 
