@@ -304,7 +304,9 @@ class Recipe(BaseModel):
         "mlflow.db)")
     mlflow_experiment: str | None = Field(
         None, description="MLflow experiment (default: the recipe's name)")
-    init_from: str | None = Field(None, description="warm start from a run directory")
+    init_from: str | None = Field(None, description="warm start from a run directory (its "
+                                  "best checkpoint; from a run of another algorithm, the "
+                                  "model's body only)")
     search: dict[str, Any] = Field(default_factory=dict, description="tuning search space")
 
     @model_validator(mode="after")
