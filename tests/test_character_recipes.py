@@ -267,3 +267,32 @@ def test_the_comparison_script_trains_scores_and_pairs_on_the_same_episodes(
     tested = json.loads((tmp_path / "rows" / "character_recipes_0.01min_test.json")
                         .read_text())
     assert {r["split"] for r in tested} == {"test"}
+
+
+def test_warm_start_scope_all_for_the_same_tensors_body_for_another_algorithm() -> None:
+    from metafit import models
+    from metafit.algorithms import MAML
+    from metafit.runs.checkpoints import restore_warm_start, warm_start_scope
+
+    torch.manual_seed(0)
+    finetune = FineTune(models.conv4(3, 1, 4, 16, depth=2), num_classes=7)
+    saved = {"algorithm": finetune.state_dict(), "recipe": {"algorithm": "finetune"}}
+    protonet = ProtoNet(models.conv4(3, 1, 4, 16, depth=2), distance="cosine",
+                        learn_scale=True)
+    head = protonet.model.head.state_dict()["weight"].clone()
+    first = next(iter(protonet.model.body.state_dict()))
+    assert not torch.equal(protonet.model.body.state_dict()[first],
+                           saved["algorithm"][f"model.body.{first}"])
+    assert warm_start_scope(protonet, saved, "protonet") == "body"
+    assert restore_warm_start(protonet, saved, "stage 1", "protonet") == "body"
+    for name, tensor in protonet.model.body.state_dict().items():
+        assert torch.equal(tensor, saved["algorithm"][f"model.body.{name}"])
+    assert torch.equal(protonet.model.head.state_dict()["weight"], head)  # as initialised
+    # another algorithm with exactly the same tensors takes all of them
+    maml = MAML(models.conv4(3, 1, 4, 16, depth=2))
+    plain = ProtoNet(models.conv4(3, 1, 4, 16, depth=2))
+    from_maml = {"algorithm": maml.state_dict(), "recipe": {"algorithm": "maml"}}
+    assert warm_start_scope(plain, from_maml, "protonet") == "all"
+    restore_warm_start(plain, from_maml, "maml run", "protonet")
+    assert torch.equal(plain.model.head.state_dict()["weight"],
+                       maml.model.head.state_dict()["weight"])
