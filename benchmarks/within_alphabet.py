@@ -78,11 +78,10 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     return statistics.mean(d), 1.96 * statistics.stdev(d) / len(d) ** 0.5
 
 
-def block(rows: list[dict[str, Any]], baseline: str, command: str) -> str:
-    lines = [f"{common.machine()}; load average {common.load_average()}. Command: `{command}`. "
-             "Deployed BatchNorm setting; mean ± 95% CI over episodes; the last column "
-             f"pairs each row with `{baseline}` on the same episodes.", "",
-             "| run | split | episodes | ways | accuracy | paired change vs "
+def table(rows: list[dict[str, Any]], baseline: str, label: str = "run") -> list[str]:
+    """The Markdown table of ``rows`` (``label``: the first column's name), each row paired
+    with ``baseline``'s row of the same split, scheme and ways."""
+    lines = [f"| {label} | split | episodes | ways | accuracy | paired change vs "
              f"{baseline} (points) |", "|---|---|---|---|---|---|"]
     base = {(r["split"], r["scheme"], r["ways"]): r for r in rows if r["name"] == baseline}
     for r in rows:
@@ -93,6 +92,14 @@ def block(rows: list[dict[str, Any]], baseline: str, command: str) -> str:
             change = f"{100 * mean:+.2f} ± {100 * half:.2f}"
         lines.append(f"| {r['name']} | {r['split']} | {r['scheme']} | {r['ways']} | "
                      f"{100 * r['accuracy']:.2f} ± {100 * r['ci95']:.2f} | {change} |")
+    return lines
+
+
+def block(rows: list[dict[str, Any]], baseline: str, command: str) -> str:
+    lines = [f"{common.machine()}; load average {common.load_average()}. Command: `{command}`. "
+             "Deployed BatchNorm setting; mean ± 95% CI over episodes; the last column "
+             f"pairs each row with `{baseline}` on the same episodes.", "",
+             *table(rows, baseline)]
     return "\n".join(lines)
 
 

@@ -76,7 +76,7 @@ def test_auto_batches_convolutions_off_the_cpu_where_vmap_can_run() -> None:
     assert not MAML(conv, batching="loop").runs_batched()
 
 
-@pytest.mark.parametrize("distance", ["sqeuclidean", "cosine"])
+@pytest.mark.parametrize("distance", ["sqeuclidean", "cosine", "cosine_learned"])
 @pytest.mark.parametrize("strided", [False, True])
 def test_protonet_batched_path_equals_the_per_task_loop(distance: str, strided: bool) -> None:
     # the GPU's path (one vmap over the tasks), forced here on the CPU in float64
@@ -87,7 +87,8 @@ def test_protonet_batched_path_equals_the_per_task_loop(distance: str, strided: 
                       torch.rand(t, 9, 1, 28, 28, generator=g, dtype=torch.float64), qy,
                       torch.arange(n).repeat(t, 1))
     algo = ProtoNet(mf.models.conv4(None, 1, 8, 28, strided=strided).double(),
-                    distance=distance)
+                    distance=distance.removesuffix("_learned"),
+                    learn_scale=distance.endswith("_learned"))
     assert not algo.runs_batched()  # on the CPU: task by task
     assert ProtoNet(mf.models.conv4(None, 1, 8, 28).to("meta")).runs_batched()
     g_loop, m_loop = algo.meta_gradients(eps)
@@ -97,6 +98,8 @@ def test_protonet_batched_path_equals_the_per_task_loop(distance: str, strided: 
     for key in g_loop:
         assert torch.allclose(g_loop[key], g_vmap[key], rtol=1e-9, atol=1e-12), key
     assert float(g_vmap["model.body.0.0.weight"].abs().max()) > 0
+    if algo.log_scale is not None:  # the learned scale's gradient, on both paths
+        assert float(g_vmap["log_scale"].abs()) > 0
     assert m_loop == pytest.approx(m_vmap, rel=1e-9)
 
 

@@ -77,6 +77,8 @@ def test_recipes_data_json(capsys) -> None:
     assert shown["recipe"]["inner_steps"] == 3
     keys = run_json(capsys, "recipes", "keys")
     assert any(k["key"] == "inner_lr" and k["description"] for k in keys["keys"])
+    recommended = run_json(capsys, "recipes", "recommend", "characters")
+    assert recommended["recommendations"][0]["commands"][0].startswith("metafit train ")
     data = run_json(capsys, "data", "sinusoid_maml")
     assert [s["kind"] for s in data["splits"]] == ["task_family"] * 3
 

@@ -111,6 +111,8 @@ def rel_error(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
         pytest.param(lambda m: ANIL(m, inner_lr=0.5, inner_steps=2), id="anil-2"),
         pytest.param(lambda m: ProtoNet(m), id="protonet"),
         pytest.param(lambda m: ProtoNet(m, distance="cosine", scale=5.0), id="protonet-cos"),
+        pytest.param(lambda m: ProtoNet(m, distance="cosine", scale=5.0, learn_scale=True),
+                     id="protonet-cos-learned"),
     ],
 )
 def test_meta_gradient_matches_finite_differences(make) -> None:  # type: ignore[no-untyped-def]
@@ -313,6 +315,23 @@ def test_protonet_cosine_logits_are_scaled_cosines_to_class_means() -> None:
         ProtoNet(model, distance="cos")
     with pytest.raises(ValueError, match="scale must be positive"):
         ProtoNet(model, distance="cosine", scale=0.0)
+
+
+def test_protonet_learned_scale_starts_at_the_scale_and_is_what_adapted_heads_use() -> None:
+    model = tiny_mlp()
+    episodes = classification_episodes(ways=3)
+    t = episodes[0]
+    algo = ProtoNet(model, distance="cosine", scale=7.0, learn_scale=True)
+    assert "log_scale" in algo.trainable_parameters() and algo.scale == pytest.approx(7.0)
+    grads, _ = algo.meta_gradients(episodes)
+    assert float(grads["log_scale"].abs()) > 0  # the loss's temperature is learned
+    fixed = ProtoNet(model, distance="cosine", scale=7.0).adapt(t.support_x, t.support_y)
+    with torch.no_grad():
+        algo.log_scale.fill_(math.log(3.0))
+        learned = algo.adapt(t.support_x, t.support_y)
+        torch.testing.assert_close(learned(t.query_x), fixed(t.query_x) * 3.0 / 7.0)
+    with pytest.raises(ValueError, match="learn_scale.*needs distance='cosine'"):
+        ProtoNet(model, learn_scale=True)
 
 
 def test_finetune_meta_gradients_are_supervised_gradients_with_global_labels() -> None:

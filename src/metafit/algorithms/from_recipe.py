@@ -12,7 +12,14 @@ from metafit.execution.precision import check_precision
 from metafit.execution.settings import Execution
 from metafit.models import conv4, mlp, resnet12, resnet18
 
-__all__ = ["build_model", "build_algorithm", "check_recipe_algorithm", "with_capability"]
+__all__ = ["build_model", "build_algorithm", "check_recipe_algorithm", "resnet12_widths",
+           "with_capability"]
+
+
+def resnet12_widths(hidden: int) -> tuple[int, int, int, int]:
+    """The four block widths of a ResNet-12 whose first block has ``hidden`` filters, in
+    the papers' proportions: 64 gives their 64-160-320-640 (Lee et al. 2019)."""
+    return hidden, hidden * 5 // 2, hidden * 5, hidden * 10
 
 
 def with_capability(flag: str, value: object = True) -> list[str]:
@@ -32,7 +39,7 @@ def build_model(recipe: Recipe) -> nn.Module:
                      image_size=recipe.image_size, depth=recipe.depth, strided=recipe.strided)
     if recipe.model == "resnet12":
         return resnet12(out_features=out, in_channels=recipe.channels,
-                        image_size=recipe.image_size)
+                        image_size=recipe.image_size, widths=resnet12_widths(recipe.hidden))
     if recipe.model == "text":
         from metafit.models.text import text_model
 
@@ -86,6 +93,12 @@ def build_algorithm(recipe: Recipe, num_train_classes: int | None = None) -> Alg
             raise ValueError(f"distance={recipe.distance!r} applies to protonet; algorithm "
                              f"'{recipe.algorithm}' has no prototypes")
         options.update(distance=recipe.distance, scale=recipe.distance_scale)
+    if recipe.learn_scale:
+        if recipe.algorithm != "protonet" or recipe.distance != "cosine":
+            raise ValueError("learn_scale learns the scale of protonet's cosine distance; "
+                             "it needs algorithm protonet and distance cosine (got "
+                             f"'{recipe.algorithm}', '{recipe.distance}')")
+        options["learn_scale"] = True
     if recipe.classifier is not None:
         if not cls.accepts_classifier:
             raise ValueError(f"classifier={recipe.classifier!r} applies to "

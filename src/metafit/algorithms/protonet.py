@@ -6,7 +6,9 @@ examples; the logits of a query are the negative squared Euclidean distances to 
 prototypes (the paper's choice) or, with ``distance="cosine"``, the scaled cosine
 similarities ``s * cos(f, p)`` (the cosine classifier of Gidaris & Komodakis 2018 and Chen
 et al. 2019, "A Closer Look at Few-shot Classification", with a fixed scale as in Oreshkin
-et al. 2018, TADAM); the loss is cross-entropy on the query set. There is no inner loop: ``adapt``
+et al. 2018, TADAM, or learned, starting from that value, as in Meta-Baseline: Chen et al.
+2021, "Meta-Baseline: Exploring Simple Meta-Learning for Few-Shot Learning"); the loss is
+cross-entropy on the query set. There is no inner loop: ``adapt``
 computes the prototypes once (the number of steps is ignored), and ``model.head`` is not
 used (its meta-gradients are zeros). With ``classifier="logistic"``, ``adapt`` fits a
 logistic-regression head on the support embeddings instead of the prototypes
@@ -15,6 +17,7 @@ logistic-regression head on the support embeddings instead of the prototypes
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -97,6 +100,9 @@ class ProtoNet(Algorithm):
         scale: the cosine logits' scale (inverse temperature); ignored for
             ``sqeuclidean``. 20 suits all-MiniLM-L6-v2 (sentence-transformers'
             contrastive losses scale cosine similarities by 20 by default).
+        learn_scale: meta-learn the cosine scale, starting from ``scale`` (the parameter
+            ``log_scale``, its logarithm, so that it stays positive), as Meta-Baseline's
+            meta stage does (Chen et al. 2021); ``distance="cosine"`` only.
         classifier: ``None`` (the prototypes) or ``"logistic"``: ``adapt`` fits a logistic
             regression on the L2-normalised support embeddings
             (:func:`~metafit.algorithms.heads.fit_logistic_head`); meta-training still
@@ -116,7 +122,8 @@ class ProtoNet(Algorithm):
 
     def __init__(self, model: nn.Module, distance: str = "sqeuclidean",
                  scale: float = 10.0, classifier: str | None = None,
-                 penalty: float = 1e-4, execution: Execution | None = None) -> None:
+                 penalty: float = 1e-4, execution: Execution | None = None,
+                 learn_scale: bool = False) -> None:
         super().__init__(model, execution=execution)
         check_classifier(classifier, penalty, "ProtoNet")
         if distance not in DISTANCES:
@@ -124,13 +131,31 @@ class ProtoNet(Algorithm):
                              f"{', '.join(DISTANCES)}")
         if not scale > 0:
             raise ValueError(f"ProtoNet: the cosine scale must be positive, got {scale}")
+        if learn_scale and distance != "cosine":
+            raise ValueError("ProtoNet: learn_scale learns the cosine logits' scale; it "
+                             f"needs distance='cosine', not {distance!r}")
         self.distance = distance
-        self.scale = float(scale)
+        self._fixed_scale = float(scale)
+        #: ``[]``, the logarithm of the learned cosine scale (``learn_scale``), else None.
+        dtype = next((p.dtype for p in model.parameters()), torch.get_default_dtype())
+        self.log_scale = (nn.Parameter(torch.tensor(math.log(scale), dtype=dtype))
+                          if learn_scale else None)
         self.classifier = classifier
         self.penalty = float(penalty)
 
+    @property
+    def scale(self) -> float:
+        """The cosine logits' scale now (the learned one with ``learn_scale``)."""
+        if self.log_scale is None:
+            return self._fixed_scale
+        return float(self.log_scale.detach().exp())
+
     def _scores(self, features: Tensor, prototypes: Tensor) -> Tensor:
-        return prototype_logits(features, prototypes, self.distance, self.scale)  # [B, N]
+        if self.log_scale is None:
+            return prototype_logits(features, prototypes, self.distance,
+                                    self._fixed_scale)  # [B, N]
+        # the learned scale multiplies the unit-scale cosines, so its gradient flows
+        return self.log_scale.exp() * prototype_logits(features, prototypes, "cosine")
 
     def _logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                 ways: int | None = None) -> tuple[Tensor, Tensor]:

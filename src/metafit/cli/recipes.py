@@ -35,9 +35,11 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(keys_markdown())
         return 0
+    if args.action == "recommend":
+        return _recommend(args)
     if args.action not in (None, "list"):
-        raise RecipeError(f"unknown action '{args.action}': use `recipes`, `recipes show NAME` "
-                          "or `recipes keys`")
+        raise RecipeError(f"unknown action '{args.action}': use `recipes`, `recipes show NAME`, "
+                          "`recipes keys` or `recipes recommend [TASK]`")
     described = [(name, load_recipe(name).description) for name in list_recipes()]
     if args.json:
         _emit({"action": "list", "recipes": [{"name": n, "description": d}
@@ -46,6 +48,33 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     width = max(len(n) for n, _ in described)
     for name, description in described:
         sys.stdout.write(f"{name:<{width}}  {description}\n")
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    """``recipes recommend [TASK]``: the recommended recipe of each kind of task (or of
+    ``TASK``), its commands and the evidence (:mod:`metafit.config.recommend`)."""
+    from metafit.config.recommend import recommendations
+
+    found = recommendations()
+    if args.name is not None and args.name not in found:
+        raise RecipeError(f"no recommendation for '{args.name}'; tasks: {', '.join(found)}")
+    chosen = [r for task, r in found.items() if args.name in (None, task)]
+    if args.json:
+        _emit({"action": "recommend", "recommendations": [
+            {"task": r.task, "description": r.description, "recommended": r.recommended,
+             "commands": r.commands(), "evidence": r.evidence,
+             "budget_minutes": r.budget_minutes,
+             "candidates": {name: c.commands() for name, c in r.candidates.items()}}
+            for r in chosen]})
+        return 0
+    for r in chosen:
+        budget = "" if r.budget_minutes is None else f" (a {r.budget_minutes:g}-minute budget)"
+        lines = [f"{r.task}: {r.description}", f"  recommended: {r.recommended}{budget}",
+                 *(f"    {command}" for command in r.commands()),
+                 f"  evidence: {r.evidence}",
+                 f"  candidates: {', '.join(r.candidates)}"]
+        sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 
@@ -74,11 +103,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def add_recipes_parser(sub: Any) -> None:
     """Add ``recipes`` to the subparsers ``sub``."""
-    p = add_verb(sub, "recipes", "list the shipped recipes, show one resolved, or list every "
-                 "recipe key", _cmd_recipes)
-    p.add_argument("action", nargs="?", choices=["list", "show", "keys"],
-                   help="list (default) | show NAME | keys (every key: type, default, meaning)")
-    p.add_argument("name", nargs="?", help="recipe name (with show)")
+    p = add_verb(sub, "recipes", "list the shipped recipes, show one resolved, list every "
+                 "recipe key, or say which recipe to use for a kind of task", _cmd_recipes)
+    p.add_argument("action", nargs="?", choices=["list", "show", "keys", "recommend"],
+                   help="list (default) | show NAME | keys (every key: type, default, "
+                   "meaning) | recommend [TASK] (the recipe recommended for characters, ...)")
+    p.add_argument("name", nargs="?", help="recipe name (with show); task (with recommend)")
     p.add_argument("overrides", nargs="*", help="key=value overrides (with show)")
     add_json_option(p, "the list, the recipe or the keys")
 

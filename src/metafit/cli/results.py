@@ -113,10 +113,28 @@ class RecipeKeysJson(_Strict):
     keys: list[RecipeKey]
 
 
-class RecipesJson(RootModel[Annotated[RecipesListJson | RecipeShowJson | RecipeKeysJson,
+class RecipeRecommendation(_Strict):
+    task: str = Field(description="the kind of task (characters, ...)")
+    description: str
+    recommended: str = Field(description="the recommended candidate")
+    commands: list[str] = Field(description="its metafit train commands, in order, at "
+                                "budget_minutes")
+    evidence: str = Field(description="the measurement behind the choice")
+    budget_minutes: Real | None = Field(description="the training budget it was measured at")
+    candidates: dict[str, list[str]] = Field(description="every candidate's commands "
+                                             "(without a budget)")
+
+
+class RecipeRecommendJson(_Strict):
+    action: Literal["recommend"]
+    recommendations: list[RecipeRecommendation]
+
+
+class RecipesJson(RootModel[Annotated[RecipesListJson | RecipeShowJson | RecipeKeysJson
+                                      | RecipeRecommendJson,
                                       Field(discriminator="action")]]):
-    """``metafit recipes [list|show NAME|keys] --json``: one of three objects, told apart by
-    ``action``."""
+    """``metafit recipes [list|show NAME|keys|recommend [TASK]] --json``: one of four
+    objects, told apart by ``action``."""
 
 
 class SplitInfo(_Strict):

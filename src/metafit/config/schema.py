@@ -122,7 +122,9 @@ class Recipe(BaseModel):
     model: ModelName = Field("conv4",
         description='the backbone (text: a local Hugging Face encoder, text_model; '
         'image_encoder: a local Hugging Face image encoder, image_model)')
-    hidden: int = Field(64, gt=0, description="filters (conv4) or units (mlp)")
+    hidden: int = Field(64, gt=0, description="filters (conv4), units (mlp), the first "
+                        "block's filters (resnet12: then 2.5x, 5x, 10x; 64 gives the papers' "
+                        "64-160-320-640) or the width (resnet18)")
     depth: int = Field(4, gt=0, description="blocks (conv4) or hidden layers (mlp)")
     strided: bool = Field(False, description="conv4: stride-2 convolutions, no pooling")
 
@@ -191,6 +193,9 @@ class Recipe(BaseModel):
         "scaled cosine similarity")
     distance_scale: float = Field(10.0, gt=0, description="ProtoNet, distance cosine: the "
                                   "logits' scale (inverse temperature)")
+    learn_scale: bool = Field(False, description="ProtoNet, distance cosine: meta-learn the "
+                              "scale, starting from distance_scale (Meta-Baseline, Chen et "
+                              "al. 2021)")
     classifier: Literal["logistic"] | None = Field(
         None, description="test-time classifier of protonet, finetune and linear_probe: "
         "none (the algorithm's own) or logistic (L-BFGS logistic regression on normalised "
@@ -305,7 +310,9 @@ class Recipe(BaseModel):
         "mlflow.db)")
     mlflow_experiment: str | None = Field(
         None, description="MLflow experiment (default: the recipe's name)")
-    init_from: str | None = Field(None, description="warm start from a run directory")
+    init_from: str | None = Field(None, description="warm start from a run directory (its "
+                                  "best checkpoint; from a run of another algorithm, the "
+                                  "model's body only)")
     search: dict[str, Any] = Field(default_factory=dict, description="tuning search space")
 
     @model_validator(mode="after")

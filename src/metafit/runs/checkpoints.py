@@ -10,8 +10,11 @@ resumes only with the same number of processes. Files are written and read by
 
 Training into a directory starts from one of three points (:func:`starting_point`): its
 own ``last.pt`` (resume), the best checkpoint of the recipe's ``init_from`` run (warm
-start), or nothing. :class:`~metafit.runs.session.TrainingSession` puts these together
-for a process training into a directory.
+start), or nothing. A warm start from a run of the same algorithm loads everything; from
+a run of another algorithm it loads the model's body only (:func:`restore_warm_start`:
+a classifier pre-trained by ``finetune`` starting a ProtoNet, Meta-Baseline's two
+stages). :class:`~metafit.runs.session.TrainingSession` puts these together for a process
+training into a directory.
 """
 
 from __future__ import annotations
@@ -25,10 +28,17 @@ from torch import nn
 
 from metafit.config.recipe import Recipe
 from metafit.distributed import DistContext, all_gather_object
-from metafit.runs.directory import CheckpointError, RunDir, load_checkpoint, restore_state
+from metafit.runs.directory import (
+    CheckpointError,
+    RunDir,
+    check_architecture,
+    load_checkpoint,
+    restore_state,
+)
 
 __all__ = ["RESUMABLE_CHANGES", "Stateful", "Resumable", "Start", "training_checkpoint",
-           "restore_training_checkpoint", "starting_point"]
+           "restore_training_checkpoint", "restore_warm_start", "starting_point",
+           "warm_start_scope"]
 
 #: Recipe keys that may differ when training again into an existing run directory.
 RESUMABLE_CHANGES = ("iterations", "patience", "time_budget", "task_workers",
@@ -164,6 +174,48 @@ def starting_point(run: RunDir, recipe: Recipe) -> Start:
         path = RunDir(recipe.init_from).trained_checkpoint("best")
         return Start("warm", load_checkpoint(path), str(path))
     return Start(None, None, "")
+
+
+#: The prefix of the body's tensors in an algorithm's ``state_dict``.
+BODY_PREFIX = "model.body."
+
+
+def warm_start_scope(module: nn.Module, ckpt: dict[str, Any], algorithm: str) -> str:
+    """What a warm start of the ``algorithm`` module ``module`` takes from the training
+    checkpoint ``ckpt``: ``"all"`` when ``ckpt`` was written by a run of the same
+    algorithm or holds exactly ``module``'s tensors, else ``"body"`` (another algorithm's
+    head, learned rates or pre-training head do not apply)."""
+    previous = (ckpt.get("recipe") or {}).get("algorithm")
+    saved = ckpt["algorithm"]
+    own = module.state_dict()
+    same = set(own) == set(saved) and all(
+        tuple(saved[k].shape) == tuple(t.shape) for k, t in own.items())
+    return "all" if previous == algorithm or same else "body"
+
+
+def restore_warm_start(module: nn.Module, ckpt: dict[str, Any], source: str,
+                       algorithm: str) -> str:
+    """Load the warm start ``ckpt`` into the ``algorithm`` module ``module``: all of it
+    (:func:`~metafit.runs.directory.restore_state`) or, from a run of another algorithm,
+    the tensors of ``model.body`` only, the rest keeping its initial values. Returns
+    the :func:`warm_start_scope`.
+
+    Raises:
+        CheckpointError: the checkpoint (or its body) is of another architecture.
+    """
+    scope = warm_start_scope(module, ckpt, algorithm)
+    if scope == "all":
+        restore_state(module, ckpt, source)
+        return scope
+    body = getattr(getattr(module, "model", None), "body", None)
+    if not isinstance(body, nn.Module):
+        raise CheckpointError(f"{source} is a run of another algorithm; only a model's body "
+                              f"carries over, and this {type(module).__name__} has none")
+    state = {k.removeprefix(BODY_PREFIX): v for k, v in ckpt["algorithm"].items()
+             if k.startswith(BODY_PREFIX)}
+    check_architecture(body, state, f"{source} (its model.body)")
+    body.load_state_dict(state)
+    return scope
 
 
 def _digest(params: list[nn.Parameter]) -> str:

@@ -7,7 +7,8 @@ its own tasks (continual re-meta-training). :func:`measure_forgetting` scores, o
 evaluate RUN`` scores):
 
 - ``before``: the warm-start weights (``RUN``'s best checkpoint, the one ``init_from``
-  reads);
+  reads; from a run of another algorithm, its body in the new algorithm as initialised:
+  :func:`~metafit.runs.checkpoints.restore_warm_start`);
 - ``after``: the new run's best checkpoint;
 
 both with the new run's algorithm (its inner steps, rates and test-time classifier), so
@@ -34,11 +35,13 @@ from typing import Any
 
 import torch
 
+from metafit.algorithms.from_recipe import build_algorithm
 from metafit.config.schema import Recipe
 from metafit.data.errors import DatasetError
 from metafit.evaluation.protocol import EvalResult, ci95, evaluate
 from metafit.io import atomic_write_text
-from metafit.runs.directory import RunDir, RunDirError, load_checkpoint, restore_state
+from metafit.runs.checkpoints import restore_warm_start, warm_start_scope
+from metafit.runs.directory import RunDir, RunDirError, load_checkpoint
 from metafit.runs.trained import check_count, load_trained, split_sampler
 
 __all__ = ["FORGETTING_FILE", "check_previous_run", "measure_forgetting",
@@ -98,7 +101,14 @@ def measure_forgetting(run: str | Path, episodes: int | None = None,
                         batch_norm="support")
 
     after = score("forgetting: after")
-    restore_state(algo, load_checkpoint(source), str(source))  # the warm-start weights
+    warm = load_checkpoint(source)
+    if warm_start_scope(algo, warm, recipe.algorithm) == "body":
+        # the warm start of another algorithm's run: its body in a freshly built
+        # algorithm (seeded as the trainer built it), the rest at its initial values
+        own = load_checkpoint(RunDir(run).trained_checkpoint("best"))
+        algo = build_algorithm(recipe, own.get("num_train_classes")).to(
+            next(algo.parameters()).device).eval()
+    restore_warm_start(algo, warm, str(source), recipe.algorithm)  # the warm start
     before = score("forgetting: before")
     diff = torch.tensor(after.per_episode, dtype=torch.float64) - torch.tensor(
         before.per_episode, dtype=torch.float64)  # [n], paired: the same episodes

@@ -33,8 +33,8 @@ from torch import nn
 from metafit.config.schema import Recipe
 from metafit.distributed import DistContext, current_context, run_on_main
 from metafit.models.base import count_parameters
-from metafit.runs.checkpoints import Resumable
-from metafit.runs.directory import RunDir, restore_state
+from metafit.runs.checkpoints import Resumable, restore_warm_start
+from metafit.runs.directory import RunDir
 from metafit.runs.session import TrainingSession
 from metafit.training.build import torch_settings
 from metafit.training.callbacks import Callback, default_callbacks, validation_line
@@ -224,8 +224,10 @@ class TrainingLoop:
             self.state = TrainState(**self.session.resume(self._resumable(), start))
             self._info("resumed %s at iteration %d", self.run.path, self.state.iteration)
         elif start.kind == "warm" and start.checkpoint is not None:
-            restore_state(self.algo, start.checkpoint, start.source)
-            self._info("warm start from %s", start.source)
+            scope = restore_warm_start(self.algo, start.checkpoint, start.source,
+                                       self.recipe.algorithm)
+            self._info("warm start from %s%s", start.source, "" if scope == "all" else
+                       " (the model's body: a run of another algorithm)")
         self.session.begin(self.recipe, self.state.iteration)
         if start.kind == "warm" and self.algo.meta_trained:
             # the starting point competes for best.pt: re-meta-training on new tasks can
