@@ -165,12 +165,22 @@ def _fail(message: str) -> None:
 @pytest.fixture(scope="module")
 def distributed_steps(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Recipe],
                                                                          list[dict[str, Any]]]:
-    """Run :func:`_step_worker` on 2 spawned processes; the recipes and each rank's results."""
-    tmp = tmp_path_factory.mktemp("dist_step")
-    cases = step_cases(image_folder(tmp / "data"))
-    mp.spawn(_step_worker, args=(free_port(), str(tmp), {k: r.model_dump()
-                                                         for k, r in cases.items()}),
-             nprocs=WORLD, join=True)
+    """Run :func:`_step_worker` on 2 spawned processes; the recipes and each rank's results.
+
+    A second try on a fresh port and folder if the first start fails: the port that
+    :func:`free_port` found free can be taken before gloo binds it (one CI run aborted in
+    gloo's start-up; the same code passed on the rerun)."""
+    cases = step_cases(image_folder(tmp_path_factory.mktemp("dist_data")))
+    values = {k: r.model_dump() for k, r in cases.items()}
+    for attempt in (1, 2):
+        tmp = tmp_path_factory.mktemp("dist_step")
+        try:
+            mp.spawn(_step_worker, args=(free_port(), str(tmp), values), nprocs=WORLD,
+                     join=True)
+            break
+        except mp.ProcessExitedException:  # killed by a signal: not an error of the code
+            if attempt == 2:
+                raise
     return cases, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
