@@ -49,7 +49,10 @@ def save_figure(fig: Any, path: Path, dpi: int = DPI, **savefig: Any) -> Path:
 
 
 def scale_of(metric: str) -> tuple[float, str]:
-    """How a metric is drawn: ``(factor, axis label)``; accuracy in percent."""
+    """How a metric is drawn: ``(factor, axis label)``; accuracy in percent, a meta-RL
+    ``return`` as it is."""
+    if metric == "return":
+        return 1.0, "return"
     return (100.0, "accuracy (%)") if metric == "accuracy" else (1.0, "MSE")
 
 

@@ -5,7 +5,9 @@ Figures (:mod:`metafit.runs.plots` and the modules it names): ``training.png``,
 ``adaptation.png``, and for every run ``confusion_<run>.png`` and ``episode_<run>.png``
 (images or sentences; ``sinusoid_<run>.png`` for sinusoid regression), plus
 ``confusion_<run>.json`` (the counts). Runs too short to trust (:mod:`metafit.runs.caveats`)
-are named in a banner on every figure and a warning at the top of both pages.
+are named in a banner on every figure and a warning at the top of both pages. Meta-RL
+runs get their own report (:mod:`metafit.runs.rl_report`: training and adaptation
+curves, and navigation trajectories before and after adaptation).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from metafit.runs.forgetting import figure_text, read_forgetting, record_forgett
 from metafit.runs.plots import plot_adaptation, plot_training
 from metafit.runs.report_examples import run_examples
 from metafit.runs.report_page import ReportPage, Section, Table, to_html, to_markdown
+from metafit.runs.rl_report import report_rl_runs
 from metafit.runs.trained import check_count, load_trained, record_evaluation, split_sampler
 
 __all__ = ["report_runs", "shot_counts"]
@@ -77,6 +80,11 @@ def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
             raise ValueError("with several runs, say where the report goes (--out DIR)")
         out = RunDir(paths[0]).report
     out = Path(out)
+    kinds = {_is_rl(p) for p in paths}
+    if kinds == {True}:
+        return report_rl_runs(paths, out, episodes, split)  # type: ignore[arg-type]
+    if len(kinds) > 1:
+        raise ValueError("cannot report meta-RL and supervised runs together")
     loaded = _load(paths)
     dirs = {label: RunDir(p) for label, (p, _, _) in loaded.items()}
     banner = short_run_caveats(dirs, episodes)
@@ -100,6 +108,15 @@ def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
     atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
     log.info("report written to %s", out)
     return [*(out / name for name in page.figures()), out / "report.md", out / "index.html"]
+
+
+def _is_rl(path: Path) -> bool:
+    """Whether ``path`` holds a meta-RL run (anything unreadable is left to the supervised
+    path's own messages)."""
+    try:
+        return RunDir(path).read_recipe().is_rl
+    except (OSError, ValueError):
+        return False
 
 
 def _load(paths: list[Path]) -> dict[str, tuple[Path, Recipe, Any]]:
