@@ -18,7 +18,6 @@ Every run is scored from its best checkpoint by :func:`metafit.runs.rl.evaluate_
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -29,14 +28,13 @@ from typing import Any
 from metafit.config.schema import Recipe
 from metafit.data.splits import Split
 from metafit.evaluation.rl import RLEvalResult
-from metafit.io import atomic_write_text
 from metafit.rl.maml import MAMLRL
 from metafit.runs.caveats import short_run_caveats
 from metafit.runs.directory import RunDir
-from metafit.runs.figures import finish, integer_axis, pyplot, save_figure, series_style
+from metafit.runs.figures import finish, iteration_axes, pyplot, save_figure, series_style
 from metafit.runs.nav2d_plot import plot_nav2d
 from metafit.runs.plots import plot_adaptation
-from metafit.runs.report_page import ReportPage, Section, Table, to_html, to_markdown
+from metafit.runs.report_page import ReportPage, Section, Table, run_label, write_report
 from metafit.runs.rl import evaluate_rl_run, load_rl_trained, rl_eval_steps, rl_sampler
 
 __all__ = ["report_rl_runs", "rl_training_figure", "TRAJECTORY_TASKS", "TRAJECTORY_STEPS"]
@@ -74,10 +72,7 @@ def report_rl_runs(paths: Sequence[Path], out: Path, episodes: int | None = None
     runs: dict[str, _RLRun] = {}
     for p in paths:
         recipe, algo = load_rl_trained(p)
-        label, n = recipe.algorithm, 1
-        while label in runs:
-            n += 1
-            label = f"{recipe.algorithm}-{n}"
+        label = run_label(recipe.algorithm, runs)
         result = evaluate_rl_run(p, split=split, episodes=episodes)
         runs[label] = _RLRun(p, recipe, algo, result, re.sub(r"[^A-Za-z0-9_.-]+", "_", label))
     dirs = {label: RunDir(r.path) for label, r in runs.items()}
@@ -97,12 +92,9 @@ def report_rl_runs(paths: Sequence[Path], out: Path, episodes: int | None = None
         ("adaptation.png", "Test return after 0..S adaptation steps (95% CI band)")]))
     for label, run in runs.items():
         page.sections.append(_run_section(label, run, out, split, banner))
-    atomic_write_text(out / "report.md", to_markdown(page))
-    atomic_write_text(out / "index.html", to_html(page))
-    summary = {label: r.result.to_dict() for label, r in runs.items()}
-    atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
+    files = write_report(out, page, {label: r.result.to_dict() for label, r in runs.items()})
     log.info("report written to %s", out)
-    return [*(out / name for name in page.figures()), out / "report.md", out / "index.html"]
+    return files
 
 
 def _results_section(runs: Mapping[str, _RLRun], split: Split) -> Section:
@@ -171,10 +163,6 @@ def rl_training_figure(runs: Mapping[str, RunDir], banner: Sequence[str] = ()) -
                  title="Training tasks (before and after the inner steps)")
     ax_val.set(xlabel="meta-training iteration", ylabel="validation return",
                title="Validation (fixed tasks, 95% CI band)")
-    for ax in (ax_train, ax_val):
-        integer_axis(ax, xs_all, start=0)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    iteration_axes((ax_train, ax_val), xs_all)
     finish(fig, banner)
     return fig
