@@ -105,14 +105,10 @@ BATCH_NORM_LINES = {
 
 
 def _is_rl_run(run: str) -> bool:
-    """Whether ``run`` holds a meta-RL run (anything unreadable is left to the episode
-    path's own messages)."""
-    from metafit.runs.directory import RunDir
+    """Whether ``run`` holds a meta-RL run (:func:`metafit.runs.rl.is_rl_run`)."""
+    from metafit.runs.rl import is_rl_run
 
-    try:
-        return RunDir(run).read_recipe().is_rl
-    except (OSError, ValueError):
-        return False
+    return is_rl_run(run)
 
 
 def _evaluate_rl(args: argparse.Namespace) -> int:

@@ -44,7 +44,8 @@ def short_run_caveats(runs: Mapping[str, RunDir], episodes: int | None = None) -
     :data:`MIN_EPISODES`. Empty when there is nothing to warn about."""
     short = []
     for label, run in runs.items():
-        if not get_algorithm(run.read_recipe().algorithm).meta_trained:
+        recipe = run.read_recipe()  # meta-RL learners (maml_trpo, ...) are all meta-trained
+        if not recipe.is_rl and not get_algorithm(recipe.algorithm).meta_trained:
             continue
         done = completed_iterations(run)
         if done < MIN_ITERATIONS:

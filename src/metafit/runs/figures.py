@@ -17,7 +17,7 @@ from typing import Any
 from metafit.io import atomic_write_bytes
 
 __all__ = ["pyplot", "save_figure", "integer_axis", "series_style", "chance_line",
-           "finish", "banner_texts", "scale_of", "MARKER_POINTS", "DPI"]
+           "finish", "iteration_axes", "banner_texts", "scale_of", "MARKER_POINTS", "DPI"]
 
 #: Series with at most this many points are drawn with a marker on every point (a line
 #: alone hides a 2-point series, and a single point drawn as a line is invisible).
@@ -49,7 +49,10 @@ def save_figure(fig: Any, path: Path, dpi: int = DPI, **savefig: Any) -> Path:
 
 
 def scale_of(metric: str) -> tuple[float, str]:
-    """How a metric is drawn: ``(factor, axis label)``; accuracy in percent."""
+    """How a metric is drawn: ``(factor, axis label)``; accuracy in percent, a meta-RL
+    ``return`` as it is."""
+    if metric == "return":
+        return 1.0, "return"
     return (100.0, "accuracy (%)") if metric == "accuracy" else (1.0, "MSE")
 
 
@@ -74,6 +77,16 @@ def series_style(points: int) -> dict[str, Any]:
     if points <= 1:
         return {"marker": "o", "markersize": 7}
     return {"marker": "o", "markersize": 4} if points <= MARKER_POINTS else {}
+
+
+def iteration_axes(axes: Sequence[Any], iterations: Sequence[float]) -> None:
+    """Axes against meta-training iteration: integer ticks from 0 past ``iterations``, a
+    light grid, and a legend where something is labelled."""
+    for ax in axes:
+        integer_axis(ax, iterations, start=0)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
 
 
 def chance_line(ax: Any, ways: int, scale: float = 100.0, label: str | None = None,

@@ -35,6 +35,7 @@ from metafit.runs.figures import (
     chance_line,
     finish,
     integer_axis,
+    iteration_axes,
     pyplot,
     save_figure,
     scale_of,
@@ -109,11 +110,7 @@ def training_figure(runs: Mapping[str, RunDir], banner: Sequence[str] = ()) -> A
         axes[0, 2].set(xlabel="meta-training iteration", ylabel="query accuracy (%)",
                        title="Meta-training query accuracy of runs trained\nwith other "
                              "ways than validated (not comparable)")
-    for ax in axes[0]:
-        integer_axis(ax, xs_all, start=0)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    iteration_axes(axes[0], xs_all)
     finish(fig, banner)
     return fig
 

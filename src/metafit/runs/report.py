@@ -5,12 +5,13 @@ Figures (:mod:`metafit.runs.plots` and the modules it names): ``training.png``,
 ``adaptation.png``, and for every run ``confusion_<run>.png`` and ``episode_<run>.png``
 (images or sentences; ``sinusoid_<run>.png`` for sinusoid regression), plus
 ``confusion_<run>.json`` (the counts). Runs too short to trust (:mod:`metafit.runs.caveats`)
-are named in a banner on every figure and a warning at the top of both pages.
+are named in a banner on every figure and a warning at the top of both pages. Meta-RL
+runs get their own report (:mod:`metafit.runs.rl_report`: training and adaptation
+curves, and navigation trajectories before and after adaptation).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -22,13 +23,14 @@ from metafit.config.schema import Recipe
 from metafit.data.sampler import EpisodeSampler
 from metafit.evaluation.confusion import Predictions, predict_episodes
 from metafit.evaluation.protocol import EvalResult, evaluate
-from metafit.io import atomic_write_text
 from metafit.runs.caveats import short_run_caveats
 from metafit.runs.directory import RunDir
 from metafit.runs.forgetting import figure_text, read_forgetting, record_forgetting
 from metafit.runs.plots import plot_adaptation, plot_training
 from metafit.runs.report_examples import run_examples
-from metafit.runs.report_page import ReportPage, Section, Table, to_html, to_markdown
+from metafit.runs.report_page import ReportPage, Section, Table, run_label, write_report
+from metafit.runs.rl import is_rl_run
+from metafit.runs.rl_report import report_rl_runs
 from metafit.runs.trained import check_count, load_trained, record_evaluation, split_sampler
 
 __all__ = ["report_runs", "shot_counts"]
@@ -77,6 +79,11 @@ def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
             raise ValueError("with several runs, say where the report goes (--out DIR)")
         out = RunDir(paths[0]).report
     out = Path(out)
+    kinds = {is_rl_run(p) for p in paths}
+    if kinds == {True}:
+        return report_rl_runs(paths, out, episodes, split)  # type: ignore[arg-type]
+    if len(kinds) > 1:
+        raise ValueError("cannot report meta-RL and supervised runs together")
     loaded = _load(paths)
     dirs = {label: RunDir(p) for label, (p, _, _) in loaded.items()}
     banner = short_run_caveats(dirs, episodes)
@@ -94,12 +101,9 @@ def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
     page.sections.append(curves)
     for label, run in runs_.items():
         page.sections.append(_run_section(label, run, out, episodes, banner))
-    atomic_write_text(out / "report.md", to_markdown(page))
-    atomic_write_text(out / "index.html", to_html(page))
-    summary = {label: r.result.to_dict() for label, r in runs_.items()}
-    atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
+    files = write_report(out, page, {label: r.result.to_dict() for label, r in runs_.items()})
     log.info("report written to %s", out)
-    return [*(out / name for name in page.figures()), out / "report.md", out / "index.html"]
+    return files
 
 
 def _load(paths: list[Path]) -> dict[str, tuple[Path, Recipe, Any]]:
@@ -112,10 +116,7 @@ def _load(paths: list[Path]) -> dict[str, tuple[Path, Recipe, Any]]:
     loaded: dict[str, tuple[Path, Recipe, Any]] = {}
     for p in paths:
         recipe, algo = load_trained(p)
-        label, n = recipe.algorithm, 1
-        while label in loaded:
-            n += 1
-            label = f"{recipe.algorithm}-{n}"
+        label = run_label(recipe.algorithm, loaded)
         loaded[label] = (p, recipe, algo)
     if len({r.is_regression for _, r, _ in loaded.values()}) > 1:
         raise ValueError("cannot plot classification and regression runs together")

@@ -8,9 +8,16 @@ a CSV's text is untrusted input and must not become markup in either page.
 from __future__ import annotations
 
 import html
+import json
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-__all__ = ["Table", "Section", "ReportPage", "to_markdown", "to_html"]
+from metafit.io import atomic_write_text
+
+__all__ = ["Table", "Section", "ReportPage", "to_markdown", "to_html", "write_report",
+           "run_label"]
 
 
 @dataclass
@@ -117,3 +124,23 @@ def to_html(page: ReportPage) -> str:
             out += _html_table(t)
     out += ["</body>", "</html>"]
     return "\n".join(out) + "\n"
+
+
+def write_report(out: Path, page: ReportPage, results: Mapping[str, Any]) -> list[Path]:
+    """Write ``page`` as ``out/report.md`` and ``out/index.html`` and ``results`` (run
+    label -> its result as a dict) as ``out/report.json``; returns the page's figures and
+    the two pages."""
+    atomic_write_text(out / "report.md", to_markdown(page))
+    atomic_write_text(out / "index.html", to_html(page))
+    atomic_write_text(out / "report.json", json.dumps(dict(results), indent=1))
+    return [*(out / name for name in page.figures()), out / "report.md", out / "index.html"]
+
+
+def run_label(name: str, taken: Collection[str]) -> str:
+    """A run's label in a report: ``name`` (its algorithm), or ``name-2``, ``name-3``, ...
+    when ``taken`` already holds it."""
+    label, n = name, 1
+    while label in taken:
+        n += 1
+        label = f"{name}-{n}"
+    return label

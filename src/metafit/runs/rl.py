@@ -26,7 +26,16 @@ from metafit.rl.tasks import TaskSampler
 from metafit.runs.directory import RunDir, check_architecture, load_checkpoint, restore_state
 from metafit.runs.trained import SPLIT_SEED_OFFSET, check_count, record_evaluation
 
-__all__ = ["evaluate_rl_run", "load_rl_trained", "rl_eval_steps", "rl_sampler"]
+__all__ = ["evaluate_rl_run", "is_rl_run", "load_rl_trained", "rl_eval_steps", "rl_sampler"]
+
+
+def is_rl_run(run: str | Path) -> bool:
+    """Whether ``run`` holds a meta-RL run (anything unreadable: False, and left to the
+    supervised path's own messages)."""
+    try:
+        return RunDir(run).read_recipe().is_rl
+    except (OSError, ValueError):
+        return False
 
 
 def rl_sampler(recipe: Recipe, split: Split, family: MDPFamily | None = None) -> TaskSampler:

@@ -64,8 +64,8 @@ def load_trained(run: str | Path, which: str = "best", device: str | None = None
     recipe = rd.read_recipe()
     if recipe.is_rl:
         raise ValueError(f"{run} is a meta-RL run (dataset '{recipe.dataset}'): `metafit "
-                         "evaluate` scores it (metafit.runs.rl); adapting, serving and "
-                         "reports take supervised runs")
+                         "evaluate` and `metafit report` read it (metafit.runs.rl); "
+                         "adapting and serving take supervised runs")
     recipe = with_classifier(recipe, classifier, penalty, str(run))
     path = rd.trained_checkpoint(which)
     ckpt = load_checkpoint(path)
