@@ -221,3 +221,30 @@ def test_updating_a_compressed_model_warns_that_the_new_version_is_not(
     assert number == 2 and "was compressed" in caplog.text
     assert not model.compression.get("prune")
     assert AdaptedModel.load(home, 1).compression["prune"]["amount"] == 0.5
+
+
+def test_deleting_a_version_keeps_its_number_retired(home: Path, adapter: Adapter,
+                                                      capsys) -> None:
+    from metafit.deploy.versions import delete_version
+
+    update_model(home, *images(range(2), 1, first=5), adapter)  # v2
+    update_model(home, *images(range(2), 1, first=6), adapter)  # v3, current
+    with pytest.raises(ValueError, match="the one it serves"):
+        delete_version(home, 3)
+    with pytest.raises(ValueError, match="delete the whole directory"):
+        delete_version(home, 1)
+    with pytest.raises(ValueError, match="no version 9"):
+        delete_version(home, 9)
+    set_current(home, 2)
+    delete_version(home, 3)
+    assert [v.version for v in list_versions(home)] == [1, 2]
+    assert not version_dir(home, 3).exists()
+    assert not [p for p in (home / "versions").iterdir() if p.name.startswith(".del-")]
+    number, _ = update_model(home, *images(range(2), 1, first=7), adapter)
+    assert number == 4  # 3 is never given again
+    with pytest.raises(ValueError, match="no version 3"):
+        set_current(home, 3)
+    assert main(["versions", str(home), "--use", "2", "--delete", "4", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["current"] == 2 and [v["version"] for v in listed["versions"]] == [1, 2]
+    assert AdaptedModel.load(home).label_names == ["label_0", "label_1"]

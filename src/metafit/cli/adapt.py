@@ -318,10 +318,12 @@ def add_predict_parser(sub: Any) -> None:
 
 
 def _cmd_versions(args: argparse.Namespace) -> int:
-    from metafit.deploy.versions import list_versions, set_current
+    from metafit.deploy.versions import delete_version, list_versions, set_current
 
     if args.use is not None:
         set_current(args.model, args.use)
+    for n in args.delete or []:
+        delete_version(args.model, n)
     rows = list_versions(args.model)
     current = next((r.version for r in rows if r.current), None)
     if args.json:
@@ -332,6 +334,8 @@ def _cmd_versions(args: argparse.Namespace) -> int:
         return 0
     if args.use is not None:
         _write(f"{args.model}: version {args.use} is now current")
+    for n in args.delete or []:
+        _write(f"{args.model}: version {n} deleted")
     _write(f"{'':2}{'version':>7}  {'created':<25}  {'parent':>6}  {'added':>5}  "
            f"{'support':>7}  classes")
     for r in rows:
@@ -352,5 +356,8 @@ def add_versions_parser(sub: Any) -> None:
     p.add_argument("--use", type=int, metavar="N", help="serve version N from now on "
                    "(rollback, or forward again): predict, evaluate, serve and export then "
                    "load it; servers sharing the directory follow on their next request")
+    p.add_argument("--delete", type=int, nargs="+", metavar="N", help="delete these versions "
+                   "for good (not version 1, the directory itself, nor the current one; "
+                   "after --use); their numbers are never given again")
     add_json_option(p, "{model, current, versions: [{version, created, classes, "
                     "support_size, parent, added, current}]}")

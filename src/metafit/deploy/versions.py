@@ -61,7 +61,7 @@ from metafit.deploy.modeldir import _fsync_dir as fsync_dir
 
 __all__ = ["CURRENT", "VERSIONS", "MAX_VERSION", "VersionInfo", "version_dir",
            "current_version", "current_dir", "version_numbers", "list_versions",
-           "set_current", "add_version", "update_lock", "is_version_home"]
+           "set_current", "add_version", "delete_version", "update_lock", "is_version_home"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ LOCK = ".lock"
 MAX_VERSION = 9999
 _VERSION_DIR = re.compile(r"v(\d{4})")
 _STAGING = re.compile(r"\.new-[0-9a-f]{8}(\.tmp-.+)?")
+_DELETING = re.compile(r"\.del-[0-9a-f]{8}")
+_TOMBSTONE = re.compile(r"deleted-v(\d{4})")
 _POINTER = re.compile(rb"\s*(\d{1,4})\s*")
 #: Age (s) past which a staging directory left by a killed writer is removed.
 STALE_SECONDS = 60.0
@@ -218,6 +220,14 @@ def _write_pointer(home: Path, n: int) -> None:
     fsync_dir(home)
 
 
+def _check_exists(home: Path, n: int) -> None:
+    """Refuse ``n`` if it is not a complete version of ``home`` (ValueError)."""
+    have = version_numbers(home)
+    if n not in have:
+        raise ValueError(f"{home} has no version {n} (versions: "
+                         f"{', '.join(map(str, have)) or 'none'})")
+
+
 def set_current(home: Path, n: int) -> None:
     """Serve version ``n`` of ``home`` from now on (a rollback, or a roll forward), under
     :func:`update_lock`.
@@ -229,10 +239,7 @@ def set_current(home: Path, n: int) -> None:
     home = Path(home)
     _check_number(n)
     with update_lock(home):
-        have = version_numbers(home)
-        if n not in have:
-            raise ValueError(f"{home} has no version {n} (versions: "
-                             f"{', '.join(map(str, have)) or 'none'})")
+        _check_exists(home, n)
         _write_pointer(home, n)
     log.info("%s: version %d is current", home, n)
 
@@ -276,13 +283,58 @@ def update_lock(home: Path) -> Iterator[None]:
 
 def _remove_stale_staging(folder: Path, older_than: float = STALE_SECONDS) -> None:
     """Remove staging directories of killed writers (``versions/.new-*``) older than
-    ``older_than`` seconds."""
+    ``older_than`` seconds, and what an interrupted deletion left (``versions/.del-*``)."""
     now = time.time()
     for entry in folder.iterdir():
-        if (_STAGING.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
-                and now - entry.lstat().st_mtime > older_than):
-            log.warning("removing %s, left by an interrupted update", entry)
+        if not entry.is_dir() or entry.is_symlink():
+            continue
+        if _DELETING.fullmatch(entry.name) or (_STAGING.fullmatch(entry.name)
+                                               and now - entry.lstat().st_mtime > older_than):
+            log.warning("removing %s, left by an interrupted update or deletion", entry)
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _deleted_numbers(home: Path) -> list[int]:
+    """The versions of ``home`` that were deleted (their tombstones): never reused."""
+    folder = Path(home) / VERSIONS
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    return [int(found.group(1)) for entry in folder.iterdir()
+            if (found := _TOMBSTONE.fullmatch(entry.name))]
+
+
+def delete_version(home: Path, n: int) -> None:
+    """Delete version ``n`` of ``home`` for good, under :func:`update_lock`: its directory
+    is renamed out of the listing in one step (``versions/.del-XXXX``), a tombstone
+    ``versions/deleted-vNNNN`` keeps its number from being given to a later version (a
+    server caching by (model, version) must never see a number change meaning), then the
+    files are removed.
+
+    Raises:
+        ValueError: ``n`` is not a version of ``home``, is version 1 (the model directory
+            itself: delete the whole directory instead) or the current one (roll back
+            first: ``set_current``).
+        ModelDirError: ``home`` is no model directory.
+    """
+    home = Path(home)
+    _check_number(n)
+    with update_lock(home):
+        _check_exists(home, n)
+        if n == 1:
+            raise ValueError(f"version 1 is the model directory {home} itself; it holds "
+                             "the others: delete the whole directory instead")
+        if n == current_version(home):
+            raise ValueError(f"version {n} of {home} is the one it serves: make another "
+                             "current first (metafit versions MODEL --use N)")
+        folder = home / VERSIONS
+        tombstone = folder / f"deleted-v{n:04d}"
+        with tombstone.open("wb") as f:
+            os.fsync(f.fileno())
+        doomed = folder / f".del-{secrets.token_hex(4)}"
+        os.rename(version_dir(home, n), doomed)
+        fsync_dir(folder)
+        shutil.rmtree(doomed, ignore_errors=True)
+    log.info("%s: deleted version %d", home, n)
 
 
 def add_version(home: Path, model: Saves, make_current: bool = True) -> int:
@@ -309,7 +361,7 @@ def add_version(home: Path, model: Saves, make_current: bool = True) -> int:
     staging = folder / f".new-{secrets.token_hex(4)}"
     model.save(staging)
     try:
-        n = max(version_numbers(home), default=1) + 1
+        n = max([*version_numbers(home), *_deleted_numbers(home)], default=1) + 1
         while True:
             if n > MAX_VERSION:
                 raise ModelDirError(f"{home} holds {MAX_VERSION} versions, the most a "
