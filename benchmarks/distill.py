@@ -50,7 +50,7 @@ from metafit.config.recipe import load_recipe
 from metafit.deploy import AdaptedModel, Adapter
 from metafit.deploy.compress import batch_of, prune, quantize, state_size
 from metafit.deploy.distill import DistillSettings, distill
-from metafit.deploy.vocabulary import trim_vocabulary
+from metafit.deploy.vocabulary import trim_vocabulary, unseen_share
 from metafit.models.base import count_parameters
 
 
@@ -180,13 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         trimmed, vocabulary["teacher"] = trim_vocabulary(teacher, texts, seed=args.seed)
         models["teacher + trimmed"] = floats["teacher + trimmed"] = trimmed
         report = vocabulary["teacher"]
-        kept = trimmed.module.body.token_map != trimmed.module.body.token_map[
-            teacher.preprocessor.load().unk_token_id]  # [V] True where a row is kept
-        special = teacher.preprocessor.load().all_special_ids
-        real = ~torch.isin(x_test, torch.tensor(special))  # [M, L]
-        unseen = real & ~kept[x_test]
-        report["test_unseen_token_share"] = float(unseen.sum()) / float(real.sum())
-        report["test_texts_with_unseen"] = float(unseen.any(1).double().mean())
+        token_map = trimmed.module.body.token_map  # [V]
+        unk = teacher.preprocessor.load().unk_token_id
+        kept = torch.nonzero(token_map != token_map[unk]).flatten()  # tokenizer ids kept
+        special = torch.tensor(teacher.preprocessor.load().all_special_ids)
+        (report["test_unseen_token_share"],
+         report["test_texts_with_unseen"]) = unseen_share(x_test, kept, special)
         print(f"trimmed token table: {report['kept']} of {report['tokenizer']} tokens; "
               f"{100 * report['test_unseen_token_share']:.2f}% of test.csv's tokens unseen "
               f"(in {100 * report['test_texts_with_unseen']:.1f}% of its sentences)",

@@ -63,7 +63,7 @@ from metafit.deploy.reject import RejectSetting
 from metafit.models.base import FewShotModel
 
 __all__ = ["DistillSettings", "Student", "parse_student", "read_unlabelled", "distill",
-           "kd_loss", "MIN_UNLABELLED", "MAX_INPUT_BYTES", "IMAGE_STUDENTS"]
+           "kd_loss", "preprocess_inputs", "MIN_UNLABELLED", "MAX_INPUT_BYTES", "IMAGE_STUDENTS"]
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +423,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
                             reduction="batchmean")
 
 
-def _preprocess(model: AdaptedModel, inputs: Sequence[Any], chunk: int = 1024) -> Tensor:
+def preprocess_inputs(model: AdaptedModel, inputs: Sequence[Any], chunk: int = 1024
+                      ) -> Tensor:
     """``inputs`` as ``model``'s tensors ``[M, *x]``, in chunks (an error names the input
     by its position in ``inputs``)."""
     parts = []
@@ -624,8 +625,8 @@ def distill(teacher: AdaptedModel, student: str | Student, inputs: Sequence[Any]
     start = time.perf_counter()
     model, init = _initial(teacher, student, settings.seed)
     _check_memory(teacher, model, len(inputs))
-    x_t = _preprocess(teacher, inputs)  # [M, *x]
-    x_s = x_t if model.preprocessor is teacher.preprocessor else _preprocess(model, inputs)
+    x_t = preprocess_inputs(teacher, inputs)  # [M, *x]
+    x_s = x_t if model.preprocessor is teacher.preprocessor else preprocess_inputs(model, inputs)
     log.info("distilling %s into %s on %d unlabelled inputs: teacher's soft labels first",
              teacher, student.spec, len(inputs))
     if teacher_logits is not None and teacher_logits.shape != (len(inputs),

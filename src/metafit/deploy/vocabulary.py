@@ -41,7 +41,7 @@ from metafit.deploy.preprocess import TextPreprocessor
 if TYPE_CHECKING:  # the model directory's reader imports the checks below
     from metafit.deploy.adapted import AdaptedModel
 
-__all__ = ["trim_vocabulary", "kept_tokens"]
+__all__ = ["trim_vocabulary", "kept_tokens", "unseen_share"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def kept_tokens(model: AdaptedModel, ids: Tensor) -> Tensor:
     return torch.unique(torch.cat(parts))  # sorted
 
 
-def _unseen_share(ids: Tensor, kept: Tensor, special: Tensor) -> tuple[float, float]:
+def unseen_share(ids: Tensor, kept: Tensor, special: Tensor) -> tuple[float, float]:
     """Share of the (non-special) tokens of ``ids [M, L]`` that are not in ``kept``, and
     share of the texts with at least one such token."""
     real = ~torch.isin(ids, special)  # [M, L]
@@ -78,7 +78,7 @@ def _estimate(model: AdaptedModel, ids: Tensor, share: float, seed: int) -> dict
     kept = kept_tokens(model, ids[order[held:]])
     prep = cast(TextPreprocessor, model.preprocessor)
     special = torch.tensor([*prep.load().all_special_ids, prep.pad_id])
-    token_share, text_share = _unseen_share(ids[order[:held]], kept, special)
+    token_share, text_share = unseen_share(ids[order[:held]], kept, special)
     return {"held_out_texts": held, "unseen_token_share": round(token_share, 6),
             "texts_with_unseen": round(text_share, 6)}
 
@@ -95,6 +95,7 @@ def trim_vocabulary(model: AdaptedModel, texts: Sequence[str], held_out: float =
             tokenizer without an unknown token.
         InputError: no texts, or a text that cannot be tokenised.
     """
+    from metafit.deploy.distill import preprocess_inputs
     from metafit.deploy.quantize import is_quantized
     from metafit.deploy.reading import ENCODER
     from metafit.models.base import count_parameters
@@ -112,7 +113,7 @@ def trim_vocabulary(model: AdaptedModel, texts: Sequence[str], held_out: float =
     unk = tokenizer.unk_token_id
     if unk is None:
         raise ValueError("the tokenizer has no unknown token to send trimmed tokens to")
-    ids = torch.cat([model.preprocess(texts[i:i + 1024]) for i in range(0, len(texts), 1024)])
+    ids = preprocess_inputs(model, texts)  # [M, L]
     kept = kept_tokens(model, ids)  # [K] sorted tokenizer ids
     module = copy.deepcopy(model.module)
     body = cast(Any, module.body)
