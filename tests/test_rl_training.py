@@ -4,6 +4,7 @@ and run directories from strangers."""
 from __future__ import annotations
 
 import json
+import importlib.util
 import shutil
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,15 @@ def test_the_run_directory_holds_what_a_supervised_run_does(nav_run: Path) -> No
                                       .named_parameters()}
 
 
-@pytest.mark.parametrize("name", ["rl_nav2d_maml", "rl_tabular_maml"])
+NO_MUJOCO = importlib.util.find_spec("mujoco") is None
+
+
+@pytest.mark.parametrize("name", [
+    "rl_nav2d_maml", "rl_tabular_maml",
+    pytest.param("rl_cheetah_dir_maml", marks=pytest.mark.skipif(
+        NO_MUJOCO, reason="the rl extra (MuJoCo) is not installed"))])
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, name: str) -> None:
-    recipe = tiny(name, "iterations=5")
+    recipe = tiny(name, "iterations=5", "time_budget=null")
     full, broken = tmp_path / "full", tmp_path / "broken"
     RLTrainer(recipe, full, progress=False).fit()
     trainer = RLTrainer(recipe, broken, progress=False)

@@ -10,6 +10,7 @@ nearest valid ones. Finding, reading and overriding recipe files: :mod:`metafit.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Collection
 from typing import Any, Literal
 
@@ -41,12 +42,17 @@ __all__ = [
 CLASSIFIERS = ("logistic",)
 
 DatasetName = Literal["omniglot", "glyphs", "image_folder", "image_table", "idx", "text_table",
-                      "text_csv", "sinusoid", "rl_nav2d", "rl_bandit", "rl_tabular"]
+                      "text_csv", "sinusoid", "rl_nav2d", "rl_bandit", "rl_tabular",
+                      "rl_cheetah_vel", "rl_cheetah_dir", "rl_gym"]
 SUPERVISED_DATASETS = ("omniglot", "glyphs", "image_folder", "image_table", "idx",
                        "text_table", "text_csv", "sinusoid")
 #: The meta-RL task families (:mod:`metafit.rl`): 2D navigation, Bernoulli bandits,
-#: random tabular MDPs.
-RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular")
+#: random tabular MDPs, half-cheetah velocity and direction (MuJoCo through Gymnasium), and
+#: a user's Gymnasium environment (``rl_gym``: ``env_factory``, ``task_ranges``).
+RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular", "rl_cheetah_vel", "rl_cheetah_dir",
+               "rl_gym")
+#: The meta-RL families that run through Gymnasium (the ``rl`` extra).
+GYM_RL_DATASETS = ("rl_cheetah_vel", "rl_cheetah_dir", "rl_gym")
 #: Algorithms of a meta-RL recipe: MAML-TRPO, second order or first order. They are not
 #: registered supervised algorithms (docs/rl.md), so their names differ from those.
 RL_ALGORITHMS = ("maml_trpo", "fomaml_trpo")
@@ -75,7 +81,8 @@ class Recipe(BaseModel):
         description="where the tasks come from (data_root points at its files; glyphs is "
         "built in): text_table (text_csv, its former name) and image_table read a CSV, "
         "JSON Lines or Parquet file or a datasets save_to_disk directory (docs/data.md); "
-        "rl_nav2d, rl_bandit, rl_tabular: a meta-RL task family (docs/rl.md), whose "
+        "rl_nav2d, rl_bandit, rl_tabular, rl_cheetah_vel, rl_cheetah_dir, rl_gym: a "
+        "meta-RL task family (docs/rl.md), whose "
         "recipes take the meta-RL keys and the shared ones only")
     data_root: str | None = Field(None, description="directory or file of the dataset")
     image_size: int = Field(28, gt=0, description='images are resized to image_size x image_size')
@@ -245,10 +252,17 @@ class Recipe(BaseModel):
         "fp16 with dynamic loss scaling); a GPU setting: on a CPU bf16 is slower than "
         "float32 (docs/design.md, 'Mixed precision'). Evaluation stays float32")
 
-    # -- meta-RL (datasets rl_nav2d, rl_bandit, rl_tabular; docs/rl.md) ----------------
+    # -- meta-RL (datasets rl_*; docs/rl.md) --------------------------------------------
     horizon: int | None = Field(None, gt=0, description="meta-RL: steps per episode "
-                                "(default: the family's: rl_nav2d 100, rl_bandit 10, "
-                                "rl_tabular 10)")
+                                "(default: the family's: rl_nav2d 100, rl_cheetah_vel and "
+                                "rl_cheetah_dir 200, rl_bandit 10, rl_tabular 10; rl_gym "
+                                "needs it)")
+    env_factory: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="rl_gym: 'package.module:function' building one task's Gymnasium env "
+        "from the task parameters as keyword arguments; the module is imported only if "
+        "it is listed in $METAFIT_ENV_MODULES (importing runs its code; docs/rl.md)")
+    task_ranges: dict[str, tuple[float, float]] | None = Field(None, description="rl_gym: "
+        "each task parameter's uniform range, {name: [low, high]}")
     arms: int = Field(5, ge=2, description="rl_bandit: arms of each bandit")
     states: int = Field(10, gt=0, description="rl_tabular: states of each MDP")
     actions: int = Field(5, ge=2, description="rl_tabular: actions of each MDP")
@@ -368,6 +382,25 @@ class Recipe(BaseModel):
         if not self.policy_hidden or min(self.policy_hidden) < 1:
             raise ValueError(f"policy_hidden must be one or more positive widths, got "
                              f"{list(self.policy_hidden)}")
+        if self.dataset == "rl_gym":
+            self._check_rl_gym()
+
+    def _check_rl_gym(self) -> None:
+        """``rl_gym`` names its env factory, its task ranges and its horizon."""
+        missing = [k for k in ("env_factory", "task_ranges", "horizon")
+                   if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"dataset 'rl_gym' needs {', '.join(missing)} (docs/rl.md, "
+                             "'Your own environment')")
+        assert self.task_ranges is not None
+        if not self.task_ranges or len(self.task_ranges) > 64:
+            raise ValueError("task_ranges must name 1 to 64 task parameters")
+        for name, (low, high) in self.task_ranges.items():
+            if not name.isidentifier():
+                raise ValueError(f"task_ranges: '{name}' is not a valid parameter name")
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ValueError(f"task_ranges.{name}: need finite low <= high, got "
+                                 f"[{low}, {high}]")
 
     def _check_all_classes(self) -> None:
         if self.dataset not in ALL_CLASSES_DATASETS:
@@ -434,7 +467,8 @@ SHARED_KEYS: tuple[str, ...] = (
 #: :data:`SHARED_KEYS` is a supervised key.
 RL_KEYS: dict[str, tuple[str, ...]] = {
     "horizon": RL_DATASETS, "arms": ("rl_bandit",), "states": ("rl_tabular",),
-    "actions": ("rl_tabular",), "trajectories": RL_DATASETS, "policy_hidden": RL_DATASETS,
+    "actions": ("rl_tabular",), "env_factory": ("rl_gym",), "task_ranges": ("rl_gym",),
+    "trajectories": RL_DATASETS, "policy_hidden": RL_DATASETS,
     "policy_activation": RL_DATASETS, "gamma": RL_DATASETS, "gae_lambda": RL_DATASETS,
     "max_kl": RL_DATASETS, "cg_iters": RL_DATASETS, "cg_damping": RL_DATASETS,
     "ls_max_steps": RL_DATASETS, "ls_backtrack_ratio": RL_DATASETS,

@@ -27,7 +27,7 @@ from metafit.rl.env import index_tasks
 from metafit.rl.maml import MAMLRL
 from metafit.rl.tasks import TaskSampler
 
-__all__ = ["RLEvalResult", "evaluate_rl"]
+__all__ = ["RLEvalResult", "adaptation_curves", "evaluate_rl"]
 
 
 @dataclass
@@ -64,6 +64,19 @@ def evaluate_rl(algo: MAMLRL, sampler: TaskSampler, episodes: int, steps: int,
     Raises:
         ValueError: ``episodes`` or ``trajectories`` not positive, ``steps`` negative.
     """
+    curve = adaptation_curves(algo, sampler, episodes, steps, trajectories, batch)
+    return _result(curve, steps, trajectories, sampler.family.horizon, family)
+
+
+def adaptation_curves(algo: MAMLRL, sampler: TaskSampler, episodes: int, steps: int,
+                      trajectories: int, batch: int = 50) -> Tensor:
+    """Each fixed task's mean return after 0..``steps`` steps: ``[episodes, steps + 1]``
+    (float64), what :func:`evaluate_rl` summarises; paired comparisons of two learners on
+    the same tasks use it directly.
+
+    Raises:
+        ValueError: ``episodes`` or ``trajectories`` not positive, ``steps`` negative.
+    """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if trajectories < 1:
@@ -75,8 +88,7 @@ def evaluate_rl(algo: MAMLRL, sampler: TaskSampler, episodes: int, steps: int,
         chunk = index_tasks(tasks, slice(start, min(start + batch, episodes)))
         episode = algo.sample(sampler.family.env(chunk), trajectories, generator, steps=steps)
         curves.append(episode.returns().double())  # [t, steps + 1]
-    curve = torch.cat(curves)  # [episodes, steps + 1]
-    return _result(curve, steps, trajectories, sampler.family.horizon, family)
+    return torch.cat(curves)  # [episodes, steps + 1]
 
 
 def _result(curve: Tensor, steps: int, trajectories: int, horizon: int, family: str

@@ -1,6 +1,7 @@
 """Build what a meta-RL recipe describes: its task family, its policy and its MAML-TRPO
-learner (the counterpart of :mod:`metafit.algorithms.from_recipe` for the datasets
-``rl_nav2d``, ``rl_bandit`` and ``rl_tabular``)."""
+learner (the counterpart of :mod:`metafit.algorithms.from_recipe` for the ``rl_*``
+datasets). The Gymnasium families (``rl_cheetah_vel``, ``rl_cheetah_dir``, ``rl_gym``)
+import Gymnasium only when a recipe asks for them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import torch
 
-from metafit.config.schema import Recipe
+from metafit.config.schema import GYM_RL_DATASETS, Recipe
 from metafit.rl.bandit import Bandit
 from metafit.rl.env import MDPFamily
 from metafit.rl.maml import MAMLRL
@@ -34,7 +35,27 @@ def build_family(recipe: Recipe) -> MDPFamily:
         return Bandit(arms=recipe.arms, **options)
     if recipe.dataset == "rl_tabular":
         return TabularMDP(states=recipe.states, actions=recipe.actions, **options)
+    if recipe.dataset in GYM_RL_DATASETS:
+        return _gym_family(recipe, options)
     raise ValueError(f"dataset '{recipe.dataset}' is not a meta-RL task family")
+
+
+def _gym_family(recipe: Recipe, options: dict[str, Any]) -> MDPFamily:
+    """A Gymnasium-backed family (needs the ``rl`` extra)."""
+    try:
+        from metafit.rl import gym_family
+    except ImportError as error:
+        raise ValueError(f"dataset '{recipe.dataset}' runs MuJoCo / Gymnasium environments: "
+                         f"pip install 'metafit[rl]' ({error})") from error
+    if recipe.dataset == "rl_cheetah_vel":
+        return gym_family.half_cheetah_vel(**options)
+    if recipe.dataset == "rl_cheetah_dir":
+        return gym_family.half_cheetah_dir(**options)
+    assert recipe.env_factory is not None and recipe.task_ranges is not None
+    assert recipe.horizon is not None
+    factory = gym_family.load_env_factory(recipe.env_factory)
+    return gym_family.GymTaskFamily(factory, gym_family.uniform_tasks(recipe.task_ranges),
+                                    recipe.horizon, name=recipe.env_factory)
 
 
 def build_policy(recipe: Recipe, family: MDPFamily) -> Policy:
