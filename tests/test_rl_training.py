@@ -66,7 +66,7 @@ def test_the_run_directory_holds_what_a_supervised_run_does(nav_run: Path) -> No
                                       .named_parameters()}
 
 
-@pytest.mark.parametrize("name", ["rl_nav2d_maml", "rl_tabular_maml"])
+@pytest.mark.parametrize("name", ["rl_nav2d_maml", "rl_tabular_maml", "rl_pendulum_maml"])
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, name: str) -> None:
     recipe = tiny(name, "iterations=5")
     full, broken = tmp_path / "full", tmp_path / "broken"
@@ -95,7 +95,7 @@ def test_time_budget_stops_an_rl_run(tmp_path: Path) -> None:
     assert status["status"] == "stopped_early"
 
 
-@pytest.mark.parametrize("name", ["rl_nav2d_maml", "rl_bandit_maml"])
+@pytest.mark.parametrize("name", ["rl_nav2d_maml", "rl_bandit_maml", "rl_pendulum_maml"])
 def test_cli_trains_and_evaluates_an_rl_recipe(tmp_path: Path, name: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"

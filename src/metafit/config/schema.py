@@ -41,12 +41,13 @@ __all__ = [
 CLASSIFIERS = ("logistic",)
 
 DatasetName = Literal["omniglot", "glyphs", "image_folder", "image_table", "idx", "text_table",
-                      "text_csv", "sinusoid", "rl_nav2d", "rl_bandit", "rl_tabular"]
+                      "text_csv", "sinusoid", "rl_nav2d", "rl_bandit", "rl_tabular",
+                      "rl_pendulum"]
 SUPERVISED_DATASETS = ("omniglot", "glyphs", "image_folder", "image_table", "idx",
                        "text_table", "text_csv", "sinusoid")
 #: The meta-RL task families (:mod:`metafit.rl`): 2D navigation, Bernoulli bandits,
-#: random tabular MDPs.
-RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular")
+#: random tabular MDPs, pendulums with a mass and a length per task.
+RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular", "rl_pendulum")
 #: Algorithms of a meta-RL recipe: MAML-TRPO, second order or first order. They are not
 #: registered supervised algorithms (docs/rl.md), so their names differ from those.
 RL_ALGORITHMS = ("maml_trpo", "fomaml_trpo")
@@ -75,7 +76,7 @@ class Recipe(BaseModel):
         description="where the tasks come from (data_root points at its files; glyphs is "
         "built in): text_table (text_csv, its former name) and image_table read a CSV, "
         "JSON Lines or Parquet file or a datasets save_to_disk directory (docs/data.md); "
-        "rl_nav2d, rl_bandit, rl_tabular: a meta-RL task family (docs/rl.md), whose "
+        "rl_nav2d, rl_bandit, rl_tabular, rl_pendulum: a meta-RL task family (docs/rl.md), whose "
         "recipes take the meta-RL keys and the shared ones only")
     data_root: str | None = Field(None, description="directory or file of the dataset")
     image_size: int = Field(28, gt=0, description='images are resized to image_size x image_size')
@@ -245,13 +246,19 @@ class Recipe(BaseModel):
         "fp16 with dynamic loss scaling); a GPU setting: on a CPU bf16 is slower than "
         "float32 (docs/design.md, 'Mixed precision'). Evaluation stays float32")
 
-    # -- meta-RL (datasets rl_nav2d, rl_bandit, rl_tabular; docs/rl.md) ----------------
+    # -- meta-RL (datasets rl_nav2d, rl_bandit, rl_tabular, rl_pendulum; docs/rl.md) ---
     horizon: int | None = Field(None, gt=0, description="meta-RL: steps per episode "
                                 "(default: the family's: rl_nav2d 100, rl_bandit 10, "
-                                "rl_tabular 10)")
+                                "rl_tabular 10, rl_pendulum 200)")
     arms: int = Field(5, ge=2, description="rl_bandit: arms of each bandit")
     states: int = Field(10, gt=0, description="rl_tabular: states of each MDP")
     actions: int = Field(5, ge=2, description="rl_tabular: actions of each MDP")
+    mass_range: tuple[float, float] = Field((0.5, 2.0), description="rl_pendulum: each "
+                                            "task's mass is uniform in [low, high] "
+                                            "(Gymnasium's Pendulum-v1: 1)")
+    length_range: tuple[float, float] = Field((0.5, 2.0), description="rl_pendulum: each "
+                                              "task's length is uniform in [low, high] "
+                                              "(Gymnasium's Pendulum-v1: 1)")
     trajectories: int = Field(20, gt=0, description="meta-RL: trajectories sampled per task "
                               "for each inner step and for the query (pytorch-maml-rl's "
                               "fast_batch_size); meta_batch is the number of tasks")
@@ -368,6 +375,11 @@ class Recipe(BaseModel):
         if not self.policy_hidden or min(self.policy_hidden) < 1:
             raise ValueError(f"policy_hidden must be one or more positive widths, got "
                              f"{list(self.policy_hidden)}")
+        for key in ("mass_range", "length_range"):
+            low, high = getattr(self, key)
+            if not 0 < low <= high:
+                raise ValueError(f"{key} must be [low, high] with 0 < low <= high, got "
+                                 f"{[low, high]}")
 
     def _check_all_classes(self) -> None:
         if self.dataset not in ALL_CLASSES_DATASETS:
@@ -434,7 +446,8 @@ SHARED_KEYS: tuple[str, ...] = (
 #: :data:`SHARED_KEYS` is a supervised key.
 RL_KEYS: dict[str, tuple[str, ...]] = {
     "horizon": RL_DATASETS, "arms": ("rl_bandit",), "states": ("rl_tabular",),
-    "actions": ("rl_tabular",), "trajectories": RL_DATASETS, "policy_hidden": RL_DATASETS,
+    "actions": ("rl_tabular",), "mass_range": ("rl_pendulum",),
+    "length_range": ("rl_pendulum",), "trajectories": RL_DATASETS, "policy_hidden": RL_DATASETS,
     "policy_activation": RL_DATASETS, "gamma": RL_DATASETS, "gae_lambda": RL_DATASETS,
     "max_kl": RL_DATASETS, "cg_iters": RL_DATASETS, "cg_damping": RL_DATASETS,
     "ls_max_steps": RL_DATASETS, "ls_backtrack_ratio": RL_DATASETS,

@@ -1,6 +1,6 @@
 """Build what a meta-RL recipe describes: its task family, its policy and its MAML-TRPO
 learner (the counterpart of :mod:`metafit.algorithms.from_recipe` for the datasets
-``rl_nav2d``, ``rl_bandit`` and ``rl_tabular``)."""
+``rl_nav2d``, ``rl_bandit``, ``rl_tabular`` and ``rl_pendulum``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from metafit.rl.bandit import Bandit
 from metafit.rl.env import MDPFamily
 from metafit.rl.maml import MAMLRL
 from metafit.rl.nav2d import Nav2d
+from metafit.rl.pendulum import Pendulum
 from metafit.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Policy
 from metafit.rl.tabular import TabularMDP
 from metafit.rl.trpo import TRPOSettings
@@ -22,7 +23,7 @@ __all__ = ["build_family", "build_policy", "build_rl_algorithm", "trpo_settings"
 
 def build_family(recipe: Recipe) -> MDPFamily:
     """The recipe's task family, with its ``horizon`` where set (else the family's own:
-    navigation 100, bandits and tabular MDPs 10).
+    navigation 100, bandits and tabular MDPs 10, pendulums 200).
 
     Raises:
         ValueError: the recipe's dataset is not a meta-RL family.
@@ -34,6 +35,9 @@ def build_family(recipe: Recipe) -> MDPFamily:
         return Bandit(arms=recipe.arms, **options)
     if recipe.dataset == "rl_tabular":
         return TabularMDP(states=recipe.states, actions=recipe.actions, **options)
+    if recipe.dataset == "rl_pendulum":
+        return Pendulum(mass_range=recipe.mass_range, length_range=recipe.length_range,
+                        **options)
     raise ValueError(f"dataset '{recipe.dataset}' is not a meta-RL task family")
 
 
