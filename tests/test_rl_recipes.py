@@ -9,15 +9,9 @@ import yaml
 
 from metafit.config.recipe import RecipeError, load_recipe
 from metafit.config.schema import RL_KEYS, Recipe, make_recipe, recipe_to_yaml
-from metafit.rl import (
-    Bandit,
-    CategoricalMLPPolicy,
-    GaussianMLPPolicy,
-    Nav2d,
-    Pendulum,
-    TabularMDP,
-)
+from metafit.rl import Bandit, CategoricalMLPPolicy, GaussianMLPPolicy, Nav2d, TabularMDP
 from metafit.rl.from_recipe import build_family, build_rl_algorithm, trpo_settings
+from metafit.rl.pendulum import Pendulum
 
 RL_RECIPES = ("rl_nav2d_maml", "rl_nav2d_fomaml", "rl_bandit_maml", "rl_tabular_maml",
               "rl_pendulum_maml")
