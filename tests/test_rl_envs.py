@@ -13,6 +13,7 @@ from metafit.rl import (
     CategoricalMLPPolicy,
     GaussianMLPPolicy,
     Nav2d,
+    Pendulum,
     TabularMDP,
     TaskSampler,
     bandit_expected_return,
@@ -63,8 +64,9 @@ def test_task_sampler_is_seeded_and_its_fixed_tasks_do_not_move() -> None:
 
 
 @pytest.mark.parametrize("family", [Nav2d(horizon=7), Bandit(arms=4, horizon=6),
-                                    TabularMDP(states=5, actions=3, horizon=4)],
-                         ids=["nav2d", "bandit", "tabular"])
+                                    TabularMDP(states=5, actions=3, horizon=4),
+                                    Pendulum(horizon=6)],
+                         ids=["nav2d", "bandit", "tabular", "pendulum"])
 def test_rollout_shapes_and_determinism(family) -> None:
     tasks = family.sample(3, _gen(0))
     env = family.env(tasks)

@@ -11,8 +11,10 @@ from metafit.config.recipe import RecipeError, load_recipe
 from metafit.config.schema import RL_KEYS, Recipe, make_recipe, recipe_to_yaml
 from metafit.rl import Bandit, CategoricalMLPPolicy, GaussianMLPPolicy, Nav2d, TabularMDP
 from metafit.rl.from_recipe import build_family, build_rl_algorithm, trpo_settings
+from metafit.rl.pendulum import Pendulum
 
-RL_RECIPES = ("rl_nav2d_maml", "rl_nav2d_fomaml", "rl_bandit_maml", "rl_tabular_maml")
+RL_RECIPES = ("rl_nav2d_maml", "rl_nav2d_fomaml", "rl_bandit_maml", "rl_tabular_maml",
+              "rl_pendulum_maml")
 
 
 def test_the_nav2d_recipe_is_the_reference_configuration() -> None:
@@ -28,7 +30,8 @@ def test_the_nav2d_recipe_is_the_reference_configuration() -> None:
 
 @pytest.mark.parametrize("name,family,policy", [
     ("rl_nav2d_maml", Nav2d, GaussianMLPPolicy), ("rl_bandit_maml", Bandit, CategoricalMLPPolicy),
-    ("rl_tabular_maml", TabularMDP, CategoricalMLPPolicy)])
+    ("rl_tabular_maml", TabularMDP, CategoricalMLPPolicy),
+    ("rl_pendulum_maml", Pendulum, GaussianMLPPolicy)])
 def test_each_rl_recipe_builds_its_family_policy_and_trpo(name: str, family: type,
                                                           policy: type) -> None:
     r = load_recipe(name)
@@ -84,6 +87,21 @@ def test_family_keys_are_refused_on_other_families(tmp_path: Path) -> None:
     mine.write_text("base: rl_bandit_maml\nstates: 4\n")
     with pytest.raises(RecipeError, match=rf"'states' in {mine} is for dataset rl_tabular"):
         load_recipe(mine)
+    with pytest.raises(RecipeError, match=r"'mass_range' in the overrides is for dataset "
+                                          r"rl_pendulum only"):
+        load_recipe("rl_tabular_maml", ["mass_range=[0.5,2.0]"])  # even at the default
+
+
+def test_the_pendulum_recipe_sets_its_task_ranges() -> None:
+    r = load_recipe("rl_pendulum_maml", ["mass_range=[0.8,1.2]", "length_range=[1.0,1.0]"])
+    family = build_family(r)
+    assert isinstance(family, Pendulum) and family.horizon == 200
+    assert family.mass_range == (0.8, 1.2) and family.length_range == (1.0, 1.0)
+    assert family.obs_dim == 3 and family.action_space.dim == 1
+    with pytest.raises(RecipeError, match=r"length_range must be \[low, high\] with 0 < low"):
+        load_recipe("rl_pendulum_maml", ["length_range=[2.0,1.0]"])
+    with pytest.raises(RecipeError, match=r"mass_range"):
+        load_recipe("rl_pendulum_maml", ["mass_range=[0.0,1.0]"])
 
 
 def test_recipe_files_name_the_file_of_a_foreign_key(tmp_path: Path) -> None:

@@ -86,13 +86,14 @@ def test_the_figure_draws_the_trajectories_the_policy_produces(nav_run: Path) ->
     assert float(moved.abs().max()) <= family.max_action + 1e-6  # clipped displacements
 
 
-def test_other_families_get_a_sentence_not_a_figure(tmp_path: Path) -> None:
-    run = tmp_path / "bandit"
-    RLTrainer(tiny("rl_bandit_maml"), run, progress=False).fit()
+@pytest.mark.parametrize("family", ["rl_bandit", "rl_pendulum"])
+def test_other_families_get_a_sentence_not_a_figure(tmp_path: Path, family: str) -> None:
+    run = tmp_path / family
+    RLTrainer(tiny(f"{family}_maml"), run, progress=False).fit()
     out = tmp_path / "report"
     assert main(["report", str(run), "--out", str(out), "--episodes", "3"]) == 0
     text = (out / "report.md").read_text()
-    assert "No trajectory figure" in text and "rl_bandit" in text
+    assert "No trajectory figure" in text and f"family is {family}" in text
     assert not list(out.glob("trajectories_*.png")) and (out / "adaptation.png").is_file()
     recipe, algo = load_rl_trained(run)
     with pytest.raises(ValueError, match="2D navigation"):

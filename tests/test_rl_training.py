@@ -71,7 +71,7 @@ NO_MUJOCO = importlib.util.find_spec("mujoco") is None
 
 
 @pytest.mark.parametrize("name", [
-    "rl_nav2d_maml", "rl_tabular_maml",
+    "rl_nav2d_maml", "rl_tabular_maml", "rl_pendulum_maml",
     pytest.param("rl_cheetah_dir_maml", marks=pytest.mark.skipif(
         NO_MUJOCO, reason="the rl extra (MuJoCo) is not installed"))])
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path, name: str) -> None:
@@ -102,7 +102,7 @@ def test_time_budget_stops_an_rl_run(tmp_path: Path) -> None:
     assert status["status"] == "stopped_early"
 
 
-@pytest.mark.parametrize("name", ["rl_nav2d_maml", "rl_bandit_maml"])
+@pytest.mark.parametrize("name", ["rl_nav2d_maml", "rl_bandit_maml", "rl_pendulum_maml"])
 def test_cli_trains_and_evaluates_an_rl_recipe(tmp_path: Path, name: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"

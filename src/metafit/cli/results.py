@@ -105,7 +105,8 @@ class RecipeKey(_Strict):
     default: str
     description: str
     recipes: str = Field(description="the recipes that may set it: all, supervised, "
-                         "meta-RL, or one task family (rl_bandit, rl_tabular)")
+                         "meta-RL, or one task family (rl_bandit, rl_tabular, "
+                         "rl_pendulum)")
 
 
 class RecipeKeysJson(_Strict):

@@ -43,14 +43,15 @@ CLASSIFIERS = ("logistic",)
 
 DatasetName = Literal["omniglot", "glyphs", "image_folder", "image_table", "idx", "text_table",
                       "text_csv", "sinusoid", "rl_nav2d", "rl_bandit", "rl_tabular",
-                      "rl_cheetah_vel", "rl_cheetah_dir", "rl_gym"]
+                      "rl_cheetah_vel", "rl_cheetah_dir", "rl_gym", "rl_pendulum"]
 SUPERVISED_DATASETS = ("omniglot", "glyphs", "image_folder", "image_table", "idx",
                        "text_table", "text_csv", "sinusoid")
 #: The meta-RL task families (:mod:`metafit.rl`): 2D navigation, Bernoulli bandits,
-#: random tabular MDPs, half-cheetah velocity and direction (MuJoCo through Gymnasium), and
-#: a user's Gymnasium environment (``rl_gym``: ``env_factory``, ``task_ranges``).
-RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular", "rl_cheetah_vel", "rl_cheetah_dir",
-               "rl_gym")
+#: random tabular MDPs, pendulums with a mass and a length per task, half-cheetah velocity
+#: and direction (MuJoCo through Gymnasium), and a user's Gymnasium environment
+#: (``rl_gym``: ``env_factory``, ``task_ranges``).
+RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular", "rl_pendulum", "rl_cheetah_vel",
+               "rl_cheetah_dir", "rl_gym")
 #: The meta-RL families that run through Gymnasium (the ``rl`` extra).
 GYM_RL_DATASETS = ("rl_cheetah_vel", "rl_cheetah_dir", "rl_gym")
 #: Algorithms of a meta-RL recipe: MAML-TRPO, second order or first order. They are not
@@ -81,8 +82,8 @@ class Recipe(BaseModel):
         description="where the tasks come from (data_root points at its files; glyphs is "
         "built in): text_table (text_csv, its former name) and image_table read a CSV, "
         "JSON Lines or Parquet file or a datasets save_to_disk directory (docs/data.md); "
-        "rl_nav2d, rl_bandit, rl_tabular, rl_cheetah_vel, rl_cheetah_dir, rl_gym: a "
-        "meta-RL task family (docs/rl.md), whose "
+        "rl_nav2d, rl_bandit, rl_tabular, rl_pendulum, rl_cheetah_vel, rl_cheetah_dir, "
+        "rl_gym: a meta-RL task family (docs/rl.md), whose "
         "recipes take the meta-RL keys and the shared ones only")
     data_root: str | None = Field(None, description="directory or file of the dataset")
     image_size: int = Field(28, gt=0, description='images are resized to image_size x image_size')
@@ -254,9 +255,9 @@ class Recipe(BaseModel):
 
     # -- meta-RL (datasets rl_*; docs/rl.md) --------------------------------------------
     horizon: int | None = Field(None, gt=0, description="meta-RL: steps per episode "
-                                "(default: the family's: rl_nav2d 100, rl_cheetah_vel and "
-                                "rl_cheetah_dir 200, rl_bandit 10, rl_tabular 10; rl_gym "
-                                "needs it)")
+                                "(default: the family's: rl_nav2d 100, rl_bandit 10, "
+                                "rl_tabular 10, rl_pendulum 200, rl_cheetah_vel and "
+                                "rl_cheetah_dir 200; rl_gym needs it)")
     env_factory: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="rl_gym: 'package.module:function' building one task's Gymnasium env "
         "from the task parameters as keyword arguments; the module is imported only if "
@@ -266,6 +267,12 @@ class Recipe(BaseModel):
     arms: int = Field(5, ge=2, description="rl_bandit: arms of each bandit")
     states: int = Field(10, gt=0, description="rl_tabular: states of each MDP")
     actions: int = Field(5, ge=2, description="rl_tabular: actions of each MDP")
+    mass_range: tuple[float, float] = Field((0.5, 2.0), description="rl_pendulum: each "
+                                            "task's mass is uniform in [low, high] "
+                                            "(Gymnasium's Pendulum-v1: 1)")
+    length_range: tuple[float, float] = Field((0.5, 2.0), description="rl_pendulum: each "
+                                              "task's length is uniform in [low, high] "
+                                              "(Gymnasium's Pendulum-v1: 1)")
     trajectories: int = Field(20, gt=0, description="meta-RL: trajectories sampled per task "
                               "for each inner step and for the query (pytorch-maml-rl's "
                               "fast_batch_size); meta_batch is the number of tasks")
@@ -382,6 +389,11 @@ class Recipe(BaseModel):
         if not self.policy_hidden or min(self.policy_hidden) < 1:
             raise ValueError(f"policy_hidden must be one or more positive widths, got "
                              f"{list(self.policy_hidden)}")
+        for key in ("mass_range", "length_range"):
+            low, high = getattr(self, key)
+            if not 0 < low <= high:
+                raise ValueError(f"{key} must be [low, high] with 0 < low <= high, got "
+                                 f"{[low, high]}")
         if self.dataset == "rl_gym":
             self._check_rl_gym()
 
@@ -467,7 +479,8 @@ SHARED_KEYS: tuple[str, ...] = (
 #: :data:`SHARED_KEYS` is a supervised key.
 RL_KEYS: dict[str, tuple[str, ...]] = {
     "horizon": RL_DATASETS, "arms": ("rl_bandit",), "states": ("rl_tabular",),
-    "actions": ("rl_tabular",), "env_factory": ("rl_gym",), "task_ranges": ("rl_gym",),
+    "actions": ("rl_tabular",), "mass_range": ("rl_pendulum",),
+    "length_range": ("rl_pendulum",), "env_factory": ("rl_gym",), "task_ranges": ("rl_gym",),
     "trajectories": RL_DATASETS, "policy_hidden": RL_DATASETS,
     "policy_activation": RL_DATASETS, "gamma": RL_DATASETS, "gae_lambda": RL_DATASETS,
     "max_kl": RL_DATASETS, "cg_iters": RL_DATASETS, "cg_damping": RL_DATASETS,

@@ -7,7 +7,8 @@ Layout, lowest first:
 * :mod:`.env` (the family / environment contract), :mod:`.tasks` (seeded task sampler
   with fixed evaluation tasks);
 * families: :mod:`.nav2d` (2D navigation), :mod:`.bandit` (Bernoulli bandits),
-  :mod:`.tabular` (random tabular MDPs, exact policy evaluation);
+  :mod:`.tabular` (random tabular MDPs, exact policy evaluation), :mod:`.pendulum`
+  (Gymnasium's pendulum with a mass and a length per task);
 * :mod:`.trajectories` (the batch type, ``[H, T, B, ...]``), :mod:`.policies`
   (Gaussian and categorical MLPs, run per task by ``vmap``), :mod:`.rollout`;
 * :mod:`.returns` (discounted returns, GAE), :mod:`.baseline` (linear feature baseline),
@@ -28,6 +29,7 @@ from metafit.rl.inner import inner_update
 from metafit.rl.maml import MAMLRL, MetaEpisode
 from metafit.rl.nav2d import Nav2d, Nav2dEnv
 from metafit.rl.objectives import Surrogate, reinforce_losses, surrogate_losses
+from metafit.rl.pendulum import Pendulum, PendulumEnv
 from metafit.rl.policies import (
     CategoricalMLPPolicy,
     GaussianMLPPolicy,
@@ -44,8 +46,9 @@ from metafit.rl.trpo import TRPOSettings, conjugate_gradient, hessian_vector_pro
 
 __all__ = [
     "MAMLRL", "ActionSpace", "Bandit", "BanditEnv", "CategoricalMLPPolicy",
-    "GaussianMLPPolicy", "MDPFamily", "MetaEpisode", "Nav2d", "Nav2dEnv", "Policy",
-    "StepResult", "Surrogate", "TRPOSettings", "TabularEnv", "TabularMDP", "TaskParams",
+    "GaussianMLPPolicy", "MDPFamily", "MetaEpisode", "Nav2d", "Nav2dEnv", "Pendulum",
+    "PendulumEnv", "Policy", "StepResult", "Surrogate", "TRPOSettings", "TabularEnv",
+    "TabularMDP", "TaskParams",
     "TaskSampler", "TensorEnv", "Trajectories", "adaptation_returns", "bandit_expected_return",
     "baseline_features", "conjugate_gradient", "discounted_returns", "fit_linear_baseline",
     "gae", "hessian_vector_product", "inner_update", "linear_baseline_values", "masked_mean",

@@ -14,6 +14,7 @@ from metafit.rl.bandit import Bandit
 from metafit.rl.env import MDPFamily
 from metafit.rl.maml import MAMLRL
 from metafit.rl.nav2d import Nav2d
+from metafit.rl.pendulum import Pendulum
 from metafit.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Policy
 from metafit.rl.tabular import TabularMDP
 from metafit.rl.trpo import TRPOSettings
@@ -23,7 +24,7 @@ __all__ = ["build_family", "build_policy", "build_rl_algorithm", "trpo_settings"
 
 def build_family(recipe: Recipe) -> MDPFamily:
     """The recipe's task family, with its ``horizon`` where set (else the family's own:
-    navigation 100, bandits and tabular MDPs 10).
+    navigation 100, bandits and tabular MDPs 10, pendulums 200).
 
     Raises:
         ValueError: the recipe's dataset is not a meta-RL family.
@@ -35,6 +36,9 @@ def build_family(recipe: Recipe) -> MDPFamily:
         return Bandit(arms=recipe.arms, **options)
     if recipe.dataset == "rl_tabular":
         return TabularMDP(states=recipe.states, actions=recipe.actions, **options)
+    if recipe.dataset == "rl_pendulum":
+        return Pendulum(mass_range=recipe.mass_range, length_range=recipe.length_range,
+                        **options)
     if recipe.dataset in GYM_RL_DATASETS:
         return _gym_family(recipe, options)
     raise ValueError(f"dataset '{recipe.dataset}' is not a meta-RL task family")

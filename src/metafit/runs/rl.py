@@ -1,6 +1,6 @@
 """Read a meta-RL run back: its task samplers per split, its learner at a checkpoint, its
 evaluation (the counterpart of :mod:`metafit.runs.trained` for the datasets ``rl_nav2d``,
-``rl_bandit`` and ``rl_tabular``).
+``rl_bandit``, ``rl_tabular`` and ``rl_pendulum``).
 
 The splits of a task family are seeds, as for the supervised samplers
 (:data:`~metafit.runs.trained.SPLIT_SEED_OFFSET`): the trainer draws its training tasks

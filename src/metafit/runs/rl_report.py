@@ -1,7 +1,7 @@
 """``metafit report RUN [RUN ...]`` of meta-RL runs (datasets ``rl_nav2d``, ``rl_bandit``,
-``rl_tabular``): the counterpart of :mod:`metafit.runs.report` for the supervised path,
-writing the same three files (``report.md``, ``index.html``, ``report.json``) beside its
-figures:
+``rl_tabular``, ``rl_pendulum``): the counterpart of :mod:`metafit.runs.report` for the
+supervised path, writing the same three files (``report.md``, ``index.html``,
+``report.json``) beside its figures:
 
 - ``training.png``: the training tasks' mean return before and after adaptation against
   iteration, and the validation return (95% CI band);
@@ -121,7 +121,7 @@ def _run_section(label: str, run: _RLRun, out: Path, split: Split, banner: Seque
     if run.recipe.dataset != "rl_nav2d":
         section.text = (f"No trajectory figure: trajectories are drawn for 2D navigation "
                         f"(rl_nav2d) only, and this run's family is {run.recipe.dataset}, "
-                        "whose states are not points in a plane.")
+                        "whose states are not positions in a plane.")
         return section
     name = f"trajectories_{run.slug}.png"
     steps = max(1, min(TRAJECTORY_STEPS, rl_eval_steps(run.recipe)))

@@ -52,7 +52,7 @@ class TRPOOuterStep:
 
 class RLTrainer(TrainingLoop):
     """Meta-trains a meta-RL ``recipe`` (datasets ``rl_nav2d``, ``rl_bandit``,
-    ``rl_tabular``) into the run directory ``out``; arguments as for
+    ``rl_tabular``, ``rl_pendulum``) into the run directory ``out``; arguments as for
     :class:`~metafit.training.trainer.Trainer`. One process only (no ``torchrun`` yet).
 
     Training records hold, averaged over ``log_every`` steps: ``loss`` (the surrogate
