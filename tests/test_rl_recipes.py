@@ -14,7 +14,8 @@ from metafit.rl.from_recipe import build_family, build_rl_algorithm, trpo_settin
 from metafit.rl.pendulum import Pendulum
 
 RL_RECIPES = ("rl_nav2d_maml", "rl_nav2d_fomaml", "rl_bandit_maml", "rl_tabular_maml",
-              "rl_pendulum_maml")
+              "rl_pendulum_maml", "rl_nav2d_reptile", "rl_nav2d_pretrained",
+              "rl_nav2d_scratch")
 
 
 def test_the_nav2d_recipe_is_the_reference_configuration() -> None:
@@ -26,6 +27,30 @@ def test_the_nav2d_recipe_is_the_reference_configuration() -> None:
     assert fo.rl_first_order and fo.algorithm == "fomaml_trpo"
     assert fo.model_dump(exclude={"name", "description", "algorithm"}) == \
         r.model_dump(exclude={"name", "description", "algorithm"})
+
+
+@pytest.mark.parametrize("name,algorithm,changed", [
+    ("rl_nav2d_pretrained", "pretrained_trpo", set()),
+    ("rl_nav2d_scratch", "scratch", set()),
+    ("rl_nav2d_reptile", "reptile_pg", {"inner_steps", "outer_lr"})])
+def test_the_nav2d_baselines_and_reptile_change_only_their_own_keys(
+        name: str, algorithm: str, changed: set[str]) -> None:
+    """Each is the reference configuration with its algorithm (and Reptile's own keys):
+    the same tasks, trajectories, policy, inner rate and evaluation steps."""
+    r, ref = load_recipe(name), load_recipe("rl_nav2d_maml")
+    ignore = {"name", "description", "algorithm"}
+    differ = {k for k, v in r.model_dump(exclude=ignore).items() if getattr(ref, k) != v}
+    assert r.algorithm == algorithm and differ == changed
+    assert r.eval_inner_steps == 3 and r.inner_lr == ref.inner_lr
+
+
+def test_outer_lr_is_reptiles_alone_among_rl_algorithms() -> None:
+    assert load_recipe("rl_nav2d_reptile", ["outer_lr=0.1"]).outer_lr == 0.1
+    with pytest.raises(RecipeError, match=r"outer_lr is reptile_pg's outer step size; "
+                                          r"algorithm 'maml_trpo' does not use it"):
+        load_recipe("rl_nav2d_maml", ["outer_lr=0.1"])
+    with pytest.raises(RecipeError, match=r"algorithm 'scratch' does not use it"):
+        load_recipe("rl_nav2d_reptile", ["algorithm=scratch"])
 
 
 @pytest.mark.parametrize("name,family,policy", [
@@ -71,7 +96,8 @@ def test_rl_keys_are_refused_on_a_supervised_recipe(override: str, owner: str) -
         load_recipe("sinusoid_maml", [override])  # even at the default value
 
 
-@pytest.mark.parametrize("override", ["ways=5", "model=mlp", "optimizer=adam", "outer_lr=0.1"])
+@pytest.mark.parametrize("override", ["ways=5", "model=mlp", "optimizer=adam",
+                                      "weight_decay=0.1"])
 def test_supervised_keys_are_refused_on_an_rl_recipe(override: str) -> None:
     key = override.split("=")[0]
     with pytest.raises(RecipeError, match=rf"'{key}' in the overrides is for supervised "

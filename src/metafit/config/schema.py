@@ -54,9 +54,12 @@ RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular", "rl_pendulum", "rl_cheetah
                "rl_cheetah_dir", "rl_gym")
 #: The meta-RL families that run through Gymnasium (the ``rl`` extra).
 GYM_RL_DATASETS = ("rl_cheetah_vel", "rl_cheetah_dir", "rl_gym")
-#: Algorithms of a meta-RL recipe: MAML-TRPO, second order or first order. They are not
-#: registered supervised algorithms (docs/rl.md), so their names differ from those.
-RL_ALGORITHMS = ("maml_trpo", "fomaml_trpo")
+#: Algorithms of a meta-RL recipe: MAML-TRPO (second or first order), Reptile with
+#: policy-gradient inner steps, and the two baselines: TRPO on all tasks without inner
+#: steps ("pretrained", fine-tuned at evaluation) and a randomly initialised policy
+#: ("scratch", not trained). They are not registered supervised algorithms (docs/rl.md),
+#: so their names differ from those.
+RL_ALGORITHMS = ("maml_trpo", "fomaml_trpo", "reptile_pg", "pretrained_trpo", "scratch")
 #: The datasets of labelled texts (``text_csv``: the former name of ``text_table``).
 TEXT_DATASETS = ("text_table", "text_csv")
 #: The datasets of images (``augment`` applies to them).
@@ -184,8 +187,8 @@ class Recipe(BaseModel):
     # -- algorithm -------------------------------------------------------------------
     algorithm: str = Field("maml",
         description='a registered algorithm: maml, fomaml, metasgd, anil, reptile, protonet, '
-        'finetune, linear_probe (or your own); meta-RL recipes name theirs: maml_trpo or '
-        'fomaml_trpo (first order)')
+        'finetune, linear_probe (or your own); meta-RL recipes name theirs: maml_trpo, '
+        'fomaml_trpo (first order), reptile_pg, pretrained_trpo or scratch (docs/rl.md)')
     inner_lr: float = Field(0.4, gt=0,
         description='step size of the inner loop (adaptation to one task)')
     inner_steps: int = Field(1, ge=0, description='inner steps per task during meta-training')
@@ -215,7 +218,9 @@ class Recipe(BaseModel):
     meta_batch: int = Field(32, gt=0, description='tasks per meta-training step')
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam",
         description='the outer optimizer of the meta-parameters')
-    outer_lr: float = Field(1e-3, gt=0, description="the outer optimizer's learning rate")
+    outer_lr: float = Field(1e-3, gt=0, description="the outer optimizer's learning rate; "
+                            "meta-RL: reptile_pg's outer step size epsilon (and no other "
+                            "meta-RL algorithm's)")
     weight_decay: float = Field(0.0, ge=0, description="the outer optimizer's weight decay")
     iterations: int = Field(1000, gt=0, description='meta-training steps')
     warmup: int = Field(0, ge=0, description="linear warm-up iterations")
@@ -382,7 +387,14 @@ class Recipe(BaseModel):
         if self.algorithm not in RL_ALGORITHMS:
             raise ValueError(f"algorithm '{self.algorithm}' is not a meta-RL algorithm; "
                              f"dataset '{self.dataset}' trains with one of "
-                             f"{', '.join(RL_ALGORITHMS)} (MAML-TRPO)")
+                             f"{', '.join(RL_ALGORITHMS)} (docs/rl.md)")
+        if self.algorithm == "reptile_pg" and self.inner_steps < 1:
+            raise ValueError("inner_steps must be at least 1 for algorithm 'reptile_pg': "
+                             "with no inner step its update theta_K - theta is 0")
+        if self.algorithm != "reptile_pg" and self.outer_lr != _DEFAULTS["outer_lr"]:
+            raise ValueError(f"outer_lr is reptile_pg's outer step size; algorithm "
+                             f"'{self.algorithm}' does not use it (TRPO steps are sized by "
+                             "max_kl)")
         if self.device != "cpu":
             raise ValueError(f"meta-RL recipes run on the CPU for now, not device "
                              f"'{self.device}' (docs/rl.md)")
@@ -451,8 +463,20 @@ class Recipe(BaseModel):
     @property
     def rl_first_order(self) -> bool:
         """Meta-RL: whether the meta-gradient drops second derivatives (``fomaml_trpo``,
-        or ``first_order``)."""
-        return self.first_order or self.algorithm == RL_ALGORITHMS[1]
+        ``reptile_pg``, or ``first_order``)."""
+        return self.first_order or self.algorithm in ("fomaml_trpo", "reptile_pg")
+
+    @property
+    def rl_train_inner_steps(self) -> int:
+        """Meta-RL: inner steps per task during training: ``inner_steps``, except 0 for
+        the baselines ``pretrained_trpo`` and ``scratch``, whose ``inner_steps`` is only
+        the default of the evaluation's fine-tuning steps."""
+        return 0 if self.algorithm in ("pretrained_trpo", "scratch") else self.inner_steps
+
+    @property
+    def rl_meta_trained(self) -> bool:
+        """Meta-RL: whether training changes the policy (all but ``scratch``)."""
+        return self.algorithm != "scratch"
 
     def applicable_dump(self, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
         """``model_dump`` of the keys that apply to this recipe's dataset
@@ -469,7 +493,7 @@ _DEFAULTS: dict[str, Any] = {k: info.get_default(call_default_factory=True)
 #: Keys every recipe may set, supervised or meta-RL.
 SHARED_KEYS: tuple[str, ...] = (
     "name", "description", "dataset", "algorithm", "inner_lr", "inner_steps",
-    "eval_inner_steps", "first_order", "meta_batch", "iterations", "time_budget",
+    "eval_inner_steps", "first_order", "meta_batch", "outer_lr", "iterations", "time_budget",
     "val_every", "val_episodes", "patience", "test_episodes", "seed", "device", "threads",
     "log_every", "checkpoint_every", "checkpoint_minutes", "tensorboard", "mlflow",
     "mlflow_uri", "mlflow_experiment",

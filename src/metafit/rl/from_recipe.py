@@ -1,7 +1,8 @@
-"""Build what a meta-RL recipe describes: its task family, its policy and its MAML-TRPO
-learner (the counterpart of :mod:`metafit.algorithms.from_recipe` for the ``rl_*``
-datasets). The Gymnasium families (``rl_cheetah_vel``, ``rl_cheetah_dir``, ``rl_gym``)
-import Gymnasium only when a recipe asks for them."""
+"""Build what a meta-RL recipe describes: its task family, its policy and its learner
+(MAML-TRPO, Reptile or a baseline; the counterpart of
+:mod:`metafit.algorithms.from_recipe` for the ``rl_*`` datasets). The Gymnasium families
+(``rl_cheetah_vel``, ``rl_cheetah_dir``, ``rl_gym``) import Gymnasium only when a recipe
+asks for them."""
 
 from __future__ import annotations
 
@@ -76,13 +77,18 @@ def build_policy(recipe: Recipe, family: MDPFamily) -> Policy:
 
 
 def build_rl_algorithm(recipe: Recipe, family: MDPFamily | None = None) -> MAMLRL:
-    """MAML (second order, or first order for ``fomaml_trpo`` / ``first_order``) around
-    :func:`build_policy`, with the recipe's inner rate and steps, discount and GAE
-    lambda."""
+    """The learner of every meta-RL algorithm: :class:`MAMLRL` around
+    :func:`build_policy`, with the recipe's inner rate, discount and GAE lambda, its
+    training inner steps (:attr:`Recipe.rl_train_inner_steps`: 0 for ``pretrained_trpo``
+    and ``scratch``) and its order (first for ``fomaml_trpo``, ``reptile_pg`` or
+    ``first_order``). ``meta_trained`` is False for ``scratch``: the trainer validates
+    the seeded initial policy once and saves it. What differs between ``maml_trpo`` and
+    ``reptile_pg`` is the outer step (:mod:`metafit.training.rl`)."""
     family = build_family(recipe) if family is None else family
     return MAMLRL(build_policy(recipe, family), inner_lr=recipe.inner_lr,
-                  inner_steps=recipe.inner_steps, first_order=recipe.rl_first_order,
-                  gamma=recipe.gamma, gae_lambda=recipe.gae_lambda)
+                  inner_steps=recipe.rl_train_inner_steps, first_order=recipe.rl_first_order,
+                  gamma=recipe.gamma, gae_lambda=recipe.gae_lambda,
+                  meta_trained=recipe.rl_meta_trained)
 
 
 def trpo_settings(recipe: Recipe) -> TRPOSettings:

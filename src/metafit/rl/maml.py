@@ -68,16 +68,18 @@ class MAMLRL(nn.Module):
         gamma, gae_lambda: discount and GAE lambda of the advantages (0.99, 1.0).
         normalize_advantages: standardise each task's advantages.
         baseline_reg: ridge coefficient of the linear feature baseline.
+        meta_trained: False for a learner that is never trained (the "scratch" baseline:
+            the training loop validates it once and saves it, as for the supervised
+            ``finetune``); the trainers and callbacks read it, like the supervised
+            algorithms' capability flag of the same name.
     """
-
-    #: Meta-trained (as the supervised algorithms' capability flag says; the trainers and
-    #: callbacks read it).
-    meta_trained = True
 
     def __init__(self, policy: Policy, inner_lr: float = 0.1, inner_steps: int = 1,
                  first_order: bool = False, gamma: float = 0.99, gae_lambda: float = 1.0,
-                 normalize_advantages: bool = True, baseline_reg: float = 1e-5) -> None:
+                 normalize_advantages: bool = True, baseline_reg: float = 1e-5,
+                 meta_trained: bool = True) -> None:
         super().__init__()
+        self.meta_trained = meta_trained
         if inner_steps < 0:
             raise ValueError(f"inner_steps must be non-negative, got {inner_steps}")
         self.policy = policy

@@ -44,8 +44,10 @@ def short_run_caveats(runs: Mapping[str, RunDir], episodes: int | None = None) -
     :data:`MIN_EPISODES`. Empty when there is nothing to warn about."""
     short = []
     for label, run in runs.items():
-        recipe = run.read_recipe()  # meta-RL learners (maml_trpo, ...) are all meta-trained
-        if not recipe.is_rl and not get_algorithm(recipe.algorithm).meta_trained:
+        recipe = run.read_recipe()  # meta-RL: all but the scratch baseline are trained
+        trained = (recipe.rl_meta_trained if recipe.is_rl
+                   else get_algorithm(recipe.algorithm).meta_trained)
+        if not trained:
             continue
         done = completed_iterations(run)
         if done < MIN_ITERATIONS:

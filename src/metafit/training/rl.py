@@ -1,13 +1,17 @@
-"""Meta-training a meta-RL recipe: MAML-TRPO (Finn et al. 2017, sec. 5.3) in the shared
-loop.
+"""Meta-training a meta-RL recipe in the shared loop: MAML-TRPO (Finn et al. 2017, sec.
+5.3), Reptile on policies (Nichol et al. 2018) and the baselines of the MAML paper's
+Figure 4 (a policy pretrained on all tasks, a random one).
 
 :class:`RLTrainer` is a :class:`~metafit.training.loop.TrainingLoop`: the run directory,
 resume, records, validation, best/last checkpoints, time budget and callbacks are the
 supervised trainer's. Its step is the meta-RL one (docs/rl.md): draw ``meta_batch`` tasks
 from the recipe's family, sample ``trajectories`` per task with the policy, adapt with
-``inner_steps`` policy-gradient steps, sample again with the adapted policies, and take
-one TRPO step on the meta-objective (:func:`~metafit.rl.trpo.trpo_step`). Validation is
-the return after adaptation on fixed validation tasks
+the training inner steps (none for ``pretrained_trpo``), sample again with the adapted
+policies, and take one outer step (:func:`outer_step`): TRPO on the meta-objective
+(:class:`TRPOOuterStep`, ``maml_trpo``, ``fomaml_trpo``, ``pretrained_trpo``) or the
+Reptile update (:class:`ReptileOuterStep`, ``reptile_pg``). ``scratch`` takes no step:
+its learner is not meta-trained, so the loop validates the seeded initial policy once
+and saves it. Validation is the return after adaptation on fixed validation tasks
 (:func:`~metafit.evaluation.rl.evaluate_rl`).
 
 Every random draw of training comes from the :class:`~metafit.rl.TaskSampler`'s two
@@ -20,15 +24,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from metafit.config.schema import Recipe
 from metafit.evaluation.rl import evaluate_rl
 from metafit.rl.from_recipe import build_family, build_rl_algorithm, trpo_settings
 from metafit.rl.maml import MAMLRL, MetaEpisode
+from metafit.rl.reptile import reptile_step
 from metafit.rl.trpo import TRPOSettings, trpo_step
 from metafit.runs.checkpoints import Resumable
 from metafit.runs.rl import rl_eval_steps, rl_sampler
 from metafit.training.loop import TrainingLoop
 
-__all__ = ["RLTrainer", "TRPOOuterStep"]
+__all__ = ["OuterStep", "RLTrainer", "ReptileOuterStep", "TRPOOuterStep", "outer_step"]
 
 
 class TRPOOuterStep:
@@ -40,8 +46,13 @@ class TRPOOuterStep:
         self.settings = settings
 
     def step(self, algo: MAMLRL, episode: MetaEpisode) -> dict[str, float]:
-        """One TRPO step of ``algo``'s parameters on ``episode``; its metrics."""
-        return trpo_step(algo, episode, self.settings)
+        """One TRPO step of ``algo``'s parameters on ``episode``; its training-record
+        metrics (``loss`` before the step, ``loss_after``, ``kl``, ``step_fraction``,
+        ``line_search_steps``, ``grad_norm``)."""
+        m = trpo_step(algo, episode, self.settings)
+        return {"loss": m["loss_before"], "loss_after": m["loss_after"], "kl": m["kl_after"],
+                "step_fraction": m["step_fraction"],
+                "line_search_steps": m["line_search_steps"], "grad_norm": m["grad_norm"]}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -50,17 +61,52 @@ class TRPOOuterStep:
         """Nothing to restore (see the class docstring)."""
 
 
+class ReptileOuterStep:
+    """The Reptile meta-update ``theta <- theta + epsilon * mean_t (theta_K[t] - theta)``
+    (:func:`~metafit.rl.reptile.reptile_step`), in the optimizer's place of a checkpoint.
+    Its step size is constant (the recipe's ``outer_lr``), so it keeps no state between
+    steps and its state is empty: a resumed run takes the same steps."""
+
+    def __init__(self, epsilon: float) -> None:
+        self.epsilon = epsilon
+
+    def step(self, algo: MAMLRL, episode: MetaEpisode) -> dict[str, float]:
+        """One Reptile update of ``algo``'s policy from ``episode``; its metrics
+        (``step_norm``, ``adapted_distance``)."""
+        return reptile_step(algo, episode, self.epsilon)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], /) -> None:
+        """Nothing to restore (see the class docstring)."""
+
+
+#: What :class:`RLTrainer` steps with: either outer step.
+OuterStep = TRPOOuterStep | ReptileOuterStep
+
+
+def outer_step(recipe: Recipe) -> OuterStep:
+    """The recipe's outer step: Reptile's for ``reptile_pg`` (step size ``outer_lr``),
+    else TRPO (:func:`~metafit.rl.from_recipe.trpo_settings`)."""
+    if recipe.algorithm == "reptile_pg":
+        return ReptileOuterStep(recipe.outer_lr)
+    return TRPOOuterStep(trpo_settings(recipe))
+
+
 class RLTrainer(TrainingLoop):
     """Meta-trains a meta-RL ``recipe`` (datasets ``rl_nav2d``, ``rl_bandit``,
     ``rl_tabular``, ``rl_pendulum``) into the run directory ``out``; arguments as for
     :class:`~metafit.training.trainer.Trainer`. One process only (no ``torchrun`` yet).
 
-    Training records hold, averaged over ``log_every`` steps: ``loss`` (the surrogate
-    loss before the step), ``loss_after``, ``kl`` (mean KL between the query policies
-    before and after the step), ``step_fraction`` and ``line_search_steps`` (0 and
-    ``ls_max_steps``: no step was accepted), ``grad_norm``, and ``return_before`` /
-    ``return_after`` (the mean return of the training tasks' trajectories before and after
-    adaptation). Validation records: ``return`` after adaptation and its ``ci95``.
+    Training records hold, averaged over ``log_every`` steps, the outer step's metrics
+    and ``return_before`` / ``return_after`` (the mean return of the training tasks'
+    trajectories before and after adaptation). TRPO's: ``loss`` (the surrogate loss
+    before the step), ``loss_after``, ``kl`` (mean KL between the query policies before
+    and after the step), ``step_fraction`` and ``line_search_steps`` (0 and
+    ``ls_max_steps``: no step was accepted), ``grad_norm``; Reptile's: ``step_norm`` and
+    ``adapted_distance``. Validation records: ``return`` after adaptation and its
+    ``ci95``.
     """
 
     algo: MAMLRL
@@ -77,25 +123,29 @@ class RLTrainer(TrainingLoop):
         self.tasks = rl_sampler(r, "train", self.family)
         self.val_tasks = rl_sampler(r, "val", self.family)
         self.algo = build_rl_algorithm(r, self.family)
-        self.outer = TRPOOuterStep(trpo_settings(r))
+        self.outer = outer_step(r)
 
     def _learner_name(self) -> str:
         r = self.recipe
         widths = "-".join(str(w) for w in r.policy_hidden)
-        return f"{r.algorithm} ({'first' if r.rl_first_order else 'second'} order), " \
-               f"{r.policy_activation} policy {widths}"
+        policy = f"{r.policy_activation} policy {widths}"
+        if r.algorithm in ("maml_trpo", "fomaml_trpo"):
+            return f"{r.algorithm} ({'first' if r.rl_first_order else 'second'} order), " \
+                   f"{policy}"
+        if r.algorithm == "reptile_pg":
+            return f"reptile_pg ({r.inner_steps} inner steps, epsilon {r.outer_lr:g}), {policy}"
+        if r.algorithm == "pretrained_trpo":
+            return f"pretrained_trpo (TRPO without inner steps), {policy}"
+        return f"scratch (the seeded initial policy, not trained), {policy}"
 
     def _step(self) -> dict[str, float]:
-        """One MAML-TRPO step on a fresh meta-batch of tasks."""
+        """One outer step on a fresh meta-batch of tasks: sample and adapt, then update."""
         r = self.recipe
         env = self.family.env(self.tasks.sample(r.meta_batch))
         episode = self.algo.sample(env, r.trajectories, self.tasks.rollouts)
         m = self.outer.step(self.algo, episode)
-        returns = episode.returns().mean(dim=0)  # [inner_steps + 1]
-        return {"loss": m["loss_before"], "loss_after": m["loss_after"], "kl": m["kl_after"],
-                "step_fraction": m["step_fraction"],
-                "line_search_steps": m["line_search_steps"], "grad_norm": m["grad_norm"],
-                "return_before": float(returns[0]), "return_after": float(returns[-1])}
+        returns = episode.returns().mean(dim=0)  # [train inner steps + 1]
+        return {**m, "return_before": float(returns[0]), "return_after": float(returns[-1])}
 
     def validate(self) -> dict[str, Any]:
         """The return after adaptation on the fixed validation tasks, with its 95% CI."""
