@@ -150,19 +150,54 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from metafit.deploy.adapted import AdaptedModel
-
-    model = AdaptedModel.load(args.model)
-    out = args.out or str(Path(args.model).with_name(Path(args.model).name + "-onnx"))
-    try:  # onnx, onnxscript and onnxruntime are imported at module or call time
-        from metafit.deploy.onnx_export import export_onnx
-
-        report = export_onnx(model, out, tolerance=args.tolerance, quantize=args.quantize,
-                             progress=show_progress(args))
+def _with_export_extra(export: Callable[[], Any]) -> Any:
+    """``export()``; an ImportError (onnx, onnxscript and onnxruntime are imported at module
+    or call time) becomes a message naming the extra to install."""
+    try:
+        return export()
     except ImportError as e:
         raise ValueError(f"ONNX export needs the export extra: pip install 'metafit[export]' "
                          f"({e})") from e
+
+
+def _cmd_export_policy(args: argparse.Namespace, out: str) -> int:
+    """``metafit export RUN``: a meta-RL run's meta-learned policy to ONNX."""
+    if args.quantize:
+        raise ValueError("--quantize is for classifiers; a policy is exported in float32")
+    def export() -> Any:
+        from metafit.deploy.policy_onnx import export_run_policy
+
+        return export_run_policy(args.model, out, which=args.checkpoint,
+                                 tolerance=args.tolerance)
+
+    report = _with_export_extra(export)
+    if args.json:
+        from metafit.cli.results import emit
+
+        emit("export", report.to_dict())
+        return 0
+    _write(f"exported the {args.checkpoint} policy of {args.model} to {out}/model.onnx "
+           "(observations -> action, distribution); onnxruntime parity on "
+           f"{len(report.batches)} batches {report.batches}: max abs difference "
+           f"{report.max_abs_diff:.3g} (tolerance {report.tolerance:g})")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from metafit.deploy.adapted import AdaptedModel
+    from metafit.runs.rl import is_rl_run
+
+    out = args.out or str(Path(args.model).with_name(Path(args.model).name + "-onnx"))
+    if is_rl_run(args.model):
+        return _cmd_export_policy(args, out)
+    model = AdaptedModel.load(args.model)
+    def export() -> Any:
+        from metafit.deploy.onnx_export import export_onnx
+
+        return export_onnx(model, out, tolerance=args.tolerance, quantize=args.quantize,
+                           progress=show_progress(args))
+
+    report = _with_export_extra(export)
     if args.json:
         from metafit.cli.results import emit
 
@@ -243,8 +278,8 @@ def add_compress_parser(sub: Any) -> None:
 
 def add_export_parser(sub: Any) -> None:
     """Add ``export`` to the subparsers ``sub``."""
-    p = add_model_verb(sub, "export", "export an adapted model to ONNX, verified against "
-                       "PyTorch in onnxruntime", _cmd_export)
+    p = add_model_verb(sub, "export", "export an adapted model, or a meta-RL run's policy, to "
+                       "ONNX, verified against PyTorch in onnxruntime", _cmd_export)
     add_threads_option(p)
     p.add_argument("--format", default="onnx", choices=["onnx"],
                    help="the export format (ONNX, checked for parity in onnxruntime)")
@@ -253,5 +288,7 @@ def add_export_parser(sub: Any) -> None:
                    "logit difference in the parity check (default 1e-4)")
     p.add_argument("--quantize", choices=["int8"], help="write onnxruntime's dynamic int8 "
                    "quantization of the checked float export (its difference is reported)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="a meta-RL run's checkpoint to export (default best)")
     add_progress_option(p)
     add_json_option(p, "the parity report")

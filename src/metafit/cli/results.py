@@ -468,8 +468,8 @@ class CompressJson(_Strict):
                                               "kept by the rest (read as [UNK])")
 
 
-class ExportJson(_Strict):
-    """``metafit export MODEL --json``: the parity check."""
+class ClassifierExportJson(_Strict):
+    """``metafit export MODEL --json``: the parity check of a classifier."""
 
     path: str
     max_abs_diff: Real
@@ -483,6 +483,25 @@ class ExportJson(_Strict):
     quantized_max_prob_diff: Real
     max_score_diff: Real = Field(default=None, description="with a reject setting: the "
                                  "largest reject_score difference (gated like the logits)")
+
+
+class PolicyExportJson(_Strict):
+    """``metafit export RUN --json`` on a meta-RL run: the policy's parity check."""
+
+    path: str
+    max_abs_diff: Real = Field(description="largest absolute difference of the action and "
+                               "distribution outputs, onnxruntime against PyTorch")
+    action_mismatches: int = Field(description="categorical policies: arg-max actions that "
+                                   "differ (must be 0)")
+    tolerance: Real
+    batches: list[list[int]]
+    opset: int
+    export_seconds: Real
+
+
+class ExportJson(RootModel[ClassifierExportJson | PolicyExportJson]):
+    """``metafit export MODEL|RUN --json``: the parity check of an adapted classifier or
+    of a meta-RL run's policy (the fields tell which)."""
 
 
 #: The output model of each verb with ``--json``, in ``metafit --help``'s order.

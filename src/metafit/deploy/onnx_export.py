@@ -57,7 +57,7 @@ from metafit.deploy.modeldir import write_model_dir
 from metafit.models.text import TextBody
 from metafit.models.tokenizer import trim
 
-__all__ = ["ExportReport", "export_onnx", "onnx_session", "onnx_feeds", "output_names",
+__all__ = ["ExportReport", "export_graph", "export_onnx", "onnx_session", "onnx_feeds", "output_names",
            "TOLERANCE", "OPSET"]
 
 log = logging.getLogger(__name__)
@@ -165,8 +165,12 @@ def onnx_session(path: str | os.PathLike[str], threads: int | None = None) -> An
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _export(graph: nn.Module, args: tuple[Tensor, ...], names: list[str], path: Path,
+def export_graph(graph: nn.Module, args: tuple[Tensor, ...], names: list[str], path: Path,
             outputs: list[str]) -> None:
+    """Export ``graph`` called on ``args`` to the ONNX file ``path`` (opset ``OPSET``, the
+    dynamo exporter) with input ``names`` and ``outputs``; axis 0 of every input is a
+    dynamic batch axis, and with two inputs (text) axis 1 a shared dynamic sequence axis.
+    The exporter's own logging and warnings are silenced."""
     batch = torch.export.Dim("batch")
     axes: dict[int, Any] = {0: batch}
     if len(args) == 2:  # text: a dynamic sequence axis, shared by ids and mask
@@ -292,7 +296,7 @@ def export_onnx(model: AdaptedModel, out: str | os.PathLike[str],
         start = time.perf_counter()
         bar.set_postfix_str("torch.onnx.export")
         try:
-            _export(graph, args, names, path, output_names(model))
+            export_graph(graph, args, names, path, output_names(model))
         except Exception as e:  # any exporter failure, with its reason
             raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}") from e
         seconds = time.perf_counter() - start
