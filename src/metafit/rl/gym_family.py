@@ -254,10 +254,11 @@ class HalfCheetahTask(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     target between episodes.
     """
 
-    def __init__(self, kind: str, **task: float) -> None:
+    def __init__(self, kind: str, render_mode: str | None = None, width: int = 480,
+                 height: int = 480, **task: float) -> None:
         if kind not in ("vel", "dir"):
             raise ValueError(f"kind must be 'vel' or 'dir', got {kind!r}")
-        super().__init__(_half_cheetah())
+        super().__init__(_half_cheetah(render_mode, width, height))
         self.kind = kind
         self.target = 0.0
         self.set_task(**task)
@@ -279,17 +280,21 @@ class HalfCheetahTask(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray
         return obs, reward, terminated, truncated, info
 
 
-def _half_cheetah() -> gym.Env[np.ndarray, np.ndarray]:
-    """Gymnasium's ``HalfCheetah-v5`` at control cost 0.05. MuJoCo's compiler warns about
-    the model file's deprecated ``settotalmass`` on every build by printing to the
-    terminal; the warning goes to this module's debug log instead."""
+def _half_cheetah(render_mode: str | None = None, width: int = 480, height: int = 480
+                  ) -> gym.Env[np.ndarray, np.ndarray]:
+    """Gymnasium's ``HalfCheetah-v5`` at control cost 0.05 (``render_mode="rgb_array"``:
+    frames of ``width`` x ``height`` pixels). MuJoCo's compiler warns about the model
+    file's deprecated ``settotalmass`` on every build by printing to the terminal; the
+    warning goes to this module's debug log instead."""
     import mujoco
     from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
     previous = mujoco.get_mju_user_warning()
     mujoco.set_mju_user_warning(lambda text: log.debug("MuJoCo: %s", text))
     try:
-        return HalfCheetahEnv(ctrl_cost_weight=_CTRL_COST)
+        camera = {} if render_mode is None else {"camera_name": "track"}  # follows the body
+        return HalfCheetahEnv(ctrl_cost_weight=_CTRL_COST, render_mode=render_mode,
+                              width=width, height=height, **camera)
     finally:
         mujoco.set_mju_user_warning(previous)
 

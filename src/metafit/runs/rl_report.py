@@ -9,7 +9,10 @@ supervised path, writing the same three files (``report.md``, ``index.html``,
   per run (:func:`~metafit.runs.plots.plot_adaptation`);
 - ``trajectories_<run>.png`` for 2D navigation: trajectories before and after one and two
   policy-gradient steps towards fixed held-out goals (Finn et al. 2017, Figure 4, left;
-  :mod:`metafit.runs.nav2d_plot`). Other families get a sentence instead.
+  :mod:`metafit.runs.nav2d_plot`);
+- ``cheetah_<run>.gif`` for half-cheetah runs: an episode before and after one adaptation
+  step on a forward and a backward task (:mod:`metafit.runs.cheetah_video`; needs a
+  headless MuJoCo renderer, else a sentence says why). Other families get a sentence.
 
 Every run is scored from its best checkpoint by :func:`metafit.runs.rl.evaluate_rl_run`
 (saved as ``eval_*.json`` in its report directory), so the report's numbers are
@@ -118,6 +121,8 @@ def _run_section(label: str, run: _RLRun, out: Path, split: Split, banner: Seque
                  ) -> Section:
     """A navigation run's trajectory figure; a sentence for the other families."""
     section = Section(f"Run {label} ({run.path})")
+    if run.recipe.dataset in ("rl_cheetah_dir", "rl_cheetah_vel"):
+        return _cheetah_section(section, label, run, out, split)
     if run.recipe.dataset != "rl_nav2d":
         section.text = (f"No trajectory figure: trajectories are drawn for 2D navigation "
                         f"(rl_nav2d) only, and this run's family is {run.recipe.dataset}, "
@@ -132,6 +137,27 @@ def _run_section(label: str, run: _RLRun, out: Path, split: Split, banner: Seque
         f"the origin: the meta-learned policy before adaptation (dashed) and after 1..{steps} "
         f"policy-gradient steps on {run.recipe.trajectories} trajectories each, one sampled "
         "trajectory drawn per policy (Finn et al. 2017, Figure 4, left)")))
+    return section
+
+
+def _cheetah_section(section: Section, label: str, run: _RLRun, out: Path, split: Split
+                     ) -> Section:
+    """A half-cheetah run's clip before and after one adaptation step, or why not."""
+    from metafit.runs.cheetah_video import cheetah_clips, render_unavailable, write_gif
+
+    reason = render_unavailable()
+    if reason is not None:
+        section.text = (f"No clip: MuJoCo cannot render here ({reason}); set MUJOCO_GL=egl "
+                        "or osmesa with its library installed.")
+        return section
+    name = f"cheetah_{run.slug}.gif"
+    clips = cheetah_clips(run.algo, run.recipe, rl_sampler(run.recipe, split))
+    write_gif(clips, out / name)
+    section.figures.append((name, (
+        f"{label} on fixed {split} tasks: one episode of the meta-learned policy's mean "
+        f"action before adaptation (left) and after one policy-gradient step on "
+        f"{run.recipe.trajectories} trajectories (right), rendered by Gymnasium's MuJoCo "
+        "renderer; the label gives each episode's return")))
     return section
 
 
