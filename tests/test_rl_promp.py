@@ -240,6 +240,9 @@ def test_the_outer_step_improves_its_objective_and_keeps_adams_state() -> None:
     assert float(again.optimizer.state_dict()["state"][0]["step"]) == 3
     with pytest.raises(ValueError, match="clip_eps"):
         ProMPSettings(clip_eps=1.0)
+    other, _ = _nav("lvc")
+    with pytest.raises(ValueError, match="built for another learner"):
+        step.step(other, episode)
 
 
 def test_a_promp_checkpoint_holds_adams_moments(tmp_path: Path) -> None:

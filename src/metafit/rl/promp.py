@@ -143,6 +143,11 @@ class ProMPOuterStep:
         ``inner_kl`` (mean over steps and tasks after the last update), ``clip_fraction``
         (after it) and ``grad_norm`` (of the first step's gradient)."""
         cfg = self.settings
+        live = list(algo.trainable_parameters().values())
+        if len(live) != len(self.params) or any(
+                a is not b for a, b in zip(live, self.params, strict=True)):
+            raise ValueError("this ProMP outer step's Adam optimizer was built for another "
+                             "learner's parameters")
         olds = algo.sampling_outputs(episode)
         first: ProMPObjective | None = None
         grad_norm = 0.0

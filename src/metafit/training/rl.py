@@ -10,10 +10,10 @@ the training inner steps (none for ``pretrained_trpo``), sample again with the a
 policies, and take one outer step (:func:`outer_step`): TRPO on the meta-objective
 (:class:`TRPOOuterStep`, ``maml_trpo``, ``fomaml_trpo``, ``pretrained_trpo``), the
 Reptile update (:class:`ReptileOuterStep`, ``reptile_pg``) or ProMP's clipped PPO steps
-with Adam (:class:`~metafit.rl.promp.ProMPOuterStep`, ``promp``, Rothfuss et al. 2019). ``scratch`` takes no step:
-its learner is not meta-trained, so the loop validates the seeded initial policy once
-and saves it. Validation is the return after adaptation on fixed validation tasks
-(:func:`~metafit.evaluation.rl.evaluate_rl`).
+with Adam (:class:`~metafit.rl.promp.ProMPOuterStep`, ``promp``, Rothfuss et al. 2019).
+``scratch`` takes no step: its learner is not meta-trained, so the loop validates the
+seeded initial policy once and saves it. Validation is the return after adaptation on
+fixed validation tasks (:func:`~metafit.evaluation.rl.evaluate_rl`).
 
 Every random draw of training comes from the :class:`~metafit.rl.TaskSampler`'s two
 generators (tasks, rollouts), which a checkpoint saves with the policy; validation draws
