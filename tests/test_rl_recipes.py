@@ -8,14 +8,15 @@ import pytest
 import yaml
 
 from metafit.config.recipe import RecipeError, load_recipe
-from metafit.config.schema import RL_KEYS, Recipe, make_recipe, recipe_to_yaml
+from metafit.config.schema import OUTER_STEP_KEYS, RL_KEYS, Recipe, make_recipe, recipe_to_yaml
 from metafit.rl import Bandit, CategoricalMLPPolicy, GaussianMLPPolicy, Nav2d, TabularMDP
-from metafit.rl.from_recipe import build_family, build_rl_algorithm, trpo_settings
+from metafit.rl.from_recipe import build_family, build_rl_algorithm, promp_settings, trpo_settings
 from metafit.rl.pendulum import Pendulum
+from metafit.rl.promp import ProMPSettings
 
 RL_RECIPES = ("rl_nav2d_maml", "rl_nav2d_fomaml", "rl_bandit_maml", "rl_tabular_maml",
               "rl_pendulum_maml", "rl_nav2d_reptile", "rl_nav2d_pretrained",
-              "rl_nav2d_scratch")
+              "rl_nav2d_scratch", "rl_nav2d_promp")
 
 
 def test_the_nav2d_recipe_is_the_reference_configuration() -> None:
@@ -32,7 +33,8 @@ def test_the_nav2d_recipe_is_the_reference_configuration() -> None:
 @pytest.mark.parametrize("name,algorithm,changed", [
     ("rl_nav2d_pretrained", "pretrained_trpo", set()),
     ("rl_nav2d_scratch", "scratch", set()),
-    ("rl_nav2d_reptile", "reptile_pg", {"inner_steps", "outer_lr"})])
+    ("rl_nav2d_reptile", "reptile_pg", {"inner_steps", "outer_lr"}),
+    ("rl_nav2d_promp", "promp", {"inner_objective", "clip_eps"})])
 def test_the_nav2d_baselines_and_reptile_change_only_their_own_keys(
         name: str, algorithm: str, changed: set[str]) -> None:
     """Each is the reference configuration with its algorithm (and Reptile's own keys):
@@ -44,13 +46,54 @@ def test_the_nav2d_baselines_and_reptile_change_only_their_own_keys(
     assert r.eval_inner_steps == 3 and r.inner_lr == ref.inner_lr
 
 
-def test_outer_lr_is_reptiles_alone_among_rl_algorithms() -> None:
+def test_outer_lr_is_reptiles_and_promps_alone_among_rl_algorithms() -> None:
     assert load_recipe("rl_nav2d_reptile", ["outer_lr=0.1"]).outer_lr == 0.1
-    with pytest.raises(RecipeError, match=r"outer_lr is reptile_pg's outer step size; "
-                                          r"algorithm 'maml_trpo' does not use it"):
+    assert load_recipe("rl_nav2d_promp", ["outer_lr=0.01"]).outer_lr == 0.01
+    with pytest.raises(RecipeError, match=r"outer_lr is reptile_pg's outer step size "
+                                          r"\(promp's Adam rate\); algorithm 'maml_trpo' "
+                                          r"does not use it \(its outer step: a TRPO step"):
         load_recipe("rl_nav2d_maml", ["outer_lr=0.1"])
     with pytest.raises(RecipeError, match=r"algorithm 'scratch' does not use it"):
         load_recipe("rl_nav2d_reptile", ["algorithm=scratch"])
+
+
+@pytest.mark.parametrize("name,override,owner", [
+    ("rl_nav2d_maml", "clip_eps=0.3", "promp"), ("rl_nav2d_maml", "ppo_steps=3", "promp"),
+    ("rl_nav2d_pretrained", "inner_kl_penalty=0.01", "promp"),
+    ("rl_nav2d_reptile", "ppo_steps=2", "promp"),
+    ("rl_nav2d_promp", "max_kl=0.02", "maml_trpo, fomaml_trpo, pretrained_trpo"),
+    ("rl_nav2d_promp", "cg_iters=3", "maml_trpo, fomaml_trpo, pretrained_trpo"),
+    ("rl_nav2d_reptile", "ls_max_steps=4", "maml_trpo, fomaml_trpo, pretrained_trpo")])
+def test_each_outer_step_refuses_the_others_keys(name: str, override: str, owner: str
+                                                 ) -> None:
+    key = override.split("=")[0]
+    algorithm = load_recipe(name).algorithm
+    with pytest.raises(RecipeError, match=rf"{key} is a key of {owner}; algorithm "
+                                          rf"'{algorithm}' does not use it"):
+        load_recipe(name, [override])
+    assert OUTER_STEP_KEYS[algorithm] and key not in OUTER_STEP_KEYS[algorithm]
+
+
+def test_promp_keys_and_the_lvc_inner_loss() -> None:
+    r = load_recipe("rl_nav2d_promp")
+    assert (r.algorithm, r.rl_inner_objective, r.clip_eps, r.ppo_steps, r.inner_kl_penalty,
+            r.outer_lr, r.inner_lr) == ("promp", "lvc", 0.3, 5, 5e-4, 1e-3, 0.1)
+    assert build_rl_algorithm(r).inner_objective == "lvc"
+    assert promp_settings(r) == ProMPSettings(0.3, 5, 5e-4, 1e-3)
+    # the default inner loss: promp's own is LVC, every other algorithm's REINFORCE
+    assert load_recipe("rl_nav2d_maml", ["algorithm=promp"]).rl_inner_objective == "lvc"
+    assert load_recipe("rl_nav2d_maml").rl_inner_objective == "vpg"
+    lvc_maml = load_recipe("rl_nav2d_maml", ["inner_objective=lvc"])  # LVC-MAML-TRPO
+    assert build_rl_algorithm(lvc_maml).inner_objective == "lvc"
+    mamlppo = load_recipe("rl_nav2d_promp", ["inner_objective=vpg"])  # MAML-PPO
+    assert build_rl_algorithm(mamlppo).inner_objective == "vpg"
+    for name, extra in (("rl_nav2d_fomaml", []), ("rl_nav2d_reptile", []),
+                        ("rl_nav2d_pretrained", []), ("rl_nav2d_maml", ["first_order=true"])):
+        with pytest.raises(RecipeError, match=r"inner_objective 'lvc' changes only the "
+                                              r"second-order meta-gradient"):
+            load_recipe(name, ["inner_objective=lvc", *extra])
+    with pytest.raises(RecipeError, match=r"clip_eps"):
+        load_recipe("rl_nav2d_promp", ["clip_eps=1.5"])
 
 
 @pytest.mark.parametrize("name,family,policy", [

@@ -111,20 +111,23 @@ def test_rl_and_supervised_runs_are_not_reported_together(nav_run: Path, tmp_pat
 
 def test_meta_learners_and_baselines_are_reported_together(nav_run: Path, tmp_path: Path
                                                            ) -> None:
-    """MAML, Reptile and the two baselines on one page, each scored as `metafit evaluate`
+    """MAML, Reptile, ProMP and the two baselines on one page, each scored as `metafit evaluate`
     scores it; only the runs that were trained are called too short."""
     runs = [nav_run]
-    for name in ("rl_nav2d_reptile", "rl_nav2d_pretrained", "rl_nav2d_scratch"):
+    for name in ("rl_nav2d_reptile", "rl_nav2d_promp", "rl_nav2d_pretrained",
+                 "rl_nav2d_scratch"):
         runs.append(tmp_path / name)
         RLTrainer(tiny(name), runs[-1], progress=False).fit()
     out = tmp_path / "report"
     assert main(["report", *map(str, runs), "--out", str(out), "--episodes", "3"]) == 0
     summary = json.loads((out / "report.json").read_text())
-    assert list(summary) == ["maml_trpo", "reptile_pg", "pretrained_trpo", "scratch"]
+    assert list(summary) == ["maml_trpo", "reptile_pg", "promp", "pretrained_trpo",
+                             "scratch"]
     for label, run in zip(summary, runs, strict=True):
         assert summary[label]["per_episode"] == evaluate_rl_run(run, episodes=3).per_episode
         assert (out / f"trajectories_{label}.png").is_file()
     warning = next(line for line in (out / "report.md").read_text().splitlines()
                    if "fewer than 100 iterations" in line)
     assert "reptile_pg (4)" in warning and "pretrained_trpo (4)" in warning
+    assert "promp (4)" in warning
     assert "scratch" not in warning

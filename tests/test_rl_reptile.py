@@ -18,7 +18,13 @@ from metafit.rl.objectives import reinforce_losses
 from metafit.rl.reptile import reptile_step
 from metafit.runs.directory import RunDir
 from metafit.runs.rl import load_rl_trained
-from metafit.training.rl import ReptileOuterStep, RLTrainer, TRPOOuterStep, outer_step
+from metafit.training.rl import (
+    ProMPOuterStep,
+    ReptileOuterStep,
+    RLTrainer,
+    TRPOOuterStep,
+    outer_step,
+)
 from test_rl_training import metrics_without_seconds, tiny
 
 DT = torch.float64
@@ -93,6 +99,14 @@ def test_each_algorithm_gets_its_outer_step_and_training_inner_steps() -> None:
     assert build_rl_algorithm(reptile).inner_steps == reptile.inner_steps == 3
     for name in ("rl_nav2d_maml", "rl_nav2d_pretrained", "rl_nav2d_scratch"):
         assert isinstance(outer_step(load_recipe(name)), TRPOOuterStep)
+    promp = load_recipe("rl_nav2d_promp")
+    learner = build_rl_algorithm(promp)
+    step = outer_step(promp, learner)
+    assert isinstance(step, ProMPOuterStep) and step.settings.clip_eps == 0.3
+    assert step.params == list(learner.trainable_parameters().values())
+    assert learner.inner_steps == 1 and learner.inner_objective == "lvc"
+    with pytest.raises(ValueError, match="pass the learner"):
+        outer_step(promp)
     pretrained = build_rl_algorithm(load_recipe("rl_nav2d_pretrained"))
     assert pretrained.inner_steps == 0 and pretrained.meta_trained
     assert not build_rl_algorithm(load_recipe("rl_nav2d_scratch")).meta_trained

@@ -14,7 +14,7 @@ import torch
 
 from metafit.cli.main import main
 from metafit.config.recipe import load_recipe
-from metafit.config.schema import Recipe, make_recipe
+from metafit.config.schema import OUTER_STEP_KEYS, TRPO_KEYS, Recipe, make_recipe
 from metafit.runs.directory import CheckpointError, RunDir, load_checkpoint
 from metafit.runs.rl import evaluate_rl_run, load_rl_trained
 from metafit.runs.trained import load_trained
@@ -30,8 +30,15 @@ TINY = ["horizon=5", "meta_batch=2", "trajectories=3", "policy_hidden=[8]", "cg_
         "test_episodes=3", "log_every=1", "checkpoint_every=2"]
 
 
+def tiny_overrides(name: str) -> list[str]:
+    """:data:`TINY` without the TRPO keys when ``name``'s algorithm takes no TRPO step
+    (Reptile, ProMP and scratch refuse them)."""
+    own = OUTER_STEP_KEYS[load_recipe(name).algorithm]
+    return [o for o in TINY if o.split("=")[0] not in TRPO_KEYS or o.split("=")[0] in own]
+
+
 def tiny(name: str = "rl_nav2d_maml", *extra: str) -> Recipe:
-    return load_recipe(name, [*TINY, *extra])
+    return load_recipe(name, [*tiny_overrides(name), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +80,7 @@ NO_MUJOCO = importlib.util.find_spec("mujoco") is None
 #: is tested in test_rl_reptile.py and through the command line below), and the families
 #: that need more than the tensor path.
 TRAINED = ["rl_nav2d_maml", "rl_tabular_maml", "rl_pendulum_maml", "rl_nav2d_fomaml",
-           "rl_nav2d_reptile", "rl_nav2d_pretrained",
+           "rl_nav2d_reptile", "rl_nav2d_pretrained", "rl_nav2d_promp",
            pytest.param("rl_cheetah_dir_maml", marks=pytest.mark.skipif(
                NO_MUJOCO, reason="the rl extra (MuJoCo) is not installed"))]
 
@@ -109,11 +116,12 @@ def test_time_budget_stops_an_rl_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["rl_nav2d_maml", "rl_bandit_maml", "rl_pendulum_maml",
                                   "rl_nav2d_reptile", "rl_nav2d_pretrained",
-                                  "rl_nav2d_scratch"])
+                                  "rl_nav2d_scratch", "rl_nav2d_promp"])
 def test_cli_trains_and_evaluates_an_rl_recipe(tmp_path: Path, name: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    trained = run_json(capsys, "train", name, "--out", str(out), "--no-progress", *TINY)
+    trained = run_json(capsys, "train", name, "--out", str(out), "--no-progress",
+                       *tiny_overrides(name))
     assert trained["status"] == "complete" and trained["metric"] == "return"
     # scratch is not trained: its seeded policy is validated once, at iteration 0
     assert trained["best_iteration"] in ((0,) if name.endswith("scratch") else (2, 4))

@@ -22,11 +22,14 @@ from metafit.config.files import RecipeError, short_repr
 __all__ = [
     "CLASSIFIERS",
     "FIELDS",
+    "OUTER_STEP_KEYS",
+    "PPO_KEYS",
     "RL_DATASETS",
     "RL_KEYS",
     "SHARED_KEYS",
     "SUPERVISED_DATASETS",
     "TEXT_DATASETS",
+    "TRPO_KEYS",
     "Recipe",
     "check_keys",
     "check_scope",
@@ -55,11 +58,25 @@ RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular", "rl_pendulum", "rl_cheetah
 #: The meta-RL families that run through Gymnasium (the ``rl`` extra).
 GYM_RL_DATASETS = ("rl_cheetah_vel", "rl_cheetah_dir", "rl_gym")
 #: Algorithms of a meta-RL recipe: MAML-TRPO (second or first order), Reptile with
-#: policy-gradient inner steps, and the two baselines: TRPO on all tasks without inner
-#: steps ("pretrained", fine-tuned at evaluation) and a randomly initialised policy
-#: ("scratch", not trained). They are not registered supervised algorithms (docs/rl.md),
-#: so their names differ from those.
-RL_ALGORITHMS = ("maml_trpo", "fomaml_trpo", "reptile_pg", "pretrained_trpo", "scratch")
+#: policy-gradient inner steps, ProMP (LVC inner loss, PPO-clipped outer steps with Adam),
+#: and the two baselines: TRPO on all tasks without inner steps ("pretrained", fine-tuned
+#: at evaluation) and a randomly initialised policy ("scratch", not trained). They are not
+#: registered supervised algorithms (docs/rl.md), so their names differ from those.
+RL_ALGORITHMS = ("maml_trpo", "fomaml_trpo", "reptile_pg", "promp", "pretrained_trpo",
+                 "scratch")
+#: The outer steps' own keys: TRPO's trust region and line search, Reptile's step size,
+#: ProMP's clipping, PPO steps, KL penalty and Adam rate. :data:`OUTER_STEP_KEYS` gives
+#: each meta-RL algorithm its own; any other algorithm refuses them away from the default.
+TRPO_KEYS = ("max_kl", "cg_iters", "cg_damping", "ls_max_steps", "ls_backtrack_ratio")
+PPO_KEYS = ("clip_eps", "ppo_steps", "inner_kl_penalty", "outer_lr")
+OUTER_STEP_KEYS: dict[str, tuple[str, ...]] = {
+    "maml_trpo": TRPO_KEYS, "fomaml_trpo": TRPO_KEYS, "pretrained_trpo": TRPO_KEYS,
+    "reptile_pg": ("outer_lr",), "promp": PPO_KEYS, "scratch": (),
+}
+#: What each outer step is, for the messages refusing another's keys.
+_OUTER_STEP_NAMES = {"maml_trpo": "a TRPO step", "fomaml_trpo": "a TRPO step",
+                     "pretrained_trpo": "a TRPO step", "reptile_pg": "Reptile's update",
+                     "promp": "ProMP's clipped PPO steps with Adam", "scratch": "no step"}
 #: The datasets of labelled texts (``text_csv``: the former name of ``text_table``).
 TEXT_DATASETS = ("text_table", "text_csv")
 #: The datasets of images (``augment`` applies to them).
@@ -188,7 +205,8 @@ class Recipe(BaseModel):
     algorithm: str = Field("maml",
         description='a registered algorithm: maml, fomaml, metasgd, anil, reptile, protonet, '
         'finetune, linear_probe (or your own); meta-RL recipes name theirs: maml_trpo, '
-        'fomaml_trpo (first order), reptile_pg, pretrained_trpo or scratch (docs/rl.md)')
+        'fomaml_trpo (first order), reptile_pg, promp, pretrained_trpo or scratch '
+        '(docs/rl.md)')
     inner_lr: float = Field(0.4, gt=0,
         description='step size of the inner loop (adaptation to one task)')
     inner_steps: int = Field(1, ge=0, description='inner steps per task during meta-training')
@@ -219,8 +237,8 @@ class Recipe(BaseModel):
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam",
         description='the outer optimizer of the meta-parameters')
     outer_lr: float = Field(1e-3, gt=0, description="the outer optimizer's learning rate; "
-                            "meta-RL: reptile_pg's outer step size epsilon (and no other "
-                            "meta-RL algorithm's)")
+                            "meta-RL: reptile_pg's outer step size epsilon, promp's Adam "
+                            "rate (no other meta-RL algorithm's)")
     weight_decay: float = Field(0.0, ge=0, description="the outer optimizer's weight decay")
     iterations: int = Field(1000, gt=0, description='meta-training steps')
     warmup: int = Field(0, ge=0, description="linear warm-up iterations")
@@ -300,6 +318,17 @@ class Recipe(BaseModel):
                               "line search (no update if none passes)")
     ls_backtrack_ratio: float = Field(0.8, gt=0, lt=1, description="meta-RL: the step's "
                                       "shrink factor between line-search tries")
+    inner_objective: Literal["vpg", "lvc"] | None = Field(
+        None, description="meta-RL: the inner loss, vpg (REINFORCE, MAML's) or lvc (ProMP's "
+        "low-variance curvature loss: the same inner step, the sampling distribution's "
+        "term in the second-order meta-gradient); default lvc for promp, else vpg")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="meta-RL, promp: PPO's clipping "
+                            "range of the adapted policy's likelihood ratio")
+    ppo_steps: int = Field(5, gt=0, description="meta-RL, promp: Adam steps on the clipped "
+                           "objective per sampled meta-batch")
+    inner_kl_penalty: float = Field(5e-4, ge=0, description="meta-RL, promp: weight eta of "
+                                    "the KL between the pre-adaptation policy that sampled "
+                                    "and the current one (fixed, no adaptive schedule)")
 
     # -- validation / evaluation -----------------------------------------------------
     val_every: int = Field(100, gt=0,
@@ -391,10 +420,16 @@ class Recipe(BaseModel):
         if self.algorithm == "reptile_pg" and self.inner_steps < 1:
             raise ValueError("inner_steps must be at least 1 for algorithm 'reptile_pg': "
                              "with no inner step its update theta_K - theta is 0")
-        if self.algorithm != "reptile_pg" and self.outer_lr != _DEFAULTS["outer_lr"]:
-            raise ValueError(f"outer_lr is reptile_pg's outer step size; algorithm "
-                             f"'{self.algorithm}' does not use it (TRPO steps are sized by "
-                             "max_kl)")
+        own = OUTER_STEP_KEYS[self.algorithm]
+        for key in (*TRPO_KEYS, *PPO_KEYS, "outer_lr"):
+            if key not in own and getattr(self, key) != _DEFAULTS[key]:
+                raise ValueError(_outer_key_message(key, self.algorithm))
+        if self.rl_inner_objective == "lvc" and (self.rl_first_order
+                                                 or self.rl_train_inner_steps == 0):
+            raise ValueError(f"inner_objective 'lvc' changes only the second-order "
+                             f"meta-gradient; algorithm '{self.algorithm}'"
+                             f"{' with first_order' if self.first_order else ''} takes "
+                             "none (its inner step is the same with vpg)")
         if self.device != "cpu":
             raise ValueError(f"meta-RL recipes run on the CPU for now, not device "
                              f"'{self.device}' (docs/rl.md)")
@@ -474,6 +509,14 @@ class Recipe(BaseModel):
         return 0 if self.algorithm in ("pretrained_trpo", "scratch") else self.inner_steps
 
     @property
+    def rl_inner_objective(self) -> str:
+        """Meta-RL: the inner loss, ``inner_objective`` or the algorithm's own (``lvc`` for
+        ``promp``, ``vpg`` otherwise)."""
+        if self.inner_objective is not None:
+            return self.inner_objective
+        return "lvc" if self.algorithm == "promp" and not self.first_order else "vpg"
+
+    @property
     def rl_meta_trained(self) -> bool:
         """Meta-RL: whether training changes the policy (all but ``scratch``)."""
         return self.algorithm != "scratch"
@@ -509,7 +552,20 @@ RL_KEYS: dict[str, tuple[str, ...]] = {
     "policy_activation": RL_DATASETS, "gamma": RL_DATASETS, "gae_lambda": RL_DATASETS,
     "max_kl": RL_DATASETS, "cg_iters": RL_DATASETS, "cg_damping": RL_DATASETS,
     "ls_max_steps": RL_DATASETS, "ls_backtrack_ratio": RL_DATASETS,
+    "inner_objective": RL_DATASETS, "clip_eps": RL_DATASETS, "ppo_steps": RL_DATASETS,
+    "inner_kl_penalty": RL_DATASETS,
 }
+
+
+def _outer_key_message(key: str, algorithm: str) -> str:
+    """Why ``algorithm`` refuses another outer step's ``key``."""
+    owners = [a for a, keys in OUTER_STEP_KEYS.items() if key in keys]
+    if key == "outer_lr":
+        what = "reptile_pg's outer step size (promp's Adam rate)"
+    else:
+        what = f"a key of {', '.join(owners)}"
+    return (f"{key} is {what}; algorithm '{algorithm}' does not use it (its outer step: "
+            f"{_OUTER_STEP_NAMES[algorithm]})")
 
 
 def _scope(key: str) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
 """Build what a meta-RL recipe describes: its task family, its policy and its learner
-(MAML-TRPO, Reptile or a baseline; the counterpart of
+(MAML-TRPO, Reptile, ProMP or a baseline; the counterpart of
 :mod:`metafit.algorithms.from_recipe` for the ``rl_*`` datasets). The Gymnasium families
 (``rl_cheetah_vel``, ``rl_cheetah_dir``, ``rl_gym``) import Gymnasium only when a recipe
 asks for them."""
@@ -17,10 +17,12 @@ from metafit.rl.maml import MAMLRL
 from metafit.rl.nav2d import Nav2d
 from metafit.rl.pendulum import Pendulum
 from metafit.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Policy
+from metafit.rl.promp import ProMPSettings
 from metafit.rl.tabular import TabularMDP
 from metafit.rl.trpo import TRPOSettings
 
-__all__ = ["build_family", "build_policy", "build_rl_algorithm", "trpo_settings"]
+__all__ = ["build_family", "build_policy", "build_rl_algorithm", "promp_settings",
+           "trpo_settings"]
 
 
 def build_family(recipe: Recipe) -> MDPFamily:
@@ -88,7 +90,8 @@ def build_rl_algorithm(recipe: Recipe, family: MDPFamily | None = None) -> MAMLR
     return MAMLRL(build_policy(recipe, family), inner_lr=recipe.inner_lr,
                   inner_steps=recipe.rl_train_inner_steps, first_order=recipe.rl_first_order,
                   gamma=recipe.gamma, gae_lambda=recipe.gae_lambda,
-                  meta_trained=recipe.rl_meta_trained)
+                  meta_trained=recipe.rl_meta_trained,
+                  inner_objective=recipe.rl_inner_objective)
 
 
 def trpo_settings(recipe: Recipe) -> TRPOSettings:
@@ -96,3 +99,9 @@ def trpo_settings(recipe: Recipe) -> TRPOSettings:
     return TRPOSettings(max_kl=recipe.max_kl, cg_iters=recipe.cg_iters,
                         cg_damping=recipe.cg_damping, ls_max_steps=recipe.ls_max_steps,
                         ls_backtrack_ratio=recipe.ls_backtrack_ratio)
+
+
+def promp_settings(recipe: Recipe) -> ProMPSettings:
+    """The recipe's ProMP outer step (clipping, PPO steps, KL penalty, Adam rate)."""
+    return ProMPSettings(clip_eps=recipe.clip_eps, ppo_steps=recipe.ppo_steps,
+                         inner_kl_penalty=recipe.inner_kl_penalty, lr=recipe.outer_lr)

@@ -18,6 +18,12 @@ or any torch optimizer on :meth:`MAMLRL.meta_gradients`. As in the paper, the me
 does not differentiate the support trajectories' sampling distribution (the term ProMP,
 Rothfuss et al. 2019, adds back).
 
+The inner loss is REINFORCE (``inner_objective="vpg"``, the paper's) or ProMP's
+low-variance curvature loss (``"lvc"``, Rothfuss et al. 2019): the same inner step, whose
+second derivative (second-order meta-gradient) adds the per-step score outer products,
+i.e. the sampling distribution's term of the inner step's Jacobian, without DiCE's
+variance.
+
 ``inner_steps=0`` gives plain policy-gradient training on the task distribution: the
 "pretrained" baseline of the paper.
 """
@@ -33,12 +39,15 @@ from metafit.functional import Params, Rates
 from metafit.rl.advantages import with_advantages
 from metafit.rl.env import TensorEnv
 from metafit.rl.inner import inner_update
-from metafit.rl.objectives import Surrogate, reinforce_losses, surrogate_losses
-from metafit.rl.policies import Policy, per_task
+from metafit.rl.objectives import Surrogate, lvc_losses, reinforce_losses, surrogate_losses
+from metafit.rl.policies import Policy, per_task, policy_output
 from metafit.rl.rollout import rollout
 from metafit.rl.trajectories import Trajectories
 
-__all__ = ["MAMLRL", "MetaEpisode"]
+__all__ = ["INNER_OBJECTIVES", "MAMLRL", "MetaEpisode"]
+
+#: The inner losses: REINFORCE (Finn et al. 2017) or ProMP's LVC (Rothfuss et al. 2019).
+INNER_OBJECTIVES = ("vpg", "lvc")
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,9 @@ class MAMLRL(nn.Module):
         gamma, gae_lambda: discount and GAE lambda of the advantages (0.99, 1.0).
         normalize_advantages: standardise each task's advantages.
         baseline_reg: ridge coefficient of the linear feature baseline.
+        inner_objective: ``"vpg"`` (REINFORCE) or ``"lvc"`` (ProMP's low-variance
+            curvature loss, :func:`~metafit.rl.objectives.lvc_losses`): the same inner step,
+            a different second-order meta-gradient.
         meta_trained: False for a learner that is never trained (the "scratch" baseline:
             the training loop validates it once and saves it, as for the supervised
             ``finetune``); the trainers and callbacks read it, like the supervised
@@ -77,11 +89,15 @@ class MAMLRL(nn.Module):
     def __init__(self, policy: Policy, inner_lr: float = 0.1, inner_steps: int = 1,
                  first_order: bool = False, gamma: float = 0.99, gae_lambda: float = 1.0,
                  normalize_advantages: bool = True, baseline_reg: float = 1e-5,
-                 meta_trained: bool = True) -> None:
+                 meta_trained: bool = True, inner_objective: str = "vpg") -> None:
         super().__init__()
         self.meta_trained = meta_trained
         if inner_steps < 0:
             raise ValueError(f"inner_steps must be non-negative, got {inner_steps}")
+        if inner_objective not in INNER_OBJECTIVES:
+            raise ValueError(f"inner_objective must be one of {', '.join(INNER_OBJECTIVES)}, "
+                             f"got {inner_objective!r}")
+        self.inner_objective = inner_objective
         self.policy = policy
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
@@ -112,11 +128,16 @@ class MAMLRL(nn.Module):
         return with_advantages(trajectories, self.gamma, self.gae_lambda,
                                self.normalize_advantages, baseline_reg=self.baseline_reg)
 
-    def inner_step(self, params: Params, support: Trajectories, step: int, graph: bool
-                   ) -> Params:
+    def inner_step(self, params: Params, support: Trajectories, step: int, graph: bool,
+                   old: Tensor | None = None) -> Params:
         """One policy-gradient step of every task on its ``support`` trajectories.
-        ``graph``: keep the graph of the inner gradient (unless ``first_order``)."""
+        ``graph``: keep the graph of the inner gradient (unless ``first_order``).
+        ``old [H, T, B, D]``: with the LVC loss, the outputs of the policy that sampled
+        ``support`` (importance-weights the step when ``params`` have moved since, as
+        ProMP's later PPO steps do); ``None``: the current policy, detached."""
         def losses(p: Params) -> Tensor:
+            if self.inner_objective == "lvc":
+                return lvc_losses(self.policy, p, support, old)  # [T]
             return reinforce_losses(self.policy, p, support)  # [T]
 
         return inner_update(params, losses, step, self.rates,
@@ -136,15 +157,32 @@ class MAMLRL(nn.Module):
         query = self.process(rollout(env, self.policy, params, trajectories, generator))
         return MetaEpisode(tuple(supports), query)
 
-    def adapted(self, episode: MetaEpisode, graph: bool = True) -> Params:
+    def adapted(self, episode: MetaEpisode, graph: bool = True,
+                olds: tuple[Tensor, ...] | None = None) -> Params:
         """The per-task parameters after the episode's inner steps, replayed from the live
-        parameters: with the graph back to them (``graph``) or detached."""
+        parameters: with the graph back to them (``graph``) or detached. ``olds``: the
+        sampling policies' outputs on each support (:meth:`sampling_outputs`), for the
+        LVC loss's importance ratio."""
         params = self.initial_params(episode.query.num_tasks, graph=graph)
         for k, support in enumerate(episode.supports):
-            params = self.inner_step(params, support, k, graph=graph)
+            old = None if olds is None else olds[k]
+            params = self.inner_step(params, support, k, graph=graph, old=old)
             if not graph:
                 params = _detached(params)
         return params
+
+    def sampling_outputs(self, episode: MetaEpisode) -> tuple[Tensor, ...]:
+        """The outputs ``[H, T, B, D]`` of the policies that sampled each support and the
+        query, recomputed without a graph from the live parameters (which must not have
+        changed since :meth:`sample`): ``(support_0, ..., support_{K-1}, query)``."""
+        with torch.no_grad():
+            params = self.initial_params(episode.query.num_tasks, graph=False)
+            outs = []
+            for k, support in enumerate(episode.supports):
+                outs.append(policy_output(self.policy, params, support.observations))
+                params = _detached(self.inner_step(params, support, k, graph=False))
+            outs.append(policy_output(self.policy, params, episode.query.observations))
+        return tuple(outs)
 
     def surrogate(self, episode: MetaEpisode, old: Tensor | None = None, graph: bool = True
                   ) -> Surrogate:

@@ -5,6 +5,13 @@ advantages (:func:`metafit.rl.advantages.with_advantages`).
   (Finn et al. 2017, sec. 5.3), ``-mean_{t,b} log pi(a_t | s_t) A_t`` over a task's steps.
   Its gradient is the policy-gradient estimate (exactly in expectation with unnormalised
   advantages, gamma = 1 and a baseline independent of the batch: tested).
+* :func:`lvc_losses` (Rothfuss et al. 2019, "ProMP: Proximal Meta-Policy Search", eq. 4):
+  the low-variance curvature inner loss ``-mean_{t,b} pi(a_t | s_t) / pi_old(a_t | s_t) A_t``
+  with ``pi_old`` the sampling policy (``stopgrad(pi)`` by default). At the sampling
+  parameters its gradient is :func:`reinforce_losses`'s; its Hessian adds the per-step
+  score outer products ``grad log pi grad log pi^T A_t``, the part of the sampling
+  distribution's derivative that ProMP keeps (DiCE keeps the cross-time terms too, at a
+  higher variance).
 * :func:`surrogate_losses` (Schulman et al. 2015, "Trust Region Policy Optimization"): the
   importance-weighted surrogate ``-mean ratio * A`` with ``ratio = pi / pi_old``, and the
   mean ``KL(pi_old || pi)`` over the same steps: the outer objective and constraint of
@@ -29,7 +36,7 @@ from metafit.rl.policies import Policy, policy_output
 from metafit.rl.returns import masked_mean
 from metafit.rl.trajectories import Trajectories
 
-__all__ = ["Surrogate", "reinforce_losses", "surrogate_losses"]
+__all__ = ["Surrogate", "lvc_losses", "reinforce_losses", "surrogate_losses"]
 
 _STEPS = (0, 2)  # the time and trajectory axes of [H, T, B]
 
@@ -47,6 +54,19 @@ def reinforce_losses(policy: Policy, params: Mapping[str, Tensor],
     out = policy_output(policy, params, trajectories.observations)  # [H, T, B, D]
     logp = policy.log_prob(out, trajectories.actions)  # [H, T, B]
     return -masked_mean(logp * _advantages(trajectories), trajectories.masks, _STEPS)
+
+
+def lvc_losses(policy: Policy, params: Mapping[str, Tensor], trajectories: Trajectories,
+               old: Tensor | None = None) -> Tensor:
+    """ProMP's low-variance curvature loss ``-mean over each task's steps of
+    pi(a | s) / pi_old(a | s) * A``: ``[T]``, with the graph back to ``params``
+    (``[T, *param]``). ``old [H, T, B, D]``: the sampling policy's outputs (``None``: the
+    current ones, detached, so the ratio is 1 in value and ``grad log pi`` in gradient)."""
+    out = policy_output(policy, params, trajectories.observations)  # [H, T, B, D]
+    logp = policy.log_prob(out, trajectories.actions)  # [H, T, B]
+    old_logp = logp.detach() if old is None else policy.log_prob(old, trajectories.actions)
+    ratio = torch.exp(logp - old_logp)  # [H, T, B], one factor per time step (not DiCE's)
+    return -masked_mean(ratio * _advantages(trajectories), trajectories.masks, _STEPS)
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ supervised trainer's. Its step is the meta-RL one (docs/rl.md): draw ``meta_batc
 from the recipe's family, sample ``trajectories`` per task with the policy, adapt with
 the training inner steps (none for ``pretrained_trpo``), sample again with the adapted
 policies, and take one outer step (:func:`outer_step`): TRPO on the meta-objective
-(:class:`TRPOOuterStep`, ``maml_trpo``, ``fomaml_trpo``, ``pretrained_trpo``) or the
-Reptile update (:class:`ReptileOuterStep`, ``reptile_pg``). ``scratch`` takes no step:
-its learner is not meta-trained, so the loop validates the seeded initial policy once
-and saves it. Validation is the return after adaptation on fixed validation tasks
-(:func:`~metafit.evaluation.rl.evaluate_rl`).
+(:class:`TRPOOuterStep`, ``maml_trpo``, ``fomaml_trpo``, ``pretrained_trpo``), the
+Reptile update (:class:`ReptileOuterStep`, ``reptile_pg``) or ProMP's clipped PPO steps
+with Adam (:class:`~metafit.rl.promp.ProMPOuterStep`, ``promp``, Rothfuss et al. 2019).
+``scratch`` takes no step: its learner is not meta-trained, so the loop validates the
+seeded initial policy once and saves it. Validation is the return after adaptation on
+fixed validation tasks (:func:`~metafit.evaluation.rl.evaluate_rl`).
 
 Every random draw of training comes from the :class:`~metafit.rl.TaskSampler`'s two
 generators (tasks, rollouts), which a checkpoint saves with the policy; validation draws
@@ -26,15 +27,22 @@ from typing import Any
 
 from metafit.config.schema import Recipe
 from metafit.evaluation.rl import evaluate_rl
-from metafit.rl.from_recipe import build_family, build_rl_algorithm, trpo_settings
+from metafit.rl.from_recipe import (
+    build_family,
+    build_rl_algorithm,
+    promp_settings,
+    trpo_settings,
+)
 from metafit.rl.maml import MAMLRL, MetaEpisode
+from metafit.rl.promp import ProMPOuterStep
 from metafit.rl.reptile import reptile_step
 from metafit.rl.trpo import TRPOSettings, trpo_step
 from metafit.runs.checkpoints import Resumable
 from metafit.runs.rl import rl_eval_steps, rl_sampler
 from metafit.training.loop import TrainingLoop
 
-__all__ = ["OuterStep", "RLTrainer", "ReptileOuterStep", "TRPOOuterStep", "outer_step"]
+__all__ = ["OuterStep", "ProMPOuterStep", "RLTrainer", "ReptileOuterStep", "TRPOOuterStep",
+           "outer_step"]
 
 
 class TRPOOuterStep:
@@ -82,15 +90,25 @@ class ReptileOuterStep:
         """Nothing to restore (see the class docstring)."""
 
 
-#: What :class:`RLTrainer` steps with: either outer step.
-OuterStep = TRPOOuterStep | ReptileOuterStep
+#: What :class:`RLTrainer` steps with: any of the outer steps.
+OuterStep = TRPOOuterStep | ReptileOuterStep | ProMPOuterStep
 
 
-def outer_step(recipe: Recipe) -> OuterStep:
+def outer_step(recipe: Recipe, algo: MAMLRL | None = None) -> OuterStep:
     """The recipe's outer step: Reptile's for ``reptile_pg`` (step size ``outer_lr``),
-    else TRPO (:func:`~metafit.rl.from_recipe.trpo_settings`)."""
+    ProMP's for ``promp`` (Adam over ``algo``'s parameters, rate ``outer_lr``; ``algo`` is
+    required then), else TRPO (:func:`~metafit.rl.from_recipe.trpo_settings`).
+
+    Raises:
+        ValueError: ``promp`` without ``algo``.
+    """
     if recipe.algorithm == "reptile_pg":
         return ReptileOuterStep(recipe.outer_lr)
+    if recipe.algorithm == "promp":
+        if algo is None:
+            raise ValueError("promp's outer step holds an Adam optimizer over the learner's "
+                             "parameters: pass the learner (outer_step(recipe, algo))")
+        return ProMPOuterStep(algo, promp_settings(recipe))
     return TRPOOuterStep(trpo_settings(recipe))
 
 
@@ -123,7 +141,7 @@ class RLTrainer(TrainingLoop):
         self.tasks = rl_sampler(r, "train", self.family)
         self.val_tasks = rl_sampler(r, "val", self.family)
         self.algo = build_rl_algorithm(r, self.family)
-        self.outer = outer_step(r)
+        self.outer = outer_step(r, self.algo)
 
     def _learner_name(self) -> str:
         r = self.recipe
@@ -134,6 +152,9 @@ class RLTrainer(TrainingLoop):
                    f"{policy}"
         if r.algorithm == "reptile_pg":
             return f"reptile_pg ({r.inner_steps} inner steps, epsilon {r.outer_lr:g}), {policy}"
+        if r.algorithm == "promp":
+            return f"promp ({r.rl_inner_objective} inner loss, {r.ppo_steps} clipped PPO " \
+                   f"steps, Adam {r.outer_lr:g}), {policy}"
         if r.algorithm == "pretrained_trpo":
             return f"pretrained_trpo (TRPO without inner steps), {policy}"
         return f"scratch (the seeded initial policy, not trained), {policy}"
