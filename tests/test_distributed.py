@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +19,8 @@ from typing import Any
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from dist_helpers import WORLD, join_group, spawn_group, torchrun
 from metafit.config.schema import Recipe, make_recipe
 from metafit.data.sampler import EpisodeSampler
 from metafit.distributed import (
@@ -45,15 +43,7 @@ from metafit.runs.trained import evaluate_run
 from metafit.training.trainer import Trainer
 from test_trainer import classification_recipe, image_folder, regression_recipe
 
-WORLD = 2
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 CRASH_TRAIN = str(Path(__file__).resolve().parent / "crash_train.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- units -----------------------------------------------------------------------------
@@ -132,10 +122,7 @@ def step_cases(root: Path) -> dict[str, Recipe]:
 
 def _step_worker(rank: int, port: int, out: str, cases: dict[str, dict[str, Any]]) -> None:
     """One rank: one meta-step per case, sharded evaluation, collectives; saves results."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
-    torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    ctx = join_group(rank, port)
     results: dict[str, Any] = {"rank": ctx.rank, "world": ctx.world_size}
     try:
         for name, values in cases.items():
@@ -165,22 +152,11 @@ def _fail(message: str) -> None:
 @pytest.fixture(scope="module")
 def distributed_steps(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Recipe],
                                                                          list[dict[str, Any]]]:
-    """Run :func:`_step_worker` on 2 spawned processes; the recipes and each rank's results.
-
-    A second try on a fresh port and folder if the first start fails: the port that
-    :func:`free_port` found free can be taken before gloo binds it (one CI run aborted in
-    gloo's start-up; the same code passed on the rerun)."""
+    """Run :func:`_step_worker` on 2 spawned processes; the recipes and each rank's
+    results."""
     cases = step_cases(image_folder(tmp_path_factory.mktemp("dist_data")))
     values = {k: r.model_dump() for k, r in cases.items()}
-    for attempt in (1, 2):
-        tmp = tmp_path_factory.mktemp("dist_step")
-        try:
-            mp.spawn(_step_worker, args=(free_port(), str(tmp), values), nprocs=WORLD,
-                     join=True)
-            break
-        except mp.ProcessExitedException:  # killed by a signal: not an error of the code
-            if attempt == 2:
-                raise
+    tmp = spawn_group(_step_worker, (values,), tmp_path_factory, "dist_step")
     return cases, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -258,36 +234,28 @@ TRAIN_ARGS = ["sinusoid_maml", "iterations=12", "val_every=4", "val_episodes=10"
 CRASH_AT = 10  # after the checkpoint of iteration 8: iterations 9-10 are redone
 
 
-def torchrun(args: list[str], tmp: Path,
-             crash_at: int | None = None) -> subprocess.CompletedProcess[str]:
-    """``metafit ARGS`` on 2 processes under the real torchrun launcher, with ``tmp`` as
-    its temporary directory (torchrun leaves a ``torchelastic_*`` log directory there);
+def metafit_torchrun(args: list[str], tmp: Path,
+                     crash_at: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``metafit ARGS`` on 2 processes under torchrun (:func:`dist_helpers.torchrun`);
     with ``crash_at``, rank 0 kills itself after that iteration (``crash_train.py``)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "METAFIT_DIST_TIMEOUT": "60",
-           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
-           "TMPDIR": str(tmp)}
     program = ["-m", "metafit.cli"] if crash_at is None else [CRASH_TRAIN, str(crash_at)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           *program, *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150,
-                          start_new_session=True)
+    return torchrun([*program, *args], tmp)
 
 
 @pytest.fixture(scope="module")
 def torchrun_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An uninterrupted run, and one killed at iteration 10 then resumed."""
     tmp = tmp_path_factory.mktemp("torchrun")
-    full = torchrun(train_args(tmp / "full"), tmp)
+    full = metafit_torchrun(train_args(tmp / "full"), tmp)
     assert full.returncode == 0, full.stderr[-3000:]
-    evaluated = torchrun(["evaluate", str(tmp / "full"), "--split", "val", "--episodes", "9",
-                          "--json"], tmp)
+    evaluated = metafit_torchrun(["evaluate", str(tmp / "full"), "--split", "val",
+                                  "--episodes", "9", "--json"], tmp)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    crashed = torchrun(train_args(tmp / "broken"), tmp, crash_at=CRASH_AT)
+    crashed = metafit_torchrun(train_args(tmp / "broken"), tmp, crash_at=CRASH_AT)
     broken = RunDir(tmp / "broken")
     after_crash = {"status": broken.status(), "metrics": broken.read_metrics(),
                    "iteration": load_checkpoint(broken.checkpoint("last"))["state"]["iteration"]}
-    resumed = torchrun(train_args(tmp / "broken"), tmp)
+    resumed = metafit_torchrun(train_args(tmp / "broken"), tmp)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return {"full": tmp / "full", "broken": tmp / "broken", "crashed": crashed,
             "after_crash": after_crash, "resumed": resumed, "evaluated": evaluated}

@@ -355,3 +355,59 @@ def test_plots_of_few_trials_carry_a_caveat(tmp_path: Path, monkeypatch: pytest.
             assert f"only {trials} complete trials (fewer than {MIN_TRIALS})" in banner[0]
         else:
             assert banner == [], name
+
+
+# -- meta-RL recipes -------------------------------------------------------------------
+# A tiny navigation set-up: a trial of 3 outer steps takes well under a second.
+RL_TINY = ["horizon=10", "meta_batch=4", "trajectories=2", "policy_hidden=[8]",
+           "val_episodes=3", "eval_inner_steps=1", "iterations=3", "log_every=1",
+           "val_every=1", "checkpoint_every=3"]
+
+
+@pytest.mark.parametrize("algorithm", ["maml_trpo", "fomaml_trpo", "reptile_pg", "promp",
+                                       "pretrained_trpo", "scratch"])
+def test_every_rl_algorithm_is_tunable_on_the_validation_return(tmp_path: Path,
+                                                                algorithm: str) -> None:
+    from metafit.config.schema import RL_ALGORITHMS
+
+    assert algorithm in RL_ALGORITHMS
+    extra = ["outer_lr=0.5"] if algorithm == "reptile_pg" else []
+    recipe = load_recipe("rl_nav2d_maml_tune", [*RL_TINY, f"algorithm={algorithm}", *extra])
+    if algorithm not in ("maml_trpo", "fomaml_trpo", "pretrained_trpo"):  # max_kl: TRPO's
+        recipe = recipe.model_copy(update={"search": {
+            k: v for k, v in recipe.search.items() if k != "max_kl"}})
+    result = tune(recipe, TuneOptions(out=str(tmp_path / "tune"), trials=2, pruner="none",
+                                      sampler="random", progress=False))
+    study = optuna.load_study(study_name=recipe.name, storage=result.storage)
+    assert result.direction == "maximize" and result.metric == "return"
+    assert states(study) == ["COMPLETE"] * 2
+    for t in study.trials:
+        records = RunDir(t.user_attrs["run_dir"]).read_metrics()
+        returns = [r["return"] for r in records if r["split"] == "val"]
+        assert returns and t.value == max(returns)  # the best validation return
+        assert all(v < 0 for v in returns)  # navigation returns are negative distances
+    best = max(study.trials, key=lambda t: t.value)
+    assert result.best_trial == best.number and result.best_value == best.value
+    assert load_recipe(tmp_path / "tune" / "best.yaml").inner_lr == best.params["inner_lr"]
+
+
+def test_rl_study_picks_the_max_return_trial_and_reports_it(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "tune"
+    assert main(["tune", "rl_nav2d_maml_tune", *RL_TINY, "--trials", "3", "--out", str(out),
+                 "--pruner", "none", "--report", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    study = optuna.load_study(study_name="rl_nav2d_maml_tune",
+                              storage=storage_url(None, out))
+    assert study.direction.name == "MAXIMIZE" and study.user_attrs["metric"] == "return"
+    values = [t.value for t in study.trials]
+    assert len(values) == 3 and len(set(values)) == 3  # distinct points, distinct returns
+    best = study.trials[values.index(max(values))]
+    assert study.best_trial.number == best.number
+    assert f"best trial {best.number}: {best.value:.6g}" in text
+    rows = (out / "report" / "trials.csv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 4 and rows[1 + best.number].split(",")[2] == repr(best.value)
+    header = (out / "best.yaml").read_text(encoding="utf-8").splitlines()[0]
+    assert f"trial {best.number} of 3, validation return {best.value:.6g}" in header
+    best_recipe = load_recipe(out / "best.yaml")
+    assert best_recipe.is_rl and best_recipe.search == {} and best_recipe.iterations == 3
+    assert best_recipe.max_kl == best.params["max_kl"]

@@ -327,6 +327,8 @@ class TuneJson(_Strict):
     study: str
     storage: str
     direction: Literal["minimize", "maximize"]
+    metric: str = Field(description="the validation score optimised: accuracy, mse, or "
+                        "return (meta-RL: after eval_inner_steps adaptation steps)")
     finished: int = Field(description="complete and pruned trials")
     complete: int
     pruned: int

@@ -539,7 +539,7 @@ SHARED_KEYS: tuple[str, ...] = (
     "eval_inner_steps", "first_order", "meta_batch", "outer_lr", "iterations", "time_budget",
     "val_every", "val_episodes", "patience", "test_episodes", "seed", "device", "threads",
     "log_every", "checkpoint_every", "checkpoint_minutes", "tensorboard", "mlflow",
-    "mlflow_uri", "mlflow_experiment",
+    "mlflow_uri", "mlflow_experiment", "search",
 )
 
 #: Meta-RL keys and the datasets each applies to; every key neither here nor in

@@ -42,6 +42,7 @@ from metafit.rl.inner import inner_update
 from metafit.rl.objectives import Surrogate, lvc_losses, reinforce_losses, surrogate_losses
 from metafit.rl.policies import Policy, per_task, policy_output
 from metafit.rl.rollout import rollout
+from metafit.rl.shard import TaskShard
 from metafit.rl.trajectories import Trajectories
 
 __all__ = ["INNER_OBJECTIVES", "MAMLRL", "MetaEpisode"]
@@ -144,17 +145,22 @@ class MAMLRL(nn.Module):
                             create_graph=graph and not self.first_order)
 
     def sample(self, env: TensorEnv, trajectories: int, generator: torch.Generator,
-               steps: int | None = None) -> MetaEpisode:
+               steps: int | None = None, shard: TaskShard | None = None) -> MetaEpisode:
         """Roll out and adapt ``steps`` times (default ``inner_steps``) in ``env``'s T
-        tasks, ``trajectories`` per task and step, without an outer graph."""
+        tasks, ``trajectories`` per task and step, without an outer graph. With ``shard``
+        (``torchrun``): only the shard's block of the T tasks, drawing what one process
+        draws (:mod:`metafit.rl.shard`); the episode holds the block's ``Tb`` tasks."""
         steps = self.inner_steps if steps is None else steps
-        params = self.initial_params(env.num_tasks, graph=False)
+        params = self.initial_params(env.num_tasks if shard is None else shard.size,
+                                     graph=False)
         supports = []
         for k in range(steps):
-            support = self.process(rollout(env, self.policy, params, trajectories, generator))
+            support = self.process(rollout(env, self.policy, params, trajectories, generator,
+                                           shard))
             supports.append(support)
             params = _detached(self.inner_step(params, support, k, graph=False))
-        query = self.process(rollout(env, self.policy, params, trajectories, generator))
+        query = self.process(rollout(env, self.policy, params, trajectories, generator,
+                                     shard))
         return MetaEpisode(tuple(supports), query)
 
     def adapted(self, episode: MetaEpisode, graph: bool = True,

@@ -137,11 +137,16 @@ class ProMPOuterStep:
         self.params = list(algo.trainable_parameters().values())
         self.optimizer = torch.optim.Adam(self.params, lr=settings.lr)
 
-    def step(self, algo: MAMLRL, episode: MetaEpisode) -> dict[str, float]:
+    def step(self, algo: MAMLRL, episode: MetaEpisode, shard: object | None = None
+             ) -> dict[str, float]:
         """The PPO steps on ``episode`` (sampled with ``algo``'s current parameters), in
-        place. Metrics: ``loss`` (the objective before the first step), ``loss_after``,
+        place; one process only (``shard`` must be None: its gradients are not
+        all-reduced across torchrun ranks yet). Metrics: ``loss`` (the objective before the first step), ``loss_after``,
         ``inner_kl`` (mean over steps and tasks after the last update), ``clip_fraction``
         (after it) and ``grad_norm`` (of the first step's gradient)."""
+        if shard is not None:
+            raise ValueError("promp does not run under torchrun yet (its Adam steps are not "
+                             "all-reduced); train it in one process")
         cfg = self.settings
         live = list(algo.trainable_parameters().values())
         if len(live) != len(self.params) or any(

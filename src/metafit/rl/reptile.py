@@ -27,11 +27,13 @@ import math
 import torch
 
 from metafit.rl.maml import MAMLRL, MetaEpisode
+from metafit.rl.shard import TaskShard
 
 __all__ = ["reptile_step"]
 
 
-def reptile_step(algo: MAMLRL, episode: MetaEpisode, epsilon: float) -> dict[str, float]:
+def reptile_step(algo: MAMLRL, episode: MetaEpisode, epsilon: float,
+                 shard: TaskShard | None = None) -> dict[str, float]:
     """One Reptile meta-update of ``algo``'s policy from ``episode`` (module docstring),
     in place.
 
@@ -40,6 +42,8 @@ def reptile_step(algo: MAMLRL, episode: MetaEpisode, epsilon: float) -> dict[str
             not have changed since).
         episode: T tasks, K >= 1 inner steps (``episode.supports``).
         epsilon: the outer step size (0 < epsilon; 1 moves to the tasks' mean).
+        shard: this rank's block of a distributed meta-batch (``episode`` holds its
+            tasks); the means are then over the whole meta-batch.
 
     Returns:
         metrics: ``step_norm`` (norm of the applied update ``epsilon * mean_t (theta_K[t] -
@@ -62,8 +66,10 @@ def reptile_step(algo: MAMLRL, episode: MetaEpisode, epsilon: float) -> dict[str
         for name, p in live.items():
             diff = adapted[name] - p  # [T, *param]
             distance_sq += diff.reshape(diff.shape[0], -1).double().pow(2).sum(dim=1)
-            update = epsilon * diff.mean(dim=0)  # [*param]
+            mean = diff.mean(dim=0) if shard is None else shard.mean_over_tasks(diff)
+            update = epsilon * mean  # [*param]
             step_sq += float(update.double().pow(2).sum())
             p.add_(update)
-    return {"step_norm": math.sqrt(step_sq),
-            "adapted_distance": float(distance_sq.sqrt().mean())}
+    distances = distance_sq.sqrt()  # [T]
+    distance = distances.mean() if shard is None else shard.mean_over_tasks(distances)
+    return {"step_norm": math.sqrt(step_sq), "adapted_distance": float(distance)}

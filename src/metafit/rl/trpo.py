@@ -15,6 +15,12 @@ the old and new (adapted) query policies, both at the current parameters:
 The step writes the parameters in place (it is an optimizer's step, not a gradient).
 Second-order MAML differentiates the KL through the inner loop too, so its
 Hessian-vector products are third derivatives of the policy's log-likelihood.
+
+Under ``torchrun`` (a :class:`~metafit.rl.shard.TaskShard`), each rank's episode holds its
+block of the meta-batch; the surrogate and KL are then ``sum over the block / T``, and
+the gradient, every Hessian-vector product and every line-search evaluation are summed
+over the ranks (one ``all_reduce`` each), so every rank computes the same direction and
+accepts the same step. Without a shard the step is the one-process computation, op for op.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from metafit.rl.objectives import Surrogate
+from metafit.rl.shard import TaskShard, local_sums
 
 __all__ = ["TRPOSettings", "conjugate_gradient", "hessian_vector_product", "trpo_step"]
 
@@ -91,37 +98,62 @@ def conjugate_gradient(mvp: Callable[[Tensor], Tensor], b: Tensor, iters: int = 
     return x
 
 
-def hessian_vector_product(scalar: Tensor, params: Sequence[Tensor], damping: float = 0.0
+def hessian_vector_product(scalar: Tensor, params: Sequence[Tensor], damping: float = 0.0,
+                           reduce: Callable[[Tensor], Tensor] | None = None
                            ) -> Callable[[Tensor], Tensor]:
     """``v -> (d^2 scalar / d params^2) v + damping v`` (flat vectors), by double
-    backward; the graph of ``scalar`` is kept for repeated products."""
+    backward; the graph of ``scalar`` is kept for repeated products. ``reduce`` (e.g.
+    :meth:`TaskShard.sum <metafit.rl.shard.TaskShard.sum>`) is applied to the Hessian's
+    product before the damping is added: with ``scalar`` one rank's share of a sum, the
+    product of the whole sum's Hessian."""
     grads = torch.autograd.grad(scalar, list(params), create_graph=True)
     flat_grad = flat(grads)
 
     def product(v: Tensor) -> Tensor:
-        hv = torch.autograd.grad(flat_grad.dot(v), list(params), retain_graph=True)
-        return flat(hv).detach() + damping * v
+        hv = flat(torch.autograd.grad(flat_grad.dot(v), list(params), retain_graph=True))
+        hv = hv.detach()
+        return (hv if reduce is None else reduce(hv)) + damping * v
 
     return product
 
 
-def trpo_step(algo: SurrogateProgram, episode: object, settings: TRPOSettings | None = None
-              ) -> dict[str, float]:
+def _objectives(surrogate: Surrogate, shard: TaskShard | None) -> tuple[Tensor, Tensor]:
+    """The surrogate loss and KL this rank differentiates: the means over the tasks (one
+    process) or the block's share of them (:func:`~metafit.rl.shard.local_sums`)."""
+    if shard is None:
+        return surrogate.loss, surrogate.kl
+    return local_sums(surrogate.losses, shard), local_sums(surrogate.kls, shard)
+
+
+def _summed(tensor: Tensor, shard: TaskShard | None) -> Tensor:
+    """``tensor`` summed over the ranks (itself with one process)."""
+    return tensor if shard is None else shard.sum(tensor)
+
+
+def trpo_step(algo: SurrogateProgram, episode: object, settings: TRPOSettings | None = None,
+              shard: TaskShard | None = None) -> dict[str, float]:
     """One TRPO step of ``algo``'s parameters on ``episode`` (see the module docstring).
+
+    ``shard``: this rank's block of a distributed meta-batch (``episode`` holds the
+    block's tasks); every rank must call this with its own block and takes the same step.
 
     Returns metrics: ``loss_before``, ``loss_after``, ``kl_after`` (the mean KL between the
     policies before and after, on the query trajectories), ``step_fraction`` (beta^i of
-    the accepted try, 0 if none), ``line_search_steps`` and ``grad_norm``.
+    the accepted try, 0 if none), ``line_search_steps`` and ``grad_norm`` (all over the
+    whole meta-batch).
     """
     cfg = settings or TRPOSettings()
     params = list(algo.trainable_parameters().values())
     before = algo.surrogate(episode)
     old = before.out.detach()
-    grad = flat(torch.autograd.grad(before.loss, params, retain_graph=True)).detach()
-    fvp = hessian_vector_product(before.kl, params, cfg.cg_damping)
+    loss_t, kl_t = _objectives(before, shard)
+    grad = _summed(flat(torch.autograd.grad(loss_t, params, retain_graph=True)).detach(),
+                   shard)
+    fvp = hessian_vector_product(kl_t, params, cfg.cg_damping,
+                                 None if shard is None else shard.sum)
     direction = conjugate_gradient(fvp, grad, cfg.cg_iters)
     curvature = float(direction.dot(fvp(direction)))  # x^T F x
-    loss_before = float(before.loss.detach())
+    loss_before = float(_summed(loss_t.detach(), shard))
     metrics = {"loss_before": loss_before, "loss_after": loss_before,
                "kl_after": 0.0, "step_fraction": 0.0, "line_search_steps": 0.0,
                "grad_norm": float(grad.norm())}
@@ -135,7 +167,8 @@ def trpo_step(algo: SurrogateProgram, episode: object, settings: TRPOSettings | 
         assign(params, start - fraction * full_step)
         with torch.no_grad():
             after = algo.surrogate(episode, old, graph=False)
-        loss, kl = float(after.loss), float(after.kl)
+            loss, kl = (float(v) for v in _summed(torch.stack(_objectives(after, shard)),
+                                                  shard))
         if loss < metrics["loss_before"] and kl < cfg.max_kl:
             metrics.update(loss_after=loss, kl_after=kl, step_fraction=fraction,
                            line_search_steps=float(i + 1))

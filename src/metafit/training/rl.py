@@ -19,6 +19,13 @@ Every random draw of training comes from the :class:`~metafit.rl.TaskSampler`'s 
 generators (tasks, rollouts), which a checkpoint saves with the policy; validation draws
 from a fresh stream of its own. A run resumed from ``last.pt`` therefore samples the same
 tasks and trajectories and logs the same metrics as an uninterrupted one.
+
+Under ``torchrun`` the meta-batch's tasks are split across the processes
+(:mod:`metafit.rl.shard`): every rank draws the whole batch from the same seeded sampler
+(the one-process streams), rolls out and adapts its contiguous block of it, and the outer
+step sums what it needs over the ranks, so every rank takes the same step. Validation
+runs whole on every rank (the same fixed tasks and stream, so the same score); rank 0
+writes the run directory, as for supervised runs.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from metafit.config.schema import Recipe
+from metafit.distributed import all_reduce_mean_metrics, broadcast_module
 from metafit.evaluation.rl import evaluate_rl
 from metafit.rl.from_recipe import (
     build_family,
@@ -36,6 +44,7 @@ from metafit.rl.from_recipe import (
 from metafit.rl.maml import MAMLRL, MetaEpisode
 from metafit.rl.promp import ProMPOuterStep
 from metafit.rl.reptile import reptile_step
+from metafit.rl.shard import TaskShard
 from metafit.rl.trpo import TRPOSettings, trpo_step
 from metafit.runs.checkpoints import Resumable
 from metafit.runs.rl import rl_eval_steps, rl_sampler
@@ -53,11 +62,13 @@ class TRPOOuterStep:
     def __init__(self, settings: TRPOSettings) -> None:
         self.settings = settings
 
-    def step(self, algo: MAMLRL, episode: MetaEpisode) -> dict[str, float]:
-        """One TRPO step of ``algo``'s parameters on ``episode``; its training-record
-        metrics (``loss`` before the step, ``loss_after``, ``kl``, ``step_fraction``,
+    def step(self, algo: MAMLRL, episode: MetaEpisode, shard: TaskShard | None = None
+             ) -> dict[str, float]:
+        """One TRPO step of ``algo``'s parameters on ``episode`` (this rank's block
+        ``shard`` of the tasks under torchrun); its training-record metrics (``loss``
+        before the step, ``loss_after``, ``kl``, ``step_fraction``,
         ``line_search_steps``, ``grad_norm``)."""
-        m = trpo_step(algo, episode, self.settings)
+        m = trpo_step(algo, episode, self.settings, shard)
         return {"loss": m["loss_before"], "loss_after": m["loss_after"], "kl": m["kl_after"],
                 "step_fraction": m["step_fraction"],
                 "line_search_steps": m["line_search_steps"], "grad_norm": m["grad_norm"]}
@@ -78,10 +89,12 @@ class ReptileOuterStep:
     def __init__(self, epsilon: float) -> None:
         self.epsilon = epsilon
 
-    def step(self, algo: MAMLRL, episode: MetaEpisode) -> dict[str, float]:
-        """One Reptile update of ``algo``'s policy from ``episode``; its metrics
-        (``step_norm``, ``adapted_distance``)."""
-        return reptile_step(algo, episode, self.epsilon)
+    def step(self, algo: MAMLRL, episode: MetaEpisode, shard: TaskShard | None = None
+             ) -> dict[str, float]:
+        """One Reptile update of ``algo``'s policy from ``episode`` (this rank's block
+        ``shard`` of the tasks under torchrun); its metrics (``step_norm``,
+        ``adapted_distance``)."""
+        return reptile_step(algo, episode, self.epsilon, shard)
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -115,7 +128,8 @@ def outer_step(recipe: Recipe, algo: MAMLRL | None = None) -> OuterStep:
 class RLTrainer(TrainingLoop):
     """Meta-trains a meta-RL ``recipe`` (datasets ``rl_nav2d``, ``rl_bandit``,
     ``rl_tabular``, ``rl_pendulum``) into the run directory ``out``; arguments as for
-    :class:`~metafit.training.trainer.Trainer`. One process only (no ``torchrun`` yet).
+    :class:`~metafit.training.trainer.Trainer`; under ``torchrun`` (``dist``) the
+    meta-batch's tasks are split across the ranks (module docstring).
 
     Training records hold, averaged over ``log_every`` steps, the outer step's metrics
     and ``return_before`` / ``return_after`` (the mean return of the training tasks'
@@ -134,13 +148,16 @@ class RLTrainer(TrainingLoop):
         if not r.is_rl:
             raise ValueError(f"dataset '{r.dataset}' is not a meta-RL task family; train it "
                              "with metafit.training.trainer.Trainer")
-        if self.dist.enabled:
-            raise ValueError("meta-RL recipes train in one process; run `metafit train` "
-                             "without torchrun")
+        # every rank draws the whole meta-batch (the one-process streams) and keeps a block
+        self.shard = TaskShard.of(self.dist, r.meta_batch) if self.dist.enabled else None
+        if self.shard is not None and r.algorithm == "promp":
+            raise ValueError("promp does not run under torchrun yet (its Adam steps are not "
+                             "all-reduced across processes); train it in one process")
         self.family = build_family(r)
         self.tasks = rl_sampler(r, "train", self.family)
         self.val_tasks = rl_sampler(r, "val", self.family)
         self.algo = build_rl_algorithm(r, self.family)
+        broadcast_module(self.algo, self.dist)  # identical already (seeded); made sure
         self.outer = outer_step(r, self.algo)
 
     def _learner_name(self) -> str:
@@ -163,10 +180,13 @@ class RLTrainer(TrainingLoop):
         """One outer step on a fresh meta-batch of tasks: sample and adapt, then update."""
         r = self.recipe
         env = self.family.env(self.tasks.sample(r.meta_batch))
-        episode = self.algo.sample(env, r.trajectories, self.tasks.rollouts)
-        m = self.outer.step(self.algo, episode)
-        returns = episode.returns().mean(dim=0)  # [train inner steps + 1]
-        return {**m, "return_before": float(returns[0]), "return_after": float(returns[-1])}
+        episode = self.algo.sample(env, r.trajectories, self.tasks.rollouts, shard=self.shard)
+        m = self.outer.step(self.algo, episode, self.shard)
+        returns = episode.returns().mean(dim=0)  # [train inner steps + 1], over the block
+        ret = {"return_before": float(returns[0]), "return_after": float(returns[-1])}
+        if self.shard is not None:  # the means over the whole meta-batch
+            ret = all_reduce_mean_metrics(ret, self.shard.size, r.meta_batch, self.dist)
+        return {**m, **ret}
 
     def validate(self) -> dict[str, Any]:
         """The return after adaptation on the fixed validation tasks, with its 95% CI."""

@@ -47,6 +47,7 @@ class TuneResult:
     study: str
     storage: str
     direction: str
+    metric: str
     finished: int
     complete: int
     pruned: int

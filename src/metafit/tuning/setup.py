@@ -6,7 +6,9 @@ recipe each trial trains. Running the trials: :mod:`metafit.tuning.study`.
 from __future__ import annotations
 
 import json
+import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +19,8 @@ from metafit.tuning.space import SearchSpace, grid_values, parse_search_space
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-__all__ = ["RESUMABLE_CHANGES", "MIN_REPORTS", "open_study", "load_existing_study",
+__all__ = ["RESUMABLE_CHANGES", "MIN_REPORTS", "ObjectiveMetric", "objective_metric",
+           "open_study", "load_existing_study",
            "storage_url", "trial_recipe", "finished_trials", "finished_states",
            "optuna_module"]
 
@@ -29,6 +32,32 @@ RESUMABLE_CHANGES = ("threads", "task_workers", "vmap_chunk", "tensorboard", "ml
                      "mlflow_uri", "mlflow_experiment")
 #: Validations per trial at least (so the pruner has points to compare).
 MIN_REPORTS = 5
+
+
+@dataclass(frozen=True)
+class ObjectiveMetric:
+    """What a study optimises: the validation score ``name`` (the first value of a
+    trainer's validation record) and its ``direction`` (Optuna's word)."""
+
+    name: str
+    direction: str  # "maximize" | "minimize"
+
+    @property
+    def worst(self) -> float:
+        """The value of a trial that never validated: worse than any real score."""
+        return -math.inf if self.direction == "maximize" else math.inf
+
+
+def objective_metric(recipe: Recipe) -> ObjectiveMetric:
+    """The objective of a study of ``recipe``: the validation return after
+    ``eval_inner_steps`` adaptation steps for a meta-RL recipe (maximised), the MSE for a
+    regression one (minimised), else the accuracy (maximised). It is the score
+    :class:`~metafit.training.loop.TrainingLoop` ranks validations by."""
+    if recipe.is_rl:
+        return ObjectiveMetric("return", "maximize")
+    if recipe.is_regression:
+        return ObjectiveMetric("mse", "minimize")
+    return ObjectiveMetric("accuracy", "maximize")
 
 
 def optuna_module() -> Any:
@@ -142,7 +171,7 @@ def open_study(recipe: Recipe, opts: TuneOptions, job: int = 0) -> optuna.Study:
     url = storage_url(opts.storage, opts.out)
     name = opts.study or recipe.name
     storage = _storage(url, opts)
-    direction = "minimize" if recipe.is_regression else "maximize"
+    objective = objective_metric(recipe)
     existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     fingerprint = _fingerprint(recipe, opts)
     if name in existing:
@@ -157,12 +186,12 @@ def open_study(recipe: Recipe, opts: TuneOptions, job: int = 0) -> optuna.Study:
         count = 0
     seed = opts.seed if opts.seed is not None else recipe.seed
     study = optuna.create_study(
-        storage=storage, study_name=name, direction=direction, load_if_exists=True,
+        storage=storage, study_name=name, direction=objective.direction, load_if_exists=True,
         sampler=_sampler(space, opts, _sampler_seed(seed, count, job), opts.jobs > 1),
         pruner=_pruner(recipe, opts))
     if "fingerprint" not in study.user_attrs:
         study.set_user_attr("fingerprint", fingerprint)
-        study.set_user_attr("metric", "mse" if recipe.is_regression else "accuracy")
+        study.set_user_attr("metric", objective.name)
     return study
 
 

@@ -3,9 +3,12 @@
 A study searches the space declared in the recipe's ``search:`` section
 (:mod:`metafit.tuning.space`). Each trial is a short meta-training run (``trial_iterations``)
 of the recipe with the trial's values, in its own run directory ``OUT/trials/NNNN``,
-scored by its best validation score on the recipe's fixed validation episodes (accuracy,
-maximised; MSE, minimised). Every validation is reported to Optuna, so a pruner (median
-by default, Hyperband available) stops unpromising trials early.
+scored by its best validation score on the recipe's fixed validation episodes or tasks
+(:func:`~metafit.tuning.setup.objective_metric`: accuracy, maximised; MSE, minimised; for
+a meta-RL recipe, the mean return after ``eval_inner_steps`` adaptation steps,
+maximised). Every validation is reported to Optuna, so a pruner (median by default,
+Hyperband available) stops unpromising trials early. Supervised and meta-RL recipes run
+their trials with their own trainer (:func:`~metafit.training.trainer.make_trainer`).
 
 The study lives in an Optuna storage (SQLite by default, ``OUT/study.db``; any
 SQLAlchemy URL works, e.g. PostgreSQL on a cluster), which makes it:
@@ -42,6 +45,7 @@ from metafit.tuning.options import TuneOptions, TuneResult
 from metafit.tuning.setup import (
     finished_states,
     finished_trials,
+    objective_metric,
     open_study,
     optuna_module,
     storage_url,
@@ -59,9 +63,9 @@ log = logging.getLogger(__name__)
 
 def _objective(recipe: Recipe, space: SearchSpace, opts: TuneOptions) -> Any:
     opt = optuna_module()
-    from metafit.training.trainer import Trainer
+    from metafit.training.trainer import make_trainer
 
-    worst = math.inf if recipe.is_regression else -math.inf
+    worst = objective_metric(recipe).worst
 
     def objective(trial: optuna.trial.Trial) -> float:
         params = suggest(space, trial)
@@ -80,8 +84,9 @@ def _objective(recipe: Recipe, space: SearchSpace, opts: TuneOptions) -> Any:
 
         try:
             r = trial_recipe(recipe, params, opts, trial.number)
-            with _quiet("metafit.training.trainer"):
-                state = Trainer(r, run_dir, progress=False, on_validation=on_validation).fit()
+            with _quiet("metafit.training.trainer"), _quiet("metafit.training.rl"):
+                state = make_trainer(r, run_dir, progress=False,
+                                     on_validation=on_validation).fit()
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
@@ -253,6 +258,7 @@ def summarize(study: optuna.Study, opts: TuneOptions, best_recipe: Path | None) 
     return TuneResult(
         study=study.study_name, storage=storage_url(opts.storage, opts.out),
         direction=study.direction.name.lower(),
+        metric=str(study.user_attrs.get("metric", "value")),
         finished=len(finished_trials(study)), complete=len(complete),
         pruned=sum(t.state == TrialState.PRUNED for t in trials),
         failed=sum(t.state == TrialState.FAIL for t in trials),
