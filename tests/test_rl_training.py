@@ -3,8 +3,8 @@ and run directories from strangers."""
 
 from __future__ import annotations
 
-import json
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 from typing import Any

@@ -57,8 +57,8 @@ from metafit.deploy.modeldir import write_model_dir
 from metafit.models.text import TextBody
 from metafit.models.tokenizer import trim
 
-__all__ = ["ExportReport", "export_graph", "export_onnx", "onnx_session", "onnx_feeds", "output_names",
-           "TOLERANCE", "OPSET"]
+__all__ = ["ExportReport", "export_graph", "export_onnx", "onnx_session", "onnx_feeds",
+           "output_names", "TOLERANCE", "OPSET"]
 
 log = logging.getLogger(__name__)
 

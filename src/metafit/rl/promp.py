@@ -141,7 +141,8 @@ class ProMPOuterStep:
              ) -> dict[str, float]:
         """The PPO steps on ``episode`` (sampled with ``algo``'s current parameters), in
         place; one process only (``shard`` must be None: its gradients are not
-        all-reduced across torchrun ranks yet). Metrics: ``loss`` (the objective before the first step), ``loss_after``,
+        all-reduced across torchrun ranks yet). Metrics: ``loss`` (the objective before
+        the first step), ``loss_after``,
         ``inner_kl`` (mean over steps and tasks after the last update), ``clip_fraction``
         (after it) and ``grad_norm`` (of the first step's gradient)."""
         if shard is not None:
