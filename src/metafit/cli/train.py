@@ -49,12 +49,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if ctx.is_main and args.json:
         from metafit.cli.results import emit
         from metafit.runs.directory import RunDir
+        from metafit.tuning.setup import objective_metric
 
         emit("train", {"run": str(out), "recipe": recipe.name, "algorithm": recipe.algorithm,
                        "status": RunDir(out).status().get("status", "missing"),
                        "iteration": state.iteration,
-                       "metric": "return" if recipe.is_rl else
-                       "mse" if recipe.is_regression else "accuracy",
+                       "metric": objective_metric(recipe).name,
                        "best_score": state.best_score,
                        "best_iteration": None if state.best_score is None
                        else state.best_iteration,
