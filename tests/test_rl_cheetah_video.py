@@ -71,3 +71,14 @@ def test_a_cheetah_report_links_its_clip(cheetah_run: Path, tmp_path: Path) -> N
     page = (tmp_path / "report" / "report.md").read_text()
     assert gifs[0].name in page and "before adaptation (left)" in page
     assert any(Path(f).name == "report.md" for f in files)
+
+
+def test_without_a_renderer_the_report_says_why(cheetah_run: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import metafit.runs.cheetah_video as video
+
+    monkeypatch.setattr(video, "render_unavailable", lambda: "no GL here")
+    report_runs([cheetah_run], out=tmp_path / "report", episodes=2)
+    assert not list((tmp_path / "report").glob("cheetah_*.gif"))
+    assert "No clip: MuJoCo cannot render here (no GL here)" in \
+        (tmp_path / "report" / "report.md").read_text()

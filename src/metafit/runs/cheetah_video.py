@@ -31,12 +31,17 @@ from metafit.rl.gym_family import HalfCheetahTask
 from metafit.rl.maml import MAMLRL
 from metafit.rl.tasks import TaskSampler
 
-__all__ = ["CHEETAH_DATASETS", "CheetahClip", "cheetah_clips", "render_unavailable",
-           "write_gif"]
+__all__ = ["CHEETAH_DATASETS", "CheetahClip", "RenderUnavailable", "cheetah_clips",
+           "render_unavailable", "write_gif"]
 
 log = logging.getLogger(__name__)
 
 CHEETAH_DATASETS = {"rl_cheetah_dir": "dir", "rl_cheetah_vel": "vel"}
+
+
+class RenderUnavailable(RuntimeError):
+    """MuJoCo cannot render a frame here (no headless OpenGL library); the message says
+    why."""
 
 
 @dataclass
@@ -112,7 +117,7 @@ def cheetah_clips(algo: MAMLRL, recipe: Recipe, sampler: TaskSampler, tasks: int
 
     Raises:
         ValueError: not a half-cheetah recipe, or a count below 1.
-        RuntimeError: rendering is unavailable (:func:`render_unavailable` gives why).
+        RenderUnavailable: rendering is unavailable (:func:`render_unavailable`'s reason).
     """
     if recipe.dataset not in CHEETAH_DATASETS:
         raise ValueError(f"clips are for the half-cheetah families "
@@ -121,8 +126,8 @@ def cheetah_clips(algo: MAMLRL, recipe: Recipe, sampler: TaskSampler, tasks: int
         raise ValueError(f"need tasks, steps and every >= 1, got {tasks}, {steps}, {every}")
     reason = render_unavailable()
     if reason is not None:
-        raise RuntimeError(f"MuJoCo cannot render here ({reason}); set MUJOCO_GL=egl or "
-                           "osmesa with its library installed")
+        raise RenderUnavailable(f"MuJoCo cannot render here ({reason}); set MUJOCO_GL=egl "
+                                "or osmesa with its library installed")
     kind = CHEETAH_DATASETS[recipe.dataset]
     shown = _shown_tasks(recipe, sampler, tasks)
     family = sampler.family

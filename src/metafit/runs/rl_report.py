@@ -143,15 +143,14 @@ def _run_section(label: str, run: _RLRun, out: Path, split: Split, banner: Seque
 def _cheetah_section(section: Section, label: str, run: _RLRun, out: Path, split: Split
                      ) -> Section:
     """A half-cheetah run's clip before and after one adaptation step, or why not."""
-    from metafit.runs.cheetah_video import cheetah_clips, render_unavailable, write_gif
+    from metafit.runs.cheetah_video import RenderUnavailable, cheetah_clips, write_gif
 
-    reason = render_unavailable()
-    if reason is not None:
-        section.text = (f"No clip: MuJoCo cannot render here ({reason}); set MUJOCO_GL=egl "
-                        "or osmesa with its library installed.")
+    try:
+        clips = cheetah_clips(run.algo, run.recipe, rl_sampler(run.recipe, split))
+    except RenderUnavailable as e:
+        section.text = f"No clip: {e}."
         return section
     name = f"cheetah_{run.slug}.gif"
-    clips = cheetah_clips(run.algo, run.recipe, rl_sampler(run.recipe, split))
     write_gif(clips, out / name)
     section.figures.append((name, (
         f"{label} on fixed {split} tasks: one episode of the meta-learned policy's mean "
