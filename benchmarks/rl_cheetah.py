@@ -45,13 +45,18 @@ from metafit.runs.rl import load_rl_trained, rl_sampler
 
 log = logging.getLogger("rl_cheetah")
 
-#: Approximate values of Finn et al. (2017), Figure 5 (return after 0 / 1 / 3 steps). The
-#: paper gives them only as a figure; these are read from machine descriptions of it (see
-#: RESULTS.md) and are rough.
-PAPER = {"dir": {"maml": "~0 / ~300 / ~300-400", "pretrained": "~0 / below 50 / ~50",
-                 "random": "~0"},
-         "vel": {"maml": "~-130 / ~-80 / ~-75", "pretrained": "~-160 / ~-135 / ~-130",
-                 "random": "-"}}
+#: Finn et al. (2017), Figure 5: the mean return over the 40 test tasks after 0 / 1 / 2 / 3
+#: steps, from the result files the figure was drawn from (github.com/cbfinn/maml_rl,
+#: ``icml/icml_cheetah{,direc}_results_{maml,pretrain,random}.pkl``, commit 4d41869).
+#: rllab's half-cheetah: reward ``dir * v_x - 0.05 |a|^2`` (direction) and
+#: ``-|v_x - goal| - 0.05 |a|^2``, goals uniform in [0, 2] (velocity); Gymnasium's
+#: HalfCheetah-v5 charges ``0.1 |a|^2``, so the scales are close but not equal.
+PAPER = {"dir": {"maml": "-50.7 / 293.2 / 313.5 / 315.7",
+                 "pretrained": "-43.0 / -24.7 / -12.8 / 19.6",
+                 "random": "-35.7 / 21.8 / 62.3 / 86.2"},
+         "vel": {"maml": "-129.5 / -78.6 / -66.6 / -60.8",
+                 "pretrained": "-158.0 / -135.4 / -128.5 / -133.6",
+                 "random": "-254.8 / -254.3 / -246.8 / -230.8"}}
 
 
 def train(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -150,7 +155,7 @@ def main() -> None:
              f"step, the `{args.checkpoint}` checkpoint, return +- 95% CI over tasks.", "",
              "| row | " + " | ".join(f"after {k} step(s)" for k in steps)
              + " | after 1 step - MAML (paired) | outer steps | training wall / CPU min "
-             "| paper, Fig. 5 (approx.) |",
+             "| paper, Fig. 5 (0 / 1 / 2 / 3 steps) |",
              "|---|" + "---|" * (len(steps) + 4)]
     for r in rows:
         cells = [f"{m:.1f} +- {c:.1f}" for m, c in zip(r["mean"], r["ci95"], strict=True)]
