@@ -39,6 +39,26 @@ def test_gaussian_policy_matches_torch_distributions() -> None:
     assert float(policy.split(policy(obs))[1].detach().min()) == pytest.approx(math.log(1e-6))
 
 
+def test_gaussian_policy_in_units_of_the_action_bound() -> None:
+    """action_center / action_scale: the same MLP's mean mapped to center + scale * mean and
+    the std multiplied by scale (rllab's normalize), so log-probabilities of actions differ
+    from the unscaled policy's at (action - center) / scale by exactly -log(scale) per
+    dimension; bad scales are refused."""
+    plain = GaussianMLPPolicy(3, 2, hidden=(8,), init_std=0.5, generator=_gen(0))
+    scaled = GaussianMLPPolicy(3, 2, hidden=(8,), init_std=0.5, generator=_gen(0),
+                               action_center=0.2, action_scale=0.1)
+    obs = torch.randn(4, 3, generator=_gen(1))
+    (m0, s0), (m1, s1) = plain.split(plain(obs)), scaled.split(scaled(obs))
+    torch.testing.assert_close(m1, 0.2 + 0.1 * m0)
+    torch.testing.assert_close(s1, s0 + math.log(0.1))
+    actions = torch.randn(4, 2, generator=_gen(2))
+    torch.testing.assert_close(scaled.log_prob(scaled(obs), 0.2 + 0.1 * actions),
+                               plain.log_prob(plain(obs), actions) - 2 * math.log(0.1))
+    for bad in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="action_scale"):
+            GaussianMLPPolicy(3, 2, action_scale=bad)
+
+
 def test_categorical_policy_matches_torch_distributions() -> None:
     policy = CategoricalMLPPolicy(4, 3, hidden=(8,), generator=_gen(0))
     obs = torch.randn(6, 4, generator=_gen(1))

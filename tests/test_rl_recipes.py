@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from metafit.config.recipe import RecipeError, load_recipe
@@ -28,6 +30,29 @@ def test_the_nav2d_recipe_is_the_reference_configuration() -> None:
     assert fo.rl_first_order and fo.algorithm == "fomaml_trpo"
     assert fo.model_dump(exclude={"name", "description", "algorithm"}) == \
         r.model_dump(exclude={"name", "description", "algorithm"})
+
+
+def test_the_paper_nav2d_recipe_normalises_actions_and_changes_only_that() -> None:
+    """rl_nav2d_maml_paper is the reference recipe with the authors' released settings:
+    the policy in units of the action bound (0.1 for navigation), inner rate 0.5."""
+    r, ref = load_recipe("rl_nav2d_maml_paper"), load_recipe("rl_nav2d_maml")
+    ignore = {"name", "description"}
+    differ = {k for k, v in r.model_dump(exclude=ignore).items() if getattr(ref, k) != v}
+    assert differ == {"normalize_actions", "inner_lr", "iterations"}
+    assert (r.normalize_actions, r.inner_lr, r.iterations) == (True, 0.5, 100)
+    policy = build_rl_algorithm(r).policy
+    assert isinstance(policy, GaussianMLPPolicy)
+    assert (policy.action_center, policy.action_scale) == (0.0, pytest.approx(0.1))
+    assert build_rl_algorithm(ref).policy.action_scale == 1.0
+    obs = torch.zeros(1, 2)
+    assert float(policy.split(policy(obs).detach())[1][0, 0]) == pytest.approx(math.log(0.1))
+
+
+def test_normalize_actions_is_refused_for_discrete_actions_and_supervised_recipes() -> None:
+    with pytest.raises(ValueError, match="normalize_actions applies to continuous"):
+        build_rl_algorithm(load_recipe("rl_bandit_maml", ["normalize_actions=true"]))
+    with pytest.raises(RecipeError, match="normalize_actions"):
+        load_recipe("omniglot_5w1s_maml", ["normalize_actions=true"])
 
 
 @pytest.mark.parametrize("name,algorithm,changed", [

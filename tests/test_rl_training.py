@@ -116,7 +116,8 @@ def test_time_budget_stops_an_rl_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["rl_nav2d_maml", "rl_bandit_maml", "rl_pendulum_maml",
                                   "rl_nav2d_reptile", "rl_nav2d_pretrained",
-                                  "rl_nav2d_scratch", "rl_nav2d_promp"])
+                                  "rl_nav2d_scratch", "rl_nav2d_promp",
+                                  "rl_nav2d_maml_paper"])
 def test_cli_trains_and_evaluates_an_rl_recipe(tmp_path: Path, name: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"

@@ -303,6 +303,11 @@ class Recipe(BaseModel):
                                            "policy MLP's hidden layers")
     policy_activation: Literal["tanh", "relu"] = Field("tanh", description="meta-RL: the "
                                                        "policy MLP's nonlinearity")
+    normalize_actions: bool = Field(False, description="meta-RL, continuous actions: the "
+                                    "Gaussian policy in units of the action bounds (mean = "
+                                    "centre + half-range x MLP, std = half-range x "
+                                    "exp(log_std)), as rllab's normalize in the MAML "
+                                    "paper's released code; off: the env's own units")
     gamma: float = Field(0.99, gt=0, le=1, description="meta-RL: discount of the returns "
                          "and advantages")
     gae_lambda: float = Field(1.0, ge=0, le=1, description="meta-RL: GAE lambda of the "
@@ -549,7 +554,8 @@ RL_KEYS: dict[str, tuple[str, ...]] = {
     "actions": ("rl_tabular",), "mass_range": ("rl_pendulum",),
     "length_range": ("rl_pendulum",), "env_factory": ("rl_gym",), "task_ranges": ("rl_gym",),
     "trajectories": RL_DATASETS, "policy_hidden": RL_DATASETS,
-    "policy_activation": RL_DATASETS, "gamma": RL_DATASETS, "gae_lambda": RL_DATASETS,
+    "policy_activation": RL_DATASETS, "normalize_actions": RL_DATASETS,
+    "gamma": RL_DATASETS, "gae_lambda": RL_DATASETS,
     "max_kl": RL_DATASETS, "cg_iters": RL_DATASETS, "cg_damping": RL_DATASETS,
     "ls_max_steps": RL_DATASETS, "ls_backtrack_ratio": RL_DATASETS,
     "inner_objective": RL_DATASETS, "clip_eps": RL_DATASETS, "ppo_steps": RL_DATASETS,

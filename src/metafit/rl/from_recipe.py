@@ -6,6 +6,7 @@ asks for them."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -72,8 +73,20 @@ def build_policy(recipe: Recipe, family: MDPFamily) -> Policy:
     generator = torch.Generator().manual_seed(recipe.seed)
     space = family.action_space
     if space.kind == "continuous":
+        center, scale = 0.0, 1.0
+        if recipe.normalize_actions:
+            if space.low is None or space.high is None or not (
+                    math.isfinite(space.low) and math.isfinite(space.high)
+                    and space.low < space.high):
+                raise ValueError(f"normalize_actions needs finite action bounds, but the "
+                                 f"{recipe.dataset} family's are [{space.low}, {space.high}]")
+            center, scale = (space.low + space.high) / 2, (space.high - space.low) / 2
         return GaussianMLPPolicy(family.obs_dim, space.dim, hidden=recipe.policy_hidden,
-                                 nonlinearity=recipe.policy_activation, generator=generator)
+                                 nonlinearity=recipe.policy_activation, generator=generator,
+                                 action_center=center, action_scale=scale)
+    if recipe.normalize_actions:
+        raise ValueError(f"normalize_actions applies to continuous actions; the "
+                         f"{recipe.dataset} family's are discrete")
     return CategoricalMLPPolicy(family.obs_dim, space.dim, hidden=recipe.policy_hidden,
                                 nonlinearity=recipe.policy_activation, generator=generator)
 

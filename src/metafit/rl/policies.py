@@ -83,20 +83,36 @@ class GaussianMLPPolicy(Policy):
 
     ``out = [mean, log_std]`` (``[..., 2 * action_dim]``): the mean from an MLP of the
     observation, the log-std a free parameter ``[action_dim]`` shared by all states.
+
+    ``action_center`` and ``action_scale`` (constants, not parameters) express the policy
+    in units of the action bounds, as rllab's ``normalize`` wrapper did for the MAML
+    paper's released code (cbfinn/maml_rl): ``mean = center + scale * MLP(x)`` and
+    ``std = scale * exp(log_std)``, so ``init_std`` is a fraction of the half-range and
+    a policy-gradient step moves the MLP in those units. The defaults (0, 1) leave the
+    policy in the environment's own units (pytorch-maml-rl's choice).
     """
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: Sequence[int] = (64, 64),
                  nonlinearity: str = "tanh", init_std: float = 1.0, min_std: float = 1e-6,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, action_center: float = 0.0,
+                 action_scale: float = 1.0) -> None:
         super().__init__()
+        if not (math.isfinite(action_center) and math.isfinite(action_scale)
+                and action_scale > 0):
+            raise ValueError(f"action_scale must be finite and > 0 and action_center "
+                             f"finite, got {action_scale}, {action_center}")
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.min_log_std = math.log(min_std)
+        self.action_center, self.action_scale = float(action_center), float(action_scale)
         self.mean = mlp(obs_dim, action_dim, hidden, nonlinearity, generator)
         self.log_std = nn.Parameter(torch.full((action_dim,), math.log(init_std)))
 
     def forward(self, obs: Tensor) -> Tensor:
         mean = self.mean(obs)  # [..., act]
         log_std = self.log_std.clamp(min=self.min_log_std).expand_as(mean)  # [..., act]
+        if self.action_scale != 1.0 or self.action_center != 0.0:
+            mean = self.action_center + self.action_scale * mean
+            log_std = log_std + math.log(self.action_scale)
         return torch.cat([mean, log_std], dim=-1)  # [..., 2*act]
 
     def split(self, out: Tensor) -> tuple[Tensor, Tensor]:
