@@ -48,9 +48,9 @@ log = logging.getLogger("rl_cheetah")
 #: Finn et al. (2017), Figure 5: the mean return over the 40 test tasks after 0 / 1 / 2 / 3
 #: steps, from the result files the figure was drawn from (github.com/cbfinn/maml_rl,
 #: ``icml/icml_cheetah{,direc}_results_{maml,pretrain,random}.pkl``, commit 4d41869).
-#: rllab's half-cheetah: reward ``dir * v_x - 0.05 |a|^2`` (direction) and
-#: ``-|v_x - goal| - 0.05 |a|^2``, goals uniform in [0, 2] (velocity); Gymnasium's
-#: HalfCheetah-v5 charges ``0.1 |a|^2``, so the scales are close but not equal.
+#: rllab's half-cheetah with the rewards of our families (``dir * v_x - 0.05 |a|^2``;
+#: ``-|v_x - goal| - 0.05 |a|^2``, goals uniform in [0, 2]); the authors adapted with one
+#: plain gradient step at 0.1 on 4,000 samples (``maml_examples/test_maml_cheetah.py``).
 PAPER = {"dir": {"maml": "-50.7 / 293.2 / 313.5 / 315.7",
                  "pretrained": "-43.0 / -24.7 / -12.8 / 19.6",
                  "random": "-35.7 / 21.8 / 62.3 / 86.2"},
