@@ -4,11 +4,20 @@ steps on fixed held-out tasks.
 
     python benchmarks/rl_nav2d.py                      # the reference configuration
     python benchmarks/rl_nav2d.py --outer-steps 5      # a smoke run (minutes)
+    python benchmarks/rl_nav2d.py --normalize-actions --inner-lr 0.5 --outer-steps 100 \
+        --name rl_nav2d_paper                          # the authors' released configuration
 
 Reference configuration (pytorch-maml-rl's ``2d-navigation.yaml``): 20 tasks x 20
 trajectories per outer step, horizon 100, Gaussian policy 64-64 tanh, inner rate 0.1 and 1
 inner step, gamma 0.99, GAE lambda 1, TRPO with max_kl 0.01, 10 conjugate-gradient
 iterations (damping 1e-5), line search 15 x 0.8, 500 outer steps.
+
+The authors' released configuration (cbfinn/maml_rl, ``sens_trpo_point.py`` and the run
+behind the paper's figure, ``trposens1_fbs20_mbs20_flr_0.5metalr_0.01``): the same batches
+and TRPO step, but actions normalised to the bound by rllab's ``normalize`` (here
+``--normalize-actions``), inner rate 0.5 and 100 outer steps; their evaluation adapted on
+4,000 time steps (40 or more trajectories) at 0.5, then 0.25 (``--eval-settings
+0.5/0.5:40``).
 
 Rows (``--rows``): ``maml`` (second order), ``fomaml`` (first order), ``pretrained`` (the same
 TRPO on the same batches with no inner step: the policy that is best on average over
@@ -52,7 +61,9 @@ ROWS = ("maml", "fomaml", "pretrained", "random")
 
 def make_algo(row: str, args: argparse.Namespace) -> MAMLRL:
     """The row's learner, its policy initialised from ``--seed`` (the same for every row)."""
-    policy = GaussianMLPPolicy(2, 2, hidden=tuple(args.hidden),
+    space = Nav2d().action_space
+    scale = (space.high - space.low) / 2 if args.normalize_actions else 1.0
+    policy = GaussianMLPPolicy(2, 2, hidden=tuple(args.hidden), action_scale=scale,
                                generator=torch.Generator().manual_seed(args.seed))
     steps = 0 if row == "pretrained" else args.inner_steps
     return MAMLRL(policy, inner_lr=args.inner_lr, inner_steps=steps,
@@ -88,13 +99,44 @@ def train(algo: MAMLRL, args: argparse.Namespace) -> dict[str, Any]:
             "history": history}
 
 
-def evaluate(algo: MAMLRL, args: argparse.Namespace) -> dict[str, list[float]]:
-    """Mean return and 95% CI over the held-out tasks after 0..``--eval-steps`` steps."""
+class DecayedRate(MAMLRL):
+    """MAMLRL whose inner steps after the first use ``inner_lr * decay`` (the MAML
+    authors' evaluation halved the rate after the first step: cbfinn/maml_rl,
+    ``maml_examples/test_maml_point.py``)."""
+
+    def __init__(self, *args: Any, decay: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.decay = decay
+
+    def inner_step(self, params: Any, support: Any, step: int, graph: bool,
+                   old: Any = None) -> Any:
+        first = self.inner_lr
+        self.inner_lr = first if step == 0 else first * self.decay
+        try:
+            return super().inner_step(params, support, step, graph, old)
+        finally:
+            self.inner_lr = first
+
+
+def parse_setting(text: str) -> tuple[float, float, int]:
+    """``LR:N`` or ``LR/DECAY:N`` -> (rate, decay after the first step, trajectories)."""
+    rate, _, n = text.partition(":")
+    lr, _, decay = rate.partition("/")
+    try:
+        return float(lr), float(decay or 1.0), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LR:N or LR/DECAY:N, got {text!r}") from None
+
+
+def evaluate(algo: MAMLRL, args: argparse.Namespace, lr: float, trajectories: int,
+             decay: float = 1.0) -> dict[str, list[float]]:
+    """Mean return and 95% CI over the held-out tasks after 0..``--eval-steps`` steps at
+    rate ``lr`` (``lr * decay`` after the first), each on ``trajectories`` trajectories."""
     family = Nav2d()
     env = family.env(TaskSampler(family, seed=args.eval_seed).fixed(args.eval_tasks))
-    adapter = MAMLRL(algo.policy, inner_lr=args.inner_lr, inner_steps=args.eval_steps,
-                     gamma=args.gamma, gae_lambda=args.gae_lambda)
-    curve = adaptation_returns(adapter, env, args.eval_steps, args.eval_trajectories,
+    adapter = DecayedRate(algo.policy, inner_lr=lr, inner_steps=args.eval_steps,
+                          gamma=args.gamma, gae_lambda=args.gae_lambda, decay=decay)
+    curve = adaptation_returns(adapter, env, args.eval_steps, trajectories,
                                torch.Generator().manual_seed(args.eval_seed + 1))  # [T, k+1]
     return {"mean": [float(c.mean()) for c in curve.T], "ci95": [ci95(c) for c in curve.T]}
 
@@ -108,6 +150,13 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="*", default=[64, 64])
     parser.add_argument("--inner-lr", type=float, default=0.1)
     parser.add_argument("--inner-steps", type=int, default=1)
+    parser.add_argument("--normalize-actions", action="store_true",
+                        help="the policy in units of the action bound (rllab's normalize, "
+                             "as in the MAML paper's released code; recipe key "
+                             "normalize_actions)")
+    parser.add_argument("--name", default=None,
+                        help="the RESULTS.md block and rows file (default: rl_nav2d, or "
+                             "rl_nav2d_smoke under 100 outer steps)")
     parser.add_argument("--gamma", type=float, default=0.99)
     parser.add_argument("--gae-lambda", type=float, default=1.0)
     parser.add_argument("--max-kl", type=float, default=0.01)
@@ -117,7 +166,16 @@ def main() -> None:
     parser.add_argument("--full-steps", type=int, default=500,
                         help="outer steps the wall-time estimate extrapolates to")
     parser.add_argument("--eval-tasks", type=int, default=40)
-    parser.add_argument("--eval-trajectories", type=int, default=20)
+    parser.add_argument("--eval-trajectories", type=int, nargs="+", default=[20],
+                        help="trajectories per evaluation step; several: a row each")
+    parser.add_argument("--eval-lrs", type=float, nargs="+", default=None,
+                        help="evaluation step sizes (default: --inner-lr); several: a row "
+                             "each")
+    parser.add_argument("--eval-settings", type=parse_setting, nargs="+", default=None,
+                        metavar="LR[/DECAY]:N",
+                        help="instead of --eval-lrs x --eval-trajectories: these (rate, "
+                             "rate multiplier after the first step, trajectories), a row "
+                             "each")
     parser.add_argument("--eval-steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-seed", type=int, default=1000)
@@ -128,21 +186,33 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     rows = []
+    settings = args.eval_settings or [(lr, 1.0, n) for lr in (args.eval_lrs or [args.inner_lr])
+                                      for n in args.eval_trajectories]
     for row in args.rows:
         algo = make_algo(row, args)
         trained = train(algo, args) if row != "random" else {
             "sample_seconds": 0.0, "trpo_seconds": 0.0, "seconds_per_step": 0.0,
             "train_seconds": 0.0, "history": []}
-        rows.append({"row": row, **trained, **evaluate(algo, args),
-                     "estimated_full_hours": trained["seconds_per_step"] * args.full_steps / 3600})
+        for i, (lr, decay, n) in enumerate(settings):
+            then = f" then {lr * decay:g}" if decay != 1.0 else ""
+            label = row if len(settings) == 1 else f"{row} (rate {lr:g}{then}, {n} traj.)"
+            kept = trained if i == 0 else {**trained, "history": []}  # history stored once
+            rows.append({"row": label, "eval_lr": lr, "eval_lr_decay": decay,
+                         "eval_trajectories": n, **kept,
+                         **evaluate(algo, args, lr, n, decay), "trained": row != "random",
+                         "estimated_full_hours":
+                             trained["seconds_per_step"] * args.full_steps / 3600})
     smoke = args.outer_steps < 100
     steps = range(args.eval_steps + 1)
     lines = [f"Machine: {machine()}; load average {load_average()} (shared machine).",
              f"Training: {args.outer_steps} outer steps of {args.tasks} tasks x "
              f"{args.trajectories} trajectories (horizon 100, policy {args.hidden} tanh, inner "
-             f"rate {args.inner_lr}, {args.inner_steps} inner step(s), max_kl {args.max_kl}); "
-             f"evaluation: {args.eval_tasks} fixed held-out tasks x {args.eval_trajectories} "
-             f"trajectories per step, return +- 95% CI over tasks.", "",
+             f"rate {args.inner_lr}, {args.inner_steps} inner step(s), max_kl {args.max_kl}"
+             f"{', actions normalised' if args.normalize_actions else ''}); "
+             f"evaluation: {args.eval_tasks} fixed held-out tasks, "
+             + ("the rate and trajectories per step of each row" if len(settings) > 1 else
+                f"{settings[0][2]} trajectories per step at rate {settings[0][0]:g}")
+             + ", return +- 95% CI over tasks.", "",
              "| row | " + " | ".join(f"return after {k} step(s)" for k in steps)
              + " | s per outer step (sampling + TRPO) | est. hours for "
              f"{args.full_steps} steps |",
@@ -150,12 +220,12 @@ def main() -> None:
     for r in rows:
         cells = [f"{m:.1f} +- {c:.1f}" for m, c in zip(r["mean"], r["ci95"], strict=True)]
         timing = (f"{r['seconds_per_step']:.2f} ({r['sample_seconds']:.2f} + "
-                  f"{r['trpo_seconds']:.2f})" if r["history"] else "-")
-        hours = f"{r['estimated_full_hours']:.2f}" if r["history"] else "-"
+                  f"{r['trpo_seconds']:.2f})" if r["trained"] else "-")
+        hours = f"{r['estimated_full_hours']:.2f}" if r["trained"] else "-"
         lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {timing} | {hours} |")
     block = "\n".join(lines)
     print(block)
-    name = "rl_nav2d_smoke" if smoke else "rl_nav2d"
+    name = args.name or ("rl_nav2d_smoke" if smoke else "rl_nav2d")
     heading = ("2D navigation (MAML-TRPO): smoke run" if smoke
                else "2D navigation (MAML-TRPO)")
     publish(args, name, heading, block, rows)
