@@ -99,25 +99,6 @@ def train(algo: MAMLRL, args: argparse.Namespace) -> dict[str, Any]:
             "history": history}
 
 
-class DecayedRate(MAMLRL):
-    """MAMLRL whose inner steps after the first use ``inner_lr * decay`` (the MAML
-    authors' evaluation halved the rate after the first step: cbfinn/maml_rl,
-    ``maml_examples/test_maml_point.py``)."""
-
-    def __init__(self, *args: Any, decay: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.decay = decay
-
-    def inner_step(self, params: Any, support: Any, step: int, graph: bool,
-                   old: Any = None) -> Any:
-        first = self.inner_lr
-        self.inner_lr = first if step == 0 else first * self.decay
-        try:
-            return super().inner_step(params, support, step, graph, old)
-        finally:
-            self.inner_lr = first
-
-
 def parse_setting(text: str) -> tuple[float, float, int]:
     """``LR:N`` or ``LR/DECAY:N`` -> (rate, decay after the first step, trajectories)."""
     rate, _, n = text.partition(":")
@@ -134,8 +115,8 @@ def evaluate(algo: MAMLRL, args: argparse.Namespace, lr: float, trajectories: in
     rate ``lr`` (``lr * decay`` after the first), each on ``trajectories`` trajectories."""
     family = Nav2d()
     env = family.env(TaskSampler(family, seed=args.eval_seed).fixed(args.eval_tasks))
-    adapter = DecayedRate(algo.policy, inner_lr=lr, inner_steps=args.eval_steps,
-                          gamma=args.gamma, gae_lambda=args.gae_lambda, decay=decay)
+    adapter = MAMLRL(algo.policy, inner_lr=lr, inner_steps=args.eval_steps,
+                     gamma=args.gamma, gae_lambda=args.gae_lambda, inner_lr_decay=decay)
     curve = adaptation_returns(adapter, env, args.eval_steps, trajectories,
                                torch.Generator().manual_seed(args.eval_seed + 1))  # [T, k+1]
     return {"mean": [float(c.mean()) for c in curve.T], "ci95": [ci95(c) for c in curve.T]}

@@ -105,3 +105,25 @@ def test_rates_and_validation() -> None:
     assert isinstance(algo.rates, Rates) and algo.rates.lr == 0.5
     with pytest.raises(ValueError, match="inner_steps"):
         MAMLRL(algo.policy, inner_steps=-1)
+
+
+def test_inner_lr_decay_scales_every_step_after_the_first() -> None:
+    """inner_lr_decay: step 0 at inner_lr, later steps at inner_lr * decay (the MAML
+    authors' evaluation schedule); the default keeps one rate."""
+    algo, _, episode = _setup()
+    support = episode.supports[0]
+    start = algo.initial_params(3, graph=False)
+    decayed = MAMLRL(algo.policy, inner_lr=0.5, inner_lr_decay=0.5)
+    at_quarter = MAMLRL(algo.policy, inner_lr=0.25)
+    assert algo.rates_at(3).lr == 0.5 and decayed.rates_at(0).lr == 0.5
+    assert decayed.rates_at(1).lr == decayed.rates_at(2).lr == 0.25
+    first, plain = (decayed.inner_step(start, support, 0, graph=False),
+                    algo.inner_step(start, support, 0, graph=False))
+    later, quarter = (decayed.inner_step(start, support, 1, graph=False),
+                      at_quarter.inner_step(start, support, 1, graph=False))
+    for n in start:
+        torch.testing.assert_close(first[n], plain[n])
+        torch.testing.assert_close(later[n], quarter[n])
+        assert not torch.allclose(later[n], plain[n])
+    with pytest.raises(ValueError, match="inner_lr_decay"):
+        MAMLRL(algo.policy, inner_lr_decay=0.0)

@@ -38,8 +38,10 @@ def test_the_paper_nav2d_recipe_normalises_actions_and_changes_only_that() -> No
     r, ref = load_recipe("rl_nav2d_maml_paper"), load_recipe("rl_nav2d_maml")
     ignore = {"name", "description"}
     differ = {k for k, v in r.model_dump(exclude=ignore).items() if getattr(ref, k) != v}
-    assert differ == {"normalize_actions", "inner_lr", "iterations"}
-    assert (r.normalize_actions, r.inner_lr, r.iterations) == (True, 0.5, 100)
+    assert differ == {"normalize_actions", "inner_lr", "inner_lr_decay", "iterations"}
+    assert (r.normalize_actions, r.inner_lr, r.inner_lr_decay, r.iterations) == (
+        True, 0.5, 0.5, 100)
+    assert build_rl_algorithm(r).rates_at(1).lr == pytest.approx(0.25)
     policy = build_rl_algorithm(r).policy
     assert isinstance(policy, GaussianMLPPolicy)
     assert (policy.action_center, policy.action_scale) == (0.0, pytest.approx(0.1))

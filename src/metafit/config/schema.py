@@ -303,6 +303,10 @@ class Recipe(BaseModel):
                                            "policy MLP's hidden layers")
     policy_activation: Literal["tanh", "relu"] = Field("tanh", description="meta-RL: the "
                                                        "policy MLP's nonlinearity")
+    inner_lr_decay: float = Field(1.0, gt=0, description="meta-RL: every inner step after "
+                                  "the first runs at inner_lr x inner_lr_decay (the MAML "
+                                  "authors' 2D-navigation evaluation: 0.5, i.e. 0.5 then "
+                                  "0.25); 1: one rate")
     normalize_actions: bool = Field(False, description="meta-RL, continuous actions: the "
                                     "Gaussian policy in units of the action bounds (mean = "
                                     "centre + half-range x MLP, std = half-range x "
@@ -555,6 +559,7 @@ RL_KEYS: dict[str, tuple[str, ...]] = {
     "length_range": ("rl_pendulum",), "env_factory": ("rl_gym",), "task_ranges": ("rl_gym",),
     "trajectories": RL_DATASETS, "policy_hidden": RL_DATASETS,
     "policy_activation": RL_DATASETS, "normalize_actions": RL_DATASETS,
+    "inner_lr_decay": RL_DATASETS,
     "gamma": RL_DATASETS, "gae_lambda": RL_DATASETS,
     "max_kl": RL_DATASETS, "cg_iters": RL_DATASETS, "cg_damping": RL_DATASETS,
     "ls_max_steps": RL_DATASETS, "ls_backtrack_ratio": RL_DATASETS,

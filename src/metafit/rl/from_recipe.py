@@ -104,7 +104,8 @@ def build_rl_algorithm(recipe: Recipe, family: MDPFamily | None = None) -> MAMLR
                   inner_steps=recipe.rl_train_inner_steps, first_order=recipe.rl_first_order,
                   gamma=recipe.gamma, gae_lambda=recipe.gae_lambda,
                   meta_trained=recipe.rl_meta_trained,
-                  inner_objective=recipe.rl_inner_objective)
+                  inner_objective=recipe.rl_inner_objective,
+                  inner_lr_decay=recipe.inner_lr_decay)
 
 
 def trpo_settings(recipe: Recipe) -> TRPOSettings:

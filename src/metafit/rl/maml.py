@@ -81,6 +81,9 @@ class MAMLRL(nn.Module):
         inner_objective: ``"vpg"`` (REINFORCE) or ``"lvc"`` (ProMP's low-variance
             curvature loss, :func:`~metafit.rl.objectives.lvc_losses`): the same inner step,
             a different second-order meta-gradient.
+        inner_lr_decay: the rate of every inner step after the first is ``inner_lr *
+            inner_lr_decay`` (1: one rate; the MAML authors' evaluation on 2D navigation
+            adapted at 0.5 and then 0.25, cbfinn/maml_rl ``test_maml_point.py``).
         meta_trained: False for a learner that is never trained (the "scratch" baseline:
             the training loop validates it once and saves it, as for the supervised
             ``finetune``); the trainers and callbacks read it, like the supervised
@@ -90,7 +93,8 @@ class MAMLRL(nn.Module):
     def __init__(self, policy: Policy, inner_lr: float = 0.1, inner_steps: int = 1,
                  first_order: bool = False, gamma: float = 0.99, gae_lambda: float = 1.0,
                  normalize_advantages: bool = True, baseline_reg: float = 1e-5,
-                 meta_trained: bool = True, inner_objective: str = "vpg") -> None:
+                 meta_trained: bool = True, inner_objective: str = "vpg",
+                 inner_lr_decay: float = 1.0) -> None:
         super().__init__()
         self.meta_trained = meta_trained
         if inner_steps < 0:
@@ -100,7 +104,10 @@ class MAMLRL(nn.Module):
                              f"got {inner_objective!r}")
         self.inner_objective = inner_objective
         self.policy = policy
+        if not inner_lr_decay > 0:
+            raise ValueError(f"inner_lr_decay must be > 0, got {inner_lr_decay}")
         self.inner_lr = inner_lr
+        self.inner_lr_decay = inner_lr_decay
         self.inner_steps = inner_steps
         self.first_order = first_order
         self.gamma, self.gae_lambda = gamma, gae_lambda
@@ -109,8 +116,13 @@ class MAMLRL(nn.Module):
 
     @property
     def rates(self) -> Rates:
-        """The inner learning rates (one scalar)."""
+        """The inner learning rate of the first step (one scalar)."""
         return Rates(self.inner_lr)
+
+    def rates_at(self, step: int) -> Rates:
+        """The inner learning rate of step ``step`` (0-based): ``inner_lr``, then
+        ``inner_lr * inner_lr_decay``."""
+        return self.rates if step == 0 else Rates(self.inner_lr * self.inner_lr_decay)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """``named_parameters()`` restricted to those with ``requires_grad``."""
@@ -141,7 +153,7 @@ class MAMLRL(nn.Module):
                 return lvc_losses(self.policy, p, support, old)  # [T]
             return reinforce_losses(self.policy, p, support)  # [T]
 
-        return inner_update(params, losses, step, self.rates,
+        return inner_update(params, losses, step, self.rates_at(step),
                             create_graph=graph and not self.first_order)
 
     def sample(self, env: TensorEnv, trajectories: int, generator: torch.Generator,
