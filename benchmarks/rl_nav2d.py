@@ -104,9 +104,12 @@ def parse_setting(text: str) -> tuple[float, float, int]:
     rate, _, n = text.partition(":")
     lr, _, decay = rate.partition("/")
     try:
-        return float(lr), float(decay or 1.0), int(n)
+        setting = float(lr), float(decay or 1.0), int(n)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LR:N or LR/DECAY:N, got {text!r}") from None
+    if not (setting[0] > 0 and setting[1] > 0 and setting[2] > 0):
+        raise argparse.ArgumentTypeError(f"rate, decay and trajectories must be > 0: {text!r}")
+    return setting
 
 
 def evaluate(algo: MAMLRL, args: argparse.Namespace, lr: float, trajectories: int,

@@ -125,5 +125,6 @@ def test_inner_lr_decay_scales_every_step_after_the_first() -> None:
         torch.testing.assert_close(first[n], plain[n])
         torch.testing.assert_close(later[n], quarter[n])
         assert not torch.allclose(later[n], plain[n])
-    with pytest.raises(ValueError, match="inner_lr_decay"):
-        MAMLRL(algo.policy, inner_lr_decay=0.0)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="inner_lr_decay"):
+            MAMLRL(algo.policy, inner_lr_decay=bad)

@@ -134,6 +134,11 @@ def test_cli_trains_and_evaluates_an_rl_recipe(tmp_path: Path, name: str,
     assert result["family"] == load_recipe(name).dataset and result["horizon"] == 5
     saved = json.loads((out / "report" / "eval_test_best_2steps.json").read_text())
     assert saved["per_episode"] == result["per_episode"]
+    _, algo = load_rl_trained(out, "best")  # the run rebuilds its policy from the recipe
+    paper = name == "rl_nav2d_maml_paper"
+    scale = getattr(algo.policy, "action_scale", 1.0)
+    assert scale == pytest.approx(0.1 if paper else 1.0)
+    assert algo.inner_lr_decay == (0.5 if paper else 1.0)
     # the same tasks and noise every time: the evaluation is reproducible
     assert run_json(capsys, "evaluate", str(out), "--steps", "2")["mean"] == result["mean"]
     assert main(["evaluate", str(out), "--episodes", "2", "--checkpoint", "last"]) == 0

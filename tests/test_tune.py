@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -17,7 +18,13 @@ from metafit.config.recipe import RecipeError, load_recipe
 from metafit.config.schema import make_recipe
 from metafit.runs.directory import RunDir
 from metafit.training.trainer import Trainer
-from metafit.tuning.setup import open_study, storage_url, trial_recipe
+from metafit.tuning.setup import (
+    _comparable,
+    _fingerprint,
+    open_study,
+    storage_url,
+    trial_recipe,
+)
 from metafit.tuning.space import grid_size, parse_search_space, suggest
 from metafit.tuning.study import TuneOptions, tune
 
@@ -411,3 +418,17 @@ def test_rl_study_picks_the_max_return_trial_and_reports_it(tmp_path: Path, caps
     best_recipe = load_recipe(out / "best.yaml")
     assert best_recipe.is_rl and best_recipe.search == {} and best_recipe.iterations == 3
     assert best_recipe.max_kl == best.params["max_kl"]
+
+
+def test_a_study_made_before_a_key_existed_still_matches_at_its_default() -> None:
+    """A study's saved fingerprint lacks keys added to metafit since (meta-RL's
+    normalize_actions, inner_lr_decay): at their defaults it still matches; a recipe that
+    sets one away from its default does not."""
+    opts = TuneOptions(trial_iterations=10)
+    current = json.loads(json.dumps(_fingerprint(load_recipe("rl_nav2d_maml_tune"), opts)))
+    older = {**current, "recipe": {k: v for k, v in current["recipe"].items()
+                                   if k not in ("normalize_actions", "inner_lr_decay")}}
+    assert older != current and _comparable(older, current) == current
+    changed = load_recipe("rl_nav2d_maml_tune", ["inner_lr_decay=0.5"])
+    now = json.loads(json.dumps(_fingerprint(changed, opts)))
+    assert _comparable(older, now) != now

@@ -303,10 +303,11 @@ class Recipe(BaseModel):
                                            "policy MLP's hidden layers")
     policy_activation: Literal["tanh", "relu"] = Field("tanh", description="meta-RL: the "
                                                        "policy MLP's nonlinearity")
-    inner_lr_decay: float = Field(1.0, gt=0, description="meta-RL: every inner step after "
-                                  "the first runs at inner_lr x inner_lr_decay (the MAML "
-                                  "authors' 2D-navigation evaluation: 0.5, i.e. 0.5 then "
-                                  "0.25); 1: one rate")
+    inner_lr_decay: float = Field(1.0, gt=0, allow_inf_nan=False,
+                                  description="meta-RL: every inner step after the first "
+                                  "runs at inner_lr x inner_lr_decay (the MAML authors' "
+                                  "2D-navigation evaluation: 0.5, i.e. 0.5 then 0.25); 1: "
+                                  "one rate")
     normalize_actions: bool = Field(False, description="meta-RL, continuous actions: the "
                                     "Gaussian policy in units of the action bounds (mean = "
                                     "centre + half-range x MLP, std = half-range x "

@@ -16,7 +16,7 @@ __all__ = ["adaptation_returns"]
 def adaptation_returns(algo: MAMLRL, env: TensorEnv, steps: int, trajectories: int,
                        generator: torch.Generator) -> Tensor:
     """Mean undiscounted return per task after 0..``steps`` inner steps of ``algo`` (its
-    ``inner_lr``, ``trajectories`` per task and step): ``[T, steps + 1]``. Uses no outer
-    graph; any algorithm or initialisation (pretrained, random) wrapped in a
-    :class:`~metafit.rl.MAMLRL` is fine-tuned the same way."""
+    ``inner_lr``, then ``inner_lr * inner_lr_decay``; ``trajectories`` per task and step):
+    ``[T, steps + 1]``. Uses no outer graph; any algorithm or initialisation (pretrained,
+    random) wrapped in a :class:`~metafit.rl.MAMLRL` is fine-tuned the same way."""
     return algo.sample(env, trajectories, generator, steps=steps).returns()

@@ -30,6 +30,7 @@ variance.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -104,7 +105,7 @@ class MAMLRL(nn.Module):
                              f"got {inner_objective!r}")
         self.inner_objective = inner_objective
         self.policy = policy
-        if not inner_lr_decay > 0:
+        if not (math.isfinite(inner_lr_decay) and inner_lr_decay > 0):
             raise ValueError(f"inner_lr_decay must be > 0, got {inner_lr_decay}")
         self.inner_lr = inner_lr
         self.inner_lr_decay = inner_lr_decay

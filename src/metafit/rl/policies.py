@@ -87,9 +87,9 @@ class GaussianMLPPolicy(Policy):
     ``action_center`` and ``action_scale`` (constants, not parameters) express the policy
     in units of the action bounds, as rllab's ``normalize`` wrapper did for the MAML
     paper's released code (cbfinn/maml_rl): ``mean = center + scale * MLP(x)`` and
-    ``std = scale * exp(log_std)``, so ``init_std`` is a fraction of the half-range and
-    a policy-gradient step moves the MLP in those units. The defaults (0, 1) leave the
-    policy in the environment's own units (pytorch-maml-rl's choice).
+    ``std = scale * exp(log_std)``, so ``init_std`` and ``min_std`` are fractions of the
+    half-range and a policy-gradient step moves the MLP in those units. The defaults
+    (0, 1) leave the policy in the environment's own units (pytorch-maml-rl's choice).
     """
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: Sequence[int] = (64, 64),

@@ -62,7 +62,8 @@ def nav2d_trajectories(algo: MAMLRL, sampler: TaskSampler, tasks: int = 3, steps
                        trajectories: int = 20) -> NavTrajectories:
     """Sample the trajectories of :class:`NavTrajectories` (module docstring): the first
     ``tasks`` fixed tasks of ``sampler`` (a :class:`~metafit.rl.Nav2d` family), adapted
-    ``steps`` times with ``trajectories`` rollouts per step at ``algo.inner_lr``.
+    ``steps`` times with ``trajectories`` rollouts per step at ``algo``'s rates
+    (``inner_lr``, then ``inner_lr * inner_lr_decay``).
 
     Raises:
         ValueError: the sampler's family is not 2D navigation, or a count is not positive.

@@ -111,7 +111,8 @@ def _results_section(runs: Mapping[str, _RLRun], split: Split) -> Section:
     return Section(f"Results on {split} tasks", text=(
         "Mean undiscounted return on fixed held-out tasks after the evaluation's adaptation "
         "steps (each step samples the trajectories per task with the parameters it starts "
-        "from and takes one policy-gradient step at the inner rate), 95% CI over tasks; "
+        "from and takes one policy-gradient step at the inner rate, times inner_lr_decay "
+        "after the first), 95% CI over tasks; "
         "the last column is the return after 0..S steps."), tables=[Table(
             ["run", "directory", "family", "return", "95% CI", "tasks",
              "trajectories per step", "steps", "after 0..S steps"], rows)])

@@ -102,11 +102,19 @@ def _fingerprint(recipe: Recipe, opts: TuneOptions) -> dict[str, Any]:
             "sampler": opts.sampler, "pruner": opts.pruner}
 
 
-def _comparable(saved: Any) -> Any:
+def _comparable(saved: Any, current: Any = None) -> Any:
     """A saved fingerprint without the keys of :data:`RESUMABLE_CHANGES` (an older
-    metafit kept some of them in it)."""
+    metafit kept some of them in it), and with every recipe key it lacks that the
+    ``current`` fingerprint holds at the key's default (a key added to metafit since the
+    study was made, e.g. ``normalize_actions``: the study ran at that default)."""
     if isinstance(saved, dict) and isinstance(saved.get("recipe"), dict):
         recipe = {k: v for k, v in saved["recipe"].items() if k not in RESUMABLE_CHANGES}
+        now = current.get("recipe") if isinstance(current, dict) else None
+        for key, value in (now or {}).items():
+            field = Recipe.model_fields.get(key)
+            if key not in recipe and field is not None and \
+                    json.loads(json.dumps(field.default)) == value:
+                recipe[key] = value
         return {**saved, "recipe": recipe}
     return saved
 
@@ -176,8 +184,9 @@ def open_study(recipe: Recipe, opts: TuneOptions, job: int = 0) -> optuna.Study:
     fingerprint = _fingerprint(recipe, opts)
     if name in existing:
         probe = optuna.load_study(study_name=name, storage=storage)
-        saved = _comparable(probe.user_attrs.get("fingerprint"))
-        if saved is not None and saved != json.loads(json.dumps(fingerprint)):
+        current = json.loads(json.dumps(fingerprint))
+        saved = _comparable(probe.user_attrs.get("fingerprint"), current)
+        if saved is not None and saved != current:
             differ = _differences(saved, fingerprint)
             raise ValueError(f"study '{name}' in {url} was made for another set-up (differs "
                              f"in {', '.join(differ)}); pass another --study or --storage")
