@@ -150,16 +150,12 @@ def main() -> None:
     parser.add_argument("--full-steps", type=int, default=500,
                         help="outer steps the wall-time estimate extrapolates to")
     parser.add_argument("--eval-tasks", type=int, default=40)
-    parser.add_argument("--eval-trajectories", type=int, nargs="+", default=[20],
-                        help="trajectories per evaluation step; several: a row each")
-    parser.add_argument("--eval-lrs", type=float, nargs="+", default=None,
-                        help="evaluation step sizes (default: --inner-lr); several: a row "
-                             "each")
+    parser.add_argument("--eval-trajectories", type=int, default=20)
     parser.add_argument("--eval-settings", type=parse_setting, nargs="+", default=None,
                         metavar="LR[/DECAY]:N",
-                        help="instead of --eval-lrs x --eval-trajectories: these (rate, "
-                             "rate multiplier after the first step, trajectories), a row "
-                             "each")
+                        help="instead of --inner-lr and --eval-trajectories: these "
+                             "(rate, rate multiplier after the first step, trajectories), "
+                             "a row each")
     parser.add_argument("--eval-steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-seed", type=int, default=1000)
@@ -170,8 +166,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     rows = []
-    settings = args.eval_settings or [(lr, 1.0, n) for lr in (args.eval_lrs or [args.inner_lr])
-                                      for n in args.eval_trajectories]
+    settings = args.eval_settings or [(args.inner_lr, 1.0, args.eval_trajectories)]
     for row in args.rows:
         algo = make_algo(row, args)
         trained = train(algo, args) if row != "random" else {
