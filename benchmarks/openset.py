@@ -59,6 +59,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -283,12 +284,54 @@ def _embed(body: torch.nn.Module, tokens: Tensor) -> Tensor:
     return predict(cast(Any, body), tokens, 128, getattr(body, "pad_id", None)).double()
 
 
-def banking77(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from metafit.algorithms.from_recipe import build_algorithm
+@dataclass
+class Seed:
+    """One BANKING77 seed's split: the recipe run trained on the K-shot pool of the
+    in-scope intents, and the tokenised pool and test traffic."""
+
+    recipe: Any
+    algo: torch.nn.Module
+    support: Any
+    test_in: Any
+    test_out: Any
+    train_seconds: float
+    inside: list[str]
+
+
+def banking77_seed(root: Path, work: Path, k: int, seed: int, threads: int) -> Seed:
+    """Hold out a third of the intents (``seed``), draw the K-shot pool of the others,
+    train ``banking77_kshot_protonet`` on it in ``work/recipe`` (kept: a finished run is
+    reused) and tokenise the pool and the in-scope / out-of-scope test traffic."""
     from metafit.config.recipe import load_recipe
     from metafit.data.text_csv import TextCSV
     from metafit.runs.trained import load_trained
     from metafit.training.trainer import Trainer
+
+    inside, held = held_out_intents(root / "train.csv", seed)
+    train_in = filtered_csv(root / "train.csv", set(inside), work / "train_in.csv")
+    pool = k_shot_pool(train_in, k, seed, work / "pool.csv")
+    shots = max(1, k // 2)
+    overrides = {"data_root": str(pool), "ways": len(inside), "test_ways": len(inside),
+                 "shots": shots, "queries": k - shots, "test_shots": shots,
+                 "test_queries": k - shots, "threads": threads, "seed": 0}
+    run = work / "recipe"
+    if not (run / "checkpoints" / "best.pt").is_file():
+        Trainer(load_recipe("banking77_kshot_protonet", overrides), run, progress=False).fit()
+    records = (run / "metrics.jsonl").read_text().splitlines()
+    seconds = float(json.loads(records[-1]).get("seconds", 0.0))
+    recipe, algo = load_trained(run)
+    support = TextCSV(pool).tokenize(recipe.text_model, recipe.max_length)
+    test_in = TextCSV(filtered_csv(root / "test.csv", set(inside), work / "test_in.csv"),
+                      classes=support.classes).tokenize(recipe.text_model, recipe.max_length)
+    test_out = TextCSV(filtered_csv(root / "test.csv", set(held), work / "test_out.csv")
+                       ).tokenize(recipe.text_model, recipe.max_length)
+    assert support.tokens is not None and test_in.tokens is not None
+    assert test_out.tokens is not None
+    return Seed(recipe, algo, support, test_in, test_out, seconds, inside)
+
+
+def banking77(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from metafit.algorithms.from_recipe import build_algorithm
 
     torch.set_num_threads(args.threads)
     root = Path(args.data_root)
@@ -303,28 +346,11 @@ def banking77(args: argparse.Namespace) -> list[dict[str, Any]]:
             if not missing:
                 rows += seed_rows
                 continue
-            inside, held = held_out_intents(root / "train.csv", seed)
-            train_in = filtered_csv(root / "train.csv", set(inside), work / "train_in.csv")
-            pool = k_shot_pool(train_in, k, seed, work / "pool.csv")
+            data = banking77_seed(root, work, k, seed, args.threads)
+            recipe, algo, support = data.recipe, data.algo, data.support
+            test_in, test_out, inside = data.test_in, data.test_out, data.inside
             shots = max(1, k // 2)
-            overrides = {"data_root": str(pool), "ways": len(inside), "test_ways": len(inside),
-                         "shots": shots, "queries": k - shots, "test_shots": shots,
-                         "test_queries": k - shots, "threads": args.threads, "seed": 0}
-            run = work / "recipe"
-            if not (run / "checkpoints" / "best.pt").is_file():
-                Trainer(load_recipe("banking77_kshot_protonet", overrides), run,
-                        progress=False).fit()
-            records = (run / "metrics.jsonl").read_text().splitlines()
-            train_s = {"recipe": float(json.loads(records[-1]).get("seconds", 0.0))}
-            recipe, algo = load_trained(run)
-            support = TextCSV(pool).tokenize(recipe.text_model, recipe.max_length)
-            test_in = TextCSV(filtered_csv(root / "test.csv", set(inside), work / "test_in.csv"),
-                              classes=support.classes).tokenize(recipe.text_model,
-                                                                recipe.max_length)
-            test_out = TextCSV(filtered_csv(root / "test.csv", set(held), work / "test_out.csv")
-                               ).tokenize(recipe.text_model, recipe.max_length)
-            assert support.tokens is not None and test_in.tokens is not None
-            assert test_out.tokens is not None
+            train_s = {"recipe": data.train_seconds}
             encoders: dict[str, torch.nn.Module] = {"recipe": _body(algo)}
             # the pretrained encoder, not meta-trained (the recipe run's initial encoder)
             encoders["pretrained"] = _body(build_algorithm(recipe))
