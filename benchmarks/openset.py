@@ -349,7 +349,7 @@ def banking77(args: argparse.Namespace) -> list[dict[str, Any]]:
             data = banking77_seed(root, work, k, seed, args.threads)
             recipe, algo, support = data.recipe, data.algo, data.support
             test_in, test_out, inside = data.test_in, data.test_out, data.inside
-            shots = max(1, k // 2)
+            shots = recipe.shots  # banking77_seed's K // 2: the run's recipe holds it
             train_s = {"recipe": data.train_seconds}
             encoders: dict[str, torch.nn.Module] = {"recipe": _body(algo)}
             # the pretrained encoder, not meta-trained (the recipe run's initial encoder)
@@ -360,7 +360,7 @@ def banking77(args: argparse.Namespace) -> list[dict[str, Any]]:
                 oe_algo = build_algorithm(recipe)
                 t0 = time.perf_counter()
                 losses = oe_meta_train(_body(oe_algo), support.tokens, support.targets,
-                                       args.oe_ways, shots, k - shots, len(inside),
+                                       args.oe_ways, shots, recipe.queries, len(inside),
                                        shots + 1, args.oe_weight, recipe.iterations,
                                        recipe.outer_lr, recipe.distance_scale,
                                        recipe.distance, seed)

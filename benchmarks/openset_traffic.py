@@ -22,7 +22,7 @@ scored. Three logs per seed, the evaluation half fixed:
 * ``none``: its in-scope sentences only (the log predates the new intents).
 
 **Scores** (features unit-normalised; ``S`` the support set, ``U`` the log, ``top_k``
-the mean of the k largest cosines):
+the mean of the k largest cosines, ``openset.knn_score``):
 
 * ``density ratio``: ``top_2(x, S) - top_40(x, U)``, an estimate of
   p_in(x) / p_traffic(x) (a nearest-neighbour density ratio; traffic mixes in-scope and
@@ -52,14 +52,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from common import add_output_options, cpu_only, results_dir, write_block
 from openset import (
     _body,
     _embed,
     _pct,
     _seed_stats,
+    _unit,
     banking77_seed,
+    knn_score,
     logistic_head,
     write_jsonl,
 )
@@ -73,15 +74,6 @@ SCORES = ("max_prob T=1", "max_logit", "density ratio", "pseudo-negatives",
 DENSITY_K, NEGATIVE_FRACTION, SUPPORT_K, NEGATIVE_K = 40, 0.2, 5, 10
 GRAPH_K, QUERY_K, ALPHA = 5, 10, 0.9
 FEW = 100
-
-
-def _unit(x: Tensor) -> Tensor:
-    return F.normalize(x.double(), dim=-1)
-
-
-def top_k(x: Tensor, refs: Tensor, k: int) -> Tensor:
-    """Mean of the ``k`` largest cosines ``[M]`` of unit ``x [M, F]`` to unit ``refs [R, F]``."""
-    return (x @ refs.T).topk(min(k, len(refs)), dim=-1).values.mean(-1)
 
 
 def pseudo_negatives(support: Tensor, log: Tensor) -> Tensor:
@@ -119,9 +111,9 @@ def traffic_scores(support: Tensor, log: Tensor) -> dict[str, Any]:
         values, index = (x @ nodes.T).topk(QUERY_K, dim=-1)
         return (labels[index] * values).sum(-1) / values.sum(-1)
 
-    return {"density ratio": lambda x: top_k(x, support, 2) - top_k(x, log, DENSITY_K),
-            "pseudo-negatives": lambda x: top_k(x, support, SUPPORT_K) - top_k(x, neg,
-                                                                               NEGATIVE_K),
+    return {"density ratio": lambda x: knn_score(x, support, 2) - knn_score(x, log, DENSITY_K),
+            "pseudo-negatives": lambda x: (knn_score(x, support, SUPPORT_K)
+                                           - knn_score(x, neg, NEGATIVE_K)),
             "label spreading": spreading}
 
 

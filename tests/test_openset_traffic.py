@@ -36,13 +36,13 @@ def _setup(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return support, _clusters(seed + 2, centres[:3], 40), _clusters(seed + 3, centres[3:], 40)
 
 
-def test_top_k_is_the_mean_of_the_largest_cosines(traffic) -> None:  # type: ignore[no-untyped-def]
+def test_knn_score_is_the_mean_of_the_largest_cosines(traffic) -> None:  # type: ignore[no-untyped-def]
     x = F.normalize(torch.randn(4, 8, dtype=torch.float64), dim=-1)
     refs = F.normalize(torch.randn(9, 8, dtype=torch.float64), dim=-1)
     want = torch.stack([(x[i] @ refs.T).sort(descending=True).values[:3].mean()
                         for i in range(4)])
-    assert torch.allclose(traffic.top_k(x, refs, 3), want)
-    assert torch.allclose(traffic.top_k(x, refs, 99), (x @ refs.T).mean(-1))
+    assert torch.allclose(traffic.knn_score(x, refs, 3), want)
+    assert torch.allclose(traffic.knn_score(x, refs, 99), (x @ refs.T).mean(-1))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
