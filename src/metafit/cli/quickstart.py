@@ -67,8 +67,9 @@ SIZES = {
 
 
 #: Recipe keys that say which data the quickstart runs on (taken from a user's recipe).
-DATA_KEYS = ("dataset", "data_root", "image_size", "channels", "rotations", "split_scheme",
-             "holdout_fraction", "image_column", "label_column", "absolute_image_paths")
+DATA_KEYS = ("dataset", "data_root", "image_size", "channels", "image_crop", "rotations",
+             "split_scheme", "holdout_fraction", "image_column", "label_column",
+             "absolute_image_paths")
 #: One row of the results table: (method, task, result).
 Row = tuple[str, str, EvalResult]
 

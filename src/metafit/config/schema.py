@@ -81,6 +81,8 @@ _OUTER_STEP_NAMES = {"maml_trpo": "a TRPO step", "fomaml_trpo": "a TRPO step",
 TEXT_DATASETS = ("text_table", "text_csv")
 #: The datasets of images (``augment`` applies to them).
 IMAGE_DATASETS = ("omniglot", "glyphs", "image_folder", "image_table", "idx")
+#: The image datasets decoded from image files, where ``image_crop`` applies.
+FILE_IMAGE_DATASETS = ("omniglot", "image_folder", "image_table")
 #: The datasets ``split_scheme: all_classes`` splits by example.
 ALL_CLASSES_DATASETS = ("omniglot", "image_folder", "image_table", *TEXT_DATASETS)
 ModelName = Literal["conv4", "mlp", "resnet12", "resnet18", "text", "image_encoder"]
@@ -108,6 +110,11 @@ class Recipe(BaseModel):
     data_root: str | None = Field(None, description="directory or file of the dataset")
     image_size: int = Field(28, gt=0, description='images are resized to image_size x image_size')
     channels: Literal[1, 3] = Field(1, description='1 (greyscale) or 3 (RGB) input channels')
+    image_crop: Literal["none", "ink"] = Field(
+        "none", description="omniglot, image_folder, image_table: 'ink' crops every image "
+        "(training data, support sets, inputs) to the square around its drawing before the "
+        "resize (handwriting, symbols; metafit.data.ink_crop); 'none' resizes the whole "
+        "image")
     class_split: tuple[int, int, int] | None = Field(
         None, description="image_folder / image_table / text_table: train, val, test class "
         "counts (default 60/20/20%)")
@@ -400,6 +407,10 @@ class Recipe(BaseModel):
         if self.augment != "none" and self.dataset not in IMAGE_DATASETS:
             raise ValueError(f"augment '{self.augment}' is for image datasets "
                              f"({', '.join(IMAGE_DATASETS)}), not '{self.dataset}'")
+        if self.image_crop != "none" and self.dataset not in FILE_IMAGE_DATASETS:
+            raise ValueError(f"image_crop '{self.image_crop}' is for datasets decoded from "
+                             f"image files ({', '.join(FILE_IMAGE_DATASETS)}), not "
+                             f"'{self.dataset}'")
         if self.split_scheme == "all_classes":
             self._check_all_classes()
         if self.episode_scheme != "random" and self.dataset != "omniglot":

@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from metafit.data.base import TensorClassDataset
 from metafit.data.errors import DatasetError
+from metafit.data.ink_crop import check_crop, crop_key, crop_to_ink
 from metafit.io import cached, file_fingerprint
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "decode_image", "fingerprint_files", "image_mode",
@@ -103,9 +104,10 @@ def check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
 
 
 def decode_image(source: bytes | Path | Image.Image, image_size: int, mode: str = "L",
-                 max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+                 max_pixels: int | None = MAX_IMAGE_PIXELS, crop: str = "none") -> np.ndarray:
     """Decode one image file (raw bytes or a path; or take an opened PIL image), convert it
-    to ``mode`` and resize it.
+    to ``mode``, crop it (``crop="ink"``: the square around its drawing,
+    :func:`metafit.data.ink_crop.crop_to_ink`; ``"none"``: the whole image) and resize it.
 
     The size in the file's header is checked against ``max_pixels`` (width x height;
     None: PIL's own limit only) before any pixel is decoded, so a small file declaring a
@@ -118,10 +120,11 @@ def decode_image(source: bytes | Path | Image.Image, image_size: int, mode: str 
 
     Raises:
         ImageTooLarge: more pixels than ``max_pixels`` (or than PIL's bomb limit).
-        ValueError: not an image PIL can identify; else whatever PIL raises on an
-            unreadable image (``OSError`` for truncated data, ...); callers wrap it in
-            :class:`DatasetError`.
+        ValueError: not an image PIL can identify, or an unknown ``crop``; else whatever
+            PIL raises on an unreadable image (``OSError`` for truncated data, ...);
+            callers wrap it in :class:`DatasetError`.
     """
+    check_crop(crop)
     if isinstance(source, Image.Image):
         check_pixels(source.size, max_pixels)
         img = source.convert(mode)
@@ -130,6 +133,8 @@ def decode_image(source: bytes | Path | Image.Image, image_size: int, mode: str 
             check_pixels(file.size, max_pixels)
             file.load()  # decode now, so truncated data fails here and not later
             img = file.convert(mode)
+    if crop == "ink":
+        img = crop_to_ink(img)
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), _RESAMPLE)
     return np.asarray(img, dtype=np.uint8)
@@ -205,6 +210,8 @@ class ImageFolder(TensorClassDataset):
             strokes on zero, as the Omniglot-style models expect).
         cache: read/write the decoded tensor from/to the on-disk cache.
         extensions: file name endings (case-insensitive) that count as images.
+        crop: ``"ink"``: each image cropped to the square around its drawing before the
+            resize (:mod:`metafit.data.ink_crop`); ``"none"``: the whole image.
 
     Attributes:
         data: ``uint8 [num_examples, channels, image_size, image_size]``, grouped by class.
@@ -225,9 +232,11 @@ class ImageFolder(TensorClassDataset):
         invert: bool = False,
         cache: bool = True,
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        crop: str = "none",
     ) -> None:
         root = Path(root)
         mode = image_mode(channels, image_size, root)
+        check_crop(crop)
         files, class_of = list_class_folders(root, extensions)
         names = sorted(set(class_of))
         index = {c: i for i, c in enumerate(names)}
@@ -238,13 +247,14 @@ class ImageFolder(TensorClassDataset):
             data = np.empty((len(files), image_size, image_size, channels), dtype=np.uint8)
             for i, f in enumerate(files):
                 try:
-                    img = decode_image(f, image_size, mode)  # [H, W] or [H, W, 3]
+                    img = decode_image(f, image_size, mode, crop=crop)  # [H, W(, 3)]
                 except Exception as e:  # any decoder failure is a dataset error
                     raise DatasetError(f"cannot decode image {f}: {e}") from e
                 data[i] = img.reshape(image_size, image_size, channels)
             return {"data": torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()}
 
-        key = [str(root.resolve()), fingerprint_files(files), f"size={image_size}", mode]
+        key = [str(root.resolve()), fingerprint_files(files), f"size={image_size}", mode,
+               *crop_key(crop)]
         data = cached("image_folder", key, build, enabled=cache)["data"]  # [N, C, H, W]
         self.root = root
         self.files = files

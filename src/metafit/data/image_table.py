@@ -27,6 +27,7 @@ from metafit.data.image_folder import (
     fingerprint_files,
     image_mode,
 )
+from metafit.data.ink_crop import check_crop, crop_key
 from metafit.data.rows import MAX_TABLE_BYTES, Problems, Rows
 from metafit.data.tables import image_rows
 from metafit.io import cached
@@ -43,7 +44,8 @@ def _table_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _decode(rows: Rows, image_size: int, mode: str, max_pixels: int | None) -> np.ndarray:
+def _decode(rows: Rows, image_size: int, mode: str, max_pixels: int | None,
+            crop: str = "none") -> np.ndarray:
     """``uint8 [N, S, S, C]`` of every row's image; one error naming every row whose
     image is over the pixel limit or cannot be decoded (with the first reason)."""
     channels = 1 if mode == "L" else 3
@@ -52,7 +54,7 @@ def _decode(rows: Rows, image_size: int, mode: str, max_pixels: int | None) -> n
     first = ""
     for i, (source, place) in enumerate(zip(rows.inputs, rows.places, strict=True)):
         try:
-            pixels = decode_image(source, image_size, mode, max_pixels)  # [S, S(, 3)]
+            pixels = decode_image(source, image_size, mode, max_pixels, crop)  # [S, S(, 3)]
         except ImageTooLarge as e:
             problems.add("an image over the pixel limit", place)
             first = first or f"{place}: {e}"
@@ -81,6 +83,8 @@ class ImageTable(TensorClassDataset):
             folder (only for a table you trust).
         max_bytes: the largest table read (checked before reading).
         max_pixels: the most pixels an image may declare (checked before decoding).
+        crop: ``"ink"``: each image cropped to the square around its drawing before the
+            resize (:mod:`metafit.data.ink_crop`); ``"none"``: the whole image.
 
     Attributes:
         data: ``uint8 [N, channels, image_size, image_size]``, grouped by class.
@@ -105,9 +109,11 @@ class ImageTable(TensorClassDataset):
         absolute_paths: bool = False,
         max_bytes: int = MAX_TABLE_BYTES,
         max_pixels: int | None = MAX_IMAGE_PIXELS,
+        crop: str = "none",
     ) -> None:
         path = Path(path)
         mode = image_mode(channels, image_size, path)
+        check_crop(crop)
         rows = image_rows(path, image_column, label_column, absolute_paths, max_bytes)
         names = sorted(set(rows.labels))
         index = {c: i for i, c in enumerate(names)}
@@ -115,12 +121,12 @@ class ImageTable(TensorClassDataset):
 
         def build() -> dict[str, torch.Tensor]:
             log.info("decoding %d images listed in %s", len(rows.inputs), path)
-            data = _decode(rows, image_size, mode, max_pixels)  # [N, S, S, C]
+            data = _decode(rows, image_size, mode, max_pixels, crop)  # [N, S, S, C]
             return {"data": torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()}
 
         key = [str(path.resolve()), fingerprint_files(_table_files(path)),
                fingerprint_files(files), f"columns={image_column},{label_column}",
-               f"size={image_size}", mode, f"max_pixels={max_pixels}"]
+               f"size={image_size}", mode, f"max_pixels={max_pixels}", *crop_key(crop)]
         data = cached("image_table", key, build, enabled=cache)["data"]  # [N, C, S, S]
         self.path = path
         self.sources: list[Path | None] = [s if isinstance(s, Path) else None

@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from metafit.data.base import TensorClassDataset
+from metafit.data.ink_crop import check_crop, crop_key
 from metafit.data.omniglot_files import OMNIGLOT_SETS, decode_sources, find_sources, source_key
 from metafit.io import cached
 
@@ -147,6 +148,8 @@ class Omniglot(TensorClassDataset):
         holdout: ``all_classes``: the fraction of each character's drawings held out of
             ``train``, half for ``val``, half for ``test``.
         cache: read/write the decoded images from/to the on-disk cache.
+        crop: ``"ink"``: each 105 x 105 drawing cropped to the square around its strokes
+            before the resize (:mod:`metafit.data.ink_crop`); ``"none"``: the whole canvas.
 
     Attributes:
         data: ``uint8 [num_examples, 1, image_size, image_size]``, strokes bright.
@@ -175,6 +178,7 @@ class Omniglot(TensorClassDataset):
         seed: int = 0,
         cache: bool = True,
         holdout: float = 0.2,
+        crop: str = "none",
     ) -> None:
         if split is not None and split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: None, {', '.join(SPLITS)}")
@@ -188,8 +192,10 @@ class Omniglot(TensorClassDataset):
         if split is not None and split_scheme in ("standard", "vinyals") and missing:
             raise ValueError(f"split_scheme={split_scheme!r} needs {' and '.join(missing)} "
                              f"in {root}")
-        key = [f"size={image_size}", "drawers"] + [f"{n}={source_key(p)}" for n, p in sources]
-        decoded = cached("omniglot", key, lambda: decode_sources(sources, image_size),
+        check_crop(crop)
+        key = ([f"size={image_size}", "drawers"] + [f"{n}={source_key(p)}" for n, p in sources]
+               + crop_key(crop))
+        decoded = cached("omniglot", key, lambda: decode_sources(sources, image_size, crop),
                          enabled=cache)
         data, targets = decoded["data"], decoded["targets"]  # [N, 1, s, s], [N]
         drawers = decoded["drawers"]  # [N]

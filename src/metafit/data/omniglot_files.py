@@ -96,8 +96,10 @@ def source_key(path: Path) -> str:
     return fingerprint_files(sorted(Path(p) for p in _list_folder(path).values()))
 
 
-def decode_sources(sources: list[tuple[str, Path]], image_size: int) -> dict[str, Any]:
-    """Decode every (deduplicated) image of ``sources``: ``data uint8 [N, 1, s, s]``,
+def decode_sources(sources: list[tuple[str, Path]], image_size: int,
+                   crop: str = "none") -> dict[str, Any]:
+    """Decode every (deduplicated) image of ``sources`` (cropped as ``crop`` says,
+    :func:`~metafit.data.image_folder.decode_image`): ``data uint8 [N, 1, s, s]``,
     ``targets [N]`` (character index), ``drawers [N]`` (long: :func:`drawer_of` each
     file), ``characters`` names, ``origins`` (the sets each character appears in,
     ``|``-joined)."""
@@ -124,7 +126,7 @@ def decode_sources(sources: list[tuple[str, Path]], image_size: int) -> dict[str
             path, member = where[key]
             try:
                 raw = zips[path].read(member) if path in zips else Path(member).read_bytes()
-                data[i] = decode_image(raw, image_size, "L")  # [s, s]
+                data[i] = decode_image(raw, image_size, "L", crop=crop)  # [s, s]
             except Exception as e:  # any read/decode failure is a dataset error
                 name = f"{member} in {path}" if path in zips else member
                 raise DatasetError(f"cannot decode Omniglot image {name}: {e}") from e

@@ -140,7 +140,7 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
         return Omniglot(_need_root(recipe), image_size=recipe.image_size,
                         rotations=recipe.rotations, split=split,
                         split_scheme=recipe.split_scheme, seed=recipe.split_seed,
-                        holdout=recipe.holdout_fraction)
+                        holdout=recipe.holdout_fraction, crop=recipe.image_crop)
     if kind == "idx":
         from metafit.data.idx import IDX
 
@@ -151,14 +151,14 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
         from metafit.data.image_folder import ImageFolder
 
         full = ImageFolder(_need_root(recipe), image_size=recipe.image_size,
-                           channels=recipe.channels)
+                           channels=recipe.channels, crop=recipe.image_crop)
         return _part(recipe, full, split)
     if kind == "image_table":
         from metafit.data.image_table import ImageTable
 
         full = ImageTable(_table_path(recipe), recipe.image_column, recipe.label_column,
                           image_size=recipe.image_size, channels=recipe.channels,
-                          absolute_paths=recipe.absolute_image_paths)
+                          absolute_paths=recipe.absolute_image_paths, crop=recipe.image_crop)
         return _part(recipe, full, split)
     if kind in TEXT_DATASETS:
         from metafit.data.text_csv import TextCSV

@@ -3,11 +3,12 @@ data were made, and reading a support set from disk.
 
 Images (:class:`ImagePreprocessor`): encoded files (PNG, JPEG, ... as bytes or paths) and
 PIL images are decoded like the datasets decode them (:func:`metafit.data.image_folder.
-decode_image`: PIL conversion to grayscale ``"L"`` or ``"RGB"``, Lanczos resize to the
-model's size), inverted where the training data were (Omniglot), scaled to [0, 1]:
-``[M, C, S, S]`` float32. Decoded pixels (uint8 numpy arrays) are taken as they are, so
-they must already have the model's size and channels: ``[S, S]`` (one channel),
-``[S, S, C]`` or ``[C, S, S]``.
+decode_image`: PIL conversion to grayscale ``"L"`` or ``"RGB"``, the crop to the ink
+where the recipe set ``image_crop: ink``, Lanczos resize to the model's size), inverted
+where the training data were (Omniglot), scaled to [0, 1]: ``[M, C, S, S]`` float32.
+Decoded pixels (uint8 numpy arrays) are taken as they are, so they must already have the
+model's size and channels, ``[S, S]`` (one channel), ``[S, S, C]`` or ``[C, S, S]``,
+and be cropped as the model's ``crop`` says.
 
 Texts (:class:`TextPreprocessor`): the recipe's tokenizer and ``max_length``
 (:func:`metafit.models.tokenizer.encode`): token ids ``[M, max_length]`` long, padded
@@ -56,14 +57,19 @@ class ImagePreprocessor:
             one is refused from its header, before decoding (default: PIL's own bomb
             limit, :data:`metafit.data.image_folder.MAX_IMAGE_PIXELS`; None: no cap but
             PIL's). Not part of :meth:`spec`: a deployment setting, not the model's.
+        crop: ``"ink"``: files and PIL images are cropped to the square around their
+            drawing before the resize, as the training data were
+            (:mod:`metafit.data.ink_crop`); ``"none"``: the whole image.
     """
 
     kind = "image"
 
     def __init__(self, image_size: int, channels: int, invert: bool,
-                 max_pixels: int | None = None) -> None:
+                 max_pixels: int | None = None, crop: str = "none") -> None:
         from metafit.data.image_folder import MAX_IMAGE_PIXELS
+        from metafit.data.ink_crop import check_crop
 
+        check_crop(crop)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if max_pixels is not None and max_pixels < 1:
@@ -71,13 +77,16 @@ class ImagePreprocessor:
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.invert = bool(invert)
+        self.crop = crop
         self.max_pixels: int | None = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
 
     def spec(self) -> dict[str, Any]:
-        """The JSON description stored in a model directory."""
-        return {"type": "image", "image_size": self.image_size, "channels": self.channels,
+        """The JSON description stored in a model directory (``crop`` only when not
+        ``"none"``: model directories made before the option read the same)."""
+        spec = {"type": "image", "image_size": self.image_size, "channels": self.channels,
                 "invert": self.invert, "resize": "lanczos", "scale": "1/255",
                 "layout": "NCHW float32"}
+        return spec if self.crop == "none" else {**spec, "crop": self.crop}
 
     def _pixels(self, item: Any, index: int, error: type[InputError]) -> np.ndarray:
         """``uint8 [S, S, C]`` of one input."""
@@ -95,7 +104,8 @@ class ImagePreprocessor:
                         f"or a uint8 numpy array, got {type(item).__name__}")
         source = bytes(item) if isinstance(item, bytearray) else item
         try:
-            pixels = decode_image(source, size, "L" if c == 1 else "RGB", self.max_pixels)
+            pixels = decode_image(source, size, "L" if c == 1 else "RGB", self.max_pixels,
+                                  self.crop)
         except ImageTooLarge as e:
             raise error(f"{_describe(item, index)}: {e}") from e
         except Exception as e:  # any decoder failure: the input is not an image
@@ -202,13 +212,14 @@ def preprocessor_for(recipe: Recipe) -> Preprocessor:
         root = check_model_dir(recipe.text_model, weights=False)
         return TextPreprocessor(root, recipe.max_length, pad_id(root))
     return ImagePreprocessor(recipe.image_size, recipe.channels,
-                             recipe.dataset in INVERTED_DATASETS)
+                             recipe.dataset in INVERTED_DATASETS, crop=recipe.image_crop)
 
 
 def preprocessor_from_spec(spec: dict[str, Any], root: Path) -> Preprocessor:
     """The preprocessing stored in a model directory ``root`` (tokenizer in ``root``)."""
     if spec["type"] == "image":
-        return ImagePreprocessor(spec["image_size"], spec["channels"], spec["invert"])
+        return ImagePreprocessor(spec["image_size"], spec["channels"], spec["invert"],
+                                 crop=spec.get("crop", "none"))
     return TextPreprocessor(root / spec["tokenizer"], spec["max_length"], spec["pad_id"])
 
 

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from metafit.config.files import parse_yaml_mapping
 from metafit.config.schema import Recipe, make_recipe
+from metafit.data.ink_crop import CROPS
 from metafit.deploy.errors import ModelDirError
 from metafit.deploy.materialise import build_module, encoder_config
 from metafit.deploy.modeldir import read_model_dir
@@ -152,6 +153,8 @@ def _check_preprocessing(spec: dict[str, Any]) -> None:
         size = spec.get("image_size")
         if not isinstance(size, int) or not 0 < size <= MAX_IMAGE_SIZE:
             raise ValueError(f"preprocessing.image_size must be 1..{MAX_IMAGE_SIZE}")
+        if spec.get("crop", "none") not in CROPS:
+            raise ValueError(f"preprocessing.crop must be one of {', '.join(CROPS)}")
     elif kind == "text":
         length, pad = spec.get("max_length"), spec.get("pad_id")
         if not isinstance(length, int) or not 2 < length <= MAX_TEXT_LENGTH:
