@@ -1,9 +1,8 @@
 """Crop an image to its ink: the drawing's bounding square, centred, before resizing.
 
-Handwritten characters sit anywhere on their canvas and at any size: on Omniglot's
-105 x 105 canvases the ink's bounding box is 28 to 86 pixels wide (5th to 95th
-percentile), so a character resized whole to 28 x 28 spans 7 to 23 pixels and drawers
-differ in position and scale as much as characters differ in shape. ``crop="ink"`` maps
+Handwritten characters sit anywhere on their canvas and at any size, so resized whole
+to a small input a character covers a fraction of it, and drawers of one character differ
+in position and scale as much as characters differ in shape. ``crop="ink"`` maps
 every image (training data, support sets and inputs alike) to the square around its ink,
 with a margin, before the resize: the network sees each character at the full input
 size, and position and scale are normalised away, as the bounding-box normalisation of
