@@ -17,7 +17,7 @@ as it is. Measured on Omniglot in benchmarks/RESULTS.md ("Cropping to the ink").
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -26,7 +26,7 @@ __all__ = ["CROPS", "Crop", "INK_MARGIN", "INK_THRESHOLD", "check_crop", "crop_k
 
 Crop = Literal["none", "ink"]
 #: The values of a recipe's ``image_crop`` (and of a model directory's ``crop``).
-CROPS: tuple[str, ...] = ("none", "ink")
+CROPS: tuple[str, ...] = get_args(Crop)
 #: Grey levels (of 255) by which a pixel must differ from the background to be ink.
 INK_THRESHOLD = 64
 #: Margin on each side of the ink's bounding square, as a fraction of its side.
@@ -64,8 +64,7 @@ def crop_to_ink(img: Image.Image, margin: float = INK_MARGIN,
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     grey = np.asarray(img.convert("L"), dtype=np.int16)  # [H, W]
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    background = int(np.median(border))
+    background = int(np.median(_border(grey)))
     ys, xs = np.nonzero(np.abs(grey - background) > threshold)
     if ys.size == 0:
         return img
@@ -84,6 +83,10 @@ def _background(img: Image.Image, level: int) -> int | tuple[int, ...]:
     """The fill for ``img``'s mode (``"L"`` or multi-band): the median border colour."""
     if img.mode == "L":
         return level
-    pixels = np.asarray(img)  # [H, W, C]
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])  # [B, C]
-    return tuple(int(v) for v in np.median(border, axis=0))
+    return tuple(int(v) for v in np.median(_border(np.asarray(img)), axis=0))
+
+
+def _border(a: np.ndarray) -> np.ndarray:
+    """The pixels on the edges of ``a`` (``[H, W]`` or ``[H, W, C]``): ``[B]`` or
+    ``[B, C]``, corners counted twice."""
+    return np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
