@@ -136,6 +136,12 @@ class Recipe(BaseModel):
     holdout_fraction: float = Field(
         0.2, gt=0, lt=1, description="split_scheme all_classes: the fraction of each class's "
         "examples held out of meta-training, half for val and half for test")
+    train_on_val: bool = Field(
+        False, description="omniglot (alphabet, standard, vinyals), image_folder, "
+        "image_table, text_table: meta-train on the validation classes too (train + val), "
+        "for the model you deploy once validation has made the choices; validation still "
+        "scores the val split, which is then not held out (its figures are optimistic); "
+        "test stays held out")
     episode_scheme: Literal["random", "within_alphabet"] = Field(
         "random", description="Omniglot: 'within_alphabet' draws every episode's classes "
         "from one alphabet, its support from some drawers and its queries from others, "
@@ -413,6 +419,8 @@ class Recipe(BaseModel):
                              f"'{self.dataset}'")
         if self.split_scheme == "all_classes":
             self._check_all_classes()
+        if self.train_on_val:
+            self._check_train_on_val()
         if self.episode_scheme != "random" and self.dataset != "omniglot":
             raise ValueError(f"episode_scheme '{self.episode_scheme}' is for dataset "
                              f"'omniglot' (alphabets and drawers), not '{self.dataset}'")
@@ -481,6 +489,16 @@ class Recipe(BaseModel):
             if not (math.isfinite(low) and math.isfinite(high) and low <= high):
                 raise ValueError(f"task_ranges.{name}: need finite low <= high, got "
                                  f"[{low}, {high}]")
+
+    def _check_train_on_val(self) -> None:
+        if self.dataset not in ALL_CLASSES_DATASETS:
+            raise ValueError(f"train_on_val is for datasets split by class "
+                             f"({', '.join(ALL_CLASSES_DATASETS)}), not '{self.dataset}'")
+        if self.split_scheme == "all_classes" or not self.split_classes:
+            what = ("split_scheme 'all_classes'" if self.split_scheme == "all_classes"
+                    else "split_classes=false")
+            raise ValueError(f"train_on_val adds the validation classes to training; {what} "
+                             "already trains on every class: drop one of the two")
 
     def _check_all_classes(self) -> None:
         if self.dataset not in ALL_CLASSES_DATASETS:

@@ -142,7 +142,8 @@ class Omniglot(TensorClassDataset):
         root: directory holding the official zips or their extracted folders.
         image_size: side of the square images (28 in the few-shot literature).
         rotations: add the 90/180/270-degree rotations of each character as classes.
-        split: ``None`` (all classes), ``"train"``, ``"val"`` or ``"test"``.
+        split: ``None`` (all classes), ``"train"``, ``"val"`` or ``"test"``, or a tuple of
+            them (their classes together, e.g. ``("train", "val")``; not ``all_classes``).
         split_scheme: ``"alphabet"``, ``"standard"``, ``"vinyals"`` or ``"all_classes"``.
         seed: seeds the alphabet (or character, or drawing) shuffle of the split.
         holdout: ``all_classes``: the fraction of each character's drawings held out of
@@ -173,15 +174,20 @@ class Omniglot(TensorClassDataset):
         root: str | os.PathLike[str],
         image_size: int = 28,
         rotations: bool = True,
-        split: str | None = None,
+        split: str | tuple[str, ...] | None = None,
         split_scheme: str = "alphabet",
         seed: int = 0,
         cache: bool = True,
         holdout: float = 0.2,
         crop: str = "none",
     ) -> None:
-        if split is not None and split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid: None, {', '.join(SPLITS)}")
+        parts = (split,) if isinstance(split, str) else split
+        if parts is not None and (not parts or any(s not in SPLITS for s in parts)):
+            raise ValueError(f"unknown split {split!r}; valid: None, {', '.join(SPLITS)} or "
+                             "a tuple of them")
+        if parts is not None and len(parts) > 1 and split_scheme == "all_classes":
+            raise ValueError("split_scheme 'all_classes' puts every class in every split; "
+                             f"a union of splits ({split!r}) is for the schemes by class")
         if split_scheme not in SCHEMES:
             raise ValueError(f"unknown split_scheme {split_scheme!r}; valid: {SCHEMES}")
         if not isinstance(image_size, int) or image_size <= 0:
@@ -214,11 +220,11 @@ class Omniglot(TensorClassDataset):
                     f"Omniglot {split_scheme!r} split leaves {', '.join(empty)} without "
                     f"alphabets ({len(set(alphabet_of))} alphabets in {root}); use split=None"
                 )
-            chosen = set(self.character_splits[split])
+            chosen = {c for part in parts for c in self.character_splits[part]}
             keep = [i for i, c in enumerate(characters) if c in chosen]
-        if split is not None and split_scheme == "all_classes":
+        if parts is not None and split_scheme == "all_classes":
             data, targets, drawers, keep = _drawings(data, targets, drawers, characters,
-                                                     split, seed, holdout)
+                                                     parts[0], seed, holdout)
         remap = torch.full((len(characters),), -1, dtype=torch.long)
         remap[keep] = torch.arange(len(keep))
         new_targets = remap[targets]  # [N]

@@ -74,7 +74,14 @@ def _part(recipe: Recipe, full: Any, split: Split) -> Any:
 
         return full.take(holdout_examples(full.classes, full.counts, split, recipe.split_seed,
                                           recipe.holdout_fraction))
-    return full.subset(_split_ids(recipe, len(full.classes), split))
+    return full.subset(sorted(i for part in _parts(recipe, split)
+                              for i in _split_ids(recipe, len(full.classes), part)))
+
+
+def _parts(recipe: Recipe, split: Split) -> tuple[Split, ...]:
+    """The splits whose classes make up ``split``: ``("train", "val")`` for the training
+    split of a ``train_on_val`` recipe, else ``split`` alone."""
+    return ("train", "val") if split == "train" and recipe.train_on_val else (split,)
 
 
 def _table_path(recipe: Recipe) -> Path:
@@ -138,7 +145,7 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
         from metafit.data.omniglot import Omniglot
 
         return Omniglot(_need_root(recipe), image_size=recipe.image_size,
-                        rotations=recipe.rotations, split=split,
+                        rotations=recipe.rotations, split=_parts(recipe, split),
                         split_scheme=recipe.split_scheme, seed=recipe.split_seed,
                         holdout=recipe.holdout_fraction, crop=recipe.image_crop)
     if kind == "idx":

@@ -3,6 +3,7 @@ process's torch settings, and the feature cache of a frozen body."""
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -20,6 +21,8 @@ from metafit.evaluation.feature_cache import cached_body
 from metafit.execution.precision import set_tf32
 from metafit.runs.trained import split_sampler
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["samplers", "meta_batch_shares", "torch_settings", "frozen_body_cache"]
 
 
@@ -33,6 +36,10 @@ def samplers(recipe: Recipe, rank: int) -> tuple[EpisodeSampler, EpisodeSampler,
             examples).
     """
     train_ds, val_ds = load_split(recipe, "train"), load_split(recipe, "val")
+    if recipe.train_on_val:
+        logger.warning("%s: train_on_val: meta-training on the validation classes too; "
+                       "validation figures are not about held-out classes (test stays "
+                       "held out)", recipe.name)
     train_ds, groups, slots = sampler_options(recipe.episode_scheme, train_ds, train=True)
     train_sampler = EpisodeSampler(train_ds, recipe.ways, recipe.shots, recipe.queries,
                                    seed=rank_seed(recipe.seed, rank),
