@@ -13,7 +13,15 @@ each run with ``M`` randomly distorted copies of every support image added to th
 set at adaptation (the training distortions, :class:`~metafit.data.augment.RandomAffine`;
 benchmark-local, not a library option).
 
+``NAME=RUN1+RUN2+...`` scores an ensemble: each member adapts to the support set on its
+own (deployed setting) and the members' log-probabilities of each query are averaged
+(for ProtoNets: the class with the least summed squared distance, over the members'
+embeddings). The members must read the data alike (same dataset, image size and crop).
+Every run is scored on the episodes of the seed ``--episode-seed`` (default: the first
+run's recipe seed), so runs trained with other seeds are still paired episode by episode.
+
     python benchmarks/within_alphabet.py plain=/tmp/w30/A affine=/tmp/w30/B --episodes 600
+    python benchmarks/within_alphabet.py one=/tmp/e/s0 two=/tmp/e/s0+/tmp/e/s1
 """
 
 from __future__ import annotations
@@ -31,10 +39,15 @@ import torch
 from metafit.config.schema import make_recipe
 from metafit.data.augment import RandomAffine
 from metafit.episodes import Episodes
-from metafit.evaluation.protocol import evaluate
+from metafit.evaluation.batch_norm import deployed_logits
+from metafit.evaluation.protocol import ci95, evaluate
 from metafit.runs.trained import load_trained, split_sampler
 
 SCHEMES = ("random", "within_alphabet")
+#: The recipe keys that decide which images an episode holds and how they are decoded:
+#: an ensemble's members must agree on them.
+DATA_KEYS = ("dataset", "data_root", "image_size", "channels", "image_crop", "rotations",
+             "split_scheme", "split_seed", "holdout_fraction")
 
 
 class AugmentedSupport:
@@ -54,21 +67,55 @@ class AugmentedSupport:
                        support_y=plain.support_y.repeat(1, self.copies + 1))
 
 
-def score(run: str, which: str, split: str, scheme: str, ways: int, episodes: int,
-          copies: int = 0) -> dict[str, Any]:
-    """One run's accuracy on ``episodes`` fixed ``ways``-way 1-shot episodes (``copies``:
-    distorted copies of each support image added at adaptation)."""
-    recipe, algo = load_trained(run, which)
+def ensemble_accuracy(algos: list[Any], tasks: Episodes) -> list[float]:
+    """Per-episode accuracy ``[T]`` of the ensemble ``algos`` on ``tasks``: each member
+    adapted to the support set and scoring every query in the deployed BatchNorm setting
+    (:func:`~metafit.evaluation.batch_norm.deployed_logits`), the members'
+    log-probabilities averaged. One member gives :func:`deployed_curve`'s last column."""
+    out = []
+    with torch.no_grad():
+        for task in tasks:
+            votes = torch.zeros(())
+            for algo in algos:
+                steps = int(algo.default_eval_steps)
+                *_, (params, _) = algo.trajectory(task.support_x, task.support_y, steps)
+                learner = algo.make_learner(params, task.support_y, copy=False)
+                logits = deployed_logits(algo.model, learner, task.support_x,
+                                         task.query_x)  # [Q, ways]
+                votes = votes + logits.log_softmax(-1)
+            out.append(float((votes.argmax(-1) == task.query_y).float().mean()))
+    return out
+
+
+def score(runs: list[str], which: str, split: str, scheme: str, ways: int, episodes: int,
+          copies: int = 0, seed: int | None = None) -> dict[str, Any]:
+    """The accuracy of one run (or the ensemble of ``runs``) on ``episodes`` fixed
+    ``ways``-way 1-shot episodes of the seed ``seed`` (default: the first run's)
+    (``copies``: distorted copies of each support image added at adaptation)."""
+    loaded = [load_trained(run, which) for run in runs]
+    recipe = loaded[0][0]
+    for run, (other, _) in zip(runs[1:], loaded[1:], strict=True):
+        differ = [k for k in DATA_KEYS if getattr(other, k) != getattr(recipe, k)]
+        if differ:
+            raise SystemExit(f"{run} reads the data unlike {runs[0]} ({', '.join(differ)}): "
+                             "an ensemble's members must see the same images")
     recipe = make_recipe({**recipe.model_dump(), "episode_scheme": scheme, "test_ways": ways,
-                          "test_shots": 1}, f"{run} ({scheme}, {ways}-way)")
+                          "test_shots": 1, "seed": recipe.seed if seed is None else seed},
+                         f"{runs[0]} ({scheme}, {ways}-way)")
     start = time.perf_counter()
     sampler: Any = split_sampler(recipe, split)
     if copies:
         sampler = AugmentedSupport(sampler, copies)
-    result = evaluate(algo, sampler, episodes=episodes, batch_norm="support")
-    return {"run": run, "checkpoint": which, "split": split, "scheme": scheme, "ways": ways,
-            "episodes": episodes, "accuracy": result.mean, "ci95": result.ci95,
-            "per_episode": result.per_episode, "batch_norm": result.batch_norm,
+    if len(loaded) == 1:
+        result = evaluate(loaded[0][1], sampler, episodes=episodes, batch_norm="support")
+        per_episode, mean, half = result.per_episode, result.mean, result.ci95
+    else:
+        per_episode = ensemble_accuracy([algo for _, algo in loaded], sampler.fixed(episodes))
+        mean = statistics.mean(per_episode)
+        half = ci95(torch.tensor(per_episode, dtype=torch.float64))
+    return {"run": "+".join(runs), "checkpoint": which, "split": split, "scheme": scheme,
+            "ways": ways, "episodes": episodes, "accuracy": mean, "ci95": half,
+            "per_episode": per_episode, "batch_norm": "support",
             "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -105,7 +152,8 @@ def block(rows: list[dict[str, Any]], baseline: str, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", metavar="NAME=RUN")
+    p.add_argument("runs", nargs="+", metavar="NAME=RUN[+RUN...]",
+                   help="a run, or an ensemble of runs joined by +")
     p.add_argument("--baseline", help="the run the others are paired with (default: first)")
     p.add_argument("--checkpoint", default="last", choices=["best", "last"])
     p.add_argument("--splits", nargs="+", default=["val", "test"])
@@ -115,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--support-augment", type=int, default=0, metavar="M",
                    help="also score each run with M distorted copies of every support "
                    "image added at adaptation (rows NAME+augM)")
+    p.add_argument("--episode-seed", type=int, help="the seed of the episodes every run is "
+                   "scored on (default: the first run's recipe seed)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="within_alphabet", help="the RESULTS block's name")
     common.add_output_options(p)
@@ -124,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(len(item) != 2 for item in named):
         p.error("runs are NAME=RUN")
     baseline = args.baseline or named[0][0]
+    seed = args.episode_seed
+    if seed is None:
+        seed = load_trained(named[0][1].split("+")[0], args.checkpoint)[0].seed
     rows = []
     for split in args.splits:
         for scheme in args.schemes:
@@ -132,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                     for copies in sorted({0, args.support_augment}):
                         label = f"{name}+aug{copies}" if copies else name
                         row = {"name": label, "support_copies": copies,
-                               **score(run, args.checkpoint, split, scheme, ways,
-                                       args.episodes, copies)}
+                               **score(run.split("+"), args.checkpoint, split, scheme,
+                                       ways, args.episodes, copies, seed)}
                         rows.append(row)
                         print(f"{label} {split} {scheme} {ways}-way: "
                               f"{100 * row['accuracy']:.2f} ± {100 * row['ci95']:.2f} "

@@ -160,3 +160,43 @@ def test_a_run_trains_and_is_scored_on_within_alphabet_episodes(
     saved = sorted(p.name for p in (tmp_path / "run" / "report").glob("eval_test_*.json"))
     assert any(name.endswith("_within_alphabet.json") for name in saved)
     assert any(not name.endswith("_within_alphabet.json") for name in saved)
+
+
+def test_an_ensemble_of_runs_is_scored_on_one_seeds_episodes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/within_alphabet.py's ``NAME=RUN1+RUN2``: one member is the deployed
+    figure itself, a member twice changes nothing, runs of other seeds are scored on the
+    first run's episodes, and members that read the data differently are refused."""
+    from metafit.runs.trained import load_trained
+    from metafit.training.trainer import Trainer
+    from test_trainer import classification_recipe
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import within_alphabet as bench
+
+    (tmp_path / "data").mkdir()
+    write_zip(tmp_path / "data", "images_background",
+              {"A": 4, "B": 4, "C": 3, "D": 3, "E": 4}, drawers=DRAWERS)
+    runs = []
+    for seed, extra in ((3, {}), (4, {}), (3, {"image_crop": "ink"})):
+        recipe = classification_recipe(tmp_path / "data", "protonet", dataset="omniglot",
+                                       episode_scheme="within_alphabet", iterations=3,
+                                       val_every=3, seed=seed, **extra)
+        runs.append(str(tmp_path / f"run{len(runs)}"))
+        Trainer(recipe, runs[-1], progress=False).fit()
+    a, b, inked = runs
+    one = bench.score([a], "last", "test", "within_alphabet", 3, 12)
+    recipe, algo = load_trained(a, "last")
+    sampler = split_sampler(make_recipe({**recipe.model_dump(), "test_ways": 3,
+                                         "test_shots": 1}, "a"), "test")
+    tasks = sampler.fixed(12)
+    assert bench.ensemble_accuracy([algo], tasks) == pytest.approx(one["per_episode"])
+    twice = bench.score([a, a], "last", "test", "within_alphabet", 3, 12)
+    assert twice["per_episode"] == pytest.approx(one["per_episode"])
+    other = bench.score([b], "last", "test", "within_alphabet", 3, 12, seed=3)
+    b_algo = load_trained(b, "last")[1]
+    assert other["per_episode"] == pytest.approx(bench.ensemble_accuracy([b_algo], tasks))
+    both = bench.score([a, b], "last", "test", "within_alphabet", 3, 12)
+    assert len(both["per_episode"]) == 12 and both["run"] == f"{a}+{b}"
+    with pytest.raises(SystemExit, match="image_crop"):
+        bench.score([a, inked], "last", "test", "within_alphabet", 3, 12)
