@@ -36,7 +36,8 @@ def build_model(recipe: Recipe) -> nn.Module:
                    depth=recipe.depth)
     if recipe.model == "conv4":
         return conv4(out_features=out, in_channels=recipe.channels, hidden=recipe.hidden,
-                     image_size=recipe.image_size, depth=recipe.depth, strided=recipe.strided)
+                     image_size=recipe.image_size, depth=recipe.depth, strided=recipe.strided,
+                     groups=recipe.conv_groups)
     if recipe.model == "resnet12":
         return resnet12(out_features=out, in_channels=recipe.channels,
                         image_size=recipe.image_size, widths=resnet12_widths(recipe.hidden))

@@ -25,7 +25,7 @@ from metafit.cli.evaluate import add_evaluate_parser, add_report_parser
 from metafit.cli.options import add_verb, apply_threads
 from metafit.cli.recipes import add_data_parser, add_recipes_parser
 from metafit.cli.serve import add_serve_parser
-from metafit.cli.train import add_quickstart_parser, add_train_parser
+from metafit.cli.train import add_ensemble_parser, add_quickstart_parser, add_train_parser
 from metafit.cli.tune import add_tune_parser
 
 __all__ = ["main", "build_parser"]
@@ -53,8 +53,8 @@ def _add_bench_parser(sub: Any) -> None:
 
 #: Adds each verb's parser, in the order ``metafit --help`` lists them.
 VERBS: tuple[Callable[[Any], None], ...] = (
-    add_quickstart_parser, add_recipes_parser, add_train_parser, add_evaluate_parser,
-    add_report_parser, add_tune_parser, _add_bench_parser, add_adapt_parser,
+    add_quickstart_parser, add_recipes_parser, add_train_parser, add_ensemble_parser,
+    add_evaluate_parser, add_report_parser, add_tune_parser, _add_bench_parser, add_adapt_parser,
     add_predict_parser, add_versions_parser, add_compress_parser, add_export_parser,
     add_serve_parser, add_data_parser,
 )

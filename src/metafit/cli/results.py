@@ -175,6 +175,17 @@ class TrainJson(_Strict):
     world_size: int = Field(description="processes that trained (torchrun)")
 
 
+class EnsembleJson(_Strict):
+    """``metafit ensemble RUN RUN ... --out DIR --json``."""
+
+    run: str = Field(description="the merged run directory")
+    members: list[str] = Field(description="the member runs, absolute paths, in order")
+    checkpoint: str = Field(description="the members' checkpoint merged (best or last)")
+    hidden: int = Field(description="filters per block of the merged conv4 (the members' "
+                        "sum)")
+    conv_groups: int = Field(description="its independent channel groups")
+
+
 class EpisodesJson(Evaluation):
     """``metafit evaluate RUN`` on the benchmark's fixed episodes."""
 
@@ -509,6 +520,7 @@ class ExportJson(RootModel[ClassifierExportJson | PolicyExportJson]):
 #: The output model of each verb with ``--json``, in ``metafit --help``'s order.
 SCHEMAS: dict[str, type[BaseModel]] = {
     "quickstart": QuickstartJson, "recipes": RecipesJson, "train": TrainJson,
+    "ensemble": EnsembleJson,
     "evaluate": EvaluateJson, "report": ReportJson, "tune": TuneJson, "bench": BenchJson,
     "adapt": AdaptJson, "predict": PredictJson, "versions": VersionsJson,
     "compress": CompressJson,

@@ -1,16 +1,18 @@
-"""The meta-training verbs: ``quickstart`` (:mod:`metafit.cli.quickstart`) and ``train``."""
+"""The meta-training verbs: ``quickstart`` (:mod:`metafit.cli.quickstart`), ``train``, and
+``ensemble`` (trained runs merged into one, :mod:`metafit.runs.ensemble`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from metafit.cli.options import add_json_option, add_recipe_arguments, add_verb
 from metafit.config.recipe import load_recipe
 
-__all__ = ["add_quickstart_parser", "add_train_parser"]
+__all__ = ["add_ensemble_parser", "add_quickstart_parser", "add_train_parser"]
 
 log = logging.getLogger("metafit")
 
@@ -94,3 +96,33 @@ def add_train_parser(sub: Any) -> None:
                    "there is resumed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json_option(p, "the run's final state")
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from metafit.runs.ensemble import merge_runs
+
+    recipe = merge_runs(args.runs, args.out, args.checkpoint)
+    members = [str(Path(run).resolve()) for run in args.runs]
+    if args.json:
+        from metafit.cli.results import emit
+
+        emit("ensemble", {"run": str(args.out), "members": members,
+                          "checkpoint": args.checkpoint, "hidden": recipe.hidden,
+                          "conv_groups": recipe.conv_groups})
+        return 0
+    sys.stdout.write(f"{args.out}: the ensemble of {len(members)} runs (conv4, "
+                     f"{recipe.hidden} filters in {recipe.conv_groups} groups); adapt, "
+                     f"evaluate and serve it as any run\n")
+    return 0
+
+
+def add_ensemble_parser(sub: Any) -> None:
+    """Add ``ensemble`` to the subparsers ``sub``."""
+    p = add_verb(sub, "ensemble", "merge trained conv4 ProtoNet runs into one run that "
+                 "predicts as their ensemble", _cmd_ensemble)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run directories of "
+                   "one architecture (metafit.runs.ensemble)")
+    p.add_argument("--out", required=True, help="the merged run directory (new or empty)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="the members' checkpoint to merge (default: best)")
+    add_json_option(p, "the merged run")

@@ -168,6 +168,10 @@ class Recipe(BaseModel):
                         "64-160-320-640) or the width (resnet18)")
     depth: int = Field(4, gt=0, description="blocks (conv4) or hidden layers (mlp)")
     strided: bool = Field(False, description="conv4: stride-2 convolutions, no pooling")
+    conv_groups: int = Field(1, ge=1, description="conv4: every block after the first "
+                             "convolves conv_groups independent groups of hidden/conv_groups "
+                             "filters: that many conv4 networks side by side, whose features "
+                             "are concatenated (`metafit ensemble` merges trained runs into one)")
 
     # -- table columns (dataset: text_table, image_table) ---------------------------
     text_column: str = Field("text", description="text_table: the column holding the text")
@@ -421,6 +425,11 @@ class Recipe(BaseModel):
             self._check_all_classes()
         if self.train_on_val:
             self._check_train_on_val()
+        if self.conv_groups != 1 and (self.model != "conv4"
+                                      or self.hidden % self.conv_groups):
+            raise ValueError(f"conv_groups={self.conv_groups} is for model 'conv4' with "
+                             f"hidden a multiple of it (got model '{self.model}', hidden "
+                             f"{self.hidden})")
         if self.episode_scheme != "random" and self.dataset != "omniglot":
             raise ValueError(f"episode_scheme '{self.episode_scheme}' is for dataset "
                              f"'omniglot' (alphabets and drawers), not '{self.dataset}'")

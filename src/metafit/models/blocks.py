@@ -172,9 +172,9 @@ class ConvBlock(nn.Sequential):
     names and checkpoints are those of the plain ``nn.Sequential``), evaluated as conv ->
     BN -> pool -> ReLU, or by the fused kernel where :func:`fused_block_applies`."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, groups: int = 1) -> None:
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1),
+            nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups),
             nn.BatchNorm2d(c_out, track_running_stats=False),
             nn.ReLU(),
             nn.MaxPool2d(2),
@@ -198,9 +198,9 @@ class StridedConvBlock(nn.Sequential):
     used on Omniglot. Under ``torch.func`` its BatchNorm is :func:`composite_batch_norm`,
     so second-order MAML can batch its tasks with ``vmap`` (the fast path on a GPU)."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, groups: int = 1) -> None:
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+            nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, groups=groups),
             nn.BatchNorm2d(c_out, track_running_stats=False),
             nn.ReLU(),
         )

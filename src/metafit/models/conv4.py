@@ -22,8 +22,9 @@ from metafit.models.blocks import ConvBlock, StridedConvBlock
 __all__ = ["conv4"]
 
 
-def _block(c_in: int, c_out: int, strided: bool) -> nn.Sequential:
-    return StridedConvBlock(c_in, c_out) if strided else ConvBlock(c_in, c_out)
+def _block(c_in: int, c_out: int, strided: bool, groups: int = 1) -> nn.Sequential:
+    return (StridedConvBlock(c_in, c_out, groups) if strided
+            else ConvBlock(c_in, c_out, groups))
 
 
 def conv4(
@@ -33,6 +34,7 @@ def conv4(
     image_size: int = 28,
     depth: int = 4,
     strided: bool = False,
+    groups: int = 1,
 ) -> FewShotModel:
     """Conv-4 (or conv-``depth``) backbone with a linear head.
 
@@ -43,13 +45,21 @@ def conv4(
         image_size: input height = width, used to size the head.
         depth: number of blocks (4 in the papers).
         strided: stride-2 convolutions instead of max-pooling.
+        groups: the blocks after the first convolve ``groups`` independent groups of
+            ``hidden / groups`` channels (the first block's filters each see the whole
+            input), so the body is ``groups`` conv4 networks of ``hidden / groups`` filters
+            side by side, its features theirs concatenated group after group
+            (:mod:`metafit.models.ensemble` merges trained networks into one).
     """
     if depth < 1 or hidden < 1 or in_channels < 1:
         raise ValueError(f"conv4 needs depth, hidden, in_channels >= 1, got {depth}, {hidden}, "
                          f"{in_channels}")
+    if groups < 1 or hidden % groups:
+        raise ValueError(f"conv4 groups must divide hidden={hidden}, got {groups}")
     if image_size < 2**depth and not strided:
         raise ValueError(f"image_size={image_size} is too small for {depth} pooling blocks")
-    blocks = [_block(in_channels if i == 0 else hidden, hidden, strided) for i in range(depth)]
+    blocks = [_block(in_channels if i == 0 else hidden, hidden, strided, 1 if i == 0 else groups)
+              for i in range(depth)]
     body = nn.Sequential(*blocks, nn.Flatten())
     width = feature_dim(body, (in_channels, image_size, image_size))
     return FewShotModel(body, make_head(width, out_features), width)

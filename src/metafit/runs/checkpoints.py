@@ -131,9 +131,14 @@ def restore_training_checkpoint(parts: Resumable, ckpt: dict[str, Any], source: 
     torch's random state (this rank's share of it); returns the trainer's counters.
 
     Raises:
-        CheckpointError: written by another number of processes, or for another
-            architecture.
+        CheckpointError: written by another number of processes, for another
+            architecture, or by ``metafit ensemble`` (no training state to resume).
     """
+    if "ensemble_of" in ckpt:
+        raise CheckpointError(
+            f"{source} is an ensemble merged by `metafit ensemble` (of "
+            f"{', '.join(map(str, ckpt['ensemble_of']))}): it holds no training state and "
+            "trains no further; train its members, then merge them again")
     saved_world = int(ckpt.get("world_size", 1))
     if saved_world != dist.world_size:
         raise CheckpointError(

@@ -1,0 +1,87 @@
+"""``metafit ensemble``: trained conv4 ProtoNet runs merged into one run directory whose
+logits are the mean of its members' (:mod:`metafit.runs.ensemble`), read by every verb
+that reads a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from deploy_fixtures import support_folder
+from metafit.cli.main import main
+from metafit.evaluation.batch_norm import deployed_logits
+from metafit.runs.directory import CheckpointError
+from metafit.runs.ensemble import merge_runs
+from metafit.runs.trained import load_trained, split_sampler
+from metafit.training.trainer import Trainer
+from test_trainer import classification_recipe, image_folder
+
+
+def trained(root: Path, data: Path, name: str, algorithm: str = "protonet",
+            **extra: object) -> Path:
+    run = root / name
+    Trainer(classification_recipe(data, algorithm, **extra), run, progress=False).fit()
+    return run
+
+
+def deployed(algo: torch.nn.Module, task) -> torch.Tensor:
+    """The query logits ``[Q, ways]`` of ``algo`` adapted to ``task``'s support set, each
+    query normalised with the support set's statistics (as an adapted model scores)."""
+    *_, (params, _) = algo.trajectory(task.support_x, task.support_y, 0)
+    learner = algo.make_learner(params, task.support_y, copy=False)
+    return deployed_logits(algo.model, learner, task.support_x, task.query_x)
+
+
+@pytest.mark.filterwarnings("ignore:the model has no Linear layer")
+def test_a_merged_run_scores_as_the_mean_of_its_members(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = image_folder(tmp_path / "data")
+    runs = [trained(tmp_path, data, f"run{seed}", seed=seed) for seed in (3, 4, 5)]
+    out = tmp_path / "merged"
+    assert main(["ensemble", *map(str, runs), "--out", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["hidden"], info["conv_groups"]) == (12, 3)
+    assert info["members"] == [str(r.resolve()) for r in runs]
+    recipe, merged = load_trained(out, "best")
+    members = [load_trained(run, "best")[1] for run in runs]
+    with torch.no_grad():
+        for task in split_sampler(recipe, "test").fixed(5):
+            mean = torch.stack([deployed(m, task) for m in members]).mean(0)
+            torch.testing.assert_close(deployed(merged, task), mean, rtol=1e-4, atol=1e-4)
+    assert main(["evaluate", str(out), "--episodes", "4", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["per_episode"]) == 4
+    support = support_folder(tmp_path / "support")
+    model = tmp_path / "model"
+    assert main(["adapt", str(out), "--support", str(support), "--out", str(model),
+                 "--json"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(model), str(support / "label_1"), "--json"]) == 0
+    predictions = json.loads(capsys.readouterr().out)
+    assert len(predictions) == 2 and all(p["label"].startswith("label_") for p in predictions)
+    with pytest.raises(CheckpointError, match="trains no further"):
+        Trainer(recipe, out, progress=False).fit()
+
+
+def test_what_does_not_merge_is_refused(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    data = image_folder(tmp_path / "data")
+    a, b = (trained(tmp_path, data, f"run{seed}", seed=seed) for seed in (3, 4))
+    maml = trained(tmp_path, data, "maml", "maml")
+    wide = trained(tmp_path, data, "wide", hidden=8)
+    with pytest.raises(ValueError, match="only conv4 ProtoNets"):
+        merge_runs([a, maml], tmp_path / "m1")
+    with pytest.raises(ValueError, match="hidden=8 where"):
+        merge_runs([a, wide], tmp_path / "m2")
+    with pytest.raises(ValueError, match="2 to 16 runs"):
+        merge_runs([a], tmp_path / "m3")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not an empty directory"):
+        merge_runs([a, b], tmp_path / "full")
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    assert main(["ensemble", str(a), str(maml), "--out", str(tmp_path / "m4")]) == 2
+    assert capsys.readouterr().err.startswith("metafit: error: ")
+    assert not (tmp_path / "m1").exists() and not (tmp_path / "m4").exists()
