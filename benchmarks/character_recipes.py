@@ -5,7 +5,9 @@ Trains each candidate of ``metafit recipes recommend characters`` (the shipped
 ResNet-12, Meta-Baseline's two stages) for ``--budget-minutes`` of meta-training steps
 each (validation excluded; a candidate of two stages shares it as its ``budget_shares``
 say, the second stage warm-started from the first's run), one after the other, then
-scores every candidate's last stage on the same fixed 1-shot episodes of the
+scores every candidate's last stage (an ensemble candidate: its merged members, each
+trained for the whole budget, one after the other here, side by side on their own cores
+in use) on the same fixed 1-shot episodes of the
 ``--split`` alphabets (``val``: the choice; ``test``: once, for the chosen one): Lake et
 al.'s within-alphabet episodes by default, at 20 and 5 ways, in the deployed BatchNorm
 setting (:func:`within_alphabet.score`). Every row is paired with the ``--baseline``
@@ -38,6 +40,7 @@ from within_alphabet import SCHEMES, score, table
 from metafit.config.recommend import Candidate, recommendations
 from metafit.config.schema import make_recipe
 from metafit.runs.directory import RunDir
+from metafit.runs.ensemble import merge_runs
 from metafit.runs.trained import split_sampler
 from metafit.training.trainer import Trainer
 
@@ -55,8 +58,27 @@ def run_dirs(out: Path, candidate: Candidate) -> list[str]:
 
 def train(candidate: Candidate, out: Path, budget_seconds: float, extra: list[str]
           ) -> list[dict[str, Any]]:
-    """Train every stage of ``candidate`` (skipping a finished run); what each did."""
-    dirs = run_dirs(out, candidate)
+    """Train every stage of ``candidate`` (skipping a finished run); what each did. A
+    candidate of several ``members`` trains each (seed ``i``, the whole budget each) and
+    merges them (:func:`~metafit.runs.ensemble.merge_runs`, skipped when done); its last
+    entry is the merged run."""
+    if candidate.members > 1:
+        dirs = candidate.member_dirs(str(out))
+        done = [train_stages(candidate, [d], budget_seconds, [*extra, f"seed={i}"])[0]
+                for i, d in enumerate(dirs)]
+        merged = str(out / candidate.name / "ensemble")
+        if not RunDir(merged).exists():
+            merge_runs(dirs, merged, "last")
+        return [*done, {"recipe": f"ensemble of {len(dirs)}", "run": merged,
+                        "status": "complete", "iterations": sum(d["iterations"] or 0
+                                                                for d in done),
+                        "best_iteration": None, "train_seconds": None}]
+    return train_stages(candidate, run_dirs(out, candidate), budget_seconds, extra)
+
+
+def train_stages(candidate: Candidate, dirs: list[str], budget_seconds: float,
+                 extra: list[str]) -> list[dict[str, Any]]:
+    """Train the stages of ``candidate`` into ``dirs`` (skipping a finished run)."""
     done = []
     for recipe, path in zip(candidate.recipes(budget_seconds, dirs, extra), dirs, strict=True):
         if RunDir(path).status().get("status") not in FINISHED:
@@ -151,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                            "stages": stages[name],
                            "episodes_digest": episodes_digest(run, split, scheme, ways,
                                                               args.episodes),
-                           **score(run, args.checkpoint, split, scheme, ways, args.episodes)}
+                           **score([run], args.checkpoint, split, scheme, ways,
+                                   args.episodes)}
                     digests.add((split, scheme, ways, row["episodes_digest"]))
                     rows.append(row)
                     print(f"{name} {split} {scheme} {ways}-way: "

@@ -296,3 +296,44 @@ def test_warm_start_scope_all_for_the_same_tensors_body_for_another_algorithm() 
     restore_warm_start(plain, from_maml, "maml run", "protonet")
     assert torch.equal(plain.model.head.state_dict()["weight"],
                        maml.model.head.state_dict()["weight"])
+
+
+def test_an_ensemble_candidate_trains_its_members_and_merges_them(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import character_recipes
+
+    pair = recommendations()["characters"].candidates["protonet_within_ink_x2"]
+    commands = pair.commands(1800.0)
+    assert [c.split(" --out ")[1] for c in commands[:2]] == [
+        "runs/protonet_within_ink_x2/seed0 &", "runs/protonet_within_ink_x2/seed1 &"]
+    assert "seed=1 threads=1" in commands[1] and "time_budget=1800" in commands[1]
+    assert commands[2] == "wait" and commands[3].startswith(
+        "metafit ensemble runs/protonet_within_ink_x2/seed0 runs/protonet_within_ink_x2/seed1")
+    args = ["--budget-minutes", "0.01", "--out", str(tmp_path / "runs"),
+            "--candidates", "protonet_within_ink", "protonet_within_ink_x2", "--ways", "2",
+            "--episodes", "4", "--results", str(tmp_path / "R.md"),
+            "--results-dir", str(tmp_path / "rows"), "--name", "pair",
+            "--set", f"data_root={data}", "image_size=16", "hidden=4", "ways=2", "queries=1",
+            "test_ways=2", "test_queries=2", "val_every=2", "val_episodes=2", "iterations=2"]
+    assert character_recipes.main(args) == 0
+    one, two = json.loads((tmp_path / "rows" / "pair.json").read_text())
+    assert one["episodes_digest"] == two["episodes_digest"]  # paired
+    members, merged = two["stages"][:2], two["stages"][2]
+    assert [RunDir(m["run"]).read_recipe().seed for m in members] == [0, 1]
+    recipe = RunDir(merged["run"]).read_recipe()
+    assert (recipe.hidden, recipe.conv_groups) == (8, 2) and two["run"] == merged["run"]
+
+
+@pytest.mark.parametrize(("candidate", "message"), [
+    ({"stages": ["sinusoid_maml"], "members": 0}, "members must be an integer from 1"),
+    ({"stages": ["sinusoid_maml", "sinusoid_maml"], "members": 2}, "one-stage candidates"),
+    ({"stages": ["sinusoid_maml"], "member": 2}, "unknown keys"),
+])
+def test_a_broken_ensemble_candidate_is_refused(
+        tmp_path: Path, candidate: dict[str, Any], message: str) -> None:
+    path = tmp_path / "recommended.yaml"
+    path.write_text(yaml.safe_dump({"task": {"recommended": "a",
+                                             "candidates": {"a": candidate}}}))
+    with pytest.raises(RecipeError, match=message):
+        recommendations(path)

@@ -13,6 +13,10 @@ A candidate of several stages runs them in order, each later stage warm-started 
 run of the stage before (its ``init_from``), with the training budget shared between
 them as ``budget_shares`` says (Meta-Baseline, Chen et al. 2021: a classifier on all
 training classes, then a cosine ProtoNet from its body).
+
+A candidate of ``members: K`` (one stage) trains its stage ``K`` times, with seeds
+``0..K-1``, each for the whole budget (side by side, one core each), and merges the runs
+into their ensemble (``metafit ensemble``, :mod:`metafit.runs.ensemble`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ class Candidate:
     name: str
     stages: tuple[tuple[str, tuple[str, ...]], ...]
     budget_shares: tuple[float, ...]
+    members: int = 1
+
+    def member_dirs(self, root: str = "runs") -> list[str]:
+        """The run directory of each member under ``root`` (``members > 1``)."""
+        return [f"{root}/{self.name}/seed{i}" for i in range(self.members)]
 
     def stage_overrides(self, budget_seconds: float | None = None,
                         run_dirs: list[str] | None = None) -> list[list[str]]:
@@ -67,10 +76,19 @@ class Candidate:
 
     def commands(self, budget_seconds: float | None = None) -> list[str]:
         """The ``metafit train`` command of each stage (each in its default run
-        directory, ``runs/RECIPE``, which a later stage's recipe names as ``init_from``)."""
-        return [" ".join(["metafit train", recipe, *overrides])
-                for (recipe, _), overrides in zip(
-                    self.stages, self.stage_overrides(budget_seconds), strict=True)]
+        directory, ``runs/RECIPE``, which a later stage's recipe names as ``init_from``);
+        for ``members > 1``, one per member (``seed=i threads=1``, ``--out
+        runs/NAME/seed{i}``: side by side, one core each, as measured) and the ``metafit
+        ensemble`` that merges them into ``runs/NAME/ensemble``."""
+        trains = [" ".join(["metafit train", recipe, *overrides])
+                  for (recipe, _), overrides in zip(
+                      self.stages, self.stage_overrides(budget_seconds), strict=True)]
+        if self.members == 1:
+            return trains
+        dirs = self.member_dirs()
+        return [*(f"{trains[0]} seed={i} threads=1 --out {d} &" for i, d in enumerate(dirs)),
+                "wait",
+                f"metafit ensemble {' '.join(dirs)} --out runs/{self.name}/ensemble"]
 
 
 @dataclass(frozen=True)
@@ -153,4 +171,13 @@ def _candidate(name: str, value: Any, where: str) -> Candidate:
             or not math.isclose(sum(shares), 1.0, abs_tol=1e-6)):
         raise RecipeError(f"{where}: budget_shares must be {len(stages)} positive numbers "
                           f"summing to 1, got {shares!r}")
-    return Candidate(name, tuple(stages), tuple(float(s) for s in shares))
+    members = value.get("members", 1)
+    if not isinstance(members, int) or isinstance(members, bool) or not 1 <= members <= 16:
+        raise RecipeError(f"{where}: members must be an integer from 1 to 16, got "
+                          f"{members!r}")
+    if members > 1 and len(stages) > 1:
+        raise RecipeError(f"{where}: members ({members}) are for one-stage candidates")
+    unknown = set(value) - {"stages", "budget_shares", "members"}
+    if unknown:
+        raise RecipeError(f"{where}: unknown keys {sorted(unknown)}")
+    return Candidate(name, tuple(stages), tuple(float(s) for s in shares), members)
