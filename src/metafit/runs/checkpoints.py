@@ -135,10 +135,12 @@ def restore_training_checkpoint(parts: Resumable, ckpt: dict[str, Any], source: 
             architecture, or by ``metafit ensemble`` (no training state to resume).
     """
     if "ensemble_of" in ckpt:
+        members = ckpt["ensemble_of"]
+        said = ", ".join(map(str, members[:16])) if isinstance(members, list) else "?"
         raise CheckpointError(
-            f"{source} is an ensemble merged by `metafit ensemble` (of "
-            f"{', '.join(map(str, ckpt['ensemble_of']))}): it holds no training state and "
-            "trains no further; train its members, then merge them again")
+            f"{source} is an ensemble merged by `metafit ensemble` (of {said}): it holds "
+            "no training state and trains no further; train its members, then merge them "
+            "again")
     saved_world = int(ckpt.get("world_size", 1))
     if saved_world != dist.world_size:
         raise CheckpointError(
