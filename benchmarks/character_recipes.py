@@ -56,19 +56,19 @@ def run_dirs(out: Path, candidate: Candidate) -> list[str]:
             for i, (recipe, _) in enumerate(candidate.stages)]
 
 
-def train(candidate: Candidate, out: Path, budget_seconds: float, extra: list[str]
-          ) -> list[dict[str, Any]]:
+def train(candidate: Candidate, out: Path, budget_seconds: float, extra: list[str],
+          checkpoint: Literal["best", "last"] = "last") -> list[dict[str, Any]]:
     """Train every stage of ``candidate`` (skipping a finished run); what each did. A
     candidate of several ``members`` trains each (seed ``i``, the whole budget each) and
-    merges them (:func:`~metafit.runs.ensemble.merge_runs`, skipped when done); its last
-    entry is the merged run."""
+    merges their ``checkpoint`` (:func:`~metafit.runs.ensemble.merge_runs`, skipped when
+    done); its last entry is the merged run."""
     if candidate.members > 1:
         dirs = candidate.member_dirs(str(out))
         done = [train_stages(candidate, [d], budget_seconds, [*extra, f"seed={i}"])[0]
                 for i, d in enumerate(dirs)]
-        merged = str(out / candidate.name / "ensemble")
+        merged = str(out / candidate.name / f"ensemble_{checkpoint}")
         if not RunDir(merged).exists():
-            merge_runs(dirs, merged, "last")
+            merge_runs(dirs, merged, checkpoint)
         return [*done, {"recipe": f"ensemble of {len(dirs)}", "run": merged,
                         "status": "complete", "iterations": sum(d["iterations"] or 0
                                                                 for d in done),
@@ -94,12 +94,14 @@ def train_stages(candidate: Candidate, dirs: list[str], budget_seconds: float,
     return done
 
 
-def episodes_digest(run: str, split: str, scheme: str, ways: int, episodes: int) -> str:
-    """A digest of the fixed episodes ``run`` is scored on (the dataset's example indices
-    of every support and query set): equal digests, the same episodes."""
+def episodes_digest(run: str, split: str, scheme: str, ways: int, episodes: int,
+                    seed: int) -> str:
+    """A digest of the fixed episodes ``run`` is scored on with the episode seed ``seed``
+    (the dataset's example indices of every support and query set): equal digests, the
+    same episodes."""
     recipe = RunDir(run).read_recipe()
     recipe = make_recipe({**recipe.model_dump(), "episode_scheme": scheme, "test_ways": ways,
-                          "test_shots": 1}, run)
+                          "test_shots": 1, "seed": seed}, run)
     fixed = split_sampler(recipe, cast(Split, split)).fixed_indices(episodes)
     h = hashlib.sha1(usedforsecurity=False)
     for t in (fixed.support_x, fixed.support_y, fixed.query_x, fixed.query_y):
@@ -162,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     baseline = args.baseline or (task.recommended if task.recommended in names else names[0])
     out, budget = Path(args.out), 60.0 * args.budget_minutes
     extra = [f"threads={args.threads}", *args.set]
-    stages = {name: train(task.candidates[name], out, budget, extra) for name in names}
+    stages = {name: train(task.candidates[name], out, budget, extra, args.checkpoint)
+              for name in names}
+    seed = RunDir(stages[baseline][-1]["run"]).read_recipe().seed  # every row's episodes
     rows, digests = [], set()
     for split in args.split:
         for scheme in args.schemes:
@@ -172,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                     row = {"name": name, "budget_minutes": args.budget_minutes,
                            "stages": stages[name],
                            "episodes_digest": episodes_digest(run, split, scheme, ways,
-                                                              args.episodes),
+                                                              args.episodes, seed),
                            **score([run], args.checkpoint, split, scheme, ways,
-                                   args.episodes)}
+                                   args.episodes, seed=seed)}
                     digests.add((split, scheme, ways, row["episodes_digest"]))
                     rows.append(row)
                     print(f"{name} {split} {scheme} {ways}-way: "

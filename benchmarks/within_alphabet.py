@@ -36,18 +36,16 @@ from typing import Any
 import common
 import torch
 
+from metafit.config.ensemble import INPUT_KEYS
 from metafit.config.schema import make_recipe
 from metafit.data.augment import RandomAffine
 from metafit.episodes import Episodes
 from metafit.evaluation.batch_norm import deployed_logits
 from metafit.evaluation.protocol import ci95, evaluate
+from metafit.runs.directory import RunDir
 from metafit.runs.trained import load_trained, split_sampler
 
 SCHEMES = ("random", "within_alphabet")
-#: The recipe keys that decide which images an episode holds and how they are decoded:
-#: an ensemble's members must agree on them.
-DATA_KEYS = ("dataset", "data_root", "image_size", "channels", "image_crop", "rotations",
-             "split_scheme", "split_seed", "holdout_fraction")
 
 
 class AugmentedSupport:
@@ -95,7 +93,7 @@ def score(runs: list[str], which: str, split: str, scheme: str, ways: int, episo
     loaded = [load_trained(run, which) for run in runs]
     recipe = loaded[0][0]
     for run, (other, _) in zip(runs[1:], loaded[1:], strict=True):
-        differ = [k for k in DATA_KEYS if getattr(other, k) != getattr(recipe, k)]
+        differ = [k for k in INPUT_KEYS if getattr(other, k) != getattr(recipe, k)]
         if differ:
             raise SystemExit(f"{run} reads the data unlike {runs[0]} ({', '.join(differ)}): "
                              "an ensemble's members must see the same images")
@@ -176,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = args.baseline or named[0][0]
     seed = args.episode_seed
     if seed is None:
-        seed = load_trained(named[0][1].split("+")[0], args.checkpoint)[0].seed
+        seed = RunDir(named[0][1].split("+")[0]).read_recipe().seed
     rows = []
     for split in args.splits:
         for scheme in args.schemes:

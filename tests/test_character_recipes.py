@@ -329,6 +329,7 @@ def test_an_ensemble_candidate_trains_its_members_and_merges_them(
     ({"stages": ["sinusoid_maml"], "members": 0}, "members must be an integer from 1"),
     ({"stages": ["sinusoid_maml", "sinusoid_maml"], "members": 2}, "one-stage candidates"),
     ({"stages": ["sinusoid_maml"], "member": 2}, "unknown keys"),
+    ({"stages": ["sinusoid_maml"], "members": 2}, "its members cannot merge"),
 ])
 def test_a_broken_ensemble_candidate_is_refused(
         tmp_path: Path, candidate: dict[str, Any], message: str) -> None:

@@ -5,6 +5,7 @@ that reads a run."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from deploy_fixtures import support_folder
 from metafit.cli.main import main
+from metafit.cli.results import SCHEMAS
 from metafit.evaluation.batch_norm import deployed_logits
 from metafit.runs.directory import CheckpointError
 from metafit.runs.ensemble import merge_runs
@@ -42,8 +44,11 @@ def test_a_merged_run_scores_as_the_mean_of_its_members(
     runs = [trained(tmp_path, data, f"run{seed}", seed=seed) for seed in (3, 4, 5)]
     out = tmp_path / "merged"
     assert main(["ensemble", *map(str, runs), "--out", str(out), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    SCHEMAS["ensemble"].model_validate_json(printed)
+    info = json.loads(printed)
     assert (info["hidden"], info["conv_groups"]) == (12, 3)
+    assert info["run"] == str(out.resolve())
     assert info["members"] == [str(r.resolve()) for r in runs]
     recipe, merged = load_trained(out, "best")
     members = [load_trained(run, "best")[1] for run in runs]
@@ -77,6 +82,20 @@ def test_what_does_not_merge_is_refused(tmp_path: Path,
         merge_runs([a, wide], tmp_path / "m2")
     with pytest.raises(ValueError, match="2 to 16 runs"):
         merge_runs([a], tmp_path / "m3")
+    logistic = trained(tmp_path, data, "logistic", classifier="logistic")
+    with pytest.raises(ValueError, match="test-time classifier 'logistic'"):
+        merge_runs([a, logistic], tmp_path / "m5")
+    forged = tmp_path / "forged"  # b's checkpoints under a recipe of other widths
+    shutil.copytree(b, forged)
+    (forged / "config.yaml").write_text(
+        (forged / "config.yaml").read_text().replace("hidden: 4", "hidden: 6"))
+    with pytest.raises(ValueError, match="hidden=6 where"):
+        merge_runs([a, forged], tmp_path / "m6")
+    shutil.copytree(a, tmp_path / "forged_a")
+    (tmp_path / "forged_a" / "config.yaml").write_text(
+        (tmp_path / "forged_a" / "config.yaml").read_text().replace("hidden: 4", "hidden: 6"))
+    with pytest.raises(CheckpointError):  # tensors of width 4 against a recipe of 6
+        merge_runs([tmp_path / "forged_a", forged], tmp_path / "m7")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(ValueError, match="not an empty directory"):
@@ -84,4 +103,4 @@ def test_what_does_not_merge_is_refused(tmp_path: Path,
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     assert main(["ensemble", str(a), str(maml), "--out", str(tmp_path / "m4")]) == 2
     assert capsys.readouterr().err.startswith("metafit: error: ")
-    assert not (tmp_path / "m1").exists() and not (tmp_path / "m4").exists()
+    assert not any((tmp_path / f"m{i}").exists() for i in range(1, 8))

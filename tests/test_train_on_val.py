@@ -79,6 +79,7 @@ def test_training_says_validation_is_not_held_out(
     recipe = make_recipe({"dataset": "omniglot", "data_root": str(tmp_path), "image_size": 8,
                           "ways": 2, "queries": 1, "train_on_val": True}, "t")
     with caplog.at_level(logging.WARNING, logger="metafit.training.build"):
-        train, _, count = samplers(recipe, 0)
+        _, _, count = samplers(recipe, 0)
     assert "not about held-out classes" in caplog.text
-    assert count == len(load_split(recipe, "train").classes)
+    alone = recipe.model_copy(update={"train_on_val": False})
+    assert count == sum(len(load_split(alone, s).classes) for s in ("train", "val"))

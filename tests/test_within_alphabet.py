@@ -167,6 +167,7 @@ def test_an_ensemble_of_runs_is_scored_on_one_seeds_episodes(
     """benchmarks/within_alphabet.py's ``NAME=RUN1+RUN2``: one member is the deployed
     figure itself, a member twice changes nothing, runs of other seeds are scored on the
     first run's episodes, and members that read the data differently are refused."""
+    from metafit.evaluation.batch_norm import deployed_logits
     from metafit.runs.trained import load_trained
     from metafit.training.trainer import Trainer
     from test_trainer import classification_recipe
@@ -197,6 +198,14 @@ def test_an_ensemble_of_runs_is_scored_on_one_seeds_episodes(
     b_algo = load_trained(b, "last")[1]
     assert other["per_episode"] == pytest.approx(bench.ensemble_accuracy([b_algo], tasks))
     both = bench.score([a, b], "last", "test", "within_alphabet", 3, 12)
-    assert len(both["per_episode"]) == 12 and both["run"] == f"{a}+{b}"
+    assert both["run"] == f"{a}+{b}"
+    expected = []
+    for task in tasks:  # the members' deployed log-probabilities, averaged by hand
+        votes = sum(
+            deployed_logits(m.model, m.make_learner(list(m.trajectory(
+                task.support_x, task.support_y, 0))[-1][0], task.support_y, copy=False),
+                task.support_x, task.query_x).log_softmax(-1) for m in (algo, b_algo))
+        expected.append(float((votes.argmax(-1) == task.query_y).float().mean()))
+    assert both["per_episode"] == pytest.approx(expected)
     with pytest.raises(SystemExit, match="image_crop"):
         bench.score([a, inked], "last", "test", "within_alphabet", 3, 12)

@@ -118,8 +118,10 @@ class RecipeRecommendation(_Strict):
     task: str = Field(description="the kind of task (characters, ...)")
     description: str
     recommended: str = Field(description="the recommended candidate")
-    commands: list[str] = Field(description="its metafit train commands, in order, at "
-                                "budget_minutes")
+    commands: list[str] = Field(description="its shell commands, in order, at "
+                                "budget_minutes: `metafit train` per stage; for an ensemble "
+                                "candidate its members' trainings ending in ` &` (side by "
+                                "side), `wait`, then `metafit ensemble`")
     evidence: str = Field(description="the measurement behind the choice")
     budget_minutes: Real | None = Field(description="the training budget it was measured at")
     candidates: dict[str, list[str]] = Field(description="every candidate's commands "
@@ -178,7 +180,7 @@ class TrainJson(_Strict):
 class EnsembleJson(_Strict):
     """``metafit ensemble RUN RUN ... --out DIR --json``."""
 
-    run: str = Field(description="the merged run directory")
+    run: str = Field(description="the merged run directory, absolute")
     members: list[str] = Field(description="the member runs, absolute paths, in order")
     checkpoint: str = Field(description="the members' checkpoint merged (best or last)")
     hidden: int = Field(description="filters per block of the merged conv4 (the members' "

@@ -106,7 +106,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     if args.json:
         from metafit.cli.results import emit
 
-        emit("ensemble", {"run": str(args.out), "members": members,
+        emit("ensemble", {"run": str(Path(args.out).resolve()), "members": members,
                           "checkpoint": args.checkpoint, "hidden": recipe.hidden,
                           "conv_groups": recipe.conv_groups})
         return 0

@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from metafit.config.ensemble import MAX_MEMBERS, merge_problem
 from metafit.config.files import RecipeError, read_yaml_mapping
 from metafit.config.recipe import list_recipes, load_recipe, parse_overrides
 from metafit.config.schema import Recipe
@@ -172,11 +173,17 @@ def _candidate(name: str, value: Any, where: str) -> Candidate:
         raise RecipeError(f"{where}: budget_shares must be {len(stages)} positive numbers "
                           f"summing to 1, got {shares!r}")
     members = value.get("members", 1)
-    if not isinstance(members, int) or isinstance(members, bool) or not 1 <= members <= 16:
-        raise RecipeError(f"{where}: members must be an integer from 1 to 16, got "
-                          f"{members!r}")
+    if (not isinstance(members, int) or isinstance(members, bool)
+            or not 1 <= members <= MAX_MEMBERS):
+        raise RecipeError(f"{where}: members must be an integer from 1 to {MAX_MEMBERS}, "
+                          f"got {members!r}")
     if members > 1 and len(stages) > 1:
         raise RecipeError(f"{where}: members ({members}) are for one-stage candidates")
+    if members > 1:
+        recipe, overrides = stages[0]
+        problem = merge_problem(load_recipe(recipe, list(overrides)))
+        if problem:
+            raise RecipeError(f"{where}: its members cannot merge: {problem}")
     unknown = set(value) - {"stages", "budget_shares", "members"}
     if unknown:
         raise RecipeError(f"{where}: unknown keys {sorted(unknown)}")

@@ -138,10 +138,10 @@ class Recipe(BaseModel):
         "examples held out of meta-training, half for val and half for test")
     train_on_val: bool = Field(
         False, description="omniglot (alphabet, standard, vinyals), image_folder, "
-        "image_table, text_table: meta-train on the validation classes too (train + val), "
-        "for the model you deploy once validation has made the choices; validation still "
-        "scores the val split, which is then not held out (its figures are optimistic); "
-        "test stays held out")
+        "image_table, text_table (text_csv): meta-train on the validation classes too "
+        "(train + val), for the model you deploy once validation has made the choices; "
+        "validation still scores the val split, which is then not held out (its figures "
+        "are optimistic); test stays held out")
     episode_scheme: Literal["random", "within_alphabet"] = Field(
         "random", description="Omniglot: 'within_alphabet' draws every episode's classes "
         "from one alphabet, its support from some drawers and its queries from others, "

@@ -78,6 +78,13 @@ def _part(recipe: Recipe, full: Any, split: Split) -> Any:
                               for i in _split_ids(recipe, len(full.classes), part)))
 
 
+def _omniglot_split(recipe: Recipe, split: Split) -> str | tuple[Split, ...]:
+    """What :class:`~metafit.data.omniglot.Omniglot` takes for ``split``: the name, or
+    the tuple of :func:`_parts` when there are several."""
+    parts = _parts(recipe, split)
+    return parts if len(parts) > 1 else split
+
+
 def _parts(recipe: Recipe, split: Split) -> tuple[Split, ...]:
     """The splits whose classes make up ``split``: ``("train", "val")`` for the training
     split of a ``train_on_val`` recipe, else ``split`` alone."""
@@ -145,7 +152,7 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
         from metafit.data.omniglot import Omniglot
 
         return Omniglot(_need_root(recipe), image_size=recipe.image_size,
-                        rotations=recipe.rotations, split=_parts(recipe, split),
+                        rotations=recipe.rotations, split=_omniglot_split(recipe, split),
                         split_scheme=recipe.split_scheme, seed=recipe.split_seed,
                         holdout=recipe.holdout_fraction, crop=recipe.image_crop)
     if kind == "idx":

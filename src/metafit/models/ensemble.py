@@ -83,14 +83,15 @@ def merge_head_states(states: Sequence[dict[str, Tensor]],
         ValueError: some members have a head and others not, or heads of other shapes.
     """
     weight, bias = f"{prefix}weight", f"{prefix}bias"
-    held = [weight in s for s in states]
-    if not any(held):
+    held = {(weight in s, bias in s) for s in states}
+    if held == {(False, False)}:
         return {}
-    if not all(held) or len({tuple(s[weight].shape) for s in states}) > 1:
-        raise ValueError("the members' heads differ in shape: only networks of one "
-                         "architecture and one number of classes merge")
+    if (len(held) > 1 or not next(iter(held))[0]
+            or len({tuple(s[weight].shape) for s in states}) > 1):
+        raise ValueError("the members' heads differ: only networks of one architecture "
+                         "and one number of classes merge")
     scale = 1 / math.sqrt(len(states))
     merged = {weight: torch.cat([s[weight] for s in states], 1) * scale}  # [out, K * h]
-    if all(bias in s for s in states):
+    if bias in states[0]:
         merged[bias] = torch.stack([s[bias] for s in states]).mean(0)  # [out]
     return merged
