@@ -6,8 +6,9 @@ ResNet-12, Meta-Baseline's two stages) for ``--budget-minutes`` of meta-training
 each (validation excluded; a candidate of two stages shares it as its ``budget_shares``
 say, the second stage warm-started from the first's run), one after the other, then
 scores every candidate's last stage (an ensemble candidate: its merged members, each
-trained for the whole budget, one after the other here, side by side on their own cores
-in use) on the same fixed 1-shot episodes of the
+trained for its share of the budget, :meth:`~metafit.config.recommend.Candidate.member_budget`,
+one after the other here, side by side on their own cores in use) on the same fixed 1-shot
+episodes of the
 ``--split`` alphabets (``val``: the choice; ``test``: once, for the chosen one): Lake et
 al.'s within-alphabet episodes by default, at 20 and 5 ways, in the deployed BatchNorm
 setting (:func:`within_alphabet.score`). Every row is paired with the ``--baseline``
@@ -59,12 +60,14 @@ def run_dirs(out: Path, candidate: Candidate) -> list[str]:
 def train(candidate: Candidate, out: Path, budget_seconds: float, extra: list[str],
           checkpoint: Literal["best", "last"] = "last") -> list[dict[str, Any]]:
     """Train every stage of ``candidate`` (skipping a finished run); what each did. A
-    candidate of several ``members`` trains each (seed ``i``, the whole budget each) and
-    merges their ``checkpoint`` (:func:`~metafit.runs.ensemble.merge_runs`, skipped when
-    done); its last entry is the merged run."""
+    candidate of several ``members`` trains each (seed ``i``, its share of the budget:
+    ``Candidate.member_budget``) and merges their ``checkpoint``
+    (:func:`~metafit.runs.ensemble.merge_runs`, skipped when done); its last entry is the
+    merged run."""
     if candidate.members > 1:
         dirs = candidate.member_dirs(str(out))
-        done = [train_stages(candidate, [d], budget_seconds, [*extra, f"seed={i}"])[0]
+        each = candidate.member_budget(budget_seconds)
+        done = [train_stages(candidate, [d], each, [*extra, f"seed={i}"])[0]
                 for i, d in enumerate(dirs)]
         merged = str(out / candidate.name / f"ensemble_{checkpoint}")
         if not RunDir(merged).exists():

@@ -325,8 +325,26 @@ def test_an_ensemble_candidate_trains_its_members_and_merges_them(
     assert (recipe.hidden, recipe.conv_groups) == (8, 2) and two["run"] == merged["run"]
 
 
+def test_members_beyond_the_cores_train_in_waves_that_share_the_budget(
+        tmp_path: Path) -> None:
+    stage = recommendations()["characters"].candidates["protonet_within_ink_x2"].stages[0]
+    path = tmp_path / "recommended.yaml"
+    path.write_text(yaml.safe_dump({"task": {"recommended": "five", "candidates": {
+        "five": {"stages": [" ".join([stage[0], *stage[1]])], "members": 5}}}}))
+    five = recommendations(path)["task"].best
+    assert (five.parallel, five.waves, five.member_budget(1800.0)) == (2, 3, 600.0)
+    commands = five.commands(1800.0)
+    waits = [i for i, c in enumerate(commands) if c == "wait"]
+    assert waits == [2, 5, 7] and len(commands) == 9  # 2 + wait, 2 + wait, 1 + wait, merge
+    trains = [c for c in commands if c.startswith("metafit train")]
+    assert all("time_budget=600 " in c and c.endswith(" &") for c in trains)
+    assert [c.split("seed=")[1].split()[0] for c in trains] == ["0", "1", "2", "3", "4"]
+    assert commands[-1].startswith("metafit ensemble ") and commands[-1].count("/seed") == 5
+
+
 @pytest.mark.parametrize(("candidate", "message"), [
     ({"stages": ["sinusoid_maml"], "members": 0}, "members must be an integer from 1"),
+    ({"stages": ["sinusoid_maml"], "parallel": 0}, "parallel must be an integer from 1"),
     ({"stages": ["sinusoid_maml", "sinusoid_maml"], "members": 2}, "one-stage candidates"),
     ({"stages": ["sinusoid_maml"], "member": 2}, "unknown keys"),
     ({"stages": ["sinusoid_maml"], "members": 2}, "its members cannot merge"),

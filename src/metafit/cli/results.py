@@ -121,7 +121,8 @@ class RecipeRecommendation(_Strict):
     commands: list[str] = Field(description="its shell commands, in order, at "
                                 "budget_minutes: `metafit train` per stage; for an ensemble "
                                 "candidate its members' trainings ending in ` &` (side by "
-                                "side), `wait`, then `metafit ensemble`")
+                                "side), each wave of them followed by `wait`, then "
+                                "`metafit ensemble`")
     evidence: str = Field(description="the measurement behind the choice")
     budget_minutes: Real | None = Field(description="the training budget it was measured at")
     candidates: dict[str, list[str]] = Field(description="every candidate's commands "

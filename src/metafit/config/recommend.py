@@ -15,8 +15,11 @@ them as ``budget_shares`` says (Meta-Baseline, Chen et al. 2021: a classifier on
 training classes, then a cosine ProtoNet from its body).
 
 A candidate of ``members: K`` (one stage) trains its stage ``K`` times, with seeds
-``0..K-1``, each for the whole budget (side by side, one core each), and merges the runs
-into their ensemble (``metafit ensemble``, :mod:`metafit.runs.ensemble`).
+``0..K-1``, and merges the runs into their ensemble (``metafit ensemble``,
+:mod:`metafit.runs.ensemble`). The members train ``parallel`` at a time (default
+:data:`PARALLEL`, the cores of the machine the budgets were measured on), one thread each,
+in ``ceil(K / parallel)`` waves that share the budget: two members each train for the
+whole budget, six for a third of it.
 """
 
 from __future__ import annotations
@@ -32,10 +35,14 @@ from metafit.config.files import RecipeError, read_yaml_mapping
 from metafit.config.recipe import list_recipes, load_recipe, parse_overrides
 from metafit.config.schema import Recipe
 
-__all__ = ["Candidate", "Recommendation", "RECOMMENDATIONS_FILE", "recommendations"]
+__all__ = ["Candidate", "PARALLEL", "Recommendation", "RECOMMENDATIONS_FILE",
+           "recommendations"]
 
 #: The file of the shipped recipes that holds the recommendations.
 RECOMMENDATIONS_FILE = "_recommended.yaml"
+
+#: Members trained side by side by default: the 2 cores the budgets were measured on.
+PARALLEL = 2
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,17 @@ class Candidate:
     stages: tuple[tuple[str, tuple[str, ...]], ...]
     budget_shares: tuple[float, ...]
     members: int = 1
+    parallel: int = PARALLEL
+
+    @property
+    def waves(self) -> int:
+        """How many rounds of at most ``parallel`` members side by side train them all."""
+        return math.ceil(self.members / self.parallel)
+
+    def member_budget(self, budget_seconds: float) -> float:
+        """Each member's training time when all of them share ``budget_seconds`` of wall
+        time: the budget over :attr:`waves` (the whole budget for one member)."""
+        return budget_seconds / self.waves
 
     def member_dirs(self, root: str = "runs") -> list[str]:
         """The run directory of each member under ``root`` (``members > 1``)."""
@@ -79,17 +97,23 @@ class Candidate:
         """The ``metafit train`` command of each stage (each in its default run
         directory, ``runs/RECIPE``, which a later stage's recipe names as ``init_from``);
         for ``members > 1``, one per member (``seed=i threads=1``, ``--out
-        runs/NAME/seed{i}``: side by side, one core each, as measured) and the ``metafit
-        ensemble`` that merges them into ``runs/NAME/ensemble``."""
+        runs/NAME/seed{i}``, :meth:`member_budget` each), in waves of ``parallel``
+        started together and waited for, as measured, then the ``metafit ensemble`` that
+        merges them into ``runs/NAME/ensemble``."""
+        if self.members > 1 and budget_seconds is not None:
+            budget_seconds = self.member_budget(budget_seconds)
         trains = [" ".join(["metafit train", recipe, *overrides])
                   for (recipe, _), overrides in zip(
                       self.stages, self.stage_overrides(budget_seconds), strict=True)]
         if self.members == 1:
             return trains
         dirs = self.member_dirs()
-        return [*(f"{trains[0]} seed={i} threads=1 --out {d} &" for i, d in enumerate(dirs)),
-                "wait",
-                f"metafit ensemble {' '.join(dirs)} --out runs/{self.name}/ensemble"]
+        out: list[str] = []
+        for i, d in enumerate(dirs):
+            out.append(f"{trains[0]} seed={i} threads=1 --out {d} &")
+            if (i + 1) % self.parallel == 0 or i + 1 == len(dirs):
+                out.append("wait")
+        return [*out, f"metafit ensemble {' '.join(dirs)} --out runs/{self.name}/ensemble"]
 
 
 @dataclass(frozen=True)
@@ -184,7 +208,12 @@ def _candidate(name: str, value: Any, where: str) -> Candidate:
         problem = merge_problem(load_recipe(recipe, list(overrides)))
         if problem:
             raise RecipeError(f"{where}: its members cannot merge: {problem}")
-    unknown = set(value) - {"stages", "budget_shares", "members"}
+    parallel = value.get("parallel", PARALLEL)
+    if (not isinstance(parallel, int) or isinstance(parallel, bool)
+            or not 1 <= parallel <= MAX_MEMBERS):
+        raise RecipeError(f"{where}: parallel must be an integer from 1 to {MAX_MEMBERS}, "
+                          f"got {parallel!r}")
+    unknown = set(value) - {"stages", "budget_shares", "members", "parallel"}
     if unknown:
         raise RecipeError(f"{where}: unknown keys {sorted(unknown)}")
-    return Candidate(name, tuple(stages), tuple(float(s) for s in shares), members)
+    return Candidate(name, tuple(stages), tuple(float(s) for s in shares), members, parallel)
