@@ -84,6 +84,10 @@ def train_stages(candidate: Candidate, dirs: list[str], budget_seconds: float,
     """Train the stages of ``candidate`` into ``dirs`` (skipping a finished run)."""
     done = []
     for recipe, path in zip(candidate.recipes(budget_seconds, dirs, extra), dirs, strict=True):
+        if RunDir(path).exists() and RunDir(path).read_recipe().time_budget != recipe.time_budget:
+            raise SystemExit(f"{path} was trained with time_budget="
+                             f"{RunDir(path).read_recipe().time_budget}, this comparison "
+                             f"gives it {recipe.time_budget}: use another --out")
         if RunDir(path).status().get("status") not in FINISHED:
             start = time.perf_counter()
             Trainer(recipe, path, progress=False).fit()
@@ -117,7 +121,8 @@ def block(rows: list[dict[str, Any]], baseline: str, command: str, budget: float
     """The RESULTS.md block: machine, command, what each candidate trained, the table."""
     lines = [f"{common.machine()}; load average {common.load_average()}. Command: "
              f"`{command}`. Training budget: {budget:g} minutes of meta-training steps per "
-             "candidate (validation excluded), one run after the other. Deployed BatchNorm "
+             "candidate (validation excluded; each of a candidate's K members trains for "
+             "the budget over its waves), one run after the other. Deployed BatchNorm "
              "setting; mean ± 95% CI over episodes; the last column pairs each row with "
              f"`{baseline}` on the same episodes"
              + ("." if same_episodes else " (WARNING: the candidates' episodes differ: "

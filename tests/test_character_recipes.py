@@ -20,7 +20,7 @@ from metafit.algorithms.from_recipe import build_model
 from metafit.algorithms.protonet import ProtoNet
 from metafit.config.files import RecipeError
 from metafit.config.recipe import list_recipes, load_recipe
-from metafit.config.recommend import recommendations
+from metafit.config.recommend import Candidate, recommendations
 from metafit.data.base import TensorClassDataset
 from metafit.data.splits import load_split
 from metafit.runs.directory import CheckpointError, RunDir, load_checkpoint
@@ -340,14 +340,60 @@ def test_members_beyond_the_cores_train_in_waves_that_share_the_budget(
     assert all("time_budget=600 " in c and c.endswith(" &") for c in trains)
     assert [c.split("seed=")[1].split()[0] for c in trains] == ["0", "1", "2", "3", "4"]
     assert commands[-1].startswith("metafit ensemble ") and commands[-1].count("/seed") == 5
+    assert commands[-1].endswith(" --checkpoint last --finished-only")  # as measured
+    seven = Candidate("seven", five.stages, five.budget_shares, members=7, parallel=3)
+    commands = seven.commands(1800.0)
+    assert [i for i, c in enumerate(commands) if c == "wait"] == [3, 7, 9]
+    assert seven.member_budget(1800.0) == 600.0 and "time_budget=600 " in commands[0]
+    assert Candidate("one", five.stages, five.budget_shares, members=1).waves == 1
+
+
+@pytest.mark.parametrize(("name", "extra", "message"), [
+    ("x; rm -rf", {"members": 2}, "a candidate's name is a folder name"),
+    ("my pair", {"members": 2}, "a candidate's name is a folder name"),
+    ("pair", {"members": 2, "parallel": 3}, r"from 1 to the members \(2\), got 3"),
+    ("pair", {"members": 2, "parallel": 0}, "parallel must be an integer from 1"),
+])
+def test_an_ensemble_candidate_the_commands_cannot_carry_is_refused(
+        tmp_path: Path, name: str, extra: dict[str, Any], message: str) -> None:
+    recipe, overrides = recommendations()["characters"].candidates[
+        "protonet_within_ink_x2"].stages[0]
+    path = tmp_path / "recommended.yaml"
+    path.write_text(yaml.safe_dump({"task": {"recommended": name, "candidates": {
+        name: {"stages": [" ".join([recipe, *overrides])], **extra}}}}))
+    with pytest.raises(RecipeError, match=message):
+        recommendations(path)
+
+
+def test_the_benchmark_gives_each_member_its_share_of_the_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import character_recipes
+
+    stage = recommendations()["characters"].candidates["protonet_within_ink_x2"].stages[0]
+    three = Candidate("three", (stage,), (1.0,), members=3, parallel=2)
+    seen: list[tuple[list[str], float, list[str]]] = []
+
+    def record(candidate: Candidate, dirs: list[str], budget: float,
+               extra: list[str]) -> list[dict[str, Any]]:
+        seen.append((dirs, budget, extra))
+        return [{"iterations": 1}]
+
+    monkeypatch.setattr(character_recipes, "train_stages", record)
+    monkeypatch.setattr(character_recipes, "merge_runs", lambda *a: None)
+    stages = character_recipes.train(three, tmp_path, 1800.0, ["x=1"])
+    assert [b for _, b, _ in seen] == [900.0, 900.0, 900.0]  # two waves of the budget
+    assert [e for _, _, e in seen] == [["x=1", f"seed={i}"] for i in range(3)]
+    assert [d for d, _, _ in seen] == [[d] for d in three.member_dirs(str(tmp_path))]
+    assert stages[-1]["run"].endswith("three/ensemble_last")
 
 
 @pytest.mark.parametrize(("candidate", "message"), [
     ({"stages": ["sinusoid_maml"], "members": 0}, "members must be an integer from 1"),
-    ({"stages": ["sinusoid_maml"], "parallel": 0}, "parallel must be an integer from 1"),
     ({"stages": ["sinusoid_maml", "sinusoid_maml"], "members": 2}, "one-stage candidates"),
     ({"stages": ["sinusoid_maml"], "member": 2}, "unknown keys"),
     ({"stages": ["sinusoid_maml"], "members": 2}, "its members cannot merge"),
+    ({"stages": ["sinusoid_maml"], "parallel": 1}, "parallel is for candidates of members"),
 ])
 def test_a_broken_ensemble_candidate_is_refused(
         tmp_path: Path, candidate: dict[str, Any], message: str) -> None:

@@ -5,6 +5,7 @@ that reads a run."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from deploy_fixtures import support_folder
 from metafit.cli.main import main
 from metafit.cli.results import SCHEMAS
 from metafit.evaluation.batch_norm import deployed_logits
-from metafit.runs.directory import CheckpointError
+from metafit.runs.directory import CheckpointError, RunDir
 from metafit.runs.ensemble import merge_runs
 from metafit.runs.trained import load_trained, split_sampler
 from metafit.training.trainer import Trainer
@@ -70,8 +71,8 @@ def test_a_merged_run_scores_as_the_mean_of_its_members(
         Trainer(recipe, out, progress=False).fit()
 
 
-def test_what_does_not_merge_is_refused(tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_what_does_not_merge_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        caplog: pytest.LogCaptureFixture) -> None:
     data = image_folder(tmp_path / "data")
     a, b = (trained(tmp_path, data, f"run{seed}", seed=seed) for seed in (3, 4))
     maml = trained(tmp_path, data, "maml", "maml")
@@ -101,6 +102,18 @@ def test_what_does_not_merge_is_refused(tmp_path: Path,
     with pytest.raises(ValueError, match="not an empty directory"):
         merge_runs([a, b], tmp_path / "full")
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    crashed = tmp_path / "crashed"  # a member whose training never wrote its end
+    shutil.copytree(b, crashed)
+    RunDir(crashed).set_status("running", iteration=1)
+    with pytest.raises(ValueError, match="crashed: its training has not finished"):
+        merge_runs([a, crashed], tmp_path / "m8", finished_only=True)
+    assert main(["ensemble", str(a), str(crashed), "--out", str(tmp_path / "m9"),
+                 "--finished-only"]) == 2
+    assert "has not finished (status 'running')" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING, logger="metafit.runs.ensemble"):
+        merge_runs([a, crashed], tmp_path / "partial")  # an interrupted run may merge
+    assert "crashed: its training has not finished" in caplog.text
+    assert RunDir(tmp_path / "partial").is_finished()
     assert main(["ensemble", str(a), str(maml), "--out", str(tmp_path / "m4")]) == 2
     assert capsys.readouterr().err.startswith("metafit: error: ")
-    assert not any((tmp_path / f"m{i}").exists() for i in range(1, 8))
+    assert not any((tmp_path / f"m{i}").exists() for i in range(1, 10))

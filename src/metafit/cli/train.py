@@ -101,7 +101,7 @@ def add_train_parser(sub: Any) -> None:
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from metafit.runs.ensemble import merge_runs
 
-    recipe = merge_runs(args.runs, args.out, args.checkpoint)
+    recipe = merge_runs(args.runs, args.out, args.checkpoint, args.finished_only)
     members = [str(Path(run).resolve()) for run in args.runs]
     if args.json:
         from metafit.cli.results import emit
@@ -125,4 +125,7 @@ def add_ensemble_parser(sub: Any) -> None:
     p.add_argument("--out", required=True, help="the merged run directory (new or empty)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="the members' checkpoint to merge (default: best)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="refuse a member whose training has not finished (crashed, killed "
+                   "or still running); without it such a member merges with a warning")
     add_json_option(p, "the merged run")

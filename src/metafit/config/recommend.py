@@ -25,6 +25,7 @@ whole budget, six for a third of it.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,6 +41,9 @@ __all__ = ["Candidate", "PARALLEL", "Recommendation", "RECOMMENDATIONS_FILE",
 
 #: The file of the shipped recipes that holds the recommendations.
 RECOMMENDATIONS_FILE = "_recommended.yaml"
+
+#: What a candidate's name may hold: it names folders in the printed shell commands.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 #: Members trained side by side by default: the 2 cores the budgets were measured on.
 PARALLEL = 2
@@ -99,7 +103,8 @@ class Candidate:
         for ``members > 1``, one per member (``seed=i threads=1``, ``--out
         runs/NAME/seed{i}``, :meth:`member_budget` each), in waves of ``parallel``
         started together and waited for, as measured, then the ``metafit ensemble`` that
-        merges them into ``runs/NAME/ensemble``."""
+        merges their last checkpoints (as measured) into ``runs/NAME/ensemble``, refusing
+        a member that did not finish (a bare ``wait`` does not report one)."""
         if self.members > 1 and budget_seconds is not None:
             budget_seconds = self.member_budget(budget_seconds)
         trains = [" ".join(["metafit train", recipe, *overrides])
@@ -113,7 +118,8 @@ class Candidate:
             out.append(f"{trains[0]} seed={i} threads=1 --out {d} &")
             if (i + 1) % self.parallel == 0 or i + 1 == len(dirs):
                 out.append("wait")
-        return [*out, f"metafit ensemble {' '.join(dirs)} --out runs/{self.name}/ensemble"]
+        return [*out, f"metafit ensemble {' '.join(dirs)} --out runs/{self.name}/ensemble "
+                "--checkpoint last --finished-only"]
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,9 @@ def _recommendation(task: str, entry: Any, file: Path) -> Recommendation:
 
 def _candidate(name: str, value: Any, where: str) -> Candidate:
     where = f"{where}, candidate '{name}'"
+    if not NAME.fullmatch(name):
+        raise RecipeError(f"{where}: a candidate's name is a folder name in the printed "
+                          "commands: letters, digits, '_', '.' and '-' only")
     if not isinstance(value, dict) or not value.get("stages"):
         raise RecipeError(f"{where}: needs 'stages', a list of 'RECIPE key=value ...'")
     stages = []
@@ -209,10 +218,12 @@ def _candidate(name: str, value: Any, where: str) -> Candidate:
         if problem:
             raise RecipeError(f"{where}: its members cannot merge: {problem}")
     parallel = value.get("parallel", PARALLEL)
+    if "parallel" in value and members == 1:
+        raise RecipeError(f"{where}: parallel is for candidates of members > 1")
     if (not isinstance(parallel, int) or isinstance(parallel, bool)
-            or not 1 <= parallel <= MAX_MEMBERS):
-        raise RecipeError(f"{where}: parallel must be an integer from 1 to {MAX_MEMBERS}, "
-                          f"got {parallel!r}")
+            or not 1 <= parallel <= max(members, PARALLEL)):
+        raise RecipeError(f"{where}: parallel must be an integer from 1 to the members "
+                          f"({members}), got {parallel!r}")
     unknown = set(value) - {"stages", "budget_shares", "members", "parallel"}
     if unknown:
         raise RecipeError(f"{where}: unknown keys {sorted(unknown)}")

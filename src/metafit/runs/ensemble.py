@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 def merge_runs(runs: Sequence[str | Path], out: str | Path,
-               which: Literal["best", "last"] = "best") -> Recipe:
+               which: Literal["best", "last"] = "best", finished_only: bool = False) -> Recipe:
     """Merge the ``which`` checkpoints of ``runs`` into a new run directory ``out``.
 
     Args:
@@ -43,6 +43,9 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path,
             :data:`~metafit.config.ensemble.MUST_AGREE`.
         out: a directory that does not exist yet, or is empty.
         which: the members' checkpoint (``best`` or ``last``).
+        finished_only: refuse a member whose training has not finished (``status.json``
+            not ``complete`` or ``stopped_early``: crashed, killed or still running);
+            otherwise such a member merges with a warning naming it.
 
     Returns:
         The merged run's recipe (``hidden`` and ``conv_groups`` multiplied by the members'
@@ -50,7 +53,8 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path,
 
     Raises:
         ValueError: fewer than 2 or more than ``MAX_MEMBERS`` runs, a member that cannot
-            merge, members that disagree (the key named), or an ``out`` that holds files.
+            merge, members that disagree (the key named), an ``out`` that holds files, or
+            (``finished_only``) a member that has not finished.
         FileNotFoundError: a member is not a run directory.
         CheckpointError: a member's checkpoint is missing, corrupt or of another
             architecture than its recipe's.
@@ -61,6 +65,15 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path,
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ValueError(f"{target} exists and is not an empty directory: the merged run "
                          "needs a new one")
+    for run in runs:
+        rd = RunDir(run)
+        if rd.exists() and not rd.is_finished():
+            state = rd.status().get("status")
+            if finished_only:
+                raise ValueError(f"{run}: its training has not finished (status {state!r}): "
+                                 "a member crashed, was killed or still runs")
+            logger.warning("%s: its training has not finished (status %r); merging its %s "
+                           "checkpoint as it is", run, state, which)
     recipes = [RunDir(run).read_recipe() for run in runs]
     first = recipes[0]
     for run, recipe in zip(runs, recipes, strict=True):
