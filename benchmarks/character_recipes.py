@@ -45,7 +45,6 @@ from metafit.runs.ensemble import merge_runs
 from metafit.runs.trained import split_sampler
 from metafit.training.trainer import Trainer
 
-FINISHED = ("complete", "stopped_early")
 Split = Literal["train", "val", "test"]
 
 
@@ -84,16 +83,17 @@ def train_stages(candidate: Candidate, dirs: list[str], budget_seconds: float,
     """Train the stages of ``candidate`` into ``dirs`` (skipping a finished run)."""
     done = []
     for recipe, path in zip(candidate.recipes(budget_seconds, dirs, extra), dirs, strict=True):
-        if RunDir(path).exists() and RunDir(path).read_recipe().time_budget != recipe.time_budget:
-            raise SystemExit(f"{path} was trained with time_budget="
-                             f"{RunDir(path).read_recipe().time_budget}, this comparison "
-                             f"gives it {recipe.time_budget}: use another --out")
-        if RunDir(path).status().get("status") not in FINISHED:
+        rd = RunDir(path)
+        trained = rd.read_recipe().time_budget if rd.exists() else recipe.time_budget
+        if trained != recipe.time_budget:
+            raise SystemExit(f"{path} was trained with time_budget={trained}, this "
+                             f"comparison gives it {recipe.time_budget}: use another --out")
+        if not rd.is_finished():
             start = time.perf_counter()
             Trainer(recipe, path, progress=False).fit()
             print(f"{candidate.name}: trained {recipe.name} into {path} "
                   f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
-        status = RunDir(path).status()
+        status = rd.status()
         done.append({"recipe": recipe.name, "run": path, "status": status.get("status"),
                      "iterations": status.get("iteration"),
                      "best_iteration": status.get("best_iteration"),

@@ -161,8 +161,9 @@ def test_metafit_train_under_torchrun(tmp_path: Path) -> None:
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
     # two processes all-reduce the tasks' gradients, a different summation order: the
     # weights agree to rounding, amplified by the TRPO steps (measured 1.6e-6 on log_std of
-    # size 0.03, so a relative bound is too tight); the same bound as the in-process test
+    # size 0.03, deterministic, over the old atol 1e-6 + rtol 1e-5 x 0.03): an absolute
+    # bound at about six times the measured gap
     for name, value in weights[1].items():
         gap = float((weights[2][name] - value).abs().max())
-        assert gap < 1e-4, (name, gap)
+        assert gap < 1e-5, (name, gap)
     assert RunDir(tmp_path / "two").status()["world_size"] == 2

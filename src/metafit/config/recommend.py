@@ -217,11 +217,11 @@ def _candidate(name: str, value: Any, where: str) -> Candidate:
         problem = merge_problem(load_recipe(recipe, list(overrides)))
         if problem:
             raise RecipeError(f"{where}: its members cannot merge: {problem}")
-    parallel = value.get("parallel", PARALLEL)
     if "parallel" in value and members == 1:
         raise RecipeError(f"{where}: parallel is for candidates of members > 1")
+    parallel = value.get("parallel", min(PARALLEL, members))
     if (not isinstance(parallel, int) or isinstance(parallel, bool)
-            or not 1 <= parallel <= max(members, PARALLEL)):
+            or not 1 <= parallel <= members):
         raise RecipeError(f"{where}: parallel must be an integer from 1 to the members "
                           f"({members}), got {parallel!r}")
     unknown = set(value) - {"stages", "budget_shares", "members", "parallel"}
