@@ -241,3 +241,63 @@ def test_the_server_refuses_a_manifest_pointing_outside(model_dir: Path,
     with pytest.raises(ModelDirError, match="not a relative, normalised path"):
         create_app(ServerSettings(target=received))
     assert os.path.exists(tmp_path / "secret.json")
+
+
+def test_compressed_format_1_weights_are_refused_before_they_are_inflated(
+        model_dir: Path, tmp_path: Path) -> None:
+    from test_run_safety import deflated
+
+    state = dict(load_tensors((model_dir / "weights.safetensors").read_bytes(), "w"))
+    state["pad"] = torch.zeros(2**24)  # 64 MB of zeros: ~64 KB compressed
+    old = _as_format_1(model_dir, tmp_path / "old", weights=state)
+    deflated(old / "weights.pt")
+    _list(old, "weights.pt", (old / "weights.pt").read_bytes())
+    assert (old / "weights.pt").stat().st_size < 2**20
+    with pytest.raises(ModelDirError, match=r"weights.pt: record '.*' is compressed"):
+        AdaptedModel.load(old)
+
+
+def test_a_deeply_nested_manifest_or_model_json_is_a_one_line_error(
+        model_dir: Path, tmp_path: Path) -> None:
+    received = _copy(model_dir, tmp_path / "a")
+    (received / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelDirError, match="manifest.json is nested too deeply"):
+        AdaptedModel.load(received)
+    received = _copy(model_dir, tmp_path / "b")
+    _rewrite(received, "model.json", lambda b: b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(ModelDirError, match="model.json is nested too deeply"):
+        AdaptedModel.load(received)
+
+
+def test_a_version_folder_linked_elsewhere_is_refused(model_dir: Path, tmp_path: Path,
+                                                      capsys) -> None:
+    home, other = _copy(model_dir, tmp_path / "home"), _copy(model_dir, tmp_path / "other")
+    (home / "versions").mkdir()
+    os.symlink(other, home / "versions" / "v0002")
+    (home / "current").write_text("2\n")
+    with pytest.raises(ModelDirError, match="v0002 is a symbolic link"):
+        AdaptedModel.load(home)
+    assert main(["predict", str(home), str(tmp_path / "x.png")]) == 2
+    assert "v0002 is a symbolic link" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.__setitem__("y", s["y"] + 7), r"y must be label numbers 0\.\.1 .* 7\.\.8"),
+    (lambda s: s.__setitem__("y", s["y"] - 1), r"y must be label numbers 0\.\.1 .* -1\.\.0"),
+    (lambda s: s.__setitem__("y", s["y"].float()), "y must hold integer labels"),
+    (lambda s: s.__setitem__("x", s["x"][:, :, :3, :3].contiguous()),
+     r"x must be \[S, 1, 8, 8\] floats .* got \(\d+, 1, 3, 3\)"),
+    (lambda s: s.__setitem__("y", s["y"][:1].contiguous()), "x .* and y .* with S > 0"),
+])
+def test_a_forged_support_set_is_refused_on_loading(model_dir: Path, tmp_path: Path,
+                                                    edit: Any, message: str) -> None:
+    received = _copy(model_dir, tmp_path)
+
+    def forge(data: bytes) -> bytes:
+        support = dict(load_tensors(data, "support"))
+        edit(support)
+        return save_tensors(support)
+
+    _rewrite(received, "support.safetensors", forge)
+    with pytest.raises(ModelDirError, match=message):
+        AdaptedModel.load(received)

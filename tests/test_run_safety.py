@@ -1,22 +1,34 @@
 """Run directories from strangers and runs that crashed: a pickled payload in a checkpoint
 never runs, on any entry point; a corrupt newest checkpoint resumes from the one before;
-a torn metrics line is cut; a second trainer is kept out of a busy directory."""
+a torn metrics line is cut; a second trainer is kept out of a busy directory. Forged to
+exhaust memory, write outside, or crash the reader (review of 2026-12-06): compressed
+checkpoint records, a linked ``report/``, oversized or deeply nested run files, checkpoint
+fields of the wrong types, each refused with one line naming the file and field."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from metafit.cli.main import main
+from metafit.io import check_tensor_archive, parse_json, read_bounded
+from metafit.runs.digest import content_digest
 from metafit.runs.directory import (
+    CHECKSUM,
+    MAX_STATUS_BYTES,
     CheckpointError,
     RunDir,
     RunDirError,
@@ -60,7 +72,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def poisoned(run: Path, tmp_path: Path) -> tuple[Path, Path]:
     """A copy of ``run`` whose checkpoints carry an :class:`Exploit` (and no previous
     versions to fall back on); returns ``(the copy, the marker it would create)``."""
-    import shutil
 
     copy = tmp_path / "received_run"
     shutil.copytree(run, copy)
@@ -249,7 +260,6 @@ def test_checkpoints_load_without_pickle_and_carry_their_digest(tmp_path: Path) 
 
 def test_a_forged_run_config_is_refused_before_it_is_allocated(shared: tuple[Path, Path],
                                                               tmp_path: Path) -> None:
-    import shutil
 
     copy = Path(shutil.copytree(shared[1], tmp_path / "received"))
     config = RunDir(copy).config
@@ -260,7 +270,6 @@ def test_a_forged_run_config_is_refused_before_it_is_allocated(shared: tuple[Pat
 
 
 def test_a_binary_run_config_names_the_file(shared: tuple[Path, Path], tmp_path: Path) -> None:
-    import shutil
 
     copy = Path(shutil.copytree(shared[1], tmp_path / "received"))
     RunDir(copy).config.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
@@ -306,3 +315,156 @@ def test_the_files_of_a_failed_start_include_the_mlflow_run_file() -> None:
     from metafit.training.mlflow_logger import RUN_FILE
 
     assert RUN_FILE in UNSTARTED_FILES
+
+
+# -- forged to exhaust memory, write outside, or crash the reader (review 2026-12-06) --
+
+def received(run: Path, tmp_path: Path, running: bool = False) -> RunDir:
+    """A copy of ``run`` without previous checkpoint versions; ``running``: its status
+    says training was interrupted (so training again resumes it)."""
+    copy = RunDir(shutil.copytree(run, tmp_path / "received"))
+    for which in ("best", "last"):
+        previous_version(copy.checkpoint(which)).unlink(missing_ok=True)
+    if running:
+        copy.set_status("running", iteration=2)
+    return copy
+
+
+def forge(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Edit checkpoint ``path`` and give it a matching digest (an attacker can)."""
+    data = torch.load(path, weights_only=True)
+    data.pop(CHECKSUM)
+    edit(data)
+    data[CHECKSUM] = content_digest(data)
+    torch.save(data, path)
+
+
+def deflated(path: Path) -> None:
+    """Rewrite the torch archive ``path`` with every record DEFLATE-compressed."""
+    with zipfile.ZipFile(path) as src:
+        records = [(info.filename, src.read(info)) for info in src.infolist()]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for name, data in records:
+            dst.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED)
+    path.write_bytes(buf.getvalue())
+
+
+def test_a_compressed_checkpoint_is_refused_before_it_is_inflated(
+        shared: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    run = received(shared[1], tmp_path)
+    for which in ("best", "last"):
+        # 64 MB of zeros that compress to ~64 KB: inflated only if torch.load ran.
+        forge(run.checkpoint(which), lambda d: d.__setitem__("pad", torch.zeros(2**24)))
+        deflated(run.checkpoint(which))
+        assert run.checkpoint(which).stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match=r"record '.*data.pkl' is compressed"):
+        load_checkpoint(run.checkpoint("best"))
+    assert main(["evaluate", str(run.path), "--episodes", "2"]) == 2
+    assert "is compressed" in capsys.readouterr().err
+
+
+def test_records_larger_than_the_file_and_non_archives_are_refused(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save({"x": torch.arange(4)}, buf)
+    check_tensor_archive(buf.getvalue(), "ok.pt")  # what torch.save writes passes
+    with pytest.raises(ValueError, match="legacy.pt is corrupt or truncated .not a torch "
+                                         "archive"):
+        check_tensor_archive(b"\x80\x02}q\x00.", "legacy.pt")
+    forged = bytearray(buf.getvalue())
+    first = forged.find(b"PK\x01\x02")  # the first record's central directory entry
+    forged[first + 24:first + 28] = (2**31).to_bytes(4, "little")  # its size: 2 GB
+    with pytest.raises(ValueError, match="declare .* more than the file"):
+        check_tensor_archive(bytes(forged), "forged.pt")
+
+
+def test_a_report_folder_linked_elsewhere_is_neither_written_nor_swept(
+        shared: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    data, trained = shared
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    keep = victim / ".notes.tmp"  # looks like an unfinished write, an hour old
+    keep.write_text("the victim's data")
+    old = time.time() - 3600
+    os.utime(keep, (old, old))
+    run = received(trained, tmp_path, running=True)
+    shutil.rmtree(run.path / "report", ignore_errors=True)
+    os.symlink(victim, run.path / "report")
+    assert main(["evaluate", str(run.path), "--episodes", "2"]) == 2
+    assert "report is a symbolic link" in capsys.readouterr().err
+    with pytest.raises(RunDirError, match="report is a symbolic link"):
+        Trainer(classification_recipe(data, "protonet", iterations=4, val_every=2), run.path,
+                progress=False).fit()
+    assert keep.read_text() == "the victim's data"
+    assert sorted(p.name for p in victim.iterdir()) == [".notes.tmp"]
+
+
+def test_oversized_and_deeply_nested_run_files_are_one_line_errors(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    with open(run.status_file, "wb") as f:  # sparse: no disk, but over the limit
+        f.truncate(MAX_STATUS_BYTES + 1)
+    with pytest.raises(RunDirError, match=r"status.json is \d+ bytes, over the limit"):
+        run.status()
+    run.status_file.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(RunDirError, match="status.json is nested too deeply"):
+        run.status()
+    run.metrics.write_text('{"iteration": 1}\n' + "[" * 100_000 + "]" * 100_000 + "\n{}\n")
+    with pytest.raises(RunDirError, match=r"metrics.jsonl, line 2: not a JSON record"):
+        run.read_metrics()
+    run.status_file.unlink()
+    os.mkfifo(run.status_file)  # would block a plain read forever
+    assert run.status() == {"status": "missing"}  # not read, so not waited on
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_bounded(run.status_file, 100)
+
+
+def test_json_and_bounded_reads_name_what_they_refuse(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="x.json is not valid JSON"):
+        parse_json(b'{"n": ' + b"9" * 5000 + b"}", "x.json")  # over Python's digit limit
+    target = tmp_path / "target"
+    target.write_text("{}")
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(ValueError, match="symbolic link"):
+        read_bounded(tmp_path / "link", 100)
+    assert read_bounded(target, 2) == b"{}"
+    with pytest.raises(ValueError, match="over the limit of 1"):
+        read_bounded(target, 1)
+
+
+@pytest.mark.parametrize("field, edit, message", [
+    ("algorithm", lambda d: d["algorithm"].__setitem__(next(iter(d["algorithm"])), 3),
+     "'algorithm' state must map parameter names to tensors"),
+    ("algorithm", lambda d: d.__setitem__("algorithm", list(d["algorithm"])),
+     "'algorithm' state must map parameter names to tensors"),
+    ("state", lambda d: d.__setitem__("state", [1]), "'state' .* must be a mapping"),
+])
+def test_checkpoint_fields_of_the_wrong_type_are_refused_on_reading(
+        shared: tuple[Path, Path], tmp_path: Path, field: str, edit: Any, message: str,
+        capsys) -> None:
+    run = received(shared[1], tmp_path)
+    for which in ("best", "last"):
+        forge(run.checkpoint(which), edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(run.checkpoint("best"))
+    assert main(["evaluate", str(run.path), "--episodes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "best.pt" in err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("optimizer"), r"its 'optimizer' cannot be restored .*KeyError"),
+    (lambda d: d.__setitem__("world_size", [2]), "'world_size' must be a positive integer"),
+    (lambda d: d.__setitem__("sampler", {"bogus": 1}), "its 'sampler' cannot be restored"),
+    (lambda d: d.__setitem__("state", {"iteration": "x"}),
+     "'state' must be the trainer's counters, with an integer 'iteration'"),
+])
+def test_a_forged_checkpoint_does_not_resume_and_says_which_field(
+        shared: tuple[Path, Path], tmp_path: Path, edit: Any, message: str) -> None:
+    data, trained = shared
+    run = received(trained, tmp_path, running=True)
+    forge(run.checkpoint("last"), edit)
+    before = run.checkpoint("last").read_bytes()
+    with pytest.raises(CheckpointError, match=message):
+        Trainer(classification_recipe(data, "protonet", iterations=4, val_every=2), run.path,
+                progress=False).fit()
+    assert run.checkpoint("last").read_bytes() == before  # nothing overwritten

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
+import stat
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,8 @@ from typing import Any
 import torch
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_save", "cache_dir", "cached",
-           "refusal_reason"]
+           "refusal_reason", "check_tensor_archive", "load_torch_file", "parse_json",
+           "read_bounded"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,91 @@ def refusal_reason(error: BaseException) -> str:
     return (named or lines or [type(error).__name__])[0]
 
 
+def check_tensor_archive(source: str | os.PathLike[str] | bytes, where: object) -> None:
+    """Refuse a ``torch.save`` file whose records would take more memory than the file.
+
+    ``torch.save`` writes a zip archive of *stored* (uncompressed) records, so loading one
+    needs no more memory than its size. A forged file can compress its records (a 1 MB
+    file inflating to gigabytes inside ``torch.load``, before any digest or shape check)
+    or declare records larger than itself; both are refused here, before ``torch.load``.
+
+    Raises:
+        ValueError: not a zip archive, a compressed record, or records larger than the
+            file (the message names ``where`` and the record).
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{where} is corrupt or truncated (not a torch archive, the zip "
+                         f"file torch.save writes: {e})") from None
+    with archive:
+        size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
+        total = 0
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{where}: record {info.filename!r} is compressed "
+                                 "(torch.save stores records as they are; a compressed one "
+                                 "could inflate to any size), refused")
+            total += info.file_size
+        if total > size:
+            raise ValueError(f"{where}: its records declare {total} bytes, more than the "
+                             f"file's {size}; refused")
+
+
+def load_torch_file(source: str | os.PathLike[str] | bytes, where: object) -> Any:
+    """``torch.load(weights_only=True)`` of a file (path or bytes) after
+    :func:`check_tensor_archive`: tensors and plain values only, on the CPU, in no more
+    memory than the file's size.
+
+    Raises:
+        ValueError: as :func:`check_tensor_archive`.
+        pickle.UnpicklingError: an object other than tensors and plain values.
+        RuntimeError, EOFError, OSError: a corrupt or truncated file.
+    """
+    check_tensor_archive(source, where)
+    file = io.BytesIO(source) if isinstance(source, bytes) else source
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path``, refused above ``max_bytes`` before any is
+    read; the last component is not followed if it is a symbolic link.
+
+    Raises:
+        ValueError: not a regular file (a FIFO, a device, a link) or over ``max_bytes``.
+        OSError: it cannot be opened.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == getattr(__import__("errno"), "ELOOP", None):
+            raise ValueError(f"{path} is a symbolic link; refused") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise ValueError(f"{path} is {st.st_size} bytes, over the limit of {max_bytes}")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew while being read
+        raise ValueError(f"{path} is over the limit of {max_bytes} bytes")
+    return data
+
+
+def parse_json(data: bytes | str, where: object) -> Any:
+    """``json.loads(data)``, every failure a ``ValueError`` naming ``where``: invalid JSON
+    or UTF-8, nesting too deep for the parser (``RecursionError``), an integer of more
+    digits than Python converts."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{where} is nested too deeply to be read") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, the digit limit
+        raise ValueError(f"{where} is not valid JSON ({e})") from None
+
+
 def cache_dir() -> Path:
     """Where decoded datasets are cached: ``$METAFIT_CACHE`` or ``~/.cache/metafit``."""
     root = os.environ.get("METAFIT_CACHE") or os.path.join(
@@ -97,7 +186,7 @@ def cached(
     path = cache_dir() / f"{kind}-{digest[:20]}.pt"
     if path.exists():
         try:
-            return torch.load(path, weights_only=True)  # type: ignore[no-any-return]
+            return load_torch_file(path, path)  # type: ignore[no-any-return]
         except Exception as e:  # noqa: BLE001 - any unreadable cache is rebuilt
             log.warning("cache file %s is unreadable (%s); rebuilding it", path, e)
     value = build()

@@ -49,6 +49,7 @@ from metafit.deploy.manifest import (
     check_manifest,
     sha256,
 )
+from metafit.io import parse_json
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_model_dir", "read_model_dir",
            "read_listed_file", "resolve", "sha256", "check_manifest", "check_file_name"]
@@ -229,9 +230,9 @@ def _manifest(path: Path, content: str | None) -> tuple[dict[str, Any], dict[str
     if file.is_symlink() or file.stat().st_size > MAX_MANIFEST_BYTES:
         raise ModelDirError(f"{file}: a symbolic link or over {MAX_MANIFEST_BYTES} bytes")
     try:
-        manifest = json.loads(file.read_bytes())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelDirError(f"{file} is not valid JSON: {e}") from e
+        manifest = parse_json(file.read_bytes(), file)
+    except ValueError as e:
+        raise ModelDirError(str(e)) from None
     return manifest, check_manifest(manifest, str(file), content)
 
 

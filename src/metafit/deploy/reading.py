@@ -10,7 +10,6 @@ before any memory is allocated for it, so a forged ``model.json``, ``recipe.yaml
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import tempfile
@@ -29,7 +28,7 @@ from metafit.deploy.modeldir import read_model_dir
 from metafit.deploy.preprocess import Preprocessor, TextPreprocessor, preprocessor_from_spec
 from metafit.deploy.reject import RejectSetting
 from metafit.deploy.weights import load_tensors
-from metafit.io import refusal_reason
+from metafit.io import load_torch_file, parse_json, refusal_reason
 
 __all__ = ["read_adapted", "CONTENT", "ENCODER", "MAX_IMAGE_SIZE", "MAX_TEXT_LENGTH"]
 
@@ -49,7 +48,7 @@ def read_adapted(root: Path) -> dict[str, Any]:
 
     manifest, files = read_model_dir(root, CONTENT)
     try:
-        spec = _checked_spec(json.loads(files["model.json"]))
+        spec = _checked_spec(parse_json(files["model.json"], root / "model.json"))
         reject = _reject(spec)
         values = parse_yaml_mapping(files["recipe.yaml"], root / "recipe.yaml")
         values.pop("metafit_version", None)
@@ -57,6 +56,8 @@ def read_adapted(root: Path) -> dict[str, Any]:
         state, support = _tensors(files, manifest["format_version"], root)
         with tempfile.TemporaryDirectory(prefix="metafit-encoder-") as private:
             prep, config = _preprocessing(spec, recipe, files, Path(private))
+            if support is not None:
+                _check_support(support, prep, len(spec["labels"]), root)
             pad = prep.pad_id if isinstance(prep, TextPreprocessor) else 0
             with torch.device("meta"):  # sizes first: no memory is allocated
                 skeleton = build_module(spec["architecture"], recipe, config, pad)
@@ -119,6 +120,34 @@ def _tensors(files: dict[str, bytes], version: int, root: Path
     return state, (saved["x"], saved["y"])
 
 
+def _check_support(support: tuple[Tensor, Tensor], prep: Preprocessor, labels: int,
+                   root: Path) -> None:
+    """Refuse a stored support set that does not fit the model: ``x [S, *input]`` of the
+    preprocessing's input shape (images ``[S, C, H, W]`` at its size and channels, token
+    ids ``[S, L]`` with ``L`` at most its length), ``y [S]`` of integer labels in
+    ``0 .. labels - 1``."""
+    x, y = support
+    where = f"{root}: the stored support set"
+    if y.dim() != 1 or x.dim() < 1 or x.shape[0] != y.shape[0] or y.shape[0] == 0:
+        raise ModelDirError(f"{where} must be x [S, ...] and y [S] with S > 0; got x "
+                            f"{tuple(x.shape)}, y {tuple(y.shape)}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise ModelDirError(f"{where}: y must hold integer labels, not {y.dtype}")
+    if int(y.min()) < 0 or int(y.max()) >= labels:
+        raise ModelDirError(f"{where}: y must be label numbers 0..{labels - 1} (model.json "
+                            f"lists {labels} labels); it holds {int(y.min())}..{int(y.max())}")
+    if isinstance(prep, TextPreprocessor):
+        ok = x.dim() == 2 and not x.dtype.is_floating_point and x.shape[1] <= prep.max_length
+        want = f"[S, L] token ids with L <= {prep.max_length}"
+    else:
+        size, channels = getattr(prep, "image_size", None), getattr(prep, "channels", None)
+        ok = tuple(x.shape[1:]) == (channels, size, size) and x.dtype.is_floating_point
+        want = f"[S, {channels}, {size}, {size}] floats"
+    if not ok:
+        raise ModelDirError(f"{where}: x must be {want} for this model's preprocessing; got "
+                            f"{tuple(x.shape)} {x.dtype}")
+
+
 def _count(value: Any) -> int:
     """Values held by a state-dict entry (tensors, tuples of them)."""
     if isinstance(value, Tensor):
@@ -174,7 +203,7 @@ def _unpickle_safely(data: bytes, where: Path) -> Any:
 
     try:
         with quiet_quantization():  # quantized tensors load through TypedStorage
-            return torch.load(io.BytesIO(data), weights_only=True)
+            return load_torch_file(data, where)
     except pickle.UnpicklingError as e:
         raise ModelDirError(f"{where} holds objects other than tensors and plain values, "
                             f"which metafit never loads (they could run code): "

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import re
@@ -58,6 +57,7 @@ from typing import Any, Protocol
 from metafit.deploy.errors import ModelDirError
 from metafit.deploy.modeldir import MANIFEST, read_listed_file
 from metafit.deploy.modeldir import _fsync_dir as fsync_dir
+from metafit.io import parse_json
 
 __all__ = ["CURRENT", "VERSIONS", "MAX_VERSION", "VersionInfo", "version_dir",
            "current_version", "current_dir", "version_numbers", "list_versions",
@@ -121,7 +121,15 @@ def _check_number(n: object) -> int:
 def version_dir(home: Path, n: int) -> Path:
     """The model directory of version ``n`` of ``home`` (``home`` itself for 1)."""
     _check_number(n)
-    return Path(home) if n == 1 else Path(home) / VERSIONS / f"v{n:04d}"
+    if n == 1:
+        return Path(home)
+    folder = Path(home) / VERSIONS
+    where = folder / f"v{n:04d}"
+    for path in (folder, where):
+        if path.is_symlink():
+            raise ModelDirError(f"{path} is a symbolic link; a model directory's versions "
+                                "are its own folders (metafit never makes links)")
+    return where
 
 
 def is_version_home(path: Path) -> bool:
@@ -187,7 +195,7 @@ def list_versions(home: Path) -> list[VersionInfo]:
         where = version_dir(home, n)
         manifest, raw = read_listed_file(where, "model.json", "adapted")
         try:
-            spec = json.loads(raw)
+            spec = parse_json(raw, f"{where}/model.json")
             info = spec.get("adaptation", {}) if isinstance(spec, dict) else {}
             labels = spec["labels"]
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -19,7 +19,9 @@ training into a directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -141,20 +143,45 @@ def restore_training_checkpoint(parts: Resumable, ckpt: dict[str, Any], source: 
             f"{source} is an ensemble merged by `metafit ensemble` (of {said}): it holds "
             "no training state and trains no further; train its members, then merge them "
             "again")
-    saved_world = int(ckpt.get("world_size", 1))
+    saved_world = ckpt.get("world_size", 1)
+    if not isinstance(saved_world, int) or isinstance(saved_world, bool) or saved_world < 1:
+        raise CheckpointError(f"{source}: 'world_size' must be a positive integer, not "
+                              f"{str(saved_world)[:40]!r}")
     if saved_world != dist.world_size:
         raise CheckpointError(
             f"{source} was written by a run of {saved_world} process(es), but this run "
             f"has {dist.world_size}: resume it with the same number of processes "
             f"(torchrun --nproc_per_node/--nnodes), or train into a new --out")
     restore_state(parts.algorithm, ckpt, source)
-    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    with _field(source, "optimizer"):
+        parts.optimizer.load_state_dict(ckpt["optimizer"])
     if parts.scheduler is not None:
-        parts.scheduler.load_state_dict(ckpt["scheduler"])
-    own = ckpt["rank_states"][dist.rank] if dist.enabled else ckpt
-    parts.sampler.load_state_dict(own["sampler"])
-    torch.set_rng_state(own["torch_rng"])
-    return dict(ckpt["state"])
+        with _field(source, "scheduler"):
+            parts.scheduler.load_state_dict(ckpt["scheduler"])
+    with _field(source, "rank_states"):
+        own = ckpt["rank_states"][dist.rank] if dist.enabled else ckpt
+    with _field(source, "sampler"):
+        parts.sampler.load_state_dict(own["sampler"])
+    with _field(source, "torch_rng"):
+        torch.set_rng_state(own["torch_rng"])
+    counters = ckpt.get("state")
+    if not (isinstance(counters, dict) and isinstance(counters.get("iteration"), int)
+            and counters["iteration"] >= 0):
+        raise CheckpointError(f"{source}: 'state' must be the trainer's counters, with an "
+                              "integer 'iteration' >= 0")
+    return dict(counters)
+
+
+@contextlib.contextmanager
+def _field(source: str, name: str) -> Iterator[None]:
+    """Turn a failure to restore the checkpoint's field ``name`` (missing, or of another
+    shape or type than this run's) into a :class:`CheckpointError` naming both."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        detail = f"{type(e).__name__}: {str(e)[:200]}"
+        raise CheckpointError(f"{source}: its '{name}' cannot be restored into this run "
+                              f"({detail})") from None
 
 
 def starting_point(run: RunDir, recipe: Recipe) -> Start:

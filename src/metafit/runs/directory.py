@@ -39,7 +39,14 @@ from torch import nn
 from metafit._version import __version__
 from metafit.config.recipe import Recipe, make_recipe, read_yaml_mapping, recipe_to_yaml
 from metafit.config.schema import check_scope
-from metafit.io import atomic_save, atomic_write_text, refusal_reason
+from metafit.io import (
+    atomic_save,
+    atomic_write_text,
+    check_tensor_archive,
+    parse_json,
+    read_bounded,
+    refusal_reason,
+)
 from metafit.runs.digest import content_digest
 from metafit.runs.lock import RunLock
 
@@ -47,6 +54,10 @@ __all__ = ["RunDir", "RunDirError", "CheckpointError", "load_checkpoint",
            "check_architecture", "restore_state", "previous_version"]
 
 FINISHED = ("complete", "stopped_early")
+#: Largest ``status.json`` read (metafit writes a few hundred bytes).
+MAX_STATUS_BYTES = 2**20
+#: Largest ``metrics.jsonl`` read (about 200 bytes a logged iteration).
+MAX_METRICS_BYTES = 512 * 2**20
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +88,18 @@ class RunDir:
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.jsonl")
     status_file = property(lambda self: self.path / "status.json")
-    checkpoints = property(lambda self: self.path / "checkpoints")
-    report = property(lambda self: self.path / "report")
+    checkpoints = property(lambda self: self._own_folder("checkpoints"))
+    report = property(lambda self: self._own_folder("report"))
+
+    def _own_folder(self, name: str) -> Path:
+        """``path/name``, refused when it is a symbolic link: metafit never makes one, and
+        a received run's link would have reports written, and old temporaries deleted,
+        wherever it points."""
+        folder = self.path / name
+        if folder.is_symlink():
+            raise RunDirError(f"{folder} is a symbolic link; a run directory's folders are "
+                              "its own, so metafit neither reads nor writes through it")
+        return folder
 
     def checkpoint(self, which: str = "best") -> Path:
         return self.checkpoints / f"{which}.pt"
@@ -130,9 +151,10 @@ class RunDir:
         if not self.status_file.is_file():
             return {"status": "missing"}
         try:
-            status = json.loads(self.status_file.read_bytes())
-        except ValueError as e:
-            raise RunDirError(f"{self.status_file} is not valid JSON ({e})") from None
+            status = parse_json(read_bounded(self.status_file, MAX_STATUS_BYTES),
+                                self.status_file)
+        except (ValueError, OSError) as e:
+            raise RunDirError(str(e)) from None
         if not isinstance(status, dict):
             raise RunDirError(f"{self.status_file} is not a JSON object")
         return status
@@ -152,7 +174,10 @@ class RunDir:
         """
         if not self.metrics.is_file():
             return []
-        lines = self.metrics.read_bytes().split(b"\n")
+        try:
+            lines = read_bounded(self.metrics, MAX_METRICS_BYTES).split(b"\n")
+        except (ValueError, OSError) as e:
+            raise RunDirError(str(e)) from None
         last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
         records: list[dict[str, Any]] = []
         for i, line in enumerate(lines):
@@ -160,13 +185,13 @@ class RunDir:
                 continue
             try:
                 record = json.loads(line)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
                 if i == last:
                     log.warning("%s, line %d: an incomplete record (a write cut off by a "
                                 "crash); leaving it out", self.metrics, i + 1)
                     break
-                raise RunDirError(f"{self.metrics}, line {i + 1}: not a JSON record ({e})") \
-                    from None
+                raise RunDirError(f"{self.metrics}, line {i + 1}: not a JSON record "
+                                  f"({str(e)[:200]})") from None
             if not isinstance(record, dict) or not isinstance(record.get("iteration", 0), int):
                 raise RunDirError(f"{self.metrics}, line {i + 1}: not a metric record (a "
                                   "JSON object with an integer 'iteration')")
@@ -232,6 +257,10 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
+        check_tensor_archive(path, f"checkpoint {path}")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
@@ -241,6 +270,14 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({e})") from None
     if not isinstance(data, dict) or "algorithm" not in data:
         raise CheckpointError(f"{path} is not a metafit checkpoint (no 'algorithm' state)")
+    state = data["algorithm"]
+    if not (isinstance(state, dict)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())):
+        raise CheckpointError(f"{path}: its 'algorithm' state must map parameter names to "
+                              "tensors")
+    if not isinstance(data.get("state", {}), dict):
+        raise CheckpointError(f"{path}: its 'state' (the trainer's counters) must be a "
+                              "mapping")
     expected = data.pop(CHECKSUM, None)
     if expected is None:
         log.warning("checkpoint %s carries no content digest (written by an older metafit); "
