@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -190,8 +191,9 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | list[str] 
     """
     path = _resolve(str(name_or_path))
     values = _read(path)
-    if "name" not in values:
-        values["name"] = path.stem
+    if "name" not in values:  # the file's name, made a folder name (schema's `name`)
+        values["name"] = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem).lstrip("._-")[:128] \
+            or "custom"
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     if overrides:

@@ -93,10 +93,13 @@ ENCODER_MODELS = ("text", "image_encoder")
 class Recipe(BaseModel):
     """Everything a run needs, with defaults for 5-way 1-shot MAML on 28x28 images."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: an infinite or NaN rate, scale or budget trains to NaN and "completes".
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    name: str = Field("custom",
-        description="the run's name (default run directory runs/NAME, MLflow experiment)")
+    name: str = Field("custom", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="the run's name (default run directory runs/NAME, MLflow experiment): "
+        "letters, digits, '_', '.', '-', starting with a letter or digit (a folder name, "
+        "never a path)")
     description: str = Field("", description='one line shown by `metafit recipes`')
 
     # -- data ------------------------------------------------------------------------
@@ -108,7 +111,8 @@ class Recipe(BaseModel):
         "rl_gym: a meta-RL task family (docs/rl.md), whose "
         "recipes take the meta-RL keys and the shared ones only")
     data_root: str | None = Field(None, description="directory or file of the dataset")
-    image_size: int = Field(28, gt=0, description='images are resized to image_size x image_size')
+    image_size: int = Field(28, gt=0, le=4096,
+                            description='images are resized to image_size x image_size')
     channels: Literal[1, 3] = Field(1, description='1 (greyscale) or 3 (RGB) input channels')
     image_crop: Literal["none", "ink"] = Field(
         "none", description="omniglot, image_folder, image_table: 'ink' crops every image "
@@ -387,9 +391,9 @@ class Recipe(BaseModel):
         False, description="log the run to MLflow (metafit.training.mlflow_logger; the "
         "track extra): the recipe as parameters, the metrics, the run's files, its status")
     mlflow_uri: str | None = Field(
-        None, description="MLflow tracking URI (sqlite:///..., file:///..., http://...; "
-        "default: MLFLOW_TRACKING_URI, else sqlite:///<parent of the run directory>/"
-        "mlflow.db)")
+        None, description="MLflow tracking URI (sqlite:///..., http://...; MLflow 3 "
+        "refuses file:/// stores unless MLFLOW_ALLOW_FILE_STORE=true; default: "
+        "MLFLOW_TRACKING_URI, else sqlite:///<parent of the run directory>/mlflow.db)")
     mlflow_experiment: str | None = Field(
         None, description="MLflow experiment (default: the recipe's name)")
     init_from: str | None = Field(None, description="warm start from a run directory (its "

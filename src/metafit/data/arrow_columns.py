@@ -20,7 +20,7 @@ from typing import Any
 
 from metafit.data.errors import DatasetError
 from metafit.data.jsonl_rows import label_text
-from metafit.data.rows import Problems, Rows
+from metafit.data.rows import MAX_TABLE_BYTES, Problems, Rows
 
 __all__ = ["MIN_PYARROW", "check_columns", "class_names", "import_pyarrow", "schema_features",
            "table_rows"]
@@ -73,7 +73,8 @@ def schema_features(schema: Any) -> Any:
         info = json.loads(raw)
     except (ValueError, RecursionError):
         return None
-    return info.get("info", {}).get("features") if isinstance(info, dict) else None
+    inner = info.get("info") if isinstance(info, dict) else None
+    return inner.get("features") if isinstance(inner, dict) else None
 
 
 def _no(kind: Any) -> bool:
@@ -82,8 +83,12 @@ def _no(kind: Any) -> bool:
 
 
 def _input_kind(pa: ModuleType, kind: Any) -> str | None:
-    """``"string"``, ``"binary"``, ``"image"`` (a Hugging Face image struct) or None."""
+    """``"string"``, ``"binary"``, ``"image"`` (a Hugging Face image struct) or None; a
+    dictionary-encoded column is of its values' kind."""
     types = pa.types
+    if types.is_dictionary(kind):
+        inner = _input_kind(pa, kind.value_type)
+        return inner if inner in ("string", "binary") else None
     if any(getattr(types, f"is_{name}", _no)(kind)
            for name in ("string", "large_string", "string_view")):
         return "string"
@@ -126,12 +131,48 @@ def check_columns(pa: ModuleType, path: Path, schema: Any, input_column: str,
                            "holds strings or integers")
 
 
+#: Values of a column converted to Python objects at a time (:func:`bounded_values`).
+SLICE = 256
+
+
+def _value_bytes(value: Any) -> int:
+    """Bytes a converted cell holds: a string's or bytes' length, an image struct's parts."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_value_bytes(v) for v in value.values())
+    return 8
+
+
+def bounded_values(column: Any, path: Path, name: str, budget: int) -> tuple[list[Any], int]:
+    """``column.to_pylist()`` (a pyarrow ChunkedArray), converted :data:`SLICE` values at a
+    time and refused as soon as the Python values exceed ``budget`` bytes: a dictionary-
+    encoded or view column can hold far more than the file's size or the table's
+    ``nbytes`` say. Returns the values and the budget left.
+
+    Raises:
+        DatasetError: over ``budget`` (naming the file and the column).
+    """
+    values: list[Any] = []
+    for chunk in column.chunks:
+        for start in range(0, len(chunk), SLICE):
+            part = chunk.slice(start, SLICE).to_pylist()
+            budget -= sum(_value_bytes(v) for v in part)
+            if budget < 0:
+                raise DatasetError(f"{path}: column {name!r} holds more than the limit on a "
+                                   "table's size in memory once read (a dictionary-encoded "
+                                   "or view column repeating large values)")
+            values += part
+    return values, budget
+
+
 def table_rows(pa: ModuleType, path: Path, table: Any, input_column: str, label_column: str,
-               names: list[str] | None = None) -> Rows:
+               names: list[str] | None = None, max_bytes: int = MAX_TABLE_BYTES) -> Rows:
     """The rows of the Arrow ``table`` read from ``path`` (rows counted from 0).
 
     ``names``: the label column's class names (an integer label ``i`` is ``names[i]``);
-    default: those of the table's own Hugging Face features, if any.
+    default: those of the table's own Hugging Face features, if any. ``max_bytes``: the
+    most the two columns may take as Python values (:func:`bounded_values`).
 
     Raises:
         DatasetError: a missing column, a column of the wrong type, null inputs, null or
@@ -141,8 +182,8 @@ def table_rows(pa: ModuleType, path: Path, table: Any, input_column: str, label_
     check_columns(pa, path, table.schema, input_column, label_column)
     if names is None:
         names = class_names(schema_features(table.schema), label_column)
-    inputs = table.column(input_column).to_pylist()
-    raw_labels = table.column(label_column).to_pylist()
+    inputs, budget = bounded_values(table.column(input_column), path, input_column, max_bytes)
+    raw_labels, _ = bounded_values(table.column(label_column), path, label_column, budget)
     problems = Problems(path, "row")
     labels: list[str] = []
     for row, (cell, value) in enumerate(zip(inputs, raw_labels, strict=True)):

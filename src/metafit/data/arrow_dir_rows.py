@@ -152,4 +152,4 @@ def read_arrow_dir(path: Path, input_column: str, label_column: str,
         raise DatasetError(f"{path}: cannot read its Arrow files ({e})") from e
     features = info.get("features") if isinstance(info, dict) else None
     names = class_names(features or schema_features(table.schema), label_column)
-    return table_rows(pa, path, table, input_column, label_column, names)
+    return table_rows(pa, path, table, input_column, label_column, names, max_bytes)

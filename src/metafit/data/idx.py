@@ -35,6 +35,8 @@ __all__ = ["IDX", "read_idx"]
 log = logging.getLogger(__name__)
 
 _UBYTE = 0x08
+#: Largest IDX payload read (EMNIST's largest file holds about 0.6 GB).
+MAX_IDX_BYTES = 2**30
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -58,33 +60,37 @@ def read_idx(path: str | os.PathLike[str], ndim: int) -> np.ndarray:
     """
     path = Path(path)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise DatasetError(
+                    f"{path} is not an IDX file: bad magic number {head.hex() or '(empty)'}")
+            dtype, dims = head[2], head[3]
+            if dtype != _UBYTE:
+                raise DatasetError(f"{path}: IDX dtype 0x{dtype:02x} is not supported "
+                                   "(only 0x08)")
+            if dims != ndim:
+                raise DatasetError(f"{path}: expected a {ndim}-dimensional IDX file, got {dims}")
+            header = 4 + 4 * dims
+            sizes = f.read(4 * dims)
+            if len(sizes) < 4 * dims:
+                raise DatasetError(f"{path} is truncated: {4 + len(sizes)} bytes, header "
+                                   f"needs {header}")
+            shape = struct.unpack(f">{dims}I", sizes)
+            payload = int(np.prod(shape, dtype=np.int64))
+            if payload > MAX_IDX_BYTES:
+                raise DatasetError(f"{path}: header {list(shape)} declares {payload} bytes, "
+                                   f"over the limit of {MAX_IDX_BYTES}")
+            raw = f.read(payload + 1)  # never more than the header allows (a gzip bomb)
     except (OSError, EOFError, zlib.error) as e:
         raise DatasetError(f"cannot read IDX file {path}: {e}") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DatasetError(
-            f"{path} is not an IDX file: bad magic number {raw[:4].hex() or '(empty)'}"
-        )
-    dtype, dims = raw[2], raw[3]
-    if dtype != _UBYTE:
-        raise DatasetError(f"{path}: IDX dtype 0x{dtype:02x} is not supported (only 0x08)")
-    if dims != ndim:
-        raise DatasetError(f"{path}: expected a {ndim}-dimensional IDX file, got {dims}")
-    header = 4 + 4 * dims
-    if len(raw) < header:
-        raise DatasetError(f"{path} is truncated: {len(raw)} bytes, header needs {header}")
-    shape = struct.unpack(f">{dims}I", raw[4:header])
-    expected = header + int(np.prod(shape, dtype=np.int64))
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "longer than its header says"
-        raise DatasetError(
-            f"{path} is {what}: {len(raw)} bytes, header {list(shape)} needs {expected}"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    if len(raw) < payload:
+        raise DatasetError(f"{path} is truncated: {header + len(raw)} bytes, header "
+                           f"{list(shape)} needs {header + payload}")
+    if len(raw) > payload:
+        raise DatasetError(f"{path} is longer than its header says: header {list(shape)} "
+                           f"needs {header + payload} bytes")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
 def _load(images: Path, labels: Path) -> dict[str, torch.Tensor]:

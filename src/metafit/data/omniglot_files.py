@@ -21,7 +21,10 @@ import torch
 
 from metafit.data.errors import DatasetError
 from metafit.data.image_folder import decode_image, fingerprint_files
-from metafit.io import file_fingerprint
+from metafit.io import file_fingerprint, read_bounded
+
+#: Largest Omniglot image file read (the dataset's PNGs take a few KB each).
+MAX_FILE_BYTES = 16 * 2**20
 
 __all__ = ["OMNIGLOT_SETS", "decode_sources", "drawer_of", "find_sources", "source_key"]
 
@@ -85,9 +88,23 @@ def _list_folder(path: Path) -> dict[Key, str]:
             continue
         for f in filenames:
             key = _parse([*rel, f])
-            if key is not None:
+            if key is not None and (Path(dirpath) / f).is_file() \
+                    and not (Path(dirpath) / f).is_symlink():  # no FIFO, device or link
                 members[key] = str(Path(dirpath) / f)
     return members
+
+
+def _zip_member(z: zipfile.ZipFile, member: str) -> bytes:
+    """The bytes of ``member``, refused before it is inflated when it would take over
+    :data:`MAX_FILE_BYTES` (a decompression bomb)."""
+    size = z.getinfo(member).file_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{size} bytes uncompressed, over the limit of {MAX_FILE_BYTES}")
+    with z.open(member) as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:  # the header understated it
+        raise ValueError(f"over the limit of {MAX_FILE_BYTES} bytes uncompressed")
+    return data
 
 
 def source_key(path: Path) -> str:
@@ -125,7 +142,8 @@ def decode_sources(sources: list[tuple[str, Path]], image_size: int,
         for i, key in enumerate(keys):
             path, member = where[key]
             try:
-                raw = zips[path].read(member) if path in zips else Path(member).read_bytes()
+                raw = (_zip_member(zips[path], member) if path in zips
+                       else read_bounded(member, MAX_FILE_BYTES))
                 data[i] = decode_image(raw, image_size, "L", crop=crop)  # [s, s]
             except Exception as e:  # any read/decode failure is a dataset error
                 name = f"{member} in {path}" if path in zips else member

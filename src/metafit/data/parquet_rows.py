@@ -46,7 +46,16 @@ def read_parquet(path: Path, input_column: str, label_column: str,
         if declared > max_bytes:
             raise DatasetError(f"{path}: columns {sorted(wanted)} declare {declared} bytes "
                                f"uncompressed, over the limit of {max_bytes} bytes")
-        table = file.read(columns=[input_column, label_column])
+        # Text and binary columns stay dictionary-encoded as Parquet stores them: a value
+        # repeated many times is held once until table_rows converts it (bounded).
+        schema = file.schema_arrow
+        compact = [c for c in (input_column, label_column)
+                   if pa.types.is_string(schema.field(c).type)
+                   or pa.types.is_large_string(schema.field(c).type)
+                   or pa.types.is_binary(schema.field(c).type)
+                   or pa.types.is_large_binary(schema.field(c).type)]
+        table = pq.ParquetFile(path, read_dictionary=compact).read(
+            columns=[input_column, label_column])
     except (pa.ArrowException, OSError) as e:
         raise DatasetError(f"{path}: cannot read it as Parquet ({e})") from e
-    return table_rows(pa, path, table, input_column, label_column)
+    return table_rows(pa, path, table, input_column, label_column, max_bytes=max_bytes)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from metafit.config.schema import TEXT_DATASETS, Recipe
 from metafit.data.base import ClassDataset, TaskFamily, TensorClassDataset
+from metafit.data.errors import DatasetError
 
 __all__ = ["Split", "load_split", "class_split", "data_report", "describe_dataset",
            "split_summaries", "split_warnings"]
@@ -159,7 +160,15 @@ def load_split(recipe: Recipe, split: Split) -> ClassDataset | TaskFamily:
         from metafit.data.idx import IDX
 
         root = _need_root(recipe)
-        return IDX(root if root.is_dir() else root.parent)
+        idx = IDX(root if root.is_dir() else root.parent)
+        size = tuple(idx.data.shape[2:])
+        if size != (recipe.image_size, recipe.image_size) or recipe.channels != 1:
+            raise DatasetError(f"{idx.images_path} holds {size[0]}x{size[1]} greyscale images; "
+                               f"the recipe asks for image_size {recipe.image_size} and "
+                               f"channels {recipe.channels} (IDX images are not resized)"
+                               + (f": set image_size: {size[0]}, channels: 1"
+                                  if size[0] == size[1] > 0 else ""))
+        return idx
     full: TensorClassDataset
     if kind == "image_folder":
         from metafit.data.image_folder import ImageFolder
@@ -197,8 +206,10 @@ def _counts_and_summaries(recipe: Recipe) -> list[tuple[dict[str, Any], Tensor |
             continue
         counts = ds.counts
         out.append(({"split": split, "kind": "classes", "classes": len(ds.classes),
-                     "examples": len(ds), "min_per_class": int(counts.min()),
-                     "max_per_class": int(counts.max()), "family": None}, counts))
+                     "examples": len(ds),
+                     "min_per_class": int(counts.min()) if len(counts) else 0,
+                     "max_per_class": int(counts.max()) if len(counts) else 0,
+                     "family": None}, counts))
     return out
 
 

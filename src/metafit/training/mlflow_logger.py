@@ -177,6 +177,18 @@ class MLflowLogger(Callback):
 
     # -- hooks ------------------------------------------------------------------------
     def on_fit_start(self, trainer: TrainerView) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._start(trainer)
+        except MlflowException as e:
+            detail = str(e).strip().split(". ")[0][:300]
+            raise ValueError(f"MLflow tracking store {self.tracking_uri or 'default'} "
+                             f"cannot be used ({detail}); set mlflow_uri to another store "
+                             "(sqlite:///PATH/mlflow.db, http://HOST) or mlflow: false") \
+                from None
+
+    def _start(self, trainer: TrainerView) -> None:
         self.run_path = trainer.run.path
         self.client, uri = tracking_client(self.tracking_uri, self.run_path)
         recipe = trainer.recipe
