@@ -3,7 +3,9 @@
 Unbounded metric labels, pixel bombs, over-long bodies parsed on the event loop, query
 strings and forged lines in the logs, object reprs in errors, slow headers and bodies,
 world-readable support sets, open key files, stale temporary directories. Each exploit
-test failed on the code before the fix (see the report of issue 24).
+test failed on the code before the fix (see the report of issue 24). At the end, the
+bodies a review of 2026-12-06 found (huge JSON integers, long multipart boundaries,
+unknown keys decoded in full, lax ``steps``, concurrent additions past the total).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,9 @@ from PIL import Image  # noqa: E402
 
 from metafit.cli.main import main  # noqa: E402
 from metafit.server import ServerSettings, load_api_keys  # noqa: E402
+from metafit.server.bodies import parse_body  # noqa: E402
+from metafit.server.errors import ApiError  # noqa: E402
+from metafit.server.schemas import PredictRequest  # noqa: E402
 from metafit.server.store import AdaptationStore  # noqa: E402
 from test_serve import (  # noqa: E402
     AUTH,
@@ -426,3 +432,94 @@ def test_the_command_line_defaults_are_the_settings_defaults() -> None:
             assert getattr(args, f.name) == f.default, f.name
             compared += 1
     assert compared >= 16
+
+
+# review 2026-12-06 -------------------------------------------------------------------
+# Request bodies that broke `metafit serve` from outside (review of 2026-12-06): a JSON
+# integer of more digits than Python converts, a multipart boundary over python-multipart's
+# limit, an unknown key whose value would be decoded in full before the 422, `steps` given
+# as a boolean, a string or a loosely written number, and concurrent additions of
+# examples passing the per-adaptation total together. Each got a 500, took memory without
+# bound, or was accepted; each is now a 422 (or a 201 within the total).
+
+def detail(r: httpx.Response) -> list[dict[str, object]]:
+    assert r.status_code == 422, r.text
+    return r.json()["detail"]  # type: ignore[no-any-return]
+
+
+def test_a_huge_json_integer_is_a_422_and_the_connection_lives_on(live: LiveServer,
+                                                                  data: Path) -> None:
+    c = live.client
+    big = "9" * 5000
+    for path, body in (("/v1/adaptations", '{"steps": ' + big + "}"),
+                       ("/v1/adaptations", '{"examples": [' + big + "]}")):
+        r = c.post(path, content=body, headers={**AUTH, "Content-Type": "application/json"})
+        (error,) = detail(r)
+        assert error["type"] == "json_invalid" and "4300 digits" in str(error["msg"])
+    made = c.post("/v1/adaptations", json=support(data), headers=AUTH)  # same connection
+    assert made.status_code == 201, made.text
+
+
+def test_a_multipart_boundary_over_the_limit_is_a_422(live: LiveServer) -> None:
+    body = b"--" + b"B" * 300 + b"\r\n"
+    r = live.client.post("/v1/adaptations", content=body, headers={
+        **AUTH, "Content-Type": "multipart/form-data; boundary=" + "B" * 300})
+    (error,) = detail(r)
+    assert error["type"] == "multipart_invalid" and "boundary" in str(error["msg"])
+
+
+def test_an_unknown_key_is_refused_before_its_value_is_decoded() -> None:
+    # The unknown key's value is not even JSON: decoded, it would be a json_invalid error.
+    raw = b'{"inputs": ["a"], "x": [' + b"{}, " * 1000 + b"}'"
+    with pytest.raises(ApiError) as e:
+        parse_body(raw, "application/json", PredictRequest, {"inputs": 8})
+    assert e.value.status == 422
+    assert e.value.detail == [{"loc": ["body", "x"], "type": "extra_forbidden",
+                               "msg": "Extra inputs are not permitted"}]
+    ok = parse_body(b'{"inputs": ["a"]}', "application/json", PredictRequest, {"inputs": 8})
+    assert ok.inputs == ["a"]
+
+
+@pytest.mark.parametrize("steps", [True, "2", 2.0])
+def test_json_steps_must_be_an_integer(live: LiveServer, data: Path, steps: object) -> None:
+    r = live.client.post("/v1/adaptations", json={**support(data), "steps": steps},
+                         headers=AUTH)
+    assert [e["loc"] for e in detail(r)] == [["body", "steps"]]
+
+
+@pytest.mark.parametrize("steps", ["3.0", " 3", "1_0", "+3", "٣"])
+def test_form_steps_must_be_digits(live: LiveServer, data: Path, steps: str) -> None:
+    files = [("file", (f"{c}{i}.png", base64.b64decode(png(data, c, i)), "image/png"))
+             for c in (0, 5) for i in (0, 1)]
+    form = {"label": ["c0", "c0", "c5", "c5"], "steps": steps}
+    r = live.client.post("/v1/adaptations", data=form, files=files, headers=AUTH)
+    assert [e["loc"] for e in detail(r)] == [["body", "steps"]]
+    r = live.client.post("/v1/adaptations", data={**form, "steps": "3"}, files=files,
+                         headers=AUTH)
+    assert r.status_code == 201, r.text  # "3" is taken (ProtoNet then takes no steps)
+
+
+def test_concurrent_additions_cannot_pass_the_total_together(live: LiveServer,
+                                                             data: Path) -> None:
+    c = live.client
+    made = c.post("/v1/adaptations", json=support(data), headers=AUTH)  # 4 examples
+    assert made.status_code == 201, made.text
+    base = f"/v1/adaptations/{made.json()['id']}"
+    more = {"examples": [{"image": png(data, cls, i), "label": f"c{cls}"}
+                         for cls in (0, 5) for i in range(2, 6)]}  # 8 each
+
+    def add(_: int) -> httpx.Response:
+        with httpx.Client(base_url=live.url, timeout=60) as own:
+            return own.post(f"{base}/examples", json=more, headers=AUTH)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(add, range(4)))
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [201, 201, 422, 422], [r.text for r in answers]
+    for r in answers:
+        if r.status_code == 422:
+            assert "20 per adaptation" in json.dumps(r.json())
+    served = c.post(f"{base}/predict", json=queries(data), headers=AUTH)
+    assert served.status_code == 200
+    versions = c.get(f"{base}/versions", headers=AUTH).json()["versions"]
+    assert max(v["examples"] for v in versions) == 20

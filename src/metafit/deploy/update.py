@@ -116,7 +116,8 @@ def _union(adapter: Adapter, parent: AdaptedModel, inputs: Sequence[Any],
 
 def update_model(home: str | os.PathLike[str], inputs: Sequence[Any], labels: Sequence[str],
                  adapter: Adapter | None = None, steps: int | None = None,
-                 run: str | os.PathLike[str] | None = None) -> tuple[int, AdaptedModel]:
+                 run: str | os.PathLike[str] | None = None,
+                 max_total: int | None = None) -> tuple[int, AdaptedModel]:
     """Add the labelled examples ``inputs``/``labels`` to the current version of the model
     directory ``home``, adapt again on the union (module docstring) and write the result
     as a new version, which becomes current.
@@ -125,6 +126,9 @@ def update_model(home: str | os.PathLike[str], inputs: Sequence[Any], labels: Se
         adapter: the run's adapter (default: :func:`adapter_for` the current version,
             ``run`` naming the run directory if it has moved).
         steps: inner steps (default: those of the current version).
+        max_total: the most examples the new version's support set may hold (checked
+            against the current version under the update lock, so concurrent updates
+            cannot pass it together).
 
     Returns:
         The new version's number and its model.
@@ -139,6 +143,11 @@ def update_model(home: str | os.PathLike[str], inputs: Sequence[Any], labels: Se
     with update_lock(home):
         parent_number = current_version(home)
         parent = AdaptedModel.load(home, parent_number)
+        if max_total is not None:
+            held = int(parent.info.get("support_size") or 0)
+            if held + len(labels) > max_total:
+                raise SupportError(f"the adaptation holds {held} examples: {len(labels)} "
+                                   f"more would pass the limit of {max_total} per adaptation")
         adapter = adapter_for(parent, run) if adapter is None else adapter
         if adapter.recipe != parent.recipe:
             raise RunMismatch(f"{home} was adapted from another run (its recipe differs "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -59,7 +59,10 @@ def parse_body(raw: bytes, content_type: str, model: type[M],
     if not is_json(content_type):
         raise ApiError(415, "the request body must be JSON, sent with 'Content-Type: "
                        "application/json' (image files: multipart/form-data)")
-    data = load_object(raw, limits)
+    allowed = None
+    if model.model_config.get("extra") == "forbid":  # refuse an unknown key before its value
+        allowed = {f.alias or n for n, f in model.model_fields.items()} | set(model.model_fields)
+    data = load_object(raw, limits, allowed)
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -73,9 +76,11 @@ def _invalid(msg: str, pos: int | None = None) -> ApiError:
     return ApiError(422, [{"loc": loc, "msg": msg, "type": "json_invalid"}])
 
 
-def load_object(raw: bytes, limits: Mapping[str, int]) -> Any:
+def load_object(raw: bytes, limits: Mapping[str, int],
+                allowed: Set[str] | None = None) -> Any:
     """``raw`` decoded as JSON; a top-level object member by member, each list named in
-    ``limits`` item by item, refused once it holds more items than its limit.
+    ``limits`` item by item, refused once it holds more items than its limit; a key not
+    in ``allowed`` (None: any) refused before its value is decoded.
 
     Returns:
         What ``json.loads`` would (the last of duplicate keys wins); a body that is not an
@@ -90,14 +95,16 @@ def load_object(raw: bytes, limits: Mapping[str, int]) -> Any:
     except (UnicodeDecodeError, LookupError):
         raise _invalid("JSON decode error: not UTF-8 text") from None
     try:
-        return _object(text, limits)
+        return _object(text, limits, allowed)
     except json.JSONDecodeError as e:
         raise _invalid(f"JSON decode error: {e.msg}", e.pos) from None
     except RecursionError:
         raise _invalid("JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise _invalid(f"JSON decode error: {str(e)[:200]}") from None
 
 
-def _object(s: str, limits: Mapping[str, int]) -> Any:
+def _object(s: str, limits: Mapping[str, int], allowed: Set[str] | None) -> Any:
     i = _skip(s, 0)
     if not s.startswith("{", i):
         if len(s) > 1000:  # a long non-object: invalid whatever it holds, do not parse it
@@ -116,6 +123,9 @@ def _object(s: str, limits: Mapping[str, int]) -> Any:
         if not s.startswith(":", i):
             raise json.JSONDecodeError("Expecting ':' delimiter", s, i)
         i = _skip(s, i + 1)
+        if allowed is not None and key not in allowed:
+            raise ApiError(422, [{"loc": ["body", str(key)[:100]], "type": "extra_forbidden",
+                                  "msg": "Extra inputs are not permitted"}])
         if key in limits and s.startswith("[", i):
             out[key], i = _list(s, i, key, limits[key])
         else:

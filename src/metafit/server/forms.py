@@ -28,6 +28,8 @@ __all__ = ["FormSpec", "Upload", "is_multipart", "parse_form", "FILE", "FILE_TYP
 
 #: The name of the form's file parts.
 FILE = "file"
+#: Longest multipart boundary accepted (RFC 2046 allows 70 characters; python-multipart 256).
+MAX_BOUNDARY = 200
 #: The media types a file part may declare (or none): the image formats the server reads,
 #: and the type of a file whose type the client does not know.
 FILE_TYPES = frozenset({"image/png", "image/jpeg", "application/octet-stream"})
@@ -105,9 +107,12 @@ def parse_form(raw: bytes, content_type: str, spec: FormSpec) -> Upload:
     boundary = options.get(b"boundary")
     if not boundary:
         raise _error([], "multipart/form-data without a boundary", "multipart_invalid")
+    if len(boundary) > MAX_BOUNDARY:
+        raise _error([], f"multipart boundary over {MAX_BOUNDARY} characters",
+                     "multipart_invalid")
     parts = _Parts(spec)
-    parser = MultipartParser(boundary, parts.callbacks())
     try:
+        parser = MultipartParser(boundary, parts.callbacks())
         parser.write(raw)
         parser.finalize()
     except ApiError:
@@ -214,8 +219,12 @@ class _Parts:
                          "give one label per file, in the same order", "value_error")
         steps = None
         if self.fields.get("steps"):
+            text = self._text("steps", 0)
+            if not (text.isascii() and text.isdigit()):  # not " 3", "3.0", "1_0", "+3"
+                raise _error(["steps"], "Input should be a whole number of steps, digits only",
+                             "int_parsing")
             try:
-                steps = _STEPS.validate_python(self._text("steps", 0))
+                steps = _STEPS.validate_python(text)
             except ValidationError as e:
                 raise _error(["steps"], e.errors()[0]["msg"], e.errors()[0]["type"]) from None
         calibrate = False

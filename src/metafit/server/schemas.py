@@ -101,7 +101,7 @@ class AdaptationRequest(_Body):
 
     examples: NonEmpty[TextExample] | NonEmpty[ImageExample] = Field(
         description="labelled examples, all text or all images")
-    steps: int | None = Field(default=None, ge=0,
+    steps: StrictInt | None = Field(default=None, ge=0,
                               description="inner steps (default: the server's)")
     calibrate: StrictBool = Field(default=False, description=CALIBRATE)
     reject: RejectOptions | None = Field(default=None, description="a 'none of these' "
@@ -129,7 +129,7 @@ class ExamplesRequest(_Body):
 
     examples: NonEmpty[TextExample] | NonEmpty[ImageExample] = Field(
         description="labelled examples, all text or all images")
-    steps: int | None = Field(default=None, ge=0,
+    steps: StrictInt | None = Field(default=None, ge=0,
                               description="inner steps (default: those of the current "
                               "version)")
 

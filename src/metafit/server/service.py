@@ -173,7 +173,8 @@ class Service:
         def job() -> tuple[tuple[int, AdaptedModel], float]:
             start = time.perf_counter()
             try:
-                made = self.store.update(adaptation_id, inputs, labels, adapter, req.steps)
+                made = self.store.update(adaptation_id, inputs, labels, adapter, req.steps,
+                                         max_total=most)  # again, under the update lock
             except RunMismatch as e:
                 log.warning("adaptation %s: %s", adaptation_id, e)
                 raise ApiError(409, "this adaptation was made from another run, or with "

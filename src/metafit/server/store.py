@@ -197,7 +197,8 @@ class AdaptationStore:
         return version, model
 
     def update(self, adaptation_id: str, inputs: Sequence[Any], labels: Sequence[str],
-               adapter: Adapter, steps: int | None = None) -> tuple[int, AdaptedModel]:
+               adapter: Adapter, steps: int | None = None,
+               max_total: int | None = None) -> tuple[int, AdaptedModel]:
         """Add labelled examples to ``adaptation_id`` and adapt it again into a new
         version, served from now on (:func:`metafit.deploy.update.update_model`; safe
         against other processes updating it at the same time).
@@ -211,7 +212,8 @@ class AdaptationStore:
         if not path.is_dir():
             raise UnknownAdaptation(adaptation_id)
         try:
-            version, model = update_model(path, inputs, labels, adapter, steps)
+            version, model = update_model(path, inputs, labels, adapter, steps,
+                                          max_total=max_total)
         except ModelDirError:
             if not path.is_dir():  # deleted by another process meanwhile
                 raise UnknownAdaptation(adaptation_id) from None
