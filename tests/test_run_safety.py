@@ -468,3 +468,22 @@ def test_a_forged_checkpoint_does_not_resume_and_says_which_field(
         Trainer(classification_recipe(data, "protonet", iterations=4, val_every=2), run.path,
                 progress=False).fit()
     assert run.checkpoint("last").read_bytes() == before  # nothing overwritten
+
+
+def test_an_atomic_write_syncs_the_file_then_its_directory(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from metafit.io import atomic_write_bytes
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    atomic_write_bytes(tmp_path / "status.json", b"{}")
+    assert len(synced) == 2
+    assert Path(synced[0]).name.startswith(".status.json.")  # the data, before the rename
+    assert synced[1] == str(tmp_path)  # then the rename, in its directory
+    assert (tmp_path / "status.json").read_bytes() == b"{}"

@@ -2,8 +2,9 @@
 
 Every file metafit writes that a later run reads back (checkpoints, run files, caches) goes
 through :func:`atomic_write_bytes` / :func:`atomic_save`: write a temporary file in the
-same directory, flush and fsync it, then ``os.replace`` it over the target. A crash leaves
-either the old file or the new one, never a truncated one.
+same directory, flush and fsync it, then ``os.replace`` it over the target and fsync the
+directory. A crash leaves either the old file or the new one, never a truncated one; a
+power cut after the write returns leaves the new one.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_save", "cache_dir", "cached",
+           "fsync_dir",
            "refusal_reason", "check_tensor_archive", "load_torch_file", "parse_json",
            "read_bounded"]
 
@@ -32,7 +34,8 @@ CACHE_VERSION = "1"
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename + fsync of the
+    directory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -46,6 +49,19 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    try:
+        fsync_dir(path.parent)  # the rename itself survives a power cut
+    except OSError as e:  # a file system that cannot fsync a directory: still atomic
+        log.debug("could not fsync %s (%s)", path.parent, e)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush directory ``path``'s entries (a rename or new file in it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

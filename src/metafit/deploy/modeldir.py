@@ -49,7 +49,7 @@ from metafit.deploy.manifest import (
     check_manifest,
     sha256,
 )
-from metafit.io import parse_json
+from metafit.io import fsync_dir, parse_json
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_model_dir", "read_model_dir",
            "read_listed_file", "resolve", "sha256", "check_manifest", "check_file_name"]
@@ -65,14 +65,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _backup(path: Path) -> Path:
@@ -140,7 +132,7 @@ def _install(tmp: Path, path: Path) -> None:
         os.rename(path, backup)
         os.rename(tmp, path)
         shutil.rmtree(backup)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _read_listed(root: Path, rel: str, size: int) -> bytes:
@@ -198,7 +190,7 @@ def write_model_dir(path: str | os.PathLike[str], files: Mapping[str, bytes],
         }
         _write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
         for d in sorted({(tmp / rel).parent for rel in files}, reverse=True):
-            _fsync_dir(d)
+            fsync_dir(d)
         _install(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -56,8 +56,7 @@ from typing import Any, Protocol
 
 from metafit.deploy.errors import ModelDirError
 from metafit.deploy.modeldir import MANIFEST, read_listed_file
-from metafit.deploy.modeldir import _fsync_dir as fsync_dir
-from metafit.io import parse_json
+from metafit.io import fsync_dir, parse_json
 
 __all__ = ["CURRENT", "VERSIONS", "MAX_VERSION", "VersionInfo", "version_dir",
            "current_version", "current_dir", "version_numbers", "list_versions",
