@@ -67,6 +67,18 @@ def test_html_page_is_self_contained_and_escapes_data(tmp_path: Path) -> None:
     assert md.startswith("# report\n\n> **Warning:** too &lt;short&gt;")
 
 
+def test_markdown_cells_carry_no_links_or_images_from_the_data() -> None:
+    page = ReportPage("report", sections=[Section("run", tables=[Table(
+        ["sentence", "intent"],
+        [["see [click me](https://evil.example/phish)", "![px](https://evil.example/p.png)"],
+         ["`code` and a \\ backslash", "plain"]])])])
+    md = to_markdown(page)
+    assert "\\[click me\\]\\(https://evil.example/phish\\)" in md
+    assert "\\!\\[px\\]\\(https://evil.example/p.png\\)" in md
+    assert "\\`code\\` and a \\\\ backslash" in md
+    assert "](https" not in md and "![" not in md
+
+
 def test_report_of_a_text_run_lists_every_sentence(tmp_path: Path) -> None:
     rows = [(f"<b>{text}</b>", label) for text, label in sentences(10, 8, seed=1)]
     csv = write_csv(tmp_path / "intents.csv", rows)

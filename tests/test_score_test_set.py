@@ -96,3 +96,36 @@ def test_text_test_set_and_its_errors(tmp_path: Path, capsys) -> None:
     assert "give --test PATH" in capsys.readouterr().err
     assert main(["evaluate", str(text_run()), "--test", str(test)]) == 2
     assert "give --support PATH" in capsys.readouterr().err
+
+
+def test_dollar_signs_in_labels_are_drawn_not_parsed_as_formulas(tmp_path: Path) -> None:
+    import torch
+
+    from metafit.evaluation.classification import score_probabilities
+    from metafit.runs.episode_plots import text_episode_figure
+    from metafit.runs.test_set_plots import plot_test_set
+
+    names = ["top up $5", "$\\foo$", "fee $3 % off $", "plain"]
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (40,), generator=g)
+    probs = (torch.randn(40, 4, generator=g) + 2 * torch.nn.functional.one_hot(labels, 4)
+             ).softmax(1)
+    files = plot_test_set(score_probabilities(probs, labels, names), tmp_path)
+    assert all(Path(f).stat().st_size > 1000 for f in files)  # drawn, not crashed
+    rows = [("$\\foo$", "support", "top up $5 and $3", "$\\foo$", "right"),
+            ("$\\foo$", "query", "pay $ 4", "plain", "wrong")]
+    fig = text_episode_figure(rows, "episode")
+    fig.canvas.draw()  # matplotlib parses text when drawing: "$\foo$" raised here
+    shown = [t.get_text() for t in fig.axes[0].texts]
+    assert any("top up \\$5 and \\$3" in t for t in shown)
+
+
+def test_control_characters_of_labels_never_reach_the_terminal(capsys) -> None:
+    from metafit.cli.options import printable, write_line
+
+    evil = "ok\x1b]0;PWNED\x07\x1b[2J\rfake row \u202eesrever\x9b"
+    write_line(f"label: {evil}\tnext")
+    out = capsys.readouterr().out
+    assert out == ("label: ok\\x1b]0;PWNED\\x07\\x1b[2J\\rfake row \\u202eesrever\\x9b\tnext\n")
+    assert not any(c in out for c in "\x1b\x07\r\u202e\x9b")
+    assert printable("café 中文 a\tb\nc") == "café 中文 a\tb\nc"  # text itself untouched

@@ -22,7 +22,7 @@ from metafit._version import __version__
 from metafit.cli.adapt import add_adapt_parser, add_predict_parser, add_versions_parser
 from metafit.cli.compress import add_compress_parser, add_export_parser
 from metafit.cli.evaluate import add_evaluate_parser, add_report_parser
-from metafit.cli.options import add_verb, apply_threads
+from metafit.cli.options import add_verb, apply_threads, printable
 from metafit.cli.recipes import add_data_parser, add_recipes_parser
 from metafit.cli.serve import add_serve_parser
 from metafit.cli.train import add_ensemble_parser, add_quickstart_parser, add_train_parser
@@ -159,7 +159,7 @@ def _run(func: Command, args: argparse.Namespace) -> int:
                 isinstance(e, ModuleNotFoundError) and advice is None):
             raise
         message = advice or (e.args[0] if isinstance(e, KeyError) and e.args else str(e))
-        sys.stderr.write(f"metafit: error: {message}\n")
+        sys.stderr.write(f"metafit: error: {printable(str(message))}\n")
         return 2
     except BrokenPipeError:  # the reader went away: no traceback, no second error at exit
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -4,6 +4,7 @@ and options, output."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -106,6 +107,23 @@ def add_classifier_option(p: argparse.ArgumentParser, what: str) -> None:
                         "recipe's classifier_penalty (default 1e-4)")
 
 
+#: What a terminal acts on instead of showing: C0 controls but tab and newline (``\\r``
+#: overwrites a row, ``\\x1b[`` and ``\\x1b]`` sequences clear the screen or retitle the
+#: window), DEL, C1 controls, and the bidirectional marks and overrides that reorder what
+#: is shown ("Trojan Source").
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e"
+                          "\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character of :data:`_UNPRINTABLE` written as its escape
+    (``\\x1b``, ``\\r``, ``\\u202e``): labels, file names and sentences come from other
+    people's data and reach the user's terminal."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"),
+                            text)
+
+
 def write_line(text: str) -> None:
-    """``text`` and a line end on standard output."""
-    sys.stdout.write(text + "\n")
+    """``text`` and a line end on standard output, control characters escaped
+    (:func:`printable`)."""
+    sys.stdout.write(printable(text) + "\n")

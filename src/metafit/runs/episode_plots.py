@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from metafit.episodes import Episode
-from metafit.runs.figures import finish, pyplot, save_figure
+from metafit.runs.figures import finish, plain, pyplot, save_figure
 
 __all__ = ["plot_episode", "episode_figure", "text_episode_figure", "text_rows",
            "display_name", "class_key", "queries_shown", "MAX_QUERIES"]
@@ -41,7 +41,7 @@ def display_name(name: str, width: int = 18, lines: int = 2) -> str:
     wrapped = textwrap.wrap(short, width) or [short]
     if len(wrapped) > lines:
         wrapped = wrapped[: lines - 1] + ["..." + short[-(width - 3):]]
-    return "\n".join(wrapped)
+    return plain("\n".join(wrapped))
 
 
 def queries_shown(query_y: Tensor, ways: int, max_queries: int = MAX_QUERIES
@@ -191,7 +191,8 @@ def text_episode_figure(rows: Sequence[Sequence[str]], title: str = "One test ep
     ax.axis("off")
     ax.set_ylim(len(lines) - 0.5, -0.5)
     for j, (text, color, weight) in enumerate(lines):
-        ax.text(0.0, j, text, color=color, fontweight=weight, fontsize=7.5, va="center")
+        ax.text(0.0, j, plain(text), color=color, fontweight=weight, fontsize=7.5,
+                va="center")
     right = sum(r[4] == "right" for r in queries)
     shown = "all queries" if per_class >= most else f"first {per_class} of {most} queries " \
         "per intent as drawn (every one in the report's table)"

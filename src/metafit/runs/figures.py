@@ -17,7 +17,8 @@ from typing import Any
 from metafit.io import atomic_write_bytes
 
 __all__ = ["pyplot", "save_figure", "integer_axis", "series_style", "chance_line",
-           "finish", "iteration_axes", "banner_texts", "scale_of", "MARKER_POINTS", "DPI"]
+           "finish", "iteration_axes", "banner_texts", "scale_of", "MARKER_POINTS", "DPI",
+           "plain"]
 
 #: Series with at most this many points are drawn with a marker on every point (a line
 #: alone hides a 2-point series, and a single point drawn as a line is invisible).
@@ -26,6 +27,13 @@ MARKER_POINTS = 30
 DPI = 110
 #: The banner's colours: dark red text on a pale amber box.
 BANNER = {"color": "#8a1c00", "box": "#fff1c9", "edge": "#d08c00"}
+
+
+def plain(text: str) -> str:
+    """``text`` drawn as it is: matplotlib reads ``$...$`` as a formula (``top up $5 and
+    $3`` failed to parse and took the whole report with it), so every ``$`` of data is
+    escaped as ``\\$``, which matplotlib draws as a dollar sign."""
+    return str(text).replace("$", "\\$")
 
 
 def pyplot() -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +55,16 @@ class ReportPage:
         return [name for s in self.sections for name, _ in s.figures]
 
 
+#: Markdown punctuation that makes links, images and code from the data (backslash first).
+_MD_PUNCTUATION = re.compile(r"([\\`\[\]()!])")
+
+
 def _md_cell(text: str) -> str:
-    """A table cell: one line, ``|`` escaped, no markup from the data."""
+    """A table cell: one line, ``|`` escaped, no markup from the data: HTML escaped, and
+    the punctuation of links, images and code (``[x](url)``, ``![x](url)``) written with
+    a backslash so that a viewer shows it rather than fetching or linking it."""
     flat = " ".join(str(text).split())
-    return html.escape(flat, quote=False).replace("|", "\\|")
+    return _MD_PUNCTUATION.sub(r"\\\1", html.escape(flat, quote=False)).replace("|", "\\|")
 
 
 def to_markdown(page: ReportPage) -> str:
