@@ -191,6 +191,12 @@ def test_bad_image_inputs_and_specs(image_teacher, tmp_path) -> None:
         parse_student("layers:1", image_teacher)
     with pytest.raises(ValueError, match="an image student is a backbone"):
         parse_student("vit", image_teacher)
+    with pytest.raises(ValueError, match=r"width \(HIDDEN\) must be a positive integer, "
+                                         r"at most 4096"):
+        parse_student("conv4:100000", image_teacher)  # ~360 GB if it were built
+    with pytest.raises(ValueError, match=r"depth \(DEPTH\) must be a positive integer, "
+                                         r"at most 64"):
+        parse_student("mlp:64:1000000", image_teacher)
     with pytest.raises(InputError, match="image inputs are a folder"):
         read_unlabelled(write_csv(tmp_path / "t.csv", sentences(2, 6)), "image")
     (tmp_path / "empty").mkdir()

@@ -117,3 +117,26 @@ def test_what_does_not_merge_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["ensemble", str(a), str(maml), "--out", str(tmp_path / "m4")]) == 2
     assert capsys.readouterr().err.startswith("metafit: error: ")
     assert not any((tmp_path / f"m{i}").exists() for i in range(1, 10))
+
+
+def test_an_interrupted_merge_leaves_nothing_at_out(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    data = image_folder(tmp_path / "data")
+    a, b = (trained(tmp_path, data, name) for name in ("a", "b"))
+    saved = RunDir.save_checkpoint
+    calls = []
+
+    def interrupted(self: RunDir, which: str, payload: dict) -> None:
+        calls.append(which)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C between the two checkpoints
+        saved(self, which, payload)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        merge_runs([a, b], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged.")]
+    monkeypatch.setattr(RunDir, "save_checkpoint", saved)
+    merge_runs([a, b], tmp_path / "merged")  # and it can simply be run again
+    assert RunDir(tmp_path / "merged").is_finished()

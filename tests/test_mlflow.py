@@ -207,3 +207,42 @@ def test_an_adapted_model_of_an_untracked_run_gets_its_own_mlflow_run(
     assert run.data.tags["metafit.model_dir"] == str(model.resolve())
     with pytest.raises(ModelDirError, match="manifest"):
         log_adapted_model(tmp_path / "s", None)  # not a model directory: refused first
+
+
+def test_a_received_runs_mlflow_file_does_not_choose_where_the_model_goes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    import logging
+    import shutil
+
+    pytest.importorskip("mlflow")
+    from deploy_fixtures import image_run, support_folder
+    from metafit.deploy.adapter import Adapter, load_support
+    from metafit.deploy.mlflow_model import log_adapted_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = Path(shutil.copytree(image_run(), tmp_path / "received" / "run"))
+    elsewhere = f"sqlite:///{(tmp_path / 'attacker.db').as_posix()}"
+    attacker = client_for(elsewhere)
+    planted = attacker.create_run(attacker.create_experiment("bait"))
+    (run / RUN_FILE).write_text(json.dumps({"tracking_uri": elsewhere,
+                                             "run_id": planted.info.run_id}))
+    inputs, labels = load_support(support_folder(tmp_path / "s"), "image")
+    model = Adapter.from_run(run).adapt(inputs, labels).save(tmp_path / "m")
+    with caplog.at_level(logging.WARNING, logger="metafit.deploy.mlflow_model"):
+        assert log_adapted_model(model, run).startswith("models:/")
+    assert "names the store" in caplog.text and "logging to a new run here" in caplog.text
+    assert attacker.search_logged_models(experiment_ids=["0", planted.info.experiment_id]) \
+        == []  # nothing went to the store the file named
+    own = client_for(f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}")
+    assert own.get_experiment_by_name("metafit-adapted") is not None
+    (run / RUN_FILE).write_text("[" * 10_000 + "]" * 10_000)  # nested too deeply
+    with caplog.at_level(logging.WARNING, logger="metafit.deploy.mlflow_model"):
+        assert log_adapted_model(model, run).startswith("models:/")
+    assert "nested too deeply" in caplog.text
+    # Both went to the store beside the model, and the first left no global URI behind
+    # (restoring it as the default once sent the second to the current directory).
+    import os
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    experiment = own.get_experiment_by_name("metafit-adapted").experiment_id
+    assert len(own.search_runs([experiment])) == 2

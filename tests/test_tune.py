@@ -432,3 +432,23 @@ def test_a_study_made_before_a_key_existed_still_matches_at_its_default() -> Non
     changed = load_recipe("rl_nav2d_maml_tune", ["inner_lr_decay=0.5"])
     now = json.loads(json.dumps(_fingerprint(changed, opts)))
     assert _comparable(older, now) != now
+
+
+def test_a_grid_too_large_is_refused_before_it_is_built() -> None:
+    from metafit.tuning.space import MAX_GRID_POINTS, grid_size, grid_values
+
+    def space(search: dict[str, Any]) -> Any:
+        return parse_search_space(make_recipe({**load_recipe("sinusoid_maml").model_dump(),
+                                               "search": search}))
+
+    huge = space({"seed": {"type": "int", "low": 0, "high": 10**12}})
+    assert grid_size(huge) == 10**12 + 1  # counted, never listed
+    with pytest.raises(RecipeError, match=r"'seed': a grid of 1,000,000,000,001 points"):
+        grid_values(huge)
+    wide = space({k: {"type": "int", "low": 1, "high": 1000}
+                  for k in ("seed", "hidden", "shots", "ways")})
+    with pytest.raises(RecipeError, match=f"over the {MAX_GRID_POINTS:,} a grid search"):
+        grid_values(wide)
+    fine = space({"inner_lr": {"type": "uniform", "low": 0.1, "high": 1.0, "step": 1e-9}})
+    with pytest.raises(RecipeError, match="'inner_lr': a grid of"):
+        grid_values(fine)

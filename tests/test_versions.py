@@ -9,6 +9,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -248,3 +249,44 @@ def test_deleting_a_version_keeps_its_number_retired(home: Path, adapter: Adapte
     listed = json.loads(capsys.readouterr().out)
     assert listed["current"] == 2 and [v["version"] for v in listed["versions"]] == [1, 2]
     assert AdaptedModel.load(home).label_names == ["label_0", "label_1"]
+
+
+def test_planted_links_in_a_model_directory_are_refused(home: Path, adapter: Adapter,
+                                                        tmp_path: Path) -> None:
+    from metafit.deploy.versions import delete_version
+
+    update_model(home, *images(range(2), 1, first=5), adapter)  # v2, current
+    set_current(home, 1)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file")
+    os.symlink(victim, home / "versions" / "deleted-v0002")  # a received directory's trap
+    with pytest.raises(ModelDirError, match="deleted-v0002 exists and is not a plain file"):
+        delete_version(home, 2)
+    assert victim.read_text() == "the user's file"  # not truncated
+    assert version_dir(home, 2).is_dir()
+    (home / ".lock").unlink()  # made by the update above
+    os.symlink(victim, home / ".lock")
+    with pytest.raises(ModelDirError, match=r"\.lock cannot be opened as the update lock"):
+        set_current(home, 2)
+    assert victim.read_text() == "the user's file"
+
+
+def test_forged_adaptation_fields_are_refused_on_loading(home: Path) -> None:
+    import hashlib
+
+    def forge(edit: Any) -> None:
+        spec = json.loads((home / "model.json").read_text())
+        edit(spec["adaptation"])
+        data = json.dumps(spec).encode()
+        (home / "model.json").write_bytes(data)
+        manifest = json.loads((home / "manifest.json").read_text())
+        manifest["files"]["model.json"] = {"bytes": len(data),
+                                           "sha256": hashlib.sha256(data).hexdigest()}
+        (home / "manifest.json").write_text(json.dumps(manifest))
+
+    forge(lambda a: a.__setitem__("steps", 10**9))  # an update would adapt with them
+    with pytest.raises(ModelDirError, match=r"adaptation.steps must be an integer 0\.\.10000"):
+        AdaptedModel.load(home)
+    forge(lambda a: a.update(steps=2, source=7))
+    with pytest.raises(ModelDirError, match="adaptation.source must be a JSON object"):
+        AdaptedModel.load(home)

@@ -73,6 +73,11 @@ MIN_UNLABELLED = 10
 MAX_INPUT_BYTES = 2 * 2**30
 #: Image backbones a student may be.
 IMAGE_STUDENTS = ("conv4", "mlp", "resnet12", "resnet18")
+#: Bounds of an image student's NAME:HIDDEN:DEPTH, and of its parameter count (checked
+#: on the meta device before it is built).
+MAX_STUDENT_WIDTH = 4096
+MAX_STUDENT_DEPTH = 64
+MAX_STUDENT_VALUES = 200_000_000
 #: Unlabelled inputs whose statistics a student's BatchNorm layers are frozen on.
 BATCH_NORM_INPUTS = 1024
 
@@ -155,13 +160,14 @@ def _teacher_layers(teacher: AdaptedModel) -> nn.ModuleList:
     return transformer_layers(cast(Any, teacher.module.body).encoder)
 
 
-def _positive(text: str, what: str) -> int:
+def _positive(text: str, what: str, most: int) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise ValueError(f"student {what} must be a positive integer, got {text!r}")
+    if not 1 <= value <= most:
+        raise ValueError(f"student {what} must be a positive integer, at most {most}, got "
+                         f"{text!r}")
     return value
 
 
@@ -189,7 +195,7 @@ def parse_student(spec: str, teacher: AdaptedModel) -> Student:
                     raise ValueError(f"student {spec!r}: layer indices must be distinct, "
                                      f"increasing and in 0..{total - 1}")
             else:
-                keep = tuple(range(_positive(body, "layer count")))
+                keep = tuple(range(_positive(body, "layer count", MAX_STUDENT_DEPTH)))
             if len(keep) >= total:
                 raise ValueError(f"student {spec!r}: the teacher's encoder has {total} "
                                  f"layers; keep fewer (1..{total - 1})")
@@ -213,8 +219,8 @@ def parse_student(spec: str, teacher: AdaptedModel) -> Student:
                          "(e.g. conv4:32, mlp:256:2)")
     if len(rest) > 2:
         raise ValueError(f"student {spec!r}: NAME[:HIDDEN[:DEPTH]] has at most two numbers")
-    hidden = _positive(rest[0], "width (HIDDEN)") if rest else None
-    depth = _positive(rest[1], "depth (DEPTH)") if len(rest) > 1 else None
+    hidden = _positive(rest[0], "width (HIDDEN)", MAX_STUDENT_WIDTH) if rest else None
+    depth = _positive(rest[1], "depth (DEPTH)", MAX_STUDENT_DEPTH) if len(rest) > 1 else None
     return Student(spec, "image", model=name, hidden=hidden, depth=depth)
 
 
@@ -375,7 +381,13 @@ def _image_student(teacher: AdaptedModel, student: Student
     if student.depth is not None:
         update["depth"] = student.depth
     recipe = teacher.recipe.model_copy(update=update)
-    features = cast(FewShotModel, build_model(recipe.model_copy(update={"ways": 1}))).feature_dim
+    with torch.device("meta"):  # its size first: nothing is allocated
+        probe = cast(FewShotModel, build_model(recipe.model_copy(update={"ways": 1})))
+    values = sum(p.numel() for p in probe.parameters())
+    if values > MAX_STUDENT_VALUES:
+        raise ValueError(f"student {student.spec!r} has {values:,} parameters, over the "
+                         f"limit of {MAX_STUDENT_VALUES:,} (a student is for a smaller model)")
+    features = probe.feature_dim
     kind = "logistic" if teacher.arch["head"] == "logistic" else "linear"
     arch = {"head": kind, "ways": len(teacher.label_names), "features": int(features),
             "batch_norm": "batch"}

@@ -8,20 +8,25 @@ checksums checked as for any model directory).
 
 Which MLflow run it joins, first that applies: the training run's own, named in
 ``RUN/mlflow.json`` (the run was trained with ``mlflow: true``), so that the adapted model
-sits beside the metrics it came from; else a new run named after the model directory in
+sits beside the metrics it came from, when that run is in the store you would log to
+anyway (``tracking_uri``, ``MLFLOW_TRACKING_URI`` or the default beside the run: a
+received run directory never chooses where your model and support set are uploaded);
+else a new run named after the model directory in
 the experiment named after the recipe, in ``tracking_uri``, else MLflow's
 ``MLFLOW_TRACKING_URI``, else ``sqlite:///<parent of MODEL>/mlflow.db``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 from pathlib import Path
 
 from metafit._version import __version__
+from metafit.io import parse_json, read_bounded
 from metafit.training.mlflow_logger import (
     RUN_FILE,
+    default_uri,
     experiment_id,
     import_mlflow,
     tracking_client,
@@ -32,18 +37,29 @@ __all__ = ["log_adapted_model"]
 log = logging.getLogger(__name__)
 
 CODE = Path(__file__).with_name("mlflow_pyfunc.py")
+#: Largest ``RUN/mlflow.json`` read (metafit writes about 150 bytes).
+MAX_RUN_FILE_BYTES = 2**16
 
 
 def _target(model_dir: Path, run_dir: Path | None, tracking_uri: str | None,
             experiment: str) -> tuple[str, str]:
     """``(tracking URI, run id)`` of the MLflow run the model joins (module docstring)."""
     saved = run_dir / RUN_FILE if run_dir is not None else None
-    if tracking_uri is None and saved is not None and saved.is_file():
+    if saved is not None and saved.is_file():
         try:
-            named = json.loads(saved.read_text(encoding="utf-8"))
-            return str(named["tracking_uri"]), str(named["run_id"])
-        except (ValueError, KeyError, TypeError) as e:
+            named = parse_json(read_bounded(saved, MAX_RUN_FILE_BYTES), saved)
+            uri, run_id = str(named["tracking_uri"]), str(named["run_id"])
+        except (ValueError, OSError, KeyError, TypeError) as e:
             log.warning("MLflow: %s is unreadable (%s); logging to a new run", saved, e)
+        else:
+            # A run directory may come from someone else: join the store it names only
+            # where the user would log anyway (their URI, MLFLOW_TRACKING_URI, or the
+            # default beside the run), never a store the file alone chooses.
+            own = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(run_dir)
+            if uri == own:
+                return uri, run_id
+            log.warning("MLflow: %s names the store %s, not this one (%s); logging to a new "
+                        "run here (pass that URI yourself to join its run)", saved, uri, own)
     client, uri = tracking_client(tracking_uri, model_dir)
     run = client.create_run(experiment_id(client, experiment, uri), run_name=model_dir.name,
                             tags={"metafit.model_dir": str(model_dir.resolve()),
@@ -68,7 +84,9 @@ def log_adapted_model(model_dir: str | Path, run_dir: str | Path | None = None,
     AdaptedModel.load(model_dir)  # a broken directory fails here, before MLflow
     uri, run_id = _target(model_dir, None if run_dir is None else Path(run_dir),
                           tracking_uri, experiment)
-    previous = mlflow.get_tracking_uri()
+    # MLflow's set_tracking_uri also sets MLFLOW_TRACKING_URI: restore "not set" as unset
+    # (None), not as the default URI, or a later call would log to the current directory.
+    previous = os.environ.get("MLFLOW_TRACKING_URI") or None
     mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run(run_id=run_id):

@@ -92,6 +92,16 @@ def _checked_spec(spec: object) -> dict[str, Any]:
             raise ValueError(f"model.json: {key!r} must be a JSON {kind.__name__}")
     if not all(isinstance(name, str) for name in spec["labels"]):
         raise ValueError("model.json: every label must be a string")
+    info = spec["adaptation"]
+    steps = info.get("steps")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool)
+                              or not 0 <= steps <= MAX_STORED_STEPS):
+        # an update adapts again with the stored steps: a forged 10**9 would never end
+        raise ValueError(f"model.json: adaptation.steps must be an integer 0.."
+                         f"{MAX_STORED_STEPS}, not {str(steps)[:40]!r}")
+    for key in ("source", "update"):
+        if info.get(key) is not None and not isinstance(info[key], dict):
+            raise ValueError(f"model.json: adaptation.{key} must be a JSON object")
     return spec
 
 
@@ -170,6 +180,8 @@ def _check_size(skeleton: torch.nn.Module, state: dict[str, Any], root: Path) ->
                             f"{held:,}: the files do not belong together")
 
 
+#: Most inner steps a stored adaptation may name (an update adapts again with them).
+MAX_STORED_STEPS = 10_000
 #: Bounds of a model directory's preprocessing (model.json), checked before any input is
 #: resized or tokenised to them.
 MAX_IMAGE_SIZE = 4096

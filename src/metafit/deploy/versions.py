@@ -276,8 +276,13 @@ def update_lock(home: Path) -> Iterator[None]:
         except ImportError:  # pragma: no cover - not POSIX: the process lock only
             yield
             return
-        fd = os.open(home / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
-                     0o600)
+        try:
+            fd = os.open(home / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                         0o600)
+        except OSError as e:  # a planted link (ELOOP), a folder, no permission
+            raise ModelDirError(f"{home / LOCK} cannot be opened as the update lock "
+                                f"({e.strerror}); a model directory's .lock is a plain "
+                                "file metafit makes") from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX)
             try:
@@ -335,13 +340,32 @@ def delete_version(home: Path, n: int) -> None:
                              "current first (metafit versions MODEL --use N)")
         folder = home / VERSIONS
         tombstone = folder / f"deleted-v{n:04d}"
-        with tombstone.open("wb") as f:
-            os.fsync(f.fileno())
+        _write_tombstone(tombstone)
         doomed = folder / f".del-{secrets.token_hex(4)}"
         os.rename(version_dir(home, n), doomed)
         fsync_dir(folder)
         shutil.rmtree(doomed, ignore_errors=True)
     log.info("%s: deleted version %d", home, n)
+
+
+def _write_tombstone(path: Path) -> None:
+    """Create the empty marker ``path`` (or keep the one a killed deletion left), never
+    through a symbolic link: a received directory's planted ``deleted-vNNNN`` link would
+    otherwise truncate whatever file it points at."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                     | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        if path.is_symlink() or not path.is_file():
+            raise ModelDirError(f"{path} exists and is not a plain file (a symbolic link?); "
+                                "refused") from None
+        return  # left by a deletion that was killed before its rename
+    except OSError as e:
+        raise ModelDirError(f"{path} cannot be created ({e.strerror})") from None
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def add_version(home: Path, model: Saves, make_current: bool = True) -> int:
@@ -360,10 +384,13 @@ def add_version(home: Path, model: Saves, make_current: bool = True) -> int:
     if not (home / MANIFEST).is_file():
         raise ModelDirError(f"model directory {home} does not exist (or has no {MANIFEST})")
     folder = home / VERSIONS
-    folder.mkdir(exist_ok=True)
     if folder.is_symlink():
         raise ModelDirError(f"{folder} is a symbolic link; model directories hold plain "
                             "directories only")
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as e:
+        raise ModelDirError(f"{folder} cannot be made a folder ({e.strerror})") from None
     _remove_stale_staging(folder)
     staging = folder / f".new-{secrets.token_hex(4)}"
     model.save(staging)

@@ -17,12 +17,16 @@ its recipe's architecture), so a forged one is refused before anything is merged
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from metafit.config.ensemble import MAX_MEMBERS, MUST_AGREE, merge_problem
 from metafit.config.recipe import Recipe, make_recipe
+from metafit.io import fsync_dir
 from metafit.models.ensemble import merge_conv4_states, merge_head_states
 from metafit.runs.directory import RunDir, load_checkpoint
 from metafit.runs.trained import load_trained
@@ -104,13 +108,23 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path,
         "num_train_classes": load_checkpoint(
             RunDir(runs[0]).trained_checkpoint(which)).get("num_train_classes"),
         "ensemble_of": [str(Path(run).resolve()) for run in runs], "member_checkpoint": which}
-    target.mkdir(parents=True, exist_ok=True)
-    rd = RunDir(target)
-    rd.write_config(recipe)
-    for name in ("best", "last"):
-        rd.save_checkpoint(name, payload)
-    rd.set_status("complete", iteration=0, ensemble_of=payload["ensemble_of"],
-                  member_checkpoint=which)
+    # Written beside the target, then renamed into place: an interrupted merge leaves no
+    # half a run at --out (a hidden .NAME.XXXX.tmp folder at most) and can be run again.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    staging.mkdir()  # the default permissions, as a run directory's
+    try:
+        rd = RunDir(staging)
+        rd.write_config(recipe)
+        for name in ("best", "last"):
+            rd.save_checkpoint(name, payload)
+        rd.set_status("complete", iteration=0, ensemble_of=payload["ensemble_of"],
+                      member_checkpoint=which)
+        os.rename(staging, target)  # onto a missing or empty directory only
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     logger.info("%s: the ensemble of %d runs (conv4, %d x %d filters)", target, len(runs),
                 len(runs), first.hidden)
     return recipe

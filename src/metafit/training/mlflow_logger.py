@@ -54,7 +54,7 @@ from typing import Any
 
 from metafit._version import __version__
 from metafit.config.schema import Recipe
-from metafit.io import atomic_write_text
+from metafit.io import atomic_write_text, parse_json, read_bounded
 from metafit.training.callbacks import Callback, TrainerView
 
 __all__ = ["MLflowLogger", "MLFLOW_STATUS", "MAX_PARAM_LENGTH", "RUN_FILE", "default_uri",
@@ -251,9 +251,11 @@ class MLflowLogger(Callback):
         if not path.is_file():
             return None
         try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
+            saved = parse_json(read_bounded(path, 2**16), path)
+            if not isinstance(saved, dict):
+                raise TypeError("not a JSON object")
             run_id = str(saved["run_id"])
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, OSError, KeyError, TypeError) as e:
             log.warning("MLflow: %s is unreadable (%s); starting a new run", path, e)
             return None
         if saved.get("tracking_uri") != uri:

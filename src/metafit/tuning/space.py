@@ -215,13 +215,37 @@ def suggest(space: SearchSpace, trial: Suggester) -> dict[str, Any]:
     return values
 
 
+#: Most points a grid search may have (the grid is built in memory, by Optuna too).
+MAX_GRID_POINTS = 100_000
+
+
+def _axis_size(p: Any) -> int:
+    """Number of values of ``p``'s grid axis, counted without building it."""
+    if p.kind == "categorical":
+        return len(p.choices)
+    if p.kind == "int" and not p.log:
+        return max(0, (int(p.high) - int(p.low)) // int(p.step or 1) + 1)
+    if p.kind == "uniform" and p.step is not None:
+        return int(math.floor((p.high - p.low) / p.step + 1e-9)) + 1
+    raise _problem(p.name, "a grid search needs a finite grid: give a step, or list the "
+                   "values as a categorical")
+
+
 def grid_values(space: SearchSpace) -> dict[str, list[Any]]:
     """The grid of a grid search: categoricals' choices, every int (or stepped uniform)
     value in its range. A continuous range without a step has no grid.
 
     Raises:
-        RecipeError: a continuous range without ``step``.
+        RecipeError: a continuous range without ``step``; a grid of more than
+            :data:`MAX_GRID_POINTS` points (counted before any is built).
     """
+    sizes = {p.name: _axis_size(p) for p in space.params}
+    total = math.prod(sizes.values())
+    if total > MAX_GRID_POINTS:
+        widest = max(sizes, key=lambda name: sizes[name])
+        raise _problem(widest, f"a grid of {total:,} points (this key: {sizes[widest]:,} "
+                       f"values) is over the {MAX_GRID_POINTS:,} a grid search may have: "
+                       "give a coarser step, fewer values, or sampler tpe/random")
     grid: dict[str, list[Any]] = {}
     for p in space.params:
         if p.kind == "categorical":
@@ -240,6 +264,6 @@ def grid_values(space: SearchSpace) -> dict[str, list[Any]]:
 
 
 def grid_size(space: SearchSpace) -> int:
-    """Number of points of :func:`grid_values`' grid."""
-    return math.prod(len(v) for v in grid_values(space).values())
+    """Number of points of :func:`grid_values`' grid (counted, not built)."""
+    return math.prod(_axis_size(p) for p in space.params)
 
