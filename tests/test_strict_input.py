@@ -141,6 +141,21 @@ def test_yaml_errors_are_one_line_with_file_and_line(tmp_path: Path) -> None:
         assert re.search(expected, msg), msg
 
 
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = "search:\n  x:\n" + "".join(f"    {line}\n" for line in levels)  # 1.2e9 values
+    assert len(bomb) < 1000
+    with pytest.raises(RecipeError, match=r"holds 1,234,567,913 values once its YAML aliases "
+                                          r"\(\*name\) are expanded, over the limit"):
+        load_recipe(write(tmp_path / "bomb.yaml", bomb))
+    shared = "base_lr: &lr 0.1\ninner_lr: *lr\n"  # an ordinary alias still works
+    with pytest.raises(RecipeError, match="unknown recipe key 'base_lr'"):
+        load_recipe(write(tmp_path / "alias.yaml", shared))
+    assert load_recipe(write(tmp_path / "alias2.yaml", "outer_lr: &lr 0.01\ninner_lr: *lr\n")
+                       ).inner_lr == 0.01
+
+
 def test_recipe_that_is_not_a_mapping_or_has_odd_keys(tmp_path: Path) -> None:
     for text in ("[]", "0", "false", "''"):  # before: [] and 0 were an empty recipe
         with pytest.raises(RecipeError, match="must be a mapping of key: value"):
@@ -167,12 +182,13 @@ def test_base_errors_name_the_inheriting_file(tmp_path: Path) -> None:
 
 
 def test_a_value_made_of_aliases_gives_a_short_message(tmp_path: Path) -> None:
-    """Five levels of ten aliases: a value whose full repr is ~1 MB."""
+    """Four levels of ten aliases: a value whose full repr is ~120 KB (five levels are
+    now refused as over MAX_RECIPE_VALUES before validation)."""
     text = "search:\n  a: &a [" + ", ".join(["abcdefgh"] * 10) + "]\n"
-    for prev, name in zip("abcd", "bcde", strict=True):
+    for prev, name in zip("abc", "bcd", strict=True):
         text += f"  {name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]\n"
     with pytest.raises(RecipeError, match=r"ways: Input should be a valid integer") as e:
-        load_recipe(write(tmp_path / "alias.yaml", text + "ways: *e\n"))
+        load_recipe(write(tmp_path / "alias.yaml", text + "ways: *d\n"))
     assert len(str(e.value)) < 3000
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RecipeError", "MAX_RECIPE_BYTES", "parse_yaml_mapping", "read_yaml_mapping",
-           "short_repr"]
+__all__ = ["RecipeError", "MAX_RECIPE_BYTES", "MAX_RECIPE_VALUES", "parse_yaml_mapping",
+           "read_yaml_mapping", "short_repr"]
 
 
 class RecipeError(ValueError):
@@ -22,6 +22,8 @@ class RecipeError(ValueError):
 #: The largest recipe file read: recipes are a few hundred bytes, and one read from a run
 #: or model directory is untrusted input (docs/design.md, "Security stance").
 MAX_RECIPE_BYTES = 1 << 20
+#: Most values a recipe may hold with its YAML aliases expanded (a shipped one: about 100).
+MAX_RECIPE_VALUES = 100_000
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 80
@@ -46,6 +48,24 @@ def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
         line = text[: e.position].count("\n") + 1
         return f"line {line}: unacceptable character #x{e.character:04x} ({e.reason})"
     return " ".join(str(e).split())
+
+
+def _expanded_size(value: Any, seen: dict[int, int]) -> int:
+    """Values (mappings, lists, scalars, keys) ``value`` holds as a tree, counted on the
+    graph YAML aliases make (each shared node once, by ``id``), so that ten levels of
+    ten aliases each count as 10^10 without being expanded."""
+    known = seen.get(id(value))
+    if known is not None:
+        return known
+    if isinstance(value, dict):
+        size = 1 + sum(_expanded_size(k, seen) + _expanded_size(v, seen)
+                       for k, v in value.items())
+    elif isinstance(value, list):
+        size = 1 + sum(_expanded_size(v, seen) for v in value)
+    else:
+        size = 1
+    seen[id(value)] = size
+    return size
 
 
 def parse_yaml_mapping(data: bytes | str, where: str | os.PathLike[str], what: str = "recipe"
@@ -81,6 +101,15 @@ def parse_yaml_mapping(data: bytes | str, where: str | os.PathLike[str], what: s
                           ) from None
     if raw is None:
         return {}
+    try:
+        size = _expanded_size(raw, {})
+    except RecursionError:
+        raise RecipeError(f"{what} {where} is not a valid {what}: YAML nested too deeply"
+                          ) from None
+    if size > MAX_RECIPE_VALUES:
+        raise RecipeError(f"{what} {where} holds {size:,} values once its YAML aliases (*name) "
+                          f"are expanded, over the limit of {MAX_RECIPE_VALUES:,} (an alias "
+                          "bomb?)")
     if not isinstance(raw, dict):
         raise RecipeError(f"{what} {where} must be a mapping of key: value, not a "
                           f"{type(raw).__name__}")
