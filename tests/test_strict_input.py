@@ -64,6 +64,13 @@ def test_csv_lenient_skips_bad_rows_with_a_warning(tmp_path: Path) -> None:
         TextCSV(only_bad, lenient=True)
 
 
+def test_csv_a_column_named_twice_is_an_error_not_the_first_of_them(tmp_path: Path) -> None:
+    path = write(tmp_path / "data.csv", "text,category,text\nold,a,new\nold,b,new\n")
+    with pytest.raises(DatasetError, match=r"data.csv, line 1: column\(s\) \['text'\] appear "
+                                           r"more than once"):
+        TextCSV(path)  # before: the first 'text' was taken silently
+
+
 def test_csv_blank_lines_are_not_rows_even_before_the_header(tmp_path: Path) -> None:
     path = write(tmp_path / "data.csv", "\n\ntext,category\nhello,a\n\n\nbye,b\n\n")
     with warnings.catch_warnings():

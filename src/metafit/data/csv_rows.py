@@ -89,6 +89,10 @@ def _header(reader: Any, path: Path, text_column: str, label_column: str) -> lis
             f"{path}, line {header_line}: column(s) {missing} not found; the header has "
             f"columns {names}"
         )
+    twice = [c for c in dict.fromkeys((text_column, label_column)) if names.count(c) > 1]
+    if twice:
+        raise DatasetError(f"{path}, line {header_line}: column(s) {twice} appear more than "
+                           "once in the header; which one is meant is unclear: rename one")
     return names
 
 
