@@ -301,3 +301,80 @@ def test_a_forged_support_set_is_refused_on_loading(model_dir: Path, tmp_path: P
     _rewrite(received, "support.safetensors", forge)
     with pytest.raises(ModelDirError, match=message):
         AdaptedModel.load(received)
+
+
+# -- text models: the encoder's files (review of 2026-12-06) --------------------------------
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from deploy_fixtures import text_run
+    from text_fixtures import sentences, write_csv
+
+    root = tmp_path_factory.mktemp("text_model")
+    support = write_csv(root / "support.csv", sentences(3, 2, seed=1))
+    assert main(["adapt", str(text_run()), "--support", str(support), "--out",
+                 str(root / "model")]) == 0
+    return root / "model"
+
+
+def _json_edit(key_values: dict[str, Any]) -> Any:
+    def edit(data: bytes) -> bytes:
+        return json.dumps({**json.loads(data), **key_values}).encode()
+    return edit
+
+
+@pytest.mark.parametrize("file, changes, message", [
+    ("encoder/config.json", {"num_hidden_layers": 20000},  # 36 s and 1.7 GB to build
+     r"num_hidden_layers must be an integer 1\.\.64"),
+    ("encoder/config.json", {"num_attention_heads": 0},  # a ZeroDivisionError
+     r"num_attention_heads must be an integer 1\.\.256"),
+    ("encoder/config.json", {"max_position_embeddings": 10**12},
+     r"max_position_embeddings must be an integer 1\.\.65536"),
+    ("encoder/config.json", {"hidden_size": "x"},  # transformers' own validation error
+     r"encoder/ \(config.json, tokenizer files\): \w+Error"),
+    ("encoder/config.json", {"dtype": "bogus"}, r"encoder/ .*AttributeError"),
+    ("encoder/config.json", {"max_position_embeddings": 8},
+     r"preprocessing.max_length \d+ is past the encoder's 8 positions"),
+    ("encoder/config.json", {"vocab_size": 5},
+     r"the tokenizer's ids reach \d+ but the encoder's token table has 5 rows"),
+])
+def test_a_forged_text_encoder_is_refused_before_it_is_built(
+        text_model: Path, tmp_path: Path, file: str, changes: dict, message: str,
+        capsys) -> None:
+    received = _copy(text_model, tmp_path)
+    _rewrite(received, file, _json_edit(changes))
+    with pytest.raises(ModelDirError, match=message):
+        AdaptedModel.load(received)
+    (tmp_path / "in.txt").write_text("hello there\n")
+    assert main(["predict", str(received), "--from-file", str(tmp_path / "in.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_tokenizer_that_fails_on_text_is_refused_on_loading(text_model: Path,
+                                                              tmp_path: Path) -> None:
+    received = _copy(text_model, tmp_path)
+
+    def no_unknown_token(data: bytes) -> bytes:  # WordPiece then fails on unknown words
+        spec = json.loads(data)
+        assert spec["model"]["type"] == "WordPiece"
+        spec["model"]["vocab"].pop(spec["model"]["unk_token"])
+        return json.dumps(spec).encode()
+
+    _rewrite(received, "encoder/tokenizer.json", no_unknown_token)
+    with pytest.raises(ModelDirError, match="the tokenizer fails on plain text"):
+        AdaptedModel.load(received)
+
+
+def test_texts_and_input_files_are_bounded(text_model: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import metafit.cli.adapt as adapt_cli
+    from metafit.deploy.errors import InputError
+    from metafit.deploy.preprocess import MAX_TEXT_CHARACTERS
+
+    model = AdaptedModel.load(text_model)
+    with pytest.raises(InputError, match=r"input 1: 100,001 characters, over the limit"):
+        model.predict(["fine", "x" * (MAX_TEXT_CHARACTERS + 1)])
+    monkeypatch.setattr(adapt_cli, "MAX_FROM_FILE_BYTES", 100)
+    (tmp_path / "in.txt").write_text("a line\n" * 20)
+    assert main(["predict", str(text_model), "--from-file", str(tmp_path / "in.txt")]) == 2
+    assert "over the limit of 100 (--from-file)" in capsys.readouterr().err

@@ -4,6 +4,7 @@ text episodes with their sentences, and the pages (``report.md``, ``index.html``
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -73,10 +74,10 @@ def test_markdown_cells_carry_no_links_or_images_from_the_data() -> None:
         [["see [click me](https://evil.example/phish)", "![px](https://evil.example/p.png)"],
          ["`code` and a \\ backslash", "plain"]])])])
     md = to_markdown(page)
-    assert "\\[click me\\]\\(https://evil.example/phish\\)" in md
-    assert "\\!\\[px\\]\\(https://evil.example/p.png\\)" in md
+    assert "\\[click me\\](https://evil.example/phish)" in md
+    assert "!\\[px\\](https://evil.example/p.png)" in md
     assert "\\`code\\` and a \\\\ backslash" in md
-    assert "](https" not in md and "![" not in md
+    assert not re.search(r"(?<!\\)\]\(", md) and "![" not in md  # no live link or image
 
 
 def test_report_of_a_text_run_lists_every_sentence(tmp_path: Path) -> None:

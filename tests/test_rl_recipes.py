@@ -247,3 +247,26 @@ def test_an_rl_recipe_dumps_only_its_own_keys_and_reads_back(name: str) -> None:
     assert "ways" not in written and "model" not in written and "optimizer" not in written
     assert ("arms" in written) == (r.dataset == "rl_bandit")
     assert make_recipe(written) == r
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"horizon": 10**9}, r"horizon: Input should be less than or equal to 100000"),
+    ({"trajectories": 10**9}, r"trajectories: Input should be less than or equal to 100000"),
+    ({"test_episodes": 10**9}, r"test_episodes: Input should be less than or equal to"),
+    ({"horizon": 10_000, "trajectories": 100, "meta_batch": 20},  # 2e7 steps held at once
+     r"horizon x trajectories x meta_batch = 20,000,000 environment steps"),
+    ({"policy_hidden": [64] * 17}, "policy_hidden must be at most 16 widths"),
+    ({"policy_hidden": [100_000]}, "policy_hidden must be at most 16 widths of at most 4096"),
+])
+def test_a_forged_rl_config_cannot_choose_unbounded_memory(changes: dict,
+                                                           message: str) -> None:
+    values = {**load_recipe("rl_nav2d_maml").applicable_dump(), **changes}
+    with pytest.raises(RecipeError, match=message):
+        make_recipe(values, "config.yaml")
+
+
+def test_a_tabular_mdp_table_is_bounded() -> None:
+    values = load_recipe("rl_tabular_maml").applicable_dump()
+    with pytest.raises(RecipeError, match=r"states x states x actions = 50,000,000"):
+        make_recipe({**values, "states": 1000, "actions": 50}, "config.yaml")
+    assert make_recipe({**values, "states": 100, "actions": 10}, "config.yaml").states == 100

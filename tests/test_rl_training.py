@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from metafit.cli.main import main
-from metafit.config.recipe import load_recipe
+from metafit.config.recipe import RecipeError, load_recipe
 from metafit.config.schema import OUTER_STEP_KEYS, TRPO_KEYS, Recipe, make_recipe
 from metafit.runs.directory import CheckpointError, RunDir, load_checkpoint
 from metafit.runs.rl import evaluate_rl_run, load_rl_trained
@@ -192,7 +192,13 @@ def test_a_forged_rl_config_is_refused_before_it_is_allocated(nav_run: Path,
                                                               tmp_path: Path) -> None:
     copy = Path(shutil.copytree(nav_run, tmp_path / "received"))
     config = RunDir(copy).config
-    # 10^5 x 10^5 hidden units: 40 GB of weights if it were built for real
-    config.write_text(config.read_text().replace("- 8\n", "- 100000\n- 100000\n"))
+    original = config.read_text()
+    # 4096 x 4096 hidden units, within the recipe bounds: refused by the meta-device check
+    config.write_text(original.replace("- 8\n", "- 4096\n- 4096\n"))
     with pytest.raises(CheckpointError, match="different architecture"):
+        load_rl_trained(copy)
+    # 10^5 x 10^5 (40 GB of weights if built): refused by the recipe bounds, earlier still
+    config.write_text(original.replace("- 8\n", "- 100000\n- 100000\n"))
+    with pytest.raises(RecipeError, match="policy_hidden must be at most 16 widths of at "
+                                          "most 4096"):
         load_rl_trained(copy)

@@ -130,15 +130,19 @@ def load_torch_file(source: str | os.PathLike[str] | bytes, where: object) -> An
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
-def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+def read_bounded(path: str | os.PathLike[str], max_bytes: int,
+                 follow_links: bool = False) -> bytes:
     """The bytes of the regular file ``path``, refused above ``max_bytes`` before any is
-    read; the last component is not followed if it is a symbolic link.
+    read; the last component is not followed if it is a symbolic link (unless
+    ``follow_links``: a file the user names themselves).
 
     Raises:
         ValueError: not a regular file (a FIFO, a device, a link) or over ``max_bytes``.
         OSError: it cannot be opened.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags)
     except OSError as e:

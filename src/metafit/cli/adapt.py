@@ -23,6 +23,8 @@ __all__ = ["add_adapt_parser", "add_predict_parser", "add_versions_parser",
            "add_reject_options", "reject_request"]
 
 _TABLE_CLASSES = 3  # most probable classes shown per row of the table
+#: Largest ``predict --from-file`` read (one input a line).
+MAX_FROM_FILE_BYTES = 64 * 2**20
 
 
 def reject_request(args: argparse.Namespace) -> Any:
@@ -152,11 +154,15 @@ def _read_lines(from_file: str) -> list[str]:
         ValueError: a missing or unreadable file, bytes that are not UTF-8, or a blank
             line before the last input, naming the file and the line.
     """
+    from metafit.io import read_bounded  # here: building the parser imports no torch
+
     path = Path(from_file)
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, MAX_FROM_FILE_BYTES, follow_links=True)
     except FileNotFoundError:
         raise ValueError(f"{from_file}: no such file (--from-file)") from None
+    except ValueError as e:  # not a regular file, or too large
+        raise ValueError(f"{e} (--from-file)") from None
     except OSError as e:
         raise ValueError(f"{from_file}: cannot read it (--from-file): {e.strerror or e}"
                          ) from None

@@ -53,6 +53,11 @@ SUPERVISED_DATASETS = ("omniglot", "glyphs", "image_folder", "image_table", "idx
 #: random tabular MDPs, pendulums with a mass and a length per task, half-cheetah velocity
 #: and direction (MuJoCo through Gymnasium), and a user's Gymnasium environment
 #: (``rl_gym``: ``env_factory``, ``task_ranges``).
+#: Most environment steps one meta-RL meta-training step may hold (horizon x trajectories
+#: x meta_batch; the shipped recipes hold at most 160,000).
+MAX_RL_STEPS = 10_000_000
+#: Most transition probabilities of one rl_tabular MDP (states x states x actions).
+MAX_RL_TABLE = 10_000_000
 RL_DATASETS = ("rl_nav2d", "rl_bandit", "rl_tabular", "rl_pendulum", "rl_cheetah_vel",
                "rl_cheetah_dir", "rl_gym")
 #: The meta-RL families that run through Gymnasium (the ``rl`` extra).
@@ -254,7 +259,7 @@ class Recipe(BaseModel):
                                       "penalty on the head's weights")
 
     # -- outer loop ------------------------------------------------------------------
-    meta_batch: int = Field(32, gt=0, description='tasks per meta-training step')
+    meta_batch: int = Field(32, gt=0, le=100_000, description='tasks per meta-training step')
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam",
         description='the outer optimizer of the meta-parameters')
     outer_lr: float = Field(1e-3, gt=0, description="the outer optimizer's learning rate; "
@@ -298,7 +303,7 @@ class Recipe(BaseModel):
         "float32 (docs/design.md, 'Mixed precision'). Evaluation stays float32")
 
     # -- meta-RL (datasets rl_*; docs/rl.md) --------------------------------------------
-    horizon: int | None = Field(None, gt=0, description="meta-RL: steps per episode "
+    horizon: int | None = Field(None, gt=0, le=100_000, description="meta-RL: steps per episode "
                                 "(default: the family's: rl_nav2d 100, rl_bandit 10, "
                                 "rl_tabular 10, rl_pendulum 200, rl_cheetah_vel and "
                                 "rl_cheetah_dir 200; rl_gym needs it)")
@@ -308,7 +313,7 @@ class Recipe(BaseModel):
         "it is listed in $METAFIT_ENV_MODULES (importing runs its code; docs/rl.md)")
     task_ranges: dict[str, tuple[float, float]] | None = Field(None, description="rl_gym: "
         "each task parameter's uniform range, {name: [low, high]}")
-    arms: int = Field(5, ge=2, description="rl_bandit: arms of each bandit")
+    arms: int = Field(5, ge=2, le=100_000, description="rl_bandit: arms of each bandit")
     states: int = Field(10, gt=0, description="rl_tabular: states of each MDP")
     actions: int = Field(5, ge=2, description="rl_tabular: actions of each MDP")
     mass_range: tuple[float, float] = Field((0.5, 2.0), description="rl_pendulum: each "
@@ -317,7 +322,8 @@ class Recipe(BaseModel):
     length_range: tuple[float, float] = Field((0.5, 2.0), description="rl_pendulum: each "
                                               "task's length is uniform in [low, high] "
                                               "(Gymnasium's Pendulum-v1: 1)")
-    trajectories: int = Field(20, gt=0, description="meta-RL: trajectories sampled per task "
+    trajectories: int = Field(20, gt=0, le=100_000,
+                              description="meta-RL: trajectories sampled per task "
                               "for each inner step and for the query (pytorch-maml-rl's "
                               "fast_batch_size); meta_batch is the number of tasks")
     policy_hidden: tuple[int, ...] = Field((64, 64), description="meta-RL: widths of the "
@@ -364,10 +370,11 @@ class Recipe(BaseModel):
     # -- validation / evaluation -----------------------------------------------------
     val_every: int = Field(100, gt=0,
         description='iterations between validations (fixed validation episodes)')
-    val_episodes: int = Field(100, gt=0, description='episodes per validation (meta-RL: '
+    val_episodes: int = Field(100, gt=0, le=1_000_000,
+                              description='episodes per validation (meta-RL: '
                               'fixed validation tasks)')
     patience: int | None = Field(None, gt=0, description="validations without improvement")
-    test_episodes: int = Field(600, gt=0,
+    test_episodes: int = Field(600, gt=0, le=1_000_000,
         description='episodes of `metafit evaluate` (mean with a 95% interval; meta-RL: '
         'fixed test tasks)')
 
@@ -478,6 +485,20 @@ class Recipe(BaseModel):
         if not self.policy_hidden or min(self.policy_hidden) < 1:
             raise ValueError(f"policy_hidden must be one or more positive widths, got "
                              f"{list(self.policy_hidden)}")
+        if len(self.policy_hidden) > 16 or max(self.policy_hidden) > 4096:
+            raise ValueError(f"policy_hidden must be at most 16 widths of at most 4096, got "
+                             f"{list(self.policy_hidden)[:20]}")
+        steps = (self.horizon or 0) * self.trajectories * self.meta_batch
+        if steps > MAX_RL_STEPS:
+            # a meta-training step holds every transition of its tasks in memory
+            raise ValueError(f"horizon x trajectories x meta_batch = {steps:,} environment "
+                             f"steps in one meta-training step, over the limit of "
+                             f"{MAX_RL_STEPS:,} (they are all held in memory)")
+        if self.dataset == "rl_tabular" and self.states * self.states * self.actions \
+                > MAX_RL_TABLE:
+            raise ValueError(f"rl_tabular: states x states x actions = "
+                             f"{self.states * self.states * self.actions:,} transition "
+                             f"probabilities per MDP, over the limit of {MAX_RL_TABLE:,}")
         for key in ("mass_range", "length_range"):
             low, high = getattr(self, key)
             if not 0 < low <= high:

@@ -39,6 +39,11 @@ __all__ = ["ImagePreprocessor", "TextPreprocessor", "Preprocessor", "load_suppor
 INVERTED_DATASETS = frozenset({"omniglot"})
 
 
+#: Longest text (characters) preprocessed: a model reads at most 8192 tokens of it, and
+#: tokenising takes about 150 times a text's size in memory.
+MAX_TEXT_CHARACTERS = 100_000
+
+
 def _describe(item: object, index: int) -> str:
     """How an error message names input ``index``: its path, else its position."""
     if isinstance(item, str | os.PathLike):
@@ -180,6 +185,10 @@ class TextPreprocessor:
                 raise error(f"input {i}: a text must be a string, got {type(t).__name__}")
             if not t.strip():
                 raise error(f"input {i}: empty text")
+            if len(t) > MAX_TEXT_CHARACTERS:
+                raise error(f"input {i}: {len(t):,} characters, over the limit of "
+                            f"{MAX_TEXT_CHARACTERS:,} for one text (tokenising takes about "
+                            "150 times a text's size in memory)")
         tok = self.load()
         with self._lock:
             return encode(tok, [t.strip() for t in inputs], self.max_length)

@@ -10,9 +10,11 @@ before any memory is allocated for it, so a forged ``model.json``, ``recipe.yaml
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +25,7 @@ from metafit.config.files import parse_yaml_mapping
 from metafit.config.schema import Recipe, make_recipe
 from metafit.data.ink_crop import CROPS
 from metafit.deploy.errors import ModelDirError
-from metafit.deploy.materialise import build_module, encoder_config
+from metafit.deploy.materialise import MAX_VOCABULARY, build_module, encoder_config
 from metafit.deploy.modeldir import read_model_dir
 from metafit.deploy.preprocess import Preprocessor, TextPreprocessor, preprocessor_from_spec
 from metafit.deploy.reject import RejectSetting
@@ -75,8 +77,9 @@ def read_adapted(root: Path) -> dict[str, Any]:
     except ModelDirError:
         raise
     except (KeyError, ValueError, RuntimeError, TypeError, OSError) as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise ModelDirError(f"{root}: cannot rebuild the model: "
-                            f"{type(e).__name__}: {e}") from None
+                            f"{type(e).__name__}: {first}") from None
 
 #: The fields of model.json and the JSON type each must have.
 _SPEC_FIELDS = {"labels": list, "architecture": dict, "preprocessing": dict,
@@ -236,13 +239,75 @@ def _preprocessing(spec: dict[str, Any], recipe: Recipe, files: dict[str, bytes]
             (private / rel).write_bytes(data)
     prep = preprocessor_from_spec(prep_spec, private)
     if isinstance(prep, TextPreprocessor):
-        prep.load()  # now, while the private copy exists
+        with _encoder_files():
+            prep.load()  # now, while the private copy exists
     config: Any = None
     if recipe.model == "text":
-        config = encoder_config(private / ENCODER)
+        with _encoder_files():
+            config = encoder_config(private / ENCODER)
+        _check_text_encoder(config, prep, "vocabulary" in spec["architecture"])
     elif recipe.model == "image_encoder":
         config = _image_encoder_spec(private / ENCODER)
     return prep, config
+
+
+@contextlib.contextmanager
+def _encoder_files() -> Iterator[None]:
+    """Reading the ``encoder/`` files with transformers: its own errors (strict-dataclass
+    validation, an unknown dtype or model type, ...) become one-line ``ValueError``s."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers raises many classes, long texts
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ValueError(f"encoder/ (config.json, tokenizer files): {type(e).__name__}: "
+                         f"{first}") from None
+
+
+#: Bounds of a text model's ``encoder/config.json``, checked before the encoder is built
+#: (even on the meta device, each layer costs time and memory to build).
+ENCODER_BOUNDS = {"num_hidden_layers": 64, "hidden_size": 8192, "num_attention_heads": 256,
+                  "intermediate_size": 65536, "max_position_embeddings": 65536,
+                  "vocab_size": MAX_VOCABULARY}
+
+
+def _check_text_encoder(config: Any, prep: Preprocessor, trimmed: bool) -> None:
+    """Refuse an ``encoder/config.json`` out of :data:`ENCODER_BOUNDS` (or with a head count
+    that does not divide the width), and a tokenizer the encoder cannot read: ids past its
+    token table (unless the table was trimmed, ``trimmed``: the token map is checked then),
+    ``max_length`` past its positions, or a tokenizer that fails on plain text."""
+    for key, most in ENCODER_BOUNDS.items():
+        value = getattr(config, key, None)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            raise ValueError(f"encoder/config.json: {key} must be an integer 1..{most}, "
+                             f"not {str(value)[:40]!r}")
+    width, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads",
+                                                                 None)
+    if width is not None and heads is not None and width % heads:
+        raise ValueError(f"encoder/config.json: hidden_size {width} is not a multiple of "
+                         f"num_attention_heads {heads}")
+    if not isinstance(prep, TextPreprocessor):
+        return
+    tokenizer = prep.load()
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and prep.max_length > positions:
+        raise ValueError(f"model.json: preprocessing.max_length {prep.max_length} is past the "
+                         f"encoder's {positions} positions (encoder/config.json)")
+    rows = getattr(config, "vocab_size", None)
+    if rows is not None and not trimmed:
+        largest = max(tokenizer.get_vocab().values(), default=0)
+        if largest >= rows or prep.pad_id >= rows:
+            raise ValueError(f"encoder/: the tokenizer's ids reach {max(largest, prep.pad_id)}"
+                             f" but the encoder's token table has {rows} rows "
+                             "(encoder/config.json vocab_size)")
+    try:
+        tokenizer(["a plain test sentence, 123."], truncation=True, max_length=prep.max_length)
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises bare Exceptions
+        raise ValueError(f"encoder/: the tokenizer fails on plain text ({type(e).__name__}: "
+                         f"{str(e)[:120]})") from None
 
 
 def _image_encoder_spec(encoder_dir: Path) -> Any:

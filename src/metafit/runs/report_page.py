@@ -55,14 +55,15 @@ class ReportPage:
         return [name for s in self.sections for name, _ in s.figures]
 
 
-#: Markdown punctuation that makes links, images and code from the data (backslash first).
-_MD_PUNCTUATION = re.compile(r"([\\`\[\]()!])")
+#: Markdown punctuation that makes links, images and code from the data: with the
+#: brackets escaped no ``[text](url)`` or ``![alt](url)`` forms (parentheses stay as text).
+_MD_PUNCTUATION = re.compile(r"([\\`\[\]])")
 
 
 def _md_cell(text: str) -> str:
     """A table cell: one line, ``|`` escaped, no markup from the data: HTML escaped, and
-    the punctuation of links, images and code (``[x](url)``, ``![x](url)``) written with
-    a backslash so that a viewer shows it rather than fetching or linking it."""
+    the brackets and backticks of links, images and code (``[x](url)``, ``![x](url)``)
+    written with a backslash so that a viewer shows them rather than fetching or linking."""
     flat = " ".join(str(text).split())
     return _MD_PUNCTUATION.sub(r"\\\1", html.escape(flat, quote=False)).replace("|", "\\|")
 
