@@ -11,7 +11,6 @@ before any memory is allocated for it, so a forged ``model.json``, ``recipe.yaml
 from __future__ import annotations
 
 import contextlib
-import json
 import pickle
 import tempfile
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from metafit.deploy.modeldir import read_model_dir
 from metafit.deploy.preprocess import Preprocessor, TextPreprocessor, preprocessor_from_spec
 from metafit.deploy.reject import RejectSetting
 from metafit.deploy.weights import load_tensors
-from metafit.io import load_torch_file, parse_json, refusal_reason
+from metafit.io import load_torch_file, parse_json, read_bounded, refusal_reason
 
 __all__ = ["read_adapted", "CONTENT", "ENCODER", "MAX_IMAGE_SIZE", "MAX_TEXT_LENGTH"]
 
@@ -272,11 +271,10 @@ ENCODER_BOUNDS = {"num_hidden_layers": 64, "hidden_size": 8192, "num_attention_h
                   "vocab_size": MAX_VOCABULARY}
 
 
-def _check_text_encoder(config: Any, prep: Preprocessor, trimmed: bool) -> None:
-    """Refuse an ``encoder/config.json`` out of :data:`ENCODER_BOUNDS` (or with a head count
-    that does not divide the width), and a tokenizer the encoder cannot read: ids past its
-    token table (unless the table was trimmed, ``trimmed``: the token map is checked then),
-    ``max_length`` past its positions, or a tokenizer that fails on plain text."""
+def _check_encoder_sizes(config: Any) -> None:
+    """Refuse an encoder config (text or image) out of :data:`ENCODER_BOUNDS`, with a head
+    count that does not divide the width, or (convolutional image encoders) stages of
+    more than 64 blocks or 8192 channels in all."""
     for key, most in ENCODER_BOUNDS.items():
         value = getattr(config, key, None)
         if value is None:
@@ -289,6 +287,25 @@ def _check_text_encoder(config: Any, prep: Preprocessor, trimmed: bool) -> None:
     if width is not None and heads is not None and width % heads:
         raise ValueError(f"encoder/config.json: hidden_size {width} is not a multiple of "
                          f"num_attention_heads {heads}")
+    for key, most in (("depths", ENCODER_BOUNDS["num_hidden_layers"]),
+                      ("hidden_sizes", ENCODER_BOUNDS["hidden_size"])):
+        values = getattr(config, key, None)
+        if values is None:
+            continue
+        if not (isinstance(values, list | tuple) and values
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                        for v in values)
+                and (sum(values) if key == "depths" else max(values)) <= most):
+            raise ValueError(f"encoder/config.json: {key} must be positive integers, "
+                             f"{'in all' if key == 'depths' else 'each'} at most {most}")
+
+
+def _check_text_encoder(config: Any, prep: Preprocessor, trimmed: bool) -> None:
+    """Refuse an ``encoder/config.json`` out of :data:`ENCODER_BOUNDS` (or with a head count
+    that does not divide the width), and a tokenizer the encoder cannot read: ids past its
+    token table (unless the table was trimmed, ``trimmed``: the token map is checked then),
+    ``max_length`` past its positions, or a tokenizer that fails on plain text."""
+    _check_encoder_sizes(config)
     if not isinstance(prep, TextPreprocessor):
         return
     tokenizer = prep.load()
@@ -316,8 +333,11 @@ def _image_encoder_spec(encoder_dir: Path) -> Any:
     parsed as JSON: no processor class is instantiated)."""
     from metafit.models.image_encoder import PROCESSOR_FILE, EncoderSpec, ImageProcessing
 
-    config = encoder_config(encoder_dir)
-    processor = json.loads((encoder_dir / PROCESSOR_FILE).read_text())
+    with _encoder_files():
+        config = encoder_config(encoder_dir)
+    _check_encoder_sizes(config)
+    processor = parse_json(read_bounded(encoder_dir / PROCESSOR_FILE, 2**20),
+                           f"encoder/{PROCESSOR_FILE}")
     if not isinstance(processor, dict):
         raise ValueError(f"encoder/{PROCESSOR_FILE} must hold a JSON object")
     processing = ImageProcessing.from_config(processor, int(getattr(config, "num_channels", 3)))
