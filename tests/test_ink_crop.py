@@ -197,3 +197,54 @@ def test_recipes_take_the_crop_only_where_images_are_decoded_from_files() -> Non
         with pytest.raises(ValueError, match=f"image_crop 'ink' is for datasets decoded from "
                                              f"image files .* not '{dataset}'"):
             make_recipe({"dataset": dataset, "image_crop": "ink"})
+
+
+# -- hostile images (review of 2026-12-06) --------------------------------------------------
+def test_a_thin_strip_does_not_make_a_huge_square() -> None:
+    from metafit.data.ink_crop import MAX_CROP_SIDE
+
+    strip = np.full((1, 16000), 255, np.uint8)
+    strip[0, 0] = strip[0, -1] = 0  # ink at both ends: a (1.2 x 16000)^2 square before
+    out = crop_to_ink(Image.fromarray(strip))
+    assert out.size == (MAX_CROP_SIDE, MAX_CROP_SIDE)
+    row = np.asarray(out)[MAX_CROP_SIDE // 2]
+    dark = np.flatnonzero(row < 255)
+    assert dark.size >= 2 and dark[0] < MAX_CROP_SIDE * 0.2 and dark[-1] > MAX_CROP_SIDE * 0.8
+
+
+def test_the_crop_takes_about_a_byte_a_pixel() -> None:
+    import tracemalloc
+
+    a = np.full((2048, 2048), 255, np.uint8)
+    a[:, :1024] = 0  # half of it ink: the old int16 copy and index arrays took ~11x
+    img = Image.fromarray(a)
+    tracemalloc.start()
+    crop_to_ink(img)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 * a.nbytes, peak
+
+
+def test_transparency_exif_and_formats(tmp_path: Path) -> None:
+    from metafit.data.image_folder import IMAGE_FORMATS
+
+    rgba = np.zeros((20, 20, 4), np.uint8)  # transparent black everywhere ...
+    rgba[5:15, 9:11] = (0, 0, 0, 255)  # ... but an opaque black stroke
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    out = decode_image(buf.getvalue(), 20)
+    assert out[0, 0] == 255 and out[10, 10] == 0  # the stroke on white, not black on black
+    upright = np.full((10, 30), 255, np.uint8)
+    upright[:, :3] = 0  # ink on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    buf = io.BytesIO()
+    Image.fromarray(upright).save(buf, "JPEG", exif=exif, quality=95)
+    shown = decode_image(buf.getvalue(), 30)
+    assert shown[:3].mean() < 100 and shown[-3:].mean() > 200  # the ink is at the top
+    buf = io.BytesIO()
+    Image.fromarray(upright).save(buf, "ICO")  # any name; not a documented format
+    (tmp_path / "icon.png").write_bytes(buf.getvalue())
+    with pytest.raises(ValueError, match="not a PNG or JPEG or BMP"):
+        decode_image(tmp_path / "icon.png", 8)
+    assert "PNG" in IMAGE_FORMATS and "ICO" not in IMAGE_FORMATS

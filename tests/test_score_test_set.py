@@ -129,3 +129,13 @@ def test_control_characters_of_labels_never_reach_the_terminal(capsys) -> None:
     assert out == ("label: ok\\x1b]0;PWNED\\x07\\x1b[2J\\rfake row \\u202eesrever\\x9b\tnext\n")
     assert not any(c in out for c in "\x1b\x07\r\u202e\x9b")
     assert printable("café 中文 a\tb\nc") == "café 中文 a\tb\nc"  # text itself untouched
+
+
+def test_a_label_or_file_name_cannot_split_a_row() -> None:
+    from metafit.cli.adapt import _table
+    from metafit.cli.options import one_line
+
+    assert one_line("two\nlines\tand\x1b[2J") == "two\\nlines\\tand\\x1b[2J"
+    table = _table(["a\nb.png"], [{"label": "x\ny", "probabilities": {"x\ny": 0.9, "z": 0.1}}])
+    lines = table.split("\n")
+    assert len(lines) == 2 and "a\\nb.png" in lines[1] and "x\\ny" in lines[1]

@@ -30,7 +30,9 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_save", "cache_dir"
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"
+#: Bumped when decoding changes (2: EXIF orientation and transparency on white), so that
+#: no cache of the old decoding is read.
+CACHE_VERSION = "2"
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -16,6 +16,7 @@ from metafit.cli.options import (
     add_model_verb,
     add_threads_option,
     add_verb,
+    one_line,
 )
 from metafit.cli.options import write_line as _write
 
@@ -212,15 +213,17 @@ def _inputs(model_kind: str, items: list[str], from_file: str | None) -> list[An
 def _table(names: list[str], rows: list[dict[str, Any]]) -> str:
     """One line per input: the label, the top probability and the next classes; with a
     reject setting, the reject score, and for an unknown answer the closest class."""
+    names = [one_line(n) for n in names]  # file names and labels: one cell each
     width = min(max(len(n) for n in names), 60)
     scored = bool(rows) and "score" in rows[0]
     head = "label  [reject score]  " if scored else "label  "
     lines = [f"{'input':<{width}}  {head}(probability; next classes)"]
     for name, row in zip(names, rows, strict=True):
-        ranked = sorted(row["probabilities"].items(), key=lambda kv: -kv[1])
+        ranked = sorted(((one_line(k), v) for k, v in row["probabilities"].items()),
+                        key=lambda kv: -kv[1])
         others = ", ".join(f"{k} {v:.3f}" for k, v in ranked[1:_TABLE_CLASSES])
         shown = name if len(name) <= width else name[:width - 3] + "..."
-        label = row["label"]
+        label = one_line(row["label"])
         if scored:
             label += f"  [{row['score']:.4g}]"
         top = f"{ranked[0][0]} {ranked[0][1]:.3f}" if row.get("rejected") else \
@@ -345,7 +348,7 @@ def _cmd_versions(args: argparse.Namespace) -> int:
     _write(f"{'':2}{'version':>7}  {'created':<25}  {'parent':>6}  {'added':>5}  "
            f"{'support':>7}  classes")
     for r in rows:
-        names = ", ".join(r.classes[:6]) + (f", ... ({len(r.classes)})"
+        names = ", ".join(map(one_line, r.classes[:6])) + (f", ... ({len(r.classes)})"
                                             if len(r.classes) > 6 else "")
         _write(f"{'*' if r.current else '':2}{r.version:>7}  {r.created:<25}  "
                f"{'' if r.parent is None else r.parent:>6}  "

@@ -123,6 +123,12 @@ def printable(text: str) -> str:
                             text)
 
 
+def one_line(text: object) -> str:
+    """``text`` (a label, a file name) for one cell of a line: :func:`printable`, and its
+    line breaks and tabs escaped too, so that it cannot split or fake a row."""
+    return printable(str(text)).replace("\n", "\\n").replace("\t", "\\t")
+
+
 def write_line(text: str) -> None:
     """``text`` and a line end on standard output, control characters escaped
     (:func:`printable`)."""

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from metafit.cli.options import show_progress, write_line
+from metafit.cli.options import one_line, show_progress, write_line
 
 __all__ = ["score_test_set"]
 
@@ -73,11 +73,11 @@ def score_test_set(args: argparse.Namespace) -> int:
     width = max(len(c.name) for c in report.per_class)
     write_line(f"{'class':<{width}}  precision  recall  f1     support")
     for c in report.per_class:
-        write_line(f"{c.name:<{width}}  {c.precision:9.3f}  {c.recall:6.3f}  {c.f1:.3f}  "
+        write_line(f"{one_line(c.name):<{width}}  {c.precision:9.3f}  {c.recall:6.3f}  {c.f1:.3f}  "
                    f"{c.support:7d}")
     if report.confused_pairs:
         write_line("most confused: " + ", ".join(
-            f"{p['true']} -> {p['predicted']} ({p['count']})"
+            f"{one_line(p['true'])} -> {one_line(p['predicted'])} ({p['count']})"
             for p in report.confused_pairs[:5]))
     for f in files:
         write_line(f"wrote {f}")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from metafit.data.base import TensorClassDataset
 from metafit.data.errors import DatasetError
@@ -58,6 +58,23 @@ MAX_IMAGE_PIXELS: int = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 class ImageTooLarge(ValueError):
     """An image whose header declares more pixels than allowed (refused undecoded)."""
+
+
+#: The file formats decoded (docs/data.md): whatever a file's name, PIL's other readers
+#: (ICO, TGA, SGI, PCX, JPEG 2000, ...) are not used on data from others.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
+
+def _upright_on_white(img: Image.Image) -> Image.Image:
+    """``img`` as a viewer shows it: turned as its EXIF orientation says (phone photos),
+    and with any transparency composited onto white (a drawing on a transparent
+    background is otherwise black on black once the alpha channel is dropped)."""
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img
 
 
 def image_dimensions(source: bytes | Path, formats: Sequence[str] | None = None
@@ -127,12 +144,12 @@ def decode_image(source: bytes | Path | Image.Image, image_size: int, mode: str 
     check_crop(crop)
     if isinstance(source, Image.Image):
         check_pixels(source.size, max_pixels)
-        img = source.convert(mode)
+        img = _upright_on_white(source).convert(mode)
     else:
-        with _open(source, None) as file:
+        with _open(source, IMAGE_FORMATS) as file:
             check_pixels(file.size, max_pixels)
             file.load()  # decode now, so truncated data fails here and not later
-            img = file.convert(mode)
+            img = _upright_on_white(file).convert(mode)
     if crop == "ink":
         img = crop_to_ink(img)
     if img.size != (image_size, image_size):

@@ -22,7 +22,8 @@ from typing import Literal, get_args
 import numpy as np
 from PIL import Image
 
-__all__ = ["CROPS", "Crop", "INK_MARGIN", "INK_THRESHOLD", "check_crop", "crop_key", "crop_to_ink"]
+__all__ = ["CROPS", "Crop", "INK_MARGIN", "INK_THRESHOLD", "MAX_CROP_SIDE", "check_crop",
+           "crop_key", "crop_to_ink"]
 
 Crop = Literal["none", "ink"]
 #: The values of a recipe's ``image_crop`` (and of a model directory's ``crop``).
@@ -31,6 +32,9 @@ CROPS: tuple[str, ...] = get_args(Crop)
 INK_THRESHOLD = 64
 #: Margin on each side of the ink's bounding square, as a fraction of its side.
 INK_MARGIN = 0.1
+#: Largest side of the cropped square (before the resize to the model's input): a thin
+#: strip's square would otherwise be far larger than the image itself.
+MAX_CROP_SIDE = 4096
 
 
 def check_crop(crop: str) -> None:
@@ -63,19 +67,33 @@ def crop_to_ink(img: Image.Image, margin: float = INK_MARGIN,
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    grey = np.asarray(img.convert("L"), dtype=np.int16)  # [H, W]
+    grey = np.asarray(img.convert("L"))  # uint8 [H, W]
     background = int(np.median(_border(grey)))
-    ys, xs = np.nonzero(np.abs(grey - background) > threshold)
-    if ys.size == 0:
+    # One byte a pixel: no signed copy, no index arrays (a 4096 x 4096 input took 11x
+    # its decoded size with them).
+    ink = (grey > background + threshold) if background + threshold < 255 else \
+        np.zeros(grey.shape, bool)
+    if background - threshold > 0:
+        ink |= grey < background - threshold
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
         return img
-    y0, y1, x0, x1 = int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
     height, width = y1 - y0 + 1, x1 - x0 + 1
     side = round(max(height, width) * (1 + 2 * margin))
     top, left = y0 - (side - height) // 2, x0 - (side - width) // 2  # the ink centred
     fill = _background(img, background)
-    canvas = Image.new(img.mode, (side, side), fill)
     box = (max(left, 0), max(top, 0), min(left + side, img.width), min(top + side, img.height))
-    canvas.paste(img.crop(box), (box[0] - left, box[1] - top))
+    part, at = img.crop(box), (box[0] - left, box[1] - top)
+    if side > MAX_CROP_SIDE:
+        # A 1 x N strip with ink at both ends would make an (1.2 N)^2 canvas: scale the
+        # part down first, so that the square is at most MAX_CROP_SIDE on a side.
+        scale = MAX_CROP_SIDE / side
+        part = part.resize((max(1, round(part.width * scale)), max(1, round(part.height * scale))),
+                           Image.Resampling.BOX)
+        at, side = (round(at[0] * scale), round(at[1] * scale)), MAX_CROP_SIDE
+    canvas = Image.new(img.mode, (side, side), fill)
+    canvas.paste(part, at)
     return canvas
 
 
