@@ -186,3 +186,15 @@ def test_an_mlflow_store_that_refuses_is_a_one_line_error(
                                          r"used \(The filesystem tracking backend is in "
                                          r"maintenance mode\); set mlflow_uri"):
         Trainer(recipe, tmp_path / "run", progress=False).fit()
+
+
+def test_a_recipe_file_cannot_send_the_run_to_a_server(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("mlflow: true\nmlflow_uri: https://tracking.example.com\n")
+    with pytest.raises(RecipeError, match=r"r.yaml: mlflow_uri 'https://tracking.example.com' "
+                                          r"names a server; a recipe file may name a local"):
+        load_recipe(str(recipe))
+    given = load_recipe(str(recipe), ["mlflow_uri=https://mine.example.com"])  # your own
+    assert given.mlflow_uri == "https://mine.example.com"
+    recipe.write_text(f"mlflow: true\nmlflow_uri: sqlite:///{tmp_path}/mlflow.db\n")
+    assert load_recipe(str(recipe)).mlflow_uri.startswith("sqlite:///")

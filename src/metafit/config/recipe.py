@@ -175,6 +175,25 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     return {**parent, **raw}
 
 
+#: Tracking URI schemes a recipe file may name itself: stores on this machine.
+LOCAL_STORES = ("sqlite", "file", "")
+
+
+def _check_local_store(uri: object, path: Path) -> None:
+    """Refuse an ``mlflow_uri`` in a recipe file that names a server: a recipe may come
+    from someone else, and training it would send the run (its parameters, metrics and
+    files) wherever it says. A server is named by the person running metafit
+    (``mlflow_uri=URI`` on the command line, or ``MLFLOW_TRACKING_URI``)."""
+    if not isinstance(uri, str):
+        return
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme not in LOCAL_STORES and len(scheme) > 1:  # one letter: a Windows drive
+        raise RecipeError(f"{path}: mlflow_uri {uri!r} names a server; a recipe file may "
+                          "name a local store only (sqlite:///..., a path). To log to a "
+                          f"server, give it yourself: mlflow_uri={uri} on the command "
+                          "line, or MLFLOW_TRACKING_URI")
+
+
 def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | list[str] | None = None
                 ) -> Recipe:
     """Load a shipped recipe by name, or a YAML file by path, and apply overrides.
@@ -201,6 +220,8 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | list[str] 
     dataset = (overrides or {}).get("dataset", values.get("dataset"))
     check_scope(overrides or {}, "the overrides", dataset)
     check_scope(values, str(path), dataset)
+    if "mlflow_uri" not in (overrides or {}):
+        _check_local_store(values.get("mlflow_uri"), path)
     values.update(overrides or {})
     if overrides and "data_root" in overrides:
         values["data_root"] = resolve_data_root(overrides["data_root"], None)

@@ -398,9 +398,10 @@ class Recipe(BaseModel):
         False, description="log the run to MLflow (metafit.training.mlflow_logger; the "
         "track extra): the recipe as parameters, the metrics, the run's files, its status")
     mlflow_uri: str | None = Field(
-        None, description="MLflow tracking URI (sqlite:///..., http://...; MLflow 3 "
-        "refuses file:/// stores unless MLFLOW_ALLOW_FILE_STORE=true; default: "
-        "MLFLOW_TRACKING_URI, else sqlite:///<parent of the run directory>/mlflow.db)")
+        None, description="MLflow tracking URI (sqlite:///..., http://...; a server only "
+        "from the command line, a recipe file may name a local store; MLflow 3 refuses "
+        "file:/// stores unless MLFLOW_ALLOW_FILE_STORE=true; default: MLFLOW_TRACKING_URI, "
+        "else sqlite:///<parent of the run directory>/mlflow.db)")
     mlflow_experiment: str | None = Field(
         None, description="MLflow experiment (default: the recipe's name)")
     init_from: str | None = Field(None, description="warm start from a run directory (its "
