@@ -294,21 +294,15 @@ def test_a_served_image_encoder_adapts_and_predicts(tmp_path: Path) -> None:
 def test_a_forged_image_encoder_config_is_refused_before_it_is_built(
         family: str, algorithm: str, adapt: str, changes: dict, message: str,
         tmp_path: Path) -> None:
-    import hashlib
-
     from metafit.deploy import ModelDirError
+    from test_model_dir_safety import _json_edit, _rewrite
 
     inputs, labels = load_support(_data(), "image")
     keep = [i for i, lab in enumerate(labels) if lab in ("class00", "class05")]
     model = Adapter.from_run(trained_run(family, algorithm, adapt)).adapt(
         [inputs[i] for i in keep[:2] + keep[6:8]], [labels[i] for i in keep[:2] + keep[6:8]])
     path = model.save(tmp_path / "model")
-    config = path / "encoder" / "config.json"
-    data = json.dumps({**json.loads(config.read_text()), **changes}).encode()
-    config.write_bytes(data)  # and listed with its new checksum, as a forger would
-    manifest = json.loads((path / "manifest.json").read_text())
-    manifest["files"]["encoder/config.json"] = {"bytes": len(data),
-                                                "sha256": hashlib.sha256(data).hexdigest()}
-    (path / "manifest.json").write_text(json.dumps(manifest))
+    # edited and listed with its new checksum, as a forger would
+    _rewrite(path, "encoder/config.json", _json_edit(changes))
     with pytest.raises(ModelDirError, match=message):
         AdaptedModel.load(path)

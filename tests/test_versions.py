@@ -272,17 +272,15 @@ def test_planted_links_in_a_model_directory_are_refused(home: Path, adapter: Ada
 
 
 def test_forged_adaptation_fields_are_refused_on_loading(home: Path) -> None:
-    import hashlib
+    from test_model_dir_safety import _rewrite  # edits a file and relists its checksum
 
     def forge(edit: Any) -> None:
-        spec = json.loads((home / "model.json").read_text())
-        edit(spec["adaptation"])
-        data = json.dumps(spec).encode()
-        (home / "model.json").write_bytes(data)
-        manifest = json.loads((home / "manifest.json").read_text())
-        manifest["files"]["model.json"] = {"bytes": len(data),
-                                           "sha256": hashlib.sha256(data).hexdigest()}
-        (home / "manifest.json").write_text(json.dumps(manifest))
+        def adaptation(data: bytes) -> bytes:
+            spec = json.loads(data)
+            edit(spec["adaptation"])
+            return json.dumps(spec).encode()
+
+        _rewrite(home, "model.json", adaptation)
 
     forge(lambda a: a.__setitem__("steps", 10**9))  # an update would adapt with them
     with pytest.raises(ModelDirError, match=r"adaptation.steps must be an integer 0\.\.10000"):

@@ -9,6 +9,7 @@ power cut after the write returns leaves the new one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -148,7 +149,7 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int,
     try:
         fd = os.open(path, flags)
     except OSError as e:
-        if e.errno == getattr(__import__("errno"), "ELOOP", None):
+        if e.errno == errno.ELOOP:
             raise ValueError(f"{path} is a symbolic link; refused") from None
         raise
     with os.fdopen(fd, "rb") as f:

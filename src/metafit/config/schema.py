@@ -330,7 +330,7 @@ class Recipe(BaseModel):
                                            "policy MLP's hidden layers")
     policy_activation: Literal["tanh", "relu"] = Field("tanh", description="meta-RL: the "
                                                        "policy MLP's nonlinearity")
-    inner_lr_decay: float = Field(1.0, gt=0, allow_inf_nan=False,
+    inner_lr_decay: float = Field(1.0, gt=0,  # finite: the model_config says so
                                   description="meta-RL: every inner step after the first "
                                   "runs at inner_lr x inner_lr_decay (the MAML authors' "
                                   "2D-navigation evaluation: 0.5, i.e. 0.5 then 0.25); 1: "

@@ -23,12 +23,12 @@ import os
 from pathlib import Path
 
 from metafit._version import __version__
-from metafit.io import parse_json, read_bounded
 from metafit.training.mlflow_logger import (
     RUN_FILE,
     default_uri,
     experiment_id,
     import_mlflow,
+    read_run_file,
     tracking_client,
 )
 
@@ -37,8 +37,6 @@ __all__ = ["log_adapted_model"]
 log = logging.getLogger(__name__)
 
 CODE = Path(__file__).with_name("mlflow_pyfunc.py")
-#: Largest ``RUN/mlflow.json`` read (metafit writes about 150 bytes).
-MAX_RUN_FILE_BYTES = 2**16
 
 
 def _target(model_dir: Path, run_dir: Path | None, tracking_uri: str | None,
@@ -47,7 +45,7 @@ def _target(model_dir: Path, run_dir: Path | None, tracking_uri: str | None,
     saved = run_dir / RUN_FILE if run_dir is not None else None
     if saved is not None and saved.is_file():
         try:
-            named = parse_json(read_bounded(saved, MAX_RUN_FILE_BYTES), saved)
+            named = read_run_file(saved)
             uri, run_id = str(named["tracking_uri"]), str(named["run_id"])
         except (ValueError, OSError, KeyError, TypeError) as e:
             log.warning("MLflow: %s is unreadable (%s); logging to a new run", saved, e)

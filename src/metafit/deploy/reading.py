@@ -76,9 +76,8 @@ def read_adapted(root: Path) -> dict[str, Any]:
     except ModelDirError:
         raise
     except (KeyError, ValueError, RuntimeError, TypeError, OSError) as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise ModelDirError(f"{root}: cannot rebuild the model: "
-                            f"{type(e).__name__}: {first}") from None
+                            f"{type(e).__name__}: {_first_line(e, 300)}") from None
 
 #: The fields of model.json and the JSON type each must have.
 _SPEC_FIELDS = {"labels": list, "architecture": dict, "preprocessing": dict,
@@ -250,6 +249,13 @@ def _preprocessing(spec: dict[str, Any], recipe: Recipe, files: dict[str, bytes]
     return prep, config
 
 
+def _first_line(error: BaseException, limit: int) -> str:
+    """The first line of ``error``'s message, at most ``limit`` characters (transformers'
+    messages run to pages: every model type it knows)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
 @contextlib.contextmanager
 def _encoder_files() -> Iterator[None]:
     """Reading the ``encoder/`` files with transformers: its own errors (strict-dataclass
@@ -259,9 +265,8 @@ def _encoder_files() -> Iterator[None]:
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - transformers raises many classes, long texts
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ValueError(f"encoder/ (config.json, tokenizer files): {type(e).__name__}: "
-                         f"{first}") from None
+                         f"{_first_line(e, 200)}") from None
 
 
 #: Bounds of a text model's ``encoder/config.json``, checked before the encoder is built

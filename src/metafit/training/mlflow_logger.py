@@ -57,8 +57,8 @@ from metafit.config.schema import Recipe
 from metafit.io import atomic_write_text, parse_json, read_bounded
 from metafit.training.callbacks import Callback, TrainerView
 
-__all__ = ["MLflowLogger", "MLFLOW_STATUS", "MAX_PARAM_LENGTH", "RUN_FILE", "default_uri",
-           "experiment_id", "flat_params", "import_mlflow", "tracking_callbacks",
+__all__ = ["MLflowLogger", "MLFLOW_STATUS", "MAX_PARAM_LENGTH", "RUN_FILE", "read_run_file",
+           "default_uri", "experiment_id", "flat_params", "import_mlflow", "tracking_callbacks",
            "tracking_client"]
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,23 @@ MAX_PARAM_LENGTH = 500
 
 #: The file in the run directory that names its MLflow run.
 RUN_FILE = "mlflow.json"
+#: Largest ``RUN/mlflow.json`` read (metafit writes about 150 bytes).
+MAX_RUN_FILE_BYTES = 2**16
+
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """The JSON object of a run's ``mlflow.json`` (``path``), read bounded: the run
+    directory may come from someone else.
+
+    Raises:
+        ValueError: over :data:`MAX_RUN_FILE_BYTES`, not a regular file, invalid JSON.
+        OSError: it cannot be read.
+        TypeError: not a JSON object.
+    """
+    saved = parse_json(read_bounded(path, MAX_RUN_FILE_BYTES), path)
+    if not isinstance(saved, dict):
+        raise TypeError("not a JSON object")
+    return saved
 
 #: The run directory's files logged as artifacts at the end of the run.
 ARTIFACTS = ("config.yaml", "metrics.jsonl", "status.json")
@@ -251,9 +268,7 @@ class MLflowLogger(Callback):
         if not path.is_file():
             return None
         try:
-            saved = parse_json(read_bounded(path, 2**16), path)
-            if not isinstance(saved, dict):
-                raise TypeError("not a JSON object")
+            saved = read_run_file(path)
             run_id = str(saved["run_id"])
         except (ValueError, OSError, KeyError, TypeError) as e:
             log.warning("MLflow: %s is unreadable (%s); starting a new run", path, e)
