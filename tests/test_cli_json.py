@@ -55,6 +55,29 @@ def test_the_schemas_are_documented_and_strict() -> None:
                                          "support_accuracy": 1.0, "surprise": 1})
 
 
+def test_train_json_stays_one_line_with_the_progress_bar_on(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # with a terminal on stderr the bar and its validation lines are drawn there, never
+    # on stdout (they once went to stdout and broke `| jq`)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    train = run_json(capsys, "train", "sinusoid_maml", "--out", str(tmp_path / "bar"), *TINY)
+    assert train["iteration"] == 3
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    capsys.readouterr()
+    assert main(["train", "sinusoid_maml", "--out", str(tmp_path / "bar2"), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "iteration 3: validation mse" in err and "it/s" in err
+
+
+def test_train_draws_no_bar_off_a_terminal(tmp_path: Path, capsys,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    capsys.readouterr()
+    assert main(["train", "sinusoid_maml", "--out", str(tmp_path / "log"), *TINY]) == 0
+    captured = capsys.readouterr()
+    assert "it/s" not in captured.err and "iteration 3: validation" not in captured.out
+
+
 def test_train_evaluate_report_json(sin_run: Path, tmp_path: Path, capsys) -> None:
     train = run_json(capsys, "train", "sinusoid_maml", "--out", str(tmp_path / "t"),
                      "--no-progress", *TINY)

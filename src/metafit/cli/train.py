@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from metafit.cli.options import add_json_option, add_recipe_arguments, add_verb
+from metafit.cli.options import add_json_option, add_recipe_arguments, add_verb, show_progress
 from metafit.config.recipe import load_recipe
 
 __all__ = ["add_ensemble_parser", "add_quickstart_parser", "add_train_parser"]
@@ -20,7 +20,7 @@ log = logging.getLogger("metafit")
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from metafit.cli.quickstart import quickstart
 
-    results = quickstart(args.out, size=args.size, progress=not args.no_progress,
+    results = quickstart(args.out, size=args.size, progress=show_progress(args),
                          recipe=args.recipe, data_root=args.data_root)
     report = f"{args.out}/report/results.md"
     if args.json:
@@ -45,7 +45,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not ctx.is_main:
         log.setLevel(logging.WARNING)  # rank 0 reports progress for every rank
     try:
-        state = make_trainer(recipe, out, progress=not args.no_progress, dist=ctx).fit()
+        state = make_trainer(recipe, out, progress=show_progress(args), dist=ctx).fit()
     finally:
         shutdown(ctx)
     if ctx.is_main and args.json:

@@ -30,6 +30,7 @@ run on rank 0 only. What a recipe asks for is added by the trainer itself
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -153,7 +154,8 @@ class ProgressBar(Callback):
         else:
             scores = {k: v for k, v in record.items()
                       if k not in ("iteration", "split", "seconds")}
-            self.bar.write(validation_line(record["iteration"], scores))
+            # stderr like the bar itself: stdout is one JSON line under --json
+            self.bar.write(validation_line(record["iteration"], scores), file=sys.stderr)
 
     def on_step_end(self, iteration: int, metrics: dict[str, float]) -> None:
         if self.bar is not None:
