@@ -198,6 +198,32 @@ def test_adapted_models_keep_the_head_through_save_load_and_quantization(
     torch.testing.assert_close(small.logits(queries), model.logits(queries), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("algorithm", ["protonet", "linear_probe"])
+def test_steps_are_ignored_with_a_warning_where_nothing_takes_steps(
+        algorithm: str, caplog: pytest.LogCaptureFixture) -> None:
+    # a logistic head is fitted to convergence and ProtoNet has no inner steps: a step
+    # count changes nothing, so it is reported as such and the model records 0 steps
+    for classifier in ("logistic", None):
+        extra = {"classifier": classifier} if classifier else {}
+        recipe = classification_recipe(Path("unused"), algorithm, ways=3, **extra)
+        adapter = Adapter(recipe, build_algorithm(recipe, num_train_classes=8))
+        takes_steps = algorithm == "linear_probe" and classifier is None
+        assert adapter.uses_steps is takes_steps
+        torch.manual_seed(3)
+        x, y = torch.rand(9, 1, SIZE, SIZE), torch.tensor([0, 1, 2] * 3)
+        caplog.clear()
+        one = adapter.adapt_tensors(x, y, ["a", "b", "c"], steps=1)
+        many = adapter.adapt_tensors(x, y, ["a", "b", "c"], steps=30)
+        warned = [r for r in caplog.records if "has no effect" in r.getMessage()]
+        if takes_steps:
+            assert many.info["steps"] == 30 and not warned
+            continue
+        assert one.info["steps"] == many.info["steps"] == 0 and len(warned) == 2
+        for a, b in zip(one.module.state_dict().values(), many.module.state_dict().values(),
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_evaluate_and_adapt_take_the_classifier_from_the_command_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

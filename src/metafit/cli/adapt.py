@@ -125,8 +125,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
         summary["mlflow_model"] = log_adapted_model(args.out, args.run,
                                                     tracking_uri=args.mlflow_uri)
+    steps = f"{summary['steps']} steps" if summary["steps"] else "no inner steps"
     return _report(args, model, summary, (
-        f"adapted {args.run} ({summary['algorithm']}, {summary['steps']} steps) to "
+        f"adapted {args.run} ({summary['algorithm']}, {steps}) to "
         f"{len(model.label_names)} classes from {summary['support_size']} examples; "
         f"support-set accuracy {100 * summary['support_accuracy']:.1f}%\n"
         f"model directory: {args.out}"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import threading
 from collections import Counter
@@ -43,6 +44,8 @@ from metafit.deploy.preprocess import (
 )
 from metafit.deploy.reject import RejectRequest
 from metafit.execution.threads import share_parameters
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Adapter", "adapt_run", "MIN_SHOTS", "check_labels", "encoder_assets"]
 
@@ -208,6 +211,13 @@ class Adapter:
         return cls(recipe, cast(Algorithm, algo), source)
 
     @property
+    def uses_steps(self) -> bool:
+        """Whether adaptation takes inner steps: not for ProtoNet (prototypes) nor for a
+        logistic head (fitted to convergence, :mod:`metafit.algorithms.heads`)."""
+        return (bool(type(self.algo).adapts_with_steps)
+                and getattr(self.algo, "classifier", None) != "logistic")
+
+    @property
     def kind(self) -> str:
         """``"text"`` or ``"image"``: what :meth:`adapt` takes."""
         return self.preprocessor.kind
@@ -235,13 +245,17 @@ class Adapter:
         """:meth:`adapt` on preprocessed inputs ``x [S, *x]`` and labels ``y [S]``
         (``0..N-1``, ``label_names[i]`` naming class ``i``)."""
         pad = self.preprocessor.pad_id if isinstance(self.preprocessor, TextPreprocessor) else 0
+        if steps is not None and not self.uses_steps:
+            how = ("its logistic head is fitted to convergence"
+                   if type(self.algo).adapts_with_steps else "it has no inner steps")
+            log.warning("steps=%d has no effect on %s: %s", steps, self.recipe.algorithm, how)
         with self._adapted(x, y, steps) as learner:
             module, arch = materialise(learner, self.recipe, x, batch_norm, self._text_config,
                                        pad)
         n_steps = self.algo.default_eval_steps if steps is None else steps
         counts = Counter(y.tolist())
         info = {"algorithm": self.recipe.algorithm,
-                "steps": n_steps if type(self.algo).adapts_with_steps else 0,
+                "steps": n_steps if self.uses_steps else 0,
                 "support_size": len(y),
                 "examples_per_class": {n: counts[i] for i, n in enumerate(label_names)},
                 "source": self.source}

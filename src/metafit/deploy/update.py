@@ -153,7 +153,7 @@ def update_model(home: str | os.PathLike[str], inputs: Sequence[Any], labels: Se
             raise RunMismatch(f"{home} was adapted from another run (its recipe differs "
                                 "from the run's): add examples with the run it came from")
         x, y, names, added = _union(adapter, parent, inputs, labels)
-        if steps is None and type(adapter.algo).adapts_with_steps:
+        if steps is None and adapter.uses_steps:
             steps = parent.info.get("steps")
         batch_norm: BatchNormMode = ("batch" if parent.arch.get("batch_norm") == "batch"
                                      else "support")
