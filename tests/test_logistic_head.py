@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from metafit.algorithms.heads import LogisticHead, fit_logistic_head, logistic_l
 from metafit.cli.main import main
 from metafit.config.recipe import RecipeError
 from metafit.deploy import AdaptedModel, Adapter
+from metafit.deploy.calibrate import fit_on_support
 from metafit.deploy.compress import quantize
 from metafit.runs.trained import load_trained
 from test_algorithm_contract import NUM_CLASSES, WAYS, classification_batch
@@ -209,11 +211,12 @@ def test_steps_are_ignored_with_a_warning_where_nothing_takes_steps(
         adapter = Adapter(recipe, build_algorithm(recipe, num_train_classes=8))
         takes_steps = algorithm == "linear_probe" and classifier is None
         assert adapter.uses_steps is takes_steps
-        torch.manual_seed(3)
-        x, y = torch.rand(9, 1, SIZE, SIZE), torch.tensor([0, 1, 2] * 3)
+        images = [np.random.default_rng(i).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
+                  for i in range(9)]
+        labels = ["a", "b", "c"] * 3
         caplog.clear()
-        one = adapter.adapt_tensors(x, y, ["a", "b", "c"], steps=1)
-        many = adapter.adapt_tensors(x, y, ["a", "b", "c"], steps=30)
+        one = adapter.adapt(images, labels, steps=1)
+        many = adapter.adapt(images, labels, steps=30)
         warned = [r for r in caplog.records if "has no effect" in r.getMessage()]
         if takes_steps:
             assert many.info["steps"] == 30 and not warned
@@ -222,6 +225,10 @@ def test_steps_are_ignored_with_a_warning_where_nothing_takes_steps(
         for a, b in zip(one.module.state_dict().values(), many.module.state_dict().values(),
                         strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+        # the calibration folds refit with the model's own count: no warning from them
+        caplog.clear()
+        fit_on_support(adapter.adapt(images, labels), adapter.adapt_tensors, True)
+        assert not [r for r in caplog.records if "has no effect" in r.getMessage()]
 
 
 def test_evaluate_and_adapt_take_the_classifier_from_the_command_line(

@@ -245,10 +245,6 @@ class Adapter:
         """:meth:`adapt` on preprocessed inputs ``x [S, *x]`` and labels ``y [S]``
         (``0..N-1``, ``label_names[i]`` naming class ``i``)."""
         pad = self.preprocessor.pad_id if isinstance(self.preprocessor, TextPreprocessor) else 0
-        if steps is not None and not self.uses_steps:
-            how = ("its logistic head is fitted to convergence"
-                   if type(self.algo).adapts_with_steps else "it has no inner steps")
-            log.warning("steps=%d has no effect on %s: %s", steps, self.recipe.algorithm, how)
         with self._adapted(x, y, steps) as learner:
             module, arch = materialise(learner, self.recipe, x, batch_norm, self._text_config,
                                        pad)
@@ -269,7 +265,8 @@ class Adapter:
         PIL images or uint8 arrays) with string ``labels``.
 
         Args:
-            steps: inner steps (default: the recipe's evaluation steps; ProtoNet has none).
+            steps: inner steps (default: the recipe's evaluation steps); ignored with a
+                warning where adaptation has none (:attr:`uses_steps`).
             classes: the class names in order (default: the sorted distinct labels); a
                 label outside them is an error, a class without examples too.
             batch_norm: ``"support"`` (freeze the support set's statistics: predictions
@@ -282,6 +279,10 @@ class Adapter:
         """
         if len(inputs) != len(labels):
             raise SupportError(f"{len(inputs)} inputs but {len(labels)} labels")
+        if steps is not None and not self.uses_steps:  # the user's count, said once
+            how = ("its logistic head is fitted to convergence"
+                   if type(self.algo).adapts_with_steps else "it has no inner steps")
+            log.warning("steps=%s has no effect on %s: %s", steps, self.recipe.algorithm, how)
         names = check_labels(labels, classes, self.min_shots, self.fixed_ways)
         x = self.preprocessor(list(inputs), SupportError)  # [S, *x]
         index = {n: i for i, n in enumerate(names)}
