@@ -58,15 +58,19 @@ def test_jsonl_every_problem_is_named_with_its_line(tmp_path: Path) -> None:
                     '{"category": "a"}\n'  # 4
                     '{"text": "x", "category": true}\n'  # 5
                     '{"text": "y", "category": " "}\n'  # 6
-                    '{"text": 5, "category": "a"}\n', encoding="utf-8")  # 7
+                    '{"text": 5, "category": "a"}\n'  # 7
+                    '{"text": "  ", "category": "a"}\n', encoding="utf-8")  # 8
     with pytest.raises(DatasetError) as e:
         text_rows(path, "text", "category")
     msg = str(e.value)
     assert msg.startswith(f"{path}: ")
+    # every problem in one message: the cells' too, not in a second round once the rest
+    # is fixed
     for part in ("not valid JSON on line(s) 2", "not a JSON object on line(s) 3",
                  "missing or null 'text' on line(s) 4",
                  "'category', or not a string or an integer on line(s) 5",
-                 "empty 'category' on line(s) 6"):
+                 "empty 'category' on line(s) 6", "'text' that is not a string on line(s) 7",
+                 "empty 'text' on line(s) 8"):
         assert part in msg
     path.write_text('{"text": 5, "category": "a"}\n', encoding="utf-8")
     with pytest.raises(DatasetError, match=r"'text' that is not a string on line\(s\) 1"):
@@ -116,6 +120,11 @@ def test_parquet_nulls_and_empty_labels_name_the_rows(pa: Any, tmp_path: Path) -
     msg = str(e.value)
     assert "null 'text' on row(s) 1" in msg and "null 'category' on row(s) 2" in msg
     assert "empty 'category' on row(s) 3" in msg
+    path = write_parquet(tmp_path / "t.parquet", {"text": ["a", " "], "category": [None, "y"]})
+    with pytest.raises(DatasetError) as e:
+        text_rows(path, "text", "category")
+    assert "null 'category' on row(s) 0" in str(e.value)
+    assert "empty 'text' on row(s) 1" in str(e.value)
     path = write_parquet(tmp_path / "t.parquet", {"text": ["a", " "], "category": ["x", "y"]})
     with pytest.raises(DatasetError, match=r"empty 'text' on row\(s\) 1"):
         text_rows(path, "text", "category")
@@ -254,6 +263,8 @@ def test_image_paths_cannot_leave_the_folder_unless_allowed(tmp_path: Path) -> N
         {"image": 5, "label": "b"},  # 7
         {"image": "a\u0000b", "label": "b"},  # 8
         {"image": "../nowhere/x.png", "label": "b"},  # 9: out, and not there either
+        {"image": "img/0.png", "label": None},  # 10: a reader's problem, told with the rest
+        {"label": "b"},  # 11: no image: said once
     ])
     with pytest.raises(DatasetError) as e:
         image_rows(path, "image", "label")
@@ -262,6 +273,9 @@ def test_image_paths_cannot_leave_the_folder_unless_allowed(tmp_path: Path) -> N
     assert "an absolute image path on line(s) 3" in msg
     assert "not a file on line(s) 5, 6" in msg and "neither a path nor" in msg
     assert "the system cannot use on line(s) 8" in msg
+    assert "missing 'label', or not a string or an integer on line(s) 10" in msg
+    assert "missing or null 'image' on line(s) 11" in msg
+    assert msg.count("line(s) 11") == 1 and ", 11" not in msg  # not again as a bad path
     assert f"relative paths are read from {data.resolve()}" in msg
     assert "absolute_image_paths" in msg
     trusted = write_jsonl(data / "ok.jsonl", [{"image": "../secret.png", "label": "a"},
@@ -269,3 +283,21 @@ def test_image_paths_cannot_leave_the_folder_unless_allowed(tmp_path: Path) -> N
                                               {"image": "img/link.png", "label": "b"}])
     rows = image_rows(trusted, "image", "label", absolute_paths=True)
     assert rows.inputs == [secret.resolve()] * 3
+
+
+def test_a_csv_of_images_reports_its_own_and_its_cells_problems_at_once(
+        tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    image_files(data)
+    path = data / "t.csv"
+    path.write_text("image,label\n"
+                    "img/0.png,a\n"  # 2
+                    "../out.png,a\n"  # 3: leads out of the folder
+                    "img/1.png,\n"  # 4: no label
+                    ",b\n", encoding="utf-8")  # 5: no image
+    with pytest.raises(DatasetError) as e:
+        image_rows(path, "image", "label")
+    msg = str(e.value)
+    assert "leading out of the table's folder on line(s) 3" in msg
+    assert "missing or empty 'label' on line(s) 4" in msg
+    assert "empty 'image' on line(s) 5" in msg and msg.count("line(s) 5") == 1

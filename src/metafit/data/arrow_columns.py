@@ -201,7 +201,8 @@ def table_rows(pa: ModuleType, path: Path, table: Any, input_column: str, label_
         elif not label:
             problems.add(f"empty {label_column!r}", row)
         labels.append(label or "")
-    problems.raise_any()
     if not inputs:
+        problems.raise_any()
         raise DatasetError(f"{path}: no rows")
-    return Rows(path, inputs, labels, list(range(len(inputs))), "row")
+    # raised by metafit.data.tables with the input cells' problems, all at once
+    return Rows(path, inputs, labels, list(range(len(inputs))), "row", problems.found)

@@ -44,9 +44,27 @@ class _Rows:
 
 def read_csv(path: Path, input_column: str, label_column: str, lenient: bool = False,
              max_bytes: int = MAX_TABLE_BYTES) -> Rows:
-    """The rows of the CSV as :class:`~metafit.data.rows.Rows` (see :func:`read_rows`)."""
-    texts, labels, lines = read_rows(path, input_column, label_column, lenient, max_bytes)
-    return Rows(path, list(texts), labels, lines, "line")
+    """The rows of the CSV as :class:`~metafit.data.rows.Rows` (see :func:`read_rows`).
+
+    Empty inputs and labels are not raised here but kept in :attr:`Rows.found` (an empty
+    input as ``None``), for :mod:`metafit.data.tables` to report with the problems of the
+    input cells; rows with another number of fields than the header are raised at once
+    (their cells are shifted, so nothing else about them can be trusted)."""
+    reader = csv.reader(io.StringIO(read_utf8(path, max_bytes), newline=""))
+    names = _header(reader, path, input_column, label_column)
+    rows = _records(reader, path, len(names), names.index(input_column),
+                    names.index(label_column), lenient)
+    if rows.wrong and not lenient:
+        _check(rows, path, names, input_column, label_column, lenient)
+    _check(_Rows(texts=rows.texts, wrong=rows.wrong), path, names, input_column, label_column,
+           lenient)  # the warning of skipped rows, or no rows at all
+    found = {f"empty {input_column!r}": rows.no_text,
+             f"missing or empty {label_column!r}": rows.no_label}
+    empty = set(rows.no_text)
+    inputs = [None if line in empty else text for text, line in zip(rows.texts, rows.lines,
+                                                                      strict=True)]
+    return Rows(path, inputs, rows.labels, rows.lines, "line",
+                {problem: lines for problem, lines in found.items() if lines})
 
 
 def read_rows(

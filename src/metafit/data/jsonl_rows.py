@@ -3,7 +3,8 @@ mark is ignored), one JSON object per non-blank line, each holding the input col
 the label column. A label is a string or an integer (read as its decimal string); the
 input cell is returned as the file holds it and checked by :mod:`metafit.data.tables`
 (a text or an image path: JSON has no bytes). Every problem is reported at once, naming
-the file and the line numbers; the file's size is checked against a cap before it is read.
+the file and the line numbers (the problems of the file are kept in :attr:`Rows.found` and
+raised with those of the input cells); the file's size is checked against a cap before it is read.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def read_jsonl(path: Path, input_column: str, label_column: str,
         inputs.append(cell)
         labels.append(label or "")
         lines.append(number)
-    problems.raise_any()
     if not inputs:
+        problems.raise_any()
         raise DatasetError(f"{path}: no rows (a JSON Lines file holds one JSON object a line)")
-    return Rows(path, inputs, labels, lines, "line")
+    # raised by metafit.data.tables with the input cells' problems, all at once
+    return Rows(path, inputs, labels, lines, "line", problems.found)

@@ -45,6 +45,10 @@ class Rows:
         labels: each row's label, stripped (an integer label as its decimal string, or its
             class name where the table names its classes).
         places: each row's line (from 1) or row (from 0); ``unit`` says which.
+        found: the reader's problems with rows it kept (``"null 'text'"`` -> places),
+            not yet raised, so that :mod:`metafit.data.tables` reports them together with
+            the problems of the input cells (:meth:`Problems.of`); a row whose input
+            is ``None`` is among them.
     """
 
     path: Path
@@ -52,6 +56,7 @@ class Rows:
     labels: list[str]
     places: list[int]
     unit: Unit
+    found: dict[str, list[int]] = field(default_factory=dict)
 
     def where(self, places: Sequence[int]) -> str:
         """``"line(s) 3, 7"`` or ``"row(s) 0, 4"`` for an error message."""
@@ -117,6 +122,11 @@ class Problems:
     path: Path
     unit: Unit
     found: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: Rows) -> Problems:
+        """The problems a reader left in ``rows`` (:attr:`Rows.found`), to add to."""
+        return cls(rows.path, rows.unit, {k: list(v) for k, v in rows.found.items()})
 
     def add(self, problem: str, place: int) -> None:
         self.found.setdefault(problem, []).append(place)

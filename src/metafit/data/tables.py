@@ -37,18 +37,28 @@ def is_table(path: Path) -> bool:
 
 
 def read_table(path: str | Path, input_column: str, label_column: str, lenient: bool = False,
-               max_bytes: int = MAX_TABLE_BYTES) -> Rows:
+               max_bytes: int = MAX_TABLE_BYTES, defer: bool = False) -> Rows:
     """The rows of the table at ``path``, the input cells as the file holds them.
 
     ``lenient``: CSV only, skip rows with another number of fields than the header.
+    ``defer``: return the reader's problems with kept rows in :attr:`Rows.found` instead
+    of raising them (for a caller that checks the cells and reports everything at once).
 
     Raises:
         DatasetError: an unknown suffix, a missing file, or any problem of the format's
             reader (naming the file and the lines or rows).
     """
+    rows = _read(Path(path), input_column, label_column, lenient, max_bytes)
+    if not defer:
+        Problems.of(rows).raise_any()
+    return rows
+
+
+def _read(path: Path, input_column: str, label_column: str, lenient: bool,
+          max_bytes: int) -> Rows:
+    """The format's reader on ``path``, by its suffix (or a ``datasets`` directory)."""
     from metafit.data.arrow_dir_rows import is_datasets_dir, read_arrow_dir
 
-    path = Path(path)
     if path.is_dir():
         if not is_datasets_dir(path):
             raise DatasetError(f"{path} is a directory without state.json or "
@@ -80,12 +90,14 @@ def text_rows(path: str | Path, text_column: str, label_column: str, lenient: bo
         DatasetError: as :func:`read_table`, and inputs that are not strings or are
             empty, naming the lines or rows.
     """
-    rows = read_table(path, text_column, label_column, lenient, max_bytes)
-    problems = Problems(rows.path, rows.unit)
+    rows = read_table(path, text_column, label_column, lenient, max_bytes, defer=True)
+    problems = Problems.of(rows)
     texts: list[str] = []
     for cell, place in zip(rows.inputs, rows.places, strict=True):
         text = cell.strip() if isinstance(cell, str) else ""
-        if not isinstance(cell, str):
+        if cell is None:  # missing or null: the reader said so
+            pass
+        elif not isinstance(cell, str):
             problems.add(f"{text_column!r} that is not a string", place)
         elif not text:
             problems.add(f"empty {text_column!r}", place)
@@ -107,13 +119,14 @@ def image_rows(path: str | Path, image_column: str, label_column: str,
     """
     from metafit.data.image_sources import image_source
 
-    rows = read_table(path, image_column, label_column, max_bytes=max_bytes)
+    rows = read_table(path, image_column, label_column, max_bytes=max_bytes, defer=True)
     folder = rows.path if rows.path.is_dir() else rows.path.parent
     base = folder.resolve()
-    problems = Problems(rows.path, rows.unit)
+    problems = Problems.of(rows)
     sources: list[Any] = []
     for cell, place in zip(rows.inputs, rows.places, strict=True):
-        source, problem = image_source(cell, base, absolute_paths)
+        source, problem = (None, None) if cell is None else image_source(cell, base,
+                                                                          absolute_paths)
         if problem is not None:
             problems.add(problem, place)
         sources.append(source)
