@@ -68,7 +68,16 @@ def test_a_missing_data_root_is_shown_in_full_with_the_rules(tmp_path: Path) -> 
     with pytest.raises(FileNotFoundError) as e:
         load_split(recipe, "train")
     msg = str(e.value)
-    assert f"data_root {tmp_path / 'cwd' / 'omniglot'} does not exist" in msg
+    assert f"data_root {tmp_path / 'cwd' / 'omniglot'} (written as 'omniglot' in the " \
+           "shipped recipe _omniglot, $METAFIT_DATA not set) does not exist" in msg
+    cli = load_recipe("omniglot_5w1s_maml", ["data_root=nowhere/omni"])
+    with pytest.raises(FileNotFoundError, match="written as 'nowhere/omni' on the command line"):
+        load_split(cli, "train")
+    user = tmp_path / "mine.yaml"
+    user.write_text("base: omniglot_5w1s_maml\ndata_root: imgs/\n")
+    with pytest.raises(FileNotFoundError) as e:
+        load_split(load_recipe(user), "train")
+    assert f"data_root {tmp_path / 'imgs'} (written as 'imgs/' in {user})" in str(e.value)
     home = load_recipe("omniglot_5w1s_maml", ["data_root=~/no/such/dir"])
     with pytest.raises(FileNotFoundError) as e:
         load_split(home, "train")

@@ -54,6 +54,7 @@ __all__ = [
     "read_yaml_mapping",
     "recipe_to_yaml",
     "resolve_data_root",
+    "written_as",
 ]
 
 #: The environment variable naming the folder that holds the shipped recipes' data
@@ -138,11 +139,32 @@ def resolve_data_root(data_root: Any, path: Path | None) -> Any:
     if given.is_absolute() or data_root.startswith("~"):
         return data_root
     folder: str | Path = "."
+    where = "on the command line"
     if path is not None and _is_shipped(path):
-        folder = Path(os.environ.get(DATA_ENV) or ".").expanduser()
+        env = os.environ.get(DATA_ENV)
+        folder = Path(env or ".").expanduser()
+        where = (f"in the shipped recipe {path.stem}, with ${DATA_ENV}={env}" if env else
+                 f"in the shipped recipe {path.stem}, ${DATA_ENV} not set")
     elif path is not None:
         folder = path.parent
-    return str(Path(os.path.abspath(folder)) / given)
+        where = f"in {path}"
+    resolved = str(Path(os.path.abspath(folder)) / given)
+    _WRITTEN[resolved] = f"written as '{data_root}' {where}"
+    while len(_WRITTEN) > 256:  # a long-lived process loads many recipes: keep the last
+        del _WRITTEN[next(iter(_WRITTEN))]
+    return resolved
+
+
+#: How a resolved relative data_root was written (value and where), by the absolute
+#: path it became: :func:`written_as`.
+_WRITTEN: dict[str, str] = {}
+
+
+def written_as(data_root: str) -> str | None:
+    """``"written as 'omniglot' in the shipped recipe X, $METAFIT_DATA not set"`` for a
+    ``data_root`` this process resolved from a relative path (:func:`resolve_data_root`),
+    else None: for errors about a data root that does not exist."""
+    return _WRITTEN.get(data_root)
 
 
 def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:

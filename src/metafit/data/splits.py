@@ -128,7 +128,11 @@ def _need_root(recipe: Recipe) -> Path:
         )
     root = Path(os.path.abspath(Path(recipe.data_root).expanduser()))
     if not root.exists():
-        given = "" if recipe.data_root == str(root) else f" ('{recipe.data_root}')"
+        from metafit.config.recipe import written_as
+
+        written = written_as(recipe.data_root)
+        given = (f" ({written})" if written else
+                 "" if recipe.data_root == str(root) else f" ('{recipe.data_root}')")
         raise FileNotFoundError(f"data_root {root}{given} does not exist ({ROOT_RULES})")
     return root
 
