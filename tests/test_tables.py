@@ -277,7 +277,7 @@ def test_image_paths_cannot_leave_the_folder_unless_allowed(tmp_path: Path) -> N
     assert "missing or null 'image' on line(s) 11" in msg
     assert msg.count("line(s) 11") == 1 and ", 11" not in msg  # not again as a bad path
     assert f"relative paths are read from {data.resolve()}" in msg
-    assert "absolute_image_paths" in msg
+    assert "absolute_image_paths" in msg and "--absolute-image-paths" in msg
     trusted = write_jsonl(data / "ok.jsonl", [{"image": "../secret.png", "label": "a"},
                                               {"image": str(secret), "label": "a"},
                                               {"image": "img/link.png", "label": "b"}])

@@ -132,6 +132,7 @@ def image_rows(path: str | Path, image_column: str, label_column: str,
         sources.append(source)
     hint = "" if absolute_paths else (
         f" (relative paths are read from {base} and must stay inside it; allow other paths "
-        "only for a table you trust: absolute_image_paths)")
+        "only for a table you trust: --absolute-image-paths on the command line, "
+        "absolute_image_paths in a recipe or from Python)")
     problems.raise_any(hint if any("path" in p for p in problems.found) else "")
     return replace(rows, inputs=sources)
