@@ -251,6 +251,8 @@ def test_open_set_figures_count_rows_at_the_threshold() -> None:
     # 95% of 4 in-scope rows keeps all four: threshold 0.2 accepts 0.75 and 0.3
     assert report.false_accepts == pytest.approx(2 / 3)
     assert report.false_accepts_low < 2 / 3 < report.false_accepts_high
+    # the printed summary gives the accuracy of predict's answers (rejections wrong)
+    assert "(a rejected one counts as wrong, as predict answers) 50.0%" in report.summary()
     none = score_open_set("energy", torch.tensor([1.0]), torch.tensor([0.0]),
                           torch.tensor([True]), threshold=None)
     assert none.out_of_scope_recall is None and "no threshold" in none.summary()

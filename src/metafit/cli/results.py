@@ -272,7 +272,9 @@ class TestSetJson(_Strict):
     model: str = Field(description="the model directory, or the run adapted on --support")
     test: str = Field(description="the test set's path")
     examples: int
-    accuracy: Real
+    accuracy: Real = Field(description="of the most probable class over the in-scope rows "
+                           "(with a reject setting, open_set.accepted_accuracy counts "
+                           "rejected rows as wrong, as predict answers)")
     accuracy_low: Real = Field(description="Wilson 95% interval, low end")
     accuracy_high: Real
     macro_f1: Real
