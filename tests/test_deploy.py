@@ -379,6 +379,10 @@ def test_quantization_shrinks_the_text_model_and_round_trips(tmp_path: Path) -> 
     assert torch.equal(loaded.predict_proba(texts), small.predict_proba(texts))
     with pytest.raises(ValueError, match="cannot prune a quantized model"):
         prune(small, 0.5)
+    # an input's answer depends on it alone: the same as when it is sent by itself
+    together = small.predict_proba(texts)
+    for i, text in enumerate(texts):
+        assert torch.equal(small.predict_proba([text])[0], together[i])
 
 
 def test_quantizing_a_model_without_linear_layers_warns(image_model) -> None:

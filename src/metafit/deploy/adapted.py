@@ -154,15 +154,28 @@ class AdaptedModel:
     @torch.no_grad()
     def logits(self, x: Tensor, batch: int = 256) -> Tensor:
         """Logits ``[M, N]`` of model inputs ``x [M, *x]``, in batches of ``batch`` (one
-        batch with ``batch_norm="batch"``, whose outputs depend on the batch)."""
+        batch with ``batch_norm="batch"``, whose outputs depend on the batch; one input at
+        a time for an int8 model, see :meth:`_batches`)."""
         return torch.cat([self.module(part) for part in self._batches(x, batch)])
 
     def _batches(self, x: Tensor, batch: int) -> list[Tensor]:
         """``x [M, *x]`` cut into batches of ``batch`` rows, or one batch with
-        ``batch_norm="batch"`` (outputs then depend on the batch)."""
+        ``batch_norm="batch"`` (outputs then depend on the batch). An int8 model takes one
+        input at a time: dynamic quantization scales a layer's input by the range of the
+        whole batch, so batched, an input's probabilities would move with its neighbours
+        (by up to 0.23 on a BANKING77 model) and its answer would depend on them."""
         if self.arch.get("batch_norm") == "batch":
             batch = max(len(x), 1)
+        elif self.compression.get("quantize") and self._quantized():
+            batch = 1
         return [x[i:i + batch] for i in range(0, len(x), batch)]
+
+    def _quantized(self) -> bool:
+        """Whether the module holds a dynamically quantized layer (a conv4 without linear
+        layers stays float when quantized)."""
+        from metafit.deploy.quantize import is_quantized
+
+        return is_quantized(self.module)
 
     @torch.no_grad()
     def features(self, x: Tensor, batch: int = 256) -> Tensor:
