@@ -190,11 +190,13 @@ def test_validation_lines_go_above_the_bar_or_to_the_log(
     recipe = regression_recipe("maml", iterations=4, val_every=2)
     with caplog.at_level("INFO", logger="metafit.training.trainer"):
         Trainer(recipe, tmp_path / "bar", progress=True).fit()
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
     records = [r for r in RunDir(tmp_path / "bar").read_metrics() if r["split"] == "val"]
     lines = [validation_line(r["iteration"], {"mse": r["mse"], "ci95": r["ci95"]})
              for r in records]
-    assert [line for line in out.splitlines() if "validation" in line] == lines
+    # on stderr with the bar: stdout stays free for --json
+    assert [line for line in captured.err.splitlines() if "validation" in line] == lines
+    assert "validation" not in captured.out
     assert "validation" not in caplog.text  # shown by the bar only
     caplog.clear()
     with caplog.at_level("INFO", logger="metafit.training.trainer"):
