@@ -76,7 +76,7 @@ def assert_same_metrics(full: RunDir, resumed: RunDir) -> None:
         assert a.keys() == b.keys()
         for key in a:
             if key == "seconds":  # wall-clock time spent training: differs run to run
-                assert b[key] > 0
+                assert (b[key] > 0) == (a[key] > 0)  # 0 before the first step
             elif isinstance(a[key], str):
                 assert a[key] == b[key], (key, a, b)
             else:
@@ -113,6 +113,52 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path, task: str, algorithm: s
     for (name, p), (_, q) in zip(algo_a.state_dict().items(), algo_b.state_dict().items(),
                                  strict=True):
         assert torch.allclose(p, q, atol=1e-6), name
+
+
+def _same_parameters(a: Path, b: Path) -> None:
+    _, algo_a = load_trained(a, "last")
+    _, algo_b = load_trained(b, "last")
+    for (name, p), (_, q) in zip(algo_a.state_dict().items(), algo_b.state_dict().items(),
+                                 strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_a_run_stopped_before_its_first_last_checkpoint_resumes_from_best(
+        tmp_path: Path) -> None:
+    # validated (best.pt written) but stopped before any last.pt: it used to start again
+    # from iteration 0 and append its records to the old ones
+    recipe = regression_recipe("maml", iterations=8, val_every=2, checkpoint_every=100)
+    Trainer(recipe, tmp_path / "full", progress=False).fit()
+    broken = tmp_path / "broken"
+    trainer = Trainer(recipe, broken, progress=False)
+    interrupt_at(trainer, 6)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    run = RunDir(broken)
+    assert run.has_checkpoint("best") and not run.has_checkpoint("last")
+    assert Trainer(recipe, broken, progress=False).fit().iteration == 8
+    assert_same_metrics(RunDir(tmp_path / "full"), run)
+    _same_parameters(tmp_path / "full", broken)
+
+
+def test_a_warm_start_stopped_before_its_first_last_checkpoint_keeps_it(
+        tmp_path: Path) -> None:
+    # a warm start scores its starting point and saves it as best.pt at iteration 0; a
+    # restart before the first last.pt used to train from random weights instead
+    source = tmp_path / "source"
+    Trainer(regression_recipe("maml"), source, progress=False).fit()
+    recipe = regression_recipe("maml", iterations=6, val_every=3, checkpoint_every=100,
+                               init_from=str(source))
+    Trainer(recipe, tmp_path / "full", progress=False).fit()
+    broken = tmp_path / "broken"
+    trainer = Trainer(recipe, broken, progress=False)
+    interrupt_at(trainer, 2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert not RunDir(broken).has_checkpoint("last")
+    Trainer(recipe, broken, progress=False).fit()
+    assert_same_metrics(RunDir(tmp_path / "full"), RunDir(broken))
+    _same_parameters(tmp_path / "full", broken)
 
 
 def test_time_budget_stops_and_records_seconds(tmp_path: Path) -> None:

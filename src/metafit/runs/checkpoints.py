@@ -81,7 +81,7 @@ class Resumable:
 
 class Start(NamedTuple):
     """Where training into a directory starts: ``kind`` is ``"resume"`` (its own
-    ``last.pt``), ``"warm"`` (``init_from``'s best) or ``None`` (from scratch, with no
+    ``last.pt``, or ``best.pt`` where no ``last.pt`` was written yet), ``"warm"`` (``init_from``'s best) or ``None`` (from scratch, with no
     ``checkpoint``); ``source`` names the checkpoint's file for messages."""
 
     kind: str | None
@@ -201,9 +201,15 @@ def starting_point(run: RunDir, recipe: Recipe) -> Start:
                 f"{run.path} holds a run of another recipe (differs in "
                 f"{', '.join(differ)}); choose a new --out"
             )
-        last = run.checkpoint("last")
-        if run.has_checkpoint("last"):
-            return Start("resume", load_checkpoint(last), str(last))
+        # best.pt is a whole training checkpoint too: a run stopped after its first
+        # validation but before its first last.pt (or a warm start, whose starting point
+        # is scored and saved as best.pt at iteration 0) resumes from it exactly, rather
+        # than start again over its own metric records (or from scratch, losing the
+        # warm start)
+        for which in ("last", "best"):
+            if run.has_checkpoint(which):
+                path = run.checkpoint(which)
+                return Start("resume", load_checkpoint(path), str(path))
     elif recipe.init_from:
         path = RunDir(recipe.init_from).trained_checkpoint("best")
         return Start("warm", load_checkpoint(path), str(path))
