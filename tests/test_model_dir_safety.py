@@ -378,3 +378,51 @@ def test_texts_and_input_files_are_bounded(text_model: Path, tmp_path: Path,
     (tmp_path / "in.txt").write_text("a line\n" * 20)
     assert main(["predict", str(text_model), "--from-file", str(tmp_path / "in.txt")]) == 2
     assert "over the limit of 100 (--from-file)" in capsys.readouterr().err
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Set the modification time of ``path`` and everything under it ``seconds`` back."""
+    when = os.stat(path).st_mtime - seconds
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.utime(os.path.join(root, name), (when, when))
+    os.utime(path, (when, when))
+
+
+def test_a_killed_writers_staging_is_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
+    # a killed adapt/compress left .NAME.tmp-XXXXXXXX (90 MB and more for a text model)
+    out = tmp_path / "m"
+    dead = tmp_path / ".m.tmp-0badf00d"
+    (dead / "weights").mkdir(parents=True)
+    (dead / "weights" / "w.bin").write_bytes(b"x" * 100)
+    _age(dead, 3600)
+    live = tmp_path / ".m.tmp-1badf00d"  # another process writing the same directory now
+    live.mkdir()
+    (live / "model.json").write_text("{}")
+    other = tmp_path / ".mm.tmp-2badf00d"  # a writer of another directory
+    other.mkdir()
+    _age(other, 3600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _age(elsewhere, 3600)
+    (tmp_path / ".m.tmp-3badf00d").symlink_to(elsewhere)  # a link is never followed
+    write_model_dir(out, {"model.json": b"{}"}, "adapted")
+    assert not dead.exists() and live.is_dir() and other.is_dir() and elsewhere.is_dir()
+    assert (tmp_path / ".m.tmp-3badf00d").is_symlink()
+    assert (out / "model.json").read_bytes() == b"{}"
+
+
+def test_an_ensembles_killed_staging_is_swept(tmp_path: Path) -> None:
+    from metafit.io import remove_stale_dirs
+
+    dead = tmp_path / ".ens.c77326a8.tmp"
+    (dead / "checkpoints").mkdir(parents=True)
+    fresh = tmp_path / ".ens.d77326a8.tmp"
+    fresh.mkdir()
+    _age(dead, 120)
+    # a recent change anywhere inside keeps a directory: a writer still at work
+    (dead / "checkpoints" / "best.pt").write_bytes(b"now")
+    assert remove_stale_dirs(tmp_path, r"\.ens\.[0-9a-f]{8}\.tmp") == []
+    _age(dead, 120)
+    assert remove_stale_dirs(tmp_path, r"\.ens\.[0-9a-f]{8}\.tmp") == [dead]
+    assert fresh.is_dir()

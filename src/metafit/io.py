@@ -15,8 +15,11 @@ import io
 import json
 import logging
 import os
+import re
+import shutil
 import stat
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_save", "cache_dir", "cached",
-           "fsync_dir",
+           "fsync_dir", "remove_stale_dirs",
            "refusal_reason", "check_tensor_archive", "load_torch_file", "parse_json",
            "read_bounded"]
 
@@ -65,6 +68,43 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _newest_change(folder: Path) -> float:
+    """The latest modification time of ``folder`` and everything under it (links not
+    followed)."""
+    newest = folder.lstat().st_mtime
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+            except FileNotFoundError:  # removed meanwhile
+                continue
+    return newest
+
+
+def remove_stale_dirs(folder: Path, pattern: str, min_age: float = 60.0) -> list[Path]:
+    """Remove the directories in ``folder`` whose names match ``pattern`` (a regular
+    expression, whole name) and in which nothing changed for ``min_age`` seconds: the
+    staging directories of atomic directory writes whose process died. A writer still at
+    work keeps changing its directory and is left alone; links are never followed.
+    Returns the removed paths; logs each."""
+    if not folder.is_dir():
+        return []
+    removed: list[Path] = []
+    now = time.time()
+    for entry in sorted(folder.iterdir()):
+        if not re.fullmatch(pattern, entry.name) or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            if now - _newest_change(entry) < min_age:
+                continue
+        except FileNotFoundError:
+            continue
+        log.warning("removing %s, left by an interrupted write", entry)
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

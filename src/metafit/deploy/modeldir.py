@@ -30,6 +30,7 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -49,7 +50,7 @@ from metafit.deploy.manifest import (
     check_manifest,
     sha256,
 )
-from metafit.io import fsync_dir, parse_json
+from metafit.io import fsync_dir, parse_json, remove_stale_dirs
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_model_dir", "read_model_dir",
            "read_listed_file", "resolve", "sha256", "check_manifest", "check_file_name"]
@@ -177,6 +178,8 @@ def write_model_dir(path: str | os.PathLike[str], files: Mapping[str, bytes],
         check_file_name(rel, content, FORMAT_VERSION, f"writing {path}")
     _replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # what a killed writer of the same directory left (a text model's is 90 MB or more)
+    remove_stale_dirs(path.parent, rf"\.{re.escape(path.name)}\.tmp-[0-9a-f]{{8}}")
     tmp = _new_temp_dir(path)
     try:
         for rel, data in files.items():

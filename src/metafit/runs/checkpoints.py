@@ -81,8 +81,9 @@ class Resumable:
 
 class Start(NamedTuple):
     """Where training into a directory starts: ``kind`` is ``"resume"`` (its own
-    ``last.pt``, or ``best.pt`` where no ``last.pt`` was written yet), ``"warm"`` (``init_from``'s best) or ``None`` (from scratch, with no
-    ``checkpoint``); ``source`` names the checkpoint's file for messages."""
+    ``last.pt``, or ``best.pt`` where no ``last.pt`` was written yet), ``"warm"``
+    (``init_from``'s best) or ``None`` (from scratch, with no ``checkpoint``);
+    ``source`` names the checkpoint's file for messages."""
 
     kind: str | None
     checkpoint: dict[str, Any] | None

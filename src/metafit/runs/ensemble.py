@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 from metafit.config.ensemble import MAX_MEMBERS, MUST_AGREE, merge_problem
 from metafit.config.recipe import Recipe, make_recipe
-from metafit.io import fsync_dir
+from metafit.io import fsync_dir, remove_stale_dirs
 from metafit.models.ensemble import merge_conv4_states, merge_head_states
 from metafit.runs.directory import RunDir, load_checkpoint
 from metafit.runs.trained import load_trained
@@ -111,6 +112,7 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path,
     # Written beside the target, then renamed into place: an interrupted merge leaves no
     # half a run at --out (a hidden .NAME.XXXX.tmp folder at most) and can be run again.
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_dirs(target.parent, rf"\.{re.escape(target.name)}\.[0-9a-f]{{8}}\.tmp")
     staging = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
     staging.mkdir()  # the default permissions, as a run directory's
     try:
