@@ -288,3 +288,34 @@ def test_forged_adaptation_fields_are_refused_on_loading(home: Path) -> None:
     forge(lambda a: a.update(steps=2, source=7))
     with pytest.raises(ModelDirError, match="adaptation.source must be a JSON object"):
         AdaptedModel.load(home)
+
+
+def test_an_update_killed_before_the_pointer_moved_is_never_served(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # killed between claiming versions/v0002 and writing `current`: the version must be
+    # neither listed nor usable, and the next update takes its place
+    import metafit.deploy.versions as versions
+
+    model = AdaptedModel.load(home)
+    real = versions._write_pointer
+
+    def killed(home: Path, n: int) -> None:
+        raise KeyboardInterrupt  # stands for SIGKILL: nothing after it runs
+
+    monkeypatch.setattr(versions, "_write_pointer", killed)
+    with pytest.raises(KeyboardInterrupt):
+        add_version(home, model)
+    assert version_dir(home, 2).is_dir() and current_version(home) == 1
+    assert [v.version for v in list_versions(home)] == [1]
+    with pytest.raises(ValueError, match="has no version 2"):
+        set_current(home, 2)
+    monkeypatch.setattr(versions, "_write_pointer", real)
+    assert add_version(home, model) == 2  # the orphan was removed, its number free
+    assert current_version(home) == 2 and [v.version for v in list_versions(home)] == [1, 2]
+    assert not (version_dir(home, 2) / versions.UNCOMMITTED).exists()
+    # killed after the pointer moved but before the marker went: it is served and kept
+    (version_dir(home, 2) / versions.UNCOMMITTED).write_bytes(b"")
+    assert [v.version for v in list_versions(home)] == [1, 2]
+    assert add_version(home, model) == 3
+    assert not (version_dir(home, 2) / versions.UNCOMMITTED).exists()
+    assert AdaptedModel.load(home, 2).label_names == model.label_names

@@ -24,6 +24,10 @@ Why it is safe with several processes, also on a shared file system (docs/serve.
   non-empty directory fails (``ENOTEMPTY``/``EEXIST``), and every claimed version is
   non-empty, so two writers can never claim the same number: the loser takes the next.
   ``rename`` is one atomic operation on a local file system and on an NFS server.
+* **A version is served only once the pointer has named it.** Until then it holds the
+  empty file ``.uncommitted``: an update killed between claiming its number and moving
+  the pointer leaves a version that is neither listed nor usable, and the next update
+  (under the lock) removes it.
 * **The pointer is replaced, never edited**: written to ``current.tmp-XXXX``, fsynced,
   then ``os.replace``-d over ``current``. A reader sees the old number or the new one.
   Readers re-read it on every request (one small read), so a cache keyed by (model,
@@ -67,6 +71,8 @@ log = logging.getLogger(__name__)
 CURRENT = "current"
 VERSIONS = "versions"
 LOCK = ".lock"
+#: In a version directory until the pointer names it (:func:`add_version`).
+UNCOMMITTED = ".uncommitted"
 #: The highest version number (four digits in the directory name).
 MAX_VERSION = 9999
 _VERSION_DIR = re.compile(r"v(\d{4})")
@@ -166,17 +172,39 @@ def current_dir(home: Path) -> Path:
 
 def version_numbers(home: Path) -> list[int]:
     """The complete versions of ``home``, in order (a version being written, or left
-    incomplete by a killed writer, is not listed: it has no manifest yet)."""
+    incomplete by a killed writer, is not listed: it has no manifest yet; nor is one whose
+    update was killed before it was made current: :func:`_uncommitted`)."""
     home = Path(home)
     numbers = [1] if (home / MANIFEST).is_file() else []
-    folder = home / VERSIONS
-    if folder.is_dir() and not folder.is_symlink():
-        for entry in folder.iterdir():
-            found = _VERSION_DIR.fullmatch(entry.name)
-            if (found and not entry.is_symlink() and (entry / MANIFEST).is_file()
-                    and int(found.group(1)) >= 2):
-                numbers.append(int(found.group(1)))
+    for n, entry in _version_entries(home):
+        if (entry / MANIFEST).is_file() and not _uncommitted(home, n, entry):
+            numbers.append(n)
     return sorted(numbers)
+
+
+def _version_entries(home: Path) -> list[tuple[int, Path]]:
+    """``(n, versions/vNNNN)`` of every version directory (2 and up; no links)."""
+    folder = home / VERSIONS
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    out = []
+    for entry in folder.iterdir():
+        found = _VERSION_DIR.fullmatch(entry.name)
+        if found and not entry.is_symlink() and int(found.group(1)) >= 2:
+            out.append((int(found.group(1)), entry))
+    return out
+
+
+def _uncommitted(home: Path, n: int, entry: Path) -> bool:
+    """Whether version ``n`` (``entry``) still carries :data:`UNCOMMITTED` and is not the
+    current version: its update was killed between claiming the number and moving the
+    pointer, so it was never served (:func:`add_version`)."""
+    if not (entry / UNCOMMITTED).exists():
+        return False
+    try:
+        return current_version(home) != n
+    except ModelDirError:
+        return True
 
 
 def list_versions(home: Path) -> list[VersionInfo]:
@@ -392,8 +420,12 @@ def add_version(home: Path, model: Saves, make_current: bool = True) -> int:
     except OSError as e:
         raise ModelDirError(f"{folder} cannot be made a folder ({e.strerror})") from None
     _remove_stale_staging(folder)
+    _remove_uncommitted(home)
     staging = folder / f".new-{secrets.token_hex(4)}"
     model.save(staging)
+    if make_current:  # until the pointer names it: a version that was never served
+        with (staging / UNCOMMITTED).open("wb") as marker:
+            os.fsync(marker.fileno())
     try:
         n = max([*version_numbers(home), *_deleted_numbers(home)], default=1) + 1
         while True:
@@ -413,5 +445,22 @@ def add_version(home: Path, model: Saves, make_current: bool = True) -> int:
         raise
     if make_current:
         _write_pointer(home, n)
+        (version_dir(home, n) / UNCOMMITTED).unlink(missing_ok=True)
+        fsync_dir(version_dir(home, n))
     log.info("%s: wrote version %d", home, n)
     return n
+
+
+def _remove_uncommitted(home: Path) -> None:
+    """Remove the versions whose update was killed before they were made current
+    (:func:`_uncommitted`; the caller holds :func:`update_lock`), and the marker of one
+    that was made current just before its writer died."""
+    for n, entry in _version_entries(home):
+        if not (entry / UNCOMMITTED).exists():
+            continue
+        if _uncommitted(home, n, entry):
+            log.warning("removing %s: its update was interrupted before it was served", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            (entry / UNCOMMITTED).unlink(missing_ok=True)
+
