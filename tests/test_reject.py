@@ -275,6 +275,9 @@ def test_the_onnx_export_outputs_the_reject_score(adapter: Adapter, model: Adapt
     logits, scores = session.run(["logits", "reject_score"], {"images": x.numpy()})
     np.testing.assert_allclose(scores, fitted.reject_scores([FAR] * 3).numpy(), atol=1e-5)
     assert scores.shape == (3,) and logits.shape == (3, 3)
+    int8 = onnx_export.export_onnx(fitted, tmp_path / "onnx8", quantize="int8")
+    assert int8.quantized_max_score_diff is not None  # reported beside the logits'
+    assert 0 <= int8.quantized_max_score_diff < float("inf")
 
 
 def _png(array: np.ndarray) -> str:

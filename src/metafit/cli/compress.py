@@ -210,7 +210,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if report.quantized:
         _write(f"written: onnxruntime's {report.quantized} quantization of it; its logits "
                f"differ from PyTorch's float ones by up to {report.quantized_max_abs_diff:.3g} "
-               f"(probabilities {report.quantized_max_prob_diff:.3g}; not gated)")
+               f"(probabilities {report.quantized_max_prob_diff:.3g}"
+               + ("" if report.quantized_max_score_diff is None else
+                  f", reject scores {report.quantized_max_score_diff:.3g}") + "; not gated)")
     return 0
 
 

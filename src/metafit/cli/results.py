@@ -501,6 +501,8 @@ class ClassifierExportJson(_Strict):
     quantized_max_prob_diff: Real
     max_score_diff: Real = Field(default=None, description="with a reject setting: the "
                                  "largest reject_score difference (gated like the logits)")
+    quantized_max_score_diff: Real = Field(default=None, description="with a reject setting "
+                                           "and --quantize: the int8 model's (not gated)")
 
 
 class PolicyExportJson(_Strict):

@@ -86,6 +86,8 @@ class ExportReport:
     quantized_max_prob_diff: float | None = None
     #: with a reject setting: the largest ``reject_score`` difference (gated like logits)
     max_score_diff: float | None = None
+    #: with a reject setting and ``quantized``: the int8 model's, reported, not gated
+    quantized_max_score_diff: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -261,9 +263,10 @@ def _quantized(model: AdaptedModel, path: Path, samples: Tensor, quantize: str,
         raise ValueError(f"quantize must be 'int8' or None, got {quantize!r}")
     target = path.with_name("model.int8.onnx")
     _quantize_onnx(path, target)
-    q_logit, q_prob, _, _ = _parity(model, onnx_session(target), samples)
+    q_logit, q_prob, _, q_score = _parity(model, onnx_session(target), samples)
     report.quantized = quantize
     report.quantized_max_abs_diff, report.quantized_max_prob_diff = q_logit, q_prob
+    report.quantized_max_score_diff = q_score
     return target
 
 
