@@ -173,6 +173,13 @@ def test_compress_cli_distills_and_reports(text_teacher, tmp_path, capsys) -> No
     (["--distill", "layers:1", "--unlabelled", "many.csv", "--distill-temperature", "0"],
      "temperature must be > 0"),
     (["--unlabelled", "many.csv", "--quantize", "int8"], "--unlabelled is for --distill"),
+    (["--distill", "layers:1", "--unlabelled", "many.csv", "--distill-steps", "0"],
+     "--distill-steps must be >= 1"),
+    (["--distill", "layers:1", "--unlabelled", "many.csv", "--text-column", "body"],
+     "column(s) ['body'] not found"),  # named once, not as input and label
+    (["--distill", "layers:1", "--unlabelled", "many.csv", "-o", "teacher"],
+     "is the model directory"),  # the output would replace the teacher
+    (["--quantize", "int8", "-o", "teacher/versions"], "is inside the model directory"),
 ])
 def test_bad_distillation_inputs_are_clear_one_line_errors(text_teacher, tmp_path, capsys,
                                                           monkeypatch, args, message) -> None:
@@ -180,10 +187,13 @@ def test_bad_distillation_inputs_are_clear_one_line_errors(text_teacher, tmp_pat
     write_csv(tmp_path / "few.csv", sentences(1, 3))
     write_csv(tmp_path / "many.csv", sentences(3, 5))
     monkeypatch.chdir(tmp_path)
-    assert main(["compress", str(source), *args, "-o", str(tmp_path / "out")]) == 2
+    before = sorted(p.name for p in source.iterdir())
+    out = [] if "-o" in args else ["-o", str(tmp_path / "out")]
+    assert main(["compress", str(source), *args, *out]) == 2
     err = capsys.readouterr().err
     assert err.startswith("metafit: error:") and message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in source.iterdir()) == before
 
 
 def test_bad_image_inputs_and_specs(image_teacher, tmp_path) -> None:

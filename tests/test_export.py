@@ -144,6 +144,10 @@ def test_onnxruntime_int8_export_is_smaller_and_reported(tmp_path: Path, capsys)
     assert sizes[1] < sizes[0]
     spec = json.loads((tmp_path / "int8" / "model.json").read_text())
     assert spec["onnx_quantization"] == "int8"
+    # an --out naming the model itself would replace it with its export: refused
+    assert main(["export", str(tmp_path / "m"), "--out", str(tmp_path / "m")]) == 2
+    assert "is the model directory" in capsys.readouterr().err
+    assert AdaptedModel.load(tmp_path / "m").label_names == model.label_names
 
 
 def test_trimmed_vocabulary_exports_with_its_token_map(tmp_path: Path) -> None:

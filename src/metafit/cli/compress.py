@@ -68,7 +68,10 @@ def _distilled(args: argparse.Namespace, model: Any) -> tuple[Any, dict[str, Any
     if args.episodes is not None:
         raise ValueError("--episodes re-adapts the source run per episode; with --distill "
                          "it would distil once per episode: measure the student on a test "
-                         "set instead (metafit score)")
+                         "set instead (metafit evaluate MODEL_DIR --test T)")
+    if args.distill_steps < 1:
+        raise ValueError(f"--distill-steps must be >= 1, got {args.distill_steps} (0 would "
+                         "write the untrained student)")
     student = parse_student(args.distill, model)
     if not args.unlabelled:
         raise ValueError("--distill needs --unlabelled PATH: a table with a text column, "
@@ -100,9 +103,11 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from metafit.deploy.adapted import AdaptedModel
     from metafit.deploy.compress import compare
     from metafit.deploy.episodes import describe
+    from metafit.deploy.modeldir import check_not_source
     from metafit.runs.trained import check_count
 
     check_count("--episodes", args.episodes, default="no accuracy measurement")
+    check_not_source(args.model, args.out)
     if (not args.quantize and args.prune is None and not args.distill
             and not args.trim_vocabulary):
         raise ValueError("nothing to do: give --distill STUDENT, --trim-vocabulary, "
@@ -114,7 +119,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                          "whose tokens to keep")
     if args.trim_vocabulary and args.episodes is not None:
         raise ValueError("--episodes re-adapts the source run per episode; with "
-                         "--trim-vocabulary measure on a test set instead (metafit score)")
+                         "--trim-vocabulary measure on a test set instead (metafit evaluate "
+                         "MODEL_DIR --test T)")
     model = AdaptedModel.load(args.model)
     compress = _compression(args)
     report = trimmed = None
@@ -185,9 +191,11 @@ def _cmd_export_policy(args: argparse.Namespace, out: str) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from metafit.deploy.adapted import AdaptedModel
+    from metafit.deploy.modeldir import check_not_source
     from metafit.runs.rl import is_rl_run
 
     out = args.out or str(Path(args.model).with_name(Path(args.model).name + "-onnx"))
+    check_not_source(args.model, out)
     if is_rl_run(args.model):
         return _cmd_export_policy(args, out)
     model = AdaptedModel.load(args.model)
@@ -244,8 +252,8 @@ def add_compress_parser(sub: Any) -> None:
     p.add_argument("--unlabelled", metavar="PATH", help="with --distill or --trim-vocabulary: "
                    "unlabelled inputs, a table (.csv, .jsonl, .parquet, datasets directory) "
                    "with a text column, or a folder of images")
-    p.add_argument("--text-column", default="text", help="with --distill: the texts' column "
-                   "(default text)")
+    p.add_argument("--text-column", default="text", help="with --distill or "
+                   "--trim-vocabulary: the texts' column of --unlabelled (default text)")
     p.add_argument("--distill-steps", type=int, default=300, help="with --distill: training "
                    "steps (default 300)")
     p.add_argument("--distill-batch", type=int, default=32, help="with --distill: inputs per "

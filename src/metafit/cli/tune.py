@@ -79,7 +79,7 @@ def add_tune_parser(sub: Any) -> None:
     p.add_argument("--timeout", type=float, help="seconds after which no trial starts")
     p.add_argument("--sampler", default="tpe", choices=["tpe", "random", "grid"],
                    help="how trials pick values: TPE (default), random search, or every point "
-                   "of the grid (int and categorical keys only)")
+                   "of the grid (int and categorical keys, and uniform ranges with a step)")
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
                    help="how unpromising trials stop early (default: median; none: never)")
     p.add_argument("--trial-iterations", type=int, help="meta-training iterations per "

@@ -101,7 +101,7 @@ def _header(reader: Any, path: Path, text_column: str, label_column: str) -> lis
         raise DatasetError(f"{path}, line {reader.line_num}: malformed CSV header: {e}") from e
     header_line = reader.line_num
     names = [h.strip() for h in header]
-    missing = [c for c in (text_column, label_column) if c not in names]
+    missing = [c for c in dict.fromkeys((text_column, label_column)) if c not in names]
     if missing:
         raise DatasetError(
             f"{path}, line {header_line}: column(s) {missing} not found; the header has "

@@ -53,7 +53,8 @@ from metafit.deploy.manifest import (
 from metafit.io import fsync_dir, parse_json, remove_stale_dirs
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "write_model_dir", "read_model_dir",
-           "read_listed_file", "resolve", "sha256", "check_manifest", "check_file_name"]
+           "read_listed_file", "resolve", "sha256", "check_manifest", "check_file_name",
+           "check_not_source", "check_replaceable"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,18 @@ def check_replaceable(path: str | os.PathLike[str]) -> None:
     (absent, an empty directory or a model directory): checked before long work whose
     result goes there (``compress --distill``)."""
     _replaceable(Path(path))
+
+
+def check_not_source(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Raise :class:`ModelDirError` when writing ``out`` would replace the model directory
+    ``source`` being read (the same directory, one inside it, or one holding it): a write
+    replaces its target whole, versions and all."""
+    src, dst = Path(os.path.realpath(source)), Path(os.path.realpath(out))
+    if dst == src or dst.is_relative_to(src) or src.is_relative_to(dst):
+        where = ("is" if dst == src else "is inside" if dst.is_relative_to(src) else "holds")
+        raise ModelDirError(f"--out {out} {where} the model directory {source} being read: "
+                            "writing it would replace that model (and its versions); choose "
+                            "another --out")
 
 
 def _install(tmp: Path, path: Path) -> None:
