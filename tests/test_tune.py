@@ -155,7 +155,8 @@ def test_grid_search_visits_every_point_once(tmp_path: Path) -> None:
     continuous = load_recipe(write_recipe(tmp_path, search={"inner_lr": {
         "type": "uniform", "low": 0.01, "high": 0.1}}))
     with pytest.raises(RecipeError, match="a grid search needs a finite grid"):
-        tune(continuous, TuneOptions(out=str(tmp_path / "g2"), sampler="grid"))
+        tune(continuous, TuneOptions(out=str(tmp_path / "g2"), sampler="grid", trials=2))
+    assert not (tmp_path / "g2").exists()  # refused before the storage was made
 
 
 def test_interrupted_trial_is_failed_not_counted_and_requeued(tmp_path: Path,
@@ -282,6 +283,7 @@ def test_report_writes_plots_and_csv(tmp_path: Path, capsys) -> None:
     assert len(load(db).trials) == 4
     assert tune_cli(recipe, tmp_path / "other.db", out, "--report") == 2
     assert "no study 'sin_tune'" in capsys.readouterr().err
+    assert not (tmp_path / "other.db").exists()  # reading did not create it
 
 
 def test_storage_urls(tmp_path: Path) -> None:

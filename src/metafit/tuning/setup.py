@@ -236,8 +236,13 @@ def trial_recipe(recipe: Recipe, params: dict[str, Any], opts: TuneOptions,
 def load_existing_study(recipe: Recipe, opts: TuneOptions) -> optuna.Study:
     """The study of ``recipe`` in the storage, which must exist (for ``--report``)."""
     optuna = optuna_module()
-    url = storage_url(opts.storage, opts.out)
     name = opts.study or recipe.name
+    given = str(Path(opts.out) / "study.db") if opts.storage is None else opts.storage
+    file = (given.removeprefix("sqlite:///") if given.startswith("sqlite:///") else
+            given if "://" not in given else None)
+    if file is not None and not Path(file).is_file():  # reading must not create it
+        raise ValueError(f"no study '{name}': {file} does not exist (run the trials first)")
+    url = storage_url(opts.storage, opts.out)
     names = [s.study_name for s in optuna.get_all_study_summaries(url)]
     if name not in names:
         raise ValueError(f"no study '{name}' in {url}"

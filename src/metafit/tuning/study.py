@@ -51,7 +51,13 @@ from metafit.tuning.setup import (
     storage_url,
     trial_recipe,
 )
-from metafit.tuning.space import SearchSpace, grid_size, parse_search_space, suggest
+from metafit.tuning.space import (
+    SearchSpace,
+    grid_size,
+    grid_values,
+    parse_search_space,
+    suggest,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -205,6 +211,8 @@ def tune(recipe: Recipe, opts: TuneOptions) -> TuneResult:
     optuna_module()  # without Optuna: a clear error before anything is created
     space = parse_search_space(recipe)
     _target(space, opts)
+    if opts.sampler == "grid":
+        grid_values(space)  # a range without a grid, or too many points: before the storage
     if opts.jobs < 1:
         raise ValueError(f"jobs must be >= 1 (got {opts.jobs})")
     log.info("study '%s' in %s: %s", opts.study or recipe.name,
