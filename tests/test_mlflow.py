@@ -6,6 +6,7 @@ mlflow a recipe asking for it fails before its run directory exists."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,11 @@ def test_an_adapted_model_of_an_untracked_run_gets_its_own_mlflow_run(
     assert run.data.tags["metafit.model_dir"] == str(model.resolve())
     with pytest.raises(ModelDirError, match="manifest"):
         log_adapted_model(tmp_path / "s", None)  # not a model directory: refused first
+    # a store MLflow cannot use: one line naming it, saying the model directory is kept
+    with pytest.raises(ValueError, match=r"store bogus://x cannot be used .*the model "
+                                         r"directory .* is written"):
+        log_adapted_model(model, None, tracking_uri="bogus://x")
+    assert os.environ.get("MLFLOW_TRACKING_URI") is None  # left as it was
 
 
 def test_a_received_runs_mlflow_file_does_not_choose_where_the_model_goes(

@@ -72,7 +72,8 @@ def log_adapted_model(model_dir: str | Path, run_dir: str | Path | None = None,
     docstring: which run); returns the model's URI for ``mlflow.pyfunc.load_model``.
 
     Raises:
-        ValueError: mlflow is not installed (names the ``track`` extra).
+        ValueError: mlflow is not installed (names the ``track`` extra), or the tracking
+            store cannot be used.
         ModelDirError: ``model_dir`` is not a valid model directory (checked first).
     """
     mlflow = import_mlflow()
@@ -80,18 +81,26 @@ def log_adapted_model(model_dir: str | Path, run_dir: str | Path | None = None,
 
     model_dir = Path(model_dir)
     AdaptedModel.load(model_dir)  # a broken directory fails here, before MLflow
-    uri, run_id = _target(model_dir, None if run_dir is None else Path(run_dir),
-                          tracking_uri, experiment)
+    from mlflow.exceptions import MlflowException
+
     # MLflow's set_tracking_uri also sets MLFLOW_TRACKING_URI: restore "not set" as unset
     # (None), not as the default URI, or a later call would log to the current directory.
     previous = os.environ.get("MLFLOW_TRACKING_URI") or None
-    mlflow.set_tracking_uri(uri)
+    uri = tracking_uri or previous or "the default store"
     try:
+        uri, run_id = _target(model_dir, None if run_dir is None else Path(run_dir),
+                              tracking_uri, experiment)
+        mlflow.set_tracking_uri(uri)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=name, python_model=str(CODE),
                 artifacts={"model_dir": str(model_dir)},
                 pip_requirements=[f"metafit=={__version__}", f"mlflow=={mlflow.__version__}"])
+    except MlflowException as e:  # a store MLflow cannot use: one line, not its traceback
+        detail = str(e).strip().split(". ")[0].splitlines()[0][:300]
+        raise ValueError(f"MLflow tracking store {uri} cannot be used ({detail}); the model "
+                         f"directory {model_dir} is written: log it with another --mlflow-uri "
+                         "(sqlite:///PATH/mlflow.db, http://HOST)") from None
     finally:
         mlflow.set_tracking_uri(previous)
     log.info("MLflow: logged %s as model %s (run %s in %s)", model_dir, info.model_uri,
