@@ -719,9 +719,11 @@ def make_recipe(values: dict[str, Any], where: str = "the recipe",
     except ValidationError as e:
         mine = [err for err in e.errors() if err["loc"] and err["loc"][0] in overridden]
         errors = mine or e.errors()
+        # a whole-recipe check (empty loc) already names the values it compares: the
+        # input would be the whole recipe, noise at the end of the line
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'recipe'}: {err['msg']}"
-            f" (got {short_repr(err.get('input'))})"
+            + (f" (got {short_repr(err.get('input'))})" if err["loc"] else "")
             for err in errors
         )
         if mine:
