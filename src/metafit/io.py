@@ -17,18 +17,22 @@ import logging
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import torch
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_save", "cache_dir", "cached",
-           "fsync_dir", "remove_stale_dirs",
+           "deferred_interrupt", "fsync_dir", "remove_stale_dirs", "written_together",
            "refusal_reason", "check_tensor_archive", "load_torch_file", "parse_json",
            "read_bounded"]
 
@@ -45,11 +49,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    staged = _STAGED.get()
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if staged is not None:  # inside written_together: renamed with the others
+            staged.append((Path(tmp), path))
+            return
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -59,6 +67,62 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         fsync_dir(path.parent)  # the rename itself survives a power cut
     except OSError as e:  # a file system that cannot fsync a directory: still atomic
         log.debug("could not fsync %s (%s)", path.parent, e)
+
+
+#: The (temporary, target) files of the innermost :func:`written_together` block.
+_STAGED: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("metafit_staged",
+                                                                 default=None)
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Inside the block, Ctrl-C (SIGINT) is held back and raised as
+    :class:`KeyboardInterrupt` when the block ends: for a few renames that must happen
+    together. Only in the main thread (elsewhere signals never arrive: a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def written_together() -> Iterator[None]:
+    """Files written with :func:`atomic_write_bytes` / :func:`atomic_write_text` (and so
+    every figure and page of a report) inside the block replace their targets together:
+    each is written to a temporary beside its target first, and only once the block ends
+    without an error are they all renamed into place, one after another with Ctrl-C held
+    back. An error or an interrupt inside the block removes the temporaries and leaves
+    every target as it was: a report is never half the old one and half the new one.
+    A file written inside the block cannot be read back new before it ends."""
+    staged: list[tuple[Path, Path]] = []
+    token = _STAGED.set(staged)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _STAGED.reset(token)
+    try:
+        with deferred_interrupt():
+            for tmp, target in staged:
+                os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)  # none left but after a failed rename
+    for folder in {target.parent for _, target in staged}:
+        try:
+            fsync_dir(folder)
+        except OSError as e:
+            log.debug("could not fsync %s (%s)", folder, e)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

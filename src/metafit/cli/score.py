@@ -49,15 +49,17 @@ def score_test_set(args: argparse.Namespace) -> int:
     report = score_model(model, args.test, progress=show_progress(args))
     files: list[str] = []
     if args.out:
-        from metafit.io import atomic_write_text
+        from metafit.io import atomic_write_text, written_together
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         from metafit.runs.test_set_plots import plot_test_set
 
-        atomic_write_text(out / "test_report.json", json.dumps(report.to_dict(), indent=1))
-        files.append(str(out / "test_report.json"))
-        files += [str(p) for p in plot_test_set(report, out, title=Path(args.test).name)]
+        with written_together():  # an interrupted re-score leaves the previous set whole
+            atomic_write_text(out / "test_report.json",
+                              json.dumps(report.to_dict(), indent=1))
+            files.append(str(out / "test_report.json"))
+            files += [str(p) for p in plot_test_set(report, out, title=Path(args.test).name)]
     payload = {"protocol": "test_set", "model": str(args.run), "test": str(args.test),
                **report.to_dict(), "files": files}
     if args.json:

@@ -23,6 +23,7 @@ from metafit.config.schema import Recipe
 from metafit.data.sampler import EpisodeSampler
 from metafit.evaluation.confusion import Predictions, predict_episodes
 from metafit.evaluation.protocol import EvalResult, evaluate
+from metafit.io import written_together
 from metafit.runs.caveats import short_run_caveats
 from metafit.runs.directory import RunDir
 from metafit.runs.forgetting import figure_text, read_forgetting, record_forgetting
@@ -96,12 +97,14 @@ def report_runs(runs: Sequence[str | Path], out: str | Path | None = None,
         page.sections.append(forgetting)
     curves = Section("Training and adaptation", figures=[
         ("training.png", "Meta-training loss and validation metric against iteration")])
-    plot_training(dirs, out / "training.png", banner)
-    curves.figures.append(_adaptation(runs_, out, split, episodes, banner, progress))
-    page.sections.append(curves)
-    for label, run in runs_.items():
-        page.sections.append(_run_section(label, run, out, episodes, banner))
-    files = write_report(out, page, {label: r.result.to_dict() for label, r in runs_.items()})
+    with written_together():  # an interrupted report leaves the previous one whole
+        plot_training(dirs, out / "training.png", banner)
+        curves.figures.append(_adaptation(runs_, out, split, episodes, banner, progress))
+        page.sections.append(curves)
+        for label, run in runs_.items():
+            page.sections.append(_run_section(label, run, out, episodes, banner))
+        files = write_report(out, page, {label: r.result.to_dict()
+                                         for label, r in runs_.items()})
     log.info("report written to %s", out)
     return files
 

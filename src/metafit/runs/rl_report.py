@@ -31,6 +31,7 @@ from typing import Any
 from metafit.config.schema import Recipe
 from metafit.data.splits import Split
 from metafit.evaluation.rl import RLEvalResult
+from metafit.io import written_together
 from metafit.rl.maml import MAMLRL
 from metafit.runs.caveats import short_run_caveats
 from metafit.runs.directory import RunDir
@@ -82,20 +83,22 @@ def report_rl_runs(paths: Sequence[Path], out: Path, episodes: int | None = None
     banner = short_run_caveats(dirs, min(r.result.episodes for r in runs.values()))
     page = ReportPage("metafit report (meta-RL)", warnings=banner)
     page.sections.append(_results_section(runs, split))
-    save_figure(rl_training_figure(dirs, banner), out / "training.png")
-    first = next(iter(runs.values()))
-    # RLEvalResult has every field the curve over steps reads (curve, curve_ci95,
-    # curve_steps, metric); ways and shots are read for accuracy only
-    plot_adaptation({label: r.result for label, r in runs.items()},  # type: ignore[misc]
-                    out / "adaptation.png", title=f"Adaptation on {split} tasks "
-                    f"({first.recipe.dataset})", banner=banner)
-    page.sections.append(Section("Training and adaptation", figures=[
-        ("training.png", "Training tasks' return before and after adaptation, and the "
-                         "validation return (95% CI band), against iteration"),
-        ("adaptation.png", "Test return after 0..S adaptation steps (95% CI band)")]))
-    for label, run in runs.items():
-        page.sections.append(_run_section(label, run, out, split, banner))
-    files = write_report(out, page, {label: r.result.to_dict() for label, r in runs.items()})
+    with written_together():  # an interrupted report leaves the previous one whole
+        save_figure(rl_training_figure(dirs, banner), out / "training.png")
+        first = next(iter(runs.values()))
+        # RLEvalResult has every field the curve over steps reads (curve, curve_ci95,
+        # curve_steps, metric); ways and shots are read for accuracy only
+        plot_adaptation({label: r.result for label, r in runs.items()},  # type: ignore[misc]
+                        out / "adaptation.png", title=f"Adaptation on {split} tasks "
+                        f"({first.recipe.dataset})", banner=banner)
+        page.sections.append(Section("Training and adaptation", figures=[
+            ("training.png", "Training tasks' return before and after adaptation, and the "
+                             "validation return (95% CI band), against iteration"),
+            ("adaptation.png", "Test return after 0..S adaptation steps (95% CI band)")]))
+        for label, run in runs.items():
+            page.sections.append(_run_section(label, run, out, split, banner))
+        files = write_report(out, page, {label: r.result.to_dict()
+                                         for label, r in runs.items()})
     log.info("report written to %s", out)
     return files
 
