@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -297,25 +298,42 @@ def test_an_update_killed_before_the_pointer_moved_is_never_served(
     import metafit.deploy.versions as versions
 
     model = AdaptedModel.load(home)
-    real = versions._write_pointer
 
     def killed(home: Path, n: int) -> None:
         raise KeyboardInterrupt  # stands for SIGKILL: nothing after it runs
 
     monkeypatch.setattr(versions, "_write_pointer", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C: the claimed version is undone
         add_version(home, model)
+    assert not version_dir(home, 2).exists() and current_version(home) == 1
+    assert not [p for p in (home / "versions").iterdir() if p.name.startswith(".new-")]
+    monkeypatch.setattr(versions.shutil, "rmtree", lambda *a, **k: None)  # SIGKILL: no
+    with pytest.raises(KeyboardInterrupt):                                # clean-up runs
+        add_version(home, model)
+    monkeypatch.undo()
     assert version_dir(home, 2).is_dir() and current_version(home) == 1
     assert [v.version for v in list_versions(home)] == [1]
     with pytest.raises(ValueError, match="has no version 2"):
         set_current(home, 2)
-    monkeypatch.setattr(versions, "_write_pointer", real)
     assert add_version(home, model) == 2  # the orphan was removed, its number free
     assert current_version(home) == 2 and [v.version for v in list_versions(home)] == [1, 2]
     assert not (version_dir(home, 2) / versions.UNCOMMITTED).exists()
+    # Ctrl-C while the pointer moves: held back until the version is current, then raised
+    def interrupt_midway(home: Path, n: int) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        real(home, n)
+
+    real = versions._write_pointer
+    monkeypatch.setattr(versions, "_write_pointer", interrupt_midway)
+    with pytest.raises(KeyboardInterrupt):
+        add_version(home, model)
+    monkeypatch.undo()
+    assert current_version(home) == 3
+    assert not (version_dir(home, 3) / versions.UNCOMMITTED).exists()
+    versions.set_current(home, 2)
     # killed after the pointer moved but before the marker went: it is served and kept
     (version_dir(home, 2) / versions.UNCOMMITTED).write_bytes(b"")
-    assert [v.version for v in list_versions(home)] == [1, 2]
-    assert add_version(home, model) == 3
+    assert [v.version for v in list_versions(home)] == [1, 2, 3]
+    assert add_version(home, model) == 4
     assert not (version_dir(home, 2) / versions.UNCOMMITTED).exists()
     assert AdaptedModel.load(home, 2).label_names == model.label_names

@@ -60,7 +60,7 @@ from typing import Any, Protocol
 
 from metafit.deploy.errors import ModelDirError
 from metafit.deploy.modeldir import MANIFEST, read_listed_file
-from metafit.io import fsync_dir, parse_json
+from metafit.io import deferred_interrupt, fsync_dir, parse_json
 
 __all__ = ["CURRENT", "VERSIONS", "MAX_VERSION", "VersionInfo", "version_dir",
            "current_version", "current_dir", "version_numbers", "list_versions",
@@ -422,31 +422,43 @@ def add_version(home: Path, model: Saves, make_current: bool = True) -> int:
     _remove_stale_staging(folder)
     _remove_uncommitted(home)
     staging = folder / f".new-{secrets.token_hex(4)}"
-    model.save(staging)
-    if make_current:  # until the pointer names it: a version that was never served
-        with (staging / UNCOMMITTED).open("wb") as marker:
-            os.fsync(marker.fileno())
+    claimed: Path | None = None
+    n, committed = 0, False
     try:
-        n = max([*version_numbers(home), *_deleted_numbers(home)], default=1) + 1
-        while True:
-            if n > MAX_VERSION:
-                raise ModelDirError(f"{home} holds {MAX_VERSION} versions, the most a "
-                                    "model directory can")
-            try:
-                os.rename(staging, version_dir(home, n))
-                break
-            except OSError as e:
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                n += 1  # another writer claimed n first
-        fsync_dir(folder)
+        model.save(staging)
+        if make_current:  # until the pointer names it: a version that was never served
+            with (staging / UNCOMMITTED).open("wb") as marker:
+                os.fsync(marker.fileno())
+        # claimed, pointed at and unmarked with Ctrl-C held back: done whole, or undone
+        with deferred_interrupt():
+            n = max([*version_numbers(home), *_deleted_numbers(home)], default=1) + 1
+            while True:
+                if n > MAX_VERSION:
+                    raise ModelDirError(f"{home} holds {MAX_VERSION} versions, the most a "
+                                        "model directory can")
+                try:
+                    os.rename(staging, version_dir(home, n))
+                    claimed = version_dir(home, n)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    n += 1  # another writer claimed n first
+            fsync_dir(folder)
+            if make_current:
+                _write_pointer(home, n)
+                (claimed / UNCOMMITTED).unlink(missing_ok=True)
+                fsync_dir(claimed)
+            committed = True
     except BaseException:
+        if committed:  # only the held-back Ctrl-C: the version is whole and current
+            log.warning("%s: interrupted after version %d was written%s", home, n,
+                        " and made current" if make_current else "")
+            raise
         shutil.rmtree(staging, ignore_errors=True)
+        if claimed is not None and make_current and _uncommitted(home, n, claimed):
+            shutil.rmtree(claimed, ignore_errors=True)
         raise
-    if make_current:
-        _write_pointer(home, n)
-        (version_dir(home, n) / UNCOMMITTED).unlink(missing_ok=True)
-        fsync_dir(version_dir(home, n))
     log.info("%s: wrote version %d", home, n)
     return n
 
