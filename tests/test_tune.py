@@ -205,6 +205,14 @@ def test_a_killed_processes_trial_is_failed_by_its_heartbeat(tmp_path: Path) -> 
     assert states(study)[0] == "FAIL"
     assert result.finished == 2 and states(study).count("COMPLETE") == 2
     assert study.trials[1].params == study.trials[0].params  # retried with its values
+    # a study already at its count still fails a dead process's RUNNING trial
+    stale = study.ask()
+    suggest(parse_search_space(recipe), stale)
+    study._storage.record_heartbeat(stale._trial_id)
+    time.sleep(2.5)
+    result = tune(recipe, opts)  # 2 finished already: no trial runs
+    assert result.finished == 2 and result.failed == 2
+    assert "RUNNING" not in states(open_study(recipe, opts))
 
 
 def test_pruned_trial_stops_its_run_early(tmp_path: Path) -> None:

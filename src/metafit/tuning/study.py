@@ -180,6 +180,9 @@ def run_study(recipe: Recipe, opts: TuneOptions, job: int = 0) -> None:
     space = parse_search_space(recipe)
     target = _target(space, opts)
     study = open_study(recipe, opts, job)
+    # a trial whose process died stays RUNNING until a heartbeat check fails it: check
+    # now, not only once trials run, or a study already at its count keeps it forever
+    optuna.storages.fail_stale_trials(study)
     remaining = target - len(finished_trials(study))
     if remaining <= 0:
         return
