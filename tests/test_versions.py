@@ -334,6 +334,8 @@ def test_an_update_killed_before_the_pointer_moved_is_never_served(
     # killed after the pointer moved but before the marker went: it is served and kept
     (version_dir(home, 2) / versions.UNCOMMITTED).write_bytes(b"")
     assert [v.version for v in list_versions(home)] == [1, 2, 3]
+    set_current(home, 3)  # a rollback away from it: it was served, so it stays
+    assert [v.version for v in list_versions(home)] == [1, 2, 3]
     assert add_version(home, model) == 4
     assert not (version_dir(home, 2) / versions.UNCOMMITTED).exists()
     assert AdaptedModel.load(home, 2).label_names == model.label_names

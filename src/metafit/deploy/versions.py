@@ -275,6 +275,9 @@ def set_current(home: Path, n: int) -> None:
     _check_number(n)
     with update_lock(home):
         _check_exists(home, n)
+        # the version served now may still carry the marker its writer could not remove:
+        # drop it before the pointer moves away, or that served version would vanish
+        _remove_uncommitted(home)
         _write_pointer(home, n)
     log.info("%s: version %d is current", home, n)
 
@@ -399,7 +402,10 @@ def _write_tombstone(path: Path) -> None:
 def add_version(home: Path, model: Saves, make_current: bool = True) -> int:
     """Write ``model`` as the next version of ``home`` (module docstring: staged, then
     claimed by ``rename``) and, with ``make_current``, point ``current`` at it. Call it
-    under :func:`update_lock` so that the parent read before is still current.
+    under :func:`update_lock`: so that the parent read before is still current, and
+    because it removes versions whose writer died before moving the pointer (another
+    writer without the lock would look like one). Without the lock and with
+    ``make_current=False`` concurrent writers still get distinct numbers.
 
     Returns:
         The new version's number.
