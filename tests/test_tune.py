@@ -289,6 +289,7 @@ def test_report_writes_plots_and_csv(tmp_path: Path, capsys) -> None:
     # --report alone reports without running trials; a missing study is a clear error.
     assert tune_cli(recipe, db, out, "--report") == 0
     assert len(load(db).trials) == 4
+    assert tune_cli(recipe, Path(f"{db}?timeout=60"), out, "--report") == 0  # URL options
     assert tune_cli(recipe, tmp_path / "other.db", out, "--report") == 2
     assert "no study 'sin_tune'" in capsys.readouterr().err
     assert not (tmp_path / "other.db").exists()  # reading did not create it

@@ -143,7 +143,8 @@ def batch_of(x: Tensor, size: int) -> Tensor:
 
 def measure(model: AdaptedModel, x: Tensor, repeats: int = 20) -> dict[str, float]:
     """Size and one-thread latency of ``model``: file and gzip bytes of its weights, and
-    the median milliseconds of a forward pass at batch 1 and batch 32 (rows of ``x``)."""
+    the median milliseconds of :meth:`AdaptedModel.logits` on 1 and on 32 rows of ``x``
+    (as predict runs them: an int8 model takes the 32 one at a time)."""
     size, packed = state_size(model.module)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -9,7 +9,8 @@ resumes only with the same number of processes. Files are written and read by
 :class:`~metafit.runs.directory.RunDir` (atomic, digest-checked, never unpickled).
 
 Training into a directory starts from one of three points (:func:`starting_point`): its
-own ``last.pt`` (resume), the best checkpoint of the recipe's ``init_from`` run (warm
+own ``last.pt`` (resume; ``best.pt`` when it stopped before its first ``last.pt``, a
+whole training checkpoint too), the best checkpoint of the recipe's ``init_from`` run (warm
 start), or nothing. A warm start from a run of the same algorithm loads everything; from
 a run of another algorithm it loads the model's body only (:func:`restore_warm_start`:
 a classifier pre-trained by ``finetune`` starting a ProtoNet, Meta-Baseline's two

@@ -16,6 +16,7 @@ writes that sentence instead of a clip.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ import torch
 from torch.func import functional_call
 
 from metafit.config.schema import Recipe
+from metafit.io import atomic_write_bytes
 from metafit.rl.gym_family import HalfCheetahTask
 from metafit.rl.maml import MAMLRL
 from metafit.rl.tasks import TaskSampler
@@ -176,9 +178,8 @@ def write_gif(clips: Sequence[CheetahClip], path: str | Path, fps: int = 20) -> 
                 canvas.paste(Image.fromarray(frame), (x, y + bar))
                 draw.text((x + 3, y + 1), _label(clip, col), fill="black")
         images.append(canvas.convert("P", palette=Image.Palette.ADAPTIVE))
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
                    duration=int(1000 / fps), loop=0, optimize=True)
-    os.replace(tmp, path)
-    return path
+    atomic_write_bytes(Path(path), buffer.getvalue())  # with a report's other files
+    return Path(path)

@@ -123,7 +123,8 @@ class TrainingLoop:
         """Train to ``iterations`` (or early stop); returns the final counters.
 
         An exception or Ctrl-C leaves ``status.json`` at ``failed`` / ``interrupted`` (never
-        ``complete``); training again into the same directory resumes from ``last.pt``.
+        ``complete``); training again into the same directory resumes from ``last.pt`` (or
+        ``best.pt`` when no ``last.pt`` was written yet).
 
         Raises:
             RunLockedError: another process is training into the directory.

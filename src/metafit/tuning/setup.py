@@ -238,8 +238,8 @@ def load_existing_study(recipe: Recipe, opts: TuneOptions) -> optuna.Study:
     optuna = optuna_module()
     name = opts.study or recipe.name
     given = str(Path(opts.out) / "study.db") if opts.storage is None else opts.storage
-    file = (given.removeprefix("sqlite:///") if given.startswith("sqlite:///") else
-            given if "://" not in given else None)
+    file = (given.removeprefix("sqlite:///").split("?")[0] if given.startswith("sqlite:///")
+            else given if "://" not in given else None)
     if file is not None and not Path(file).is_file():  # reading must not create it
         raise ValueError(f"no study '{name}': {file} does not exist (run the trials first)")
     url = storage_url(opts.storage, opts.out)
