@@ -89,32 +89,6 @@ CASES = [("classification", a) for a in TRAINED] + [
 ]
 
 
-@pytest.mark.parametrize("task,algorithm", CASES)
-def test_resume_equals_uninterrupted_run(tmp_path: Path, task: str, algorithm: str) -> None:
-    if task == "classification":
-        root = image_folder(tmp_path / "data")
-        recipe = classification_recipe(root, algorithm)
-    else:
-        recipe = regression_recipe(algorithm)
-    full = tmp_path / "full"
-    Trainer(recipe, full, progress=False).fit()
-    broken = tmp_path / "broken"
-    trainer = Trainer(recipe, broken, progress=False)
-    interrupt_at(trainer, 6)  # dies at iteration 6; last checkpoint is at 4
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
-    assert RunDir(broken).status()["status"] == "interrupted"
-    assert not RunDir(broken).is_finished()
-    Trainer(recipe, broken, progress=False).fit()
-    assert RunDir(broken).status()["status"] == "complete"
-    assert_same_metrics(RunDir(full), RunDir(broken))
-    _, algo_a = load_trained(full, "last")
-    _, algo_b = load_trained(broken, "last")
-    for (name, p), (_, q) in zip(algo_a.state_dict().items(), algo_b.state_dict().items(),
-                                 strict=True):
-        assert torch.allclose(p, q, atol=1e-6), name
-
-
 def _same_parameters(a: Path, b: Path) -> None:
     _, algo_a = load_trained(a, "last")
     _, algo_b = load_trained(b, "last")
@@ -123,22 +97,45 @@ def _same_parameters(a: Path, b: Path) -> None:
         assert torch.allclose(p, q, atol=1e-6), name
 
 
+def _full_and_interrupted(recipe, tmp_path: Path, iteration: int) -> tuple[Path, Path]:
+    """``recipe`` trained whole into ``tmp_path/full`` and into ``tmp_path/broken`` up to
+    a Ctrl-C at ``iteration`` (not resumed yet)."""
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    Trainer(recipe, full, progress=False).fit()
+    trainer = Trainer(recipe, broken, progress=False)
+    interrupt_at(trainer, iteration)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    return full, broken
+
+
+@pytest.mark.parametrize("task,algorithm", CASES)
+def test_resume_equals_uninterrupted_run(tmp_path: Path, task: str, algorithm: str) -> None:
+    if task == "classification":
+        root = image_folder(tmp_path / "data")
+        recipe = classification_recipe(root, algorithm)
+    else:
+        recipe = regression_recipe(algorithm)
+    full, broken = _full_and_interrupted(recipe, tmp_path, 6)  # last checkpoint at 4
+    assert RunDir(broken).status()["status"] == "interrupted"
+    assert not RunDir(broken).is_finished()
+    Trainer(recipe, broken, progress=False).fit()
+    assert RunDir(broken).status()["status"] == "complete"
+    assert_same_metrics(RunDir(full), RunDir(broken))
+    _same_parameters(full, broken)
+
+
 def test_a_run_stopped_before_its_first_last_checkpoint_resumes_from_best(
         tmp_path: Path) -> None:
     # validated (best.pt written) but stopped before any last.pt: it used to start again
     # from iteration 0 and append its records to the old ones
     recipe = regression_recipe("maml", iterations=8, val_every=2, checkpoint_every=100)
-    Trainer(recipe, tmp_path / "full", progress=False).fit()
-    broken = tmp_path / "broken"
-    trainer = Trainer(recipe, broken, progress=False)
-    interrupt_at(trainer, 6)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    full, broken = _full_and_interrupted(recipe, tmp_path, 6)
     run = RunDir(broken)
     assert run.has_checkpoint("best") and not run.has_checkpoint("last")
     assert Trainer(recipe, broken, progress=False).fit().iteration == 8
-    assert_same_metrics(RunDir(tmp_path / "full"), run)
-    _same_parameters(tmp_path / "full", broken)
+    assert_same_metrics(RunDir(full), run)
+    _same_parameters(full, broken)
 
 
 def test_a_warm_start_stopped_before_its_first_last_checkpoint_keeps_it(
@@ -149,16 +146,11 @@ def test_a_warm_start_stopped_before_its_first_last_checkpoint_keeps_it(
     Trainer(regression_recipe("maml"), source, progress=False).fit()
     recipe = regression_recipe("maml", iterations=6, val_every=3, checkpoint_every=100,
                                init_from=str(source))
-    Trainer(recipe, tmp_path / "full", progress=False).fit()
-    broken = tmp_path / "broken"
-    trainer = Trainer(recipe, broken, progress=False)
-    interrupt_at(trainer, 2)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
+    full, broken = _full_and_interrupted(recipe, tmp_path, 2)
     assert not RunDir(broken).has_checkpoint("last")
     Trainer(recipe, broken, progress=False).fit()
-    assert_same_metrics(RunDir(tmp_path / "full"), RunDir(broken))
-    _same_parameters(tmp_path / "full", broken)
+    assert_same_metrics(RunDir(full), RunDir(broken))
+    _same_parameters(full, broken)
 
 
 def test_time_budget_stops_and_records_seconds(tmp_path: Path) -> None:
