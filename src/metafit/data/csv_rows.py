@@ -1,9 +1,10 @@
 """Reading the rows of a CSV file of labelled texts, strictly: UTF-8 (a leading byte-order
 mark is ignored), a header naming the text and label columns, every other non-blank row
 with as many fields as the header, no empty text or label. Every problem is reported at
-once, naming the file and the line numbers. The file's size is checked against a cap
-before it is read. Used by :class:`metafit.data.text_csv.TextCSV` and, through
-:func:`read_csv`, by :mod:`metafit.data.tables`.
+once, naming the file and the line numbers (empty cells together with the problems of
+the input cells, by :mod:`metafit.data.tables`). The file's size is checked against a cap
+before it is read. Used through :func:`read_csv` by :mod:`metafit.data.tables` (and so by
+:class:`metafit.data.text_csv.TextCSV`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from metafit.data.errors import DatasetError
 from metafit.data.rows import MAX_TABLE_BYTES, SHOW, Rows, read_utf8
 
-__all__ = ["SHOW", "line_numbers", "read_csv", "read_rows"]
+__all__ = ["SHOW", "line_numbers", "read_csv"]
 
 
 def line_numbers(numbers: Sequence[int]) -> str:
@@ -44,7 +45,12 @@ class _Rows:
 
 def read_csv(path: Path, input_column: str, label_column: str, lenient: bool = False,
              max_bytes: int = MAX_TABLE_BYTES) -> Rows:
-    """The rows of the CSV as :class:`~metafit.data.rows.Rows` (see :func:`read_rows`).
+    """The rows of the CSV as :class:`~metafit.data.rows.Rows`, in file order.
+
+    Blank lines are skipped (they are not rows). A row with more or fewer fields than the
+    header is an error (a comma in an unquoted text shifts the label); with ``lenient`` it
+    is skipped with a warning naming the lines. Raises :class:`DatasetError` naming
+    ``path`` and the offending line numbers (or its size, over ``max_bytes``).
 
     Empty inputs and labels are not raised here but kept in :attr:`Rows.found` (an empty
     input as ``None``), for :mod:`metafit.data.tables` to report with the problems of the
@@ -65,27 +71,6 @@ def read_csv(path: Path, input_column: str, label_column: str, lenient: bool = F
                                                                       strict=True)]
     return Rows(path, inputs, rows.labels, rows.lines, "line",
                 {problem: lines for problem, lines in found.items() if lines})
-
-
-def read_rows(
-    path: Path, text_column: str, label_column: str, lenient: bool = False,
-    max_bytes: int = MAX_TABLE_BYTES,
-) -> tuple[list[str], list[str], list[int]]:
-    """Parse the CSV: ``(texts, labels, line numbers)`` of each data row, in file order.
-
-    Blank lines are skipped (they are not rows). A row with more or fewer fields than the
-    header is an error (a comma in an unquoted text shifts the label); with ``lenient`` it
-    is skipped with a warning naming the lines.
-
-    Raises :class:`DatasetError` naming ``path`` and the offending line numbers (or its
-    size, over ``max_bytes``).
-    """
-    reader = csv.reader(io.StringIO(read_utf8(path, max_bytes), newline=""))
-    names = _header(reader, path, text_column, label_column)
-    rows = _records(reader, path, len(names), names.index(text_column),
-                    names.index(label_column), lenient)
-    _check(rows, path, names, text_column, label_column, lenient)
-    return rows.texts, rows.labels, rows.lines
 
 
 def _header(reader: Any, path: Path, text_column: str, label_column: str) -> list[str]:
